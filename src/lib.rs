@@ -1,0 +1,31 @@
+//! Cohort: an in-memory, distributed profile database, the engine at the
+//! heart of a Customer Data Platform.
+//!
+//! Cohort collects customer messages (Segment Spec: identify, track, page,
+//! screen, group, alias), reconciles every identifier into one profile per
+//! person, and answers segment questions (how many match, is this person in,
+//! who is in, how does it break down) over millions of profiles in well
+//! under a millisecond.
+//!
+//! # Layout
+//!
+//! Each folder is one layer; a layer imports only the layers listed before it.
+//!
+//! - [`model`]: the vocabulary shared by all layers: trait types, typed
+//!   values, the schema (declared and inferred types), RFC 3339 time, and the
+//!   order-preserving keys that range indexes use.
+//! - [`segment`]: the segment language: lexer, parser, syntax tree, type
+//!   check against a schema, normal form. Knows nothing of storage.
+//! - [`shard`]: one shard's deterministic state machine: columns, dictionaries,
+//!   bitmap and range indexes, the event store, `apply(batch)`, evaluation of
+//!   a checked condition (count, membership, members, breakdown), and
+//!   snapshot files. Knows nothing of Raft, gRPC or tokio.
+//!
+//! Layers still to come (see `ARCHITECTURE.md`): `identity` (identifier to
+//! profile resolution and merges), `replication` (a raft-rs group per
+//! shard), `cluster` (placement), `query` (planner and fan-out), `server`
+//! (gRPC and HTTP) and `cli`.
+
+pub mod model;
+pub mod segment;
+pub mod shard;

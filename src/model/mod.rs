@@ -1,0 +1,59 @@
+//! The data model shared by every layer: trait types, typed values, the
+//! schema with declared and inferred types, time parsing and the ordered key
+//! encoding that the range indexes use.
+//!
+//! This is the vocabulary below everything else: the segment checker types
+//! expressions against a [`Schema`], the shard stores [`Value`]s in columns
+//! chosen by [`TraitType`], and ingestion coerces JSON into values here.
+
+mod schema;
+mod time;
+mod value;
+
+pub use schema::{FieldType, IdentifierKind, Schema, RESERVED_NAMES};
+pub use time::{format_rfc3339_ms, parse_rfc3339_ms};
+pub use value::{key_to_num, key_to_time, num_key, time_key, TraitType, Value};
+
+use thiserror::Error;
+
+/// A value that does not fit the schema, or a schema change that is refused.
+#[derive(Clone, Debug, PartialEq, Error)]
+pub enum ModelError {
+    /// A value of the wrong type for its trait or property.
+    #[error("`{name}` is {expected}, but the value is {found}")]
+    WrongType {
+        /// The trait or property (dotted path for nested objects).
+        name: String,
+        /// The trait's type, in words.
+        expected: String,
+        /// What was sent, in words.
+        found: String,
+    },
+    /// A value that no trait type can hold (an array of numbers, say).
+    #[error("`{name}` cannot be stored: {reason}")]
+    Unsupported {
+        /// The trait or property.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Declaring a type that contradicts the one already in force.
+    #[error("`{name}` is already {existing}; cannot declare it {requested}")]
+    Conflict {
+        /// The trait or property.
+        name: String,
+        /// The type in force.
+        existing: TraitType,
+        /// The type asked for.
+        requested: TraitType,
+    },
+    /// A name the database maintains itself.
+    #[error("`{name}` is reserved and maintained by the database")]
+    Reserved {
+        /// The reserved name.
+        name: String,
+    },
+    /// A type name that is not one of the six.
+    #[error("unknown type `{0}`: expected keyword, text, number, bool, timestamp or list")]
+    UnknownType(String),
+}

@@ -1,0 +1,400 @@
+//! Type checking: turns a parsed [`Expr`] into a typed [`Cond`] against a
+//! schema, a catalog of saved segments and the query's `now`.
+//!
+//! Every problem is an error with the character position of the offending
+//! text (SEGMENTS.md): an unknown name, a literal of the wrong type, an
+//! operator the type does not support, an unknown event or saved segment, a
+//! cycle of saved segments. None of them is ever turned into an empty result.
+//!
+//! Choices where SEGMENTS.md is silent, written down here and in the README:
+//! - `DID "e"` on an event the schema has never seen is an error, like an
+//!   unknown trait (operators declare events they expect but have not seen).
+//! - Inside `WHERE`, names are the event's properties; an unknown property is
+//!   an error naming the event.
+//! - Timestamps compare with RFC 3339 strings and `NOW ± n unit` only; a bare
+//!   number against a timestamp is a type error (is it seconds or ms?).
+//! - `!=` and `NOT IN` are refused on identifiers: SEGMENTS.md lists `=`,
+//!   `IN` and `EXISTS` for them, and "has some other id" is rarely meant.
+
+use std::collections::BTreeSet;
+
+use super::ast::{CmpOp, Expr, Frequency, LitValue, Literal, Predicate, Test, TimeRef, Window};
+use super::cond::{normalize, Cond, Did, Field, Leaf, LeafTest};
+use super::error::SegmentError;
+use super::parser::parse;
+use crate::model::{num_key, parse_rfc3339_ms, time_key, FieldType, Schema, TraitType};
+
+/// Saved segments by name, as the planner knows them.
+pub trait Catalog {
+    /// The expression text of a saved segment.
+    fn segment_text(&self, name: &str) -> Option<String>;
+}
+
+/// A catalog with no saved segments.
+pub struct NoSegments;
+
+impl Catalog for NoSegments {
+    fn segment_text(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
+impl<S: std::hash::BuildHasher> Catalog for std::collections::HashMap<String, String, S> {
+    fn segment_text(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl Catalog for std::collections::BTreeMap<String, String> {
+    fn segment_text(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Everything a check needs besides the expression.
+pub struct CheckContext<'a> {
+    /// The types of traits and properties.
+    pub schema: &'a Schema,
+    /// Saved segments for `IN SEGMENT`.
+    pub catalog: &'a dyn Catalog,
+    /// The query's time, milliseconds since the epoch.
+    pub now_ms: i64,
+}
+
+/// Parses, checks and normalises a segment in one step.
+pub fn compile(text: &str, ctx: &CheckContext<'_>) -> Result<Cond, SegmentError> {
+    let expr = parse(text)?;
+    check(&expr, ctx)
+}
+
+/// Checks a parsed expression and returns its normal form.
+pub fn check(expr: &Expr, ctx: &CheckContext<'_>) -> Result<Cond, SegmentError> {
+    let mut stack = Vec::new();
+    let cond = Checker { ctx, stack: &mut stack }.expr(expr, Scope::Profile)?;
+    Ok(normalize(cond))
+}
+
+/// The names of the saved segments that `expr` refers to directly.
+pub fn references(expr: &Expr) -> BTreeSet<String> {
+    fn walk(e: &Expr, out: &mut BTreeSet<String>) {
+        match e {
+            Expr::All(_) | Expr::Predicate(_) | Expr::Did(_) => {}
+            Expr::Not(x, _) => walk(x, out),
+            Expr::And(v) | Expr::Or(v) => v.iter().for_each(|x| walk(x, out)),
+            Expr::InSegment { name, .. } => {
+                out.insert(name.clone());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(expr, &mut out);
+    out
+}
+
+/// Checks that saving `text` under `name` is allowed: it parses, checks
+/// against the schema, and creates no cycle through the catalog (the new
+/// text replaces any old one under that name).
+pub fn check_save(name: &str, text: &str, ctx: &CheckContext<'_>) -> Result<Cond, SegmentError> {
+    struct Overlay<'a> {
+        name: &'a str,
+        text: &'a str,
+        base: &'a dyn Catalog,
+    }
+    impl Catalog for Overlay<'_> {
+        fn segment_text(&self, n: &str) -> Option<String> {
+            if n == self.name {
+                Some(self.text.to_string())
+            } else {
+                self.base.segment_text(n)
+            }
+        }
+    }
+    let overlay = Overlay { name, text, base: ctx.catalog };
+    let inner = CheckContext { schema: ctx.schema, catalog: &overlay, now_ms: ctx.now_ms };
+    let expr = parse(text)?;
+    let mut stack = vec![name.to_string()];
+    let cond = Checker { ctx: &inner, stack: &mut stack }.expr(&expr, Scope::Profile)?;
+    Ok(normalize(cond))
+}
+
+#[derive(Clone, Copy)]
+enum Scope<'e> {
+    /// Names are traits and identifiers.
+    Profile,
+    /// Names are properties of this event.
+    Event(&'e str),
+}
+
+struct Checker<'c, 'a> {
+    ctx: &'c CheckContext<'a>,
+    /// Saved segments being inlined, outermost first, for cycle detection.
+    stack: &'c mut Vec<String>,
+}
+
+fn pos(span: super::ast::Span) -> usize {
+    span.start + 1
+}
+
+impl Checker<'_, '_> {
+    fn expr(&mut self, e: &Expr, scope: Scope<'_>) -> Result<Cond, SegmentError> {
+        Ok(match e {
+            Expr::All(_) => Cond::All,
+            Expr::Not(x, _) => Cond::Not(Box::new(self.expr(x, scope)?)),
+            Expr::And(v) => Cond::And(v.iter().map(|x| self.expr(x, scope)).collect::<Result<_, _>>()?),
+            Expr::Or(v) => Cond::Or(v.iter().map(|x| self.expr(x, scope)).collect::<Result<_, _>>()?),
+            Expr::Predicate(p) => self.predicate(p, scope)?,
+            Expr::Did(b) => {
+                if !self.ctx.schema.has_event(&b.event) {
+                    return Err(SegmentError::UnknownName {
+                        position: pos(b.event_span),
+                        name: b.event.clone(),
+                        what: "event".to_string(),
+                    });
+                }
+                let filter = match &b.filter {
+                    Some(f) => Some(Box::new(self.expr(f, Scope::Event(&b.event))?)),
+                    None => None,
+                };
+                let (min, max) = match b.frequency {
+                    Frequency::AtLeast(n) => (n, None),
+                    Frequency::AtMost(n) => (0, Some(n)),
+                    Frequency::Exactly(n) => (n, Some(n)),
+                };
+                let now = self.ctx.now_ms;
+                let at = |t: TimeRef| match t {
+                    TimeRef::At(ms) => ms,
+                    TimeRef::Now(offset) => now.saturating_add(offset),
+                };
+                let (from_ms, to_ms) = match b.window {
+                    Window::AllTime => (i64::MIN, i64::MAX),
+                    Window::Last(len) => (now.saturating_sub(len), now),
+                    Window::Since(t) => (at(t), now),
+                    Window::Between(a, z) => (at(a), at(z).saturating_sub(1)),
+                };
+                Cond::Did(Did { event: b.event.clone(), filter, min, max, from_ms, to_ms })
+            }
+            Expr::InSegment { name, span } => {
+                if let Some(i) = self.stack.iter().position(|s| s == name) {
+                    let mut path = self.stack[i..].to_vec();
+                    path.push(name.clone());
+                    return Err(SegmentError::SegmentCycle { path });
+                }
+                let text = self.ctx.catalog.segment_text(name).ok_or_else(|| {
+                    SegmentError::UnknownSegment { position: pos(*span), name: name.clone() }
+                })?;
+                let wrap = |source: SegmentError| match source {
+                    // A cycle is reported as a whole, not wrapped per level.
+                    SegmentError::SegmentCycle { .. } => source,
+                    other => SegmentError::InSavedSegment { name: name.clone(), source: Box::new(other) },
+                };
+                let inner = parse(&text).map_err(wrap)?;
+                self.stack.push(name.clone());
+                let result = self.expr(&inner, Scope::Profile).map_err(wrap);
+                self.stack.pop();
+                result?
+            }
+        })
+    }
+
+    fn field(&self, p: &Predicate, scope: Scope<'_>) -> Result<Field, SegmentError> {
+        let name = &p.name.text;
+        let unknown =
+            |what: String| SegmentError::UnknownName { position: pos(p.name.span), name: name.clone(), what };
+        match scope {
+            Scope::Profile => match self.ctx.schema.field(name) {
+                Some(FieldType::Identifier(kind)) => Ok(Field::Identifier(kind)),
+                Some(FieldType::Trait(ty)) => Ok(match name.as_str() {
+                    "first_seen" => Field::FirstSeen,
+                    "last_seen" => Field::LastSeen,
+                    _ => Field::Trait { name: name.clone(), ty },
+                }),
+                None => Err(unknown("trait".to_string())),
+            },
+            Scope::Event(event) => match self.ctx.schema.property_type(event, name) {
+                Some(ty) => Ok(Field::Trait { name: name.clone(), ty }),
+                None => Err(unknown(format!("property of event \"{event}\""))),
+            },
+        }
+    }
+
+    fn predicate(&self, p: &Predicate, scope: Scope<'_>) -> Result<Cond, SegmentError> {
+        let field = self.field(p, scope)?;
+        let kind = Kind::of(&field);
+        let unsupported = |op: &str| SegmentError::UnsupportedOperator {
+            position: pos(p.span),
+            name: p.name.text.clone(),
+            ty: kind.describe(),
+            op: op.to_string(),
+        };
+        let leaf = |test: LeafTest| Cond::Leaf(Leaf { field: field.clone(), test });
+        let cond = match &p.test {
+            Test::Exists { negated } => {
+                let c = leaf(LeafTest::Exists);
+                if *negated {
+                    Cond::Not(Box::new(c))
+                } else {
+                    c
+                }
+            }
+            Test::Compare { op, value } => match kind {
+                Kind::Str { identifier } => match op {
+                    CmpOp::Eq => leaf(LeafTest::StrIn(vec![self.string(p, value, kind)?])),
+                    CmpOp::Ne if !identifier => leaf(LeafTest::StrNotIn(vec![self.string(p, value, kind)?])),
+                    other => return Err(unsupported(&other.to_string())),
+                },
+                Kind::Ordered(ty) => {
+                    let k = self.key(p, value, ty)?;
+                    match op {
+                        CmpOp::Eq => leaf(LeafTest::Range { lo: k, hi: k }),
+                        CmpOp::Ne => leaf(LeafTest::NotEq(k)),
+                        CmpOp::Lt => match k.checked_sub(1) {
+                            Some(hi) => leaf(LeafTest::Range { lo: 0, hi }),
+                            None => Cond::Empty,
+                        },
+                        CmpOp::Le => leaf(LeafTest::Range { lo: 0, hi: k }),
+                        CmpOp::Gt => match k.checked_add(1) {
+                            Some(lo) => leaf(LeafTest::Range { lo, hi: u64::MAX }),
+                            None => Cond::Empty,
+                        },
+                        CmpOp::Ge => leaf(LeafTest::Range { lo: k, hi: u64::MAX }),
+                    }
+                }
+                Kind::Bool => {
+                    let b = match &value.value {
+                        LitValue::Bool(b) => *b,
+                        _ => return Err(mismatch(p, value, kind)),
+                    };
+                    match op {
+                        CmpOp::Eq => leaf(LeafTest::Bool(b)),
+                        CmpOp::Ne => leaf(LeafTest::Bool(!b)),
+                        other => return Err(unsupported(&other.to_string())),
+                    }
+                }
+                Kind::List => return Err(unsupported(&op.to_string())),
+            },
+            Test::In { negated, values } => match kind {
+                Kind::Str { identifier } => {
+                    if *negated && identifier {
+                        return Err(unsupported("NOT IN"));
+                    }
+                    let mut set =
+                        values.iter().map(|v| self.string(p, v, kind)).collect::<Result<Vec<_>, _>>()?;
+                    set.sort();
+                    set.dedup();
+                    leaf(if *negated { LeafTest::StrNotIn(set) } else { LeafTest::StrIn(set) })
+                }
+                Kind::Ordered(ty) => {
+                    let keys =
+                        values.iter().map(|v| self.key(p, v, ty)).collect::<Result<BTreeSet<_>, _>>()?;
+                    if *negated {
+                        Cond::And(keys.into_iter().map(|k| leaf(LeafTest::NotEq(k))).collect())
+                    } else {
+                        Cond::Or(keys.into_iter().map(|k| leaf(LeafTest::Range { lo: k, hi: k })).collect())
+                    }
+                }
+                Kind::Bool | Kind::List => return Err(unsupported(if *negated { "NOT IN" } else { "IN" })),
+            },
+            Test::Between { low, high } => match kind {
+                Kind::Ordered(ty) => {
+                    let lo = self.key(p, low, ty)?;
+                    let hi = self.key(p, high, ty)?;
+                    leaf(LeafTest::Range { lo, hi })
+                }
+                _ => return Err(unsupported("BETWEEN")),
+            },
+            Test::Contains { value } => match kind {
+                Kind::List => match &value.value {
+                    LitValue::Str(s) => leaf(LeafTest::Contains(s.clone())),
+                    _ => return Err(mismatch(p, value, kind)),
+                },
+                _ => return Err(unsupported("CONTAINS")),
+            },
+        };
+        Ok(cond)
+    }
+
+    fn string(&self, p: &Predicate, lit: &Literal, kind: Kind) -> Result<String, SegmentError> {
+        match &lit.value {
+            LitValue::Str(s) => Ok(s.clone()),
+            _ => Err(mismatch(p, lit, kind)),
+        }
+    }
+
+    /// The order key of a literal compared with a number or timestamp.
+    fn key(&self, p: &Predicate, lit: &Literal, ty: TraitType) -> Result<u64, SegmentError> {
+        match (ty, &lit.value) {
+            (TraitType::Number, LitValue::Num(x)) => Ok(num_key(*x)),
+            (TraitType::Timestamp, LitValue::Str(s)) => match parse_rfc3339_ms(s) {
+                Some(ms) => Ok(time_key(ms)),
+                None => Err(SegmentError::TypeMismatch {
+                    position: pos(lit.span),
+                    name: p.name.text.clone(),
+                    expected: "a timestamp".to_string(),
+                    found: format!("the string {s:?}, which is not an RFC 3339 timestamp"),
+                }),
+            },
+            (TraitType::Timestamp, LitValue::Now { offset_ms }) => {
+                Ok(time_key(self.ctx.now_ms.saturating_add(*offset_ms)))
+            }
+            _ => Err(mismatch(p, lit, Kind::Ordered(ty))),
+        }
+    }
+}
+
+/// The operator families of SEGMENTS.md.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Keyword, text or identifier: `=`, `!=`, `IN`, `NOT IN`, `EXISTS`
+    /// (identifiers: no `!=` nor `NOT IN`).
+    Str { identifier: bool },
+    /// Number or timestamp: every comparison, `IN`, `BETWEEN`, `EXISTS`.
+    Ordered(TraitType),
+    /// `=`, `!=`, `EXISTS`.
+    Bool,
+    /// `CONTAINS`, `EXISTS`.
+    List,
+}
+
+impl Kind {
+    fn of(field: &Field) -> Kind {
+        match field {
+            Field::Identifier(_) => Kind::Str { identifier: true },
+            Field::FirstSeen | Field::LastSeen => Kind::Ordered(TraitType::Timestamp),
+            Field::Trait { ty, .. } => match ty {
+                TraitType::Keyword | TraitType::Text => Kind::Str { identifier: false },
+                TraitType::Number | TraitType::Timestamp => Kind::Ordered(*ty),
+                TraitType::Bool => Kind::Bool,
+                TraitType::List => Kind::List,
+            },
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Kind::Str { identifier: true } => "an identifier".to_string(),
+            Kind::Str { identifier: false } => "a string".to_string(),
+            Kind::Ordered(TraitType::Timestamp) => "a timestamp".to_string(),
+            Kind::Ordered(_) => "a number".to_string(),
+            Kind::Bool => "a bool".to_string(),
+            Kind::List => "a list".to_string(),
+        }
+    }
+}
+
+fn describe_literal(lit: &Literal) -> String {
+    match &lit.value {
+        LitValue::Str(s) => format!("the string {s:?}"),
+        LitValue::Num(x) => format!("the number {x}"),
+        LitValue::Bool(b) => format!("{}", if *b { "TRUE" } else { "FALSE" }),
+        LitValue::Now { .. } => "a time relative to NOW".to_string(),
+    }
+}
+
+fn mismatch(p: &Predicate, lit: &Literal, kind: Kind) -> SegmentError {
+    SegmentError::TypeMismatch {
+        position: pos(lit.span),
+        name: p.name.text.clone(),
+        expected: kind.describe(),
+        found: describe_literal(lit),
+    }
+}

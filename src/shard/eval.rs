@@ -1,0 +1,538 @@
+//! Evaluation of a checked condition on one shard: count, membership of one
+//! profile, members in row order with a resume cursor, and breakdown.
+//!
+//! A condition in normal form ([`normalize`](crate::segment::normalize)) is
+//! evaluated bottom-up as bitmap operations. Leaves borrow index bitmaps
+//! where they can ([`Cow`]). `AND` evaluates its positive operands in order
+//! of estimated cardinality (most selective first), subtracts its negative
+//! operands (`NOT x`) afterwards, and stops as soon as the running result is
+//! empty. A count does not build the final set: the last operation of an
+//! `AND`/`OR`/`NOT` is done with `intersection_len`, `union_len` or by
+//! subtraction of lengths, and a lone range is counted from its bins.
+//!
+//! Every leaf bitmap is a subset of the universe (removing a row clears it
+//! from every index), so `NOT x` is `universe - x` and its count is
+//! `|universe| - |x|`.
+
+use std::borrow::Cow;
+
+use ahash::AHashMap;
+use roaring::{MultiOps, RoaringBitmap};
+
+use super::events::{EventTable, Partition, PropColumn, DAY_MS};
+use super::{Row, Shard, ShardError, TraitColumn, NO_CODE};
+use crate::model::{num_key, time_key, IdentifierKind, TraitType};
+use crate::segment::{Cond, Did, Field, Leaf, LeafTest};
+
+type Bits<'a> = Cow<'a, RoaringBitmap>;
+
+fn empty<'a>() -> Bits<'a> {
+    Cow::Owned(RoaringBitmap::new())
+}
+
+/// Counts per value, as a breakdown returns them.
+pub type Breakdown = Vec<(String, u64)>;
+
+/// Keeps the `n` largest counts, ties broken by value, largest first.
+pub fn top_n(mut counts: Breakdown, n: usize) -> Breakdown {
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts.truncate(n);
+    counts
+}
+
+impl Shard {
+    /// The rows that satisfy `cond`.
+    pub fn eval<'a>(&'a self, cond: &Cond) -> Bits<'a> {
+        match cond {
+            Cond::All => Cow::Borrowed(&self.universe),
+            Cond::Empty => empty(),
+            Cond::Not(inner) => Cow::Owned(&self.universe - self.eval(inner).as_ref()),
+            Cond::And(items) => self.eval_and(items),
+            Cond::Or(items) => {
+                let parts: Vec<Bits<'_>> = items.iter().map(|c| self.eval(c)).collect();
+                Cow::Owned(parts.iter().map(|b| b.as_ref()).union())
+            }
+            Cond::Leaf(leaf) => self.leaf(leaf),
+            Cond::Did(did) => Cow::Owned(self.did(did)),
+        }
+    }
+
+    /// Operands of an `AND` split into positives (most selective first) and
+    /// negated ones (largest first, so the running set empties soonest).
+    fn plan_and<'c>(&self, items: &'c [Cond]) -> (Vec<&'c Cond>, Vec<&'c Cond>) {
+        let mut pos: Vec<(u64, &Cond)> = Vec::new();
+        let mut neg: Vec<(u64, &Cond)> = Vec::new();
+        for c in items {
+            match c {
+                Cond::Not(inner) => neg.push((self.estimate(inner), inner)),
+                other => pos.push((self.estimate(other), other)),
+            }
+        }
+        pos.sort_by_key(|(e, _)| *e);
+        neg.sort_by_key(|(e, _)| std::cmp::Reverse(*e));
+        (pos.into_iter().map(|x| x.1).collect(), neg.into_iter().map(|x| x.1).collect())
+    }
+
+    fn eval_and<'a>(&'a self, items: &[Cond]) -> Bits<'a> {
+        let (pos, neg) = self.plan_and(items);
+        let mut acc: Bits<'a> = match pos.first() {
+            Some(first) => self.eval(first),
+            None => Cow::Borrowed(&self.universe),
+        };
+        for c in pos.iter().skip(1) {
+            if acc.is_empty() {
+                return empty();
+            }
+            let b = self.eval(c);
+            acc = Cow::Owned(match acc {
+                Cow::Owned(mut a) => {
+                    a &= b.as_ref();
+                    a
+                }
+                Cow::Borrowed(a) => a & b.as_ref(),
+            });
+        }
+        for c in neg {
+            if acc.is_empty() {
+                return empty();
+            }
+            let b = self.eval(c);
+            acc = Cow::Owned(match acc {
+                Cow::Owned(mut a) => {
+                    a -= b.as_ref();
+                    a
+                }
+                Cow::Borrowed(a) => a - b.as_ref(),
+            });
+        }
+        acc
+    }
+
+    /// How many live profiles satisfy `cond`, building as little as possible.
+    pub fn count(&self, cond: &Cond) -> u64 {
+        match cond {
+            Cond::All => self.universe.len(),
+            Cond::Empty => 0,
+            Cond::Not(inner) => self.universe.len() - self.count(inner),
+            Cond::Leaf(Leaf { field, test: LeafTest::Range { lo, hi } }) => match self.range_column(field) {
+                Some(col) => col.range_len(*lo, *hi),
+                None => 0,
+            },
+            Cond::And(items) => {
+                let (pos, neg) = self.plan_and(items);
+                // Build the set of all operands but the last, then count the
+                // last operation without building its result.
+                let total = pos.len() + neg.len();
+                if total == 0 {
+                    return self.universe.len();
+                }
+                let (rest_items, last): (Vec<Cond>, &Cond) = if let Some(last_neg) = neg.last() {
+                    let mut rest: Vec<Cond> = pos.iter().map(|c| (*c).clone()).collect();
+                    rest.extend(neg[..neg.len() - 1].iter().map(|c| Cond::Not(Box::new((*c).clone()))));
+                    (rest, last_neg)
+                } else {
+                    (pos[..pos.len() - 1].iter().map(|c| (*c).clone()).collect(), pos[pos.len() - 1])
+                };
+                let rest = match rest_items.len() {
+                    0 => Cow::Borrowed(&self.universe),
+                    1 => self.eval(&rest_items[0]),
+                    _ => self.eval_and(&rest_items),
+                };
+                if rest.is_empty() {
+                    return 0;
+                }
+                let last_bits = self.eval(last);
+                if neg.is_empty() {
+                    rest.intersection_len(&last_bits)
+                } else {
+                    rest.difference_len(&last_bits)
+                }
+            }
+            Cond::Or(items) => {
+                let (last, rest) = items.split_last().unwrap_or((&Cond::Empty, &[]));
+                let parts: Vec<Bits<'_>> = rest.iter().map(|c| self.eval(c)).collect();
+                let acc: RoaringBitmap = parts.iter().map(|b| b.as_ref()).union();
+                acc.union_len(&self.eval(last))
+            }
+            other => self.eval(other).len(),
+        }
+    }
+
+    /// An upper bound on the number of rows `cond` selects, cheap to compute,
+    /// used to order the operands of an `AND`.
+    pub fn estimate(&self, cond: &Cond) -> u64 {
+        let universe = self.universe.len();
+        match cond {
+            Cond::All => universe,
+            Cond::Empty => 0,
+            Cond::Not(inner) => universe.saturating_sub(self.estimate(inner) / 2),
+            Cond::And(items) => items.iter().map(|c| self.estimate(c)).min().unwrap_or(universe),
+            Cond::Or(items) => items.iter().map(|c| self.estimate(c)).sum::<u64>().min(universe),
+            Cond::Did(d) => self.events.get(&d.event).map_or(0, |t| t.who.len()),
+            Cond::Leaf(leaf) => self.estimate_leaf(leaf),
+        }
+    }
+
+    fn estimate_leaf(&self, leaf: &Leaf) -> u64 {
+        match (&leaf.field, &leaf.test) {
+            (Field::Identifier(kind), LeafTest::StrIn(values)) => {
+                values.iter().map(|v| self.ids.of(*kind).rows_of(v).len() as u64).sum()
+            }
+            (Field::Identifier(kind), _) => self.ids.of(*kind).present.len(),
+            (field, LeafTest::Range { lo, hi }) => {
+                self.range_column(field).map_or(0, |c| c.estimate(*lo, *hi))
+            }
+            (Field::Trait { name, ty }, test) => match (self.traits.get(name), test) {
+                (Some(col), _) if col.trait_type() != *ty => 0,
+                (Some(TraitColumn::Keyword(c)), LeafTest::StrIn(values)) => {
+                    values.iter().filter_map(|v| c.rows_of(v)).map(RoaringBitmap::len).sum()
+                }
+                (Some(TraitColumn::Text(c)), LeafTest::StrIn(values)) => {
+                    values.iter().map(|v| c.rows_of(v).len() as u64).sum()
+                }
+                (Some(TraitColumn::List(c)), LeafTest::Contains(v)) => {
+                    c.rows_of(v).map_or(0, RoaringBitmap::len)
+                }
+                (Some(TraitColumn::Bool(c)), LeafTest::Bool(true)) => c.trues.len(),
+                (Some(TraitColumn::Bool(c)), LeafTest::Bool(false)) => c.falses.len(),
+                (Some(col), _) => col.present().len(),
+                (None, _) => 0,
+            },
+            (_, _) => self.universe.len(),
+        }
+    }
+
+    fn range_column(&self, field: &Field) -> Option<&super::RangeColumn> {
+        match field {
+            Field::FirstSeen => Some(&self.first_seen),
+            Field::LastSeen => Some(&self.last_seen),
+            Field::Trait { name, ty } => match self.traits.get(name) {
+                Some(TraitColumn::Range(t, c)) if t == ty => Some(c),
+                _ => None,
+            },
+            Field::Identifier(_) => None,
+        }
+    }
+
+    /// The rows of one leaf.
+    fn leaf<'a>(&'a self, leaf: &Leaf) -> Bits<'a> {
+        let test = &leaf.test;
+        if let Some(col) = self.range_column(&leaf.field) {
+            return match test {
+                LeafTest::Exists => Cow::Borrowed(&col.present),
+                LeafTest::Range { lo, hi } => Cow::Owned(col.range(*lo, *hi)),
+                LeafTest::NotEq(k) => Cow::Owned(&col.present - &col.range(*k, *k)),
+                _ => empty(),
+            };
+        }
+        match &leaf.field {
+            Field::Identifier(kind) => {
+                let col = self.ids.of(*kind);
+                match test {
+                    LeafTest::Exists => Cow::Borrowed(&col.present),
+                    LeafTest::StrIn(values) => Cow::Owned(rows_of_texts(|v| col.rows_of(v), values)),
+                    _ => empty(),
+                }
+            }
+            Field::Trait { name, ty } => {
+                let Some(col) = self.traits.get(name).filter(|c| c.trait_type() == *ty) else {
+                    return empty();
+                };
+                match (col, test) {
+                    (col, LeafTest::Exists) => col.present(),
+                    (TraitColumn::Keyword(c), LeafTest::StrIn(values)) => match values.as_slice() {
+                        [one] => c.rows_of(one).map_or_else(empty, Cow::Borrowed),
+                        many => Cow::Owned(many.iter().filter_map(|v| c.rows_of(v)).union()),
+                    },
+                    (TraitColumn::Keyword(c), LeafTest::StrNotIn(values)) => {
+                        let excluded: RoaringBitmap = values.iter().filter_map(|v| c.rows_of(v)).union();
+                        Cow::Owned(&c.present - &excluded)
+                    }
+                    (TraitColumn::Text(c), LeafTest::StrIn(values)) => {
+                        Cow::Owned(rows_of_texts(|v| c.rows_of(v), values))
+                    }
+                    (TraitColumn::Text(c), LeafTest::StrNotIn(values)) => {
+                        Cow::Owned(&c.present - &rows_of_texts(|v| c.rows_of(v), values))
+                    }
+                    (TraitColumn::Bool(c), LeafTest::Bool(true)) => Cow::Borrowed(&c.trues),
+                    (TraitColumn::Bool(c), LeafTest::Bool(false)) => Cow::Borrowed(&c.falses),
+                    (TraitColumn::List(c), LeafTest::Contains(v)) => {
+                        c.rows_of(v).map_or_else(empty, Cow::Borrowed)
+                    }
+                    _ => empty(),
+                }
+            }
+            Field::FirstSeen | Field::LastSeen => empty(),
+        }
+    }
+
+    /// The rows whose count of matching events satisfies the behaviour.
+    fn did(&self, d: &Did) -> RoaringBitmap {
+        let Some(table) = self.events.get(&d.event) else { return RoaringBitmap::new() };
+        if d.filter.is_none() && d.min <= 1 && d.max.is_none() {
+            return table.who_in_window(d.from_ms, d.to_ms);
+        }
+        let mut counts: AHashMap<Row, u32> = AHashMap::new();
+        for (day, part) in table.partitions_in(d.from_ms, d.to_ms) {
+            let mask = table.match_mask(day, part, d.from_ms, d.to_ms, d.filter.as_deref());
+            for (w, &word) in mask.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let i = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    *counts.entry(part.rows[i]).or_default() += 1;
+                }
+            }
+        }
+        let mut rows: Vec<Row> =
+            counts.into_iter().filter(|(_, n)| d.count_matches(u64::from(*n))).map(|(r, _)| r).collect();
+        rows.sort_unstable();
+        RoaringBitmap::from_sorted_iter(rows).unwrap_or_default()
+    }
+
+    /// True when the live row satisfies `cond`.
+    pub fn row_matches(&self, row: Row, cond: &Cond) -> bool {
+        if !self.universe.contains(row) {
+            return false;
+        }
+        self.row_matches_live(row, cond)
+    }
+
+    fn row_matches_live(&self, row: Row, cond: &Cond) -> bool {
+        match cond {
+            Cond::All => true,
+            Cond::Empty => false,
+            Cond::Not(inner) => !self.row_matches_live(row, inner),
+            Cond::And(items) => items.iter().all(|c| self.row_matches_live(row, c)),
+            Cond::Or(items) => items.iter().any(|c| self.row_matches_live(row, c)),
+            Cond::Leaf(leaf) => self.leaf_contains(row, leaf),
+            Cond::Did(d) => {
+                let Some(table) = self.events.get(&d.event) else { return false };
+                if !table.who.contains(row) {
+                    return false;
+                }
+                let mut n = 0u64;
+                for (day, part) in table.partitions_in(d.from_ms, d.to_ms) {
+                    if !part.who.contains(row) {
+                        continue;
+                    }
+                    let base = day * DAY_MS;
+                    for (i, &r) in part.rows.iter().enumerate() {
+                        if r != row {
+                            continue;
+                        }
+                        let ts = base + i64::from(part.offsets[i]);
+                        if ts < d.from_ms || ts > d.to_ms {
+                            continue;
+                        }
+                        if d.filter.as_deref().is_none_or(|f| event_matches(table, part, i, f)) {
+                            n += 1;
+                        }
+                    }
+                }
+                d.count_matches(n)
+            }
+        }
+    }
+
+    fn leaf_contains(&self, row: Row, leaf: &Leaf) -> bool {
+        let test = &leaf.test;
+        if let Some(col) = self.range_column(&leaf.field) {
+            let Some(k) = col.get(row) else { return false };
+            return match test {
+                LeafTest::Exists => true,
+                LeafTest::Range { lo, hi } => *lo <= k && k <= *hi,
+                LeafTest::NotEq(x) => k != *x,
+                _ => false,
+            };
+        }
+        match &leaf.field {
+            Field::Identifier(kind) => {
+                let ids = self.ids.of(*kind).get(row);
+                match test {
+                    LeafTest::Exists => !ids.is_empty(),
+                    LeafTest::StrIn(values) => ids.iter().any(|id| values.iter().any(|v| **id == **v)),
+                    _ => false,
+                }
+            }
+            Field::Trait { name, ty } => {
+                let Some(col) = self.traits.get(name).filter(|c| c.trait_type() == *ty) else {
+                    return false;
+                };
+                match (col, test) {
+                    (TraitColumn::Keyword(c), t) => str_test(c.get(row), t),
+                    (TraitColumn::Text(c), t) => str_test(c.get(row).first().map(|s| &**s), t),
+                    (TraitColumn::Bool(c), LeafTest::Exists) => c.get(row).is_some(),
+                    (TraitColumn::Bool(c), LeafTest::Bool(b)) => c.get(row) == Some(*b),
+                    (TraitColumn::List(c), LeafTest::Exists) => c.present.contains(row),
+                    (TraitColumn::List(c), LeafTest::Contains(v)) => {
+                        c.rows_of(v).is_some_and(|b| b.contains(row))
+                    }
+                    _ => false,
+                }
+            }
+            Field::FirstSeen | Field::LastSeen => false,
+        }
+    }
+
+    /// Up to `limit` rows satisfying `cond`, in row order, starting after
+    /// `after` (the cursor: the last row of the previous page).
+    pub fn members(&self, cond: &Cond, after: Option<Row>, limit: usize) -> Vec<Row> {
+        let set = self.eval(cond);
+        let mut it = set.iter();
+        if let Some(a) = after {
+            match a.checked_add(1) {
+                Some(next) => it.advance_to(next),
+                None => return Vec::new(),
+            }
+        }
+        it.take(limit).collect()
+    }
+
+    /// Counts per value of a keyword, list or bool trait among the rows that
+    /// satisfy `cond`; values with no row are left out. Unsorted: merge the
+    /// shards' results, then take [`top_n`].
+    pub fn breakdown(&self, cond: &Cond, name: &str) -> Result<Breakdown, ShardError> {
+        let set = self.eval(cond);
+        let all = matches!(cond, Cond::All);
+        let count = |b: &RoaringBitmap| if all { b.len() } else { b.intersection_len(&set) };
+        let mut out = Vec::new();
+        match self.traits.get(name) {
+            None => {}
+            Some(TraitColumn::Keyword(c)) => {
+                for (code, bm) in c.bitmaps.iter().enumerate() {
+                    let n = count(bm);
+                    if n > 0 {
+                        out.push((c.dict.value(code as u32).to_string(), n));
+                    }
+                }
+            }
+            Some(TraitColumn::List(c)) => {
+                for (code, bm) in c.bitmaps.iter().enumerate() {
+                    let n = count(bm);
+                    if n > 0 {
+                        out.push((c.dict.value(code as u32).to_string(), n));
+                    }
+                }
+            }
+            Some(TraitColumn::Bool(c)) => {
+                for (value, bm) in [("false", &c.falses), ("true", &c.trues)] {
+                    let n = count(bm);
+                    if n > 0 {
+                        out.push((value.to_string(), n));
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(ShardError::Breakdown {
+                    name: name.to_string(),
+                    reason: format!(
+                        "it is {}; only keyword, list and bool traits break down",
+                        other.trait_type()
+                    ),
+                })
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn rows_of_texts<'c>(rows_of: impl Fn(&str) -> &'c [Row], values: &[String]) -> RoaringBitmap {
+    let mut rows: Vec<Row> = values.iter().flat_map(|v| rows_of(v).iter().copied()).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    RoaringBitmap::from_sorted_iter(rows).unwrap_or_default()
+}
+
+fn str_test(value: Option<&str>, test: &LeafTest) -> bool {
+    let Some(v) = value else { return false };
+    match test {
+        LeafTest::Exists => true,
+        LeafTest::StrIn(values) => values.iter().any(|x| x == v),
+        LeafTest::StrNotIn(values) => !values.iter().any(|x| x == v),
+        _ => false,
+    }
+}
+
+/// True when event `i` of `part` satisfies a property condition (the scalar
+/// twin of the column-at-a-time masks, for membership checks).
+fn event_matches(table: &EventTable, part: &Partition, i: usize, cond: &Cond) -> bool {
+    match cond {
+        Cond::All => true,
+        Cond::Empty | Cond::Did(_) => false,
+        Cond::Not(inner) => !event_matches(table, part, i, inner),
+        Cond::And(items) => items.iter().all(|c| event_matches(table, part, i, c)),
+        Cond::Or(items) => items.iter().any(|c| event_matches(table, part, i, c)),
+        Cond::Leaf(leaf) => {
+            let Field::Trait { name, ty } = &leaf.field else { return false };
+            let Some(&pi) = table.prop_index.get(name.as_str()) else { return false };
+            if table.props[pi].1 != *ty {
+                return false;
+            }
+            let dict = &table.dicts[pi];
+            match (&part.props[pi], &leaf.test) {
+                (PropColumn::Codes(c), t) => {
+                    let v = (c[i] != NO_CODE).then(|| dict.value(c[i]));
+                    str_test(v, t)
+                }
+                (PropColumn::Keys { keys, present }, t) => {
+                    if present[i / 64] >> (i % 64) & 1 == 0 {
+                        return false;
+                    }
+                    let k = keys[i];
+                    match t {
+                        LeafTest::Exists => true,
+                        LeafTest::Range { lo, hi } => *lo <= k && k <= *hi,
+                        LeafTest::NotEq(x) => k != *x,
+                        _ => false,
+                    }
+                }
+                (PropColumn::Bools(b), LeafTest::Exists) => b[i] != 2,
+                (PropColumn::Bools(b), LeafTest::Bool(want)) => b[i] == u8::from(*want),
+                (PropColumn::Lists(l), LeafTest::Exists) => l[i].is_some(),
+                (PropColumn::Lists(l), LeafTest::Contains(v)) => match dict.code(v) {
+                    Some(code) => l[i].as_ref().is_some_and(|codes| codes.binary_search(&code).is_ok()),
+                    None => false,
+                },
+                _ => false,
+            }
+        }
+    }
+}
+
+/// Helpers to build leaves in tests and tools without the parser.
+pub mod leaves {
+    use super::*;
+
+    /// `name = value` on a keyword trait.
+    pub fn keyword_eq(name: &str, value: &str) -> Cond {
+        Cond::Leaf(Leaf {
+            field: Field::Trait { name: name.into(), ty: TraitType::Keyword },
+            test: LeafTest::StrIn(vec![value.into()]),
+        })
+    }
+
+    /// `lo <= name <= hi` on a number trait.
+    pub fn number_between(name: &str, lo: f64, hi: f64) -> Cond {
+        Cond::Leaf(Leaf {
+            field: Field::Trait { name: name.into(), ty: TraitType::Number },
+            test: LeafTest::Range { lo: num_key(lo), hi: num_key(hi) },
+        })
+    }
+
+    /// `lo <= name <= hi` on a timestamp trait.
+    pub fn time_between(name: &str, lo: i64, hi: i64) -> Cond {
+        Cond::Leaf(Leaf {
+            field: Field::Trait { name: name.into(), ty: TraitType::Timestamp },
+            test: LeafTest::Range { lo: time_key(lo), hi: time_key(hi) },
+        })
+    }
+
+    /// `user_id = id`.
+    pub fn user_id(id: &str) -> Cond {
+        Cond::Leaf(Leaf {
+            field: Field::Identifier(IdentifierKind::UserId),
+            test: LeafTest::StrIn(vec![id.into()]),
+        })
+    }
+}

@@ -1,0 +1,668 @@
+//! The event store: per event name, day partitions of columns plus bucketed
+//! "who did it" bitmaps.
+//!
+//! Layout of one [`EventTable`] (one per event name):
+//!
+//! - `partitions`: one [`Partition`] per UTC day, holding the events of that
+//!   day as columns (row, timestamp, one typed column per property) and the
+//!   bitmap of rows that have an event that day.
+//! - `levels`: coarser who-did-it bitmaps over aligned buckets of 4, 16 and
+//!   64 days, so that a 30-day window is a handful of bitmaps; the two edge
+//!   days of a window are refined by reading their timestamps.
+//!
+//! A behaviour with a `WHERE` clause or a frequency other than "at least
+//! once" scans the partitions inside the window column by column: each
+//! property test produces a bit mask over the partition's events, masks are
+//! combined word by word, and matching events are counted per row.
+
+use std::collections::BTreeMap;
+
+use ahash::AHashMap;
+use roaring::RoaringBitmap;
+
+use super::columns::{Dict, NO_CODE};
+use super::Row;
+use crate::model::{num_key, time_key, TraitType, Value};
+use crate::segment::{Cond, Field, LeafTest};
+
+/// Milliseconds in a day: the partition width.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Widths, in days, of the coarse bucket levels above day partitions.
+pub const LEVEL_DAYS: [i64; 3] = [4, 16, 64];
+
+/// The day (partition number) of a timestamp.
+pub fn day_of(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(DAY_MS)
+}
+
+/// A property column inside one partition. Absent values: [`NO_CODE`] for
+/// codes, `None`-like sentinels documented per variant.
+#[derive(Clone, Debug)]
+pub enum PropColumn {
+    /// Keyword or text: dictionary code per event ([`NO_CODE`] when absent).
+    Codes(Vec<u32>),
+    /// Number or timestamp: order key per event, with a presence mask.
+    Keys {
+        /// Key per event.
+        keys: Vec<u64>,
+        /// Presence, one bit per event.
+        present: Vec<u64>,
+    },
+    /// Bool: 0 false, 1 true, 2 absent.
+    Bools(Vec<u8>),
+    /// List: sorted element codes per event (`None` when absent).
+    Lists(Vec<Option<Box<[u32]>>>),
+}
+
+impl PropColumn {
+    fn new(ty: TraitType, len: usize) -> PropColumn {
+        match ty {
+            TraitType::Keyword | TraitType::Text => PropColumn::Codes(vec![NO_CODE; len]),
+            TraitType::Number | TraitType::Timestamp => {
+                PropColumn::Keys { keys: vec![0; len], present: vec![0; len.div_ceil(64)] }
+            }
+            TraitType::Bool => PropColumn::Bools(vec![2; len]),
+            TraitType::List => PropColumn::Lists(vec![None; len]),
+        }
+    }
+
+    fn push(&mut self, value: Option<&Value>, dict: &mut Dict) {
+        match self {
+            PropColumn::Codes(codes) => codes.push(match value {
+                Some(Value::Keyword(s) | Value::Text(s)) => dict.intern(s),
+                _ => NO_CODE,
+            }),
+            PropColumn::Keys { keys, present } => {
+                let i = keys.len();
+                if i % 64 == 0 {
+                    present.push(0);
+                }
+                let key = match value {
+                    Some(Value::Number(x)) => Some(num_key(*x)),
+                    Some(Value::Timestamp(t)) => Some(time_key(*t)),
+                    _ => None,
+                };
+                keys.push(key.unwrap_or(0));
+                if key.is_some() {
+                    present[i / 64] |= 1 << (i % 64);
+                }
+            }
+            PropColumn::Bools(v) => v.push(match value {
+                Some(Value::Bool(b)) => u8::from(*b),
+                _ => 2,
+            }),
+            PropColumn::Lists(v) => v.push(match value {
+                Some(Value::List(items)) => {
+                    let mut codes: Vec<u32> = items.iter().map(|s| dict.intern(s)).collect();
+                    codes.sort_unstable();
+                    codes.dedup();
+                    Some(codes.into_boxed_slice())
+                }
+                _ => None,
+            }),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            PropColumn::Codes(v) => v.len(),
+            PropColumn::Keys { keys, .. } => keys.len(),
+            PropColumn::Bools(v) => v.len(),
+            PropColumn::Lists(v) => v.len(),
+        }
+    }
+
+    /// Keeps only the events whose index `keep` says to keep.
+    fn retain(&mut self, keep: &[bool]) {
+        fn filter<T: Clone>(v: &mut Vec<T>, keep: &[bool]) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+        match self {
+            PropColumn::Codes(v) => filter(v, keep),
+            PropColumn::Bools(v) => filter(v, keep),
+            PropColumn::Lists(v) => filter(v, keep),
+            PropColumn::Keys { keys, present } => {
+                let mut new_keys = Vec::with_capacity(keys.len());
+                let mut new_present = Vec::new();
+                for (i, &k) in keys.iter().enumerate() {
+                    if !keep[i] {
+                        continue;
+                    }
+                    let j = new_keys.len();
+                    if j % 64 == 0 {
+                        new_present.push(0);
+                    }
+                    if present[i / 64] >> (i % 64) & 1 == 1 {
+                        new_present[j / 64] |= 1 << (j % 64);
+                    }
+                    new_keys.push(k);
+                }
+                *keys = new_keys;
+                *present = new_present;
+            }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            PropColumn::Codes(v) => v.capacity() * 4,
+            PropColumn::Keys { keys, present } => keys.capacity() * 8 + present.capacity() * 8,
+            PropColumn::Bools(v) => v.capacity(),
+            PropColumn::Lists(v) => {
+                v.capacity() * 16 + v.iter().flatten().map(|c| c.len() * 4).sum::<usize>()
+            }
+        }
+    }
+}
+
+/// The events of one name on one day.
+#[derive(Clone, Debug, Default)]
+pub struct Partition {
+    /// Row of each event.
+    pub rows: Vec<Row>,
+    /// Milliseconds since the start of the day of each event (fits in u32).
+    pub offsets: Vec<u32>,
+    /// Property columns, by the table's property index; a column may be
+    /// shorter than `rows` was when it was created and is padded then.
+    pub props: Vec<PropColumn>,
+    /// Rows with at least one event here.
+    pub who: RoaringBitmap,
+}
+
+impl Partition {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when the partition holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// The events of one name.
+#[derive(Clone, Debug, Default)]
+pub struct EventTable {
+    /// Property names and types, by property index.
+    pub props: Vec<(String, TraitType)>,
+    /// Property index by name.
+    pub prop_index: AHashMap<String, usize>,
+    /// Dictionary per property (used by keyword, text and list properties).
+    pub dicts: Vec<Dict>,
+    /// Day partitions by day number.
+    pub partitions: BTreeMap<i64, Partition>,
+    /// Who-did-it bitmaps per coarse bucket, one map per [`LEVEL_DAYS`] width.
+    pub levels: [BTreeMap<i64, RoaringBitmap>; 3],
+    /// Rows with at least one event of this name.
+    pub who: RoaringBitmap,
+    /// Number of events.
+    pub total: u64,
+}
+
+/// One event as stored and read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    /// The event name.
+    pub name: String,
+    /// Its time, milliseconds since the epoch.
+    pub ts_ms: i64,
+    /// Its properties, sorted by name.
+    pub properties: Vec<(String, Value)>,
+}
+
+impl EventTable {
+    /// The index of a property, creating it with type `ty` when new. Returns
+    /// `None` if the property exists with another type.
+    fn prop(&mut self, name: &str, ty: TraitType) -> Option<usize> {
+        if let Some(&i) = self.prop_index.get(name) {
+            return (self.props[i].1 == ty).then_some(i);
+        }
+        let i = self.props.len();
+        self.props.push((name.to_string(), ty));
+        self.prop_index.insert(name.to_string(), i);
+        self.dicts.push(Dict::default());
+        Some(i)
+    }
+
+    /// Appends an event. Properties whose type differs from the one this table
+    /// holds are returned, not stored.
+    pub fn append(&mut self, row: Row, ts_ms: i64, properties: &[(String, Value)]) -> Vec<String> {
+        let mut rejected = Vec::new();
+        let mut values: Vec<(usize, &Value)> = Vec::with_capacity(properties.len());
+        for (name, value) in properties {
+            match self.prop(name, value.trait_type()) {
+                Some(i) => values.push((i, value)),
+                None => rejected.push(name.clone()),
+            }
+        }
+        let day = day_of(ts_ms);
+        let part = self.partitions.entry(day).or_default();
+        let n = part.rows.len();
+        part.rows.push(row);
+        part.offsets.push((ts_ms - day * DAY_MS) as u32);
+        part.who.insert(row);
+        for (i, (_, ty)) in self.props.iter().enumerate() {
+            if part.props.len() <= i {
+                part.props.push(PropColumn::new(*ty, n));
+            }
+            let value = values.iter().find(|(j, _)| *j == i).map(|(_, v)| *v);
+            part.props[i].push(value, &mut self.dicts[i]);
+        }
+        for (level, width) in LEVEL_DAYS.iter().enumerate() {
+            self.levels[level].entry(day.div_euclid(*width)).or_default().insert(row);
+        }
+        self.who.insert(row);
+        self.total += 1;
+        rejected
+    }
+
+    /// Removes every event of `row`, returning them.
+    pub fn remove_row(&mut self, name: &str, row: Row) -> Vec<EventRecord> {
+        if !self.who.remove(row) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let days: Vec<i64> =
+            self.partitions.iter().filter(|(_, p)| p.who.contains(row)).map(|(d, _)| *d).collect();
+        for day in days {
+            let Some(part) = self.partitions.get_mut(&day) else { continue };
+            let keep: Vec<bool> = part.rows.iter().map(|&r| r != row).collect();
+            for (i, _) in keep.iter().enumerate().filter(|(_, k)| !**k) {
+                out.push(read_event(name, &self.props, &self.dicts, part, day, i));
+            }
+            let mut i = 0;
+            part.rows.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+            let mut i = 0;
+            part.offsets.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+            for col in &mut part.props {
+                col.retain(&keep);
+            }
+            part.who.remove(row);
+            self.total -= keep.iter().filter(|k| !**k).count() as u64;
+            if part.is_empty() {
+                self.partitions.remove(&day);
+            }
+        }
+        for level in &mut self.levels {
+            level.retain(|_, bm| {
+                bm.remove(row);
+                !bm.is_empty()
+            });
+        }
+        out
+    }
+
+    /// Every event of `row`, in time order.
+    pub fn events_of(&self, name: &str, row: Row) -> Vec<EventRecord> {
+        let mut out = Vec::new();
+        if !self.who.contains(row) {
+            return out;
+        }
+        for (day, part) in &self.partitions {
+            if !part.who.contains(row) {
+                continue;
+            }
+            for (i, &r) in part.rows.iter().enumerate() {
+                if r == row {
+                    out.push(read_event(name, &self.props, &self.dicts, part, *day, i));
+                }
+            }
+        }
+        out.sort_by_key(|e| e.ts_ms);
+        out
+    }
+
+    /// Checks partitions, columns and every who-did-it bitmap against the rows.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut who = RoaringBitmap::new();
+        let mut levels: [BTreeMap<i64, RoaringBitmap>; 3] = Default::default();
+        let mut total = 0u64;
+        for (day, part) in &self.partitions {
+            if part.is_empty() {
+                return Err(format!("day {day}: empty partition kept"));
+            }
+            if part.offsets.len() != part.rows.len() {
+                return Err(format!("day {day}: offsets and rows differ in length"));
+            }
+            if part.offsets.iter().any(|&o| i64::from(o) >= DAY_MS) {
+                return Err(format!("day {day}: an offset is outside the day"));
+            }
+            if part.props.len() != self.props.len() {
+                return Err(format!(
+                    "day {day}: {} columns for {} properties",
+                    part.props.len(),
+                    self.props.len()
+                ));
+            }
+            if let Some(c) = part.props.iter().find(|c| c.len() != part.rows.len()) {
+                return Err(format!("day {day}: a column has {} events, rows {}", c.len(), part.rows.len()));
+            }
+            let rows: RoaringBitmap = part.rows.iter().copied().collect();
+            if rows != part.who {
+                return Err(format!("day {day}: who-did-it bitmap differs from the rows"));
+            }
+            for (level, width) in LEVEL_DAYS.iter().enumerate() {
+                *levels[level].entry(day.div_euclid(*width)).or_default() |= &rows;
+            }
+            who |= rows;
+            total += part.rows.len() as u64;
+        }
+        if who != self.who {
+            return Err("table who-did-it bitmap differs from the partitions".to_string());
+        }
+        if levels != self.levels {
+            return Err("coarse bucket bitmaps differ from the partitions".to_string());
+        }
+        if total != self.total {
+            return Err(format!("total {} but {total} events stored", self.total));
+        }
+        Ok(())
+    }
+
+    /// Heap bytes used, approximately.
+    pub fn heap_bytes(&self) -> usize {
+        let parts: usize = self
+            .partitions
+            .values()
+            .map(|p| {
+                p.rows.capacity() * 4
+                    + p.offsets.capacity() * 4
+                    + p.props.iter().map(PropColumn::heap_bytes).sum::<usize>()
+                    + p.who.serialized_size()
+                    + 64
+            })
+            .sum();
+        let levels: usize =
+            self.levels.iter().flat_map(|l| l.values()).map(RoaringBitmap::serialized_size).sum();
+        parts + levels + self.who.serialized_size() + self.dicts.iter().map(Dict::heap_bytes).sum::<usize>()
+    }
+
+    // ----- evaluation -------------------------------------------------------
+
+    /// Rows with at least one event in `from..=to` (no filter): whole buckets
+    /// from the coarsest level that fits, refined at the two edge days.
+    pub fn who_in_window(&self, from: i64, to: i64) -> RoaringBitmap {
+        let (Some((&first_day, _)), Some((&last_day, _))) =
+            (self.partitions.first_key_value(), self.partitions.last_key_value())
+        else {
+            return RoaringBitmap::new();
+        };
+        if from > to {
+            return RoaringBitmap::new();
+        }
+        let from_day = day_of(from).max(first_day);
+        let to_day = day_of(to).min(last_day);
+        if from_day > to_day {
+            return RoaringBitmap::new();
+        }
+        // Days wholly inside the window, clamped to the days that exist.
+        let full_from = if from <= first_day * DAY_MS { first_day } else { day_of(from - 1) + 1 };
+        let full_to = if to >= (last_day + 1) * DAY_MS - 1 { last_day } else { day_of(to + 1) - 1 };
+        let mut parts: Vec<&RoaringBitmap> = Vec::new();
+        // At most two partly covered days, refined by timestamp.
+        let mut edges: Vec<i64> = Vec::with_capacity(2);
+        if from_day < full_from {
+            edges.push(from_day);
+        }
+        if to_day > full_to && to_day != from_day {
+            edges.push(to_day);
+        } else if to_day > full_to && edges.is_empty() {
+            edges.push(to_day);
+        }
+        let mut d = full_from;
+        while d <= full_to {
+            // The widest aligned bucket that starts at d and ends by full_to.
+            let mut step = 1;
+            let mut bitmap = self.partitions.get(&d).map(|p| &p.who);
+            for (level, width) in LEVEL_DAYS.iter().enumerate() {
+                if d.rem_euclid(*width) == 0 && d + width - 1 <= full_to {
+                    step = *width;
+                    bitmap = self.levels[level].get(&d.div_euclid(*width));
+                } else {
+                    break;
+                }
+            }
+            if let Some(b) = bitmap {
+                parts.push(b);
+            }
+            d += step;
+        }
+        let mut out = roaring::MultiOps::union(parts.into_iter());
+        for day in edges {
+            if let Some(part) = self.partitions.get(&day) {
+                let base = day * DAY_MS;
+                for (i, &off) in part.offsets.iter().enumerate() {
+                    let ts = base + i64::from(off);
+                    if from <= ts && ts <= to {
+                        out.insert(part.rows[i]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The partitions that may hold events in `from..=to`.
+    pub fn partitions_in(&self, from: i64, to: i64) -> impl Iterator<Item = (i64, &Partition)> {
+        let range = if from > to { 1i64..=0 } else { day_of(from)..=day_of(to) };
+        self.partitions.range(range).map(|(d, p)| (*d, p))
+    }
+
+    /// Bit mask over `part`'s events that are in `from..=to` and satisfy
+    /// `filter`. Returns the mask as 64-bit words.
+    pub fn match_mask(
+        &self,
+        day: i64,
+        part: &Partition,
+        from: i64,
+        to: i64,
+        filter: Option<&Cond>,
+    ) -> Vec<u64> {
+        let n = part.len();
+        let mut mask = vec![0u64; n.div_ceil(64)];
+        let base = day * DAY_MS;
+        let lo = from.saturating_sub(base);
+        let hi = to.saturating_sub(base);
+        if lo <= 0 && hi >= DAY_MS - 1 {
+            fill(&mut mask, n);
+        } else {
+            for (i, &off) in part.offsets.iter().enumerate() {
+                let off = i64::from(off);
+                if lo <= off && off <= hi {
+                    mask[i / 64] |= 1 << (i % 64);
+                }
+            }
+        }
+        if let Some(f) = filter {
+            let fm = self.filter_mask(part, f);
+            for (m, f) in mask.iter_mut().zip(fm) {
+                *m &= f;
+            }
+        }
+        mask
+    }
+
+    /// Bit mask of the events of `part` that satisfy a property condition.
+    fn filter_mask(&self, part: &Partition, cond: &Cond) -> Vec<u64> {
+        let n = part.len();
+        let words = n.div_ceil(64);
+        match cond {
+            Cond::All => {
+                let mut m = vec![0u64; words];
+                fill(&mut m, n);
+                m
+            }
+            Cond::Empty => vec![0u64; words],
+            Cond::Not(inner) => {
+                let mut m = self.filter_mask(part, inner);
+                for w in &mut m {
+                    *w = !*w;
+                }
+                trim(&mut m, n);
+                m
+            }
+            Cond::And(items) => {
+                let mut m = vec![u64::MAX; words];
+                trim(&mut m, n);
+                for item in items {
+                    let x = self.filter_mask(part, item);
+                    let mut any = 0;
+                    for (a, b) in m.iter_mut().zip(x) {
+                        *a &= b;
+                        any |= *a;
+                    }
+                    if any == 0 {
+                        break;
+                    }
+                }
+                m
+            }
+            Cond::Or(items) => {
+                let mut m = vec![0u64; words];
+                for item in items {
+                    for (a, b) in m.iter_mut().zip(self.filter_mask(part, item)) {
+                        *a |= b;
+                    }
+                }
+                m
+            }
+            Cond::Leaf(leaf) => self.leaf_mask(part, &leaf.field, &leaf.test),
+            // The checker never puts a behaviour inside a filter.
+            Cond::Did(_) => vec![0u64; words],
+        }
+    }
+
+    fn leaf_mask(&self, part: &Partition, field: &Field, test: &LeafTest) -> Vec<u64> {
+        let n = part.len();
+        let mut m = vec![0u64; n.div_ceil(64)];
+        let Field::Trait { name, ty } = field else { return m };
+        let Some(&pi) = self.prop_index.get(name.as_str()) else { return m };
+        if self.props[pi].1 != *ty {
+            return m;
+        }
+        let dict = &self.dicts[pi];
+        let mut set = |i: usize| m[i / 64] |= 1 << (i % 64);
+        match (&part.props[pi], test) {
+            (PropColumn::Codes(codes), LeafTest::Exists) => {
+                codes.iter().enumerate().filter(|(_, &c)| c != NO_CODE).for_each(|(i, _)| set(i))
+            }
+            (PropColumn::Codes(codes), LeafTest::StrIn(values)) => {
+                let wanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
+                match wanted.as_slice() {
+                    [] => {}
+                    [one] => codes.iter().enumerate().filter(|(_, &c)| c == *one).for_each(|(i, _)| set(i)),
+                    many => {
+                        codes.iter().enumerate().filter(|(_, c)| many.contains(c)).for_each(|(i, _)| set(i))
+                    }
+                }
+            }
+            (PropColumn::Codes(codes), LeafTest::StrNotIn(values)) => {
+                let unwanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
+                codes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c != NO_CODE && !unwanted.contains(c))
+                    .for_each(|(i, _)| set(i))
+            }
+            (PropColumn::Keys { keys, present }, test) => {
+                let (lo, hi, not_eq) = match test {
+                    LeafTest::Exists => (0, u64::MAX, None),
+                    LeafTest::Range { lo, hi } => (*lo, *hi, None),
+                    LeafTest::NotEq(k) => (0, u64::MAX, Some(*k)),
+                    _ => return m,
+                };
+                for (i, &k) in keys.iter().enumerate() {
+                    if lo <= k && k <= hi && not_eq != Some(k) {
+                        set(i);
+                    }
+                }
+                for (a, p) in m.iter_mut().zip(present) {
+                    *a &= p;
+                }
+            }
+            (PropColumn::Bools(v), LeafTest::Exists) => {
+                v.iter().enumerate().filter(|(_, &b)| b != 2).for_each(|(i, _)| set(i))
+            }
+            (PropColumn::Bools(v), LeafTest::Bool(want)) => {
+                let want = u8::from(*want);
+                v.iter().enumerate().filter(|(_, &b)| b == want).for_each(|(i, _)| set(i))
+            }
+            (PropColumn::Lists(v), LeafTest::Exists) => {
+                v.iter().enumerate().filter(|(_, l)| l.is_some()).for_each(|(i, _)| set(i))
+            }
+            (PropColumn::Lists(v), LeafTest::Contains(element)) => {
+                if let Some(code) = dict.code(element) {
+                    v.iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.as_ref().is_some_and(|l| l.binary_search(&code).is_ok()))
+                        .for_each(|(i, _)| set(i))
+                }
+            }
+            _ => {}
+        }
+        m
+    }
+}
+
+fn fill(mask: &mut [u64], n: usize) {
+    for w in mask.iter_mut() {
+        *w = u64::MAX;
+    }
+    trim(mask, n);
+}
+
+fn trim(mask: &mut [u64], n: usize) {
+    if n % 64 != 0 {
+        if let Some(last) = mask.last_mut() {
+            *last &= (1u64 << (n % 64)) - 1;
+        }
+    }
+}
+
+fn read_event(
+    name: &str,
+    props: &[(String, TraitType)],
+    dicts: &[Dict],
+    part: &Partition,
+    day: i64,
+    i: usize,
+) -> EventRecord {
+    let mut properties = Vec::new();
+    for (pi, (pname, ty)) in props.iter().enumerate() {
+        let value = match &part.props[pi] {
+            PropColumn::Codes(c) if c[i] != NO_CODE => {
+                let s = dicts[pi].value(c[i]).to_string();
+                Some(if *ty == TraitType::Text { Value::Text(s) } else { Value::Keyword(s) })
+            }
+            PropColumn::Keys { keys, present } if present[i / 64] >> (i % 64) & 1 == 1 => {
+                Some(if *ty == TraitType::Timestamp {
+                    Value::Timestamp(crate::model::key_to_time(keys[i]))
+                } else {
+                    Value::Number(crate::model::key_to_num(keys[i]))
+                })
+            }
+            PropColumn::Bools(b) if b[i] != 2 => Some(Value::Bool(b[i] == 1)),
+            PropColumn::Lists(l) => {
+                l[i].as_ref().map(|codes| Value::list(codes.iter().map(|&c| dicts[pi].value(c).to_string())))
+            }
+            _ => None,
+        };
+        if let Some(v) = value {
+            properties.push((pname.clone(), v));
+        }
+    }
+    properties.sort_by(|a, b| a.0.cmp(&b.0));
+    EventRecord { name: name.to_string(), ts_ms: day * DAY_MS + i64::from(part.offsets[i]), properties }
+}

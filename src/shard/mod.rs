@@ -1,0 +1,676 @@
+//! One shard: a deterministic state machine over a slice of the profiles.
+//!
+//! A shard holds profiles as rows with dense `u32` ids, their traits in typed
+//! columns with bitmap and range indexes, their identifiers, and their events
+//! in the event store. It changes only through [`Shard::apply`] of a batch of
+//! [`Command`]s, so that a Raft group can replicate it by replicating the
+//! batches; it knows nothing of Raft, gRPC or tokio, reads no clock and
+//! draws no random number. The same batches applied to the same snapshot
+//! give the same shard, byte for byte.
+//!
+//! Rows are never reused: a removed or merged-away profile leaves the
+//! universe bitmap and every index, and its row id stays unused.
+//!
+//! Reading is [`eval`]: count, membership, members and breakdown of a
+//! checked [`Cond`](crate::segment::Cond).
+
+mod columns;
+pub mod eval;
+mod events;
+mod range;
+pub mod snapshot;
+
+use std::collections::BTreeMap;
+
+use ahash::AHashMap;
+use roaring::RoaringBitmap;
+use thiserror::Error;
+
+pub use columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamps, TextColumn, NEVER, NO_CODE};
+pub use events::{day_of, EventRecord, EventTable, Partition, PropColumn, DAY_MS, LEVEL_DAYS};
+pub use range::{RangeColumn, MAX_BINS};
+
+use crate::model::{key_to_num, key_to_time, num_key, time_key, IdentifierKind, Schema, TraitType, Value};
+
+/// A row of a shard: dense, assigned in order of creation.
+pub type Row = u32;
+
+/// A profile's cluster-wide id, chosen by the identity layer.
+pub type ProfileId = u64;
+
+/// The name of the list trait that `group` messages grow (INGEST.md): a set
+/// that only grows, and that a merge unions.
+pub const GROUPS_TRAIT: &str = "groups";
+
+/// Errors of the shard layer.
+#[derive(Debug, Error)]
+pub enum ShardError {
+    /// A snapshot file that cannot be read back as a shard.
+    #[error("snapshot {path}: {problem} (at byte {offset})")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// Byte offset where the problem was found.
+        offset: u64,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An I/O error on a snapshot file.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A query on a trait that cannot answer it (a breakdown of a number).
+    #[error("cannot break down `{name}`: {reason}")]
+    Breakdown {
+        /// The trait.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One trait's column, by type.
+#[derive(Clone, Debug)]
+pub enum TraitColumn {
+    /// `keyword`.
+    Keyword(KeywordColumn),
+    /// `text`.
+    Text(TextColumn),
+    /// `number` (keys from `num_key`) or `timestamp` (keys from `time_key`).
+    Range(TraitType, RangeColumn),
+    /// `bool`.
+    Bool(BoolColumn),
+    /// `list`.
+    List(ListColumn),
+}
+
+impl TraitColumn {
+    fn new(ty: TraitType) -> TraitColumn {
+        match ty {
+            TraitType::Keyword => TraitColumn::Keyword(KeywordColumn::default()),
+            TraitType::Text => TraitColumn::Text(TextColumn::default()),
+            TraitType::Number | TraitType::Timestamp => TraitColumn::Range(ty, RangeColumn::default()),
+            TraitType::Bool => TraitColumn::Bool(BoolColumn::default()),
+            TraitType::List => TraitColumn::List(ListColumn::default()),
+        }
+    }
+
+    /// The column's type.
+    pub fn trait_type(&self) -> TraitType {
+        match self {
+            TraitColumn::Keyword(_) => TraitType::Keyword,
+            TraitColumn::Text(_) => TraitType::Text,
+            TraitColumn::Range(ty, _) => *ty,
+            TraitColumn::Bool(_) => TraitType::Bool,
+            TraitColumn::List(_) => TraitType::List,
+        }
+    }
+
+    fn stamps_mut(&mut self) -> &mut Stamps {
+        match self {
+            TraitColumn::Keyword(c) => &mut c.stamps,
+            TraitColumn::Text(c) => &mut c.stamps,
+            TraitColumn::Range(_, c) => &mut c.stamps,
+            TraitColumn::Bool(c) => &mut c.stamps,
+            TraitColumn::List(c) => &mut c.stamps,
+        }
+    }
+
+    /// The message time of the row's value (or unset), [`NEVER`] if unwritten.
+    pub fn stamp(&self, row: Row) -> i64 {
+        match self {
+            TraitColumn::Keyword(c) => c.stamps.get(row),
+            TraitColumn::Text(c) => c.stamps.get(row),
+            TraitColumn::Range(_, c) => c.stamps.get(row),
+            TraitColumn::Bool(c) => c.stamps.get(row),
+            TraitColumn::List(c) => c.stamps.get(row),
+        }
+    }
+
+    /// The row's value.
+    pub fn get(&self, row: Row) -> Option<Value> {
+        match self {
+            TraitColumn::Keyword(c) => c.get(row).map(|s| Value::Keyword(s.to_string())),
+            TraitColumn::Text(c) => c.get(row).first().map(|s| Value::Text(s.to_string())),
+            TraitColumn::Range(TraitType::Timestamp, c) => {
+                c.get(row).map(|k| Value::Timestamp(key_to_time(k)))
+            }
+            TraitColumn::Range(_, c) => c.get(row).map(|k| Value::Number(key_to_num(k))),
+            TraitColumn::Bool(c) => c.get(row).map(Value::Bool),
+            TraitColumn::List(c) => c.get(row).map(Value::List),
+        }
+    }
+
+    /// Writes the value without looking at stamps. The value's type must be
+    /// the column's.
+    fn put(&mut self, row: Row, value: Option<&Value>) {
+        match (self, value) {
+            (TraitColumn::Keyword(c), Some(Value::Keyword(s))) => c.put(row, Some(s)),
+            (TraitColumn::Keyword(c), _) => c.put(row, None),
+            (TraitColumn::Text(c), Some(Value::Text(s))) => c.put(row, Some(s)),
+            (TraitColumn::Text(c), _) => c.put(row, None),
+            (TraitColumn::Range(_, c), Some(Value::Number(x))) => c.put(row, Some(num_key(*x))),
+            (TraitColumn::Range(_, c), Some(Value::Timestamp(t))) => c.put(row, Some(time_key(*t))),
+            (TraitColumn::Range(_, c), _) => c.put(row, None),
+            (TraitColumn::Bool(c), Some(Value::Bool(b))) => c.put(row, Some(*b)),
+            (TraitColumn::Bool(c), _) => c.put(row, None),
+            (TraitColumn::List(c), Some(Value::List(items))) => c.put(row, Some(items)),
+            (TraitColumn::List(c), _) => c.put(row, None),
+        }
+    }
+
+    /// Rows with a value.
+    pub fn present(&self) -> std::borrow::Cow<'_, RoaringBitmap> {
+        use std::borrow::Cow;
+        match self {
+            TraitColumn::Keyword(c) => Cow::Borrowed(&c.present),
+            TraitColumn::Text(c) => Cow::Borrowed(&c.present),
+            TraitColumn::Range(_, c) => Cow::Borrowed(&c.present),
+            TraitColumn::Bool(c) => Cow::Owned(c.present()),
+            TraitColumn::List(c) => Cow::Borrowed(&c.present),
+        }
+    }
+
+    /// Checks the column's indexes.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            TraitColumn::Keyword(c) => c.validate(),
+            TraitColumn::Text(c) => c.validate(),
+            TraitColumn::Range(_, c) => c.validate(),
+            TraitColumn::Bool(c) => c.validate(),
+            TraitColumn::List(c) => c.validate(),
+        }
+    }
+
+    /// Heap bytes used, approximately.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            TraitColumn::Keyword(c) => c.heap_bytes(),
+            TraitColumn::Text(c) => c.heap_bytes(),
+            TraitColumn::Range(_, c) => c.heap_bytes(),
+            TraitColumn::Bool(c) => c.heap_bytes(),
+            TraitColumn::List(c) => c.heap_bytes(),
+        }
+    }
+}
+
+/// One message's effect on one profile, already resolved to a profile id
+/// and typed by the ingest layer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProfileWrite {
+    /// The profile; created if new.
+    pub profile: ProfileId,
+    /// The message's time: last-write-wins and first/last seen use it.
+    pub time_ms: i64,
+    /// Identifiers the profile gains.
+    pub identifiers: Vec<(IdentifierKind, String)>,
+    /// Traits to set (`None`: unset), last-write-wins by `time_ms`.
+    pub traits: Vec<(String, Option<Value>)>,
+    /// Elements added to a grow-only list trait (`groups`).
+    pub add_to_lists: Vec<(String, Vec<String>)>,
+    /// An event to record at `time_ms`.
+    pub event: Option<EventWrite>,
+}
+
+/// An event of a [`ProfileWrite`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventWrite {
+    /// The event name.
+    pub name: String,
+    /// Its properties, flattened and typed.
+    pub properties: Vec<(String, Value)>,
+}
+
+/// Everything a shard knows of one profile: what a merge carries from one
+/// profile (or shard) to another, and what a profile read returns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProfileImage {
+    /// The profile's id.
+    pub profile: ProfileId,
+    /// Its identifiers, sorted.
+    pub identifiers: Vec<(IdentifierKind, String)>,
+    /// Earliest message time applied.
+    pub first_seen: Option<i64>,
+    /// Latest message time applied.
+    pub last_seen: Option<i64>,
+    /// Each trait ever written: its value (`None` if unset by `null`) and the
+    /// time of that write. Sorted by name.
+    pub traits: Vec<(String, Option<Value>, i64)>,
+    /// Every event, in time order.
+    pub events: Vec<EventRecord>,
+}
+
+/// A state-machine command. A batch of them is the unit of replication.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Apply one message to one profile.
+    Write(ProfileWrite),
+    /// Merge profile `from` into profile `into`, both on this shard
+    /// (INGEST.md step 6); `from` leaves the universe.
+    Merge {
+        /// Survivor.
+        into: ProfileId,
+        /// Merged away.
+        from: ProfileId,
+    },
+    /// Merge a profile image (from another shard) into `image.profile`,
+    /// creating it if new.
+    Import(ProfileImage),
+    /// Remove a profile: it leaves the universe and every index.
+    Remove {
+        /// The profile.
+        profile: ProfileId,
+    },
+}
+
+/// A field of a command that was not applied, with the reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    /// Position of the command in its batch.
+    pub index: usize,
+    /// The trait or property refused (empty for the whole command).
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a batch did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ApplyOutcome {
+    /// Commands applied (possibly with some fields rejected).
+    pub applied: usize,
+    /// Fields or commands refused.
+    pub rejections: Vec<Rejection>,
+}
+
+/// Identifiers per kind.
+#[derive(Clone, Debug, Default)]
+pub struct Identifiers {
+    /// `user_id`s (at most one per row).
+    pub user_ids: TextColumn,
+    /// `anonymous_id`s.
+    pub anonymous_ids: TextColumn,
+}
+
+impl Identifiers {
+    /// The column of a kind.
+    pub fn of(&self, kind: IdentifierKind) -> &TextColumn {
+        match kind {
+            IdentifierKind::UserId => &self.user_ids,
+            IdentifierKind::AnonymousId => &self.anonymous_ids,
+        }
+    }
+
+    fn of_mut(&mut self, kind: IdentifierKind) -> &mut TextColumn {
+        match kind {
+            IdentifierKind::UserId => &mut self.user_ids,
+            IdentifierKind::AnonymousId => &mut self.anonymous_ids,
+        }
+    }
+}
+
+/// One shard's state.
+#[derive(Clone, Debug, Default)]
+pub struct Shard {
+    /// This shard's number, for messages.
+    pub id: u32,
+    /// Profile id of each row.
+    pub profiles: Vec<ProfileId>,
+    /// Row of each live profile.
+    pub rows: AHashMap<ProfileId, Row>,
+    /// Live rows.
+    pub universe: RoaringBitmap,
+    /// Earliest message time per row.
+    pub first_seen: RangeColumn,
+    /// Latest message time per row.
+    pub last_seen: RangeColumn,
+    /// Identifiers per row.
+    pub ids: Identifiers,
+    /// Trait columns by name.
+    pub traits: BTreeMap<String, TraitColumn>,
+    /// Event tables by event name.
+    pub events: BTreeMap<String, EventTable>,
+}
+
+impl Shard {
+    /// An empty shard.
+    pub fn new(id: u32) -> Self {
+        Shard { id, ..Shard::default() }
+    }
+
+    /// Number of live profiles.
+    pub fn len(&self) -> u64 {
+        self.universe.len()
+    }
+
+    /// True when the shard holds no live profile.
+    pub fn is_empty(&self) -> bool {
+        self.universe.is_empty()
+    }
+
+    /// The row of a live profile.
+    pub fn row_of(&self, profile: ProfileId) -> Option<Row> {
+        self.rows.get(&profile).copied()
+    }
+
+    /// The profile of a row (live or not).
+    pub fn profile_of(&self, row: Row) -> ProfileId {
+        self.profiles[row as usize]
+    }
+
+    /// The types of the traits, events and properties this shard holds.
+    pub fn schema(&self) -> Schema {
+        let mut s = Schema::new();
+        for (name, col) in &self.traits {
+            // Names come from typed writes; a reserved name never gets here.
+            let _ = s.declare_trait(name, col.trait_type());
+        }
+        for (event, table) in &self.events {
+            s.declare_event(event);
+            for (prop, ty) in &table.props {
+                let _ = s.declare_property(event, prop, *ty);
+            }
+        }
+        s
+    }
+
+    /// Applies a batch in order. Commands never fail as a whole; fields that
+    /// do not fit the shard's columns are rejected and reported.
+    pub fn apply(&mut self, batch: &[Command]) -> ApplyOutcome {
+        let mut out = ApplyOutcome::default();
+        for (index, cmd) in batch.iter().enumerate() {
+            match cmd {
+                Command::Write(w) => {
+                    for (field, reason) in self.write(w) {
+                        out.rejections.push(Rejection { index, field, reason });
+                    }
+                }
+                Command::Merge { into, from } => {
+                    if into == from {
+                        out.rejections.push(Rejection {
+                            index,
+                            field: String::new(),
+                            reason: format!("cannot merge profile {into} into itself"),
+                        });
+                        continue;
+                    }
+                    match self.take(*from) {
+                        Some(image) => {
+                            for (field, reason) in self.import(*into, &image) {
+                                out.rejections.push(Rejection { index, field, reason });
+                            }
+                        }
+                        None => {
+                            out.rejections.push(Rejection {
+                                index,
+                                field: String::new(),
+                                reason: format!("profile {from} is not on shard {}", self.id),
+                            });
+                            continue;
+                        }
+                    }
+                }
+                Command::Import(image) => {
+                    for (field, reason) in self.import(image.profile, image) {
+                        out.rejections.push(Rejection { index, field, reason });
+                    }
+                }
+                Command::Remove { profile } => {
+                    if self.take(*profile).is_none() {
+                        out.rejections.push(Rejection {
+                            index,
+                            field: String::new(),
+                            reason: format!("profile {profile} is not on shard {}", self.id),
+                        });
+                        continue;
+                    }
+                }
+            }
+            out.applied += 1;
+        }
+        out
+    }
+
+    /// The row of `profile`, created if new.
+    fn row_for(&mut self, profile: ProfileId) -> Row {
+        if let Some(&row) = self.rows.get(&profile) {
+            return row;
+        }
+        let row = Row::try_from(self.profiles.len())
+            .ok()
+            .filter(|&r| r != Row::MAX)
+            .unwrap_or_else(|| panic!("shard {}: row ids exhausted", self.id));
+        self.profiles.push(profile);
+        self.rows.insert(profile, row);
+        self.universe.insert(row);
+        row
+    }
+
+    /// Records that a message at `time` was applied to `row`.
+    fn seen(&mut self, row: Row, time: i64) {
+        let key = time_key(time);
+        if self.first_seen.get(row).is_none_or(|k| key < k) {
+            self.first_seen.put(row, Some(key));
+        }
+        if self.last_seen.get(row).is_none_or(|k| key > k) {
+            self.last_seen.put(row, Some(key));
+        }
+    }
+
+    fn column_for(&mut self, name: &str, ty: TraitType) -> Result<&mut TraitColumn, String> {
+        let col = self.traits.entry(name.to_string()).or_insert_with(|| TraitColumn::new(ty));
+        if col.trait_type() != ty && col.present().is_empty() {
+            // The column holds only unset times (a `null` came first, before
+            // the type was known here): give it the type, keep the times.
+            let stamps = std::mem::take(col.stamps_mut());
+            *col = TraitColumn::new(ty);
+            *col.stamps_mut() = stamps;
+        }
+        if col.trait_type() != ty {
+            return Err(format!("`{name}` is {} on shard, but the value is {ty}", col.trait_type()));
+        }
+        Ok(col)
+    }
+
+    /// Sets a trait by last-write-wins at `time`.
+    fn set_trait(&mut self, row: Row, name: &str, value: Option<&Value>, time: i64) -> Result<(), String> {
+        let col = match value {
+            Some(v) => self.column_for(name, v.trait_type())?,
+            None => match self.traits.get_mut(name) {
+                Some(col) => col,
+                // Unsetting a trait the shard has never seen still records the
+                // time, so that an older value arriving later stays out. The
+                // column is created with the global type when the value comes;
+                // until then a keyword column keeps the tombstone.
+                None => self.column_for(name, TraitType::Keyword)?,
+            },
+        };
+        if col.stamps_mut().admit(row, time) {
+            col.put(row, value);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, w: &ProfileWrite) -> Vec<(String, String)> {
+        let mut rejected = Vec::new();
+        let row = self.row_for(w.profile);
+        self.seen(row, w.time_ms);
+        for (kind, id) in &w.identifiers {
+            self.ids.of_mut(*kind).add(row, id);
+        }
+        for (name, value) in &w.traits {
+            if let Err(reason) = self.set_trait(row, name, value.as_ref(), w.time_ms) {
+                rejected.push((name.clone(), reason));
+            }
+        }
+        for (name, items) in &w.add_to_lists {
+            if let Err(reason) = self.grow_list(row, name, items, w.time_ms) {
+                rejected.push((name.clone(), reason));
+            }
+        }
+        if let Some(e) = &w.event {
+            let table = self.events.entry(e.name.clone()).or_default();
+            for name in table.append(row, w.time_ms, &e.properties) {
+                let ty = table.props[table.prop_index[&name]].1;
+                rejected.push((name.clone(), format!("property `{name}` of event \"{}\" is {ty}", e.name)));
+            }
+        }
+        rejected
+    }
+
+    /// Adds elements to a grow-only list trait.
+    fn grow_list(&mut self, row: Row, name: &str, items: &[String], time: i64) -> Result<(), String> {
+        let col = self.column_for(name, TraitType::List)?;
+        let TraitColumn::List(list) = col else { unreachable!("column_for checked the type") };
+        let mut all = list.get(row).unwrap_or_default();
+        all.extend(items.iter().cloned());
+        all.sort();
+        all.dedup();
+        list.put(row, Some(&all));
+        if time > list.stamps.get(row) {
+            list.stamps.admit(row, time);
+        }
+        Ok(())
+    }
+
+    /// Reads everything known of a live profile.
+    pub fn read_profile(&self, profile: ProfileId) -> Option<ProfileImage> {
+        let row = self.row_of(profile)?;
+        let mut identifiers = Vec::new();
+        for kind in [IdentifierKind::UserId, IdentifierKind::AnonymousId] {
+            for id in self.ids.of(kind).get(row) {
+                identifiers.push((kind, id.to_string()));
+            }
+        }
+        let traits = self
+            .traits
+            .iter()
+            .filter_map(|(name, col)| {
+                let t = col.stamp(row);
+                (t != NEVER).then(|| (name.clone(), col.get(row), t))
+            })
+            .collect();
+        let mut events: Vec<EventRecord> =
+            self.events.iter().flat_map(|(name, table)| table.events_of(name, row)).collect();
+        events.sort_by(|a, b| a.ts_ms.cmp(&b.ts_ms).then_with(|| a.name.cmp(&b.name)));
+        Some(ProfileImage {
+            profile,
+            identifiers,
+            first_seen: self.first_seen.get(row).map(key_to_time),
+            last_seen: self.last_seen.get(row).map(key_to_time),
+            traits,
+            events,
+        })
+    }
+
+    /// Removes a profile and returns everything it held.
+    fn take(&mut self, profile: ProfileId) -> Option<ProfileImage> {
+        let row = self.row_of(profile)?;
+        let mut image = self.read_profile(profile)?;
+        // Events are moved out table by table rather than copied.
+        image.events.clear();
+        for (name, table) in &mut self.events {
+            image.events.extend(table.remove_row(name, row));
+        }
+        self.events.retain(|_, t| t.total > 0 || !t.props.is_empty());
+        image.events.sort_by(|a, b| a.ts_ms.cmp(&b.ts_ms).then_with(|| a.name.cmp(&b.name)));
+        for col in self.traits.values_mut() {
+            col.put(row, None);
+            col.stamps_mut().clear(row);
+        }
+        self.ids.user_ids.clear(row);
+        self.ids.anonymous_ids.clear(row);
+        self.first_seen.put(row, None);
+        self.last_seen.put(row, None);
+        self.universe.remove(row);
+        self.rows.remove(&profile);
+        Some(image)
+    }
+
+    /// Merges an image into `into` (created if new): identifiers and events
+    /// unioned, earliest first seen, latest last seen, traits by
+    /// last-write-wins on their original times, `groups` unioned.
+    fn import(&mut self, into: ProfileId, image: &ProfileImage) -> Vec<(String, String)> {
+        let mut rejected = Vec::new();
+        let row = self.row_for(into);
+        for t in [image.first_seen, image.last_seen].into_iter().flatten() {
+            self.seen(row, t);
+        }
+        for (kind, id) in &image.identifiers {
+            self.ids.of_mut(*kind).add(row, id);
+        }
+        for (name, value, time) in &image.traits {
+            let result = match (name.as_str(), value) {
+                (GROUPS_TRAIT, Some(Value::List(items))) => self.grow_list(row, name, items, *time),
+                _ => self.set_trait(row, name, value.as_ref(), *time),
+            };
+            if let Err(reason) = result {
+                rejected.push((name.clone(), reason));
+            }
+        }
+        for e in &image.events {
+            let table = self.events.entry(e.name.clone()).or_default();
+            for name in table.append(row, e.ts_ms, &e.properties) {
+                rejected.push((
+                    name.clone(),
+                    format!("property `{name}` of event \"{}\" has another type here", e.name),
+                ));
+            }
+        }
+        rejected
+    }
+
+    /// Checks every index of the shard against its columns. Tests and
+    /// fuzzers call it after every batch.
+    pub fn validate(&self) -> Result<(), String> {
+        for (profile, &row) in &self.rows {
+            if self.profiles.get(row as usize) != Some(profile) {
+                return Err(format!("shard {}: profile {profile} maps to row {row} of another", self.id));
+            }
+        }
+        let live: RoaringBitmap = self.rows.values().copied().collect();
+        if live != self.universe {
+            return Err(format!("shard {}: universe differs from the live rows", self.id));
+        }
+        let check = |what: &str, r: Result<(), String>, present: &RoaringBitmap| {
+            r.map_err(|e| format!("shard {}: {what}: {e}", self.id))?;
+            if !present.is_subset(&self.universe) {
+                return Err(format!("shard {}: {what} holds a row outside the universe", self.id));
+            }
+            Ok::<(), String>(())
+        };
+        check("first_seen", self.first_seen.validate(), &self.first_seen.present)?;
+        check("last_seen", self.last_seen.validate(), &self.last_seen.present)?;
+        if self.first_seen.present != self.universe {
+            return Err(format!("shard {}: a live row has no first_seen", self.id));
+        }
+        check("user_id", self.ids.user_ids.validate(), &self.ids.user_ids.present)?;
+        check("anonymous_id", self.ids.anonymous_ids.validate(), &self.ids.anonymous_ids.present)?;
+        for (name, col) in &self.traits {
+            check(&format!("trait {name}"), col.validate(), &col.present())?;
+        }
+        for (name, table) in &self.events {
+            check(&format!("event {name}"), table.validate(), &table.who)?;
+        }
+        Ok(())
+    }
+
+    /// Heap bytes of trait columns and their indexes (including identifiers
+    /// and first/last seen), and of the event store.
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        let traits = self.traits.values().map(TraitColumn::heap_bytes).sum::<usize>()
+            + self.first_seen.heap_bytes()
+            + self.last_seen.heap_bytes()
+            + self.ids.user_ids.heap_bytes()
+            + self.ids.anonymous_ids.heap_bytes()
+            + self.profiles.capacity() * 8
+            + self.rows.capacity() * 16
+            + self.universe.serialized_size();
+        let events = self.events.values().map(EventTable::heap_bytes).sum();
+        (traits, events)
+    }
+}
