@@ -1,1 +1,746 @@
-//! placeholder
+//! Snapshot files: a whole shard in one columnar file.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! header   "COHORTSN"  version:u32  shard:u32  sections:u32  header_crc:u32
+//! section  kind:u32  name_len:u32  name  payload_len:u64  payload_crc:u32  payload
+//! ...
+//! footer   "COHORTND"  file_len:u64
+//! ```
+//!
+//! Sections: `rows` (profile ids and universe), `first_seen`, `last_seen`,
+//! `user_id`, `anonymous_id`, one `trait` section per trait and one `event`
+//! section per event name. Bitmaps are in roaring's portable format, columns
+//! are plain little-endian arrays. Every section carries a CRC-32 of its
+//! payload; the footer carries the file's length, so a truncated file is
+//! told apart from a corrupt one.
+//!
+//! Writing goes to `<path>.tmp`, is fsynced, renamed over `<path>`, and the
+//! directory is fsynced, so a crash leaves either the old or the new file.
+//! Reading maps the file with memmap2 and decodes it; any inconsistency is a
+//! [`ShardError::Corrupt`] naming the file, the byte offset and the problem,
+//! never a panic and never a silently wrong shard.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use roaring::RoaringBitmap;
+
+use super::columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamps, TextColumn};
+use super::events::{EventTable, Partition, PropColumn, LEVEL_DAYS};
+use super::range::RangeColumn;
+use super::{Shard, ShardError, TraitColumn};
+use crate::model::TraitType;
+
+const MAGIC: &[u8; 8] = b"COHORTSN";
+const FOOTER_MAGIC: &[u8; 8] = b"COHORTND";
+/// The format version this code writes and reads.
+pub const VERSION: u32 = 1;
+
+const SEC_ROWS: u32 = 1;
+const SEC_FIRST_SEEN: u32 = 2;
+const SEC_LAST_SEEN: u32 = 3;
+const SEC_USER_ID: u32 = 4;
+const SEC_ANON_ID: u32 = 5;
+const SEC_TRAIT: u32 = 6;
+const SEC_EVENT: u32 = 7;
+
+// ----- encoding --------------------------------------------------------------
+
+#[derive(Default)]
+struct Enc {
+    buf: Vec<u8>,
+}
+
+impl Enc {
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn len(&mut self, n: usize) {
+        self.u64(n as u64);
+    }
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.buf.extend_from_slice(s.as_bytes());
+    }
+    fn u32s(&mut self, v: &[u32]) {
+        self.len(v.len());
+        self.buf.reserve(v.len() * 4);
+        for x in v {
+            self.buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    fn u64s(&mut self, v: &[u64]) {
+        self.len(v.len());
+        self.buf.reserve(v.len() * 8);
+        for x in v {
+            self.buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    fn i64s(&mut self, v: &[i64]) {
+        self.len(v.len());
+        self.buf.reserve(v.len() * 8);
+        for x in v {
+            self.buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.len(v.len());
+        self.buf.extend_from_slice(v);
+    }
+    fn bitmap(&mut self, b: &RoaringBitmap) {
+        self.len(b.serialized_size());
+        // Writing into a Vec cannot fail.
+        let _ = b.serialize_into(&mut self.buf);
+    }
+    fn dict(&mut self, d: &Dict) {
+        self.len(d.len());
+        for v in d.values() {
+            self.str(v);
+        }
+    }
+    fn stamps(&mut self, s: &Stamps) {
+        self.i64s(s.as_slice());
+    }
+    fn code_lists(&mut self, rows: &[Option<Box<[u32]>>]) {
+        self.len(rows.len());
+        for r in rows {
+            match r {
+                None => self.u8(0),
+                Some(codes) => {
+                    self.u8(1);
+                    self.u32s(codes);
+                }
+            }
+        }
+    }
+    fn range(&mut self, c: &RangeColumn) {
+        self.u64s(&c.keys);
+        self.bitmap(&c.present);
+        self.stamps(&c.stamps);
+        self.u64s(&c.bounds);
+        self.len(c.cum.len());
+        for b in &c.cum {
+            self.bitmap(b);
+        }
+        self.u64s(&c.bin_rows);
+        self.len(c.pure.len());
+        for p in &c.pure {
+            match p {
+                None => self.u8(0),
+                Some(k) => {
+                    self.u8(1);
+                    self.u64(*k);
+                }
+            }
+        }
+    }
+    fn text(&mut self, c: &TextColumn) {
+        self.len(c.rows.len());
+        for values in &c.rows {
+            self.len(values.len());
+            for v in values {
+                self.str(v);
+            }
+        }
+        self.stamps(&c.stamps);
+    }
+    fn trait_column(&mut self, col: &TraitColumn) {
+        self.u8(col.trait_type().tag());
+        match col {
+            TraitColumn::Keyword(c) => {
+                self.dict(&c.dict);
+                self.u32s(&c.codes);
+                self.len(c.bitmaps.len());
+                for b in &c.bitmaps {
+                    self.bitmap(b);
+                }
+                self.bitmap(&c.present);
+                self.stamps(&c.stamps);
+            }
+            TraitColumn::Text(c) => self.text(c),
+            TraitColumn::Range(_, c) => self.range(c),
+            TraitColumn::Bool(c) => {
+                self.bitmap(&c.trues);
+                self.bitmap(&c.falses);
+                self.stamps(&c.stamps);
+            }
+            TraitColumn::List(c) => {
+                self.dict(&c.dict);
+                self.code_lists(&c.rows);
+                self.len(c.bitmaps.len());
+                for b in &c.bitmaps {
+                    self.bitmap(b);
+                }
+                self.bitmap(&c.present);
+                self.stamps(&c.stamps);
+            }
+        }
+    }
+    fn event_table(&mut self, t: &EventTable) {
+        self.len(t.props.len());
+        for ((name, ty), dict) in t.props.iter().zip(&t.dicts) {
+            self.str(name);
+            self.u8(ty.tag());
+            self.dict(dict);
+        }
+        self.len(t.partitions.len());
+        for (day, p) in &t.partitions {
+            self.u64(*day as u64);
+            self.u32s(&p.rows);
+            self.u32s(&p.offsets);
+            for col in &p.props {
+                match col {
+                    PropColumn::Codes(v) => self.u32s(v),
+                    PropColumn::Keys { keys, present } => {
+                        self.u64s(keys);
+                        self.u64s(present);
+                    }
+                    PropColumn::Bools(v) => self.bytes(v),
+                    PropColumn::Lists(v) => self.code_lists(v),
+                }
+            }
+            self.bitmap(&p.who);
+        }
+        for level in &t.levels {
+            self.len(level.len());
+            for (bucket, b) in level {
+                self.u64(*bucket as u64);
+                self.bitmap(b);
+            }
+        }
+        self.bitmap(&t.who);
+        self.u64(t.total);
+    }
+}
+
+/// Writes `shard` to `path` atomically: a temporary file, fsync, rename,
+/// fsync of the directory.
+pub fn write(shard: &Shard, path: &Path) -> Result<(), ShardError> {
+    let io = |source: std::io::Error| ShardError::Io { path: path.display().to_string(), source };
+    let tmp = path.with_extension("tmp");
+    let file = File::create(&tmp).map_err(io)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+
+    let mut sections: Vec<(u32, String, Enc)> = Vec::new();
+    let mut rows = Enc::default();
+    rows.u64s(&shard.profiles);
+    rows.bitmap(&shard.universe);
+    sections.push((SEC_ROWS, String::new(), rows));
+    for (kind, col) in [(SEC_FIRST_SEEN, &shard.first_seen), (SEC_LAST_SEEN, &shard.last_seen)] {
+        let mut e = Enc::default();
+        e.range(col);
+        sections.push((kind, String::new(), e));
+    }
+    for (kind, col) in [(SEC_USER_ID, &shard.ids.user_ids), (SEC_ANON_ID, &shard.ids.anonymous_ids)] {
+        let mut e = Enc::default();
+        e.text(col);
+        sections.push((kind, String::new(), e));
+    }
+    for (name, col) in &shard.traits {
+        let mut e = Enc::default();
+        e.trait_column(col);
+        sections.push((SEC_TRAIT, name.clone(), e));
+    }
+    for (name, table) in &shard.events {
+        let mut e = Enc::default();
+        e.event_table(table);
+        sections.push((SEC_EVENT, name.clone(), e));
+    }
+
+    let mut header = Vec::with_capacity(24);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&shard.id.to_le_bytes());
+    header.extend_from_slice(&(sections.len() as u32).to_le_bytes());
+    let crc = crc32fast::hash(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    w.write_all(&header).map_err(io)?;
+    let mut written = header.len() as u64;
+    for (kind, name, enc) in &sections {
+        let mut head = Vec::with_capacity(20 + name.len());
+        head.extend_from_slice(&kind.to_le_bytes());
+        head.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(&(enc.buf.len() as u64).to_le_bytes());
+        head.extend_from_slice(&crc32fast::hash(&enc.buf).to_le_bytes());
+        w.write_all(&head).map_err(io)?;
+        w.write_all(&enc.buf).map_err(io)?;
+        written += (head.len() + enc.buf.len()) as u64;
+    }
+    w.write_all(FOOTER_MAGIC).map_err(io)?;
+    written += 16;
+    w.write_all(&written.to_le_bytes()).map_err(io)?;
+    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+// ----- decoding --------------------------------------------------------------
+
+struct Dec<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// Offset of `data[0]` in the file, for error messages.
+    base: u64,
+    path: &'a str,
+}
+
+type R<T> = Result<T, ShardError>;
+
+impl<'a> Dec<'a> {
+    fn err(&self, problem: impl Into<String>) -> ShardError {
+        ShardError::Corrupt { path: self.path.to_string(), offset: self.base + self.pos as u64, problem: problem.into() }
+    }
+    fn take(&mut self, n: usize, what: &str) -> R<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        match end {
+            Some(end) => {
+                let s = &self.data[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(self.err(format!("{what}: needs {n} bytes, {} left", self.data.len() - self.pos))),
+        }
+    }
+    fn u8(&mut self, what: &str) -> R<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u32(&mut self, what: &str) -> R<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> R<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// A length, bounded by what is left (each element takes at least
+    /// `min_elem` bytes), so a corrupt length cannot ask for a huge allocation.
+    fn len(&mut self, min_elem: usize, what: &str) -> R<usize> {
+        let n = self.u64(what)?;
+        let left = (self.data.len() - self.pos) as u64;
+        if n.saturating_mul(min_elem as u64) > left {
+            return Err(self.err(format!("{what}: length {n} exceeds the {left} bytes left")));
+        }
+        Ok(n as usize)
+    }
+    fn str(&mut self, what: &str) -> R<String> {
+        let n = self.len(1, what)?;
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.err(format!("{what}: not UTF-8")))
+    }
+    fn u32s(&mut self, what: &str) -> R<Vec<u32>> {
+        let n = self.len(4, what)?;
+        let b = self.take(n * 4, what)?;
+        Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+    fn u64s(&mut self, what: &str) -> R<Vec<u64>> {
+        let n = self.len(8, what)?;
+        let b = self.take(n * 8, what)?;
+        Ok(b.chunks_exact(8)
+            .map(|c| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                u64::from_le_bytes(a)
+            })
+            .collect())
+    }
+    fn i64s(&mut self, what: &str) -> R<Vec<i64>> {
+        Ok(self.u64s(what)?.into_iter().map(|x| x as i64).collect())
+    }
+    fn bytes(&mut self, what: &str) -> R<Vec<u8>> {
+        let n = self.len(1, what)?;
+        Ok(self.take(n, what)?.to_vec())
+    }
+    fn bitmap(&mut self, what: &str) -> R<RoaringBitmap> {
+        let n = self.len(1, what)?;
+        let at = self.pos;
+        let b = self.take(n, what)?;
+        RoaringBitmap::deserialize_from(b).map_err(|e| ShardError::Corrupt {
+            path: self.path.to_string(),
+            offset: self.base + at as u64,
+            problem: format!("{what}: bad bitmap: {e}"),
+        })
+    }
+    fn dict(&mut self, what: &str) -> R<Dict> {
+        let n = self.len(8, what)?;
+        let mut values = Vec::with_capacity(n);
+        for _ in 0..n {
+            values.push(self.str(what)?.into_boxed_str());
+        }
+        Ok(Dict::from_values(values))
+    }
+    fn stamps(&mut self, what: &str) -> R<Stamps> {
+        Ok(Stamps::from_vec(self.i64s(what)?))
+    }
+    fn ty(&mut self, what: &str) -> R<TraitType> {
+        let tag = self.u8(what)?;
+        TraitType::from_tag(tag).ok_or_else(|| self.err(format!("{what}: unknown type tag {tag}")))
+    }
+    fn code_lists(&mut self, dict_len: usize, what: &str) -> R<Vec<Option<Box<[u32]>>>> {
+        let n = self.len(1, what)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(match self.u8(what)? {
+                0 => None,
+                1 => {
+                    let codes = self.u32s(what)?;
+                    if codes.iter().any(|&c| c as usize >= dict_len) {
+                        return Err(self.err(format!("{what}: code outside the dictionary")));
+                    }
+                    Some(codes.into_boxed_slice())
+                }
+                t => return Err(self.err(format!("{what}: bad option tag {t}"))),
+            });
+        }
+        Ok(out)
+    }
+    fn bitmaps(&mut self, what: &str) -> R<Vec<RoaringBitmap>> {
+        let n = self.len(8, what)?;
+        (0..n).map(|_| self.bitmap(what)).collect()
+    }
+    /// Fails unless every row of `b` indexes a vector of length `len`.
+    fn rows_within(&self, b: &RoaringBitmap, len: usize, what: &str) -> R<()> {
+        match b.max() {
+            Some(m) if m as usize >= len => Err(self.err(format!("{what}: row {m} beyond the {len} rows stored"))),
+            _ => Ok(()),
+        }
+    }
+    fn range(&mut self, what: &str) -> R<RangeColumn> {
+        let keys = self.u64s(what)?;
+        let present = self.bitmap(what)?;
+        self.rows_within(&present, keys.len(), what)?;
+        let stamps = self.stamps(what)?;
+        let bounds = self.u64s(what)?;
+        let cum = self.bitmaps(what)?;
+        let bin_rows = self.u64s(what)?;
+        let n = self.len(1, what)?;
+        let mut pure = Vec::with_capacity(n);
+        for _ in 0..n {
+            pure.push(match self.u8(what)? {
+                0 => None,
+                1 => Some(self.u64(what)?),
+                t => return Err(self.err(format!("{what}: bad option tag {t}"))),
+            });
+        }
+        let shape_ok = cum.len() == bounds.len()
+            && pure.len() == bin_rows.len()
+            && (bin_rows.is_empty() || bin_rows.len() == bounds.len() + 1)
+            && bounds.windows(2).all(|w| w[0] < w[1]);
+        if !shape_ok {
+            return Err(self.err(format!("{what}: range index shape is inconsistent")));
+        }
+        Ok(RangeColumn { keys, present, stamps, bounds, cum, bin_rows, pure })
+    }
+    fn text(&mut self, what: &str) -> R<TextColumn> {
+        let n = self.len(8, what)?;
+        let mut col = TextColumn::default();
+        for row in 0..n {
+            let k = self.len(8, what)?;
+            for _ in 0..k {
+                let v = self.str(what)?;
+                col.add(row as u32, &v);
+            }
+        }
+        col.stamps = self.stamps(what)?;
+        Ok(col)
+    }
+    fn trait_column(&mut self, what: &str) -> R<TraitColumn> {
+        let ty = self.ty(what)?;
+        Ok(match ty {
+            TraitType::Keyword => {
+                let dict = self.dict(what)?;
+                let codes = self.u32s(what)?;
+                let bitmaps = self.bitmaps(what)?;
+                if bitmaps.len() != dict.len() || codes.iter().any(|&c| c != u32::MAX && c as usize >= dict.len()) {
+                    return Err(self.err(format!("{what}: codes and dictionary disagree")));
+                }
+                let present = self.bitmap(what)?;
+                self.rows_within(&present, codes.len(), what)?;
+                let stamps = self.stamps(what)?;
+                TraitColumn::Keyword(KeywordColumn { dict, codes, bitmaps, present, stamps })
+            }
+            TraitType::Text => TraitColumn::Text(self.text(what)?),
+            TraitType::Number | TraitType::Timestamp => TraitColumn::Range(ty, self.range(what)?),
+            TraitType::Bool => {
+                let trues = self.bitmap(what)?;
+                let falses = self.bitmap(what)?;
+                let stamps = self.stamps(what)?;
+                TraitColumn::Bool(BoolColumn { trues, falses, stamps })
+            }
+            TraitType::List => {
+                let dict = self.dict(what)?;
+                let rows = self.code_lists(dict.len(), what)?;
+                let bitmaps = self.bitmaps(what)?;
+                if bitmaps.len() < dict.len() {
+                    return Err(self.err(format!("{what}: fewer bitmaps than dictionary values")));
+                }
+                let present = self.bitmap(what)?;
+                self.rows_within(&present, rows.len(), what)?;
+                let stamps = self.stamps(what)?;
+                TraitColumn::List(ListColumn { dict, rows, bitmaps, present, stamps })
+            }
+        })
+    }
+    fn event_table(&mut self, what: &str) -> R<EventTable> {
+        let mut t = EventTable::default();
+        let n = self.len(8, what)?;
+        for i in 0..n {
+            let name = self.str(what)?;
+            let ty = self.ty(what)?;
+            let dict = self.dict(what)?;
+            t.prop_index.insert(name.clone(), i);
+            t.props.push((name, ty));
+            t.dicts.push(dict);
+        }
+        let parts = self.len(8, what)?;
+        for _ in 0..parts {
+            let day = self.u64(what)? as i64;
+            let rows = self.u32s(what)?;
+            let offsets = self.u32s(what)?;
+            let len = rows.len();
+            let mut props = Vec::with_capacity(t.props.len());
+            for (i, (_, ty)) in t.props.iter().enumerate() {
+                let dict_len = t.dicts[i].len();
+                let col = match ty {
+                    TraitType::Keyword | TraitType::Text => {
+                        let v = self.u32s(what)?;
+                        if v.iter().any(|&c| c != u32::MAX && c as usize >= dict_len) {
+                            return Err(self.err(format!("{what}: property code outside the dictionary")));
+                        }
+                        PropColumn::Codes(v)
+                    }
+                    TraitType::Number | TraitType::Timestamp => {
+                        let keys = self.u64s(what)?;
+                        let present = self.u64s(what)?;
+                        if present.len() != keys.len().div_ceil(64) {
+                            return Err(self.err(format!("{what}: presence mask of the wrong length")));
+                        }
+                        PropColumn::Keys { keys, present }
+                    }
+                    TraitType::Bool => PropColumn::Bools(self.bytes(what)?),
+                    TraitType::List => PropColumn::Lists(self.code_lists(dict_len, what)?),
+                };
+                let col_len = match &col {
+                    PropColumn::Codes(v) => v.len(),
+                    PropColumn::Keys { keys, .. } => keys.len(),
+                    PropColumn::Bools(v) => v.len(),
+                    PropColumn::Lists(v) => v.len(),
+                };
+                if col_len != len {
+                    return Err(self.err(format!("{what}: day {day}: a column has {col_len} events, rows {len}")));
+                }
+                props.push(col);
+            }
+            if offsets.len() != len {
+                return Err(self.err(format!("{what}: day {day}: offsets and rows differ in length")));
+            }
+            let who = self.bitmap(what)?;
+            t.partitions.insert(day, Partition { rows, offsets, props, who });
+        }
+        for level in 0..LEVEL_DAYS.len() {
+            let n = self.len(8, what)?;
+            let mut map = BTreeMap::new();
+            for _ in 0..n {
+                let bucket = self.u64(what)? as i64;
+                map.insert(bucket, self.bitmap(what)?);
+            }
+            t.levels[level] = map;
+        }
+        t.who = self.bitmap(what)?;
+        t.total = self.u64(what)?;
+        Ok(t)
+    }
+}
+
+/// Opens a snapshot file with memmap2 and decodes it into a shard.
+pub fn read(path: &Path) -> Result<Shard, ShardError> {
+    let shown = path.display().to_string();
+    let io = |source: std::io::Error| ShardError::Io { path: shown.clone(), source };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len < 24 + 16 {
+        return Err(ShardError::Corrupt {
+            path: shown,
+            offset: len,
+            problem: format!("truncated: {len} bytes is shorter than header and footer"),
+        });
+    }
+    // SAFETY: the file is opened read-only and is only ever replaced by
+    // rename, never written in place, so the mapping does not change under us.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    decode(&map, &shown)
+}
+
+/// Decodes a snapshot held in memory (`path` only names it in errors).
+pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
+    let corrupt = |offset: u64, problem: String| ShardError::Corrupt { path: path.to_string(), offset, problem };
+    let mut d = Dec { data, pos: 0, base: 0, path };
+    let magic = d.take(8, "header")?;
+    if magic != MAGIC {
+        return Err(corrupt(0, "not a Cohort shard snapshot (bad magic)".to_string()));
+    }
+    let version = d.u32("header")?;
+    let shard_id = d.u32("header")?;
+    let sections = d.u32("header")?;
+    let crc = d.u32("header")?;
+    if crc != crc32fast::hash(&data[..20]) {
+        return Err(corrupt(20, "header checksum mismatch".to_string()));
+    }
+    if version != VERSION {
+        return Err(corrupt(8, format!("format version {version}, this build reads {VERSION}")));
+    }
+    // The footer tells a truncated file from a corrupt one.
+    let footer_at = data.len() - 16;
+    let declared = u64::from_le_bytes(data[data.len() - 8..].try_into().unwrap_or([0; 8]));
+    if &data[footer_at..footer_at + 8] != FOOTER_MAGIC || declared != data.len() as u64 {
+        return Err(corrupt(
+            data.len() as u64,
+            format!("truncated or extended: footer missing or does not match the {} bytes present", data.len()),
+        ));
+    }
+    let body = &data[..footer_at];
+    let mut d = Dec { data: body, pos: d.pos, base: 0, path };
+    let mut shard = Shard::new(shard_id);
+    let mut seen_rows = false;
+    for _ in 0..sections {
+        let at = d.pos as u64;
+        let kind = d.u32("section header")?;
+        let name_len = d.u32("section header")? as usize;
+        let name_bytes = d.take(name_len, "section name")?;
+        let name = String::from_utf8(name_bytes.to_vec()).map_err(|_| d.err("section name: not UTF-8"))?;
+        let payload_len = d.u64("section header")?;
+        let crc = d.u32("section header")?;
+        let payload_at = d.pos as u64;
+        let payload = d.take(
+            usize::try_from(payload_len).map_err(|_| d.err("section length overflows"))?,
+            "section payload",
+        )?;
+        if crc32fast::hash(payload) != crc {
+            return Err(corrupt(at, format!("checksum mismatch in section {kind} {name:?}")));
+        }
+        let mut p = Dec { data: payload, pos: 0, base: payload_at, path };
+        match kind {
+            SEC_ROWS => {
+                shard.profiles = p.u64s("rows")?;
+                shard.universe = p.bitmap("rows")?;
+                p.rows_within(&shard.universe, shard.profiles.len(), "rows")?;
+                shard.rows = shard.universe.iter().map(|r| (shard.profiles[r as usize], r)).collect();
+                seen_rows = true;
+            }
+            SEC_FIRST_SEEN => shard.first_seen = p.range("first_seen")?,
+            SEC_LAST_SEEN => shard.last_seen = p.range("last_seen")?,
+            SEC_USER_ID => shard.ids.user_ids = p.text("user_id")?,
+            SEC_ANON_ID => shard.ids.anonymous_ids = p.text("anonymous_id")?,
+            SEC_TRAIT => {
+                let col = p.trait_column(&format!("trait {name:?}"))?;
+                shard.traits.insert(name.clone(), col);
+            }
+            SEC_EVENT => {
+                let table = p.event_table(&format!("event {name:?}"))?;
+                shard.events.insert(name.clone(), table);
+            }
+            other => return Err(corrupt(at, format!("unknown section kind {other}"))),
+        }
+        if p.pos != payload.len() {
+            return Err(p.err(format!("section {name:?}: {} unread bytes", payload.len() - p.pos)));
+        }
+    }
+    if d.pos != body.len() {
+        return Err(d.err(format!("{} bytes after the last section", body.len() - d.pos)));
+    }
+    if !seen_rows {
+        return Err(corrupt(0, "no rows section".to_string()));
+    }
+    Ok(shard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{IdentifierKind, Value};
+    use crate::shard::{Command, EventWrite, ProfileWrite};
+
+    fn sample() -> Shard {
+        let mut s = Shard::new(7);
+        let mut batch = Vec::new();
+        for p in 0..300u64 {
+            batch.push(Command::Write(ProfileWrite {
+                profile: p,
+                time_ms: 1_000 + p as i64,
+                identifiers: vec![(IdentifierKind::UserId, format!("u{p}"))],
+                traits: vec![
+                    ("country".into(), Some(Value::Keyword(["FR", "DE", "US"][p as usize % 3].into()))),
+                    ("age".into(), Some(Value::Number((p % 50) as f64))),
+                    ("vip".into(), Some(Value::Bool(p % 2 == 0))),
+                    ("email".into(), Some(Value::Text(format!("{p}@x")))),
+                    ("tags".into(), Some(Value::list(vec!["a".into(), format!("t{}", p % 4)]))),
+                ],
+                add_to_lists: vec![],
+                event: Some(EventWrite {
+                    name: "purchase".into(),
+                    properties: vec![("amount".into(), Value::Number(p as f64))],
+                }),
+            }));
+        }
+        batch.push(Command::Remove { profile: 5 });
+        let out = s.apply(&batch);
+        assert!(out.rejections.is_empty(), "{:?}", out.rejections);
+        s
+    }
+
+    #[test]
+    fn round_trip_preserves_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard.snap");
+        let s = sample();
+        write(&s, &path).unwrap();
+        let back = read(&path).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.universe, s.universe);
+        for p in [0u64, 1, 7, 299] {
+            assert_eq!(back.read_profile(p), s.read_profile(p));
+        }
+        assert_eq!(back.read_profile(5), None);
+        assert!(!path.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn truncation_and_corruption_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard.snap");
+        write(&sample(), &path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("truncated") && err.contains("shard.snap"), "{err}");
+
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch") && err.contains("at byte"), "{err}");
+
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        std::fs::write(&path, &bad).unwrap();
+        assert!(read(&path).unwrap_err().to_string().contains("bad magic"));
+
+        std::fs::write(&path, b"tiny").unwrap();
+        assert!(read(&path).unwrap_err().to_string().contains("truncated"));
+    }
+}
