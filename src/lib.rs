@@ -20,12 +20,15 @@
 //!   bitmap and range indexes, the event store, `apply(batch)`, evaluation of
 //!   a checked condition (count, membership, members, breakdown), and
 //!   snapshot files. Knows nothing of Raft, gRPC or tokio.
+//! - [`demo`]: the embedded default's data, built in-process from the
+//!   synthetic dataset of `tools/datagen` (demo, benchmarks, tests).
 //!
 //! Layers still to come (see `ARCHITECTURE.md`): `identity` (identifier to
 //! profile resolution and merges), `replication` (a raft-rs group per
 //! shard), `cluster` (placement), `query` (planner and fan-out), `server`
 //! (gRPC and HTTP) and `cli`.
 
+pub mod demo;
 pub mod model;
 pub mod segment;
 pub mod shard;

@@ -301,7 +301,11 @@ type R<T> = Result<T, ShardError>;
 
 impl<'a> Dec<'a> {
     fn err(&self, problem: impl Into<String>) -> ShardError {
-        ShardError::Corrupt { path: self.path.to_string(), offset: self.base + self.pos as u64, problem: problem.into() }
+        ShardError::Corrupt {
+            path: self.path.to_string(),
+            offset: self.base + self.pos as u64,
+            problem: problem.into(),
+        }
     }
     fn take(&mut self, n: usize, what: &str) -> R<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
@@ -415,7 +419,9 @@ impl<'a> Dec<'a> {
     /// Fails unless every row of `b` indexes a vector of length `len`.
     fn rows_within(&self, b: &RoaringBitmap, len: usize, what: &str) -> R<()> {
         match b.max() {
-            Some(m) if m as usize >= len => Err(self.err(format!("{what}: row {m} beyond the {len} rows stored"))),
+            Some(m) if m as usize >= len => {
+                Err(self.err(format!("{what}: row {m} beyond the {len} rows stored")))
+            }
             _ => Ok(()),
         }
     }
@@ -465,7 +471,9 @@ impl<'a> Dec<'a> {
                 let dict = self.dict(what)?;
                 let codes = self.u32s(what)?;
                 let bitmaps = self.bitmaps(what)?;
-                if bitmaps.len() != dict.len() || codes.iter().any(|&c| c != u32::MAX && c as usize >= dict.len()) {
+                if bitmaps.len() != dict.len()
+                    || codes.iter().any(|&c| c != u32::MAX && c as usize >= dict.len())
+                {
                     return Err(self.err(format!("{what}: codes and dictionary disagree")));
                 }
                 let present = self.bitmap(what)?;
@@ -541,7 +549,9 @@ impl<'a> Dec<'a> {
                     PropColumn::Lists(v) => v.len(),
                 };
                 if col_len != len {
-                    return Err(self.err(format!("{what}: day {day}: a column has {col_len} events, rows {len}")));
+                    return Err(
+                        self.err(format!("{what}: day {day}: a column has {col_len} events, rows {len}"))
+                    );
                 }
                 props.push(col);
             }
@@ -587,7 +597,8 @@ pub fn read(path: &Path) -> Result<Shard, ShardError> {
 
 /// Decodes a snapshot held in memory (`path` only names it in errors).
 pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
-    let corrupt = |offset: u64, problem: String| ShardError::Corrupt { path: path.to_string(), offset, problem };
+    let corrupt =
+        |offset: u64, problem: String| ShardError::Corrupt { path: path.to_string(), offset, problem };
     let mut d = Dec { data, pos: 0, base: 0, path };
     let magic = d.take(8, "header")?;
     if magic != MAGIC {
@@ -609,7 +620,10 @@ pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
     if &data[footer_at..footer_at + 8] != FOOTER_MAGIC || declared != data.len() as u64 {
         return Err(corrupt(
             data.len() as u64,
-            format!("truncated or extended: footer missing or does not match the {} bytes present", data.len()),
+            format!(
+                "truncated or extended: footer missing or does not match the {} bytes present",
+                data.len()
+            ),
         ));
     }
     let body = &data[..footer_at];
