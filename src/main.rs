@@ -117,6 +117,24 @@ fn run_demo(cfg: Config, shards: usize, threads: usize, now_ms: i64, no_prompt: 
         cfg.profiles as f64 / secs,
         events as f64 / secs
     );
+    let (trait_bytes, event_bytes) =
+        built.iter().map(Shard::heap_bytes).fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+    println!(
+        "Memory (heap estimate): {:.0} bytes per profile for traits and indexes, {:.1} bytes per event.",
+        trait_bytes as f64 / cfg.profiles.max(1) as f64,
+        event_bytes as f64 / events.max(1) as f64
+    );
+    if std::env::var_os("COHORT_MEMORY_DETAIL").is_some() {
+        let mut totals = std::collections::BTreeMap::<String, usize>::new();
+        for s in &built {
+            for (name, bytes) in s.memory_report() {
+                *totals.entry(name).or_default() += bytes;
+            }
+        }
+        for (name, bytes) in totals {
+            println!("  {name:<24} {:>8.1} bytes per profile", bytes as f64 / cfg.profiles.max(1) as f64);
+        }
+    }
     let schema = demo::schema();
     let ctx = CheckContext { schema: &schema, catalog: &NoSegments, now_ms };
     println!("\nExample segments (now = {}):\n", cohort::model::format_rfc3339_ms(now_ms));

@@ -385,7 +385,7 @@ fn describe_literal(lit: &Literal) -> String {
     match &lit.value {
         LitValue::Str(s) => format!("the string {s:?}"),
         LitValue::Num(x) => format!("the number {x}"),
-        LitValue::Bool(b) => format!("{}", if *b { "TRUE" } else { "FALSE" }),
+        LitValue::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
         LitValue::Now { .. } => "a time relative to NOW".to_string(),
     }
 }

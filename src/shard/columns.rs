@@ -9,7 +9,8 @@
 //! - [`ListColumn`]: a sorted set of dictionary codes per row plus one bitmap
 //!   per element.
 //! - [`BoolColumn`]: one bitmap for `true`, one for `false`.
-//! - [`TextColumn`]: the strings, with a hash index for equality; no bitmaps.
+//! - Text lives in [`TextColumn`](super::text::TextColumn): strings with a
+//!   hash index for equality; no bitmaps.
 //! - Numbers and timestamps live in [`RangeColumn`](super::range::RangeColumn).
 //!
 //! Invariant shared by all: an index holds only rows whose value is set, and
@@ -30,53 +31,76 @@ pub const NEVER: i64 = i64::MIN;
 /// Message times per row, for last-write-wins. A time is kept after a value
 /// is unset by `null`, so that an older message arriving late cannot bring
 /// the value back.
+///
+/// Stored against a per-row *base time* that the shard keeps (the time of
+/// the row's first trait write): a column records only which rows it has a
+/// time for and, for the rows whose time differs from the base, that time.
+/// A message usually writes many traits at one time, so most rows cost no
+/// more than a bit here instead of eight bytes per trait.
 #[derive(Clone, Debug, Default)]
 pub struct Stamps {
-    times: Vec<i64>,
+    written: RoaringBitmap,
+    own: AHashMap<Row, i64>,
 }
 
 impl Stamps {
     /// The time of the row's current value (or of its unset), [`NEVER`] if
     /// it was never written.
-    pub fn get(&self, row: Row) -> i64 {
-        self.times.get(row as usize).copied().unwrap_or(NEVER)
+    pub fn get(&self, row: Row, base: &[i64]) -> i64 {
+        if !self.written.contains(row) {
+            return NEVER;
+        }
+        match self.own.get(&row) {
+            Some(&t) => t,
+            None => base.get(row as usize).copied().unwrap_or(NEVER),
+        }
     }
 
     /// Records a write at `time` if it wins against the stored one: a later
-    /// time wins, and on a tie the write applied later wins (INGEST.md).
-    pub fn admit(&mut self, row: Row, time: i64) -> bool {
+    /// time wins, and on a tie the write applied later wins (INGEST.md). The
+    /// row's base time is set by the first trait write to the row.
+    pub fn admit(&mut self, row: Row, time: i64, base: &mut Vec<i64>) -> bool {
+        if time < self.get(row, base) {
+            return false;
+        }
         let i = row as usize;
-        if i >= self.times.len() {
-            self.times.resize(i + 1, NEVER);
+        if i >= base.len() {
+            base.resize(i + 1, NEVER);
         }
-        if time >= self.times[i] {
-            self.times[i] = time;
-            true
+        if base[i] == NEVER {
+            base[i] = time;
+        }
+        self.written.insert(row);
+        if time == base[i] {
+            self.own.remove(&row);
         } else {
-            false
+            self.own.insert(row, time);
         }
+        true
     }
 
     /// Forgets the row's time (the row is removed).
     pub fn clear(&mut self, row: Row) {
-        if let Some(t) = self.times.get_mut(row as usize) {
-            *t = NEVER;
-        }
+        self.written.remove(row);
+        self.own.remove(&row);
     }
 
-    /// The raw times, indexed by row (for snapshots).
-    pub fn as_slice(&self) -> &[i64] {
-        &self.times
+    /// The rows with a time, and the times that differ from the base, sorted
+    /// by row (for snapshots).
+    pub fn parts(&self) -> (&RoaringBitmap, Vec<(Row, i64)>) {
+        let mut own: Vec<(Row, i64)> = self.own.iter().map(|(r, t)| (*r, *t)).collect();
+        own.sort_unstable();
+        (&self.written, own)
     }
 
-    /// Rebuilds from raw times (for snapshots).
-    pub fn from_vec(times: Vec<i64>) -> Self {
-        Stamps { times }
+    /// Rebuilds from [`parts`](Self::parts).
+    pub fn from_parts(written: RoaringBitmap, own: impl IntoIterator<Item = (Row, i64)>) -> Self {
+        Stamps { written, own: own.into_iter().collect() }
     }
 
-    /// Heap bytes used.
+    /// Heap bytes used, approximately.
     pub fn heap_bytes(&self) -> usize {
-        self.times.capacity() * 8
+        self.written.serialized_size() + self.own.capacity() * 20
     }
 }
 
@@ -388,115 +412,28 @@ impl BoolColumn {
     }
 }
 
-/// Strings with a hash index for equality: text traits (one value per row)
-/// and identifiers (any number per row, each owned by one row).
-#[derive(Clone, Debug, Default)]
-pub struct TextColumn {
-    /// Values per row, sorted; empty when unset.
-    pub rows: Vec<Vec<Box<str>>>,
-    /// Rows per value.
-    pub index: AHashMap<Box<str>, Vec<Row>>,
-    /// Rows with at least one value.
-    pub present: RoaringBitmap,
-    /// Message time of each row's value (text traits only).
-    pub stamps: Stamps,
-}
-
-impl TextColumn {
-    /// The row's values.
-    pub fn get(&self, row: Row) -> &[Box<str>] {
-        self.rows.get(row as usize).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    /// Replaces the row's values, ignoring the stamps.
-    pub fn put(&mut self, row: Row, value: Option<&str>) {
-        self.clear(row);
-        if let Some(v) = value {
-            self.add(row, v);
-        }
-    }
-
-    /// Adds one value to the row (identifiers). Adding a value it has is a no-op.
-    pub fn add(&mut self, row: Row, value: &str) {
-        let i = row as usize;
-        if i >= self.rows.len() {
-            self.rows.resize(i + 1, Vec::new());
-        }
-        let values = &mut self.rows[i];
-        if let Err(at) = values.binary_search_by(|v| (**v).cmp(value)) {
-            values.insert(at, value.into());
-            let rows = self.index.entry(value.into()).or_default();
-            if let Err(at) = rows.binary_search(&row) {
-                rows.insert(at, row);
-            }
-            self.present.insert(row);
-        }
-    }
-
-    /// Removes every value of the row.
-    pub fn clear(&mut self, row: Row) {
-        let Some(values) = self.rows.get_mut(row as usize) else { return };
-        for v in values.drain(..) {
-            if let Some(rows) = self.index.get_mut(&v) {
-                rows.retain(|&r| r != row);
-                if rows.is_empty() {
-                    self.index.remove(&v);
-                }
-            }
-        }
-        self.present.remove(row);
-    }
-
-    /// The rows holding `value`.
-    pub fn rows_of(&self, value: &str) -> &[Row] {
-        self.index.get(value).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    /// Checks the hash index against the rows.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut entries = 0usize;
-        for (row, values) in self.rows.iter().enumerate() {
-            let row = row as u32;
-            if values.is_empty() == self.present.contains(row) {
-                return Err(format!("row {row}: presence disagrees with its values"));
-            }
-            for v in values {
-                entries += 1;
-                if !self.rows_of(v).contains(&row) {
-                    return Err(format!("row {row}: value {v:?} missing from the index"));
-                }
-            }
-        }
-        let indexed: usize = self.index.values().map(Vec::len).sum();
-        if indexed != entries {
-            return Err(format!("index holds {indexed} entries, rows {entries}"));
-        }
-        Ok(())
-    }
-
-    /// Heap bytes used, approximately.
-    pub fn heap_bytes(&self) -> usize {
-        self.rows.capacity() * 24
-            + self.rows.iter().flatten().map(|v| v.len() * 2 + 16 + 16).sum::<usize>()
-            + self.index.len() * 48
-            + self.present.serialized_size()
-            + self.stamps.heap_bytes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn stamps_let_later_and_tied_writes_win() {
+        let mut base = Vec::new();
         let mut s = Stamps::default();
-        assert!(s.admit(3, 10));
-        assert!(!s.admit(3, 9));
-        assert!(s.admit(3, 10));
-        assert!(s.admit(3, 11));
-        assert_eq!(s.get(3), 11);
-        assert_eq!(s.get(100), NEVER);
+        assert!(s.admit(3, 10, &mut base));
+        assert_eq!(base[3], 10, "the first write sets the base");
+        assert!(!s.admit(3, 9, &mut base));
+        assert!(s.admit(3, 10, &mut base));
+        assert!(s.admit(3, 11, &mut base));
+        assert_eq!(s.get(3, &base), 11);
+        assert_eq!(s.own.len(), 1, "a time off the base is an exception");
+        assert_eq!(s.get(100, &base), NEVER);
+        let mut other = Stamps::default();
+        assert_eq!(other.get(3, &base), NEVER, "a base time alone is not a write");
+        assert!(other.admit(3, 10, &mut base));
+        assert!(other.own.is_empty(), "a write at the base time costs no exception");
+        s.clear(3);
+        assert_eq!(s.get(3, &base), NEVER);
     }
 
     #[test]
@@ -513,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn list_and_text_indexes_follow_writes() {
+    fn list_index_follows_writes() {
         let mut l = ListColumn::default();
         l.put(0, Some(&["b".to_string(), "a".to_string(), "a".to_string()]));
         l.put(1, Some(&[]));
@@ -522,15 +459,5 @@ mod tests {
         l.put(0, None);
         assert_eq!(l.rows_of("a").map(RoaringBitmap::len), Some(0));
         l.validate().unwrap();
-
-        let mut t = TextColumn::default();
-        t.put(4, Some("x@y"));
-        t.add(4, "z");
-        t.put(5, Some("x@y"));
-        assert_eq!(t.rows_of("x@y"), &[4, 5]);
-        t.clear(4);
-        assert_eq!(t.rows_of("x@y"), &[5]);
-        assert!(t.rows_of("z").is_empty());
-        t.validate().unwrap();
     }
 }

@@ -348,10 +348,10 @@ impl Shard {
         }
         match &leaf.field {
             Field::Identifier(kind) => {
-                let ids = self.ids.of(*kind).get(row);
+                let col = self.ids.of(*kind);
                 match test {
-                    LeafTest::Exists => !ids.is_empty(),
-                    LeafTest::StrIn(values) => ids.iter().any(|id| values.iter().any(|v| **id == **v)),
+                    LeafTest::Exists => col.present.contains(row),
+                    LeafTest::StrIn(values) => values.iter().any(|v| col.holds(row, v)),
                     _ => false,
                 }
             }
@@ -361,7 +361,7 @@ impl Shard {
                 };
                 match (col, test) {
                     (TraitColumn::Keyword(c), t) => str_test(c.get(row), t),
-                    (TraitColumn::Text(c), t) => str_test(c.get(row).first().map(|s| &**s), t),
+                    (TraitColumn::Text(c), t) => str_test(c.first(row), t),
                     (TraitColumn::Bool(c), LeafTest::Exists) => c.get(row).is_some(),
                     (TraitColumn::Bool(c), LeafTest::Bool(b)) => c.get(row) == Some(*b),
                     (TraitColumn::List(c), LeafTest::Exists) => c.present.contains(row),
@@ -437,8 +437,8 @@ impl Shard {
     }
 }
 
-fn rows_of_texts<'c>(rows_of: impl Fn(&str) -> &'c [Row], values: &[String]) -> RoaringBitmap {
-    let mut rows: Vec<Row> = values.iter().flat_map(|v| rows_of(v).iter().copied()).collect();
+fn rows_of_texts(rows_of: impl Fn(&str) -> Vec<Row>, values: &[String]) -> RoaringBitmap {
+    let mut rows: Vec<Row> = values.iter().flat_map(|v| rows_of(v)).collect();
     rows.sort_unstable();
     rows.dedup();
     RoaringBitmap::from_sorted_iter(rows).unwrap_or_default()

@@ -416,9 +416,7 @@ impl EventTable {
         if from_day < full_from {
             edges.push(from_day);
         }
-        if to_day > full_to && to_day != from_day {
-            edges.push(to_day);
-        } else if to_day > full_to && edges.is_empty() {
+        if to_day > full_to && !edges.contains(&to_day) {
             edges.push(to_day);
         }
         let mut d = full_from;
@@ -456,8 +454,10 @@ impl EventTable {
 
     /// The partitions that may hold events in `from..=to`.
     pub fn partitions_in(&self, from: i64, to: i64) -> impl Iterator<Item = (i64, &Partition)> {
-        let range = if from > to { 1i64..=0 } else { day_of(from)..=day_of(to) };
-        self.partitions.range(range).map(|(d, p)| (*d, p))
+        // `BTreeMap::range` panics on a reversed range: an empty window
+        // yields no partition instead.
+        let days = (from <= to).then(|| day_of(from)..=day_of(to));
+        days.into_iter().flat_map(move |r| self.partitions.range(r)).map(|(d, p)| (*d, p))
     }
 
     /// Bit mask over `part`'s events that are in `from..=to` and satisfy

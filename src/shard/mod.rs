@@ -19,16 +19,18 @@ pub mod eval;
 mod events;
 mod range;
 pub mod snapshot;
+mod text;
 
 use std::collections::BTreeMap;
 
-use ahash::AHashMap;
+use hashbrown::HashTable;
 use roaring::RoaringBitmap;
 use thiserror::Error;
 
-pub use columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamps, TextColumn, NEVER, NO_CODE};
+pub use columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamps, NEVER, NO_CODE};
 pub use events::{day_of, EventRecord, EventTable, Partition, PropColumn, DAY_MS, LEVEL_DAYS};
 pub use range::{RangeColumn, MAX_BINS};
+pub use text::TextColumn;
 
 use crate::model::{key_to_num, key_to_time, num_key, time_key, IdentifierKind, Schema, TraitType, Value};
 
@@ -120,14 +122,15 @@ impl TraitColumn {
         }
     }
 
-    /// The message time of the row's value (or unset), [`NEVER`] if unwritten.
-    pub fn stamp(&self, row: Row) -> i64 {
+    /// The message time of the row's value (or unset), [`NEVER`] if
+    /// unwritten; `base` is the shard's [`Shard::base_times`].
+    pub fn stamp(&self, row: Row, base: &[i64]) -> i64 {
         match self {
-            TraitColumn::Keyword(c) => c.stamps.get(row),
-            TraitColumn::Text(c) => c.stamps.get(row),
-            TraitColumn::Range(_, c) => c.stamps.get(row),
-            TraitColumn::Bool(c) => c.stamps.get(row),
-            TraitColumn::List(c) => c.stamps.get(row),
+            TraitColumn::Keyword(c) => c.stamps.get(row, base),
+            TraitColumn::Text(c) => c.stamps.get(row, base),
+            TraitColumn::Range(_, c) => c.stamps.get(row, base),
+            TraitColumn::Bool(c) => c.stamps.get(row, base),
+            TraitColumn::List(c) => c.stamps.get(row, base),
         }
     }
 
@@ -135,7 +138,7 @@ impl TraitColumn {
     pub fn get(&self, row: Row) -> Option<Value> {
         match self {
             TraitColumn::Keyword(c) => c.get(row).map(|s| Value::Keyword(s.to_string())),
-            TraitColumn::Text(c) => c.get(row).first().map(|s| Value::Text(s.to_string())),
+            TraitColumn::Text(c) => c.first(row).map(|s| Value::Text(s.to_string())),
             TraitColumn::Range(TraitType::Timestamp, c) => {
                 c.get(row).map(|k| Value::Timestamp(key_to_time(k)))
             }
@@ -313,15 +316,98 @@ impl Identifiers {
     }
 }
 
+/// Profile ids by row and rows by live profile id: a vector plus a hash
+/// table that stores only rows (4 bytes each) and hashes the id it finds in
+/// the vector.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileRows {
+    profiles: Vec<ProfileId>,
+    live: HashTable<Row>,
+}
+
+fn hash_profile(p: ProfileId) -> u64 {
+    // A multiply-xorshift mix: ids are often sequential.
+    let x = p.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
+
+impl ProfileRows {
+    /// Rebuilds from the profile of every row and the live rows (snapshots).
+    pub fn from_parts(profiles: Vec<ProfileId>, live: &RoaringBitmap) -> Self {
+        let mut out = ProfileRows { profiles, live: HashTable::with_capacity(live.len() as usize) };
+        for row in live {
+            let profiles = &out.profiles;
+            out.live.insert_unique(hash_profile(profiles[row as usize]), row, |&r| {
+                hash_profile(profiles[r as usize])
+            });
+        }
+        out
+    }
+
+    /// The row of a live profile.
+    pub fn row_of(&self, profile: ProfileId) -> Option<Row> {
+        self.live.find(hash_profile(profile), |&r| self.profiles[r as usize] == profile).copied()
+    }
+
+    /// The profile of a row (live or not).
+    pub fn profile_of(&self, row: Row) -> ProfileId {
+        self.profiles[row as usize]
+    }
+
+    /// Every row's profile, live or not, by row.
+    pub fn profiles(&self) -> &[ProfileId] {
+        &self.profiles
+    }
+
+    /// Assigns the next row to a profile that has none; `None` when the
+    /// shard's row ids are exhausted.
+    fn insert(&mut self, profile: ProfileId) -> Option<Row> {
+        let row = Row::try_from(self.profiles.len()).ok().filter(|&r| r != Row::MAX)?;
+        self.profiles.push(profile);
+        let profiles = &self.profiles;
+        self.live.insert_unique(hash_profile(profile), row, |&r| hash_profile(profiles[r as usize]));
+        Some(row)
+    }
+
+    /// Forgets a profile's row (the row id is not reused).
+    fn remove(&mut self, profile: ProfileId) {
+        let profiles = &self.profiles;
+        if let Ok(entry) = self.live.find_entry(hash_profile(profile), |&r| profiles[r as usize] == profile) {
+            entry.remove();
+        }
+    }
+
+    /// The live rows, in no particular order.
+    pub fn live_rows(&self) -> impl Iterator<Item = Row> + '_ {
+        self.live.iter().copied()
+    }
+
+    /// Checks that every live row maps back to itself.
+    pub fn validate(&self) -> Result<(), String> {
+        for &row in &self.live {
+            let Some(&p) = self.profiles.get(row as usize) else {
+                return Err(format!("live row {row} beyond the {} rows", self.profiles.len()));
+            };
+            if self.row_of(p) != Some(row) {
+                return Err(format!("profile {p} of row {row} does not map back to it"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Heap bytes used.
+    pub fn heap_bytes(&self) -> usize {
+        self.profiles.capacity() * 8 + self.live.allocation_size()
+    }
+}
+
 /// One shard's state.
 #[derive(Clone, Debug, Default)]
 pub struct Shard {
     /// This shard's number, for messages.
     pub id: u32,
-    /// Profile id of each row.
-    pub profiles: Vec<ProfileId>,
-    /// Row of each live profile.
-    pub rows: AHashMap<ProfileId, Row>,
+    /// Profile id of each row, and the row of each live profile.
+    pub rows: ProfileRows,
     /// Live rows.
     pub universe: RoaringBitmap,
     /// Earliest message time per row.
@@ -330,6 +416,9 @@ pub struct Shard {
     pub last_seen: RangeColumn,
     /// Identifiers per row.
     pub ids: Identifiers,
+    /// Per row, the time of its first trait write: the base that trait
+    /// columns store their last-write-wins times against ([`Stamps`]).
+    pub base_times: Vec<i64>,
     /// Trait columns by name.
     pub traits: BTreeMap<String, TraitColumn>,
     /// Event tables by event name.
@@ -354,12 +443,12 @@ impl Shard {
 
     /// The row of a live profile.
     pub fn row_of(&self, profile: ProfileId) -> Option<Row> {
-        self.rows.get(&profile).copied()
+        self.rows.row_of(profile)
     }
 
     /// The profile of a row (live or not).
     pub fn profile_of(&self, row: Row) -> ProfileId {
-        self.profiles[row as usize]
+        self.rows.profile_of(row)
     }
 
     /// The types of the traits, events and properties this shard holds.
@@ -437,15 +526,10 @@ impl Shard {
 
     /// The row of `profile`, created if new.
     fn row_for(&mut self, profile: ProfileId) -> Row {
-        if let Some(&row) = self.rows.get(&profile) {
+        if let Some(row) = self.rows.row_of(profile) {
             return row;
         }
-        let row = Row::try_from(self.profiles.len())
-            .ok()
-            .filter(|&r| r != Row::MAX)
-            .unwrap_or_else(|| panic!("shard {}: row ids exhausted", self.id));
-        self.profiles.push(profile);
-        self.rows.insert(profile, row);
+        let row = self.rows.insert(profile).unwrap_or_else(|| panic!("shard {}: row ids exhausted", self.id));
         self.universe.insert(row);
         row
     }
@@ -461,8 +545,12 @@ impl Shard {
         }
     }
 
-    fn column_for(&mut self, name: &str, ty: TraitType) -> Result<&mut TraitColumn, String> {
-        let col = self.traits.entry(name.to_string()).or_insert_with(|| TraitColumn::new(ty));
+    fn column_for<'a>(
+        traits: &'a mut BTreeMap<String, TraitColumn>,
+        name: &str,
+        ty: TraitType,
+    ) -> Result<&'a mut TraitColumn, String> {
+        let col = traits.entry(name.to_string()).or_insert_with(|| TraitColumn::new(ty));
         if col.trait_type() != ty && col.present().is_empty() {
             // The column holds only unset times (a `null` came first, before
             // the type was known here): give it the type, keep the times.
@@ -479,17 +567,17 @@ impl Shard {
     /// Sets a trait by last-write-wins at `time`.
     fn set_trait(&mut self, row: Row, name: &str, value: Option<&Value>, time: i64) -> Result<(), String> {
         let col = match value {
-            Some(v) => self.column_for(name, v.trait_type())?,
+            Some(v) => Self::column_for(&mut self.traits, name, v.trait_type())?,
             None => match self.traits.get_mut(name) {
                 Some(col) => col,
                 // Unsetting a trait the shard has never seen still records the
                 // time, so that an older value arriving later stays out. The
                 // column is created with the global type when the value comes;
                 // until then a keyword column keeps the tombstone.
-                None => self.column_for(name, TraitType::Keyword)?,
+                None => Self::column_for(&mut self.traits, name, TraitType::Keyword)?,
             },
         };
-        if col.stamps_mut().admit(row, time) {
+        if col.stamps_mut().admit(row, time, &mut self.base_times) {
             col.put(row, value);
         }
         Ok(())
@@ -524,15 +612,15 @@ impl Shard {
 
     /// Adds elements to a grow-only list trait.
     fn grow_list(&mut self, row: Row, name: &str, items: &[String], time: i64) -> Result<(), String> {
-        let col = self.column_for(name, TraitType::List)?;
+        let col = Self::column_for(&mut self.traits, name, TraitType::List)?;
         let TraitColumn::List(list) = col else { unreachable!("column_for checked the type") };
         let mut all = list.get(row).unwrap_or_default();
         all.extend(items.iter().cloned());
         all.sort();
         all.dedup();
         list.put(row, Some(&all));
-        if time > list.stamps.get(row) {
-            list.stamps.admit(row, time);
+        if time > list.stamps.get(row, &self.base_times) {
+            list.stamps.admit(row, time, &mut self.base_times);
         }
         Ok(())
     }
@@ -542,7 +630,7 @@ impl Shard {
         let row = self.row_of(profile)?;
         let mut identifiers = Vec::new();
         for kind in [IdentifierKind::UserId, IdentifierKind::AnonymousId] {
-            for id in self.ids.of(kind).get(row) {
+            for id in self.ids.of(kind).values(row) {
                 identifiers.push((kind, id.to_string()));
             }
         }
@@ -550,7 +638,7 @@ impl Shard {
             .traits
             .iter()
             .filter_map(|(name, col)| {
-                let t = col.stamp(row);
+                let t = col.stamp(row, &self.base_times);
                 (t != NEVER).then(|| (name.clone(), col.get(row), t))
             })
             .collect();
@@ -587,7 +675,7 @@ impl Shard {
         self.first_seen.put(row, None);
         self.last_seen.put(row, None);
         self.universe.remove(row);
-        self.rows.remove(&profile);
+        self.rows.remove(profile);
         Some(image)
     }
 
@@ -627,12 +715,8 @@ impl Shard {
     /// Checks every index of the shard against its columns. Tests and
     /// fuzzers call it after every batch.
     pub fn validate(&self) -> Result<(), String> {
-        for (profile, &row) in &self.rows {
-            if self.profiles.get(row as usize) != Some(profile) {
-                return Err(format!("shard {}: profile {profile} maps to row {row} of another", self.id));
-            }
-        }
-        let live: RoaringBitmap = self.rows.values().copied().collect();
+        self.rows.validate().map_err(|e| format!("shard {}: {e}", self.id))?;
+        let live: RoaringBitmap = self.rows.live_rows().collect();
         if live != self.universe {
             return Err(format!("shard {}: universe differs from the live rows", self.id));
         }
@@ -659,6 +743,22 @@ impl Shard {
         Ok(())
     }
 
+    /// Heap bytes per structure, by name (`trait:country`, `event:page`, ...),
+    /// for operators and for memory work.
+    pub fn memory_report(&self) -> Vec<(String, usize)> {
+        let mut out = vec![
+            ("rows".to_string(), self.rows.heap_bytes()),
+            ("universe".to_string(), self.universe.serialized_size()),
+            ("first_seen".to_string(), self.first_seen.heap_bytes()),
+            ("last_seen".to_string(), self.last_seen.heap_bytes()),
+            ("user_id".to_string(), self.ids.user_ids.heap_bytes()),
+            ("anonymous_id".to_string(), self.ids.anonymous_ids.heap_bytes()),
+        ];
+        out.extend(self.traits.iter().map(|(n, c)| (format!("trait:{n}"), c.heap_bytes())));
+        out.extend(self.events.iter().map(|(n, t)| (format!("event:{n}"), t.heap_bytes())));
+        out
+    }
+
     /// Heap bytes of trait columns and their indexes (including identifiers
     /// and first/last seen), and of the event store.
     pub fn heap_bytes(&self) -> (usize, usize) {
@@ -667,8 +767,7 @@ impl Shard {
             + self.last_seen.heap_bytes()
             + self.ids.user_ids.heap_bytes()
             + self.ids.anonymous_ids.heap_bytes()
-            + self.profiles.capacity() * 8
-            + self.rows.capacity() * 16
+            + self.rows.heap_bytes()
             + self.universe.serialized_size();
         let events = self.events.values().map(EventTable::heap_bytes).sum();
         (traits, events)

@@ -29,9 +29,10 @@ use std::path::Path;
 
 use roaring::RoaringBitmap;
 
-use super::columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamps, TextColumn};
+use super::columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamps};
 use super::events::{EventTable, Partition, PropColumn, LEVEL_DAYS};
 use super::range::RangeColumn;
+use super::text::TextColumn;
 use super::{Shard, ShardError, TraitColumn};
 use crate::model::TraitType;
 
@@ -106,7 +107,12 @@ impl Enc {
         }
     }
     fn stamps(&mut self, s: &Stamps) {
-        self.i64s(s.as_slice());
+        let (written, own) = s.parts();
+        self.bitmap(written);
+        let rows: Vec<u32> = own.iter().map(|(r, _)| *r).collect();
+        let times: Vec<i64> = own.iter().map(|(_, t)| *t).collect();
+        self.u32s(&rows);
+        self.i64s(&times);
     }
     fn code_lists(&mut self, rows: &[Option<Box<[u32]>>]) {
         self.len(rows.len());
@@ -142,8 +148,9 @@ impl Enc {
         }
     }
     fn text(&mut self, c: &TextColumn) {
-        self.len(c.rows.len());
-        for values in &c.rows {
+        self.len(c.row_bound());
+        for row in 0..c.row_bound() {
+            let values = c.values(row as u32);
             self.len(values.len());
             for v in values {
                 self.str(v);
@@ -230,8 +237,9 @@ pub fn write(shard: &Shard, path: &Path) -> Result<(), ShardError> {
 
     let mut sections: Vec<(u32, String, Enc)> = Vec::new();
     let mut rows = Enc::default();
-    rows.u64s(&shard.profiles);
+    rows.u64s(shard.rows.profiles());
     rows.bitmap(&shard.universe);
+    rows.i64s(&shard.base_times);
     sections.push((SEC_ROWS, String::new(), rows));
     for (kind, col) in [(SEC_FIRST_SEEN, &shard.first_seen), (SEC_LAST_SEEN, &shard.last_seen)] {
         let mut e = Enc::default();
@@ -388,7 +396,13 @@ impl<'a> Dec<'a> {
         Ok(Dict::from_values(values))
     }
     fn stamps(&mut self, what: &str) -> R<Stamps> {
-        Ok(Stamps::from_vec(self.i64s(what)?))
+        let written = self.bitmap(what)?;
+        let rows = self.u32s(what)?;
+        let times = self.i64s(what)?;
+        if rows.len() != times.len() {
+            return Err(self.err(format!("{what}: {} stamp rows but {} times", rows.len(), times.len())));
+        }
+        Ok(Stamps::from_parts(written, rows.into_iter().zip(times)))
     }
     fn ty(&mut self, what: &str) -> R<TraitType> {
         let tag = self.u8(what)?;
@@ -649,10 +663,11 @@ pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
         let mut p = Dec { data: payload, pos: 0, base: payload_at, path };
         match kind {
             SEC_ROWS => {
-                shard.profiles = p.u64s("rows")?;
+                let profiles = p.u64s("rows")?;
                 shard.universe = p.bitmap("rows")?;
-                p.rows_within(&shard.universe, shard.profiles.len(), "rows")?;
-                shard.rows = shard.universe.iter().map(|r| (shard.profiles[r as usize], r)).collect();
+                p.rows_within(&shard.universe, profiles.len(), "rows")?;
+                shard.rows = super::ProfileRows::from_parts(profiles, &shard.universe);
+                shard.base_times = p.i64s("rows")?;
                 seen_rows = true;
             }
             SEC_FIRST_SEEN => shard.first_seen = p.range("first_seen")?,
