@@ -162,12 +162,175 @@ impl Dict {
     }
 }
 
-fn set_code(codes: &mut Vec<u32>, row: Row, code: u32) {
-    let i = row as usize;
-    if i >= codes.len() {
-        codes.resize(i + 1, NO_CODE);
+/// Dictionary codes in the narrowest width that holds them: one byte per
+/// entry while the dictionary has fewer than 255 values, two below 65,535,
+/// four beyond. The largest value of each width means "no value". A vector
+/// widens itself when a larger code arrives.
+#[derive(Clone, Debug)]
+pub enum CodeVec {
+    /// Codes below 255; 255 is absent.
+    U8(Vec<u8>),
+    /// Codes below 65,535; 65,535 is absent.
+    U16(Vec<u16>),
+    /// Any code; [`NO_CODE`] is absent.
+    U32(Vec<u32>),
+}
+
+impl Default for CodeVec {
+    fn default() -> Self {
+        CodeVec::U8(Vec::new())
     }
-    codes[i] = code;
+}
+
+impl CodeVec {
+    /// `len` entries, all absent.
+    pub fn absent(len: usize) -> Self {
+        CodeVec::U8(vec![u8::MAX; len])
+    }
+
+    /// Rebuilds from plain codes ([`NO_CODE`] for absent), narrowest width.
+    pub fn from_u32s(codes: &[u32]) -> Self {
+        let mut v = CodeVec::absent(0);
+        for &c in codes {
+            v.push(c);
+        }
+        v
+    }
+
+    /// The codes as plain `u32`s ([`NO_CODE`] for absent).
+    pub fn to_u32s(&self) -> Vec<u32> {
+        (0..self.len()).map(|i| self.get(i)).collect()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            CodeVec::U8(v) => v.len(),
+            CodeVec::U16(v) => v.len(),
+            CodeVec::U32(v) => v.len(),
+        }
+    }
+
+    /// True when there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entry `i`, [`NO_CODE`] when absent.
+    pub fn get(&self, i: usize) -> u32 {
+        match self {
+            CodeVec::U8(v) => match v[i] {
+                u8::MAX => NO_CODE,
+                c => u32::from(c),
+            },
+            CodeVec::U16(v) => match v[i] {
+                u16::MAX => NO_CODE,
+                c => u32::from(c),
+            },
+            CodeVec::U32(v) => v[i],
+        }
+    }
+
+    fn widen_for(&mut self, code: u32) {
+        if code == NO_CODE {
+            return;
+        }
+        let widen16 =
+            |v: &Vec<u8>| v.iter().map(|&c| if c == u8::MAX { u16::MAX } else { u16::from(c) }).collect();
+        match self {
+            CodeVec::U8(v) if code >= u32::from(u8::MAX) => {
+                if code < u32::from(u16::MAX) {
+                    *self = CodeVec::U16(widen16(v));
+                } else {
+                    *self = CodeVec::U32(
+                        v.iter().map(|&c| if c == u8::MAX { NO_CODE } else { u32::from(c) }).collect(),
+                    );
+                }
+            }
+            CodeVec::U16(v) if code >= u32::from(u16::MAX) => {
+                *self = CodeVec::U32(
+                    v.iter().map(|&c| if c == u16::MAX { NO_CODE } else { u32::from(c) }).collect(),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends a code ([`NO_CODE`] for absent).
+    pub fn push(&mut self, code: u32) {
+        self.widen_for(code);
+        match self {
+            CodeVec::U8(v) => v.push(if code == NO_CODE { u8::MAX } else { code as u8 }),
+            CodeVec::U16(v) => v.push(if code == NO_CODE { u16::MAX } else { code as u16 }),
+            CodeVec::U32(v) => v.push(code),
+        }
+    }
+
+    /// Sets entry `i`, growing with absent entries as needed.
+    pub fn set(&mut self, i: usize, code: u32) {
+        while self.len() <= i {
+            self.push(NO_CODE);
+        }
+        self.widen_for(code);
+        match self {
+            CodeVec::U8(v) => v[i] = if code == NO_CODE { u8::MAX } else { code as u8 },
+            CodeVec::U16(v) => v[i] = if code == NO_CODE { u16::MAX } else { code as u16 },
+            CodeVec::U32(v) => v[i] = code,
+        }
+    }
+
+    /// Keeps the entries whose `keep` flag is set.
+    pub fn retain(&mut self, keep: &[bool]) {
+        fn filter<T>(v: &mut Vec<T>, keep: &[bool]) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+        match self {
+            CodeVec::U8(v) => filter(v, keep),
+            CodeVec::U16(v) => filter(v, keep),
+            CodeVec::U32(v) => filter(v, keep),
+        }
+    }
+
+    /// Calls `f(i)` for every entry `i` whose code satisfies `pred` (absent
+    /// entries are passed as [`NO_CODE`]). One tight loop per width.
+    pub fn for_each_where(&self, mut pred: impl FnMut(u32) -> bool, mut f: impl FnMut(usize)) {
+        match self {
+            CodeVec::U8(v) => {
+                for (i, &c) in v.iter().enumerate() {
+                    if pred(if c == u8::MAX { NO_CODE } else { u32::from(c) }) {
+                        f(i);
+                    }
+                }
+            }
+            CodeVec::U16(v) => {
+                for (i, &c) in v.iter().enumerate() {
+                    if pred(if c == u16::MAX { NO_CODE } else { u32::from(c) }) {
+                        f(i);
+                    }
+                }
+            }
+            CodeVec::U32(v) => {
+                for (i, &c) in v.iter().enumerate() {
+                    if pred(c) {
+                        f(i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Heap bytes used.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            CodeVec::U8(v) => v.capacity(),
+            CodeVec::U16(v) => v.capacity() * 2,
+            CodeVec::U32(v) => v.capacity() * 4,
+        }
+    }
 }
 
 /// A keyword trait: dictionary code per row and one bitmap per value.
@@ -176,7 +339,7 @@ pub struct KeywordColumn {
     /// Value dictionary.
     pub dict: Dict,
     /// Code per row, [`NO_CODE`] when unset.
-    pub codes: Vec<u32>,
+    pub codes: CodeVec,
     /// Rows per code.
     pub bitmaps: Vec<RoaringBitmap>,
     /// Rows with a value.
@@ -188,15 +351,20 @@ pub struct KeywordColumn {
 impl KeywordColumn {
     /// The row's value.
     pub fn get(&self, row: Row) -> Option<&str> {
-        match self.codes.get(row as usize) {
-            Some(&c) if c != NO_CODE => Some(self.dict.value(c)),
-            _ => None,
+        let i = row as usize;
+        match i < self.codes.len() {
+            true => match self.codes.get(i) {
+                NO_CODE => None,
+                c => Some(self.dict.value(c)),
+            },
+            false => None,
         }
     }
 
     /// Sets or unsets the row's value, ignoring the stamps.
     pub fn put(&mut self, row: Row, value: Option<&str>) {
-        if let Some(&old) = self.codes.get(row as usize) {
+        if (row as usize) < self.codes.len() {
+            let old = self.codes.get(row as usize);
             if old != NO_CODE {
                 self.bitmaps[old as usize].remove(row);
             }
@@ -208,11 +376,13 @@ impl KeywordColumn {
                     self.bitmaps.push(RoaringBitmap::new());
                 }
                 self.bitmaps[c as usize].insert(row);
-                set_code(&mut self.codes, row, c);
+                self.codes.set(row as usize, c);
                 self.present.insert(row);
             }
             None => {
-                set_code(&mut self.codes, row, NO_CODE);
+                if (row as usize) < self.codes.len() {
+                    self.codes.set(row as usize, NO_CODE);
+                }
                 self.present.remove(row);
             }
         }
@@ -226,7 +396,7 @@ impl KeywordColumn {
     /// Checks the index against the column.
     pub fn validate(&self) -> Result<(), String> {
         let mut present = RoaringBitmap::new();
-        for (row, &c) in self.codes.iter().enumerate() {
+        for (row, c) in self.codes.to_u32s().into_iter().enumerate() {
             if c == NO_CODE {
                 continue;
             }
@@ -249,7 +419,7 @@ impl KeywordColumn {
     /// Heap bytes used, approximately.
     pub fn heap_bytes(&self) -> usize {
         self.dict.heap_bytes()
-            + self.codes.capacity() * 4
+            + self.codes.heap_bytes()
             + self.bitmaps.iter().map(RoaringBitmap::serialized_size).sum::<usize>()
             + self.present.serialized_size()
             + self.stamps.heap_bytes()
@@ -434,6 +604,25 @@ mod tests {
         assert!(other.own.is_empty(), "a write at the base time costs no exception");
         s.clear(3);
         assert_eq!(s.get(3, &base), NEVER);
+    }
+
+    #[test]
+    fn code_vectors_widen_and_keep_absent() {
+        let mut v = CodeVec::absent(2);
+        v.push(7);
+        v.set(5, 254);
+        assert!(matches!(v, CodeVec::U8(_)));
+        v.push(300);
+        assert!(matches!(v, CodeVec::U16(_)));
+        v.set(1, 70_000);
+        assert!(matches!(v, CodeVec::U32(_)));
+        assert_eq!(v.to_u32s(), vec![NO_CODE, 70_000, 7, NO_CODE, NO_CODE, 254, 300]);
+        let mut hits = Vec::new();
+        v.for_each_where(|c| c == NO_CODE, |i| hits.push(i));
+        assert_eq!(hits, vec![0, 3, 4]);
+        v.retain(&[true, false, true, true, false, true, true]);
+        assert_eq!(v.to_u32s(), vec![NO_CODE, 7, NO_CODE, 254, 300]);
+        assert_eq!(CodeVec::from_u32s(&[1, NO_CODE]).to_u32s(), vec![1, NO_CODE]);
     }
 
     #[test]

@@ -472,7 +472,7 @@ fn event_matches(table: &EventTable, part: &Partition, i: usize, cond: &Cond) ->
             let dict = &table.dicts[pi];
             match (&part.props[pi], &leaf.test) {
                 (PropColumn::Codes(c), t) => {
-                    let v = (c[i] != NO_CODE).then(|| dict.value(c[i]));
+                    let v = (c.get(i) != NO_CODE).then(|| dict.value(c.get(i)));
                     str_test(v, t)
                 }
                 (PropColumn::Keys { keys, present }, t) => {

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use ahash::AHashMap;
 use roaring::RoaringBitmap;
 
-use super::columns::{Dict, NO_CODE};
+use super::columns::{CodeVec, Dict, NO_CODE};
 use super::Row;
 use crate::model::{num_key, time_key, TraitType, Value};
 use crate::segment::{Cond, Field, LeafTest};
@@ -41,7 +41,7 @@ pub fn day_of(ts_ms: i64) -> i64 {
 #[derive(Clone, Debug)]
 pub enum PropColumn {
     /// Keyword or text: dictionary code per event ([`NO_CODE`] when absent).
-    Codes(Vec<u32>),
+    Codes(CodeVec),
     /// Number or timestamp: order key per event, with a presence mask.
     Keys {
         /// Key per event.
@@ -58,7 +58,7 @@ pub enum PropColumn {
 impl PropColumn {
     fn new(ty: TraitType, len: usize) -> PropColumn {
         match ty {
-            TraitType::Keyword | TraitType::Text => PropColumn::Codes(vec![NO_CODE; len]),
+            TraitType::Keyword | TraitType::Text => PropColumn::Codes(CodeVec::absent(len)),
             TraitType::Number | TraitType::Timestamp => {
                 PropColumn::Keys { keys: vec![0; len], present: vec![0; len.div_ceil(64)] }
             }
@@ -123,7 +123,7 @@ impl PropColumn {
             });
         }
         match self {
-            PropColumn::Codes(v) => filter(v, keep),
+            PropColumn::Codes(v) => v.retain(keep),
             PropColumn::Bools(v) => filter(v, keep),
             PropColumn::Lists(v) => filter(v, keep),
             PropColumn::Keys { keys, present } => {
@@ -150,7 +150,7 @@ impl PropColumn {
 
     fn heap_bytes(&self) -> usize {
         match self {
-            PropColumn::Codes(v) => v.capacity() * 4,
+            PropColumn::Codes(v) => v.heap_bytes(),
             PropColumn::Keys { keys, present } => keys.capacity() * 8 + present.capacity() * 8,
             PropColumn::Bools(v) => v.capacity(),
             PropColumn::Lists(v) => {
@@ -555,26 +555,18 @@ impl EventTable {
         let dict = &self.dicts[pi];
         let mut set = |i: usize| m[i / 64] |= 1 << (i % 64);
         match (&part.props[pi], test) {
-            (PropColumn::Codes(codes), LeafTest::Exists) => {
-                codes.iter().enumerate().filter(|(_, &c)| c != NO_CODE).for_each(|(i, _)| set(i))
-            }
+            (PropColumn::Codes(codes), LeafTest::Exists) => codes.for_each_where(|c| c != NO_CODE, set),
             (PropColumn::Codes(codes), LeafTest::StrIn(values)) => {
                 let wanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
                 match wanted.as_slice() {
                     [] => {}
-                    [one] => codes.iter().enumerate().filter(|(_, &c)| c == *one).for_each(|(i, _)| set(i)),
-                    many => {
-                        codes.iter().enumerate().filter(|(_, c)| many.contains(c)).for_each(|(i, _)| set(i))
-                    }
+                    [one] => codes.for_each_where(|c| c == *one, set),
+                    many => codes.for_each_where(|c| many.contains(&c), set),
                 }
             }
             (PropColumn::Codes(codes), LeafTest::StrNotIn(values)) => {
                 let unwanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
-                codes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| **c != NO_CODE && !unwanted.contains(c))
-                    .for_each(|(i, _)| set(i))
+                codes.for_each_where(|c| c != NO_CODE && !unwanted.contains(&c), set)
             }
             (PropColumn::Keys { keys, present }, test) => {
                 let (lo, hi, not_eq) = match test {
@@ -642,8 +634,8 @@ fn read_event(
     let mut properties = Vec::new();
     for (pi, (pname, ty)) in props.iter().enumerate() {
         let value = match &part.props[pi] {
-            PropColumn::Codes(c) if c[i] != NO_CODE => {
-                let s = dicts[pi].value(c[i]).to_string();
+            PropColumn::Codes(c) if c.get(i) != NO_CODE => {
+                let s = dicts[pi].value(c.get(i)).to_string();
                 Some(if *ty == TraitType::Text { Value::Text(s) } else { Value::Keyword(s) })
             }
             PropColumn::Keys { keys, present } if present[i / 64] >> (i % 64) & 1 == 1 => {

@@ -163,7 +163,7 @@ impl Enc {
         match col {
             TraitColumn::Keyword(c) => {
                 self.dict(&c.dict);
-                self.u32s(&c.codes);
+                self.u32s(&c.codes.to_u32s());
                 self.len(c.bitmaps.len());
                 for b in &c.bitmaps {
                     self.bitmap(b);
@@ -204,7 +204,7 @@ impl Enc {
             self.u32s(&p.offsets);
             for col in &p.props {
                 match col {
-                    PropColumn::Codes(v) => self.u32s(v),
+                    PropColumn::Codes(v) => self.u32s(&v.to_u32s()),
                     PropColumn::Keys { keys, present } => {
                         self.u64s(keys);
                         self.u64s(present);
@@ -493,6 +493,7 @@ impl<'a> Dec<'a> {
                 let present = self.bitmap(what)?;
                 self.rows_within(&present, codes.len(), what)?;
                 let stamps = self.stamps(what)?;
+                let codes = super::columns::CodeVec::from_u32s(&codes);
                 TraitColumn::Keyword(KeywordColumn { dict, codes, bitmaps, present, stamps })
             }
             TraitType::Text => TraitColumn::Text(self.text(what)?),
@@ -543,7 +544,7 @@ impl<'a> Dec<'a> {
                         if v.iter().any(|&c| c != u32::MAX && c as usize >= dict_len) {
                             return Err(self.err(format!("{what}: property code outside the dictionary")));
                         }
-                        PropColumn::Codes(v)
+                        PropColumn::Codes(super::columns::CodeVec::from_u32s(&v))
                     }
                     TraitType::Number | TraitType::Timestamp => {
                         let keys = self.u64s(what)?;
