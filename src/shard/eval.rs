@@ -26,6 +26,9 @@ use crate::segment::{Cond, Did, Field, Leaf, LeafTest};
 
 type Bits<'a> = Cow<'a, RoaringBitmap>;
 
+/// Below this many rows, an `AND` checks a costly operand row by row.
+const ROW_BY_ROW_MAX: u64 = 256;
+
 fn empty<'a>() -> Bits<'a> {
     Cow::Owned(RoaringBitmap::new())
 }
@@ -75,37 +78,55 @@ impl Shard {
 
     fn eval_and<'a>(&'a self, items: &[Cond]) -> Bits<'a> {
         let (pos, neg) = self.plan_and(items);
+        self.and_of(&pos, &neg)
+    }
+
+    /// The rows satisfying every `pos` and no `neg`, in the given order,
+    /// stopping as soon as the running set is empty. Once the running set is
+    /// small, a costly operand (a behaviour that scans events, a range with
+    /// edge bins) is checked row by row instead of being built whole.
+    fn and_of<'a>(&'a self, pos: &[&Cond], neg: &[&Cond]) -> Bits<'a> {
         let mut acc: Bits<'a> = match pos.first() {
             Some(first) => self.eval(first),
             None => Cow::Borrowed(&self.universe),
         };
-        for c in pos.iter().skip(1) {
+        let steps = pos.iter().skip(1).map(|c| (*c, false)).chain(neg.iter().map(|c| (*c, true)));
+        for (c, negated) in steps {
             if acc.is_empty() {
                 return empty();
             }
+            if acc.len() <= ROW_BY_ROW_MAX && self.is_costly(c) {
+                let mut set = acc.into_owned();
+                set.retain(|row| self.row_matches_live(row, c) != negated);
+                acc = Cow::Owned(set);
+                continue;
+            }
             let b = self.eval(c);
-            acc = Cow::Owned(match acc {
-                Cow::Owned(mut a) => {
+            acc = Cow::Owned(match (acc, negated) {
+                (Cow::Owned(mut a), false) => {
                     a &= b.as_ref();
                     a
                 }
-                Cow::Borrowed(a) => a & b.as_ref(),
-            });
-        }
-        for c in neg {
-            if acc.is_empty() {
-                return empty();
-            }
-            let b = self.eval(c);
-            acc = Cow::Owned(match acc {
-                Cow::Owned(mut a) => {
+                (Cow::Owned(mut a), true) => {
                     a -= b.as_ref();
                     a
                 }
-                Cow::Borrowed(a) => a - b.as_ref(),
+                (Cow::Borrowed(a), false) => a & b.as_ref(),
+                (Cow::Borrowed(a), true) => a - b.as_ref(),
             });
         }
         acc
+    }
+
+    /// True for operands whose bitmap is expensive to build: behaviours that
+    /// scan events, and anything containing one.
+    fn is_costly(&self, c: &Cond) -> bool {
+        match c {
+            Cond::Did(d) => d.filter.is_some() || d.min > 1 || d.max.is_some(),
+            Cond::Not(x) => self.is_costly(x),
+            Cond::And(v) | Cond::Or(v) => v.iter().any(|x| self.is_costly(x)),
+            _ => false,
+        }
     }
 
     /// How many live profiles satisfy `cond`, building as little as possible.
@@ -122,30 +143,26 @@ impl Shard {
                 let (pos, neg) = self.plan_and(items);
                 // Build the set of all operands but the last, then count the
                 // last operation without building its result.
-                let total = pos.len() + neg.len();
-                if total == 0 {
-                    return self.universe.len();
-                }
-                let (rest_items, last): (Vec<Cond>, &Cond) = if let Some(last_neg) = neg.last() {
-                    let mut rest: Vec<Cond> = pos.iter().map(|c| (*c).clone()).collect();
-                    rest.extend(neg[..neg.len() - 1].iter().map(|c| Cond::Not(Box::new((*c).clone()))));
-                    (rest, last_neg)
+                if let Some((last, rest_neg)) = neg.split_last() {
+                    let rest = self.and_of(&pos, rest_neg);
+                    if rest.is_empty() {
+                        return 0;
+                    }
+                    rest.difference_len(&self.eval(last))
+                } else if let Some((last, rest_pos)) = pos.split_last() {
+                    if rest_pos.is_empty() {
+                        return self.count(last);
+                    }
+                    let rest = self.and_of(rest_pos, &[]);
+                    if rest.is_empty() {
+                        return 0;
+                    }
+                    if rest.len() <= ROW_BY_ROW_MAX && self.is_costly(last) {
+                        return rest.iter().filter(|&r| self.row_matches_live(r, last)).count() as u64;
+                    }
+                    rest.intersection_len(&self.eval(last))
                 } else {
-                    (pos[..pos.len() - 1].iter().map(|c| (*c).clone()).collect(), pos[pos.len() - 1])
-                };
-                let rest = match rest_items.len() {
-                    0 => Cow::Borrowed(&self.universe),
-                    1 => self.eval(&rest_items[0]),
-                    _ => self.eval_and(&rest_items),
-                };
-                if rest.is_empty() {
-                    return 0;
-                }
-                let last_bits = self.eval(last);
-                if neg.is_empty() {
-                    rest.intersection_len(&last_bits)
-                } else {
-                    rest.difference_len(&last_bits)
+                    self.universe.len()
                 }
             }
             Cond::Or(items) => {
@@ -310,6 +327,9 @@ impl Shard {
                 let Some(table) = self.events.get(&d.event) else { return false };
                 if !table.who.contains(row) {
                     return false;
+                }
+                if d.filter.is_none() && d.min <= 1 && d.max.is_none() {
+                    return table.did_in_window(row, d.from_ms, d.to_ms);
                 }
                 let mut n = 0u64;
                 for (day, part) in table.partitions_in(d.from_ms, d.to_ms) {

@@ -391,37 +391,33 @@ impl EventTable {
 
     // ----- evaluation -------------------------------------------------------
 
-    /// Rows with at least one event in `from..=to` (no filter): whole buckets
-    /// from the coarsest level that fits, refined at the two edge days.
-    pub fn who_in_window(&self, from: i64, to: i64) -> RoaringBitmap {
+    /// Decomposes the window `from..=to` into the who-did-it bitmaps of the
+    /// days it covers whole (taking, at each step, the widest aligned bucket
+    /// that fits) and the at most two days it covers in part.
+    fn cover(&self, from: i64, to: i64) -> (Vec<&RoaringBitmap>, Vec<i64>) {
         let (Some((&first_day, _)), Some((&last_day, _))) =
             (self.partitions.first_key_value(), self.partitions.last_key_value())
         else {
-            return RoaringBitmap::new();
+            return (Vec::new(), Vec::new());
         };
-        if from > to {
-            return RoaringBitmap::new();
-        }
         let from_day = day_of(from).max(first_day);
         let to_day = day_of(to).min(last_day);
-        if from_day > to_day {
-            return RoaringBitmap::new();
+        if from > to || from_day > to_day {
+            return (Vec::new(), Vec::new());
         }
         // Days wholly inside the window, clamped to the days that exist.
         let full_from = if from <= first_day * DAY_MS { first_day } else { day_of(from - 1) + 1 };
         let full_to = if to >= (last_day + 1) * DAY_MS - 1 { last_day } else { day_of(to + 1) - 1 };
-        let mut parts: Vec<&RoaringBitmap> = Vec::new();
-        // At most two partly covered days, refined by timestamp.
-        let mut edges: Vec<i64> = Vec::with_capacity(2);
+        let mut edges = Vec::with_capacity(2);
         if from_day < full_from {
             edges.push(from_day);
         }
         if to_day > full_to && !edges.contains(&to_day) {
             edges.push(to_day);
         }
+        let mut bitmaps = Vec::new();
         let mut d = full_from;
         while d <= full_to {
-            // The widest aligned bucket that starts at d and ends by full_to.
             let mut step = 1;
             let mut bitmap = self.partitions.get(&d).map(|p| &p.who);
             for (level, width) in LEVEL_DAYS.iter().enumerate() {
@@ -432,24 +428,45 @@ impl EventTable {
                     break;
                 }
             }
-            if let Some(b) = bitmap {
-                parts.push(b);
-            }
+            bitmaps.extend(bitmap);
             d += step;
         }
-        let mut out = roaring::MultiOps::union(parts.into_iter());
+        (bitmaps, edges)
+    }
+
+    /// The events of an edge day that fall in `from..=to`, as (event index, row).
+    fn edge_events(&self, day: i64, from: i64, to: i64) -> impl Iterator<Item = Row> + '_ {
+        let base = day * DAY_MS;
+        self.partitions.get(&day).into_iter().flat_map(move |part| {
+            part.offsets.iter().zip(&part.rows).filter_map(move |(&off, &row)| {
+                let ts = base + i64::from(off);
+                (from <= ts && ts <= to).then_some(row)
+            })
+        })
+    }
+
+    /// Rows with at least one event in `from..=to` (no filter): the union of
+    /// the window's whole-day bitmaps, plus the rows of the edge days' events
+    /// that fall inside it.
+    pub fn who_in_window(&self, from: i64, to: i64) -> RoaringBitmap {
+        let (bitmaps, edges) = self.cover(from, to);
+        let mut out = roaring::MultiOps::union(bitmaps.into_iter());
         for day in edges {
-            if let Some(part) = self.partitions.get(&day) {
-                let base = day * DAY_MS;
-                for (i, &off) in part.offsets.iter().enumerate() {
-                    let ts = base + i64::from(off);
-                    if from <= ts && ts <= to {
-                        out.insert(part.rows[i]);
-                    }
-                }
-            }
+            out.extend(self.edge_events(day, from, to));
         }
         out
+    }
+
+    /// True when `row` has an event in `from..=to`: whole days answer from
+    /// their bitmaps, and only the edge days where the row has events are
+    /// scanned.
+    pub fn did_in_window(&self, row: Row, from: i64, to: i64) -> bool {
+        let (bitmaps, edges) = self.cover(from, to);
+        bitmaps.iter().any(|b| b.contains(row))
+            || edges.into_iter().any(|day| {
+                self.partitions.get(&day).is_some_and(|p| p.who.contains(row))
+                    && self.edge_events(day, from, to).any(|r| r == row)
+            })
     }
 
     /// The partitions that may hold events in `from..=to`.
@@ -657,4 +674,63 @@ fn read_event(
     }
     properties.sort_by(|a, b| a.0.cmp(&b.0));
     EventRecord { name: name.to_string(), ts_ms: day * DAY_MS + i64::from(part.offsets[i]), properties }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(state: &mut u64) -> u64 {
+        *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *state >> 33
+    }
+
+    #[test]
+    fn windows_match_brute_force() {
+        let mut t = EventTable::default();
+        let mut all: Vec<(Row, i64)> = Vec::new();
+        let mut s = 11u64;
+        for _ in 0..3_000 {
+            let row = (next(&mut s) % 300) as Row;
+            // Around day 1000, with some negative and some exact day boundaries.
+            let ts = match next(&mut s) % 4 {
+                0 => (1000 + (next(&mut s) % 200) as i64) * DAY_MS,
+                1 => -(next(&mut s) as i64 % (5 * DAY_MS)),
+                _ => 1000 * DAY_MS + (next(&mut s) as i64 % (200 * DAY_MS)),
+            };
+            t.append(row, ts, &[("amount".to_string(), Value::Number(1.0))]);
+            all.push((row, ts));
+        }
+        t.validate().unwrap();
+        let probes = [
+            i64::MIN,
+            -3 * DAY_MS,
+            -1,
+            0,
+            1000 * DAY_MS - 1,
+            1000 * DAY_MS,
+            1000 * DAY_MS + 1,
+            1017 * DAY_MS + 5_000,
+            1064 * DAY_MS,
+            1100 * DAY_MS - 1,
+            1199 * DAY_MS + 1,
+            1300 * DAY_MS,
+            i64::MAX,
+        ];
+        for &from in &probes {
+            for &to in &probes {
+                let want: RoaringBitmap =
+                    all.iter().filter(|(_, ts)| from <= *ts && *ts <= to).map(|(r, _)| *r).collect();
+                assert_eq!(t.who_in_window(from, to), want, "window {from}..={to}");
+                for row in [0, 7, 150, 299, 300] {
+                    assert_eq!(t.did_in_window(row, from, to), want.contains(row), "row {row} {from}..={to}");
+                }
+            }
+        }
+        // Removing a row takes its events everywhere.
+        let removed = t.remove_row("e", 7);
+        assert_eq!(removed.len(), all.iter().filter(|(r, _)| *r == 7).count());
+        t.validate().unwrap();
+        assert!(!t.who_in_window(i64::MIN, i64::MAX).contains(7));
+    }
 }
