@@ -398,3 +398,113 @@ fn mismatch(p: &Predicate, lit: &Literal, kind: Kind) -> SegmentError {
         found: describe_literal(lit),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{key_to_time, TraitType};
+    use std::collections::BTreeMap;
+
+    const NOW: i64 = 1_793_491_200_000; // 2026-11-01T00:00:00Z
+
+    fn schema() -> Schema {
+        let mut s = Schema::new();
+        for (name, ty) in [
+            ("country", TraitType::Keyword),
+            ("age", TraitType::Number),
+            ("tags", TraitType::List),
+            ("newsletter", TraitType::Bool),
+            ("signup_at", TraitType::Timestamp),
+            ("email", TraitType::Text),
+        ] {
+            s.declare_trait(name, ty).unwrap();
+        }
+        s.declare_property("purchase", "amount", TraitType::Number).unwrap();
+        s.declare_property("purchase", "category", TraitType::Keyword).unwrap();
+        s
+    }
+
+    fn err(text: &str) -> String {
+        let s = schema();
+        let ctx = CheckContext { schema: &s, catalog: &NoSegments, now_ms: NOW };
+        compile(text, &ctx).expect_err(text).to_string()
+    }
+
+    fn ok(text: &str) -> Cond {
+        let s = schema();
+        let ctx = CheckContext { schema: &s, catalog: &NoSegments, now_ms: NOW };
+        compile(text, &ctx).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn bad_queries_name_the_problem_and_position() {
+        assert_eq!(err(r#"plan = "pro""#), "unknown trait `plan` at position 1");
+        assert_eq!(
+            err(r#"country > "FR""#),
+            "unsupported operator at position 1: `country` is a string, which does not support >"
+        );
+        assert_eq!(
+            err(r#"age = "forty""#),
+            "type mismatch at position 7: `age` is a number, but the value is the string \"forty\""
+        );
+        assert_eq!(
+            err(r#"tags = "vip""#),
+            "unsupported operator at position 1: `tags` is a list, which does not support ="
+        );
+        assert!(err(r#"DID "purchase" IN LAST 1 MONTH"#).starts_with("invalid query at position 26:"));
+        assert!(err(r#"DID "purchase" IN LAST 1 MONTH"#).contains("MONTH"));
+        assert_eq!(err("country ="), "syntax error at position 10: expected a value, found end of query");
+        assert_eq!(
+            err(r#"(country = "FR""#),
+            "syntax error at position 16: expected AND, OR or \")\", found end of query"
+        );
+        assert_eq!(err(r#"DID "refund""#), "unknown event `refund` at position 5");
+        assert_eq!(
+            err(r#"DID "purchase" WHERE colour = "red""#),
+            "unknown property of event \"purchase\" `colour` at position 22"
+        );
+        assert!(err(r#"signup_at > "yesterday""#).contains("not an RFC 3339 timestamp"));
+        assert!(err("signup_at > 5").contains("type mismatch at position 13"));
+        assert!(err(r#"newsletter > TRUE"#).contains("does not support >"));
+        assert!(err(r#"user_id != "u1""#).contains("does not support !="));
+        assert!(err(r#"country BETWEEN "A" AND "B""#).contains("does not support BETWEEN"));
+        assert!(err(r#"IN SEGMENT "nope""#).contains("unknown segment \"nope\" at position 1"));
+    }
+
+    #[test]
+    fn literals_become_typed_keys_and_now_is_fixed() {
+        let c = ok("signup_at > NOW - 1 DAYS");
+        let Cond::Leaf(Leaf { test: LeafTest::Range { lo, hi }, .. }) = c else { panic!("{c:?}") };
+        assert_eq!(key_to_time(lo), NOW - 86_400_000 + 1);
+        assert_eq!(hi, u64::MAX);
+        let c = ok(r#"DID "purchase" BETWEEN "2026-01-01T00:00:00Z" AND NOW"#);
+        let Cond::Did(d) = c else { panic!("{c:?}") };
+        assert_eq!((d.from_ms, d.to_ms), (1_767_225_600_000, NOW - 1));
+        assert_eq!(ok("age < 5 AND age > 10 OR ALL"), Cond::All);
+    }
+
+    #[test]
+    fn saved_segments_inline_and_cycles_are_refused() {
+        let s = schema();
+        let mut catalog = BTreeMap::new();
+        catalog.insert("fr".to_string(), r#"country = "FR""#.to_string());
+        catalog.insert("a".to_string(), r#"IN SEGMENT "b""#.to_string());
+        catalog.insert("b".to_string(), r#"IN SEGMENT "a""#.to_string());
+        catalog.insert("broken".to_string(), r#"colour = "red""#.to_string());
+        let ctx = CheckContext { schema: &s, catalog: &catalog, now_ms: NOW };
+        assert_eq!(compile(r#"IN SEGMENT "fr""#, &ctx).unwrap(), ok(r#"country = "FR""#));
+        let e = compile(r#"IN SEGMENT "a""#, &ctx).unwrap_err().to_string();
+        assert_eq!(e, "segment cycle: a -> b -> a");
+        let e = compile(r#"IN SEGMENT "broken""#, &ctx).unwrap_err().to_string();
+        assert!(e.starts_with("saved segment \"broken\" is invalid: unknown trait `colour`"), "{e}");
+        // Saving "fr" as a reference to itself, directly or through "x", is refused.
+        assert!(check_save("fr", r#"IN SEGMENT "fr""#, &ctx).is_err());
+        catalog.insert("x".to_string(), r#"IN SEGMENT "fr""#.to_string());
+        let ctx = CheckContext { schema: &s, catalog: &catalog, now_ms: NOW };
+        let e = check_save("fr", r#"IN SEGMENT "x""#, &ctx).unwrap_err().to_string();
+        assert_eq!(e, "segment cycle: fr -> x -> fr");
+        assert!(check_save("fr2", r#"IN SEGMENT "x""#, &ctx).is_ok());
+        let refs = references(&crate::segment::parse(r#"IN SEGMENT "a" OR NOT IN SEGMENT "fr""#).unwrap());
+        assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["a".to_string(), "fr".to_string()]);
+    }
+}
