@@ -84,9 +84,13 @@ fn typed(ty: Option<TraitType>, v: &GenValue) -> Option<Value> {
 pub fn profile_commands(schema: &Schema, p: &Profile) -> Vec<Command> {
     let id = p.index;
     let mut out = Vec::with_capacity(1 + p.events.len());
+    // Ingestion order: the dataset's file order, one identify then the
+    // events, profile after profile (a profile has at most 21 messages).
+    let seq = |k: u64| id * 32 + k;
     out.push(Command::Write(ProfileWrite {
         profile: id,
         time_ms: p.identify_ts_ms,
+        seq: seq(0),
         identifiers: vec![
             (IdentifierKind::UserId, p.user_id.clone()),
             (IdentifierKind::AnonymousId, p.anonymous_id.clone()),
@@ -99,10 +103,11 @@ pub fn profile_commands(schema: &Schema, p: &Profile) -> Vec<Command> {
         add_to_lists: Vec::new(),
         event: None,
     }));
-    for e in &p.events {
+    for (k, e) in p.events.iter().enumerate() {
         out.push(Command::Write(ProfileWrite {
             profile: id,
             time_ms: e.ts_ms,
+            seq: seq(k as u64 + 1),
             event: Some(EventWrite {
                 name: e.name.to_string(),
                 properties: e

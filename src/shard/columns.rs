@@ -25,8 +25,13 @@ use super::Row;
 /// Code of "no value" in a dictionary-coded column.
 pub const NO_CODE: u32 = u32::MAX;
 
-/// Time of a value never written: older than any message.
-pub const NEVER: i64 = i64::MIN;
+/// The last-write-wins stamp of a write: the message time in milliseconds,
+/// then the message's position in ingestion order (`seq`), which breaks ties
+/// of time: between two writes with the same time, the later ingested wins.
+pub type Stamp = (i64, u64);
+
+/// Stamp of a value never written: older than any message.
+pub const NEVER: Stamp = (i64::MIN, 0);
 
 /// Message times per row, for last-write-wins. A time is kept after a value
 /// is unset by `null`, so that an older message arriving late cannot bring
@@ -40,13 +45,13 @@ pub const NEVER: i64 = i64::MIN;
 #[derive(Clone, Debug, Default)]
 pub struct Stamps {
     written: RoaringBitmap,
-    own: AHashMap<Row, i64>,
+    own: AHashMap<Row, Stamp>,
 }
 
 impl Stamps {
     /// The time of the row's current value (or of its unset), [`NEVER`] if
     /// it was never written.
-    pub fn get(&self, row: Row, base: &[i64]) -> i64 {
+    pub fn get(&self, row: Row, base: &[Stamp]) -> Stamp {
         if !self.written.contains(row) {
             return NEVER;
         }
@@ -56,10 +61,12 @@ impl Stamps {
         }
     }
 
-    /// Records a write at `time` if it wins against the stored one: a later
-    /// time wins, and on a tie the write applied later wins (INGEST.md). The
-    /// row's base time is set by the first trait write to the row.
-    pub fn admit(&mut self, row: Row, time: i64, base: &mut Vec<i64>) -> bool {
+    /// Records a write stamped `time` if it wins against the stored stamp:
+    /// a later message time wins; on a tie of time the later ingested message
+    /// (larger `seq`) wins, and on a full tie (the same message, or writes
+    /// that carry no `seq`) the write applied now wins (INGEST.md). The row's
+    /// base stamp is set by the first trait write to the row.
+    pub fn admit(&mut self, row: Row, time: Stamp, base: &mut Vec<Stamp>) -> bool {
         if time < self.get(row, base) {
             return false;
         }
@@ -87,20 +94,20 @@ impl Stamps {
 
     /// The rows with a time, and the times that differ from the base, sorted
     /// by row (for snapshots).
-    pub fn parts(&self) -> (&RoaringBitmap, Vec<(Row, i64)>) {
-        let mut own: Vec<(Row, i64)> = self.own.iter().map(|(r, t)| (*r, *t)).collect();
+    pub fn parts(&self) -> (&RoaringBitmap, Vec<(Row, Stamp)>) {
+        let mut own: Vec<(Row, Stamp)> = self.own.iter().map(|(r, t)| (*r, *t)).collect();
         own.sort_unstable();
         (&self.written, own)
     }
 
     /// Rebuilds from [`parts`](Self::parts).
-    pub fn from_parts(written: RoaringBitmap, own: impl IntoIterator<Item = (Row, i64)>) -> Self {
+    pub fn from_parts(written: RoaringBitmap, own: impl IntoIterator<Item = (Row, Stamp)>) -> Self {
         Stamps { written, own: own.into_iter().collect() }
     }
 
     /// Heap bytes used, approximately.
     pub fn heap_bytes(&self) -> usize {
-        self.written.serialized_size() + self.own.capacity() * 20
+        self.written.serialized_size() + self.own.capacity() * 28
     }
 }
 
@@ -590,18 +597,20 @@ mod tests {
     fn stamps_let_later_and_tied_writes_win() {
         let mut base = Vec::new();
         let mut s = Stamps::default();
-        assert!(s.admit(3, 10, &mut base));
-        assert_eq!(base[3], 10, "the first write sets the base");
-        assert!(!s.admit(3, 9, &mut base));
-        assert!(s.admit(3, 10, &mut base));
-        assert!(s.admit(3, 11, &mut base));
-        assert_eq!(s.get(3, &base), 11);
-        assert_eq!(s.own.len(), 1, "a time off the base is an exception");
+        assert!(s.admit(3, (10, 5), &mut base));
+        assert_eq!(base[3], (10, 5), "the first write sets the base");
+        assert!(!s.admit(3, (9, 9), &mut base), "an older time loses whatever its seq");
+        assert!(!s.admit(3, (10, 4), &mut base), "a tie of time goes to the later ingested");
+        assert!(s.admit(3, (10, 5), &mut base), "the same stamp again is admitted");
+        assert!(s.admit(3, (10, 6), &mut base));
+        assert!(s.admit(3, (11, 0), &mut base));
+        assert_eq!(s.get(3, &base), (11, 0));
+        assert_eq!(s.own.len(), 1, "a stamp off the base is an exception");
         assert_eq!(s.get(100, &base), NEVER);
         let mut other = Stamps::default();
-        assert_eq!(other.get(3, &base), NEVER, "a base time alone is not a write");
-        assert!(other.admit(3, 10, &mut base));
-        assert!(other.own.is_empty(), "a write at the base time costs no exception");
+        assert_eq!(other.get(3, &base), NEVER, "a base stamp alone is not a write");
+        assert!(other.admit(3, (10, 5), &mut base));
+        assert!(other.own.is_empty(), "a write at the base stamp costs no exception");
         s.clear(3);
         assert_eq!(s.get(3, &base), NEVER);
     }

@@ -490,7 +490,8 @@ fn event_matches(table: &EventTable, part: &Partition, i: usize, cond: &Cond) ->
                 return false;
             }
             let dict = &table.dicts[pi];
-            match (&part.props[pi], &leaf.test) {
+            let Some(column) = part.props.get(pi) else { return false };
+            match (column, &leaf.test) {
                 (PropColumn::Codes(c), t) => {
                     let v = (c.get(i) != NO_CODE).then(|| dict.value(c.get(i)));
                     str_test(v, t)

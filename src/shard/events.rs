@@ -167,8 +167,9 @@ pub struct Partition {
     pub rows: Vec<Row>,
     /// Milliseconds since the start of the day of each event (fits in u32).
     pub offsets: Vec<u32>,
-    /// Property columns, by the table's property index; a column may be
-    /// shorter than `rows` was when it was created and is padded then.
+    /// Property columns, by the table's property index. A partition written
+    /// before a property first appeared has fewer columns: a missing column
+    /// means the property is absent from every event of the partition.
     pub props: Vec<PropColumn>,
     /// Rows with at least one event here.
     pub who: RoaringBitmap,
@@ -339,7 +340,7 @@ impl EventTable {
             if part.offsets.iter().any(|&o| i64::from(o) >= DAY_MS) {
                 return Err(format!("day {day}: an offset is outside the day"));
             }
-            if part.props.len() != self.props.len() {
+            if part.props.len() > self.props.len() {
                 return Err(format!(
                     "day {day}: {} columns for {} properties",
                     part.props.len(),
@@ -569,9 +570,10 @@ impl EventTable {
         if self.props[pi].1 != *ty {
             return m;
         }
+        let Some(column) = part.props.get(pi) else { return m };
         let dict = &self.dicts[pi];
         let mut set = |i: usize| m[i / 64] |= 1 << (i % 64);
-        match (&part.props[pi], test) {
+        match (column, test) {
             (PropColumn::Codes(codes), LeafTest::Exists) => codes.for_each_where(|c| c != NO_CODE, set),
             (PropColumn::Codes(codes), LeafTest::StrIn(values)) => {
                 let wanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
@@ -649,10 +651,10 @@ fn read_event(
     i: usize,
 ) -> EventRecord {
     let mut properties = Vec::new();
-    for (pi, (pname, ty)) in props.iter().enumerate() {
-        let value = match &part.props[pi] {
+    for ((pname, ty), (column, dict)) in props.iter().zip(part.props.iter().zip(dicts)) {
+        let value = match column {
             PropColumn::Codes(c) if c.get(i) != NO_CODE => {
-                let s = dicts[pi].value(c.get(i)).to_string();
+                let s = dict.value(c.get(i)).to_string();
                 Some(if *ty == TraitType::Text { Value::Text(s) } else { Value::Keyword(s) })
             }
             PropColumn::Keys { keys, present } if present[i / 64] >> (i % 64) & 1 == 1 => {
@@ -664,7 +666,7 @@ fn read_event(
             }
             PropColumn::Bools(b) if b[i] != 2 => Some(Value::Bool(b[i] == 1)),
             PropColumn::Lists(l) => {
-                l[i].as_ref().map(|codes| Value::list(codes.iter().map(|&c| dicts[pi].value(c).to_string())))
+                l[i].as_ref().map(|codes| Value::list(codes.iter().map(|&c| dict.value(c).to_string())))
             }
             _ => None,
         };

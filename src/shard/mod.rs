@@ -27,7 +27,7 @@ use hashbrown::HashTable;
 use roaring::RoaringBitmap;
 use thiserror::Error;
 
-pub use columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamps, NEVER, NO_CODE};
+pub use columns::{BoolColumn, CodeVec, Dict, KeywordColumn, ListColumn, Stamp, Stamps, NEVER, NO_CODE};
 pub use events::{day_of, EventRecord, EventTable, Partition, PropColumn, DAY_MS, LEVEL_DAYS};
 pub use range::{RangeColumn, MAX_BINS};
 pub use text::TextColumn;
@@ -122,9 +122,9 @@ impl TraitColumn {
         }
     }
 
-    /// The message time of the row's value (or unset), [`NEVER`] if
-    /// unwritten; `base` is the shard's [`Shard::base_times`].
-    pub fn stamp(&self, row: Row, base: &[i64]) -> i64 {
+    /// The stamp of the row's value (or unset), [`NEVER`] if unwritten;
+    /// `base` is the shard's [`Shard::base_stamps`].
+    pub fn stamp(&self, row: Row, base: &[Stamp]) -> Stamp {
         match self {
             TraitColumn::Keyword(c) => c.stamps.get(row, base),
             TraitColumn::Text(c) => c.stamps.get(row, base),
@@ -209,6 +209,11 @@ pub struct ProfileWrite {
     pub profile: ProfileId,
     /// The message's time: last-write-wins and first/last seen use it.
     pub time_ms: i64,
+    /// The message's position in ingestion order, assigned by the ingest
+    /// layer: between two writes of a trait with the same time, the larger
+    /// `seq` wins, also when a merge brings them together. Writes that all
+    /// leave it 0 fall back to "the write applied later wins".
+    pub seq: u64,
     /// Identifiers the profile gains.
     pub identifiers: Vec<(IdentifierKind, String)>,
     /// Traits to set (`None`: unset), last-write-wins by `time_ms`.
@@ -241,8 +246,8 @@ pub struct ProfileImage {
     /// Latest message time applied.
     pub last_seen: Option<i64>,
     /// Each trait ever written: its value (`None` if unset by `null`) and the
-    /// time of that write. Sorted by name.
-    pub traits: Vec<(String, Option<Value>, i64)>,
+    /// stamp (message time, ingest seq) of that write. Sorted by name.
+    pub traits: Vec<(String, Option<Value>, Stamp)>,
     /// Every event, in time order.
     pub events: Vec<EventRecord>,
 }
@@ -416,11 +421,15 @@ pub struct Shard {
     pub last_seen: RangeColumn,
     /// Identifiers per row.
     pub ids: Identifiers,
-    /// Per row, the time of its first trait write: the base that trait
-    /// columns store their last-write-wins times against ([`Stamps`]).
-    pub base_times: Vec<i64>,
+    /// Per row, the stamp of its first trait write: the base that trait
+    /// columns store their last-write-wins stamps against ([`Stamps`]).
+    pub base_stamps: Vec<Stamp>,
     /// Trait columns by name.
     pub traits: BTreeMap<String, TraitColumn>,
+    /// Traits this shard has only ever seen unset by `null`: their type is
+    /// not known here yet, but the unset times must be kept so that an older
+    /// value arriving later stays out. Moved into a column with the first value.
+    pub unset_only: BTreeMap<String, Stamps>,
     /// Event tables by event name.
     pub events: BTreeMap<String, EventTable>,
 }
@@ -547,37 +556,37 @@ impl Shard {
 
     fn column_for<'a>(
         traits: &'a mut BTreeMap<String, TraitColumn>,
+        unset_only: &mut BTreeMap<String, Stamps>,
         name: &str,
         ty: TraitType,
     ) -> Result<&'a mut TraitColumn, String> {
-        let col = traits.entry(name.to_string()).or_insert_with(|| TraitColumn::new(ty));
-        if col.trait_type() != ty && col.present().is_empty() {
-            // The column holds only unset times (a `null` came first, before
-            // the type was known here): give it the type, keep the times.
-            let stamps = std::mem::take(col.stamps_mut());
-            *col = TraitColumn::new(ty);
-            *col.stamps_mut() = stamps;
-        }
+        let col = traits.entry(name.to_string()).or_insert_with(|| {
+            let mut col = TraitColumn::new(ty);
+            if let Some(stamps) = unset_only.remove(name) {
+                *col.stamps_mut() = stamps;
+            }
+            col
+        });
         if col.trait_type() != ty {
             return Err(format!("`{name}` is {} on shard, but the value is {ty}", col.trait_type()));
         }
         Ok(col)
     }
 
-    /// Sets a trait by last-write-wins at `time`.
-    fn set_trait(&mut self, row: Row, name: &str, value: Option<&Value>, time: i64) -> Result<(), String> {
+    /// Sets a trait by last-write-wins at `stamp`.
+    fn set_trait(&mut self, row: Row, name: &str, value: Option<&Value>, stamp: Stamp) -> Result<(), String> {
         let col = match value {
-            Some(v) => Self::column_for(&mut self.traits, name, v.trait_type())?,
+            Some(v) => Self::column_for(&mut self.traits, &mut self.unset_only, name, v.trait_type())?,
             None => match self.traits.get_mut(name) {
                 Some(col) => col,
-                // Unsetting a trait the shard has never seen still records the
-                // time, so that an older value arriving later stays out. The
-                // column is created with the global type when the value comes;
-                // until then a keyword column keeps the tombstone.
-                None => Self::column_for(&mut self.traits, name, TraitType::Keyword)?,
+                None => {
+                    let stamps = self.unset_only.entry(name.to_string()).or_default();
+                    stamps.admit(row, stamp, &mut self.base_stamps);
+                    return Ok(());
+                }
             },
         };
-        if col.stamps_mut().admit(row, time, &mut self.base_times) {
+        if col.stamps_mut().admit(row, stamp, &mut self.base_stamps) {
             col.put(row, value);
         }
         Ok(())
@@ -590,13 +599,14 @@ impl Shard {
         for (kind, id) in &w.identifiers {
             self.ids.of_mut(*kind).add(row, id);
         }
+        let stamp = (w.time_ms, w.seq);
         for (name, value) in &w.traits {
-            if let Err(reason) = self.set_trait(row, name, value.as_ref(), w.time_ms) {
+            if let Err(reason) = self.set_trait(row, name, value.as_ref(), stamp) {
                 rejected.push((name.clone(), reason));
             }
         }
         for (name, items) in &w.add_to_lists {
-            if let Err(reason) = self.grow_list(row, name, items, w.time_ms) {
+            if let Err(reason) = self.grow_list(row, name, items, stamp) {
                 rejected.push((name.clone(), reason));
             }
         }
@@ -610,18 +620,18 @@ impl Shard {
         rejected
     }
 
-    /// Adds elements to a grow-only list trait.
-    fn grow_list(&mut self, row: Row, name: &str, items: &[String], time: i64) -> Result<(), String> {
-        let col = Self::column_for(&mut self.traits, name, TraitType::List)?;
+    /// Adds elements to a grow-only list trait; its stamp becomes the latest
+    /// of the writes that grew it.
+    fn grow_list(&mut self, row: Row, name: &str, items: &[String], stamp: Stamp) -> Result<(), String> {
+        let col = Self::column_for(&mut self.traits, &mut self.unset_only, name, TraitType::List)?;
         let TraitColumn::List(list) = col else { unreachable!("column_for checked the type") };
         let mut all = list.get(row).unwrap_or_default();
         all.extend(items.iter().cloned());
         all.sort();
         all.dedup();
         list.put(row, Some(&all));
-        if time > list.stamps.get(row, &self.base_times) {
-            list.stamps.admit(row, time, &mut self.base_times);
-        }
+        let latest = stamp.max(list.stamps.get(row, &self.base_stamps));
+        list.stamps.admit(row, latest, &mut self.base_stamps);
         Ok(())
     }
 
@@ -634,14 +644,21 @@ impl Shard {
                 identifiers.push((kind, id.to_string()));
             }
         }
-        let traits = self
+        let mut traits: Vec<(String, Option<Value>, Stamp)> = self
             .traits
             .iter()
             .filter_map(|(name, col)| {
-                let t = col.stamp(row, &self.base_times);
+                let t = col.stamp(row, &self.base_stamps);
                 (t != NEVER).then(|| (name.clone(), col.get(row), t))
             })
             .collect();
+        for (name, stamps) in &self.unset_only {
+            let t = stamps.get(row, &self.base_stamps);
+            if t != NEVER {
+                traits.push((name.clone(), None, t));
+            }
+        }
+        traits.sort_by(|a, b| a.0.cmp(&b.0));
         let mut events: Vec<EventRecord> =
             self.events.iter().flat_map(|(name, table)| table.events_of(name, row)).collect();
         events.sort_by(|a, b| a.ts_ms.cmp(&b.ts_ms).then_with(|| a.name.cmp(&b.name)));
@@ -664,11 +681,13 @@ impl Shard {
         for (name, table) in &mut self.events {
             image.events.extend(table.remove_row(name, row));
         }
-        self.events.retain(|_, t| t.total > 0 || !t.props.is_empty());
         image.events.sort_by(|a, b| a.ts_ms.cmp(&b.ts_ms).then_with(|| a.name.cmp(&b.name)));
         for col in self.traits.values_mut() {
             col.put(row, None);
             col.stamps_mut().clear(row);
+        }
+        for stamps in self.unset_only.values_mut() {
+            stamps.clear(row);
         }
         self.ids.user_ids.clear(row);
         self.ids.anonymous_ids.clear(row);
@@ -691,10 +710,10 @@ impl Shard {
         for (kind, id) in &image.identifiers {
             self.ids.of_mut(*kind).add(row, id);
         }
-        for (name, value, time) in &image.traits {
+        for (name, value, stamp) in &image.traits {
             let result = match (name.as_str(), value) {
-                (GROUPS_TRAIT, Some(Value::List(items))) => self.grow_list(row, name, items, *time),
-                _ => self.set_trait(row, name, value.as_ref(), *time),
+                (GROUPS_TRAIT, Some(Value::List(items))) => self.grow_list(row, name, items, *stamp),
+                _ => self.set_trait(row, name, value.as_ref(), *stamp),
             };
             if let Err(reason) = result {
                 rejected.push((name.clone(), reason));
@@ -736,6 +755,9 @@ impl Shard {
         check("anonymous_id", self.ids.anonymous_ids.validate(), &self.ids.anonymous_ids.present)?;
         for (name, col) in &self.traits {
             check(&format!("trait {name}"), col.validate(), &col.present())?;
+        }
+        if let Some(name) = self.unset_only.keys().find(|n| self.traits.contains_key(*n)) {
+            return Err(format!("shard {}: trait {name} is both typed and unset-only", self.id));
         }
         for (name, table) in &self.events {
             check(&format!("event {name}"), table.validate(), &table.who)?;

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Sections: `rows` (profile ids and universe), `first_seen`, `last_seen`,
-//! `user_id`, `anonymous_id`, one `trait` section per trait and one `event`
-//! section per event name. Bitmaps are in roaring's portable format, columns
+//! `user_id`, `anonymous_id`, one `trait` section per trait, one `event`
+//! section per event name, and one section per trait only ever unset. Bitmaps are in roaring's portable format, columns
 //! are plain little-endian arrays. Every section carries a CRC-32 of its
 //! payload; the footer carries the file's length, so a truncated file is
 //! told apart from a corrupt one.
@@ -29,7 +29,7 @@ use std::path::Path;
 
 use roaring::RoaringBitmap;
 
-use super::columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamps};
+use super::columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamp, Stamps};
 use super::events::{EventTable, Partition, PropColumn, LEVEL_DAYS};
 use super::range::RangeColumn;
 use super::text::TextColumn;
@@ -48,6 +48,7 @@ const SEC_USER_ID: u32 = 4;
 const SEC_ANON_ID: u32 = 5;
 const SEC_TRAIT: u32 = 6;
 const SEC_EVENT: u32 = 7;
+const SEC_UNSET_ONLY: u32 = 8;
 
 // ----- encoding --------------------------------------------------------------
 
@@ -110,9 +111,15 @@ impl Enc {
         let (written, own) = s.parts();
         self.bitmap(written);
         let rows: Vec<u32> = own.iter().map(|(r, _)| *r).collect();
-        let times: Vec<i64> = own.iter().map(|(_, t)| *t).collect();
+        let stamps: Vec<Stamp> = own.iter().map(|(_, t)| *t).collect();
         self.u32s(&rows);
+        self.stamp_list(&stamps);
+    }
+    fn stamp_list(&mut self, stamps: &[Stamp]) {
+        let times: Vec<i64> = stamps.iter().map(|t| t.0).collect();
+        let seqs: Vec<u64> = stamps.iter().map(|t| t.1).collect();
         self.i64s(&times);
+        self.u64s(&seqs);
     }
     fn code_lists(&mut self, rows: &[Option<Box<[u32]>>]) {
         self.len(rows.len());
@@ -202,6 +209,7 @@ impl Enc {
             self.u64(*day as u64);
             self.u32s(&p.rows);
             self.u32s(&p.offsets);
+            self.len(p.props.len());
             for col in &p.props {
                 match col {
                     PropColumn::Codes(v) => self.u32s(&v.to_u32s()),
@@ -239,7 +247,7 @@ pub fn write(shard: &Shard, path: &Path) -> Result<(), ShardError> {
     let mut rows = Enc::default();
     rows.u64s(shard.rows.profiles());
     rows.bitmap(&shard.universe);
-    rows.i64s(&shard.base_times);
+    rows.stamp_list(&shard.base_stamps);
     sections.push((SEC_ROWS, String::new(), rows));
     for (kind, col) in [(SEC_FIRST_SEEN, &shard.first_seen), (SEC_LAST_SEEN, &shard.last_seen)] {
         let mut e = Enc::default();
@@ -260,6 +268,11 @@ pub fn write(shard: &Shard, path: &Path) -> Result<(), ShardError> {
         let mut e = Enc::default();
         e.event_table(table);
         sections.push((SEC_EVENT, name.clone(), e));
+    }
+    for (name, stamps) in &shard.unset_only {
+        let mut e = Enc::default();
+        e.stamps(stamps);
+        sections.push((SEC_UNSET_ONLY, name.clone(), e));
     }
 
     let mut header = Vec::with_capacity(24);
@@ -398,11 +411,19 @@ impl<'a> Dec<'a> {
     fn stamps(&mut self, what: &str) -> R<Stamps> {
         let written = self.bitmap(what)?;
         let rows = self.u32s(what)?;
-        let times = self.i64s(what)?;
-        if rows.len() != times.len() {
-            return Err(self.err(format!("{what}: {} stamp rows but {} times", rows.len(), times.len())));
+        let stamps = self.stamp_list(what)?;
+        if rows.len() != stamps.len() {
+            return Err(self.err(format!("{what}: {} stamp rows but {} stamps", rows.len(), stamps.len())));
         }
-        Ok(Stamps::from_parts(written, rows.into_iter().zip(times)))
+        Ok(Stamps::from_parts(written, rows.into_iter().zip(stamps)))
+    }
+    fn stamp_list(&mut self, what: &str) -> R<Vec<Stamp>> {
+        let times = self.i64s(what)?;
+        let seqs = self.u64s(what)?;
+        if times.len() != seqs.len() {
+            return Err(self.err(format!("{what}: {} times but {} seqs", times.len(), seqs.len())));
+        }
+        Ok(times.into_iter().zip(seqs).collect())
     }
     fn ty(&mut self, what: &str) -> R<TraitType> {
         let tag = self.u8(what)?;
@@ -535,8 +556,13 @@ impl<'a> Dec<'a> {
             let rows = self.u32s(what)?;
             let offsets = self.u32s(what)?;
             let len = rows.len();
-            let mut props = Vec::with_capacity(t.props.len());
-            for (i, (_, ty)) in t.props.iter().enumerate() {
+            let columns = self.len(8, what)?;
+            if columns > t.props.len() {
+                return Err(self
+                    .err(format!("{what}: day {day}: {columns} columns for {} properties", t.props.len())));
+            }
+            let mut props = Vec::with_capacity(columns);
+            for (i, (_, ty)) in t.props.iter().enumerate().take(columns) {
                 let dict_len = t.dicts[i].len();
                 let col = match ty {
                     TraitType::Keyword | TraitType::Text => {
@@ -668,7 +694,7 @@ pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
                 shard.universe = p.bitmap("rows")?;
                 p.rows_within(&shard.universe, profiles.len(), "rows")?;
                 shard.rows = super::ProfileRows::from_parts(profiles, &shard.universe);
-                shard.base_times = p.i64s("rows")?;
+                shard.base_stamps = p.stamp_list("rows")?;
                 seen_rows = true;
             }
             SEC_FIRST_SEEN => shard.first_seen = p.range("first_seen")?,
@@ -682,6 +708,10 @@ pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
             SEC_EVENT => {
                 let table = p.event_table(&format!("event {name:?}"))?;
                 shard.events.insert(name.clone(), table);
+            }
+            SEC_UNSET_ONLY => {
+                let stamps = p.stamps(&format!("unset trait {name:?}"))?;
+                shard.unset_only.insert(name.clone(), stamps);
             }
             other => return Err(corrupt(at, format!("unknown section kind {other}"))),
         }
@@ -711,6 +741,7 @@ mod tests {
             batch.push(Command::Write(ProfileWrite {
                 profile: p,
                 time_ms: 1_000 + p as i64,
+                seq: p,
                 identifiers: vec![(IdentifierKind::UserId, format!("u{p}"))],
                 traits: vec![
                     ("country".into(), Some(Value::Keyword(["FR", "DE", "US"][p as usize % 3].into()))),
