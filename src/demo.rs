@@ -122,52 +122,108 @@ pub fn profile_commands(schema: &Schema, p: &Profile) -> Vec<Command> {
     out
 }
 
+/// What a build did.
+#[derive(Clone, Debug, Default)]
+pub struct BuildStats {
+    /// Profiles written.
+    pub profiles: u64,
+    /// Events written.
+    pub events: u64,
+    /// Commands applied (profiles + events).
+    pub commands: u64,
+    /// Fields or commands the shards rejected (0 for the generated data).
+    pub rejections: u64,
+    /// The first rejection, for the operator.
+    pub first_rejection: Option<String>,
+    /// Wall-clock seconds, generation and apply together.
+    pub secs: f64,
+}
+
 /// Builds `shards` shards holding the first `cfg.profiles` profiles of the
-/// dataset, on `threads` threads. Thread `t` generates the profiles whose
-/// shard number is congruent to `t` modulo `threads`, so each shard is built
-/// by exactly one thread, in profile order: the result does not depend on
-/// the thread count.
-pub fn build(cfg: &Config, shards: usize, threads: usize) -> Vec<Shard> {
+/// dataset, on `threads` threads. Thread `t` owns the shards `s` with
+/// `s % threads == t` and generates exactly the profiles placed on them, in
+/// increasing index, applying them in batches of [`BUILD_BATCH`]: the result
+/// does not depend on the thread count. Each shard ends with
+/// [`Shard::shrink_to_fit`], as a bulk load should. `progress` is called
+/// from thread 0 with the fraction done.
+pub fn build(
+    cfg: &Config,
+    shards: usize,
+    threads: usize,
+    progress: &(dyn Fn(f64) + Sync),
+) -> (Vec<Shard>, BuildStats) {
     let schema = schema();
-    let threads = threads.clamp(1, shards.max(1));
-    let slots: Vec<Mutex<Option<Shard>>> = (0..shards).map(|_| Mutex::new(None)).collect();
+    let shards = shards.max(1);
+    let threads = threads.clamp(1, shards);
+    let started = std::time::Instant::now();
+    let slots: Vec<Mutex<Option<(Shard, BuildStats)>>> = (0..shards).map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for t in 0..threads {
             let (schema, slots) = (&schema, &slots);
             scope.spawn(move || {
                 let mine: Vec<usize> = (0..shards).filter(|s| s % threads == t).collect();
-                let mut built: Vec<Shard> = mine.iter().map(|&s| Shard::new(s as u32)).collect();
-                let mut pending: Vec<Vec<Command>> = vec![Vec::new(); mine.len()];
+                let mut built: Vec<(Shard, BuildStats)> =
+                    mine.iter().map(|&s| (Shard::new(s as u32), BuildStats::default())).collect();
+                let mut pending: Vec<Vec<Command>> = vec![Vec::with_capacity(BUILD_BATCH + 32); mine.len()];
+                let apply = |(shard, stats): &mut (Shard, BuildStats), batch: &mut Vec<Command>| {
+                    let outcome = shard.apply(batch);
+                    stats.commands += outcome.applied as u64;
+                    stats.rejections += outcome.rejections.len() as u64;
+                    if let (None, Some(r)) = (&stats.first_rejection, outcome.rejections.first()) {
+                        stats.first_rejection =
+                            Some(format!("shard {}: {}: {}", shard.id, r.field, r.reason));
+                    }
+                    batch.clear();
+                };
+                let step = (cfg.profiles / 20).max(1);
                 for i in 0..cfg.profiles {
+                    if t == 0 && i > 0 && i % step == 0 {
+                        progress(i as f64 / cfg.profiles as f64);
+                    }
                     let s = shard_of(i, shards);
                     if s % threads != t {
                         continue;
                     }
                     let k = s / threads;
-                    pending[k].extend(profile_commands(schema, &cohort_datagen::profile(cfg, i)));
+                    let p = cohort_datagen::profile(cfg, i);
+                    built[k].1.profiles += 1;
+                    built[k].1.events += p.events.len() as u64;
+                    pending[k].extend(profile_commands(schema, &p));
                     if pending[k].len() >= BUILD_BATCH {
-                        built[k].apply(&pending[k]);
-                        pending[k].clear();
+                        apply(&mut built[k], &mut pending[k]);
                     }
                 }
-                for (k, batch) in pending.iter().enumerate() {
-                    built[k].apply(batch);
+                for (k, batch) in pending.iter_mut().enumerate() {
+                    apply(&mut built[k], batch);
+                    // A bulk load ends by giving back the growth slack.
+                    built[k].0.shrink_to_fit();
                 }
-                for (k, shard) in built.into_iter().enumerate() {
+                for (k, result) in built.into_iter().enumerate() {
                     // A poisoned slot means another builder panicked; the
                     // scope re-raises that panic, so the value is moot.
                     if let Ok(mut slot) = slots[mine[k]].lock() {
-                        *slot = Some(shard);
+                        *slot = Some(result);
                     }
                 }
             });
         }
     });
-    slots
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| m.into_inner().ok().flatten().unwrap_or_else(|| Shard::new(i as u32)))
-        .collect()
+    let mut total = BuildStats::default();
+    let mut out = Vec::with_capacity(shards);
+    for (i, slot) in slots.into_iter().enumerate() {
+        let (shard, stats) =
+            slot.into_inner().ok().flatten().unwrap_or_else(|| (Shard::new(i as u32), BuildStats::default()));
+        total.profiles += stats.profiles;
+        total.events += stats.events;
+        total.commands += stats.commands;
+        total.rejections += stats.rejections;
+        if total.first_rejection.is_none() {
+            total.first_rejection = stats.first_rejection;
+        }
+        out.push(shard);
+    }
+    total.secs = started.elapsed().as_secs_f64();
+    (out, total)
 }
 
 #[cfg(test)]
@@ -178,8 +234,9 @@ mod tests {
     #[test]
     fn build_is_independent_of_threads_and_loads_everything() {
         let cfg = Config { seed: 3, profiles: 2_000, now_ms: cohort_datagen::DEFAULT_NOW_MS };
-        let a = build(&cfg, 4, 1);
-        let b = build(&cfg, 4, 3);
+        let (a, stats) = build(&cfg, 4, 1, &|_| {});
+        let (b, _) = build(&cfg, 4, 3, &|_| {});
+        assert_eq!((stats.profiles, stats.rejections), (2_000, 0));
         let total: u64 = a.iter().map(Shard::len).sum();
         assert_eq!(total, 2_000);
         let schema = schema();

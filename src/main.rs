@@ -105,10 +105,11 @@ fn count(shards: &[Shard], cond: &Cond, threads: usize) -> u64 {
 
 fn run_demo(cfg: Config, shards: usize, threads: usize, now_ms: i64, no_prompt: bool) -> Result<()> {
     println!("Building {} profiles on {shards} shards with {threads} threads...", cfg.profiles);
-    let started = Instant::now();
-    let built = demo::build(&cfg, shards, threads);
-    let secs = started.elapsed().as_secs_f64();
-    let events: u64 = built.iter().flat_map(|s| s.events.values()).map(|t| t.total).sum();
+    let (built, stats) = demo::build(&cfg, shards, threads, &|_| {});
+    if let Some(first) = &stats.first_rejection {
+        bail!("the generated data was rejected ({} fields), first: {first}", stats.rejections);
+    }
+    let (secs, events) = (stats.secs, stats.events);
     println!(
         "Built {} profiles and {} events in {:.1} s ({:.0} profiles/s, {:.0} events/s).",
         cfg.profiles,

@@ -1,9 +1,8 @@
 //! Cohort's benchmark harness, as a library shared by the `cohort-bench`
 //! binary and the criterion benches.
 //!
-//! - [`dataset`]: the schema, the conversion of generated profiles into shard
-//!   commands, the profile → shard placement and the parallel in-process
-//!   build of a shard set.
+//! - [`dataset`]: the in-process build of the generated dataset, from
+//!   [`cohort::demo`] (schema, conversion, placement, parallel build).
 //! - [`pool`]: a small persistent pool that runs one job over every shard in
 //!   parallel (the calling thread takes its share), so that a query does not
 //!   pay a thread spawn.

@@ -67,6 +67,10 @@ struct Args {
     /// The DuckDB side of the comparison.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/duckdb_mix.py"))]
     duckdb_script: PathBuf,
+    /// Run only these queries of the mix (ids, comma-separated, e.g.
+    /// `a2,c4`), for profiling; not with `--duckdb`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "duckdb")]
+    only: Vec<String>,
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -302,6 +306,9 @@ fn main() {
     };
     let (shards, stats): (Vec<Shard>, BuildStats) =
         dataset::build(&cfg, args.shards, args.threads, &progress);
+    if let Some(first) = &stats.first_rejection {
+        eprintln!("warning: {} fields rejected while building; first: {first}", stats.rejections);
+    }
     let rss_after = sysinfo::rss_bytes();
     let (traits_heap, events_heap) = shards.iter().fold((0u64, 0u64), |(t, e), s| {
         let (a, b) = s.heap_bytes();
@@ -377,7 +384,10 @@ fn main() {
     let load_before = sysinfo::loadavg();
     let mut results: Vec<QueryResult> = Vec::new();
     let mix_start = Instant::now();
-    for q in queries() {
+    for q in queries()
+        .into_iter()
+        .filter(|q| args.only.is_empty() || args.only.iter().any(|id| id.as_str() == q.id))
+    {
         let runs = runs_for(q.class, args.iterations);
         match run_query(&pool, &schema, cfg.now_ms, cfg.profiles, &q, 3, runs) {
             Ok(r) => results.push(r),

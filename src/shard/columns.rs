@@ -109,6 +109,11 @@ impl Stamps {
     pub fn heap_bytes(&self) -> usize {
         self.written.serialized_size() + self.own.capacity() * 28
     }
+
+    /// Gives back spare capacity.
+    pub fn shrink_to_fit(&mut self) {
+        self.own.shrink_to_fit();
+    }
 }
 
 /// A dictionary of strings to dense `u32` codes. Codes are never reused, so
@@ -330,6 +335,41 @@ impl CodeVec {
         }
     }
 
+    /// Gives back spare capacity.
+    pub fn shrink_to_fit(&mut self) {
+        match self {
+            CodeVec::U8(v) => v.shrink_to_fit(),
+            CodeVec::U16(v) => v.shrink_to_fit(),
+            CodeVec::U32(v) => v.shrink_to_fit(),
+        }
+    }
+
+    /// A bit mask with bit `i` set when entry `i` satisfies `pred` (absent
+    /// entries are passed as [`NO_CODE`]). One-byte codes go through a
+    /// 256-entry table, 64 entries per output word, which the compiler turns
+    /// into a tight loop; wider codes call `pred` per entry.
+    pub fn mask_where(&self, mut pred: impl FnMut(u32) -> bool) -> Vec<u64> {
+        let mut mask = vec![0u64; self.len().div_ceil(64)];
+        match self {
+            CodeVec::U8(v) => {
+                let mut table = [0u64; 256];
+                for (c, t) in table.iter_mut().enumerate() {
+                    let code = if c == 255 { NO_CODE } else { c as u32 };
+                    *t = u64::from(pred(code));
+                }
+                for (word, chunk) in mask.iter_mut().zip(v.chunks(64)) {
+                    let mut w = 0u64;
+                    for (j, &c) in chunk.iter().enumerate() {
+                        w |= table[c as usize] << j;
+                    }
+                    *word = w;
+                }
+            }
+            _ => self.for_each_where(pred, |i| mask[i / 64] |= 1 << (i % 64)),
+        }
+        mask
+    }
+
     /// Heap bytes used.
     pub fn heap_bytes(&self) -> usize {
         match self {
@@ -433,13 +473,91 @@ impl KeywordColumn {
     }
 }
 
+/// A sorted set of codes per row, packed in one arena: `starts[row]` is
+/// the offset plus one of `[len, code, code, ...]` in `arena` (0: no set).
+/// A replaced set becomes garbage; once garbage passes half the arena (and
+/// 64 Ki codes), the arena is rewritten in row order. About 8 bytes for a
+/// row with one element, against 32 or more for a boxed slice per row.
+#[derive(Clone, Debug, Default)]
+pub struct CodeSets {
+    starts: Vec<u32>,
+    arena: Vec<u32>,
+    garbage: usize,
+}
+
+impl CodeSets {
+    /// The row's codes, if it has a set (possibly empty).
+    pub fn get(&self, row: Row) -> Option<&[u32]> {
+        match self.starts.get(row as usize) {
+            Some(&s) if s != 0 => {
+                let at = (s - 1) as usize;
+                let len = self.arena[at] as usize;
+                Some(&self.arena[at + 1..at + 1 + len])
+            }
+            _ => None,
+        }
+    }
+
+    /// One past the highest row that ever had a set (for snapshots).
+    pub fn row_bound(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Replaces the row's set (`codes` sorted and distinct).
+    pub fn set(&mut self, row: Row, codes: Option<&[u32]>) {
+        let i = row as usize;
+        if i >= self.starts.len() {
+            if codes.is_none() {
+                return;
+            }
+            self.starts.resize(i + 1, 0);
+        }
+        if let Some(old) = self.get(row) {
+            self.garbage += old.len() + 1;
+        }
+        self.starts[i] = match codes {
+            None => 0,
+            Some(codes) => {
+                let start = u32::try_from(self.arena.len() + 1)
+                    .unwrap_or_else(|_| panic!("list arena over 4 Gi codes at row {row}: split the shard"));
+                self.arena.push(codes.len() as u32);
+                self.arena.extend_from_slice(codes);
+                start
+            }
+        };
+        if self.garbage > 1 << 16 && self.garbage * 2 > self.arena.len() {
+            let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+            for start in self.starts.iter_mut().filter(|s| **s != 0) {
+                let at = (*start - 1) as usize;
+                let len = self.arena[at] as usize;
+                // The arena only shrinks, so the new offset fits in u32 too.
+                *start = (arena.len() + 1) as u32;
+                arena.extend_from_slice(&self.arena[at..at + 1 + len]);
+            }
+            self.arena = arena;
+            self.garbage = 0;
+        }
+    }
+
+    /// Heap bytes used.
+    pub fn heap_bytes(&self) -> usize {
+        self.starts.capacity() * 4 + self.arena.capacity() * 4
+    }
+
+    /// Gives back spare capacity.
+    pub fn shrink_to_fit(&mut self) {
+        self.starts.shrink_to_fit();
+        self.arena.shrink_to_fit();
+    }
+}
+
 /// A list trait: a sorted set of element codes per row, one bitmap per element.
 #[derive(Clone, Debug, Default)]
 pub struct ListColumn {
     /// Element dictionary.
     pub dict: Dict,
     /// Sorted element codes per row; `None` when unset (an empty list is set).
-    pub rows: Vec<Option<Box<[u32]>>>,
+    pub rows: CodeSets,
     /// Rows per element.
     pub bitmaps: Vec<RoaringBitmap>,
     /// Rows with a value.
@@ -451,7 +569,7 @@ pub struct ListColumn {
 impl ListColumn {
     /// The row's elements.
     pub fn get(&self, row: Row) -> Option<Vec<String>> {
-        let codes = self.rows.get(row as usize)?.as_ref()?;
+        let codes = self.rows.get(row)?;
         let mut v: Vec<String> = codes.iter().map(|&c| self.dict.value(c).to_string()).collect();
         v.sort();
         Some(v)
@@ -459,12 +577,8 @@ impl ListColumn {
 
     /// Sets or unsets the row's elements, ignoring the stamps.
     pub fn put(&mut self, row: Row, value: Option<&[String]>) {
-        let i = row as usize;
-        if i >= self.rows.len() {
-            self.rows.resize(i + 1, None);
-        }
-        if let Some(old) = self.rows[i].take() {
-            for &c in old.iter() {
+        if let Some(old) = self.rows.get(row) {
+            for &c in old {
                 self.bitmaps[c as usize].remove(row);
             }
         }
@@ -479,10 +593,11 @@ impl ListColumn {
                     }
                     self.bitmaps[c as usize].insert(row);
                 }
-                self.rows[i] = Some(codes.into_boxed_slice());
+                self.rows.set(row, Some(&codes));
                 self.present.insert(row);
             }
             None => {
+                self.rows.set(row, None);
                 self.present.remove(row);
             }
         }
@@ -497,9 +612,8 @@ impl ListColumn {
     pub fn validate(&self) -> Result<(), String> {
         let mut present = RoaringBitmap::new();
         let mut total = 0u64;
-        for (row, codes) in self.rows.iter().enumerate() {
-            let Some(codes) = codes else { continue };
-            let row = row as u32;
+        for row in 0..self.rows.row_bound() as Row {
+            let Some(codes) = self.rows.get(row) else { continue };
             present.insert(row);
             if codes.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(format!("row {row}: codes not a sorted set"));
@@ -524,8 +638,7 @@ impl ListColumn {
     /// Heap bytes used, approximately.
     pub fn heap_bytes(&self) -> usize {
         self.dict.heap_bytes()
-            + self.rows.capacity() * 16
-            + self.rows.iter().flatten().map(|c| c.len() * 4).sum::<usize>()
+            + self.rows.heap_bytes()
             + self.bitmaps.iter().map(RoaringBitmap::serialized_size).sum::<usize>()
             + self.present.serialized_size()
             + self.stamps.heap_bytes()
@@ -629,6 +742,15 @@ mod tests {
         let mut hits = Vec::new();
         v.for_each_where(|c| c == NO_CODE, |i| hits.push(i));
         assert_eq!(hits, vec![0, 3, 4]);
+        assert_eq!(v.mask_where(|c| c == NO_CODE), vec![0b11001]);
+        let narrow = CodeVec::from_u32s(
+            &(0..130).map(|i| if i % 7 == 0 { NO_CODE } else { i % 5 }).collect::<Vec<_>>(),
+        );
+        let mask = narrow.mask_where(|c| c == 3 || c == NO_CODE);
+        for i in 0..130usize {
+            let want = i % 7 == 0 || i % 5 == 3;
+            assert_eq!(mask[i / 64] >> (i % 64) & 1 == 1, want, "entry {i}");
+        }
         v.retain(&[true, false, true, true, false, true, true]);
         assert_eq!(v.to_u32s(), vec![NO_CODE, 7, NO_CODE, 254, 300]);
         assert_eq!(CodeVec::from_u32s(&[1, NO_CODE]).to_u32s(), vec![1, NO_CODE]);

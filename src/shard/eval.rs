@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 
-use ahash::AHashMap;
 use roaring::{MultiOps, RoaringBitmap};
 
 use super::events::{EventTable, Partition, PropColumn, DAY_MS};
@@ -71,7 +70,10 @@ impl Shard {
                 other => pos.push((self.estimate(other), other)),
             }
         }
-        pos.sort_by_key(|(e, _)| *e);
+        // Most selective first, but ranges after the other operands: a range
+        // cut against a running set reads only that set's rows in its edge
+        // bins, where a range built whole reads every row of them.
+        pos.sort_by_key(|(e, c)| (self.range_leaf(c).is_some(), *e));
         neg.sort_by_key(|(e, _)| std::cmp::Reverse(*e));
         (pos.into_iter().map(|x| x.1).collect(), neg.into_iter().map(|x| x.1).collect())
     }
@@ -101,6 +103,13 @@ impl Shard {
                 acc = Cow::Owned(set);
                 continue;
             }
+            if let Some(col) = self.range_leaf(c) {
+                // A range is cut against the running set, not built whole.
+                let (lo, hi) = col.1;
+                let hit = col.0.range_within(lo, hi, &acc);
+                acc = Cow::Owned(if negated { acc.as_ref() - &hit } else { hit });
+                continue;
+            }
             let b = self.eval(c);
             acc = Cow::Owned(match (acc, negated) {
                 (Cow::Owned(mut a), false) => {
@@ -116,6 +125,16 @@ impl Shard {
             });
         }
         acc
+    }
+
+    /// The range column and key bounds of a `Range` leaf.
+    fn range_leaf(&self, c: &Cond) -> Option<(&super::RangeColumn, (u64, u64))> {
+        match c {
+            Cond::Leaf(Leaf { field, test: LeafTest::Range { lo, hi } }) => {
+                self.range_column(field).map(|col| (col, (*lo, *hi)))
+            }
+            _ => None,
+        }
     }
 
     /// True for operands whose bitmap is expensive to build: behaviours that
@@ -148,6 +167,9 @@ impl Shard {
                     if rest.is_empty() {
                         return 0;
                     }
+                    if let Some((col, (lo, hi))) = self.range_leaf(last) {
+                        return rest.len() - col.range_within_len(lo, hi, &rest);
+                    }
                     rest.difference_len(&self.eval(last))
                 } else if let Some((last, rest_pos)) = pos.split_last() {
                     if rest_pos.is_empty() {
@@ -156,6 +178,9 @@ impl Shard {
                     let rest = self.and_of(rest_pos, &[]);
                     if rest.is_empty() {
                         return 0;
+                    }
+                    if let Some((col, (lo, hi))) = self.range_leaf(last) {
+                        return col.range_within_len(lo, hi, &rest);
                     }
                     if rest.len() <= ROW_BY_ROW_MAX && self.is_costly(last) {
                         return rest.iter().filter(|&r| self.row_matches_live(r, last)).count() as u64;
@@ -289,7 +314,11 @@ impl Shard {
         if d.filter.is_none() && d.min <= 1 && d.max.is_none() {
             return table.who_in_window(d.from_ms, d.to_ms);
         }
-        let mut counts: AHashMap<Row, u32> = AHashMap::new();
+        // Matching events per row, in a dense array (rows are dense), counted
+        // only up to the first value that decides the frequency.
+        let cap = u16::try_from(d.max.map_or(d.min, |m| m.saturating_add(1)).max(1)).unwrap_or(u16::MAX);
+        let mut counts = vec![0u16; self.rows.profiles().len()];
+        let mut touched: Vec<Row> = Vec::new();
         for (day, part) in table.partitions_in(d.from_ms, d.to_ms) {
             let mask = table.match_mask(day, part, d.from_ms, d.to_ms, d.filter.as_deref());
             for (w, &word) in mask.iter().enumerate() {
@@ -297,14 +326,20 @@ impl Shard {
                 while bits != 0 {
                     let i = w * 64 + bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    *counts.entry(part.rows[i]).or_default() += 1;
+                    let row = part.rows[i];
+                    let c = &mut counts[row as usize];
+                    if *c == 0 {
+                        touched.push(row);
+                    }
+                    if *c < cap {
+                        *c += 1;
+                    }
                 }
             }
         }
-        let mut rows: Vec<Row> =
-            counts.into_iter().filter(|(_, n)| d.count_matches(u64::from(*n))).map(|(r, _)| r).collect();
-        rows.sort_unstable();
-        RoaringBitmap::from_sorted_iter(rows).unwrap_or_default()
+        touched.retain(|&r| d.count_matches(u64::from(counts[r as usize])));
+        touched.sort_unstable();
+        RoaringBitmap::from_sorted_iter(touched).unwrap_or_default()
     }
 
     /// True when the live row satisfies `cond`.

@@ -148,6 +148,18 @@ impl PropColumn {
         }
     }
 
+    fn shrink_to_fit(&mut self) {
+        match self {
+            PropColumn::Codes(v) => v.shrink_to_fit(),
+            PropColumn::Keys { keys, present } => {
+                keys.shrink_to_fit();
+                present.shrink_to_fit();
+            }
+            PropColumn::Bools(v) => v.shrink_to_fit(),
+            PropColumn::Lists(v) => v.shrink_to_fit(),
+        }
+    }
+
     fn heap_bytes(&self) -> usize {
         match self {
             PropColumn::Codes(v) => v.heap_bytes(),
@@ -372,6 +384,15 @@ impl EventTable {
         Ok(())
     }
 
+    /// Gives back spare capacity of every partition.
+    pub fn shrink_to_fit(&mut self) {
+        for part in self.partitions.values_mut() {
+            part.rows.shrink_to_fit();
+            part.offsets.shrink_to_fit();
+            part.props.iter_mut().for_each(PropColumn::shrink_to_fit);
+        }
+    }
+
     /// Heap bytes used, approximately.
     pub fn heap_bytes(&self) -> usize {
         let parts: usize = self
@@ -489,11 +510,15 @@ impl EventTable {
         filter: Option<&Cond>,
     ) -> Vec<u64> {
         let n = part.len();
-        let mut mask = vec![0u64; n.div_ceil(64)];
         let base = day * DAY_MS;
         let lo = from.saturating_sub(base);
         let hi = to.saturating_sub(base);
-        if lo <= 0 && hi >= DAY_MS - 1 {
+        let whole_day = lo <= 0 && hi >= DAY_MS - 1;
+        if let (true, Some(f)) = (whole_day, filter) {
+            return self.filter_mask(part, f);
+        }
+        let mut mask = vec![0u64; n.div_ceil(64)];
+        if whole_day {
             fill(&mut mask, n);
         } else {
             for (i, &off) in part.offsets.iter().enumerate() {
@@ -574,33 +599,35 @@ impl EventTable {
         let dict = &self.dicts[pi];
         let mut set = |i: usize| m[i / 64] |= 1 << (i % 64);
         match (column, test) {
-            (PropColumn::Codes(codes), LeafTest::Exists) => codes.for_each_where(|c| c != NO_CODE, set),
+            (PropColumn::Codes(codes), LeafTest::Exists) => return codes.mask_where(|c| c != NO_CODE),
             (PropColumn::Codes(codes), LeafTest::StrIn(values)) => {
                 let wanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
-                match wanted.as_slice() {
-                    [] => {}
-                    [one] => codes.for_each_where(|c| c == *one, set),
-                    many => codes.for_each_where(|c| many.contains(&c), set),
+                if !wanted.is_empty() {
+                    return codes.mask_where(|c| wanted.contains(&c));
                 }
             }
             (PropColumn::Codes(codes), LeafTest::StrNotIn(values)) => {
                 let unwanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
-                codes.for_each_where(|c| c != NO_CODE && !unwanted.contains(&c), set)
+                return codes.mask_where(|c| c != NO_CODE && !unwanted.contains(&c));
             }
             (PropColumn::Keys { keys, present }, test) => {
-                let (lo, hi, not_eq) = match test {
+                // `NotEq(k)` is the two ranges around k; `Exists` is everything.
+                let (lo, hi, hole) = match test {
                     LeafTest::Exists => (0, u64::MAX, None),
                     LeafTest::Range { lo, hi } => (*lo, *hi, None),
                     LeafTest::NotEq(k) => (0, u64::MAX, Some(*k)),
                     _ => return m,
                 };
-                for (i, &k) in keys.iter().enumerate() {
-                    if lo <= k && k <= hi && not_eq != Some(k) {
-                        set(i);
+                let hole = hole.unwrap_or(u64::MAX);
+                let hole_matters = matches!(test, LeafTest::NotEq(_));
+                // 64 keys per output word, branch-free so that it vectorises.
+                for ((word, chunk), p) in m.iter_mut().zip(keys.chunks(64)).zip(present) {
+                    let mut w = 0u64;
+                    for (j, &k) in chunk.iter().enumerate() {
+                        let hit = (lo <= k) & (k <= hi) & (!hole_matters | (k != hole));
+                        w |= u64::from(hit) << j;
                     }
-                }
-                for (a, p) in m.iter_mut().zip(present) {
-                    *a &= p;
+                    *word = w & p;
                 }
             }
             (PropColumn::Bools(v), LeafTest::Exists) => {

@@ -178,6 +178,22 @@ impl TraitColumn {
         }
     }
 
+    fn shrink_to_fit(&mut self) {
+        match self {
+            TraitColumn::Keyword(c) => {
+                c.codes.shrink_to_fit();
+                c.stamps.shrink_to_fit();
+            }
+            TraitColumn::Text(c) => c.shrink_to_fit(),
+            TraitColumn::Range(_, c) => c.shrink_to_fit(),
+            TraitColumn::Bool(c) => c.stamps.shrink_to_fit(),
+            TraitColumn::List(c) => {
+                c.rows.shrink_to_fit();
+                c.stamps.shrink_to_fit();
+            }
+        }
+    }
+
     /// Checks the column's indexes.
     pub fn validate(&self) -> Result<(), String> {
         match self {
@@ -403,6 +419,12 @@ impl ProfileRows {
     /// Heap bytes used.
     pub fn heap_bytes(&self) -> usize {
         self.profiles.capacity() * 8 + self.live.allocation_size()
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.profiles.shrink_to_fit();
+        let profiles = &self.profiles;
+        self.live.shrink_to_fit(|&r| hash_profile(profiles[r as usize]));
     }
 }
 
@@ -763,6 +785,20 @@ impl Shard {
             check(&format!("event {name}"), table.validate(), &table.who)?;
         }
         Ok(())
+    }
+
+    /// Gives back the spare capacity that growing vectors and tables keep,
+    /// after a bulk load. The shard is then as large as one read back from
+    /// its snapshot. Changes no content.
+    pub fn shrink_to_fit(&mut self) {
+        self.rows.shrink_to_fit();
+        self.base_stamps.shrink_to_fit();
+        self.first_seen.shrink_to_fit();
+        self.last_seen.shrink_to_fit();
+        self.ids.user_ids.shrink_to_fit();
+        self.ids.anonymous_ids.shrink_to_fit();
+        self.traits.values_mut().for_each(TraitColumn::shrink_to_fit);
+        self.events.values_mut().for_each(EventTable::shrink_to_fit);
     }
 
     /// Heap bytes per structure, by name (`trait:country`, `event:page`, ...),

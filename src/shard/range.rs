@@ -35,6 +35,9 @@ pub const MAX_BINS: usize = 64;
 /// A bin is not split below this many rows: scanning it is cheap.
 const MIN_SPLIT_ROWS: u64 = 256;
 
+/// Up to this many rows, [`RangeColumn::range_within`] reads keys directly.
+const KEY_BY_KEY_MAX: u64 = 4096;
+
 /// A number or timestamp column with its range index.
 #[derive(Clone, Debug, Default)]
 pub struct RangeColumn {
@@ -142,8 +145,10 @@ impl RangeColumn {
         let total = self.bin_rows[b];
         self.bin_rows[b] = below;
         self.bin_rows.insert(b + 1, total - below);
-        self.pure[b] = None;
-        self.pure.insert(b + 1, None);
+        // A half that holds one key is pure: ranges take it whole.
+        let split_at = below as usize;
+        self.pure[b] = (keys[0] == keys[split_at - 1]).then_some(keys[0]);
+        self.pure.insert(b + 1, (keys[split_at] == last).then_some(last));
         if self.bounds.len() > MAX_BINS {
             self.merge_smallest_pair();
         }
@@ -171,11 +176,6 @@ impl RangeColumn {
         self.pure.remove(best + 1);
     }
 
-    /// Index of the first boundary `>= key` (so `cum[i]` = rows `< bounds[i]`).
-    fn first_bound_at_or_above(&self, key: u64) -> usize {
-        self.bounds.partition_point(|&b| b < key)
-    }
-
     /// The rows whose key lies in `lo..=hi`.
     pub fn range(&self, lo: u64, hi: u64) -> RoaringBitmap {
         if lo > hi || self.present.is_empty() {
@@ -187,13 +187,74 @@ impl RangeColumn {
             None => RoaringBitmap::new(),
         };
         for b in plan.edges.into_iter().flatten() {
-            let rows = self.bin_bitmap(b);
-            out.extend(rows.iter().filter(|&r| {
-                let k = self.keys[r as usize];
-                lo <= k && k <= hi
-            }));
+            out |= self.refine(b, lo, hi, None);
         }
         out
+    }
+
+    /// The rows of `within` whose key lies in `lo..=hi`: what an `AND`
+    /// needs once it has a running set. A small set is checked key by key;
+    /// a large one is cut by the core's two cumulative bitmaps, and only its
+    /// rows in the edge bins are read.
+    pub fn range_within(&self, lo: u64, hi: u64, within: &RoaringBitmap) -> RoaringBitmap {
+        if lo > hi || self.present.is_empty() || within.is_empty() {
+            return RoaringBitmap::new();
+        }
+        if within.len() <= KEY_BY_KEY_MAX {
+            let mut out = within & &self.present;
+            out.retain(|r| (lo..=hi).contains(&self.keys[r as usize]));
+            return out;
+        }
+        let plan = self.plan(lo, hi);
+        let mut out = match plan.core {
+            Some((i, j)) => {
+                let mut core = within & self.cum_upto(j);
+                core -= self.cum_upto(i);
+                core
+            }
+            None => RoaringBitmap::new(),
+        };
+        for b in plan.edges.into_iter().flatten() {
+            out |= self.refine(b, lo, hi, Some(within));
+        }
+        out
+    }
+
+    /// The number of rows of `within` whose key lies in `lo..=hi`, without
+    /// building the set: `|within ∩ cum_j| - |within ∩ cum_i|` for the core
+    /// (`cum_i` is a subset of `cum_j`), plus the refined edges.
+    pub fn range_within_len(&self, lo: u64, hi: u64, within: &RoaringBitmap) -> u64 {
+        if lo > hi || self.present.is_empty() || within.is_empty() {
+            return 0;
+        }
+        if within.len() <= KEY_BY_KEY_MAX {
+            return within
+                .iter()
+                .filter(|&r| self.present.contains(r) && (lo..=hi).contains(&self.keys[r as usize]))
+                .count() as u64;
+        }
+        let plan = self.plan(lo, hi);
+        let mut n = match plan.core {
+            Some((i, j)) => {
+                within.intersection_len(self.cum_upto(j)) - within.intersection_len(self.cum_upto(i))
+            }
+            None => 0,
+        };
+        for b in plan.edges.into_iter().flatten() {
+            n += self.refine(b, lo, hi, Some(within)).len();
+        }
+        n
+    }
+
+    /// The rows of bin `b` (restricted to `within`) whose key is in `lo..=hi`.
+    fn refine(&self, b: usize, lo: u64, hi: u64, within: Option<&RoaringBitmap>) -> RoaringBitmap {
+        let mut rows = self.bin_bitmap(b);
+        if let Some(w) = within {
+            rows &= w;
+        }
+        // `retain` filters container by container: no per-row insertion.
+        rows.retain(|r| (lo..=hi).contains(&self.keys[r as usize]));
+        rows
     }
 
     /// The number of rows whose key lies in `lo..=hi`, without building the
@@ -209,13 +270,7 @@ impl RangeColumn {
         };
         for b in plan.edges.into_iter().flatten() {
             let rows = self.bin_bitmap(b);
-            n += rows
-                .iter()
-                .filter(|&r| {
-                    let k = self.keys[r as usize];
-                    lo <= k && k <= hi
-                })
-                .count() as u64;
+            n += rows.iter().filter(|&r| (lo..=hi).contains(&self.keys[r as usize])).count() as u64;
         }
         n
     }
@@ -248,30 +303,30 @@ impl RangeColumn {
         self.cum_upto(i).len()
     }
 
-    /// Decomposes `lo..=hi` into a core of whole bins and up to two edge bins.
-    /// Cut points are numbered 0 (minus infinity), `1..=bounds.len()` (the
-    /// boundaries) and `bounds.len() + 1` (plus infinity).
+    /// True when every key of bin `b` lies in `lo..=hi`: its bounds are
+    /// inside the range, or it holds a single key that is.
+    fn bin_inside(&self, b: usize, lo: u64, hi: u64) -> bool {
+        let lower_in = b == 0 && lo == 0 || b > 0 && self.bounds[b - 1] >= lo;
+        let upper_in = hi == u64::MAX || b < self.bounds.len() && self.bounds[b] <= hi + 1;
+        (lower_in && upper_in) || self.pure[b].is_some_and(|k| lo <= k && k <= hi)
+    }
+
+    /// Decomposes `lo..=hi` into a core of whole bins, as cut points for
+    /// [`cum_upto`](Self::cum_upto), and up to two edge bins to refine. Cut
+    /// point `c` is the lower bound of bin `c`; `bounds.len() + 1` is past
+    /// the last bin.
     fn plan(&self, lo: u64, hi: u64) -> RangePlan {
-        let n = self.bounds.len();
-        // Cut at or above lo: the first boundary >= lo (or +inf).
-        let a = self.first_bound_at_or_above(lo);
-        let lo_cut = if lo == 0 { 0 } else { a + 1 };
-        let lo_exact = lo == 0 || (a < n && self.bounds[a] == lo);
-        // Cut at or below hi+1: the last boundary <= hi + 1 (or +inf when hi is max).
-        let hi_cut = if hi == u64::MAX { n + 1 } else { self.bounds.partition_point(|&b| b <= hi + 1) };
-        let hi_exact = hi == u64::MAX || (hi_cut > 0 && self.bounds[hi_cut - 1] == hi + 1);
         let lo_bin = self.bin_of(lo);
         let hi_bin = self.bin_of(hi);
-        if lo_cut >= hi_cut {
-            // No whole bin inside: the range lies within one or two bins.
-            if lo_bin == hi_bin {
-                return RangePlan { core: None, edges: [Some(lo_bin), None] };
-            }
-            return RangePlan { core: None, edges: [Some(lo_bin), Some(hi_bin)] };
-        }
-        let lo_edge = if lo_exact { None } else { Some(lo_bin) };
-        let hi_edge = if hi_exact { None } else { Some(hi_bin) };
-        RangePlan { core: Some((lo_cut, hi_cut)), edges: [lo_edge, hi_edge] }
+        let lo_whole = self.bin_inside(lo_bin, lo, hi);
+        let hi_whole = self.bin_inside(hi_bin, lo, hi);
+        // Bins strictly between the two are inside the range.
+        let start = if lo_whole { lo_bin } else { lo_bin + 1 };
+        let end = if hi_whole { hi_bin + 1 } else { hi_bin };
+        let core = (start < end).then_some((start, end));
+        let lo_edge = (!lo_whole).then_some(lo_bin);
+        let hi_edge = (!hi_whole && hi_bin != lo_bin).then_some(hi_bin);
+        RangePlan { core, edges: [lo_edge, hi_edge] }
     }
 
     /// Checks boundaries, bin counts and cumulative bitmaps against the keys.
@@ -313,6 +368,12 @@ impl RangeColumn {
             return Err(format!("bin counts {:?}, expected {counts:?}", self.bin_rows));
         }
         Ok(())
+    }
+
+    /// Gives back spare capacity.
+    pub fn shrink_to_fit(&mut self) {
+        self.keys.shrink_to_fit();
+        self.stamps.shrink_to_fit();
     }
 
     /// Heap bytes used, approximately.
@@ -370,6 +431,13 @@ mod tests {
                 assert_eq!(col.range(lo, hi), want, "range {lo}..={hi}");
                 assert_eq!(col.range_len(lo, hi), want.len(), "len {lo}..={hi}");
                 assert!(col.estimate(lo, hi) >= want.len());
+                let small: RoaringBitmap = (0..8_000).step_by(7).collect();
+                let large: RoaringBitmap = (0..8_000).filter(|r| r % 3 != 0).collect();
+                assert_eq!(col.range_within(lo, hi, &small), &want & &small, "within small {lo}..={hi}");
+                assert_eq!(col.range_within(lo, hi, &large), &want & &large, "within large {lo}..={hi}");
+                for w in [&small, &large] {
+                    assert_eq!(col.range_within_len(lo, hi, w), (&want & w).len(), "len within {lo}..={hi}");
+                }
             }
         }
     }

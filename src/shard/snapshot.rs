@@ -187,7 +187,9 @@ impl Enc {
             }
             TraitColumn::List(c) => {
                 self.dict(&c.dict);
-                self.code_lists(&c.rows);
+                let rows: Vec<Option<Box<[u32]>>> =
+                    (0..c.rows.row_bound() as u32).map(|r| c.rows.get(r).map(Box::from)).collect();
+                self.code_lists(&rows);
                 self.len(c.bitmaps.len());
                 for b in &c.bitmaps {
                     self.bitmap(b);
@@ -535,7 +537,11 @@ impl<'a> Dec<'a> {
                 let present = self.bitmap(what)?;
                 self.rows_within(&present, rows.len(), what)?;
                 let stamps = self.stamps(what)?;
-                TraitColumn::List(ListColumn { dict, rows, bitmaps, present, stamps })
+                let mut sets = super::columns::CodeSets::default();
+                for (row, codes) in rows.iter().enumerate() {
+                    sets.set(row as u32, codes.as_deref());
+                }
+                TraitColumn::List(ListColumn { dict, rows: sets, bitmaps, present, stamps })
             }
         })
     }

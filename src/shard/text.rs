@@ -255,6 +255,15 @@ impl TextColumn {
         Ok(())
     }
 
+    /// Gives back spare capacity.
+    pub fn shrink_to_fit(&mut self) {
+        self.starts.shrink_to_fit();
+        self.arena.shrink_to_fit();
+        let (arena, starts) = (&self.arena, &self.starts);
+        self.index.shrink_to_fit(|&r| hash_of(value_at(arena, starts[r as usize])));
+        self.stamps.shrink_to_fit();
+    }
+
     /// Heap bytes used, approximately.
     pub fn heap_bytes(&self) -> usize {
         self.starts.capacity() * 4
