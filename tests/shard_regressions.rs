@@ -77,10 +77,10 @@ fn counts(shard: &Shard, model: &Model, text: &str) -> (u64, u64) {
 /// Found by `profiles_read_back`. The first `purchase` (today, no property)
 /// creates today's partition with no property column; the second (yesterday,
 /// with `category`) adds the property to the table but pads only its own
-/// partition. `EventTable::append` (src/shard/events.rs) pads only the
-/// partition it appends to, so `Shard::validate` reports "day 20527:
-/// 0 columns for 1 properties", and every reader that indexes
-/// `part.props[i]` (`read_event`, `leaf_mask`, `event_matches`) panics.
+/// partition. `Shard::validate` reported "day 20527: 0 columns for 1
+/// properties", and every reader that indexed `part.props[i]` panicked.
+/// Fixed by reading a missing column as "absent from every event" (no
+/// padding, so optional properties cost nothing where they are not sent).
 #[test]
 fn event_property_added_later_pads_older_partitions() {
     let (shard, model) = build(&[
@@ -96,9 +96,8 @@ fn event_property_added_later_pads_older_partitions() {
 /// The same two events, queried: an event without the property fails a test
 /// on it and passes `NOT EXISTS`; it must not crash the evaluator.
 ///
-/// Found by `queries_agree_with_oracle`; same cause as
-/// `event_property_added_later_pads_older_partitions` (the mask of
-/// `EventTable::leaf_mask` indexes a column the partition does not have).
+/// Found by `queries_agree_with_oracle`; same cause and fix as
+/// `event_property_added_later_pads_older_partitions`.
 #[test]
 fn event_filter_on_a_property_added_later() {
     let (shard, model) = build(&[
@@ -168,9 +167,9 @@ fn merge_tie_with_an_older_unset() {
 /// a conflict ("`age` is already number; cannot declare it keyword"), and one
 /// that trusts the shard types `age > 3` as a query error.
 ///
-/// `Shard::set_trait` (src/shard/mod.rs) keeps the tombstone of a trait it
-/// has never seen in a keyword column, and `Shard::schema` reports every
-/// column's type, tombstone-only columns included.
+/// `Shard::set_trait` kept the tombstone of a trait it had never seen in a
+/// keyword column, which `Shard::schema` reported. Fixed by keeping such
+/// tombstones in `Shard::unset_only` until the first value gives the type.
 #[test]
 fn null_before_any_value_does_not_type_the_trait() {
     let (shard, _) = build(&[traits(0, NOW, &[("age", None)])]);
@@ -185,10 +184,9 @@ fn null_before_any_value_does_not_type_the_trait() {
 /// last profile that did it must not make the event unknown (the answer to
 /// `DID "page"` is then empty, not an error).
 ///
-/// `Shard::take` (src/shard/mod.rs) drops an event table that has no events
-/// and no properties left, so `Shard::schema` forgets the event: a planner
-/// that checks against the shards' schemas turns `DID "page"` into
-/// "unknown event".
+/// `Shard::take` dropped an event table that had no events and no
+/// properties left, so `Shard::schema` forgot the event. Fixed: event
+/// tables stay once created.
 #[test]
 fn removing_the_last_event_keeps_the_event_known() {
     let (shard, _) = build(&[event(0, NOW, "page", &[]), Command::Remove { profile: 0 }]);
