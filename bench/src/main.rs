@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cohort::shard::EventTable;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -224,35 +223,36 @@ fn same_answer(r: &QueryResult, d: &Duck) -> bool {
     r.count == d.count && r.checksum == d.checksum && r.detail == d.detail
 }
 
-/// Heap bytes per trait column (per profile) and per event table (per event
-/// of that table), summed over the shards.
+/// Heap bytes per structure of `Shard::memory_report`, summed over the
+/// shards: per profile for traits, identifiers and row structures, per event
+/// (of that table) for event tables.
 fn memory_breakdown(shards: &[Shard], profiles: f64, events: f64) -> String {
-    let mut traits: BTreeMap<String, usize> = BTreeMap::new();
-    let mut tables: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    let mut ids = 0usize;
-    let mut seen = 0usize;
-    let mut rows = 0usize;
+    let mut bytes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for s in shards {
-        for (name, col) in &s.traits {
-            *traits.entry(name.clone()).or_default() += col.heap_bytes();
+        for (name, b) in s.memory_report() {
+            *bytes.entry(name).or_default() += b;
         }
         for (name, t) in &s.events {
-            let e = tables.entry(name.clone()).or_default();
-            e.0 += EventTable::heap_bytes(t);
-            e.1 += t.total;
+            *counts.entry(name.clone()).or_default() += t.total;
         }
-        ids += s.ids.user_ids.heap_bytes() + s.ids.anonymous_ids.heap_bytes();
-        seen += s.first_seen.heap_bytes() + s.last_seen.heap_bytes();
-        rows += s.rows.heap_bytes() + s.universe.serialized_size();
     }
-    let per = |b: usize| b as f64 / profiles;
-    let mut parts: Vec<String> = traits.iter().map(|(k, v)| format!("{k} {:.0}", per(*v))).collect();
-    parts.push(format!("identifiers {:.0}", per(ids)));
-    parts.push(format!("first/last_seen {:.0}", per(seen)));
-    parts.push(format!("row maps {:.0}", per(rows)));
-    let ev: Vec<String> =
-        tables.iter().map(|(k, (b, n))| format!("{k} {:.1}", *b as f64 / (*n).max(1) as f64)).collect();
-    let all_events: usize = tables.values().map(|(b, _)| b).sum();
+    let mut parts = Vec::new();
+    let mut ev = Vec::new();
+    let mut all_events = 0usize;
+    for (name, b) in &bytes {
+        match name.strip_prefix("event:") {
+            Some(event) => {
+                all_events += b;
+                let n = counts.get(event).copied().unwrap_or(0).max(1);
+                ev.push(format!("{event} {:.1}", *b as f64 / n as f64));
+            }
+            None => {
+                let short = name.strip_prefix("trait:").unwrap_or(name);
+                parts.push(format!("{short} {:.0}", *b as f64 / profiles));
+            }
+        }
+    }
     format!(
         "bytes/profile: {}; bytes/event: {} (all {:.1})",
         parts.join(", "),

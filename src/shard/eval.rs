@@ -103,10 +103,8 @@ impl Shard {
                 acc = Cow::Owned(set);
                 continue;
             }
-            if let Some(col) = self.range_leaf(c) {
-                // A range is cut against the running set, not built whole.
-                let (lo, hi) = col.1;
-                let hit = col.0.range_within(lo, hi, &acc);
+            if let Some(hit) = self.restrict(c, &acc) {
+                // Cut against the running set rather than built whole.
                 acc = Cow::Owned(if negated { acc.as_ref() - &hit } else { hit });
                 continue;
             }
@@ -125,6 +123,57 @@ impl Shard {
             });
         }
         acc
+    }
+
+    /// `c ∩ within` for the leaves that can be cut against a set more
+    /// cheaply than built whole: ranges (only `within`'s rows of the edge
+    /// bins are read), and the "has a value other than" tests, whose full
+    /// sets are dense complements. `None` for every other condition.
+    fn restrict(&self, c: &Cond, within: &RoaringBitmap) -> Option<RoaringBitmap> {
+        if let Some((col, (lo, hi))) = self.range_leaf(c) {
+            return Some(col.range_within(lo, hi, within));
+        }
+        let Cond::Leaf(leaf) = c else { return None };
+        match (&leaf.field, &leaf.test) {
+            (Field::Trait { name, ty }, LeafTest::StrNotIn(values)) => match self.traits.get(name) {
+                Some(TraitColumn::Keyword(k)) if *ty == TraitType::Keyword => {
+                    let mut out = within & &k.present;
+                    for v in values.iter().filter_map(|v| k.rows_of(v)) {
+                        out -= v;
+                    }
+                    Some(out)
+                }
+                _ => None,
+            },
+            (field, LeafTest::NotEq(key)) => {
+                let col = self.range_column(field)?;
+                let mut out = within & &col.present;
+                out -= &col.range_within(*key, *key, within);
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// `|c ∩ within|` without building `c`, for the leaves where that is
+    /// cheaper: ranges, and keyword tests (a row has one value, so the
+    /// values' bitmaps are disjoint and their intersections add up).
+    fn count_within(&self, c: &Cond, within: &RoaringBitmap) -> Option<u64> {
+        if let Some((col, (lo, hi))) = self.range_leaf(c) {
+            return Some(col.range_within_len(lo, hi, within));
+        }
+        let Cond::Leaf(leaf) = c else { return None };
+        let Field::Trait { name, ty: TraitType::Keyword } = &leaf.field else { return None };
+        let Some(TraitColumn::Keyword(k)) = self.traits.get(name) else { return None };
+        let hits = |values: &[String]| -> u64 {
+            values.iter().filter_map(|v| k.rows_of(v)).map(|b| within.intersection_len(b)).sum()
+        };
+        match &leaf.test {
+            LeafTest::StrIn(values) => Some(hits(values)),
+            LeafTest::StrNotIn(values) => Some(within.intersection_len(&k.present) - hits(values)),
+            LeafTest::Exists => Some(within.intersection_len(&k.present)),
+            _ => None,
+        }
     }
 
     /// The range column and key bounds of a `Range` leaf.
@@ -167,8 +216,8 @@ impl Shard {
                     if rest.is_empty() {
                         return 0;
                     }
-                    if let Some((col, (lo, hi))) = self.range_leaf(last) {
-                        return rest.len() - col.range_within_len(lo, hi, &rest);
+                    if let Some(n) = self.count_within(last, &rest) {
+                        return rest.len() - n;
                     }
                     rest.difference_len(&self.eval(last))
                 } else if let Some((last, rest_pos)) = pos.split_last() {
@@ -179,8 +228,8 @@ impl Shard {
                     if rest.is_empty() {
                         return 0;
                     }
-                    if let Some((col, (lo, hi))) = self.range_leaf(last) {
-                        return col.range_within_len(lo, hi, &rest);
+                    if let Some(n) = self.count_within(last, &rest) {
+                        return n;
                     }
                     if rest.len() <= ROW_BY_ROW_MAX && self.is_costly(last) {
                         return rest.iter().filter(|&r| self.row_matches_live(r, last)).count() as u64;

@@ -806,6 +806,7 @@ impl Shard {
     pub fn memory_report(&self) -> Vec<(String, usize)> {
         let mut out = vec![
             ("rows".to_string(), self.rows.heap_bytes()),
+            ("lww_base".to_string(), self.base_stamps.capacity() * std::mem::size_of::<Stamp>()),
             ("universe".to_string(), self.universe.serialized_size()),
             ("first_seen".to_string(), self.first_seen.heap_bytes()),
             ("last_seen".to_string(), self.last_seen.heap_bytes()),
@@ -826,6 +827,8 @@ impl Shard {
             + self.ids.user_ids.heap_bytes()
             + self.ids.anonymous_ids.heap_bytes()
             + self.rows.heap_bytes()
+            + self.base_stamps.capacity() * std::mem::size_of::<Stamp>()
+            + self.unset_only.values().map(Stamps::heap_bytes).sum::<usize>()
             + self.universe.serialized_size();
         let events = self.events.values().map(EventTable::heap_bytes).sum();
         (traits, events)

@@ -13,11 +13,12 @@
 //!
 //! so a range costs one bitmap operation plus the scan of at most two bins.
 //! Boundaries adapt to the data: a bin that grows past twice its fair share
-//! is split at its median key (a bin holding a single key is never split, so
-//! a low-cardinality trait such as age ends with one bin per value and no
-//! edge to refine), and when there are too many bins the two adjacent bins
-//! with the fewest rows are merged, which with range encoding is just
-//! dropping one boundary. All of it is deterministic in the sequence of
+//! is split at its median key, and so is any bin holding more than one key
+//! while there are fewer than [`MAX_BINS`] bins (a bin holding a single key
+//! is never split, so a low-cardinality trait such as age ends with one bin
+//! per value and no edge to refine); when there are too many bins the two
+//! adjacent bins with the fewest rows are merged, which with range encoding
+//! is just dropping one boundary. All of it is deterministic in the sequence of
 //! writes, as a replicated state machine requires.
 //!
 //! Chosen over bit-slicing (Pilosa) after weighing the cost: a bit-sliced
@@ -107,8 +108,14 @@ impl RangeColumn {
         if self.pure[b].is_some_and(|p| p != k) {
             self.pure[b] = None;
         }
+        // Split a bin past twice its fair share, or any bin with room to
+        // spare: while there are fewer than MAX_BINS bins, splitting costs
+        // no merge, and a low-cardinality trait ends with one exact bin per
+        // value.
         let fair = 2 * self.present.len() / MAX_BINS as u64;
-        if self.bin_rows[b] > fair.max(MIN_SPLIT_ROWS) && self.pure[b].is_none() {
+        let rows = self.bin_rows[b];
+        let room = self.bounds.len() < MAX_BINS;
+        if self.pure[b].is_none() && rows > MIN_SPLIT_ROWS && (room || rows > fair) {
             self.split(b);
         }
     }
