@@ -6,6 +6,7 @@
 //! expressions against a [`Schema`], the shard stores [`Value`]s in columns
 //! chosen by [`TraitType`], and ingestion coerces JSON into values here.
 
+pub mod message;
 mod schema;
 mod time;
 mod value;

@@ -1,0 +1,470 @@
+//! Segment Spec messages: the one model behind every door (gRPC batches, the
+//! Segment-compatible HTTP endpoint, NDJSON files).
+//!
+//! [`Message::from_json`] reads one message, checks the rules of
+//! `shared/INGEST.md` that concern a message on its own, and normalises it:
+//!
+//! - `type` is one of identify, track, page, screen, group, alias;
+//! - `userId` or `anonymousId` is present, a non-empty string of at most 256
+//!   bytes (alias: `userId` and `previousId`); track needs `event`, group
+//!   needs `groupId`;
+//! - the message time is `timestamp`, else `receivedAt - (sentAt -
+//!   originalTimestamp)` when both are present, else the time the server
+//!   received it; RFC 3339 with `Z` or an offset, with or without fractions;
+//! - `traits` (and `context.traits`, on any message) and `properties` are
+//!   flattened with dots (`{"address": {"city": "Lyon"}}` → `address.city`);
+//!   page and screen add `name` and `category` to the properties.
+//!
+//! A message that breaks a rule is a [`MessageError`] naming the field; a
+//! field that cannot be stored (an array that is not all strings) is dropped
+//! and reported in [`Message::field_errors`] while the rest of the message
+//! stands. Typing values against the schema happens later, at ingestion.
+
+use serde_json::{Map, Value as Json};
+use thiserror::Error;
+
+use super::parse_rfc3339_ms;
+
+/// Longest identifier accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The six Segment Spec message types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// Resolves identity, then sets traits.
+    Identify,
+    /// Records an event.
+    Track,
+    /// Records a `page` event.
+    Page,
+    /// Records a `screen` event.
+    Screen,
+    /// Adds `groupId` to the `groups` list trait.
+    Group,
+    /// Links `previousId` to `userId`.
+    Alias,
+}
+
+impl MessageType {
+    /// The type as written in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageType::Identify => "identify",
+            MessageType::Track => "track",
+            MessageType::Page => "page",
+            MessageType::Screen => "screen",
+            MessageType::Group => "group",
+            MessageType::Alias => "alias",
+        }
+    }
+
+    /// The type named `name` (case-sensitive, as the spec writes them).
+    pub fn parse(name: &str) -> Option<MessageType> {
+        [
+            MessageType::Identify,
+            MessageType::Track,
+            MessageType::Page,
+            MessageType::Screen,
+            MessageType::Group,
+            MessageType::Alias,
+        ]
+        .into_iter()
+        .find(|t| t.name() == name)
+    }
+}
+
+/// A message refused as a whole, with the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum MessageError {
+    /// Not a JSON object.
+    #[error("a message must be a JSON object, found {0}")]
+    NotAnObject(String),
+    /// `type` missing or not one of the six.
+    #[error("`type` must be one of identify, track, page, screen, group, alias; found {0}")]
+    BadType(String),
+    /// Neither `userId` nor `anonymousId`.
+    #[error("a message needs `userId` or `anonymousId`")]
+    NoIdentifier,
+    /// An identifier that is not a non-empty string of at most 256 bytes.
+    #[error("`{field}` must be a non-empty string of at most 256 bytes: {problem}")]
+    BadIdentifier {
+        /// The field (`userId`, `anonymousId`, `previousId`, `groupId`).
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A field the message type requires.
+    #[error("{kind} messages need `{field}`")]
+    Missing {
+        /// The message type.
+        kind: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// A field of the wrong JSON type.
+    #[error("`{field}` must be {expected}")]
+    WrongType {
+        /// The field.
+        field: &'static str,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// A time field that is not RFC 3339.
+    #[error("`{field}` is not an RFC 3339 timestamp: {value:?}")]
+    BadTime {
+        /// The field.
+        field: &'static str,
+        /// The text found.
+        value: String,
+    },
+}
+
+/// A field dropped from an otherwise valid message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// The flattened field name (`traits.scores`, `properties.items`).
+    pub field: String,
+    /// Why it was dropped.
+    pub reason: String,
+}
+
+/// One message, checked and normalised.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// The message type.
+    pub kind: MessageType,
+    /// `messageId`, for deduplication.
+    pub message_id: Option<String>,
+    /// `userId` (for alias, the new id).
+    pub user_id: Option<String>,
+    /// `anonymousId` (for alias, `previousId`).
+    pub anonymous_id: Option<String>,
+    /// The event name: `event` for track, `page` or `screen` for those.
+    pub event: Option<String>,
+    /// `groupId` of a group message.
+    pub group_id: Option<String>,
+    /// The message time, milliseconds since the epoch.
+    pub time_ms: i64,
+    /// Traits to set, flattened, in message order (`context.traits` first,
+    /// so that `traits` win over them), `null` meaning unset.
+    pub traits: Vec<(String, Json)>,
+    /// Event properties, flattened.
+    pub properties: Vec<(String, Json)>,
+    /// Fields dropped from the message, with why.
+    pub field_errors: Vec<FieldError>,
+}
+
+fn describe(v: &Json) -> String {
+    match v {
+        Json::Null => "null".to_string(),
+        Json::Bool(_) => "a bool".to_string(),
+        Json::Number(_) => "a number".to_string(),
+        Json::String(s) => format!("the string {s:?}"),
+        Json::Array(_) => "an array".to_string(),
+        Json::Object(_) => "an object".to_string(),
+    }
+}
+
+/// An identifier field: absent, or a non-empty string of at most 256 bytes.
+fn identifier(obj: &Map<String, Json>, field: &'static str) -> Result<Option<String>, MessageError> {
+    match obj.get(field) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) if s.is_empty() => {
+            Err(MessageError::BadIdentifier { field, problem: "it is empty".to_string() })
+        }
+        Some(Json::String(s)) if s.len() > MAX_ID_BYTES => {
+            Err(MessageError::BadIdentifier { field, problem: format!("it is {} bytes long", s.len()) })
+        }
+        Some(Json::String(s)) => Ok(Some(s.clone())),
+        // INGEST.md: identifiers are strings; a number is refused rather than
+        // guessed at (is 1e3 the same user as 1000?).
+        Some(other) => {
+            Err(MessageError::BadIdentifier { field, problem: format!("found {}", describe(other)) })
+        }
+    }
+}
+
+/// A time field: absent, or an RFC 3339 string.
+fn time(obj: &Map<String, Json>, field: &'static str) -> Result<Option<i64>, MessageError> {
+    match obj.get(field) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => {
+            parse_rfc3339_ms(s).map(Some).ok_or_else(|| MessageError::BadTime { field, value: s.clone() })
+        }
+        Some(_) => Err(MessageError::WrongType { field, expected: "an RFC 3339 string" }),
+    }
+}
+
+/// Appends the flattened fields of `obj` under `prefix`: nested objects
+/// become dotted names; arrays of strings stay (they are list values); any
+/// other array is dropped and reported.
+fn flatten(
+    prefix: &str,
+    obj: &Map<String, Json>,
+    section: &str,
+    out: &mut Vec<(String, Json)>,
+    errors: &mut Vec<FieldError>,
+) {
+    for (key, value) in obj {
+        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            Json::Object(inner) => flatten(&name, inner, section, out, errors),
+            Json::Array(items) if !items.iter().all(Json::is_string) => errors.push(FieldError {
+                field: format!("{section}.{name}"),
+                reason: "an array is stored only when all its items are strings".to_string(),
+            }),
+            other => {
+                // A later duplicate (after flattening) replaces an earlier one.
+                out.retain(|(n, _)| *n != name);
+                out.push((name, other.clone()));
+            }
+        }
+    }
+}
+
+impl Message {
+    /// Reads one message. `received_ms` is when the server received it
+    /// (`receivedAt` in the message, if present, wins).
+    pub fn from_json(json: &Json, received_ms: i64) -> Result<Message, MessageError> {
+        let Json::Object(obj) = json else { return Err(MessageError::NotAnObject(describe(json))) };
+        let kind = match obj.get("type") {
+            Some(Json::String(t)) => {
+                MessageType::parse(t).ok_or_else(|| MessageError::BadType(format!("{t:?}")))?
+            }
+            Some(other) => return Err(MessageError::BadType(describe(other))),
+            None => return Err(MessageError::BadType("nothing".to_string())),
+        };
+        let message_id = match obj.get("messageId") {
+            None | Some(Json::Null) => None,
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(_) => return Err(MessageError::WrongType { field: "messageId", expected: "a string" }),
+        };
+        let user_id = identifier(obj, "userId")?;
+        let mut anonymous_id = identifier(obj, "anonymousId")?;
+        if kind == MessageType::Alias {
+            // alias: an identify with userId and anonymousId = previousId.
+            let previous = identifier(obj, "previousId")?
+                .ok_or(MessageError::Missing { kind: "alias", field: "previousId" })?;
+            if user_id.is_none() {
+                return Err(MessageError::Missing { kind: "alias", field: "userId" });
+            }
+            anonymous_id = Some(previous);
+        }
+        if user_id.is_none() && anonymous_id.is_none() {
+            return Err(MessageError::NoIdentifier);
+        }
+
+        let received = time(obj, "receivedAt")?.unwrap_or(received_ms);
+        let time_ms = match time(obj, "timestamp")? {
+            Some(t) => t,
+            None => match (time(obj, "sentAt")?, time(obj, "originalTimestamp")?) {
+                (Some(sent), Some(original)) => received.saturating_sub(sent.saturating_sub(original)),
+                _ => received,
+            },
+        };
+
+        let mut traits = Vec::new();
+        let mut properties = Vec::new();
+        let mut field_errors = Vec::new();
+        let section =
+            |name: &'static str, from: Option<&Json>| -> Result<Option<Map<String, Json>>, MessageError> {
+                match from {
+                    None | Some(Json::Null) => Ok(None),
+                    Some(Json::Object(m)) => Ok(Some(m.clone())),
+                    Some(_) => Err(MessageError::WrongType { field: name, expected: "an object" }),
+                }
+            };
+        let context_traits = match obj.get("context") {
+            None | Some(Json::Null) => None,
+            Some(Json::Object(ctx)) => section("context.traits", ctx.get("traits"))?,
+            Some(_) => return Err(MessageError::WrongType { field: "context", expected: "an object" }),
+        };
+        if let Some(ct) = &context_traits {
+            flatten("", ct, "context.traits", &mut traits, &mut field_errors);
+        }
+        if matches!(kind, MessageType::Identify) {
+            if let Some(t) = section("traits", obj.get("traits"))? {
+                flatten("", &t, "traits", &mut traits, &mut field_errors);
+            }
+        }
+
+        let mut event = None;
+        let mut group_id = None;
+        match kind {
+            MessageType::Track => {
+                event = match obj.get("event") {
+                    Some(Json::String(e)) if !e.is_empty() => Some(e.clone()),
+                    Some(Json::String(_)) | None | Some(Json::Null) => {
+                        return Err(MessageError::Missing { kind: "track", field: "event" })
+                    }
+                    Some(_) => return Err(MessageError::WrongType { field: "event", expected: "a string" }),
+                };
+            }
+            MessageType::Page | MessageType::Screen => {
+                event = Some(kind.name().to_string());
+            }
+            MessageType::Group => {
+                group_id = Some(
+                    identifier(obj, "groupId")?
+                        .ok_or(MessageError::Missing { kind: "group", field: "groupId" })?,
+                );
+            }
+            MessageType::Identify | MessageType::Alias => {}
+        }
+        if event.is_some() {
+            if let Some(p) = section("properties", obj.get("properties"))? {
+                flatten("", &p, "properties", &mut properties, &mut field_errors);
+            }
+            if matches!(kind, MessageType::Page | MessageType::Screen) {
+                for field in ["name", "category"] {
+                    match obj.get(field) {
+                        Some(Json::String(v)) => {
+                            properties.retain(|(n, _)| n != field);
+                            properties.push((field.to_string(), Json::String(v.clone())));
+                        }
+                        None | Some(Json::Null) => {}
+                        Some(_) => field_errors.push(FieldError {
+                            field: field.to_string(),
+                            reason: "must be a string".to_string(),
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(Message {
+            kind,
+            message_id,
+            user_id,
+            anonymous_id,
+            event,
+            group_id,
+            time_ms,
+            traits,
+            properties,
+            field_errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const RECEIVED: i64 = 1_800_000_000_000;
+
+    fn parse(v: Json) -> Result<Message, MessageError> {
+        Message::from_json(&v, RECEIVED)
+    }
+
+    #[test]
+    fn identify_flattens_traits_and_merges_context_traits() {
+        let m = parse(json!({
+            "type": "identify", "userId": "u1", "messageId": "m1",
+            "timestamp": "2026-01-02T03:04:05.678+01:00",
+            "context": {"traits": {"plan": "free", "email": "a@b"}},
+            "traits": {"plan": "pro", "address": {"city": "Lyon", "geo": {"lat": 45.7}}, "tags": ["a", "b"],
+                       "scores": [1, 2], "gone": null}
+        }))
+        .unwrap();
+        assert_eq!(m.kind, MessageType::Identify);
+        assert_eq!(m.time_ms, parse_rfc3339_ms("2026-01-02T02:04:05.678Z").unwrap());
+        let names: Vec<&str> = m.traits.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["email", "address.city", "address.geo.lat", "gone", "plan", "tags"]);
+        assert_eq!(m.traits.iter().find(|(n, _)| n == "plan").unwrap().1, json!("pro"), "traits win");
+        assert_eq!(
+            m.field_errors,
+            vec![FieldError {
+                field: "traits.scores".into(),
+                reason: "an array is stored only when all its items are strings".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn message_time_follows_ingest_rules() {
+        // No timestamp: receivedAt - (sentAt - originalTimestamp).
+        let m = parse(json!({"type": "track", "anonymousId": "a", "event": "e",
+            "sentAt": "2026-01-01T00:00:10Z", "originalTimestamp": "2026-01-01T00:00:04Z",
+            "receivedAt": "2026-01-01T00:01:00Z"}))
+        .unwrap();
+        assert_eq!(m.time_ms, parse_rfc3339_ms("2026-01-01T00:00:54Z").unwrap());
+        // Only one of the two: the time of receipt.
+        let m = parse(
+            json!({"type": "track", "anonymousId": "a", "event": "e", "sentAt": "2026-01-01T00:00:10Z"}),
+        )
+        .unwrap();
+        assert_eq!(m.time_ms, RECEIVED);
+        let err = parse(json!({"type": "track", "anonymousId": "a", "event": "e", "timestamp": "yesterday"}));
+        assert_eq!(err.unwrap_err().to_string(), "`timestamp` is not an RFC 3339 timestamp: \"yesterday\"");
+    }
+
+    #[test]
+    fn page_screen_group_alias() {
+        let m = parse(json!({"type": "page", "userId": "u", "name": "Pricing", "category": "Docs",
+            "properties": {"path": "/pricing"}}))
+        .unwrap();
+        assert_eq!(m.event.as_deref(), Some("page"));
+        assert_eq!(
+            m.properties,
+            vec![
+                ("path".to_string(), json!("/pricing")),
+                ("name".to_string(), json!("Pricing")),
+                ("category".to_string(), json!("Docs"))
+            ]
+        );
+        let m =
+            parse(json!({"type": "track", "userId": "u", "event": "e", "context": {"traits": {"vip": true}},
+            "properties": {"cart": {"total": 9.5}}, "traits": {"ignored": 1}}))
+            .unwrap();
+        assert_eq!(m.traits, vec![("vip".to_string(), json!(true))], "context.traits apply on any message");
+        assert_eq!(m.properties, vec![("cart.total".to_string(), json!(9.5))]);
+        let m = parse(json!({"type": "screen", "userId": "u"})).unwrap();
+        assert_eq!(m.event.as_deref(), Some("screen"));
+        let m =
+            parse(json!({"type": "group", "userId": "u", "groupId": "acme", "traits": {"size": 3}})).unwrap();
+        assert_eq!((m.group_id.as_deref(), m.traits.len()), (Some("acme"), 0), "group traits are not stored");
+        let m = parse(json!({"type": "alias", "userId": "u", "previousId": "anon-1"})).unwrap();
+        assert_eq!((m.user_id.as_deref(), m.anonymous_id.as_deref()), (Some("u"), Some("anon-1")));
+        let err = parse(json!({"type": "identify", "userId": 42})).unwrap_err().to_string();
+        assert_eq!(err, "`userId` must be a non-empty string of at most 256 bytes: found a number");
+    }
+
+    #[test]
+    fn broken_messages_name_the_field() {
+        let cases = [
+            (json!([1]), "a message must be a JSON object, found an array"),
+            (
+                json!({"userId": "u"}),
+                "`type` must be one of identify, track, page, screen, group, alias; found nothing",
+            ),
+            (
+                json!({"type": "Identify", "userId": "u"}),
+                "`type` must be one of identify, track, page, screen, group, alias; found \"Identify\"",
+            ),
+            (json!({"type": "identify"}), "a message needs `userId` or `anonymousId`"),
+            (
+                json!({"type": "identify", "userId": ""}),
+                "`userId` must be a non-empty string of at most 256 bytes: it is empty",
+            ),
+            (
+                json!({"type": "identify", "anonymousId": "x".repeat(257)}),
+                "`anonymousId` must be a non-empty string of at most 256 bytes: it is 257 bytes long",
+            ),
+            (
+                json!({"type": "identify", "userId": {"a": 1}}),
+                "`userId` must be a non-empty string of at most 256 bytes: found an object",
+            ),
+            (json!({"type": "track", "userId": "u"}), "track messages need `event`"),
+            (json!({"type": "track", "userId": "u", "event": ""}), "track messages need `event`"),
+            (json!({"type": "group", "userId": "u"}), "group messages need `groupId`"),
+            (json!({"type": "alias", "userId": "u"}), "alias messages need `previousId`"),
+            (json!({"type": "alias", "previousId": "p"}), "alias messages need `userId`"),
+            (json!({"type": "identify", "userId": "u", "traits": [1]}), "`traits` must be an object"),
+            (json!({"type": "identify", "userId": "u", "context": 3}), "`context` must be an object"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse(input.clone()).unwrap_err().to_string(), want, "{input}");
+        }
+    }
+}
