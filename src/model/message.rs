@@ -23,7 +23,7 @@
 use serde_json::{Map, Value as Json};
 use thiserror::Error;
 
-use super::parse_rfc3339_ms;
+use super::{parse_rfc3339_ms, Schema, Value, GROUPS_TRAIT};
 
 /// Longest identifier accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -346,6 +346,58 @@ impl Message {
     }
 }
 
+/// A message's values typed against the schema: what a profile write needs
+/// besides the profile it resolves to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TypedFields {
+    /// Traits to set (`None`: unset by `null`).
+    pub traits: Vec<(String, Option<Value>)>,
+    /// Elements added to grow-only list traits (`groups` for a group message).
+    pub add_to_lists: Vec<(String, Vec<String>)>,
+    /// The event and its typed properties (`null` properties are left out:
+    /// an event records what happened, there is nothing to unset).
+    pub event: Option<(String, Vec<(String, Value)>)>,
+    /// Fields refused: the message's own [`Message::field_errors`] plus every
+    /// value of the wrong type for its trait or property, or under a name the
+    /// database reserves.
+    pub field_errors: Vec<FieldError>,
+}
+
+impl Message {
+    /// Types the message's traits and properties against `schema`, inferring
+    /// and recording the type of a name seen for the first time (INGEST.md).
+    /// A value of the wrong type rejects that field only.
+    pub fn typed(&self, schema: &mut Schema) -> TypedFields {
+        let mut out = TypedFields { field_errors: self.field_errors.clone(), ..TypedFields::default() };
+        for (name, json) in &self.traits {
+            match schema.coerce_trait(name, json) {
+                Ok(value) => out.traits.push((name.clone(), value)),
+                Err(e) => out
+                    .field_errors
+                    .push(FieldError { field: format!("traits.{name}"), reason: e.to_string() }),
+            }
+        }
+        if let Some(group) = &self.group_id {
+            out.add_to_lists.push((GROUPS_TRAIT.to_string(), vec![group.clone()]));
+        }
+        if let Some(event) = &self.event {
+            schema.declare_event(event);
+            let mut props = Vec::with_capacity(self.properties.len());
+            for (name, json) in &self.properties {
+                match schema.coerce_property(event, name, json) {
+                    Ok(Some(value)) => props.push((name.clone(), value)),
+                    Ok(None) => {}
+                    Err(e) => out
+                        .field_errors
+                        .push(FieldError { field: format!("properties.{name}"), reason: e.to_string() }),
+                }
+            }
+            out.event = Some((event.clone(), props));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +480,46 @@ mod tests {
         assert_eq!((m.user_id.as_deref(), m.anonymous_id.as_deref()), (Some("u"), Some("anon-1")));
         let err = parse(json!({"type": "identify", "userId": 42})).unwrap_err().to_string();
         assert_eq!(err, "`userId` must be a non-empty string of at most 256 bytes: found a number");
+    }
+
+    #[test]
+    fn typing_infers_then_rejects_wrong_fields_only() {
+        let mut schema = Schema::new();
+        schema.declare_trait("signup_at", crate::model::TraitType::Timestamp).unwrap();
+        let first = parse(json!({"type": "identify", "userId": "u", "traits": {"age": 30, "signup_at": "2026-01-01T00:00:00Z"}}))
+            .unwrap()
+            .typed(&mut schema);
+        assert_eq!(
+            first.traits,
+            vec![
+                ("age".to_string(), Some(Value::Number(30.0))),
+                ("signup_at".to_string(), Some(Value::Timestamp(1_767_225_600_000)))
+            ]
+        );
+        let second = parse(json!({"type": "identify", "userId": "u",
+            "traits": {"age": "forty", "city": "Lyon", "user_id": "x", "nick": null}}))
+        .unwrap()
+        .typed(&mut schema);
+        assert_eq!(
+            second.traits,
+            vec![("city".to_string(), Some(Value::Keyword("Lyon".into()))), ("nick".to_string(), None)]
+        );
+        let reasons: Vec<String> =
+            second.field_errors.iter().map(|e| format!("{}: {}", e.field, e.reason)).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "traits.age: `age` is number, but the value is the string \"forty\"".to_string(),
+                "traits.user_id: `user_id` is reserved and maintained by the database".to_string()
+            ]
+        );
+        let t = parse(json!({"type": "track", "userId": "u", "event": "buy", "properties": {"amount": 5, "note": null}}))
+            .unwrap()
+            .typed(&mut schema);
+        assert_eq!(t.event, Some(("buy".to_string(), vec![("amount".to_string(), Value::Number(5.0))])));
+        assert!(schema.has_event("buy"));
+        let g = parse(json!({"type": "group", "userId": "u", "groupId": "acme"})).unwrap().typed(&mut schema);
+        assert_eq!(g.add_to_lists, vec![("groups".to_string(), vec!["acme".to_string()])]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod schema;
 mod time;
 mod value;
 
-pub use schema::{FieldType, IdentifierKind, Schema, RESERVED_NAMES};
+pub use schema::{FieldType, IdentifierKind, Schema, GROUPS_TRAIT, RESERVED_NAMES};
 pub use time::{format_rfc3339_ms, parse_rfc3339_ms};
 pub use value::{key_to_num, key_to_time, num_key, time_key, TraitType, Value};
 

@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 
 use super::{ModelError, TraitType, Value};
 
+/// The name of the list trait that `group` messages grow (INGEST.md): a set
+/// that only grows, and that a merge unions.
+pub const GROUPS_TRAIT: &str = "groups";
+
 /// Names the database maintains itself.
 pub const RESERVED_NAMES: [&str; 4] = ["user_id", "anonymous_id", "first_seen", "last_seen"];
 

@@ -40,9 +40,7 @@ pub type Row = u32;
 /// A profile's cluster-wide id, chosen by the identity layer.
 pub type ProfileId = u64;
 
-/// The name of the list trait that `group` messages grow (INGEST.md): a set
-/// that only grows, and that a merge unions.
-pub const GROUPS_TRAIT: &str = "groups";
+pub use crate::model::GROUPS_TRAIT;
 
 /// Errors of the shard layer.
 #[derive(Debug, Error)]
