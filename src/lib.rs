@@ -12,8 +12,9 @@
 //! Each folder is one layer; a layer imports only the layers listed before it.
 //!
 //! - [`model`]: the vocabulary shared by all layers: trait types, typed
-//!   values, the schema (declared and inferred types), RFC 3339 time, and the
-//!   order-preserving keys that range indexes use.
+//!   values, the schema (declared and inferred types), RFC 3339 time, the
+//!   order-preserving keys that range indexes use, and the Segment Spec
+//!   message model shared by every ingestion door.
 //! - [`segment`]: the segment language: lexer, parser, syntax tree, type
 //!   check against a schema, normal form. Knows nothing of storage.
 //! - [`shard`]: one shard's deterministic state machine: columns, dictionaries,
