@@ -174,6 +174,14 @@ impl Dict {
     }
 }
 
+/// Keeps `v[i]` where `keep[i]` is set, in order: how a partition's columns
+/// drop the events of a removed row in step.
+pub fn retain_marked<T>(v: &mut Vec<T>, keep: &[bool]) {
+    debug_assert_eq!(v.len(), keep.len(), "one flag per entry");
+    let mut flags = keep.iter();
+    v.retain(|_| flags.next().copied().unwrap_or(false));
+}
+
 /// Dictionary codes in the narrowest width that holds them: one byte per
 /// entry while the dictionary has fewer than 255 values, two below 65,535,
 /// four beyond. The largest value of each width means "no value". A vector
@@ -293,17 +301,10 @@ impl CodeVec {
 
     /// Keeps the entries whose `keep` flag is set.
     pub fn retain(&mut self, keep: &[bool]) {
-        fn filter<T>(v: &mut Vec<T>, keep: &[bool]) {
-            let mut i = 0;
-            v.retain(|_| {
-                i += 1;
-                keep[i - 1]
-            });
-        }
         match self {
-            CodeVec::U8(v) => filter(v, keep),
-            CodeVec::U16(v) => filter(v, keep),
-            CodeVec::U32(v) => filter(v, keep),
+            CodeVec::U8(v) => retain_marked(v, keep),
+            CodeVec::U16(v) => retain_marked(v, keep),
+            CodeVec::U32(v) => retain_marked(v, keep),
         }
     }
 

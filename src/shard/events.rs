@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use ahash::AHashMap;
 use roaring::RoaringBitmap;
 
-use super::columns::{CodeVec, Dict, NO_CODE};
+use super::columns::{retain_marked, CodeVec, Dict, NO_CODE};
 use super::Row;
 use crate::model::{num_key, time_key, TraitType, Value};
 use crate::segment::{Cond, Field, LeafTest};
@@ -115,17 +115,10 @@ impl PropColumn {
 
     /// Keeps only the events whose index `keep` says to keep.
     fn retain(&mut self, keep: &[bool]) {
-        fn filter<T: Clone>(v: &mut Vec<T>, keep: &[bool]) {
-            let mut i = 0;
-            v.retain(|_| {
-                i += 1;
-                keep[i - 1]
-            });
-        }
         match self {
             PropColumn::Codes(v) => v.retain(keep),
-            PropColumn::Bools(v) => filter(v, keep),
-            PropColumn::Lists(v) => filter(v, keep),
+            PropColumn::Bools(v) => retain_marked(v, keep),
+            PropColumn::Lists(v) => retain_marked(v, keep),
             PropColumn::Keys { keys, present } => {
                 let mut new_keys = Vec::with_capacity(keys.len());
                 let mut new_present = Vec::new();
@@ -289,16 +282,8 @@ impl EventTable {
             for (i, _) in keep.iter().enumerate().filter(|(_, k)| !**k) {
                 out.push(read_event(name, &self.props, &self.dicts, part, day, i));
             }
-            let mut i = 0;
-            part.rows.retain(|_| {
-                i += 1;
-                keep[i - 1]
-            });
-            let mut i = 0;
-            part.offsets.retain(|_| {
-                i += 1;
-                keep[i - 1]
-            });
+            retain_marked(&mut part.rows, &keep);
+            retain_marked(&mut part.offsets, &keep);
             for col in &mut part.props {
                 col.retain(&keep);
             }

@@ -32,7 +32,9 @@ pub use events::{day_of, EventRecord, EventTable, Partition, PropColumn, DAY_MS,
 pub use range::{RangeColumn, MAX_BINS};
 pub use text::TextColumn;
 
-use crate::model::{key_to_num, key_to_time, num_key, time_key, IdentifierKind, Schema, TraitType, Value};
+use crate::model::{
+    key_to_num, key_to_time, num_key, time_key, IdentifierKind, Schema, TraitType, Value, RESERVED_NAMES,
+};
 
 /// A row of a shard: dense, assigned in order of creation.
 pub type Row = u32;
@@ -426,6 +428,15 @@ impl ProfileRows {
     }
 }
 
+/// Refuses a trait write under a name the database maintains itself
+/// (`user_id`, `first_seen`, ...): such a column would shadow the real one.
+fn refuse_reserved(name: &str) -> Result<(), String> {
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!("`{name}` is reserved and maintained by the database"));
+    }
+    Ok(())
+}
+
 /// One shard's state.
 #[derive(Clone, Debug, Default)]
 pub struct Shard {
@@ -484,7 +495,8 @@ impl Shard {
     pub fn schema(&self) -> Schema {
         let mut s = Schema::new();
         for (name, col) in &self.traits {
-            // Names come from typed writes; a reserved name never gets here.
+            // `set_trait` refuses reserved names, so none is a column and
+            // declaring cannot fail.
             let _ = s.declare_trait(name, col.trait_type());
         }
         for (event, table) in &self.events {
@@ -595,6 +607,7 @@ impl Shard {
 
     /// Sets a trait by last-write-wins at `stamp`.
     fn set_trait(&mut self, row: Row, name: &str, value: Option<&Value>, stamp: Stamp) -> Result<(), String> {
+        refuse_reserved(name)?;
         let col = match value {
             Some(v) => Self::column_for(&mut self.traits, &mut self.unset_only, name, v.trait_type())?,
             None => match self.traits.get_mut(name) {
@@ -643,6 +656,7 @@ impl Shard {
     /// Adds elements to a grow-only list trait; its stamp becomes the latest
     /// of the writes that grew it.
     fn grow_list(&mut self, row: Row, name: &str, items: &[String], stamp: Stamp) -> Result<(), String> {
+        refuse_reserved(name)?;
         let col = Self::column_for(&mut self.traits, &mut self.unset_only, name, TraitType::List)?;
         let TraitColumn::List(list) = col else { unreachable!("column_for checked the type") };
         let mut all = list.get(row).unwrap_or_default();
@@ -812,23 +826,51 @@ impl Shard {
             ("anonymous_id".to_string(), self.ids.anonymous_ids.heap_bytes()),
         ];
         out.extend(self.traits.iter().map(|(n, c)| (format!("trait:{n}"), c.heap_bytes())));
+        out.extend(self.unset_only.iter().map(|(n, s)| (format!("unset:{n}"), s.heap_bytes())));
         out.extend(self.events.iter().map(|(n, t)| (format!("event:{n}"), t.heap_bytes())));
         out
     }
 
-    /// Heap bytes of trait columns and their indexes (including identifiers
-    /// and first/last seen), and of the event store.
+    /// Heap bytes of trait columns and their indexes (including identifiers,
+    /// first/last seen and row structures), and of the event store: the
+    /// entries of [`memory_report`](Self::memory_report), split at `event:`.
     pub fn heap_bytes(&self) -> (usize, usize) {
-        let traits = self.traits.values().map(TraitColumn::heap_bytes).sum::<usize>()
-            + self.first_seen.heap_bytes()
-            + self.last_seen.heap_bytes()
-            + self.ids.user_ids.heap_bytes()
-            + self.ids.anonymous_ids.heap_bytes()
-            + self.rows.heap_bytes()
-            + self.base_stamps.capacity() * std::mem::size_of::<Stamp>()
-            + self.unset_only.values().map(Stamps::heap_bytes).sum::<usize>()
-            + self.universe.serialized_size();
-        let events = self.events.values().map(EventTable::heap_bytes).sum();
-        (traits, events)
+        self.memory_report().into_iter().fold((0, 0), |(traits, events), (name, bytes)| {
+            if name.starts_with("event:") {
+                (traits, events + bytes)
+            } else {
+                (traits + bytes, events)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_refused_field_by_field() {
+        let mut shard = Shard::new(3);
+        let out = shard.apply(&[Command::Write(ProfileWrite {
+            profile: 1,
+            time_ms: 10,
+            traits: vec![
+                ("user_id".into(), Some(Value::Keyword("x".into()))),
+                ("last_seen".into(), None),
+                ("plan".into(), Some(Value::Keyword("pro".into()))),
+            ],
+            add_to_lists: vec![("first_seen".into(), vec!["g".into()])],
+            ..ProfileWrite::default()
+        })]);
+        let refused: Vec<&str> = out.rejections.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(refused, vec!["user_id", "last_seen", "first_seen"]);
+        assert_eq!(out.rejections[0].reason, "`user_id` is reserved and maintained by the database");
+        assert_eq!(out.applied, 1, "the rest of the message applies");
+        assert_eq!(shard.schema().traits().collect::<Vec<_>>(), vec![("plan", TraitType::Keyword)]);
+        shard.validate().unwrap();
+        let (traits, events) = shard.heap_bytes();
+        let report: usize = shard.memory_report().iter().map(|(_, b)| b).sum();
+        assert_eq!(traits + events, report);
     }
 }

@@ -71,26 +71,22 @@ impl Enc {
         self.len(s.len());
         self.buf.extend_from_slice(s.as_bytes());
     }
-    fn u32s(&mut self, v: &[u32]) {
+    /// A length-prefixed array of fixed-width little-endian values.
+    fn ints<T: Copy, const N: usize>(&mut self, v: &[T], le: fn(T) -> [u8; N]) {
         self.len(v.len());
-        self.buf.reserve(v.len() * 4);
+        self.buf.reserve(v.len() * N);
         for x in v {
-            self.buf.extend_from_slice(&x.to_le_bytes());
+            self.buf.extend_from_slice(&le(*x));
         }
+    }
+    fn u32s(&mut self, v: &[u32]) {
+        self.ints(v, u32::to_le_bytes);
     }
     fn u64s(&mut self, v: &[u64]) {
-        self.len(v.len());
-        self.buf.reserve(v.len() * 8);
-        for x in v {
-            self.buf.extend_from_slice(&x.to_le_bytes());
-        }
+        self.ints(v, u64::to_le_bytes);
     }
     fn i64s(&mut self, v: &[i64]) {
-        self.len(v.len());
-        self.buf.reserve(v.len() * 8);
-        for x in v {
-            self.buf.extend_from_slice(&x.to_le_bytes());
-        }
+        self.ints(v, i64::to_le_bytes);
     }
     fn bytes(&mut self, v: &[u8]) {
         self.len(v.len());
