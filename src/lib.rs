@@ -29,7 +29,14 @@
 //! shard), `cluster` (placement), `query` (planner and fan-out), `server`
 //! (gRPC and HTTP) and `cli`.
 
+pub mod cluster;
 pub mod demo;
+pub mod identity;
+pub mod ingest;
 pub mod model;
+pub mod node;
+pub mod query;
+pub mod replication;
 pub mod segment;
+pub mod server;
 pub mod shard;

@@ -16,7 +16,7 @@ pub const GROUPS_TRAIT: &str = "groups";
 pub const RESERVED_NAMES: [&str; 4] = ["user_id", "anonymous_id", "first_seen", "last_seen"];
 
 /// The two kinds of identifier a profile can be addressed by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum IdentifierKind {
     /// `userId`: at most one per profile.
     UserId,
@@ -45,7 +45,7 @@ pub enum FieldType {
 }
 
 /// The types of traits and event properties.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Schema {
     traits: BTreeMap<String, TraitType>,
     events: BTreeMap<String, BTreeMap<String, TraitType>>,

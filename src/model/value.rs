@@ -7,7 +7,7 @@ use std::str::FromStr;
 use super::{parse_rfc3339_ms, ModelError};
 
 /// The type of a trait or event property.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum TraitType {
     /// A string with few distinct values: dictionary-coded, one bitmap per value.
     Keyword,
@@ -44,6 +44,11 @@ impl TraitType {
             TraitType::Timestamp => "timestamp",
             TraitType::List => "list",
         }
+    }
+
+    /// The type named `name` in a schema.
+    pub fn parse(name: &str) -> Option<TraitType> {
+        TraitType::ALL.into_iter().find(|t| t.name() == name)
     }
 
     /// The type's tag in snapshot files.
@@ -95,7 +100,7 @@ impl FromStr for TraitType {
 }
 
 /// A typed value of a trait or property.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     /// A keyword.
     Keyword(String),

@@ -212,7 +212,7 @@ pub struct EventTable {
 }
 
 /// One event as stored and read back.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventRecord {
     /// The event name.
     pub name: String,

@@ -219,7 +219,7 @@ impl TraitColumn {
 
 /// One message's effect on one profile, already resolved to a profile id
 /// and typed by the ingest layer.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProfileWrite {
     /// The profile; created if new.
     pub profile: ProfileId,
@@ -241,7 +241,7 @@ pub struct ProfileWrite {
 }
 
 /// An event of a [`ProfileWrite`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventWrite {
     /// The event name.
     pub name: String,
@@ -251,7 +251,7 @@ pub struct EventWrite {
 
 /// Everything a shard knows of one profile: what a merge carries from one
 /// profile (or shard) to another, and what a profile read returns.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProfileImage {
     /// The profile's id.
     pub profile: ProfileId,
@@ -269,7 +269,7 @@ pub struct ProfileImage {
 }
 
 /// A state-machine command. A batch of them is the unit of replication.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Apply one message to one profile.
     Write(ProfileWrite),

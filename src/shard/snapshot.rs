@@ -49,6 +49,7 @@ const SEC_ANON_ID: u32 = 5;
 const SEC_TRAIT: u32 = 6;
 const SEC_EVENT: u32 = 7;
 const SEC_UNSET_ONLY: u32 = 8;
+const SEC_EXTRA: u32 = 9;
 
 // ----- encoding --------------------------------------------------------------
 
@@ -236,6 +237,13 @@ impl Enc {
 /// Writes `shard` to `path` atomically: a temporary file, fsync, rename,
 /// fsync of the directory.
 pub fn write(shard: &Shard, path: &Path) -> Result<(), ShardError> {
+    write_with_extra(shard, path, &[])
+}
+
+/// Like [`write`], with `extra`: opaque bytes of the layer above (the
+/// replication layer keeps its applied index there), written in the same
+/// file so that they cannot disagree with the shard after a crash.
+pub fn write_with_extra(shard: &Shard, path: &Path, extra: &[u8]) -> Result<(), ShardError> {
     let io = |source: std::io::Error| ShardError::Io { path: path.display().to_string(), source };
     let tmp = path.with_extension("tmp");
     let file = File::create(&tmp).map_err(io)?;
@@ -271,6 +279,9 @@ pub fn write(shard: &Shard, path: &Path) -> Result<(), ShardError> {
         let mut e = Enc::default();
         e.stamps(stamps);
         sections.push((SEC_UNSET_ONLY, name.clone(), e));
+    }
+    if !extra.is_empty() {
+        sections.push((SEC_EXTRA, String::new(), Enc { buf: extra.to_vec() }));
     }
 
     let mut header = Vec::with_capacity(24);
@@ -621,6 +632,12 @@ impl<'a> Dec<'a> {
 
 /// Opens a snapshot file with memmap2 and decodes it into a shard.
 pub fn read(path: &Path) -> Result<Shard, ShardError> {
+    read_with_extra(path).map(|(shard, _)| shard)
+}
+
+/// Like [`read`], also returning the bytes given to [`write_with_extra`]
+/// (empty when none).
+pub fn read_with_extra(path: &Path) -> Result<(Shard, Vec<u8>), ShardError> {
     let shown = path.display().to_string();
     let io = |source: std::io::Error| ShardError::Io { path: shown.clone(), source };
     let file = File::open(path).map_err(io)?;
@@ -635,11 +652,16 @@ pub fn read(path: &Path) -> Result<Shard, ShardError> {
     // SAFETY: the file is opened read-only and is only ever replaced by
     // rename, never written in place, so the mapping does not change under us.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-    decode(&map, &shown)
+    decode_with_extra(&map, &shown)
 }
 
 /// Decodes a snapshot held in memory (`path` only names it in errors).
 pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
+    decode_with_extra(data, path).map(|(shard, _)| shard)
+}
+
+/// Like [`decode`], also returning the extra bytes.
+pub fn decode_with_extra(data: &[u8], path: &str) -> Result<(Shard, Vec<u8>), ShardError> {
     let corrupt =
         |offset: u64, problem: String| ShardError::Corrupt { path: path.to_string(), offset, problem };
     let mut d = Dec { data, pos: 0, base: 0, path };
@@ -672,6 +694,7 @@ pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
     let body = &data[..footer_at];
     let mut d = Dec { data: body, pos: d.pos, base: 0, path };
     let mut shard = Shard::new(shard_id);
+    let mut extra = Vec::new();
     let mut seen_rows = false;
     for _ in 0..sections {
         let at = d.pos as u64;
@@ -715,6 +738,10 @@ pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
                 let stamps = p.stamps(&format!("unset trait {name:?}"))?;
                 shard.unset_only.insert(name.clone(), stamps);
             }
+            SEC_EXTRA => {
+                extra = payload.to_vec();
+                p.pos = payload.len();
+            }
             other => return Err(corrupt(at, format!("unknown section kind {other}"))),
         }
         if p.pos != payload.len() {
@@ -727,7 +754,7 @@ pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
     if !seen_rows {
         return Err(corrupt(0, "no rows section".to_string()));
     }
-    Ok(shard)
+    Ok((shard, extra))
 }
 
 #[cfg(test)]

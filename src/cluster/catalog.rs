@@ -1,0 +1,868 @@
+//! The catalog: the node's metadata Raft group and the sequencer of ingest.
+//!
+//! Its state is the identity directory, the schema (declared and inferred
+//! types), saved segments, the `messageId` deduplication window, and the
+//! latest rejections and merges. Every ingest batch is first a catalog log
+//! entry (the messages' JSON text, their receive time and door). Applying
+//! it, identically on every replica, reads and types each message, resolves
+//! its identity, and turns the batch into [`Step`]s of shard commands. The
+//! ingest pipeline then proposes those steps to the shard groups in order.
+//!
+//! Because the steps are a pure function of the catalog log, a crash between
+//! the catalog entry and its shard steps is repaired on restart: replaying
+//! the catalog log regenerates the steps and shards skip the ones they
+//! already applied (see `replication::shard_machine`). The catalog snapshots
+//! itself only when every step it produced is committed, so the replay
+//! always starts early enough.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::placement::shard_of;
+use crate::identity::{Directory, MergeStep};
+use crate::ingest::{IngestReport, RejectionRecord, Source};
+use crate::model::message::Message;
+use crate::model::{parse_rfc3339_ms, IdentifierKind, Schema, TraitType, RESERVED_NAMES};
+use crate::replication::driver::{ApplyResult, StateMachine};
+use crate::replication::shard_machine::Tag;
+use crate::segment::{check_save, parse, references, Catalog, CheckContext};
+use crate::shard::{Command, EventWrite, ProfileId, ProfileWrite};
+
+/// Rejections and merges kept for operators (the newest).
+pub const KEEP_RECORDS: usize = 10_000;
+
+/// One door's batch inside a catalog entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IngestJob {
+    /// The messages as JSON text.
+    pub messages: Vec<String>,
+    /// When the node received them, ms since the epoch.
+    pub received_ms: i64,
+    /// The door.
+    pub source: Source,
+}
+
+/// A catalog log entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum CatalogCommand {
+    /// Batches of messages, in order.
+    Ingest(Vec<IngestJob>),
+    /// Declares trait types: `{"traits": {"name": "type"}}`.
+    ApplySchema(String),
+    /// Saves a segment.
+    CreateSegment {
+        /// Its name.
+        name: String,
+        /// Its expression.
+        expression: String,
+        /// A description.
+        description: String,
+        /// When it was created (also the `now` of its check).
+        now_ms: i64,
+    },
+    /// Deletes a saved segment.
+    DeleteSegment(String),
+}
+
+impl CatalogCommand {
+    /// Encodes for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+}
+
+/// Shard commands produced by one catalog entry, in the order they must be
+/// applied.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Commands per shard, independent across shards.
+    Writes {
+        /// The step's tag.
+        tag: Tag,
+        /// Commands by shard.
+        by_shard: BTreeMap<u32, Vec<Command>>,
+    },
+    /// A merge across shards: copy `from` (read from its shard as it is
+    /// now) into `into` on the survivor's shard, then remove `from`.
+    Move {
+        /// Tag of the import on `into_shard`.
+        import_tag: Tag,
+        /// Tag of the removal on `from_shard`.
+        remove_tag: Tag,
+        /// Merged away.
+        from: ProfileId,
+        /// Its shard.
+        from_shard: u32,
+        /// Survivor.
+        into: ProfileId,
+        /// Its shard.
+        into_shard: u32,
+    },
+}
+
+/// The steps of one applied ingest entry.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    /// The catalog index.
+    pub index: u64,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+}
+
+/// A saved segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedSegment {
+    /// Name.
+    pub name: String,
+    /// Expression text.
+    pub expression: String,
+    /// Description.
+    pub description: String,
+    /// Creation time, ms.
+    pub created_ms: i64,
+}
+
+/// A merge, as operators see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MergeRecord {
+    /// Survivor.
+    pub into: ProfileId,
+    /// Merged away.
+    pub from: ProfileId,
+    /// The causing message's `messageId`.
+    pub message_id: Option<String>,
+    /// The identifier that linked them, `kind:value`.
+    pub linked_by: String,
+    /// The causing message's receive time, ms.
+    pub at_ms: i64,
+    /// Shard of `from`.
+    pub from_shard: u32,
+    /// Shard of `into`.
+    pub into_shard: u32,
+}
+
+/// Results of catalog commands, returned to proposers.
+#[derive(Debug)]
+pub enum CatalogResult {
+    /// An ingest entry: one report per job.
+    Ingested(Vec<IngestReport>),
+    /// A schema, segment or other administrative change.
+    Done(Result<(), AdminError>),
+}
+
+/// A refused administrative change.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AdminError {
+    /// Bad input (the message says what and where).
+    #[error("{0}")]
+    Invalid(String),
+    /// Not found.
+    #[error("{0}")]
+    NotFound(String),
+    /// In use.
+    #[error("{0}")]
+    InUse(String),
+}
+
+/// Deduplication of `messageId`s: 128-bit hashes by hour of receipt.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Dedup {
+    window_hours: i64,
+    /// Hour → hashes received in it.
+    hours: BTreeMap<i64, Vec<u128>>,
+    #[serde(skip)]
+    index: HashMap<u128, i64>,
+}
+
+impl Dedup {
+    fn hour(ms: i64) -> i64 {
+        ms.div_euclid(3_600_000)
+    }
+
+    /// True if seen; else records it.
+    fn seen(&mut self, id: &str, received_ms: i64) -> bool {
+        let key = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+        if self.index.contains_key(&key) {
+            return true;
+        }
+        let hour = Self::hour(received_ms);
+        self.index.insert(key, hour);
+        self.hours.entry(hour).or_default().push(key);
+        // Drop hours that left the window (by the time in the log, so every
+        // replica drops the same ones).
+        let oldest = hour - self.window_hours;
+        while let Some((&h, _)) = self.hours.first_key_value() {
+            if h >= oldest {
+                break;
+            }
+            if let Some((_, keys)) = self.hours.pop_first() {
+                for k in keys {
+                    if self.index.get(&k) == Some(&h) {
+                        self.index.remove(&k);
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn rebuild_index(&mut self) {
+        self.index = self.hours.iter().flat_map(|(&h, keys)| keys.iter().map(move |&k| (k, h))).collect();
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+/// Counters since the data began.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// Messages applied.
+    pub applied: u64,
+    /// Duplicates acknowledged.
+    pub duplicates: u64,
+    /// Rejections (messages and fields).
+    pub rejections: u64,
+    /// Merges.
+    pub merges: u64,
+}
+
+/// The catalog's replicated state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CatalogState {
+    /// Shards of the node.
+    pub shards: u32,
+    /// Types of traits and properties.
+    pub schema: Schema,
+    /// Trait names declared by an operator (the rest were inferred).
+    pub declared: BTreeSet<String>,
+    /// Saved segments by name.
+    pub segments: BTreeMap<String, SavedSegment>,
+    /// Latest rejections.
+    pub rejections: VecDeque<RejectionRecord>,
+    /// Latest merges.
+    pub merges: VecDeque<MergeRecord>,
+    /// Counters.
+    pub totals: Totals,
+    dedup: Dedup,
+    /// Raft index of the last applied entry.
+    pub applied_index: u64,
+    #[serde(skip)]
+    /// Identifier → profile.
+    pub directory: Directory,
+}
+
+impl Catalog for CatalogState {
+    fn segment_text(&self, name: &str) -> Option<String> {
+        self.segments.get(name).map(|s| s.expression.clone())
+    }
+}
+
+impl CatalogState {
+    /// The profile an address (`user_id:V`, `anonymous_id:V`, or a bare
+    /// user id) names.
+    pub fn lookup(&self, address: &str) -> Option<ProfileId> {
+        let (kind, value) = parse_address(address);
+        self.directory.lookup(kind, value)
+    }
+
+    /// Heap bytes of the directory and the deduplication window.
+    pub fn heap_bytes(&self) -> usize {
+        self.directory.heap_bytes() + self.dedup.len() * 40
+    }
+
+    fn reject(&mut self, r: RejectionRecord, report: &mut IngestReport) {
+        self.totals.rejections += 1;
+        if self.rejections.len() == KEEP_RECORDS {
+            self.rejections.pop_front();
+        }
+        self.rejections.push_back(r.clone());
+        report.rejections.push(r);
+    }
+
+    fn apply_ingest(&mut self, index: u64, jobs: &[IngestJob]) -> (Vec<IngestReport>, Vec<Step>) {
+        let mut plan = Planner::new(index);
+        let mut reports = Vec::with_capacity(jobs.len());
+        let mut position_in_entry = 0u64;
+        for job in jobs {
+            let mut report = IngestReport::default();
+            for (pos, text) in job.messages.iter().enumerate() {
+                let seq = (index << 20) | position_in_entry.min((1 << 20) - 1);
+                position_in_entry += 1;
+                let record = |field: &str, reason: String, message_id: Option<String>| RejectionRecord {
+                    position: pos as u64,
+                    field: field.to_string(),
+                    reason,
+                    message_id,
+                    received_ms: job.received_ms,
+                    source: job.source,
+                };
+                let json: Json = match serde_json::from_str(text) {
+                    Ok(j) => j,
+                    Err(e) => {
+                        self.reject(record("", format!("not JSON: {e}"), None), &mut report);
+                        continue;
+                    }
+                };
+                let message_id = json.get("messageId").and_then(Json::as_str).map(str::to_string);
+                let message = match Message::from_json(&json, job.received_ms) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.reject(record("", e.to_string(), message_id), &mut report);
+                        continue;
+                    }
+                };
+                if let Some(id) = &message.message_id {
+                    if self.dedup.seen(id, job.received_ms) {
+                        report.duplicates += 1;
+                        self.totals.duplicates += 1;
+                        continue;
+                    }
+                }
+                let mut ids = Vec::with_capacity(2);
+                if let Some(u) = &message.user_id {
+                    ids.push((IdentifierKind::UserId, u.clone()));
+                }
+                if let Some(a) = &message.anonymous_id {
+                    ids.push((IdentifierKind::AnonymousId, a.clone()));
+                }
+                let resolution = match self.directory.resolve(&ids) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.reject(record("", e.to_string(), message_id), &mut report);
+                        continue;
+                    }
+                };
+                for m in &resolution.merged {
+                    self.record_merge(m, &message_id, job.received_ms);
+                    plan.merge(m, self.shards);
+                }
+                let typed = message.typed(&mut self.schema);
+                for fe in &typed.field_errors {
+                    self.reject(record(&fe.field, fe.reason.clone(), message_id.clone()), &mut report);
+                }
+                let write = ProfileWrite {
+                    profile: resolution.profile,
+                    time_ms: message.time_ms,
+                    seq,
+                    identifiers: resolution.gained.clone(),
+                    traits: typed.traits,
+                    add_to_lists: typed.add_to_lists,
+                    event: typed.event.map(|(name, properties)| EventWrite { name, properties }),
+                };
+                plan.write(shard_of(resolution.profile, self.shards), Command::Write(write));
+                report.applied += 1;
+                self.totals.applied += 1;
+            }
+            reports.push(report);
+        }
+        (reports, plan.finish())
+    }
+
+    fn record_merge(&mut self, m: &MergeStep, message_id: &Option<String>, at_ms: i64) {
+        self.totals.merges += 1;
+        if self.merges.len() == KEEP_RECORDS {
+            self.merges.pop_front();
+        }
+        self.merges.push_back(MergeRecord {
+            into: m.into,
+            from: m.from,
+            message_id: message_id.clone(),
+            linked_by: format!("{}:{}", m.linked_by.0.name(), m.linked_by.1),
+            at_ms,
+            from_shard: shard_of(m.from, self.shards),
+            into_shard: shard_of(m.into, self.shards),
+        });
+    }
+
+    fn apply_schema(&mut self, json: &str) -> Result<(), AdminError> {
+        let parsed: Json = serde_json::from_str(json)
+            .map_err(|e| AdminError::Invalid(format!("schema is not JSON: {e}")))?;
+        let Some(traits) = parsed.get("traits").and_then(Json::as_object) else {
+            return Err(AdminError::Invalid(
+                "schema must be an object with a \"traits\" object: {\"traits\": {\"name\": \"type\"}}"
+                    .into(),
+            ));
+        };
+        if let Some(other) = parsed.as_object().and_then(|o| o.keys().find(|k| *k != "traits")) {
+            return Err(AdminError::Invalid(format!("schema: unknown key {other:?} (only \"traits\")")));
+        }
+        // Check everything first so that a refused schema changes nothing.
+        let mut next = self.schema.clone();
+        let mut declared = Vec::new();
+        for (name, ty) in traits {
+            let Some(ty_name) = ty.as_str() else {
+                return Err(AdminError::Invalid(format!(
+                    "schema: trait {name:?}: the type must be a string"
+                )));
+            };
+            let Some(ty) = TraitType::parse(ty_name) else {
+                return Err(AdminError::Invalid(format!(
+                    "schema: trait {name:?}: unknown type {ty_name:?} (keyword, number, bool, list, timestamp, text)"
+                )));
+            };
+            if RESERVED_NAMES.contains(&name.as_str()) {
+                return Err(AdminError::Invalid(format!(
+                    "schema: {name:?} is maintained by the database and cannot be declared"
+                )));
+            }
+            next.declare_trait(name, ty).map_err(|e| AdminError::Invalid(format!("schema: {e}")))?;
+            declared.push(name.clone());
+        }
+        self.schema = next;
+        self.declared.extend(declared);
+        Ok(())
+    }
+
+    fn create_segment(
+        &mut self,
+        name: &str,
+        expression: &str,
+        description: &str,
+        now_ms: i64,
+    ) -> Result<(), AdminError> {
+        if name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_control() || c == '"') {
+            return Err(AdminError::Invalid(format!(
+                "segment name {name:?}: use 1 to 200 characters, no quotes or control characters"
+            )));
+        }
+        let ctx = CheckContext { schema: &self.schema, catalog: self, now_ms };
+        check_save(name, expression, &ctx)
+            .map_err(|e| AdminError::Invalid(format!("segment {name:?}: {e}")))?;
+        self.segments.insert(
+            name.to_string(),
+            SavedSegment {
+                name: name.to_string(),
+                expression: expression.to_string(),
+                description: description.to_string(),
+                created_ms: now_ms,
+            },
+        );
+        Ok(())
+    }
+
+    fn delete_segment(&mut self, name: &str) -> Result<(), AdminError> {
+        if !self.segments.contains_key(name) {
+            return Err(AdminError::NotFound(format!("no saved segment {name:?}")));
+        }
+        let users: Vec<&str> = self
+            .segments
+            .values()
+            .filter(|s| s.name != name)
+            .filter(|s| parse(&s.expression).map(|e| references(&e).contains(name)).unwrap_or(false))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(AdminError::InUse(format!(
+                "segment {name:?} is used by {}; delete or change those first",
+                users.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        self.segments.remove(name);
+        Ok(())
+    }
+}
+
+/// Splits `kind:value`; a bare value is a user id.
+pub fn parse_address(address: &str) -> (IdentifierKind, &str) {
+    if let Some(v) = address.strip_prefix("user_id:") {
+        (IdentifierKind::UserId, v)
+    } else if let Some(v) = address.strip_prefix("anonymous_id:") {
+        (IdentifierKind::AnonymousId, v)
+    } else {
+        (IdentifierKind::UserId, address)
+    }
+}
+
+/// Builds the steps of one entry: writes gather per shard; a merge across
+/// shards ends the current step (the image must include every write
+/// before it) and becomes a move.
+struct Planner {
+    index: u64,
+    next_step: u32,
+    current: BTreeMap<u32, Vec<Command>>,
+    steps: Vec<Step>,
+}
+
+impl Planner {
+    fn new(index: u64) -> Self {
+        Planner { index, next_step: 0, current: BTreeMap::new(), steps: Vec::new() }
+    }
+
+    fn tag(&mut self) -> Tag {
+        self.next_step += 1;
+        (self.index, self.next_step)
+    }
+
+    fn write(&mut self, shard: u32, command: Command) {
+        self.current.entry(shard).or_default().push(command);
+    }
+
+    fn flush(&mut self) {
+        if !self.current.is_empty() {
+            let by_shard = std::mem::take(&mut self.current);
+            let tag = self.tag();
+            self.steps.push(Step::Writes { tag, by_shard });
+        }
+    }
+
+    fn merge(&mut self, m: &MergeStep, shards: u32) {
+        let (from_shard, into_shard) = (shard_of(m.from, shards), shard_of(m.into, shards));
+        if from_shard == into_shard {
+            self.write(into_shard, Command::Merge { into: m.into, from: m.from });
+        } else {
+            self.flush();
+            let import_tag = self.tag();
+            let remove_tag = self.tag();
+            self.steps.push(Step::Move {
+                import_tag,
+                remove_tag,
+                from: m.from,
+                from_shard,
+                into: m.into,
+                into_shard,
+            });
+        }
+    }
+
+    fn finish(mut self) -> Vec<Step> {
+        self.flush();
+        self.steps
+    }
+}
+
+/// The catalog group's state machine.
+pub struct CatalogMachine {
+    /// The state; queries take the read lock.
+    pub state: RwLock<CatalogState>,
+    path: PathBuf,
+    applied: AtomicU64,
+    /// Steps of applied entries, in log order, for the pipeline. The
+    /// pipeline takes an entry's steps from the front and pops the entry
+    /// only once every step is committed, so an empty outbox means the shards
+    /// hold everything the catalog has applied: only then may the catalog
+    /// snapshot (and its log be compacted).
+    pub outbox: Mutex<VecDeque<Outbox>>,
+    /// Signalled when the outbox gains an entry.
+    pub outbox_ready: Arc<tokio::sync::Notify>,
+    snapshot_entries: u64,
+}
+
+const MAGIC: &[u8; 8] = b"COHORTCT";
+
+impl CatalogMachine {
+    /// Opens the catalog from `dir/catalog.snap`, or a fresh one for
+    /// `shards` shards. A corrupt file is an error naming it.
+    pub fn open(
+        dir: &Path,
+        shards: u32,
+        dedup_window_hours: i64,
+        snapshot_entries: u64,
+    ) -> Result<Self, String> {
+        let path = dir.join("catalog.snap");
+        let state = if path.exists() {
+            let state = read_snapshot(&path)?;
+            if state.shards != shards {
+                return Err(format!(
+                    "{}: the data directory was created with {} shards, the configuration says {shards}",
+                    path.display(),
+                    state.shards
+                ));
+            }
+            state
+        } else {
+            CatalogState {
+                shards,
+                dedup: Dedup { window_hours: dedup_window_hours, ..Dedup::default() },
+                ..CatalogState::default()
+            }
+        };
+        let applied = state.applied_index;
+        Ok(CatalogMachine {
+            state: RwLock::new(state),
+            path,
+            applied: AtomicU64::new(applied),
+            outbox: Mutex::new(VecDeque::new()),
+            outbox_ready: Arc::new(tokio::sync::Notify::new()),
+            snapshot_entries,
+        })
+    }
+
+    fn write_snapshot(&self) -> Result<u64, String> {
+        let state = self.state.read();
+        let body = bincode::serde::encode_to_vec(&*state, bincode::config::standard())
+            .map_err(|e| format!("encoding the catalog: {e}"))?;
+        let dir = state.directory.encode();
+        let io = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
+        let mut header = Vec::new();
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        header.extend_from_slice(&(dir.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(&dir).to_le_bytes());
+        f.write_all(&header).map_err(io)?;
+        f.write_all(&body).map_err(io)?;
+        f.write_all(&dir).map_err(io)?;
+        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(parent) = self.path.parent() {
+            File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok(state.applied_index)
+    }
+}
+
+fn read_snapshot(path: &Path) -> Result<CatalogState, String> {
+    let shown = path.display();
+    let data = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+    let corrupt = |offset: usize, what: &str| format!("{shown}: corrupt at byte {offset}: {what}");
+    if data.len() < 32 || &data[..8] != MAGIC {
+        return Err(corrupt(0, "not a Cohort catalog snapshot"));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap_or([0; 8])) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or([0; 4]));
+    let (body_len, body_crc, dir_len, dir_crc) = (u64_at(8), u32_at(16), u64_at(20), u32_at(28));
+    if data.len() != 32usize.saturating_add(body_len).saturating_add(dir_len) {
+        return Err(corrupt(data.len(), "truncated or extended file"));
+    }
+    let body = &data[32..32 + body_len];
+    let dir = &data[32 + body_len..];
+    if crc32fast::hash(body) != body_crc {
+        return Err(corrupt(32, "checksum mismatch in the catalog state"));
+    }
+    if crc32fast::hash(dir) != dir_crc {
+        return Err(corrupt(32 + body_len, "checksum mismatch in the identity directory"));
+    }
+    let (mut state, _): (CatalogState, usize) =
+        bincode::serde::decode_from_slice(body, bincode::config::standard())
+            .map_err(|e| corrupt(32, &format!("catalog state: {e}")))?;
+    state.directory = Directory::decode(dir).map_err(|e| corrupt(32 + body_len, &e.to_string()))?;
+    state.dedup.rebuild_index();
+    Ok(state)
+}
+
+impl StateMachine for CatalogMachine {
+    fn apply(&self, index: u64, data: &[u8]) -> ApplyResult {
+        let command: Result<(CatalogCommand, usize), _> =
+            bincode::serde::decode_from_slice(data, bincode::config::standard());
+        let mut state = self.state.write();
+        state.applied_index = index;
+        self.applied.store(index, Ordering::Release);
+        let result = match command {
+            Err(e) => {
+                eprintln!("warning: catalog entry {index} is undecodable and skipped: {e}");
+                CatalogResult::Done(Err(AdminError::Invalid(format!("undecodable entry: {e}"))))
+            }
+            Ok((CatalogCommand::Ingest(jobs), _)) => {
+                let (reports, steps) = state.apply_ingest(index, &jobs);
+                self.outbox.lock().push_back(Outbox { index, steps });
+                self.outbox_ready.notify_one();
+                CatalogResult::Ingested(reports)
+            }
+            Ok((CatalogCommand::ApplySchema(json), _)) => CatalogResult::Done(state.apply_schema(&json)),
+            Ok((CatalogCommand::CreateSegment { name, expression, description, now_ms }, _)) => {
+                CatalogResult::Done(state.create_segment(&name, &expression, &description, now_ms))
+            }
+            Ok((CatalogCommand::DeleteSegment(name), _)) => CatalogResult::Done(state.delete_segment(&name)),
+        };
+        Box::new(result)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn maybe_snapshot(&self, entries_since_snapshot: u64) -> Result<Option<u64>, String> {
+        if entries_since_snapshot < self.snapshot_entries || !self.outbox.lock().is_empty() {
+            return Ok(None);
+        }
+        self.write_snapshot().map(Some)
+    }
+
+    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String> {
+        let index = self.write_snapshot()?;
+        let data = std::fs::read(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        Ok((index, data))
+    }
+
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
+        let tmp = self.path.with_extension("received");
+        std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut state = read_snapshot(&tmp)?;
+        state.applied_index = index;
+        *self.state.write() = state;
+        self.applied.store(index, Ordering::Release);
+        self.outbox.lock().clear();
+        std::fs::rename(&tmp, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+/// Parses a `now` argument: empty → `default_ms`, else RFC 3339.
+pub fn parse_now(text: &str, default_ms: i64) -> Result<i64, String> {
+    if text.is_empty() {
+        Ok(default_ms)
+    } else {
+        parse_rfc3339_ms(text).ok_or_else(|| format!("now: {text:?} is not an RFC 3339 time"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingest(state: &mut CatalogState, index: u64, messages: &[&str]) -> (IngestReport, Vec<Step>) {
+        let job = IngestJob {
+            messages: messages.iter().map(|s| s.to_string()).collect(),
+            received_ms: 1_700_000_000_000,
+            source: Source::Grpc,
+        };
+        let (mut reports, steps) = state.apply_ingest(index, &[job]);
+        (reports.remove(0), steps)
+    }
+
+    fn fresh(shards: u32) -> CatalogState {
+        CatalogState {
+            shards,
+            dedup: Dedup { window_hours: 24, ..Dedup::default() },
+            ..CatalogState::default()
+        }
+    }
+
+    #[test]
+    fn duplicates_bad_messages_and_field_errors_are_reported_by_position() {
+        let mut s = fresh(4);
+        let (r, steps) = ingest(
+            &mut s,
+            5,
+            &[
+                r#"{"type":"identify","userId":"u1","messageId":"m1","traits":{"age":30}}"#,
+                r#"{"type":"identify","userId":"u1","messageId":"m1","traits":{"age":31}}"#,
+                r#"not json"#,
+                r#"{"type":"track","userId":"u1"}"#,
+                r#"{"type":"identify","userId":"u1","traits":{"age":"old"}}"#,
+            ],
+        );
+        assert_eq!((r.applied, r.duplicates), (2, 1));
+        let where_: Vec<(u64, &str)> = r.rejections.iter().map(|x| (x.position, x.field.as_str())).collect();
+        assert_eq!(where_, vec![(2, ""), (3, ""), (4, "traits.age")]);
+        assert!(r.rejections[1].reason.contains("event"), "{}", r.rejections[1].reason);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(s.totals.rejections, 3);
+    }
+
+    #[test]
+    fn a_cross_shard_merge_splits_the_steps() {
+        let mut s = fresh(64);
+        // Two anonymous profiles, then a message that links them.
+        let mut msgs = vec![];
+        for a in ["a1", "a2"] {
+            msgs.push(format!(r#"{{"type":"track","anonymousId":"{a}","event":"page_view"}}"#));
+        }
+        let (_, _) = ingest(&mut s, 1, &msgs.iter().map(String::as_str).collect::<Vec<_>>());
+        let p1 = s.lookup("anonymous_id:a1").unwrap();
+        let p2 = s.lookup("anonymous_id:a2").unwrap();
+        let (r, steps) = ingest(
+            &mut s,
+            2,
+            &[
+                r#"{"type":"identify","userId":"u","anonymousId":"a2","traits":{"plan":"pro"}}"#,
+                r#"{"type":"alias","userId":"u","previousId":"a1"}"#,
+            ],
+        );
+        assert_eq!(r.applied, 2);
+        assert_eq!(s.lookup("u"), Some(p2), "the profile that got the user id survives");
+        assert_eq!(s.lookup("anonymous_id:a1"), Some(p2));
+        let moved =
+            steps.iter().any(|st| matches!(st, Step::Move { from, into, .. } if *from == p1 && *into == p2));
+        let merged_in_place = steps.iter().any(|st| match st {
+            Step::Writes { by_shard, .. } => by_shard
+                .values()
+                .flatten()
+                .any(|c| matches!(c, Command::Merge { into, from } if *into == p2 && *from == p1)),
+            _ => false,
+        });
+        assert!(moved ^ merged_in_place, "{steps:?}");
+        // Tags strictly increase.
+        let tags: Vec<Tag> = steps
+            .iter()
+            .flat_map(|st| match st {
+                Step::Writes { tag, .. } => vec![*tag],
+                Step::Move { import_tag, remove_tag, .. } => vec![*import_tag, *remove_tag],
+            })
+            .collect();
+        assert!(tags.windows(2).all(|w| w[0] < w[1]), "{tags:?}");
+        assert_eq!(s.merges.len(), 1);
+        assert_eq!(s.merges[0].linked_by, "anonymous_id:a1");
+    }
+
+    #[test]
+    fn schema_and_segments_are_checked() {
+        let mut s = fresh(1);
+        assert!(s.apply_schema(r#"{"traits":{"email":"text","signup":"timestamp"}}"#).is_ok());
+        assert!(s.apply_schema(r#"{"traits":{"email":"number"}}"#).is_err());
+        assert!(s.apply_schema(r#"{"traits":{"first_seen":"number"}}"#).is_err());
+        assert!(s
+            .apply_schema(r#"{"traits":{"x":"float"}}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown type"));
+        assert!(s.apply_schema("[1]").is_err());
+        ingest(&mut s, 1, &[r#"{"type":"identify","userId":"u","traits":{"country":"FR"}}"#]);
+        s.create_segment("fr", r#"country = "FR""#, "", 0).unwrap();
+        s.create_segment("fr2", r#"IN SEGMENT "fr""#, "", 0).unwrap();
+        let e = s.create_segment("fr", r#"IN SEGMENT "fr2""#, "", 0).unwrap_err();
+        assert!(e.to_string().contains("fr"), "{e}");
+        let e = s.delete_segment("fr").unwrap_err();
+        assert!(matches!(e, AdminError::InUse(ref m) if m.contains("fr2")), "{e}");
+        assert!(s.create_segment("bad", "country = ", "", 0).is_err());
+        s.delete_segment("fr2").unwrap();
+        s.delete_segment("fr").unwrap();
+        assert!(matches!(s.delete_segment("fr"), Err(AdminError::NotFound(_))));
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = CatalogMachine::open(dir.path(), 4, 24, 1).unwrap();
+        let cmd = CatalogCommand::Ingest(vec![IngestJob {
+            messages: vec![r#"{"type":"identify","userId":"u","messageId":"x","traits":{"a":1}}"#.into()],
+            received_ms: 1_700_000_000_000,
+            source: Source::Http,
+        }]);
+        m.apply(1, &cmd.encode());
+        assert_eq!(m.maybe_snapshot(5).unwrap(), None, "steps still to drive");
+        m.outbox.lock().clear();
+        assert_eq!(m.maybe_snapshot(5).unwrap(), Some(1));
+        let back = CatalogMachine::open(dir.path(), 4, 24, 1).unwrap();
+        let st = back.state.read();
+        assert_eq!(st.applied_index, 1);
+        assert!(st.lookup("u").is_some());
+        assert_eq!(st.schema.trait_type("a"), Some(TraitType::Number));
+        drop(st);
+        // The dedup window survived: the same messageId is a duplicate.
+        let out = back.apply(2, &cmd.encode());
+        let CatalogResult::Ingested(r) = *out.downcast::<CatalogResult>().unwrap() else { panic!() };
+        assert_eq!(r[0].duplicates, 1);
+        // Corruption is named.
+        let path = dir.path().join("catalog.snap");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = CatalogMachine::open(dir.path(), 4, 24, 1).err().unwrap();
+        assert!(e.contains("catalog.snap") && e.contains("checksum"), "{e}");
+        assert!(CatalogMachine::open(dir.path(), 8, 24, 1).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! The ingestion layer shared by every door (gRPC, HTTP, `cohort load`):
+//! what a door hands over (JSON messages and where they came from) and what
+//! it gets back (how many were applied, each rejection with its position).
+
+pub mod pipeline;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::Value as Json;
+use thiserror::Error;
+
+/// Which door a message came through; kept with its rejections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Source {
+    /// `cohort.v1.Ingest`.
+    Grpc,
+    /// The Segment-compatible HTTP endpoint.
+    Http,
+    /// `cohort load`.
+    Load,
+}
+
+impl Source {
+    /// Its name in listings: `grpc`, `http`, `load`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Grpc => "grpc",
+            Source::Http => "http",
+            Source::Load => "load",
+        }
+    }
+}
+
+/// A message or field that was refused.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RejectionRecord {
+    /// 0-based position of the message in what the door handed over.
+    pub position: u64,
+    /// The refused field (`traits.age`), empty for the whole message.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+    /// The message's `messageId`, if it had one.
+    pub message_id: Option<String>,
+    /// When the node received it, milliseconds since the epoch.
+    pub received_ms: i64,
+    /// The door.
+    pub source: Source,
+}
+
+/// What an ingest call did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IngestReport {
+    /// Messages applied (possibly with some fields refused).
+    pub applied: u64,
+    /// Messages acknowledged but not applied again (their `messageId` was
+    /// already applied).
+    pub duplicates: u64,
+    /// Messages and fields refused.
+    pub rejections: Vec<RejectionRecord>,
+}
+
+/// Why an ingest call failed as a whole (nothing in it was acknowledged).
+#[derive(Clone, Debug, Error, PartialEq)]
+pub enum IngestError {
+    /// The node cannot take writes now (no leader, shutting down, a shard
+    /// that does not answer).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The durable log failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// A boxed future, for object-safe async traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where doors hand messages over. Implemented by the node; doors hold an
+/// `Arc<dyn IngestSink>`.
+pub trait IngestSink: Send + Sync + 'static {
+    /// Applies `messages` in order and returns once every applied message is
+    /// durable. `received_ms` is the server's receive time (INGEST.md's time
+    /// rule uses it).
+    fn ingest(
+        &self,
+        messages: Vec<Json>,
+        received_ms: i64,
+        source: Source,
+    ) -> BoxFuture<'_, Result<IngestReport, IngestError>>;
+}

@@ -1,0 +1,250 @@
+//! A node: the groups, the ingest pipeline and the planner, assembled.
+//!
+//! Opening a node opens the Raft log (one raft-engine per node, in
+//! `DATA_DIR/raft`), the catalog and shard state machines from their latest
+//! snapshots (`DATA_DIR/snapshots`), replays the committed log tail into
+//! them, finishes the ingest steps a crash interrupted, and only then
+//! answers. The doors in `server` call the node; the node knows nothing of
+//! gRPC or HTTP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogMachine, CatalogResult};
+use crate::cluster::placement::{shard_group, CATALOG_GROUP};
+use crate::ingest::pipeline::Pipeline;
+use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
+use crate::query::Planner;
+use crate::replication::driver::{Driver, DriverConfig, GroupSpec, NoPeers, ProposeError, StateMachine};
+use crate::replication::shard_machine::ShardMachine;
+use crate::replication::storage::LogStore;
+
+/// A node's settings (the `[node]` part of `cohort serve --config`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the Raft log and snapshots live.
+    pub data_dir: PathBuf,
+    /// This node's Raft id.
+    pub node_id: u64,
+    /// Shards (fixed when the data directory is created).
+    pub shards: u32,
+    /// gRPC listen address.
+    pub grpc_addr: String,
+    /// Segment-compatible HTTP listen address.
+    pub http_addr: String,
+    /// Accepted HTTP write keys; empty accepts any.
+    pub write_keys: Vec<String>,
+    /// Largest HTTP message, bytes.
+    pub max_message_bytes: usize,
+    /// Largest HTTP batch, bytes.
+    pub max_batch_bytes: usize,
+    /// `messageId` deduplication window, hours.
+    pub dedup_window_hours: i64,
+    /// Raft entries between snapshots of a group.
+    pub snapshot_entries: u64,
+    /// Threads that answer queries.
+    pub query_threads: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("cohort-data"),
+            node_id: 1,
+            shards: 8,
+            grpc_addr: "127.0.0.1:7070".into(),
+            http_addr: "127.0.0.1:7071".into(),
+            write_keys: Vec::new(),
+            max_message_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            dedup_window_hours: 24,
+            snapshot_entries: 5_000,
+            query_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// What a data directory was created with.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct DataDirMeta {
+    node_id: u64,
+    shards: u32,
+}
+
+/// A running node.
+pub struct Node {
+    /// Its settings.
+    pub config: NodeConfig,
+    /// The Raft driver.
+    pub driver: Arc<Driver>,
+    /// The catalog.
+    pub catalog: Arc<CatalogMachine>,
+    /// The shards.
+    pub shards: Arc<Vec<Arc<ShardMachine>>>,
+    /// The planner.
+    pub planner: Planner,
+    pipeline: Pipeline,
+    /// When it started.
+    pub started: Instant,
+    /// How long opening took (replay included).
+    pub open_secs: f64,
+}
+
+fn admin(e: ProposeError) -> AdminError {
+    AdminError::Invalid(e.to_string())
+}
+
+impl Node {
+    /// Opens (or creates) the node's data and starts its groups.
+    pub async fn open(config: NodeConfig) -> Result<Arc<Node>, String> {
+        let started = Instant::now();
+        if config.shards == 0 || config.shards > 4096 {
+            return Err(format!("shards must be between 1 and 4096, not {}", config.shards));
+        }
+        let dir = &config.data_dir;
+        let snapshots = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
+        let meta_path = dir.join("cohort-node.json");
+        let meta = DataDirMeta { node_id: config.node_id, shards: config.shards };
+        if meta_path.exists() {
+            let text =
+                std::fs::read_to_string(&meta_path).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+            let found: DataDirMeta =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+            if found != meta {
+                return Err(format!(
+                    "{} was created for node {} with {} shards; the configuration says node {} with {} shards",
+                    dir.display(),
+                    found.node_id,
+                    found.shards,
+                    meta.node_id,
+                    meta.shards
+                ));
+            }
+        } else {
+            let text = serde_json::to_string_pretty(&meta).unwrap_or_default();
+            std::fs::write(&meta_path, text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+        }
+        let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
+        let catalog = Arc::new(CatalogMachine::open(
+            &snapshots,
+            config.shards,
+            config.dedup_window_hours,
+            config.snapshot_entries,
+        )?);
+        let mut shards = Vec::new();
+        for s in 0..config.shards {
+            shards.push(Arc::new(
+                ShardMachine::open(&snapshots, s, config.snapshot_entries).map_err(|e| e.to_string())?,
+            ));
+        }
+        let shards = Arc::new(shards);
+        let mut groups = vec![GroupSpec {
+            id: CATALOG_GROUP,
+            name: "catalog".into(),
+            machine: catalog.clone() as Arc<dyn StateMachine>,
+        }];
+        for (s, m) in shards.iter().enumerate() {
+            groups.push(GroupSpec {
+                id: shard_group(s as u32),
+                name: format!("shard {s}"),
+                machine: m.clone() as Arc<dyn StateMachine>,
+            });
+        }
+        let driver_config =
+            DriverConfig { node_id: config.node_id, voters: vec![config.node_id], ..Default::default() };
+        let driver = tokio::task::spawn_blocking(move || {
+            Driver::start(store, groups, Arc::new(NoPeers), driver_config)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let driver = Arc::new(driver);
+        let pipeline = Pipeline::start(driver.clone(), catalog.clone(), shards.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let planner = Planner::new(catalog.clone(), shards.clone(), config.query_threads);
+        Ok(Arc::new(Node {
+            config,
+            driver,
+            catalog,
+            shards,
+            planner,
+            pipeline,
+            started,
+            open_secs: started.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// Ingests messages given as JSON text.
+    pub async fn ingest_text(
+        &self,
+        messages: Vec<String>,
+        received_ms: i64,
+        source: Source,
+    ) -> Result<IngestReport, IngestError> {
+        self.pipeline.ingest(messages, received_ms, source).await
+    }
+
+    async fn admin(&self, command: CatalogCommand) -> Result<(), AdminError> {
+        let result = self.driver.propose(CATALOG_GROUP, command.encode()).await.map_err(admin)?;
+        match result.downcast::<CatalogResult>().map(|r| *r) {
+            Ok(CatalogResult::Done(r)) => r,
+            _ => Err(AdminError::Invalid("unexpected catalog result".into())),
+        }
+    }
+
+    /// Declares trait types.
+    pub async fn apply_schema(&self, json: String) -> Result<(), AdminError> {
+        self.admin(CatalogCommand::ApplySchema(json)).await
+    }
+
+    /// Saves a segment.
+    pub async fn create_segment(
+        &self,
+        name: String,
+        expression: String,
+        description: String,
+        now_ms: i64,
+    ) -> Result<(), AdminError> {
+        if self.catalog.state.read().segments.contains_key(&name) {
+            return Err(AdminError::InUse(format!("a saved segment {name:?} exists; delete it first")));
+        }
+        self.admin(CatalogCommand::CreateSegment { name, expression, description, now_ms }).await
+    }
+
+    /// Deletes a saved segment.
+    pub async fn delete_segment(&self, name: String) -> Result<(), AdminError> {
+        self.admin(CatalogCommand::DeleteSegment(name)).await
+    }
+
+    /// Stops the Raft loop (pending proposals fail with "shutting down")
+    /// and closes the log. Nothing acknowledged is lost: it is in the log.
+    pub fn shutdown(&self) {
+        self.driver.stop();
+    }
+}
+
+/// The wall clock, ms since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl IngestSink for Node {
+    fn ingest(
+        &self,
+        messages: Vec<Json>,
+        received_ms: i64,
+        source: Source,
+    ) -> BoxFuture<'_, Result<IngestReport, IngestError>> {
+        let texts = messages.iter().map(|m| m.to_string()).collect();
+        Box::pin(self.ingest_text(texts, received_ms, source))
+    }
+}

@@ -1,0 +1,383 @@
+//! The query planner: parse and check a segment once against the catalog
+//! (schema and saved segments), fan the checked condition out to every
+//! shard in parallel, merge the answers, and honour the request's deadline.
+//!
+//! Today every shard is local (in-process, read under the shard's read
+//! lock); the fan-out goes through [`ShardReader`] so that remote replicas
+//! can join it over internal gRPC.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam::channel;
+use thiserror::Error;
+
+use crate::cluster::catalog::{parse_address, CatalogMachine, SavedSegment};
+use crate::cluster::placement::shard_of;
+use crate::model::{IdentifierKind, Value};
+use crate::replication::shard_machine::ShardMachine;
+use crate::segment::{compile, CheckContext, Cond, SegmentError};
+use crate::shard::eval::top_n;
+use crate::shard::{EventRecord, ProfileId, Row, Shard, Stamp};
+
+/// Why a query failed.
+#[derive(Clone, Debug, Error, PartialEq)]
+pub enum QueryError {
+    /// The expression is wrong (the message names the position).
+    #[error("{0}")]
+    Invalid(String),
+    /// An unknown profile, trait or saved segment.
+    #[error("{0}")]
+    NotFound(String),
+    /// The deadline passed before every shard answered.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+}
+
+/// A shard as the planner reads it.
+pub trait ShardReader: Send + Sync + 'static {
+    /// Runs `f` on the shard's current state.
+    fn read<R>(&self, f: impl FnOnce(&Shard) -> R) -> R;
+}
+
+impl ShardReader for ShardMachine {
+    fn read<R>(&self, f: impl FnOnce(&Shard) -> R) -> R {
+        f(&self.state.read().shard)
+    }
+}
+
+/// A member in a page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberRow {
+    /// Profile id.
+    pub profile: ProfileId,
+    /// Its user id.
+    pub user_id: Option<String>,
+    /// Its anonymous ids.
+    pub anonymous_ids: Vec<String>,
+    /// Requested traits that are set.
+    pub traits: Vec<(String, Value)>,
+}
+
+/// A page of members.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MembersPage {
+    /// Members, by shard then row.
+    pub members: Vec<MemberRow>,
+    /// Where to resume; `None` after the last member.
+    pub cursor: Option<String>,
+}
+
+/// Everything about one profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileView {
+    /// Profile id.
+    pub profile: ProfileId,
+    /// Its shard.
+    pub shard: u32,
+    /// Identifiers.
+    pub identifiers: Vec<(IdentifierKind, String)>,
+    /// First and last message times.
+    pub first_seen: Option<i64>,
+    /// Last message time.
+    pub last_seen: Option<i64>,
+    /// Traits with their stamps.
+    pub traits: Vec<(String, Option<Value>, Stamp)>,
+    /// The latest events, newest first.
+    pub recent_events: Vec<EventRecord>,
+    /// Events in all.
+    pub event_count: u64,
+    /// Saved segments it is in.
+    pub segments: Vec<String>,
+}
+
+/// A breakdown's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakdownAnswer {
+    /// (value, count), largest first.
+    pub rows: Vec<(String, u64)>,
+    /// Members without a value.
+    pub missing: u64,
+    /// Members in all.
+    pub total: u64,
+}
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// The query planner of a node.
+pub struct Planner {
+    catalog: Arc<CatalogMachine>,
+    shards: Arc<Vec<Arc<ShardMachine>>>,
+    workers: channel::Sender<Task>,
+}
+
+fn invalid(text: &str, e: SegmentError) -> QueryError {
+    QueryError::Invalid(format!("in {text:?}: {e}"))
+}
+
+/// `segment:NAME` is shorthand for `IN SEGMENT "NAME"`.
+fn expand(text: &str) -> String {
+    match text.strip_prefix("segment:") {
+        Some(name) => format!("IN SEGMENT \"{}\"", name.replace('"', "\\\"")),
+        None => text.to_string(),
+    }
+}
+
+impl Planner {
+    /// A planner over `shards`, with `threads` workers for the fan-out.
+    pub fn new(catalog: Arc<CatalogMachine>, shards: Arc<Vec<Arc<ShardMachine>>>, threads: usize) -> Planner {
+        let (tx, rx) = channel::unbounded::<Task>();
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new().name(format!("query-{i}")).spawn(move || {
+                for task in rx {
+                    task();
+                }
+            });
+        }
+        Planner { catalog, shards, workers: tx }
+    }
+
+    /// Checks expressions against the catalog at `now_ms`.
+    pub fn compile(&self, texts: &[String], now_ms: i64) -> Result<Vec<Cond>, QueryError> {
+        let state = self.catalog.state.read();
+        let ctx = CheckContext { schema: &state.schema, catalog: &*state, now_ms };
+        texts
+            .iter()
+            .map(|t| {
+                let text = expand(t);
+                compile(&text, &ctx).map_err(|e| match e {
+                    SegmentError::UnknownSegment { .. } => QueryError::NotFound(format!("in {t:?}: {e}")),
+                    _ => invalid(t, e),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `f` on every shard in parallel, failing past the deadline.
+    fn fan_out<R: Send + 'static>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl Fn(&Shard) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>, QueryError> {
+        let f = Arc::new(f);
+        let n = self.shards.len();
+        let (tx, rx) = channel::bounded(n);
+        for (i, shard) in self.shards.iter().enumerate() {
+            let (shard, f, tx) = (shard.clone(), f.clone(), tx.clone());
+            let task: Task = Box::new(move || {
+                if deadline.is_some_and(|d| Instant::now() > d) {
+                    let _ = tx.send((i, None));
+                    return;
+                }
+                let _ = tx.send((i, Some(shard.read(|s| f(s)))));
+            });
+            if self.workers.send(task).is_err() {
+                return Err(QueryError::DeadlineExceeded("the query workers stopped".into()));
+            }
+        }
+        drop(tx);
+        let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+        for _ in 0..n {
+            let received = match deadline {
+                Some(d) => rx.recv_deadline(d).ok(),
+                None => rx.recv().ok(),
+            };
+            match received {
+                Some((i, Some(r))) => out[i] = Some(r),
+                Some((i, None)) => {
+                    return Err(QueryError::DeadlineExceeded(format!("shard {i} did not answer in time")))
+                }
+                None => {
+                    let missing: Vec<String> = out
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.is_none())
+                        .map(|(i, _)| i.to_string())
+                        .collect();
+                    return Err(QueryError::DeadlineExceeded(format!(
+                        "shard(s) {} did not answer in time",
+                        missing.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Counts of each expression, and the universe.
+    pub fn count(
+        &self,
+        texts: &[String],
+        now_ms: i64,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<u64>, u64), QueryError> {
+        let conds = Arc::new(self.compile(texts, now_ms)?);
+        let per_shard = self.fan_out(deadline, move |s| {
+            let counts: Vec<u64> = conds.iter().map(|c| s.count(c)).collect();
+            (counts, s.len())
+        })?;
+        let mut totals = vec![0u64; texts.len()];
+        let mut universe = 0;
+        for (counts, len) in per_shard {
+            universe += len;
+            for (t, c) in totals.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+        Ok((totals, universe))
+    }
+
+    /// The profile an address names, and its shard.
+    pub fn locate(&self, address: &str) -> Result<(ProfileId, u32), QueryError> {
+        let state = self.catalog.state.read();
+        let profile = state.lookup(address).ok_or_else(|| {
+            let (kind, value) = parse_address(address);
+            QueryError::NotFound(format!("no profile has {}:{value}", kind.name()))
+        })?;
+        Ok((profile, shard_of(profile, state.shards)))
+    }
+
+    /// Membership of one profile in each expression.
+    pub fn check(
+        &self,
+        address: &str,
+        texts: &[String],
+        now_ms: i64,
+    ) -> Result<(ProfileId, Vec<bool>), QueryError> {
+        let conds = self.compile(texts, now_ms)?;
+        let (profile, shard) = self.locate(address)?;
+        let matches = self.shards[shard as usize].read(|s| match s.row_of(profile) {
+            Some(row) => Ok(conds.iter().map(|c| s.row_matches(row, c)).collect()),
+            None => Err(QueryError::NotFound(format!("profile {profile} is not on shard {shard}"))),
+        })?;
+        Ok((profile, matches))
+    }
+
+    /// One page of members after `cursor` (`shard:row`).
+    pub fn members(
+        &self,
+        text: &str,
+        traits: &[String],
+        cursor: Option<&str>,
+        limit: usize,
+        now_ms: i64,
+        deadline: Option<Instant>,
+    ) -> Result<MembersPage, QueryError> {
+        let cond = self.compile(&[text.to_string()], now_ms)?.remove(0);
+        // A cursor is `shard:row` (resume after that row) or `shard:`
+        // (start of that shard).
+        let (mut shard, mut after) = match cursor.filter(|c| !c.is_empty()) {
+            None => (0usize, None),
+            Some(c) => {
+                let bad = || QueryError::Invalid(format!("cursor {c:?} is not one this server gave"));
+                let (s, r) = c.split_once(':').ok_or_else(bad)?;
+                let after = if r.is_empty() { None } else { Some(r.parse::<Row>().map_err(|_| bad())?) };
+                (s.parse().map_err(|_| bad())?, after)
+            }
+        };
+        let mut page = MembersPage::default();
+        while shard < self.shards.len() {
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(QueryError::DeadlineExceeded(format!("members: stopped at shard {shard}")));
+            }
+            let want = limit - page.members.len();
+            let rows = self.shards[shard].read(|s| {
+                let rows = s.members(&cond, after, want);
+                rows.iter().map(|&r| (r, member(s, r, traits))).collect::<Vec<_>>()
+            });
+            let last = rows.last().map(|(r, _)| *r);
+            let full = rows.len() == want;
+            page.members.extend(rows.into_iter().map(|(_, m)| m));
+            if full {
+                // There may be more on this shard.
+                page.cursor = last.map(|r| format!("{shard}:{r}"));
+                return Ok(page);
+            }
+            shard += 1;
+            after = None;
+        }
+        Ok(page)
+    }
+
+    /// Counts per value of `name` among the members, top `top`.
+    pub fn breakdown(
+        &self,
+        name: &str,
+        text: &str,
+        top: usize,
+        now_ms: i64,
+        deadline: Option<Instant>,
+    ) -> Result<BreakdownAnswer, QueryError> {
+        {
+            let state = self.catalog.state.read();
+            if state.schema.trait_type(name).is_none() {
+                return Err(QueryError::NotFound(format!("no trait {name:?}")));
+            }
+        }
+        let cond = Arc::new(self.compile(&[text.to_string()], now_ms)?.remove(0));
+        let owned = name.to_string();
+        let per_shard = self.fan_out(deadline, move |s| {
+            let total = s.count(&cond);
+            (s.breakdown(&cond, &owned).map_err(|e| e.to_string()), total)
+        })?;
+        let mut merged: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut total = 0;
+        for (rows, n) in per_shard {
+            total += n;
+            for (v, c) in rows.map_err(QueryError::Invalid)? {
+                *merged.entry(v).or_default() += c;
+            }
+        }
+        let with_value: u64 = merged.values().sum();
+        let rows = top_n(merged.into_iter().collect(), top);
+        // List traits count a member once per element, so "missing" is
+        // only meaningful for single-valued traits.
+        Ok(BreakdownAnswer { rows, missing: total.saturating_sub(with_value), total })
+    }
+
+    /// Everything about one profile, with its saved segments.
+    pub fn profile(&self, address: &str, recent: usize, now_ms: i64) -> Result<ProfileView, QueryError> {
+        let (profile, shard) = self.locate(address)?;
+        let saved: Vec<SavedSegment> = self.catalog.state.read().segments.values().cloned().collect();
+        let texts: Vec<String> = saved.iter().map(|s| s.expression.clone()).collect();
+        let conds = self.compile(&texts, now_ms)?;
+        self.shards[shard as usize].read(|s| {
+            let image = s
+                .read_profile(profile)
+                .ok_or_else(|| QueryError::NotFound(format!("profile {profile} is not on shard {shard}")))?;
+            let row = s.row_of(profile).unwrap_or_default();
+            let segments = saved
+                .iter()
+                .zip(&conds)
+                .filter(|(_, c)| s.row_matches(row, c))
+                .map(|(seg, _)| seg.name.clone())
+                .collect();
+            let event_count = image.events.len() as u64;
+            let recent_events = image.events.iter().rev().take(recent).cloned().collect();
+            Ok(ProfileView {
+                profile,
+                shard,
+                identifiers: image.identifiers,
+                first_seen: image.first_seen,
+                last_seen: image.last_seen,
+                traits: image.traits,
+                recent_events,
+                event_count,
+                segments,
+            })
+        })
+    }
+}
+
+fn member(s: &Shard, row: Row, traits: &[String]) -> MemberRow {
+    MemberRow {
+        profile: s.profile_of(row),
+        user_id: s.ids.user_ids.first(row).map(str::to_string),
+        anonymous_ids: s.ids.anonymous_ids.values(row).into_iter().map(str::to_string).collect(),
+        traits: traits
+            .iter()
+            .filter_map(|t| s.traits.get(t.as_str()).and_then(|c| c.get(row)).map(|v| (t.clone(), v)))
+            .collect(),
+    }
+}

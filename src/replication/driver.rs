@@ -1,0 +1,626 @@
+//! Drives every raft-rs group of a node.
+//!
+//! One thread runs the ready loop of all groups: it takes proposals and peer
+//! messages, ticks, then for every group with a `Ready` follows raft-rs's
+//! order exactly: send the leader's immediate messages, install a received
+//! snapshot, apply committed entries, append new entries and the hard state
+//! to one raft-engine batch shared by all groups, write that batch with one
+//! fsync (group commit), then send the persisted messages, `advance`, apply
+//! what became committed and `advance_apply`. A proposal is answered only
+//! after its entry is applied, so an acknowledged write is on disk.
+//!
+//! Committed entries of different groups are applied in parallel (one
+//! scoped thread per group with work), entries of one group in log order.
+//! Each group's state machine takes its own snapshots; the driver then
+//! records the snapshot in the log store and compacts the log behind it.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use parking_lot::RwLock;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{Config, RawNode, StateRole};
+use raft_engine::LogBatch;
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use super::storage::{GroupStorage, LogStore};
+
+/// What a state machine returns for an applied entry, handed to the
+/// proposer (downcast to the machine's own result type).
+pub type ApplyResult = Box<dyn Any + Send>;
+
+/// A group's replicated state machine.
+pub trait StateMachine: Send + Sync + 'static {
+    /// Applies one committed entry. Deterministic: every replica computes the
+    /// same state from the same entries.
+    fn apply(&self, index: u64, data: &[u8]) -> ApplyResult;
+    /// The index of the last entry reflected in the state (restored from the
+    /// snapshot the machine was opened from, then advanced by `apply`).
+    fn applied_index(&self) -> u64;
+    /// Called after applying: writes a snapshot if the machine wants one now
+    /// and returns the index it covers; the log is compacted behind it.
+    fn maybe_snapshot(&self, entries_since_snapshot: u64) -> Result<Option<u64>, String>;
+    /// The latest snapshot as bytes, to send to a follower that fell behind.
+    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String>;
+    /// Replaces the state with a snapshot received from the leader.
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
+}
+
+/// Sends Raft messages to other nodes.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends messages of `group`; delivery is best effort (Raft retries).
+    fn send(&self, group: u64, messages: Vec<Message>);
+}
+
+/// The transport of a node that has no peers: a message for another node
+/// means the configuration names a voter that does not exist here.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&self, _group: u64, messages: Vec<Message>) {
+        if !messages.is_empty() {
+            eprintln!(
+                "warning: {} raft message(s) for other nodes dropped: this node has no peers configured",
+                messages.len()
+            );
+        }
+    }
+}
+
+/// Why a proposal failed.
+#[derive(Clone, Debug, Error, PartialEq)]
+pub enum ProposeError {
+    /// This node is not the group's leader (or the group has none yet).
+    #[error("group {group} ({name}) has no leader on this node (leader: {leader})")]
+    NotLeader {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The leader, 0 when unknown.
+        leader: u64,
+    },
+    /// The group is unknown.
+    #[error("no raft group {0} on this node")]
+    NoSuchGroup(u64),
+    /// The log could not be written; the node stops taking writes.
+    #[error("raft log write failed: {0}")]
+    Storage(String),
+    /// The driver stopped.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// One group to drive.
+pub struct GroupSpec {
+    /// Raft group id (also the raft-engine region id).
+    pub id: u64,
+    /// A name for status and errors.
+    pub name: String,
+    /// The state machine.
+    pub machine: Arc<dyn StateMachine>,
+}
+
+/// Driver settings.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// This node's raft id.
+    pub node_id: u64,
+    /// The voters of a brand-new group.
+    pub voters: Vec<u64>,
+    /// Interval of a Raft tick.
+    pub tick: Duration,
+    /// Election timeout in ticks.
+    pub election_ticks: usize,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            node_id: 1,
+            voters: vec![1],
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 3,
+        }
+    }
+}
+
+/// A group's Raft state, for `Admin.Status`.
+#[derive(Clone, Debug, Default)]
+pub struct GroupStatus {
+    /// Group id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Leader id, 0 when unknown.
+    pub leader: u64,
+    /// `leader`, `follower`, `candidate`, `pre-candidate`.
+    pub role: &'static str,
+    /// Index covered by the latest snapshot.
+    pub snapshot_index: u64,
+    /// First index still in the log.
+    pub first_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+}
+
+enum Input {
+    Propose { group: u64, data: Vec<u8>, reply: oneshot::Sender<Result<ApplyResult, ProposeError>> },
+    Step { group: u64, message: Message },
+    Stop,
+}
+
+struct Group {
+    id: u64,
+    name: String,
+    node: RawNode<GroupStorage>,
+    machine: Arc<dyn StateMachine>,
+    since_snapshot: u64,
+}
+
+/// The running driver. Dropping it stops the thread.
+pub struct Driver {
+    tx: Sender<Input>,
+    status: Arc<RwLock<Vec<GroupStatus>>>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Leader => "leader",
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::PreCandidate => "pre-candidate",
+    }
+}
+
+impl Driver {
+    /// Opens every group from `store` (initialising brand-new ones with
+    /// `config.voters`), replays what each has committed but not applied,
+    /// and starts the loop. Returns once every group has applied its whole
+    /// committed log, so the state is current when serving starts.
+    pub fn start(
+        store: Arc<LogStore>,
+        groups: Vec<GroupSpec>,
+        transport: Arc<dyn Transport>,
+        config: DriverConfig,
+    ) -> Result<Driver, String> {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut opened = Vec::with_capacity(groups.len());
+        for spec in groups {
+            let storage = store.group(spec.id).map_err(|e| e.to_string())?;
+            if storage.is_empty() {
+                storage.initialize(&store, &config.voters).map_err(|e| e.to_string())?;
+            }
+            let machine = spec.machine.clone();
+            let snap_machine = spec.machine.clone();
+            storage.set_snapshot_provider(Arc::new(move |_request_index, _to| {
+                let (index, data) = snap_machine
+                    .snapshot_data()
+                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(e.into())))?;
+                let mut snap = Snapshot::default();
+                snap.set_data(data.into());
+                snap.mut_metadata().index = index;
+                Ok(snap)
+            }));
+            let raft_config = Config {
+                id: config.node_id,
+                election_tick: config.election_ticks,
+                heartbeat_tick: config.heartbeat_ticks,
+                applied: machine.applied_index(),
+                max_size_per_msg: 1 << 20,
+                max_inflight_msgs: 256,
+                pre_vote: true,
+                check_quorum: true,
+                ..Config::default()
+            };
+            raft_config.validate().map_err(|e| format!("group {}: {e}", spec.id))?;
+            let node = RawNode::new(&raft_config, storage, &logger)
+                .map_err(|e| format!("group {} ({}): cannot open raft node: {e}", spec.id, spec.name))?;
+            opened.push(Group { id: spec.id, name: spec.name, node, machine, since_snapshot: 0 });
+        }
+        // A lone voter need not wait for an election timeout.
+        for g in &mut opened {
+            let voters = g.node.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
+            if voters.len() == 1 && voters[0] == config.node_id {
+                g.node.campaign().map_err(|e| format!("group {}: campaign: {e}", g.id))?;
+            }
+        }
+        let (tx, rx) = channel::unbounded();
+        let status = Arc::new(RwLock::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let loop_status = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-driver".into())
+            .spawn(move || {
+                let mut state = Loop {
+                    store,
+                    groups: opened,
+                    transport,
+                    config,
+                    status: loop_status,
+                    pending: HashMap::new(),
+                    next_proposal: 1,
+                    failed: None,
+                };
+                state.run(rx, ready_tx);
+            })
+            .map_err(|e| format!("cannot start the raft thread: {e}"))?;
+        // Wait for the replay of committed entries.
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("the raft thread stopped during recovery".into()),
+        }
+        Ok(Driver { tx, status, thread: parking_lot::Mutex::new(Some(thread)) })
+    }
+
+    /// Proposes `data` to `group`. The proposal is queued at once (so calls
+    /// keep their order in the log); the returned future resolves once it
+    /// is committed, durable and applied, with the state machine's result.
+    pub fn propose(
+        &self,
+        group: u64,
+        data: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Input::Propose { group, data, reply });
+        async move {
+            sent.map_err(|_| ProposeError::Stopped)?;
+            rx.await.map_err(|_| ProposeError::Stopped)?
+        }
+    }
+
+    /// Hands a message from a peer to its group.
+    pub fn step(&self, group: u64, message: Message) {
+        let _ = self.tx.send(Input::Step { group, message });
+    }
+
+    /// Every group's Raft state, as of the last loop turn.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.status.read().clone()
+    }
+
+    /// Stops the loop and waits for it: pending proposals fail, the log is
+    /// closed (every acknowledged write is already in it).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Input::Stop);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Pending {
+    group: u64,
+    reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
+}
+
+struct Loop {
+    store: Arc<LogStore>,
+    groups: Vec<Group>,
+    transport: Arc<dyn Transport>,
+    config: DriverConfig,
+    status: Arc<RwLock<Vec<GroupStatus>>>,
+    pending: HashMap<u64, Pending>,
+    next_proposal: u64,
+    /// Set once a log write failed: the node then refuses writes.
+    failed: Option<String>,
+}
+
+/// Committed entries of one group, applied off the loop thread.
+struct ApplyWork<'a> {
+    group: &'a Group,
+    entries: Vec<Entry>,
+}
+
+impl Loop {
+    fn run(&mut self, rx: Receiver<Input>, ready_tx: std::sync::mpsc::Sender<Result<(), String>>) {
+        let mut last_tick = Instant::now();
+        let mut recovering = Some(ready_tx);
+        loop {
+            // Replay: the committed log has been applied once every group
+            // has applied up to its commit index.
+            if let Some(tx) = &recovering {
+                if self.groups.iter().all(|g| g.node.raft.raft_log.applied >= g.node.raft.raft_log.committed)
+                    && self.groups.iter().all(|g| !g.node.has_ready())
+                {
+                    let _ = tx.send(Ok(()));
+                    recovering = None;
+                }
+            }
+            let timeout = self.config.tick.saturating_sub(last_tick.elapsed());
+            let first = if recovering.is_some() {
+                rx.try_recv().ok()
+            } else {
+                match rx.recv_timeout(timeout) {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut inputs: Vec<Input> = first.into_iter().collect();
+            inputs.extend(rx.try_iter().take(100_000));
+            for input in inputs {
+                match input {
+                    Input::Stop => {
+                        self.fail_all(ProposeError::Stopped);
+                        return;
+                    }
+                    Input::Step { group, message } => {
+                        if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
+                            let _ = g.node.step(message);
+                        }
+                    }
+                    Input::Propose { group, data, reply } => self.propose(group, data, reply),
+                }
+            }
+            if last_tick.elapsed() >= self.config.tick {
+                for g in &mut self.groups {
+                    g.node.tick();
+                }
+                last_tick = Instant::now();
+            }
+            if let Err(e) = self.handle_readies() {
+                eprintln!("error: {e}; this node stops taking writes");
+                if let Some(tx) = recovering.take() {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                self.failed = Some(e.clone());
+                self.fail_all(ProposeError::Storage(e));
+            }
+            self.publish_status();
+        }
+    }
+
+    fn propose(
+        &mut self,
+        group: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
+    ) {
+        if let Some(e) = &self.failed {
+            let _ = reply.send(Err(ProposeError::Storage(e.clone())));
+            return;
+        }
+        let Some(g) = self.groups.iter_mut().find(|g| g.id == group) else {
+            let _ = reply.send(Err(ProposeError::NoSuchGroup(group)));
+            return;
+        };
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        let (name, leader) = (g.name.clone(), g.node.raft.leader_id);
+        let not_leader = || ProposeError::NotLeader { group, name: name.clone(), leader };
+        if g.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(not_leader()));
+            return;
+        }
+        match g.node.propose(id.to_le_bytes().to_vec(), data) {
+            Ok(()) => {
+                self.pending.insert(id, Pending { group, reply });
+            }
+            Err(_) => {
+                let _ = reply.send(Err(not_leader()));
+            }
+        }
+    }
+
+    fn fail_all(&mut self, error: ProposeError) {
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+    }
+
+    /// One pass of the ready loop over every group.
+    fn handle_readies(&mut self) -> Result<(), String> {
+        let mut batch = LogBatch::default();
+        let mut readies = Vec::new();
+        let mut work: Vec<(usize, Vec<Entry>)> = Vec::new();
+        for (k, g) in self.groups.iter_mut().enumerate() {
+            if !g.node.has_ready() {
+                continue;
+            }
+            let mut ready = g.node.ready();
+            if !ready.messages().is_empty() {
+                self.transport.send(g.id, ready.take_messages());
+            }
+            if !ready.snapshot().is_empty() {
+                let snap = ready.snapshot().clone();
+                let meta = snap.get_metadata();
+                g.machine
+                    .restore(meta.index, snap.get_data())
+                    .map_err(|e| format!("group {} ({}): installing a snapshot: {e}", g.id, g.name))?;
+                g.node.store().apply_snapshot(&mut batch, &snap).map_err(|e| e.to_string())?;
+            }
+            let committed = ready.take_committed_entries();
+            if !committed.is_empty() {
+                work.push((k, committed));
+            }
+            if !ready.entries().is_empty() {
+                g.node.store().append(&mut batch, ready.entries()).map_err(|e| e.to_string())?;
+            }
+            if let Some(hs) = ready.hs() {
+                g.node.store().set_hard_state(&mut batch, hs).map_err(|e| e.to_string())?;
+            }
+            readies.push((k, ready));
+        }
+        self.apply(work)?;
+        if !batch.is_empty() {
+            self.store.write(&mut batch, true).map_err(|e| format!("writing the raft log: {e}"))?;
+        }
+        let mut work = Vec::new();
+        for (k, ready) in readies {
+            let g = &mut self.groups[k];
+            if !ready.persisted_messages().is_empty() {
+                self.transport.send(g.id, ready.persisted_messages().to_vec());
+            }
+            let mut light = g.node.advance(ready);
+            if !light.messages().is_empty() {
+                self.transport.send(g.id, light.take_messages());
+            }
+            let committed = light.take_committed_entries();
+            if !committed.is_empty() {
+                work.push((k, committed));
+            }
+        }
+        self.apply(work)?;
+        for g in &mut self.groups {
+            g.node.advance_apply();
+        }
+        self.snapshots()?;
+        Ok(())
+    }
+
+    /// Applies committed entries, groups in parallel, and answers proposers.
+    fn apply(&mut self, work: Vec<(usize, Vec<Entry>)>) -> Result<(), String> {
+        if work.is_empty() {
+            return Ok(());
+        }
+        let jobs: Vec<ApplyWork> =
+            work.into_iter().map(|(k, entries)| ApplyWork { group: &self.groups[k], entries }).collect();
+        let run = |job: &ApplyWork| -> Vec<(Entry, Option<ApplyResult>)> {
+            job.entries
+                .iter()
+                .map(|e| {
+                    let result = match e.get_entry_type() {
+                        EntryType::EntryNormal if !e.data.is_empty() => {
+                            Some(job.group.machine.apply(e.index, &e.data))
+                        }
+                        _ => None,
+                    };
+                    (e.clone(), result)
+                })
+                .collect()
+        };
+        let results: Vec<(u64, Vec<(Entry, Option<ApplyResult>)>)> = if jobs.len() == 1 {
+            vec![(jobs[0].group.id, run(&jobs[0]))]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = jobs.iter().map(|job| (job.group.id, s.spawn(|| run(job)))).collect();
+                handles
+                    .into_iter()
+                    .map(|(id, h)| (id, h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))))
+                    .collect()
+            })
+        };
+        for (group_id, applied) in results {
+            let Some(k) = self.groups.iter().position(|g| g.id == group_id) else { continue };
+            for (entry, result) in applied {
+                self.groups[k].since_snapshot += 1;
+                if matches!(entry.get_entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2)
+                {
+                    self.apply_conf_change(k, &entry)?;
+                }
+                if entry.context.len() == 8 {
+                    let id = u64::from_le_bytes(entry.context[..8].try_into().unwrap_or([0; 8]));
+                    if let Some(p) = self.pending.remove(&id) {
+                        let answer = match result {
+                            Some(r) if p.group == group_id => Ok(r),
+                            _ => Err(ProposeError::NotLeader {
+                                group: p.group,
+                                name: self.groups[k].name.clone(),
+                                leader: self.groups[k].node.raft.leader_id,
+                            }),
+                        };
+                        let _ = p.reply.send(answer);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, k: usize, entry: &Entry) -> Result<(), String> {
+        use protobuf::Message as _;
+        let g = &mut self.groups[k];
+        let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let mut cc = ConfChange::default();
+            cc.merge_from_bytes(&entry.data).map_err(|e| format!("group {}: bad conf change: {e}", g.id))?;
+            g.node.apply_conf_change(&cc)
+        } else {
+            let mut cc = ConfChangeV2::default();
+            cc.merge_from_bytes(&entry.data).map_err(|e| format!("group {}: bad conf change: {e}", g.id))?;
+            g.node.apply_conf_change(&cc)
+        }
+        .map_err(|e| format!("group {}: conf change: {e}", g.id))?;
+        let mut batch = LogBatch::default();
+        g.node.store().set_conf_state(&mut batch, &cs).map_err(|e| e.to_string())?;
+        self.store.write(&mut batch, true).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Lets each machine snapshot, then records it and compacts the log.
+    fn snapshots(&mut self) -> Result<(), String> {
+        let mut compacted = false;
+        for g in &mut self.groups {
+            let Some(index) = g
+                .machine
+                .maybe_snapshot(g.since_snapshot)
+                .map_err(|e| format!("group {} ({}): snapshot: {e}", g.id, g.name))?
+            else {
+                continue;
+            };
+            let store = g.node.store().clone();
+            let term = raft::Storage::term(&store, index)
+                .map_err(|e| format!("group {}: term of {index}: {e}", g.id))?;
+            let mut meta = raft::eraftpb::SnapshotMetadata::default();
+            meta.index = index;
+            meta.term = term;
+            meta.set_conf_state(g.node.raft.prs().conf().to_conf_state());
+            let mut batch = LogBatch::default();
+            store.set_snapshot_meta(&mut batch, &meta).map_err(|e| e.to_string())?;
+            self.store.write(&mut batch, true).map_err(|e| e.to_string())?;
+            store.compact_to(index + 1);
+            g.since_snapshot = 0;
+            compacted = true;
+        }
+        if compacted {
+            self.store.purge().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let status = self
+            .groups
+            .iter()
+            .map(|g| {
+                let r = &g.node.raft;
+                let store = g.node.store();
+                let snap = store.snapshot_meta();
+                GroupStatus {
+                    id: g.id,
+                    name: g.name.clone(),
+                    term: r.term,
+                    commit: r.raft_log.committed,
+                    applied: r.raft_log.applied,
+                    leader: r.leader_id,
+                    role: role_name(r.state),
+                    snapshot_index: snap.index,
+                    first_index: snap.index + 1,
+                    last_index: r.raft_log.last_index(),
+                }
+            })
+            .collect();
+        *self.status.write() = status;
+    }
+}

@@ -1,0 +1,6 @@
+//! Replication: drives raft-rs for the many Raft groups of a node (one per
+//! shard replica), with their logs in one shared raft-engine instance.
+
+pub mod driver;
+pub mod shard_machine;
+pub mod storage;

@@ -1,0 +1,187 @@
+//! A shard as a Raft state machine.
+//!
+//! Log entries are [`ShardProposal`]s: a batch of shard commands tagged with
+//! the step of the ingest pipeline that produced them (the catalog's log
+//! index and the step within it). The machine remembers the highest tag it
+//! applied (its *watermark*) and skips a proposal at or below it, so the
+//! pipeline can re-propose the steps of an ingest that a crash interrupted
+//! without applying anything twice.
+//!
+//! Snapshots are the shard's snapshot files (`shard-NNN.snap` in the
+//! node's data directory), with the Raft applied index and the watermark in
+//! the file's extra section; the log is compacted behind them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::driver::{ApplyResult, StateMachine};
+use crate::shard::{snapshot, ApplyOutcome, Command, Shard, ShardError};
+
+/// Position of a step in the ingest pipeline: (catalog log index, step).
+pub type Tag = (u64, u32);
+
+/// One Raft entry of a shard group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardProposal {
+    /// The pipeline step that produced it.
+    pub tag: Tag,
+    /// The commands, applied in order.
+    pub commands: Vec<Command>,
+}
+
+impl ShardProposal {
+    /// Encodes the proposal for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+
+    /// Decodes a log entry.
+    pub fn decode(data: &[u8]) -> Result<ShardProposal, String> {
+        bincode::serde::decode_from_slice(data, bincode::config::standard())
+            .map(|(p, _)| p)
+            .map_err(|e| format!("undecodable shard entry: {e}"))
+    }
+}
+
+/// What applying a proposal did.
+#[derive(Debug, Default)]
+pub struct ShardApplied {
+    /// The shard's outcome (empty when skipped).
+    pub outcome: ApplyOutcome,
+    /// True when the tag was at or below the watermark: already applied.
+    pub skipped: bool,
+}
+
+/// The state behind the lock: the shard and what the log has put into it.
+pub struct ShardState {
+    /// The shard.
+    pub shard: Shard,
+    /// Highest pipeline tag applied.
+    pub watermark: Tag,
+    /// Raft index of the last entry applied.
+    pub applied_index: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Extra {
+    applied_index: u64,
+    watermark: Tag,
+}
+
+/// A shard group's state machine.
+pub struct ShardMachine {
+    /// The shard's id.
+    pub shard_id: u32,
+    path: PathBuf,
+    /// Readers take the read lock; applying a batch takes the write lock for
+    /// that batch only.
+    pub state: RwLock<ShardState>,
+    applied: AtomicU64,
+    snapshot_index: AtomicU64,
+    /// Take a snapshot after this many entries.
+    snapshot_entries: u64,
+}
+
+impl ShardMachine {
+    /// Opens shard `shard_id` from its snapshot in `dir` (a fresh shard when
+    /// there is none). A corrupt snapshot is an error that names the file.
+    pub fn open(dir: &Path, shard_id: u32, snapshot_entries: u64) -> Result<ShardMachine, ShardError> {
+        let path = dir.join(format!("shard-{shard_id:03}.snap"));
+        let (shard, extra) = if path.exists() {
+            let (shard, extra) = snapshot::read_with_extra(&path)?;
+            let extra: Extra = bincode::serde::decode_from_slice(&extra, bincode::config::standard())
+                .map(|(e, _)| e)
+                .map_err(|e| ShardError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: 0,
+                    problem: format!("replication metadata: {e}"),
+                })?;
+            (shard, extra)
+        } else {
+            (Shard::new(shard_id), Extra { applied_index: 0, watermark: (0, 0) })
+        };
+        Ok(ShardMachine {
+            shard_id,
+            path,
+            state: RwLock::new(ShardState {
+                shard,
+                watermark: extra.watermark,
+                applied_index: extra.applied_index,
+            }),
+            applied: AtomicU64::new(extra.applied_index),
+            snapshot_index: AtomicU64::new(extra.applied_index),
+            snapshot_entries,
+        })
+    }
+
+    /// Highest pipeline tag applied.
+    pub fn watermark(&self) -> Tag {
+        self.state.read().watermark
+    }
+
+    /// Writes a snapshot now; returns the index it covers.
+    pub fn snapshot_now(&self) -> Result<u64, String> {
+        let state = self.state.read();
+        let extra = Extra { applied_index: state.applied_index, watermark: state.watermark };
+        let bytes =
+            bincode::serde::encode_to_vec(&extra, bincode::config::standard()).map_err(|e| e.to_string())?;
+        snapshot::write_with_extra(&state.shard, &self.path, &bytes).map_err(|e| e.to_string())?;
+        self.snapshot_index.store(state.applied_index, Ordering::Release);
+        Ok(state.applied_index)
+    }
+}
+
+impl StateMachine for ShardMachine {
+    fn apply(&self, index: u64, data: &[u8]) -> ApplyResult {
+        let mut state = self.state.write();
+        state.applied_index = index;
+        self.applied.store(index, Ordering::Release);
+        let result = match ShardProposal::decode(data) {
+            Ok(p) if p.tag <= state.watermark => ShardApplied { skipped: true, ..ShardApplied::default() },
+            Ok(p) => {
+                state.watermark = p.tag;
+                ShardApplied { outcome: state.shard.apply(&p.commands), skipped: false }
+            }
+            Err(e) => {
+                // An entry this build cannot read was written by another
+                // version; it is skipped on every replica alike.
+                eprintln!("warning: shard {} entry {index}: {e}", self.shard_id);
+                ShardApplied::default()
+            }
+        };
+        Box::new(result)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn maybe_snapshot(&self, entries_since_snapshot: u64) -> Result<Option<u64>, String> {
+        if entries_since_snapshot < self.snapshot_entries {
+            return Ok(None);
+        }
+        self.snapshot_now().map(Some)
+    }
+
+    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String> {
+        let index = self.snapshot_now()?;
+        let data = std::fs::read(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        Ok((index, data))
+    }
+
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
+        let (shard, extra) =
+            snapshot::decode_with_extra(data, "snapshot from the leader").map_err(|e| e.to_string())?;
+        let extra: Extra = bincode::serde::decode_from_slice(&extra, bincode::config::standard())
+            .map(|(e, _)| e)
+            .map_err(|e| format!("snapshot from the leader: replication metadata: {e}"))?;
+        let mut state = self.state.write();
+        *state = ShardState { shard, watermark: extra.watermark, applied_index: index };
+        self.applied.store(index, Ordering::Release);
+        drop(state);
+        self.snapshot_now().map(|_| ())
+    }
+}
