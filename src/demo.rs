@@ -17,10 +17,17 @@ use crate::shard::{Command, EventWrite, ProfileId, ProfileWrite, Shard};
 /// Commands applied to a shard per batch while building.
 pub const BUILD_BATCH: usize = 4096;
 
-/// The shard of a profile: a multiplicative hash of its id, so that
-/// consecutive ids spread evenly.
+/// The shard of a profile, as the node places it
+/// ([`crate::cluster::placement::shard_of`]).
 pub fn shard_of(profile: ProfileId, shards: usize) -> usize {
-    ((profile.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % shards as u64) as usize
+    crate::cluster::placement::shard_of(profile, shards as u32) as usize
+}
+
+/// The profile id of the dataset's profile `index`: the identity directory
+/// numbers profiles from 1, in the order it first sees them, and the
+/// dataset's files hold profile after profile.
+pub fn profile_id(index: u64) -> ProfileId {
+    index + 1
 }
 
 /// The schema of the generated dataset: declared types for what cannot be
@@ -82,7 +89,7 @@ fn typed(ty: Option<TraitType>, v: &GenValue) -> Option<Value> {
 /// The commands that load one generated profile: one write with its
 /// identifiers and traits at its identify time, then one per event.
 pub fn profile_commands(schema: &Schema, p: &Profile) -> Vec<Command> {
-    let id = p.index;
+    let id = profile_id(p.index);
     let mut out = Vec::with_capacity(1 + p.events.len());
     // Ingestion order: the dataset's file order, one identify then the
     // events, profile after profile (a profile has at most 21 messages).
@@ -180,7 +187,7 @@ pub fn build(
                     if t == 0 && i > 0 && i % step == 0 {
                         progress(i as f64 / cfg.profiles as f64);
                     }
-                    let s = shard_of(i, shards);
+                    let s = shard_of(profile_id(i), shards);
                     if s % threads != t {
                         continue;
                     }

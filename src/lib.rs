@@ -35,6 +35,7 @@ pub mod identity;
 pub mod ingest;
 pub mod model;
 pub mod node;
+pub mod proto;
 pub mod query;
 pub mod replication;
 pub mod segment;

@@ -212,7 +212,7 @@ impl Node {
         now_ms: i64,
     ) -> Result<(), AdminError> {
         if self.catalog.state.read().segments.contains_key(&name) {
-            return Err(AdminError::InUse(format!("a saved segment {name:?} exists; delete it first")));
+            return Err(AdminError::Exists(format!("a saved segment {name:?} exists; delete it first")));
         }
         self.admin(CatalogCommand::CreateSegment { name, expression, description, now_ms }).await
     }

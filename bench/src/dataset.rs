@@ -34,8 +34,9 @@ mod tests {
         assert_eq!(stats.profiles, 2_000);
         assert_eq!(shards.iter().map(Shard::len).sum::<u64>(), 2_000);
         for i in [0u64, 1, 999, 1_999] {
-            let s = &shards[shard_of(i, 4) as usize];
-            assert!(s.row_of(i).is_some(), "profile {i}");
+            let id = cohort::demo::profile_id(i);
+            let s = &shards[shard_of(id, 4) as usize];
+            assert!(s.row_of(id).is_some(), "profile {i}");
         }
         let mut merged = schema();
         for s in &shards {

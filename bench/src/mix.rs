@@ -249,7 +249,7 @@ pub fn run_query(
                 // Runs are numbered from the first recorded one; warm-up
                 // runs check the last ids again.
                 let k = if it < warmup { (runs - 1 - it.min(runs - 1)) as u64 } else { (it - warmup) as u64 };
-                let id = member_id(k, profiles);
+                let id = cohort::demo::profile_id(member_id(k, profiles));
                 let shard = &shards[shard_of(id, n_shards) as usize];
                 let hit = shard.row_of(id).is_some_and(|row| shard.row_matches(row, &cond));
                 (u64::from(hit), 0, String::new())

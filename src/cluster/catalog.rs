@@ -170,6 +170,9 @@ pub enum AdminError {
     /// In use.
     #[error("{0}")]
     InUse(String),
+    /// Already exists.
+    #[error("{0}")]
+    Exists(String),
 }
 
 /// Deduplication of `messageId`s: 128-bit hashes by hour of receipt.
@@ -599,29 +602,54 @@ impl CatalogMachine {
 
     fn write_snapshot(&self) -> Result<u64, String> {
         let state = self.state.read();
-        let body = bincode::serde::encode_to_vec(&*state, bincode::config::standard())
-            .map_err(|e| format!("encoding the catalog: {e}"))?;
-        let dir = state.directory.encode();
-        let io = |e: std::io::Error| format!("{}: {e}", self.path.display());
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
-        let mut header = Vec::new();
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        header.extend_from_slice(&(dir.len() as u64).to_le_bytes());
-        header.extend_from_slice(&crc32fast::hash(&dir).to_le_bytes());
-        f.write_all(&header).map_err(io)?;
-        f.write_all(&body).map_err(io)?;
-        f.write_all(&dir).map_err(io)?;
-        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(parent) = self.path.parent() {
-            File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
-        }
+        write_snapshot(&self.path, &state)?;
         Ok(state.applied_index)
     }
+
+    /// Writes the catalog of a bulk-built dataset into `dir` (a new data
+    /// directory): `schema` and `directory` as they are, nothing applied
+    /// from the log yet. The demo uses it to start from generated shards.
+    pub fn install(
+        dir: &Path,
+        shards: u32,
+        schema: Schema,
+        directory: Directory,
+        dedup_window_hours: i64,
+    ) -> Result<(), String> {
+        let state = CatalogState {
+            shards,
+            schema,
+            directory,
+            dedup: Dedup { window_hours: dedup_window_hours, ..Dedup::default() },
+            ..CatalogState::default()
+        };
+        write_snapshot(&dir.join("catalog.snap"), &state)
+    }
+}
+
+fn write_snapshot(path: &Path, state: &CatalogState) -> Result<(), String> {
+    let body = bincode::serde::encode_to_vec(state, bincode::config::standard())
+        .map_err(|e| format!("encoding the catalog: {e}"))?;
+    let dir = state.directory.encode();
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let tmp = path.with_extension("tmp");
+    let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
+    let mut header = Vec::new();
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    header.extend_from_slice(&(dir.len() as u64).to_le_bytes());
+    header.extend_from_slice(&crc32fast::hash(&dir).to_le_bytes());
+    f.write_all(&header).map_err(io)?;
+    f.write_all(&body).map_err(io)?;
+    f.write_all(&dir).map_err(io)?;
+    let f = f.into_inner().map_err(|e| io(e.into_error()))?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
 }
 
 fn read_snapshot(path: &Path) -> Result<CatalogState, String> {

@@ -117,6 +117,14 @@ impl ShardMachine {
         })
     }
 
+    /// Writes a bulk-built shard as the snapshot of a new data directory
+    /// (nothing applied from the log yet).
+    pub fn install(dir: &Path, shard: &Shard) -> Result<(), ShardError> {
+        let extra = Extra { applied_index: 0, watermark: (0, 0) };
+        let bytes = bincode::serde::encode_to_vec(&extra, bincode::config::standard()).unwrap_or_default();
+        snapshot::write_with_extra(shard, &dir.join(format!("shard-{:03}.snap", shard.id)), &bytes)
+    }
+
     /// Highest pipeline tag applied.
     pub fn watermark(&self) -> Tag {
         self.state.read().watermark

@@ -764,6 +764,13 @@ mod tests {
     }
 
     #[test]
+    fn handles_can_move_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<LogStore>();
+        send_sync::<GroupStorage>();
+    }
+
+    #[test]
     fn entries_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let written = entries(1..=10, 1);

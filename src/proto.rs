@@ -1,0 +1,12 @@
+//! The generated protobuf and gRPC code of `proto/cohort/v1/cohort.proto`,
+//! behind one module: no other layer below `server` sees a prost type.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// `cohort.v1`.
+pub mod v1 {
+    tonic::include_proto!("cohort.v1");
+
+    /// The encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cohort_descriptor");
+}

@@ -1,0 +1,552 @@
+//! The gRPC doors (`cohort.v1`): Ingest, Query, Segments and Admin over a
+//! [`Node`], plus the standard health service and server reflection.
+//!
+//! Errors carry the gRPC code that says what kind they are (a bad query is
+//! `INVALID_ARGUMENT` and its message names the position; an unknown profile
+//! `NOT_FOUND`; a shard that missed the deadline `DEADLINE_EXCEEDED`). A
+//! request's `grpc-timeout` becomes the planner's deadline.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::catalog::{parse_now, AdminError};
+use crate::ingest::{IngestError, IngestReport, RejectionRecord, Source};
+use crate::model::{format_rfc3339_ms, Value};
+use crate::node::{now_ms, Node};
+use crate::proto::v1 as pb;
+use crate::query::QueryError;
+
+/// Largest gRPC message accepted (an ingest batch).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+fn query_status(e: QueryError) -> Status {
+    match e {
+        QueryError::Invalid(m) => Status::invalid_argument(m),
+        QueryError::NotFound(m) => Status::not_found(m),
+        QueryError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+    }
+}
+
+fn ingest_status(e: IngestError) -> Status {
+    match e {
+        IngestError::Unavailable(m) => Status::unavailable(m),
+        IngestError::Storage(m) => Status::internal(m),
+    }
+}
+
+fn admin_status(e: AdminError) -> Status {
+    match e {
+        AdminError::Invalid(m) => Status::invalid_argument(m),
+        AdminError::NotFound(m) => Status::not_found(m),
+        AdminError::InUse(m) => Status::failed_precondition(m),
+        AdminError::Exists(m) => Status::already_exists(m),
+    }
+}
+
+/// The request's deadline from its `grpc-timeout` header.
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(Instant::now() + d)
+}
+
+fn now_of(text: &str) -> Result<i64, Status> {
+    parse_now(text, now_ms()).map_err(Status::invalid_argument)
+}
+
+fn time_text(ms: Option<i64>) -> String {
+    ms.map(format_rfc3339_ms).unwrap_or_default()
+}
+
+/// A value as JSON text.
+pub fn value_json(v: &Value) -> String {
+    match v {
+        Value::Keyword(s) | Value::Text(s) => serde_json::Value::String(s.clone()).to_string(),
+        Value::Number(x) => serde_json::Number::from_f64(*x).map(|n| n.to_string()).unwrap_or_default(),
+        Value::Bool(b) => b.to_string(),
+        Value::Timestamp(ms) => serde_json::Value::String(format_rfc3339_ms(*ms)).to_string(),
+        Value::List(items) => serde_json::to_string(items).unwrap_or_default(),
+    }
+}
+
+fn rejection(r: &RejectionRecord, offset: u64) -> pb::Rejection {
+    pb::Rejection {
+        position: r.position + offset,
+        field: r.field.clone(),
+        reason: r.reason.clone(),
+        message_id: r.message_id.clone().unwrap_or_default(),
+        received_at: format_rfc3339_ms(r.received_ms),
+        source: r.source.name().to_string(),
+    }
+}
+
+fn reply(report: &IngestReport, offset: u64) -> pb::IngestReply {
+    pb::IngestReply {
+        applied: report.applied,
+        duplicates: report.duplicates,
+        rejections: report.rejections.iter().map(|r| rejection(r, offset)).collect(),
+    }
+}
+
+/// All four services over one node.
+#[derive(Clone)]
+pub struct Services {
+    node: Arc<Node>,
+}
+
+impl Services {
+    /// Services over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Services { node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ingest_server::Ingest for Services {
+    async fn ingest_batch(
+        &self,
+        request: Request<pb::IngestBatchRequest>,
+    ) -> Result<Response<pb::IngestReply>, Status> {
+        let messages = request.into_inner().messages;
+        let report = self.node.ingest_text(messages, now_ms(), Source::Grpc).await.map_err(ingest_status)?;
+        Ok(Response::new(reply(&report, 0)))
+    }
+
+    async fn ingest_stream(
+        &self,
+        request: Request<Streaming<pb::IngestBatchRequest>>,
+    ) -> Result<Response<pb::IngestReply>, Status> {
+        let mut stream = request.into_inner();
+        let mut total = pb::IngestReply::default();
+        let mut offset = 0u64;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let n = batch.messages.len() as u64;
+            let report =
+                self.node.ingest_text(batch.messages, now_ms(), Source::Grpc).await.map_err(|e| {
+                    // What came before is acknowledged; say how far we got.
+                    let s = ingest_status(e);
+                    Status::new(
+                        s.code(),
+                        format!(
+                            "{} (messages before position {offset} were applied: {} applied, {} duplicates)",
+                            s.message(),
+                            total.applied,
+                            total.duplicates
+                        ),
+                    )
+                })?;
+            let part = reply(&report, offset);
+            total.applied += part.applied;
+            total.duplicates += part.duplicates;
+            total.rejections.extend(part.rejections);
+            offset += n;
+        }
+        Ok(Response::new(total))
+    }
+}
+
+type MembersStream = Pin<Box<dyn Stream<Item = Result<pb::MembersPage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::query_server::Query for Services {
+    async fn count(&self, request: Request<pb::CountRequest>) -> Result<Response<pb::CountReply>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let now = now_of(&r.now)?;
+        if r.expressions.is_empty() {
+            return Err(Status::invalid_argument("count: give at least one expression"));
+        }
+        let (counts, universe) =
+            self.node.planner.count(&r.expressions, now, deadline).map_err(query_status)?;
+        Ok(Response::new(pb::CountReply { counts, now: format_rfc3339_ms(now), universe }))
+    }
+
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {
+        let r = request.into_inner();
+        let now = now_of(&r.now)?;
+        let (profile_id, matches) =
+            self.node.planner.check(&r.profile, &r.expressions, now).map_err(query_status)?;
+        Ok(Response::new(pb::CheckReply { matches, now: format_rfc3339_ms(now), profile_id }))
+    }
+
+    type MembersStream = MembersStream;
+
+    async fn members(&self, request: Request<pb::MembersRequest>) -> Result<Response<MembersStream>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let now = now_of(&r.now)?;
+        let page_size = match r.page_size {
+            0 => 1000,
+            n if n > 10_000 => return Err(Status::invalid_argument("page_size: at most 10000")),
+            n => n as usize,
+        };
+        // Check the expression before the stream starts, so that a bad one
+        // is the call's error.
+        self.node.planner.compile(std::slice::from_ref(&r.expression), now).map_err(query_status)?;
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut cursor = (!r.cursor.is_empty()).then(|| r.cursor.clone());
+            let mut sent = 0u64;
+            loop {
+                let want = if r.limit == 0 { page_size } else { page_size.min((r.limit - sent) as usize) };
+                let page = match node.planner.members(
+                    &r.expression,
+                    &r.traits,
+                    cursor.as_deref(),
+                    want,
+                    now,
+                    deadline,
+                ) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(query_status(e)));
+                        return;
+                    }
+                };
+                sent += page.members.len() as u64;
+                let done = page.cursor.is_none() || (r.limit != 0 && sent >= r.limit);
+                cursor = page.cursor.clone();
+                let out = pb::MembersPage {
+                    members: page
+                        .members
+                        .into_iter()
+                        .map(|m| pb::Member {
+                            profile_id: m.profile,
+                            user_id: m.user_id.unwrap_or_default(),
+                            anonymous_ids: m.anonymous_ids,
+                            traits: m.traits.iter().map(|(k, v)| (k.clone(), value_json(v))).collect(),
+                        })
+                        .collect(),
+                    cursor: page.cursor.unwrap_or_default(),
+                };
+                if tx.blocking_send(Ok(out)).is_err() || done {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn breakdown(
+        &self,
+        request: Request<pb::BreakdownRequest>,
+    ) -> Result<Response<pb::BreakdownReply>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let now = now_of(&r.now)?;
+        let top = if r.top == 0 { 10 } else { r.top as usize };
+        let a = self
+            .node
+            .planner
+            .breakdown(&r.trait_name, &r.expression, top, now, deadline)
+            .map_err(query_status)?;
+        Ok(Response::new(pb::BreakdownReply {
+            rows: a
+                .rows
+                .into_iter()
+                .map(|(value, count)| pb::BreakdownRow {
+                    value: serde_json::Value::String(value).to_string(),
+                    count,
+                })
+                .collect(),
+            missing: a.missing,
+            total: a.total,
+            now: format_rfc3339_ms(now),
+        }))
+    }
+
+    async fn get_profile(
+        &self,
+        request: Request<pb::GetProfileRequest>,
+    ) -> Result<Response<pb::Profile>, Status> {
+        let r = request.into_inner();
+        let recent = if r.recent_events == 0 { 20 } else { r.recent_events as usize };
+        let v = self.node.planner.profile(&r.profile, recent, now_ms()).map_err(query_status)?;
+        Ok(Response::new(pb::Profile {
+            profile_id: v.profile,
+            shard: v.shard,
+            identifiers: v
+                .identifiers
+                .into_iter()
+                .map(|(k, value)| pb::Identifier { kind: k.name().to_string(), value })
+                .collect(),
+            first_seen: time_text(v.first_seen),
+            last_seen: time_text(v.last_seen),
+            traits: v
+                .traits
+                .into_iter()
+                .map(|(name, value, stamp)| pb::TraitValue {
+                    name,
+                    value: value.as_ref().map(value_json).unwrap_or_else(|| "null".into()),
+                    written_at: format_rfc3339_ms(stamp.0),
+                })
+                .collect(),
+            recent_events: v
+                .recent_events
+                .into_iter()
+                .map(|e| pb::Event {
+                    name: e.name,
+                    time: format_rfc3339_ms(e.ts_ms),
+                    properties: {
+                        let map: serde_json::Map<String, serde_json::Value> = e
+                            .properties
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.clone(),
+                                    serde_json::from_str(&value_json(v)).unwrap_or(serde_json::Value::Null),
+                                )
+                            })
+                            .collect();
+                        serde_json::Value::Object(map).to_string()
+                    },
+                })
+                .collect(),
+            event_count: v.event_count,
+            segments: v.segments,
+        }))
+    }
+}
+
+fn saved(s: &crate::cluster::catalog::SavedSegment) -> pb::SavedSegment {
+    pb::SavedSegment {
+        name: s.name.clone(),
+        expression: s.expression.clone(),
+        description: s.description.clone(),
+        created_at: format_rfc3339_ms(s.created_ms),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::segments_server::Segments for Services {
+    async fn create_segment(
+        &self,
+        request: Request<pb::CreateSegmentRequest>,
+    ) -> Result<Response<pb::SavedSegment>, Status> {
+        let r = request.into_inner();
+        self.node
+            .create_segment(r.name.clone(), r.expression, r.description, now_ms())
+            .await
+            .map_err(admin_status)?;
+        let state = self.node.catalog.state.read();
+        let s = state.segments.get(&r.name).ok_or_else(|| Status::internal("segment vanished"))?;
+        Ok(Response::new(saved(s)))
+    }
+
+    async fn get_segment(
+        &self,
+        request: Request<pb::GetSegmentRequest>,
+    ) -> Result<Response<pb::SavedSegment>, Status> {
+        let name = request.into_inner().name;
+        let state = self.node.catalog.state.read();
+        let s = state
+            .segments
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("no saved segment {name:?}")))?;
+        Ok(Response::new(saved(s)))
+    }
+
+    async fn list_segments(
+        &self,
+        _request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsReply>, Status> {
+        let state = self.node.catalog.state.read();
+        Ok(Response::new(pb::ListSegmentsReply { segments: state.segments.values().map(saved).collect() }))
+    }
+
+    async fn delete_segment(
+        &self,
+        request: Request<pb::DeleteSegmentRequest>,
+    ) -> Result<Response<pb::DeleteSegmentReply>, Status> {
+        self.node.delete_segment(request.into_inner().name).await.map_err(admin_status)?;
+        Ok(Response::new(pb::DeleteSegmentReply {}))
+    }
+}
+
+fn schema_reply(node: &Node) -> pb::SchemaReply {
+    let state = node.catalog.state.read();
+    let field = |name: &str, ty: crate::model::TraitType, declared: bool| pb::SchemaField {
+        name: name.to_string(),
+        r#type: ty.name().to_string(),
+        declared,
+    };
+    pb::SchemaReply {
+        traits: state.schema.traits().map(|(n, t)| field(n, t, state.declared.contains(n))).collect(),
+        events: state
+            .schema
+            .events()
+            .map(|(name, props)| pb::EventSchema {
+                name: name.to_string(),
+                properties: props.iter().map(|(n, t)| field(n, *t, false)).collect(),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Services {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let node = self.node.clone();
+        let reply = tokio::task::spawn_blocking(move || status(&node))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<pb::GetSchemaRequest>,
+    ) -> Result<Response<pb::SchemaReply>, Status> {
+        Ok(Response::new(schema_reply(&self.node)))
+    }
+
+    async fn apply_schema(
+        &self,
+        request: Request<pb::ApplySchemaRequest>,
+    ) -> Result<Response<pb::SchemaReply>, Status> {
+        self.node.apply_schema(request.into_inner().json).await.map_err(admin_status)?;
+        Ok(Response::new(schema_reply(&self.node)))
+    }
+
+    async fn list_rejected(
+        &self,
+        request: Request<pb::ListRejectedRequest>,
+    ) -> Result<Response<pb::ListRejectedReply>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let state = self.node.catalog.state.read();
+        let skip = state.rejections.len().saturating_sub(limit);
+        Ok(Response::new(pb::ListRejectedReply {
+            rejections: state.rejections.iter().skip(skip).map(|r| rejection(r, 0)).collect(),
+            total: state.totals.rejections,
+        }))
+    }
+
+    async fn list_merges(
+        &self,
+        request: Request<pb::ListMergesRequest>,
+    ) -> Result<Response<pb::ListMergesReply>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let state = self.node.catalog.state.read();
+        let skip = state.merges.len().saturating_sub(limit);
+        Ok(Response::new(pb::ListMergesReply {
+            merges: state
+                .merges
+                .iter()
+                .skip(skip)
+                .map(|m| pb::MergeRecord {
+                    into_profile: m.into,
+                    from_profile: m.from,
+                    message_id: m.message_id.clone().unwrap_or_default(),
+                    linked_by: m.linked_by.clone(),
+                    at: format_rfc3339_ms(m.at_ms),
+                    from_shard: m.from_shard as u64,
+                    into_shard: m.into_shard as u64,
+                })
+                .collect(),
+            total: state.totals.merges,
+        }))
+    }
+}
+
+fn status(node: &Node) -> pb::StatusReply {
+    let groups = node.driver.status();
+    let mut reply = pb::StatusReply {
+        node_id: node.config.node_id,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        data_dir: node.config.data_dir.display().to_string(),
+        uptime_ms: node.started.elapsed().as_millis() as u64,
+        ..Default::default()
+    };
+    {
+        let state = node.catalog.state.read();
+        reply.messages_applied = state.totals.applied;
+        reply.messages_rejected = state.totals.rejections;
+        reply.duplicates = state.totals.duplicates;
+        reply.merges = state.totals.merges;
+        reply.memory_bytes += state.heap_bytes() as u64;
+    }
+    for g in groups {
+        let mut out = pb::GroupStatus {
+            group_id: g.id,
+            name: g.name.clone(),
+            term: g.term,
+            commit_index: g.commit,
+            applied_index: g.applied,
+            leader_id: g.leader,
+            role: g.role.to_string(),
+            snapshot_index: g.snapshot_index,
+            ..Default::default()
+        };
+        if let Some(shard) = g.id.checked_sub(2).and_then(|s| node.shards.get(s as usize)) {
+            let state = shard.state.read();
+            let (traits, events) = state.shard.heap_bytes();
+            out.rows = state.shard.len();
+            out.memory_bytes = (traits + events) as u64;
+            reply.profiles += out.rows;
+            reply.events += state.shard.events.values().map(|t| t.total).sum::<u64>();
+            reply.memory_bytes += out.memory_bytes;
+        } else {
+            out.rows = node.catalog.state.read().directory.profiles();
+        }
+        reply.groups.push(out);
+    }
+    reply
+}
+
+/// Builds the tonic router with every service, health and reflection.
+pub fn router(node: Arc<Node>) -> Result<tonic::transport::server::Router, String> {
+    use pb::admin_server::AdminServer;
+    use pb::ingest_server::IngestServer;
+    use pb::query_server::QueryServer;
+    use pb::segments_server::SegmentsServer;
+    let services = Services::new(node);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    // Health is served from the moment the router exists: the node is open.
+    tokio::spawn(async move {
+        reporter.set_serving::<IngestServer<Services>>().await;
+        reporter.set_serving::<QueryServer<Services>>().await;
+        reporter.set_serving::<SegmentsServer<Services>>().await;
+        reporter.set_serving::<AdminServer<Services>>().await;
+    });
+    Ok(tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            IngestServer::new(services.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+        )
+        .add_service(QueryServer::new(services.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(SegmentsServer::new(services.clone()))
+        .add_service(AdminServer::new(services)))
+}
