@@ -327,6 +327,9 @@ struct Loop {
     failed: Option<String>,
 }
 
+/// A group's applied entries with their results.
+type Applied = Vec<(Entry, Option<ApplyResult>)>;
+
 /// Committed entries of one group, applied off the loop thread.
 struct ApplyWork<'a> {
     group: &'a Group,
@@ -497,7 +500,7 @@ impl Loop {
         }
         let jobs: Vec<ApplyWork> =
             work.into_iter().map(|(k, entries)| ApplyWork { group: &self.groups[k], entries }).collect();
-        let run = |job: &ApplyWork| -> Vec<(Entry, Option<ApplyResult>)> {
+        let run = |job: &ApplyWork| -> Applied {
             job.entries
                 .iter()
                 .map(|e| {
@@ -511,7 +514,7 @@ impl Loop {
                 })
                 .collect()
         };
-        let results: Vec<(u64, Vec<(Entry, Option<ApplyResult>)>)> = if jobs.len() == 1 {
+        let results: Vec<(u64, Applied)> = if jobs.len() == 1 {
             vec![(jobs[0].group.id, run(&jobs[0]))]
         } else {
             std::thread::scope(|s| {
@@ -582,9 +585,7 @@ impl Loop {
             let store = g.node.store().clone();
             let term = raft::Storage::term(&store, index)
                 .map_err(|e| format!("group {}: term of {index}: {e}", g.id))?;
-            let mut meta = raft::eraftpb::SnapshotMetadata::default();
-            meta.index = index;
-            meta.term = term;
+            let mut meta = raft::eraftpb::SnapshotMetadata { index, term, ..Default::default() };
             meta.set_conf_state(g.node.raft.prs().conf().to_conf_state());
             let mut batch = LogBatch::default();
             store.set_snapshot_meta(&mut batch, &meta).map_err(|e| e.to_string())?;

@@ -1,0 +1,543 @@
+//! The operator's command line: `cohort serve`, `cohort demo`, and the
+//! client commands that talk to a node over gRPC (`load`, `count`, `check`,
+//! `members`, `breakdown`, `profile`, `segment`, `schema`, `status`,
+//! `rejected`, `merges`).
+//!
+//! - [`mod@self`]: the clap definitions, the connection to a node and the
+//!   dispatch; [`main`] runs a command and turns its failure into
+//!   `error: ...` on standard error and exit code 1 (clap exits with 2 on a
+//!   usage error by itself).
+//! - [`output`]: aligned tables, key/value blocks, formatters, JSON output.
+//! - [`load`]: NDJSON (and gzip) files to `Ingest.IngestBatch` calls, with
+//!   rejections mapped back to file lines.
+//! - [`commands`]: every other command.
+//!
+//! Every client command takes `--addr` (default `http://127.0.0.1:7070`, or
+//! `COHORT_ADDR`) and `--json`, which replaces the tables with one JSON
+//! document on standard output.
+
+#![allow(clippy::print_stdout)]
+
+pub mod commands;
+pub mod load;
+pub mod output;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::v1::admin_client::AdminClient;
+use crate::proto::v1::ingest_client::IngestClient;
+use crate::proto::v1::query_client::QueryClient;
+use crate::proto::v1::segments_client::SegmentsClient;
+
+/// The default address of a node's gRPC door.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7070";
+
+/// Largest reply the CLI accepts, bytes. tonic's default (4 MiB) is too
+/// small for a page of 10,000 members with several traits each.
+const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;
+
+/// How long connecting to a node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `cohort`: the command-line program.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cohort",
+    version,
+    about = "Cohort: an in-memory profile database for customer data",
+    long_about = "Cohort: an in-memory profile database for customer data.\n\n\
+        `cohort serve` runs a node; `cohort demo` runs one loaded with generated \
+        data. The other commands are clients of a running node's gRPC door \
+        (--addr, default http://127.0.0.1:7070)."
+)]
+pub struct Cli {
+    /// The node's gRPC address.
+    #[arg(long, global = true, env = "COHORT_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+    /// Print one JSON document on standard output instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for each answer from the node (each batch for
+    /// `load`, each page for `members`).
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: gRPC and Segment-compatible HTTP doors over a data
+    /// directory (default ./cohort-data), until Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+    /// Run a node loaded with generated profiles and events, print example
+    /// segments, and keep serving (unless --no-serve).
+    Demo(DemoArgs),
+    /// The commands that talk to a running node.
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The commands that are clients of a node's gRPC door.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Load NDJSON files (one Segment Spec message a line, gzip allowed).
+    Load(LoadArgs),
+    /// Show or declare the schema of traits and events.
+    Schema {
+        /// What to do.
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// Count the profiles in each segment.
+    Count {
+        /// The query time, RFC 3339 (default: the node's clock).
+        #[arg(long, value_parser = parse_now)]
+        now: Option<String>,
+        /// Segment expressions, or `segment:NAME` for a saved segment.
+        #[arg(required = true, value_name = "EXPR")]
+        expressions: Vec<String>,
+    },
+    /// Tell whether one profile is in each segment.
+    Check {
+        /// The query time, RFC 3339 (default: the node's clock).
+        #[arg(long, value_parser = parse_now)]
+        now: Option<String>,
+        /// The profile: `user_id:V`, `anonymous_id:V` or a bare user id.
+        id: String,
+        /// Segment expressions, or `segment:NAME` for a saved segment.
+        #[arg(required = true, value_name = "EXPR")]
+        expressions: Vec<String>,
+    },
+    /// List the profiles in a segment, page by page.
+    Members(MembersArgs),
+    /// Count the members of a segment per value of a trait.
+    Breakdown {
+        /// How many values, the most frequent first.
+        #[arg(long, default_value_t = 10)]
+        top: u32,
+        /// The query time, RFC 3339 (default: the node's clock).
+        #[arg(long, value_parser = parse_now)]
+        now: Option<String>,
+        /// The trait to break down by.
+        #[arg(value_name = "TRAIT")]
+        trait_name: String,
+        /// The segment expression, or `segment:NAME`.
+        #[arg(value_name = "EXPR")]
+        expression: String,
+    },
+    /// Show everything about one profile.
+    Profile {
+        /// How many of the latest events to show.
+        #[arg(long, default_value_t = 20)]
+        events: u32,
+        /// The profile: `user_id:V`, `anonymous_id:V` or a bare user id.
+        id: String,
+    },
+    /// Create, list, show or delete saved segments.
+    Segment {
+        /// What to do.
+        #[command(subcommand)]
+        command: SegmentCommand,
+    },
+    /// Show the node's state: counters and its Raft groups.
+    Status,
+    /// List the latest rejected messages and fields, newest last.
+    Rejected {
+        /// How many to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// List the latest profile merges, newest last.
+    Merges {
+        /// How many to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// `cohort serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file whose top-level keys are the node's settings (data_dir,
+    /// node_id, shards, grpc_addr, http_addr, write_keys,
+    /// max_message_bytes, max_batch_bytes, dedup_window_hours,
+    /// snapshot_entries, query_threads). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the Raft log and snapshots live [default: ./cohort-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_addr: Option<String>,
+    /// Segment-compatible HTTP listen address [default: 127.0.0.1:7071].
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// Shards, fixed when the data directory is created [default: 8].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
+}
+
+/// `cohort demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Generated profiles.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub profiles: u64,
+    /// Shards.
+    #[arg(long, default_value_t = 8)]
+    pub shards: u32,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = cohort_datagen::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Keep the node's data in this directory (default: a temporary one).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_addr: Option<String>,
+    /// Segment-compatible HTTP listen address [default: 127.0.0.1:7071].
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// Print the examples and exit instead of serving.
+    #[arg(long)]
+    pub no_serve: bool,
+}
+
+/// `cohort load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// NDJSON files, gzip-compressed when the name ends in `.gz` or the
+    /// data starts with the gzip magic; `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Messages per `IngestBatch` call (a batch is also cut at 2 MiB).
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch: u32,
+}
+
+/// `cohort members`.
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// Traits to show with each member, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub traits: Vec<String>,
+    /// Stop after this many members (0: all of them).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+    /// Members per page from the node (default: the node's, 1000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub page_size: Option<u32>,
+    /// Resume after this cursor, printed by an earlier run.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// The query time, RFC 3339 (default: the node's clock).
+    #[arg(long, value_parser = parse_now)]
+    pub now: Option<String>,
+    /// The segment expression, or `segment:NAME`.
+    #[arg(value_name = "EXPR")]
+    pub expression: String,
+}
+
+/// `cohort schema ...`.
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Show the traits and event properties with their types.
+    Show,
+    /// Declare trait types from a JSON file: `{"traits": {"name": "type"}}`
+    /// (`-` reads standard input); prints the resulting schema.
+    Apply {
+        /// The JSON file.
+        file: PathBuf,
+    },
+}
+
+/// `cohort segment ...`.
+#[derive(Debug, Subcommand)]
+pub enum SegmentCommand {
+    /// Save a segment under a name.
+    Create {
+        /// The segment's name.
+        name: String,
+        /// Its expression.
+        #[arg(value_name = "EXPR")]
+        expression: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the saved segments.
+    List,
+    /// Show one saved segment.
+    Show {
+        /// The segment's name.
+        name: String,
+    },
+    /// Delete a saved segment.
+    Delete {
+        /// The segment's name.
+        name: String,
+    },
+}
+
+/// Checks an RFC 3339 `--now` before anything is sent.
+fn parse_now(text: &str) -> Result<String, String> {
+    match crate::model::parse_rfc3339_ms(text) {
+        Some(_) => Ok(text.trim().to_string()),
+        None => Err(format!("{text:?} is not an RFC 3339 time (like 2026-11-01T00:00:00Z)")),
+    }
+}
+
+/// Parses the command line, runs the command and returns the exit code:
+/// 0 on success, 1 on failure (after printing `error: ...` on standard
+/// error). Usage errors exit with 2 inside the parser.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): nothing to report.
+        Err(e) if e.downcast_ref::<output::Closed>().is_some() => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a failure on standard error: the error and its causes, and for a
+/// query error that names a position, the expression with a caret under it.
+fn report(e: &anyhow::Error) {
+    eprintln!("error: {e:#}");
+    if let Some(rpc) = e.downcast_ref::<RpcError>() {
+        if let (Some(expr), Some(pos)) = (&rpc.expression, position_in(rpc.status.message())) {
+            eprintln!("  {expr}");
+            eprintln!("  {}^", " ".repeat(pos.saturating_sub(1)));
+        }
+    }
+}
+
+/// The 1-based character position a segment error names (`... at position
+/// 12 ...`), if any.
+fn position_in(message: &str) -> Option<usize> {
+    let rest = &message[message.find("position ")? + "position ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|p| *p > 0)
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    let command = match cli.command {
+        Command::Serve(args) => return commands::serve(args).await,
+        Command::Demo(args) => return commands::demo(args).await,
+        Command::Client(command) => command,
+    };
+    let node = Node::connect(&cli.addr, timeout).await?;
+    match command {
+        ClientCommand::Load(args) => load::run(&node, &args, json).await,
+        ClientCommand::Schema { command: SchemaCommand::Show } => commands::schema_show(&node, json).await,
+        ClientCommand::Schema { command: SchemaCommand::Apply { file } } => {
+            commands::schema_apply(&node, &file, json).await
+        }
+        ClientCommand::Count { now, expressions } => commands::count(&node, now, expressions, json).await,
+        ClientCommand::Check { now, id, expressions } => {
+            commands::check(&node, now, id, expressions, json).await
+        }
+        ClientCommand::Members(args) => commands::members(&node, args, json).await,
+        ClientCommand::Breakdown { top, now, trait_name, expression } => {
+            commands::breakdown(&node, top, now, trait_name, expression, json).await
+        }
+        ClientCommand::Profile { events, id } => commands::profile(&node, events, id, json).await,
+        ClientCommand::Segment { command } => commands::segment(&node, command, json).await,
+        ClientCommand::Status => commands::status(&node, json).await,
+        ClientCommand::Rejected { limit } => commands::rejected(&node, limit, json).await,
+        ClientCommand::Merges { limit } => commands::merges(&node, limit, json).await,
+    }
+}
+
+/// A connection to a node's gRPC door, with the per-call time limit.
+pub struct Node {
+    channel: Channel,
+    addr: String,
+    timeout: Duration,
+}
+
+impl Node {
+    /// Connects to `addr` (`http://` is assumed when no scheme is given).
+    pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Node> {
+        let addr = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .with_context(|| format!("--addr {addr:?} is not a valid address"))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach a Cohort node at {addr} (is `cohort serve` running there? see --addr or COHORT_ADDR)"))?;
+        Ok(Node { channel, addr, timeout })
+    }
+
+    /// The address connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// A client of the Ingest service.
+    pub fn ingest(&self) -> IngestClient<Channel> {
+        IngestClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
+    }
+
+    /// A client of the Query service.
+    pub fn query(&self) -> QueryClient<Channel> {
+        QueryClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
+    }
+
+    /// A client of the Segments service.
+    pub fn segments(&self) -> SegmentsClient<Channel> {
+        SegmentsClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
+    }
+
+    /// A client of the Admin service.
+    pub fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
+    }
+
+    /// Awaits one call (or one page of a stream) within the time limit.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, RpcError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(status)) => Err(RpcError::new(status, &self.addr)),
+            Err(_) => Err(RpcError::new(
+                tonic::Status::deadline_exceeded(format!(
+                    "no answer within {} s (see --timeout)",
+                    self.timeout.as_secs()
+                )),
+                &self.addr,
+            )),
+        }
+    }
+}
+
+/// A call the node refused or could not answer: the gRPC status, and the
+/// expression it was about when there was one (to point at a position).
+#[derive(Debug)]
+pub struct RpcError {
+    /// The status returned (or made up for a timeout).
+    pub status: tonic::Status,
+    /// The node's address.
+    pub addr: String,
+    /// The single expression the call carried, if any.
+    pub expression: Option<String>,
+}
+
+impl RpcError {
+    fn new(status: tonic::Status, addr: &str) -> RpcError {
+        RpcError { status, addr: addr.to_string(), expression: None }
+    }
+
+    /// Attaches the expression the call was about.
+    pub fn about(mut self, expression: &str) -> RpcError {
+        self.expression = Some(expression.to_string());
+        self
+    }
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = code_name(self.status.code());
+        let message = self.status.message();
+        if message.is_empty() {
+            write!(f, "{} ({code})", self.status.code().description())?;
+        } else {
+            write!(f, "{message} ({code})")?;
+        }
+        if self.status.code() == tonic::Code::Unavailable {
+            write!(f, "; is the node at {} still running?", self.addr)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// The canonical gRPC name of a status code, as the proto's comments use.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn positions_are_found_in_segment_errors() {
+        assert_eq!(position_in("unknown trait `contry` at position 1"), Some(1));
+        assert_eq!(position_in("syntax error at position 12: expected a value, found end"), Some(12));
+        assert_eq!(position_in("no position here"), None);
+        assert_eq!(position_in("unknown segment \"x\""), None);
+    }
+
+    #[test]
+    fn now_must_be_rfc3339() {
+        assert_eq!(parse_now("2026-11-01T00:00:00Z").as_deref(), Ok("2026-11-01T00:00:00Z"));
+        assert!(parse_now("yesterday").is_err());
+    }
+
+    #[test]
+    fn rpc_errors_show_message_and_code() {
+        let e = RpcError::new(tonic::Status::not_found("no saved segment \"x\""), "http://h:1");
+        assert_eq!(e.to_string(), "no saved segment \"x\" (NOT_FOUND)");
+        let e = RpcError::new(tonic::Status::unavailable("shard 3 cannot answer"), "http://h:1");
+        assert_eq!(e.to_string(), "shard 3 cannot answer (UNAVAILABLE); is the node at http://h:1 still running?");
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from(["cohort", "count", "--json", "a = 1", "--addr", "h:1"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.addr, "h:1");
+        let cli = Cli::try_parse_from(["cohort", "members", "--traits", "a,b", "x = 1"]).unwrap();
+        match cli.command {
+            Command::Client(ClientCommand::Members(m)) => assert_eq!(m.traits, vec!["a", "b"]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The node as a real process over real gRPC: identity stories, crash
+//! safety under kill -9 (during a load and during merges), bad input.
+
+mod common;
+
+use common::{trait_of, Server};
+use serde_json::json;
+
+fn m(v: serde_json::Value) -> String {
+    v.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_stories() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), 4, &[]);
+    let t = |d: u32| format!("2026-10-{d:02}T10:00:00Z");
+
+    // Anonymous browsing, then identify: one profile with both ids.
+    let r = s
+        .ingest(vec![
+            m(json!({"type":"page","anonymousId":"a1","name":"Home","timestamp":t(1),"properties":{"path":"/"}})),
+            m(json!({"type":"track","anonymousId":"a1","event":"add_to_cart","timestamp":t(2),"properties":{"sku":"x"}})),
+            m(json!({"type":"identify","anonymousId":"a1","userId":"u1","timestamp":t(3),"traits":{"plan":"pro"}})),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((r.applied, r.rejections.len()), (3, 0), "{r:?}");
+    let p = s.profile("u1").await.unwrap();
+    assert!(p.identifiers.iter().any(|i| i.kind == "anonymous_id" && i.value == "a1"), "{p:?}");
+    assert_eq!(p.event_count, 2);
+    assert_eq!(s.check("anonymous_id:a1", &[r#"DID "add_to_cart""#, r#"plan = "pro""#]).await.unwrap().matches, vec![true, true]);
+
+    // Alias: a separately browsing anonymous profile joins a known user.
+    s.ingest(vec![
+        m(json!({"type":"track","anonymousId":"a2","event":"add_to_cart","timestamp":t(1)})),
+        m(json!({"type":"identify","userId":"u2","timestamp":t(2),"traits":{"plan":"free"}})),
+    ])
+    .await
+    .unwrap();
+    let before = s.universe().await;
+    let r = s.ingest(vec![m(json!({"type":"alias","userId":"u2","previousId":"a2","timestamp":t(4)}))]).await.unwrap();
+    assert_eq!(r.applied, 1);
+    assert_eq!(s.universe().await, before - 1, "the alias merged two profiles");
+    let c = s.check("u2", &[r#"DID "add_to_cart""#]).await.unwrap();
+    assert_eq!(c.matches, vec![true]);
+    assert_eq!(s.check("anonymous_id:a2", &["user_id EXISTS"]).await.unwrap().profile_id, c.profile_id);
+
+    // Two known users on one device: the device stays with the first.
+    s.ingest(vec![m(json!({"type":"identify","userId":"u3","anonymousId":"d1","timestamp":t(1),"traits":{"name":"Ann"}}))])
+        .await
+        .unwrap();
+    let r = s
+        .ingest(vec![m(json!({"type":"identify","userId":"u4","anonymousId":"d1","timestamp":t(2),"traits":{"name":"Bob"}}))])
+        .await
+        .unwrap();
+    assert_eq!(r.applied, 1);
+    let u3 = s.profile("u3").await.unwrap();
+    let u4 = s.profile("u4").await.unwrap();
+    assert_ne!(u3.profile_id, u4.profile_id);
+    assert_eq!(s.profile("anonymous_id:d1").await.unwrap().profile_id, u3.profile_id);
+    assert_eq!(trait_of(&u4, "name").as_deref(), Some("\"Bob\""));
+    assert!(!u4.identifiers.iter().any(|i| i.value == "d1"), "{u4:?}");
+
+    // A late old identify does not overwrite a newer value.
+    s.ingest(vec![m(json!({"type":"identify","userId":"u5","timestamp":t(10),"traits":{"plan":"pro"}}))]).await.unwrap();
+    s.ingest(vec![m(json!({"type":"identify","userId":"u5","timestamp":t(5),"traits":{"plan":"free","seats":3}}))])
+        .await
+        .unwrap();
+    let u5 = s.profile("u5").await.unwrap();
+    assert_eq!(trait_of(&u5, "plan").as_deref(), Some("\"pro\""));
+    assert_eq!(trait_of(&u5, "seats").as_deref(), Some("3"), "an older message still sets what is unset");
+
+    // Duplicate messageIds, in one batch and across batches.
+    let dup = m(json!({"type":"track","userId":"u6","event":"purchase","messageId":"dup-1","timestamp":t(3),"properties":{"amount":10}}));
+    let r = s.ingest(vec![dup.clone(), dup.clone()]).await.unwrap();
+    assert_eq!((r.applied, r.duplicates), (1, 1));
+    let r = s.ingest(vec![dup]).await.unwrap();
+    assert_eq!((r.applied, r.duplicates), (0, 1));
+    assert_eq!(s.profile("u6").await.unwrap().event_count, 1);
+
+    // null unsets; nested traits flatten; context.traits apply.
+    s.ingest(vec![
+        m(json!({"type":"identify","userId":"u7","timestamp":t(1),"traits":{"age":30,"address":{"city":"Lyon","zip":"69001"}}})),
+        m(json!({"type":"identify","userId":"u7","timestamp":t(2),"traits":{"age":null}})),
+        m(json!({"type":"track","userId":"u7","event":"login","timestamp":t(3),"context":{"traits":{"tier":"gold"}}})),
+    ])
+    .await
+    .unwrap();
+    let c = s
+        .check("u7", &["age EXISTS", r#"address.city = "Lyon""#, r#"tier = "gold""#, r#"DID "login""#])
+        .await
+        .unwrap();
+    assert_eq!(c.matches, vec![false, true, true, true]);
+
+    // Group adds to the groups list.
+    s.ingest(vec![m(json!({"type":"group","userId":"u7","groupId":"acme","timestamp":t(4),"traits":{"size":10}}))])
+        .await
+        .unwrap();
+    assert_eq!(s.check("u7", &[r#"groups CONTAINS "acme""#]).await.unwrap().matches, vec![true]);
+
+    // Merges and rejections are listable.
+    let mut admin = cohort::proto::v1::admin_client::AdminClient::new(s.channel().await);
+    let merges = admin.list_merges(cohort::proto::v1::ListMergesRequest { limit: 10 }).await.unwrap().into_inner();
+    assert!(merges.merges.iter().any(|r| r.linked_by == "anonymous_id:a2"), "{merges:?}");
+
+    // Everything survives a kill -9.
+    let s = s.restart_after_kill();
+    let u5 = s.profile("u5").await.unwrap();
+    assert_eq!(trait_of(&u5, "plan").as_deref(), Some("\"pro\""));
+    assert_eq!(s.profile("anonymous_id:d1").await.unwrap().profile_id, u3.profile_id);
+    assert_eq!(s.check("u7", &["age EXISTS", r#"tier = "gold""#]).await.unwrap().matches, vec![false, true]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_error_and_loses_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), 2, &[]);
+    let r = s
+        .ingest(vec![
+            "{not json".into(),
+            m(json!({"type":"identify","traits":{"a":1}})),
+            m(json!({"type":"track","userId":"x"})),
+            m(json!({"type":"identify","userId":"ok","traits":{"age":30}})),
+            m(json!({"type":"identify","userId":"ok2","traits":{"age":"thirty","plan":"pro"}})),
+            m(json!({"type":"fly","userId":"x"})),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r.applied, 2, "{r:?}");
+    let by_pos: Vec<(u64, &str)> = r.rejections.iter().map(|x| (x.position, x.field.as_str())).collect();
+    assert_eq!(by_pos, vec![(0, ""), (1, ""), (2, ""), (4, "traits.age"), (5, "")], "{r:?}");
+    assert!(r.rejections[1].reason.contains("userId") || r.rejections[1].reason.contains("anonymousId"), "{:?}", r.rejections[1]);
+    assert_eq!(s.check("ok2", &[r#"plan = "pro""#]).await.unwrap().matches, vec![true], "the other fields applied");
+
+    // A bad query names the position.
+    let e = s.try_count(&[r#"country = "#]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("column") || e.message().contains("position") || e.message().contains("1:"), "{}", e.message());
+    let e = s.check("nobody", &["age > 1"]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    let e = s.try_count(&[r#"IN SEGMENT "nope""#]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+
+    // Rejections are kept for operators.
+    let mut admin = cohort::proto::v1::admin_client::AdminClient::new(s.channel().await);
+    let rej = admin.list_rejected(cohort::proto::v1::ListRejectedRequest { limit: 100 }).await.unwrap().into_inner();
+    assert_eq!(rej.total, 5);
+    assert!(rej.rejections.iter().all(|r| r.source == "grpc"));
+}
+
+/// Sends batches until killed; returns the batches acknowledged.
+async fn load_until_killed(s: &Server, batches: &[Vec<String>], kill_after_ms: u64) -> usize {
+    let channel = s.channel().await;
+    let started = std::time::Instant::now();
+    let mut acked = 0;
+    for b in batches {
+        let mut c = cohort::proto::v1::ingest_client::IngestClient::new(channel.clone());
+        let call = c.ingest_batch(cohort::proto::v1::IngestBatchRequest { messages: b.clone() });
+        match call.await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().rejections.len(), 0);
+                acked += 1;
+            }
+            Err(_) => break,
+        }
+        if started.elapsed().as_millis() as u64 >= kill_after_ms {
+            break;
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_load_keeps_every_acknowledged_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), 4, &[]);
+    let batches: Vec<Vec<String>> = (0..200)
+        .map(|b| {
+            (0..250)
+                .map(|i| {
+                    let k = b * 250 + i;
+                    m(json!({"type":"track","userId":format!("u{k}"),"event":"e","messageId":format!("m{k}"),
+                        "timestamp":"2026-10-01T00:00:00Z","properties":{"batch":b}}))
+                })
+                .collect()
+        })
+        .collect();
+    // Load in the background and kill the server while it runs.
+    let channel = s.channel().await;
+    let sender = {
+        let batches = batches.clone();
+        tokio::spawn(async move {
+            let mut acked = 0usize;
+            for b in batches {
+                let mut c = cohort::proto::v1::ingest_client::IngestClient::new(channel.clone());
+                match c.ingest_batch(cohort::proto::v1::IngestBatchRequest { messages: b }).await {
+                    Ok(_) => acked += 1,
+                    Err(_) => break,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    s.kill9();
+    let acked = sender.await.unwrap();
+    assert!(acked > 0 && acked < batches.len(), "the kill should land mid-load (acked {acked})");
+    let s = s.restart_after_kill();
+    // Every acknowledged batch is there, whole.
+    for b in 0..acked {
+        let n = s.count(&[&format!(r#"DID "e" WHERE batch = {b}"#)]).await[0];
+        assert_eq!(n, 250, "acknowledged batch {b}");
+    }
+    // Resend everything: the acknowledged part is deduplicated, the rest
+    // applies, and nobody has the event twice.
+    let _ = load_until_killed(&s, &batches, u64::MAX).await;
+    let c = s.count(&[r#"DID "e""#, r#"DID "e" AT LEAST 2 TIMES"#]).await;
+    assert_eq!(c, vec![50_000, 0]);
+    assert_eq!(s.universe().await, 50_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_merges_leaves_each_merge_before_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), 8, &[]);
+    let n = 4_000;
+    // n anonymous browsers and n known users, then n aliases joining them.
+    let setup: Vec<String> = (0..n)
+        .flat_map(|k| {
+            [
+                m(json!({"type":"track","anonymousId":format!("a{k}"),"event":"browse","timestamp":"2026-10-01T00:00:00Z"})),
+                m(json!({"type":"identify","userId":format!("u{k}"),"timestamp":"2026-10-02T00:00:00Z","traits":{"k":k}})),
+            ]
+        })
+        .collect();
+    for chunk in setup.chunks(2_000) {
+        s.ingest(chunk.to_vec()).await.unwrap();
+    }
+    assert_eq!(s.universe().await, 2 * n);
+    let aliases: Vec<Vec<String>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .map(|ks| {
+            ks.iter()
+                .map(|k| m(json!({"type":"alias","userId":format!("u{k}"),"previousId":format!("a{k}"),"messageId":format!("al{k}")})))
+                .collect()
+        })
+        .collect();
+    let channel = s.channel().await;
+    let sender = {
+        let aliases = aliases.clone();
+        tokio::spawn(async move {
+            let mut acked = 0usize;
+            for b in aliases {
+                let mut c = cohort::proto::v1::ingest_client::IngestClient::new(channel.clone());
+                match c.ingest_batch(cohort::proto::v1::IngestBatchRequest { messages: b }).await {
+                    Ok(_) => acked += 1,
+                    Err(_) => break,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    s.kill9();
+    let acked = sender.await.unwrap() as u64;
+    let s = s.restart_after_kill();
+    // Each browse event is on exactly one profile; each pair is either
+    // merged (one profile with both) or not (two profiles), never half.
+    let c = s.count(&[r#"DID "browse""#, r#"user_id EXISTS AND DID "browse""#]).await;
+    assert_eq!(c[0], n, "every browse event once");
+    let merged = c[1];
+    assert!(merged >= acked * 100, "acknowledged merges are there: {merged} < {}", acked * 100);
+    assert_eq!(s.universe().await, 2 * n - merged, "merged-away profiles left the universe");
+    for k in (0..n).step_by(97) {
+        let a = s.check(&format!("anonymous_id:a{k}"), &[r#"DID "browse""#]).await.unwrap();
+        let u = s.check(&format!("u{k}"), &[r#"DID "browse""#]).await.unwrap();
+        assert_eq!(a.matches, vec![true]);
+        if a.profile_id == u.profile_id {
+            assert_eq!(u.matches, vec![true]);
+        } else {
+            assert_eq!(u.matches, vec![false], "u{k}: not merged yet has the browse event");
+        }
+    }
+    // Finishing the aliases merges everyone.
+    let _ = load_until_killed(&s, &aliases, u64::MAX).await;
+    assert_eq!(s.universe().await, n);
+    assert_eq!(s.count(&[r#"user_id EXISTS AND DID "browse""#]).await, vec![n]);
+}
