@@ -29,6 +29,7 @@
 //! shard), `cluster` (placement), `query` (planner and fan-out), `server`
 //! (gRPC and HTTP) and `cli`.
 
+pub mod cli;
 pub mod cluster;
 pub mod demo;
 pub mod identity;

@@ -29,7 +29,10 @@ async fn identity_stories() {
     let p = s.profile("u1").await.unwrap();
     assert!(p.identifiers.iter().any(|i| i.kind == "anonymous_id" && i.value == "a1"), "{p:?}");
     assert_eq!(p.event_count, 2);
-    assert_eq!(s.check("anonymous_id:a1", &[r#"DID "add_to_cart""#, r#"plan = "pro""#]).await.unwrap().matches, vec![true, true]);
+    assert_eq!(
+        s.check("anonymous_id:a1", &[r#"DID "add_to_cart""#, r#"plan = "pro""#]).await.unwrap().matches,
+        vec![true, true]
+    );
 
     // Alias: a separately browsing anonymous profile joins a known user.
     s.ingest(vec![
@@ -39,7 +42,10 @@ async fn identity_stories() {
     .await
     .unwrap();
     let before = s.universe().await;
-    let r = s.ingest(vec![m(json!({"type":"alias","userId":"u2","previousId":"a2","timestamp":t(4)}))]).await.unwrap();
+    let r = s
+        .ingest(vec![m(json!({"type":"alias","userId":"u2","previousId":"a2","timestamp":t(4)}))])
+        .await
+        .unwrap();
     assert_eq!(r.applied, 1);
     assert_eq!(s.universe().await, before - 1, "the alias merged two profiles");
     let c = s.check("u2", &[r#"DID "add_to_cart""#]).await.unwrap();
@@ -47,9 +53,11 @@ async fn identity_stories() {
     assert_eq!(s.check("anonymous_id:a2", &["user_id EXISTS"]).await.unwrap().profile_id, c.profile_id);
 
     // Two known users on one device: the device stays with the first.
-    s.ingest(vec![m(json!({"type":"identify","userId":"u3","anonymousId":"d1","timestamp":t(1),"traits":{"name":"Ann"}}))])
-        .await
-        .unwrap();
+    s.ingest(vec![m(
+        json!({"type":"identify","userId":"u3","anonymousId":"d1","timestamp":t(1),"traits":{"name":"Ann"}}),
+    )])
+    .await
+    .unwrap();
     let r = s
         .ingest(vec![m(json!({"type":"identify","userId":"u4","anonymousId":"d1","timestamp":t(2),"traits":{"name":"Bob"}}))])
         .await
@@ -63,16 +71,22 @@ async fn identity_stories() {
     assert!(!u4.identifiers.iter().any(|i| i.value == "d1"), "{u4:?}");
 
     // A late old identify does not overwrite a newer value.
-    s.ingest(vec![m(json!({"type":"identify","userId":"u5","timestamp":t(10),"traits":{"plan":"pro"}}))]).await.unwrap();
-    s.ingest(vec![m(json!({"type":"identify","userId":"u5","timestamp":t(5),"traits":{"plan":"free","seats":3}}))])
+    s.ingest(vec![m(json!({"type":"identify","userId":"u5","timestamp":t(10),"traits":{"plan":"pro"}}))])
         .await
         .unwrap();
+    s.ingest(vec![m(
+        json!({"type":"identify","userId":"u5","timestamp":t(5),"traits":{"plan":"free","seats":3}}),
+    )])
+    .await
+    .unwrap();
     let u5 = s.profile("u5").await.unwrap();
     assert_eq!(trait_of(&u5, "plan").as_deref(), Some("\"pro\""));
     assert_eq!(trait_of(&u5, "seats").as_deref(), Some("3"), "an older message still sets what is unset");
 
     // Duplicate messageIds, in one batch and across batches.
-    let dup = m(json!({"type":"track","userId":"u6","event":"purchase","messageId":"dup-1","timestamp":t(3),"properties":{"amount":10}}));
+    let dup = m(
+        json!({"type":"track","userId":"u6","event":"purchase","messageId":"dup-1","timestamp":t(3),"properties":{"amount":10}}),
+    );
     let r = s.ingest(vec![dup.clone(), dup.clone()]).await.unwrap();
     assert_eq!((r.applied, r.duplicates), (1, 1));
     let r = s.ingest(vec![dup]).await.unwrap();
@@ -94,14 +108,17 @@ async fn identity_stories() {
     assert_eq!(c.matches, vec![false, true, true, true]);
 
     // Group adds to the groups list.
-    s.ingest(vec![m(json!({"type":"group","userId":"u7","groupId":"acme","timestamp":t(4),"traits":{"size":10}}))])
-        .await
-        .unwrap();
+    s.ingest(vec![m(
+        json!({"type":"group","userId":"u7","groupId":"acme","timestamp":t(4),"traits":{"size":10}}),
+    )])
+    .await
+    .unwrap();
     assert_eq!(s.check("u7", &[r#"groups CONTAINS "acme""#]).await.unwrap().matches, vec![true]);
 
     // Merges and rejections are listable.
     let mut admin = cohort::proto::v1::admin_client::AdminClient::new(s.channel().await);
-    let merges = admin.list_merges(cohort::proto::v1::ListMergesRequest { limit: 10 }).await.unwrap().into_inner();
+    let merges =
+        admin.list_merges(cohort::proto::v1::ListMergesRequest { limit: 10 }).await.unwrap().into_inner();
     assert!(merges.merges.iter().any(|r| r.linked_by == "anonymous_id:a2"), "{merges:?}");
 
     // Everything survives a kill -9.
@@ -130,13 +147,25 @@ async fn bad_input_gets_the_right_error_and_loses_nothing_else() {
     assert_eq!(r.applied, 2, "{r:?}");
     let by_pos: Vec<(u64, &str)> = r.rejections.iter().map(|x| (x.position, x.field.as_str())).collect();
     assert_eq!(by_pos, vec![(0, ""), (1, ""), (2, ""), (4, "traits.age"), (5, "")], "{r:?}");
-    assert!(r.rejections[1].reason.contains("userId") || r.rejections[1].reason.contains("anonymousId"), "{:?}", r.rejections[1]);
-    assert_eq!(s.check("ok2", &[r#"plan = "pro""#]).await.unwrap().matches, vec![true], "the other fields applied");
+    assert!(
+        r.rejections[1].reason.contains("userId") || r.rejections[1].reason.contains("anonymousId"),
+        "{:?}",
+        r.rejections[1]
+    );
+    assert_eq!(
+        s.check("ok2", &[r#"plan = "pro""#]).await.unwrap().matches,
+        vec![true],
+        "the other fields applied"
+    );
 
     // A bad query names the position.
     let e = s.try_count(&[r#"country = "#]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("column") || e.message().contains("position") || e.message().contains("1:"), "{}", e.message());
+    assert!(
+        e.message().contains("column") || e.message().contains("position") || e.message().contains("1:"),
+        "{}",
+        e.message()
+    );
     let e = s.check("nobody", &["age > 1"]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
     let e = s.try_count(&[r#"IN SEGMENT "nope""#]).await.unwrap_err();
@@ -144,7 +173,11 @@ async fn bad_input_gets_the_right_error_and_loses_nothing_else() {
 
     // Rejections are kept for operators.
     let mut admin = cohort::proto::v1::admin_client::AdminClient::new(s.channel().await);
-    let rej = admin.list_rejected(cohort::proto::v1::ListRejectedRequest { limit: 100 }).await.unwrap().into_inner();
+    let rej = admin
+        .list_rejected(cohort::proto::v1::ListRejectedRequest { limit: 100 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(rej.total, 5);
     assert!(rej.rejections.iter().all(|r| r.source == "grpc"));
 }

@@ -63,6 +63,12 @@ const SHOWN_REJECTIONS: usize = 20;
 /// Batches the reader thread may run ahead of the sender.
 const READ_AHEAD: usize = 2;
 
+/// How standard input (`-`) is named in reports.
+pub const STDIN_NAME: &str = "stdin";
+
+/// The request header naming the door, `load` for this command.
+pub const SOURCE_HEADER: &str = "x-cohort-source";
+
 /// The two bytes every gzip member starts with.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -104,7 +110,9 @@ impl std::fmt::Display for LoadError {
             LoadError::Gzip { file, line, source } => {
                 write!(f, "{file}: the gzip data is damaged after line {line}: {source}")
             }
-            LoadError::Read { file, line, source } => write!(f, "{file}: cannot read after line {line}: {source}"),
+            LoadError::Read { file, line, source } => {
+                write!(f, "{file}: cannot read after line {line}: {source}")
+            }
         }
     }
 }
@@ -139,6 +147,9 @@ pub struct NdjsonReader {
     total_bytes: Option<u64>,
     line: u64,
     eof: bool,
+    /// A read error met after some lines of a batch: those lines are
+    /// returned first, the error on the next call.
+    failed: Option<LoadError>,
 }
 
 /// One batch: the messages to send and the line of each.
@@ -177,9 +188,9 @@ impl NdjsonReader {
     /// ends in `.gz` or the data starts with the gzip magic. A gzip header
     /// that is not valid fails here, before anything is sent.
     pub fn open(path: &Path) -> Result<NdjsonReader, LoadError> {
-        let name = path.display().to_string();
+        let name = if path.as_os_str() == "-" { STDIN_NAME.to_string() } else { path.display().to_string() };
         let raw_bytes = Arc::new(AtomicU64::new(0));
-        let (raw, total_bytes): (Box<dyn Read + Send>, Option<u64>) = if name == "-" {
+        let (raw, total_bytes): (Box<dyn Read + Send>, Option<u64>) = if path.as_os_str() == "-" {
             (Box::new(std::io::stdin()), None)
         } else {
             let file = File::open(path).map_err(|source| LoadError::Open { file: name.clone(), source })?;
@@ -187,7 +198,8 @@ impl NdjsonReader {
             (Box::new(file), len)
         };
         let mut raw = BufReader::with_capacity(256 * 1024, Counting { inner: raw, bytes: raw_bytes.clone() });
-        let head = raw.fill_buf().map_err(|source| LoadError::Read { file: name.clone(), line: 0, source })?;
+        let head =
+            raw.fill_buf().map_err(|source| LoadError::Read { file: name.clone(), line: 0, source })?;
         // An empty file is empty whatever its name says.
         let gzip = head.starts_with(&GZIP_MAGIC) || (name.ends_with(".gz") && !head.is_empty());
         let input: Box<dyn BufRead + Send> = if gzip {
@@ -199,7 +211,7 @@ impl NdjsonReader {
         } else {
             Box::new(raw)
         };
-        Ok(NdjsonReader { name, input, gzip, raw_bytes, total_bytes, line: 0, eof: false })
+        Ok(NdjsonReader { name, input, gzip, raw_bytes, total_bytes, line: 0, eof: false, failed: None })
     }
 
     /// The file's name as given.
@@ -267,8 +279,12 @@ impl NdjsonReader {
     }
 
     /// Reads the next batch: up to `max_messages` messages and about
-    /// `max_bytes` bytes. `None` once the file is done.
+    /// `max_bytes` bytes. `None` once the file is done. A read error ends
+    /// the file, after the lines read before it have been returned.
     pub fn next_batch(&mut self, max_messages: usize, max_bytes: usize) -> Result<Option<Batch>, LoadError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         if self.eof {
             return Ok(None);
         }
@@ -277,9 +293,21 @@ impl NdjsonReader {
         let mut lines = 0u64;
         let mut buf = Vec::new();
         while batch.messages.len() < max_messages.max(1) && bytes < max_bytes && lines < MAX_BATCH_LINES {
-            let Some(len) = self.read_line(&mut buf).map_err(|e| self.error(e))? else {
-                self.eof = true;
-                break;
+            let len = match self.read_line(&mut buf) {
+                Ok(Some(len)) => len,
+                Ok(None) => {
+                    self.eof = true;
+                    break;
+                }
+                Err(e) if lines == 0 => {
+                    self.eof = true;
+                    return Err(self.error(e));
+                }
+                Err(e) => {
+                    self.eof = true;
+                    self.failed = Some(self.error(e));
+                    break;
+                }
             };
             self.line += 1;
             lines += 1;
@@ -405,7 +433,8 @@ pub async fn run(node: &Node, args: &LoadArgs, json: bool) -> anyhow::Result<()>
     let mut reports = Vec::new();
     let mut failure = None;
     for path in &args.files {
-        let mut report = FileReport { file: path.display().to_string(), ..FileReport::default() };
+        let file = if path.as_os_str() == "-" { STDIN_NAME.to_string() } else { path.display().to_string() };
+        let mut report = FileReport { file, ..FileReport::default() };
         let result = load_file(node, path, args.batch as usize, &mut report).await;
         reports.push(report);
         if let Err(e) = result {
@@ -426,7 +455,12 @@ pub async fn run(node: &Node, args: &LoadArgs, json: bool) -> anyhow::Result<()>
 }
 
 /// Loads one file, filling `report` as batches are acknowledged.
-async fn load_file(node: &Node, path: &Path, batch_size: usize, report: &mut FileReport) -> anyhow::Result<()> {
+async fn load_file(
+    node: &Node,
+    path: &Path,
+    batch_size: usize,
+    report: &mut FileReport,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let reader = NdjsonReader::open(path)?;
     let bar = progress_bar(&reader);
@@ -455,7 +489,12 @@ async fn load_file(node: &Node, path: &Path, batch_size: usize, report: &mut Fil
         while let Some(item) = rx.recv().await {
             let batch = item?;
             if !batch.messages.is_empty() {
-                let request = IngestBatchRequest { messages: batch.messages.clone() };
+                let mut request = node.request(IngestBatchRequest { messages: batch.messages.clone() });
+                // Tells the node where the messages come from, for its
+                // rejection log (`source`); a node that ignores it says "grpc".
+                request
+                    .metadata_mut()
+                    .insert(SOURCE_HEADER, tonic::metadata::MetadataValue::from_static("load"));
                 let reply = node.call(client.ingest_batch(request)).await.map_err(|e| {
                     anyhow::Error::new(e).context(format!(
                         "{}: the batch of lines {}-{} failed; lines before it were loaded",
@@ -474,14 +513,18 @@ async fn load_file(node: &Node, path: &Path, batch_size: usize, report: &mut Fil
             report.sent += batch.messages.len() as u64;
             report.lines = batch.last_line;
             bar.set_position(batch.raw_offset);
-            bar.set_message(format!("{} applied", output::count(report.applied)));
+            bar.set_message(format!("line {}", output::count(report.lines)));
         }
         anyhow::Ok(())
     }
     .await;
-    // Dropping the receiver unblocks a reader waiting to send.
+    // Dropping the receiver unblocks a reader waiting to send. On an error
+    // the reader is not joined: it may be blocked reading standard input,
+    // and the process is about to exit.
     drop(rx);
-    let _ = thread.join();
+    if result.is_ok() {
+        let _ = thread.join();
+    }
     bar.finish_and_clear();
     report.secs = started.elapsed().as_secs_f64();
     report.complete = result.is_ok();
@@ -492,8 +535,8 @@ async fn load_file(node: &Node, path: &Path, batch_size: usize, report: &mut Fil
 /// standard error; indicatif draws nothing when that is not a terminal.
 fn progress_bar(reader: &NdjsonReader) -> ProgressBar {
     let template = match reader.total_bytes() {
-        Some(_) => "{prefix} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
-        None => "{prefix} {spinner} {bytes} ({bytes_per_sec}) {msg}",
+        Some(_) => "{prefix} [{bar:25}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        None => "{prefix} {spinner} {bytes} {bytes_per_sec} {msg}",
     };
     let bar = match reader.total_bytes() {
         Some(len) => ProgressBar::new(len),
@@ -502,7 +545,10 @@ fn progress_bar(reader: &NdjsonReader) -> ProgressBar {
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_prefix(reader.name().to_string());
+    // The file's own name: a long path would push the bar off the line.
+    let name =
+        Path::new(reader.name()).file_name().map_or_else(|| reader.name().into(), |n| n.to_string_lossy());
+    bar.set_prefix(name.into_owned());
     bar
 }
 
@@ -537,7 +583,7 @@ fn report_text(reports: &[FileReport]) -> String {
             output::count(sum(&|x| x.duplicates)),
             output::count(sum(&|x| x.rejected_messages())),
             output::count(sum(&|x| x.rejected_fields())),
-            format!("{secs:.1} s"),
+            output::elapsed(std::time::Duration::from_secs_f64(secs)),
         ]
     };
     for r in reports {
@@ -551,7 +597,8 @@ fn report_text(reports: &[FileReport]) -> String {
     let all: Vec<(&str, &LineRejection)> =
         reports.iter().flat_map(|r| r.rejections.iter().map(move |x| (r.file.as_str(), x))).collect();
     if !all.is_empty() {
-        let mut rejections = Table::new(vec![Column::text("line"), Column::text("field"), Column::text("reason")]);
+        let mut rejections =
+            Table::new(vec![Column::text("line"), Column::text("field"), Column::text("reason")]);
         for (file, r) in all.iter().take(SHOWN_REJECTIONS) {
             let field = if r.field.is_empty() { "(message)".to_string() } else { r.field.clone() };
             rejections.push(vec![location(file, r.line), field, r.reason.clone()]);
@@ -632,10 +679,8 @@ mod tests {
             assert_eq!(b.messages.len(), b.lines.len());
             batches.push(b);
         }
-        let pairs = batches
-            .iter()
-            .flat_map(|b| b.messages.iter().cloned().zip(b.lines.iter().copied()))
-            .collect();
+        let pairs =
+            batches.iter().flat_map(|b| b.messages.iter().cloned().zip(b.lines.iter().copied())).collect();
         (batches, pairs)
     }
 
@@ -757,16 +802,19 @@ mod tests {
         bytes.truncate(bytes.len() / 2);
         let path = write(&dir, "cut.ndjson.gz", &bytes);
         let mut reader = NdjsonReader::open(&path).unwrap();
+        let mut last_sent = 0;
         let err = loop {
             match reader.next_batch(100, MAX_BATCH_BYTES) {
-                Ok(Some(_)) => continue,
+                Ok(Some(b)) => last_sent = b.last_line,
                 Ok(None) => panic!("a cut gzip file read to the end"),
                 Err(e) => break e,
             }
         };
         let message = err.to_string();
         assert!(message.contains("cut.ndjson.gz: the gzip data is damaged after line"), "{message}");
-        assert!(matches!(err, LoadError::Gzip { line, .. } if line > 0), "{message}");
+        // Every line read before the damage was handed out to be sent.
+        assert!(matches!(err, LoadError::Gzip { line, .. } if line > 0 && line == last_sent), "{message}");
+        assert!(reader.next_batch(100, MAX_BATCH_BYTES).unwrap().is_none(), "the file ends at the damage");
     }
 
     #[test]
@@ -789,7 +837,11 @@ mod tests {
         let local: Vec<&LineRejection> = batches.iter().flat_map(|b| &b.local).collect();
         assert_eq!(local.len(), 2);
         assert_eq!(local[0].line, Some(2));
-        assert!(local[0].reason.contains("not UTF-8") && local[0].reason.contains("column 7"), "{}", local[0].reason);
+        assert!(
+            local[0].reason.contains("not UTF-8") && local[0].reason.contains("column 7"),
+            "{}",
+            local[0].reason
+        );
         assert_eq!(local[1].line, Some(3));
         assert!(local[1].reason.contains(&format!("{} bytes", MAX_LINE_BYTES + 10)), "{}", local[1].reason);
         assert!(local.iter().all(|r| r.local && r.field.is_empty()));
@@ -856,8 +908,8 @@ mod tests {
         assert_eq!(report.rejected_messages(), 1);
         assert_eq!(report.rejected_fields(), 1);
         let text = report_text(std::slice::from_ref(&report));
-        assert!(text.contains("m.ndjson:4  (message)    not JSON"), "{text}");
-        assert!(text.contains("m.ndjson:6  traits.age   expected a number"), "{text}");
+        assert!(text.contains("m.ndjson:4  (message)   not JSON"), "{text}");
+        assert!(text.contains("m.ndjson:6  traits.age  expected a number"), "{text}");
         let json = report_json(&[report]);
         assert_eq!(json["applied"], 4);
         assert_eq!(json["rejected"], 1);

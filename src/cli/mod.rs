@@ -200,7 +200,8 @@ pub struct DemoArgs {
     /// Seed of the generated data.
     #[arg(long, default_value_t = cohort_datagen::DEFAULT_SEED)]
     pub seed: u64,
-    /// Keep the node's data in this directory (default: a temporary one).
+    /// Build the node's data in this directory, which must be new or empty
+    /// (default: a new directory under the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:7070].
@@ -317,13 +318,26 @@ pub async fn main() -> ExitCode {
 /// Prints a failure on standard error: the error and its causes, and for a
 /// query error that names a position, the expression with a caret under it.
 fn report(e: &anyhow::Error) {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", error_text(e));
     if let Some(rpc) = e.downcast_ref::<RpcError>() {
         if let (Some(expr), Some(pos)) = (&rpc.expression, position_in(rpc.status.message())) {
             eprintln!("  {expr}");
             eprintln!("  {}^", " ".repeat(pos.saturating_sub(1)));
         }
     }
+}
+
+/// An error and its causes joined by `: `, each said once (tonic's transport
+/// errors repeat themselves: `tcp connect error: tcp connect error: ...`).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last().is_none_or(|last| !last.ends_with(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 /// The 1-based character position a segment error names (`... at position
@@ -343,6 +357,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => return commands::demo(args).await,
         Command::Client(command) => command,
     };
+    if let ClientCommand::Load(args) = &command {
+        // A missing file is reported before anything else, node or not.
+        load::check_files(&args.files)?;
+    }
     let node = Node::connect(&cli.addr, timeout).await?;
     match command {
         ClientCommand::Load(args) => load::run(&node, &args, json).await,
@@ -412,21 +430,30 @@ impl Node {
         AdminClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
     }
 
+    /// A request carrying the time limit as its `grpc-timeout`, which the
+    /// node turns into the query's deadline.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
     /// Awaits one call (or one page of a stream) within the time limit.
-    pub async fn call<T>(
-        &self,
-        call: impl Future<Output = Result<T, tonic::Status>>,
-    ) -> Result<T, RpcError> {
+    pub async fn call<T>(&self, call: impl Future<Output = Result<T, tonic::Status>>) -> Result<T, RpcError> {
+        let late = || {
+            let message = format!("no answer within {} s (see --timeout)", self.timeout.as_secs());
+            RpcError::new(tonic::Status::deadline_exceeded(message), &self.addr)
+        };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => Ok(reply),
+            // tonic's own enforcement of the request's `grpc-timeout`.
+            Ok(Err(status))
+                if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
+            {
+                Err(late())
+            }
             Ok(Err(status)) => Err(RpcError::new(status, &self.addr)),
-            Err(_) => Err(RpcError::new(
-                tonic::Status::deadline_exceeded(format!(
-                    "no answer within {} s (see --timeout)",
-                    self.timeout.as_secs()
-                )),
-                &self.addr,
-            )),
+            Err(_) => Err(late()),
         }
     }
 }
@@ -516,6 +543,14 @@ mod tests {
     }
 
     #[test]
+    fn repeated_causes_are_said_once() {
+        let e = anyhow::anyhow!("refused").context("tcp connect error").context("tcp connect error");
+        assert_eq!(error_text(&e.context("cannot reach")), "cannot reach: tcp connect error: refused");
+        let e = anyhow::anyhow!("refused").context("tcp connect error: refused").context("cannot reach");
+        assert_eq!(error_text(&e), "cannot reach: tcp connect error: refused");
+    }
+
+    #[test]
     fn now_must_be_rfc3339() {
         assert_eq!(parse_now("2026-11-01T00:00:00Z").as_deref(), Ok("2026-11-01T00:00:00Z"));
         assert!(parse_now("yesterday").is_err());
@@ -526,7 +561,10 @@ mod tests {
         let e = RpcError::new(tonic::Status::not_found("no saved segment \"x\""), "http://h:1");
         assert_eq!(e.to_string(), "no saved segment \"x\" (NOT_FOUND)");
         let e = RpcError::new(tonic::Status::unavailable("shard 3 cannot answer"), "http://h:1");
-        assert_eq!(e.to_string(), "shard 3 cannot answer (UNAVAILABLE); is the node at http://h:1 still running?");
+        assert_eq!(
+            e.to_string(),
+            "shard 3 cannot answer (UNAVAILABLE); is the node at http://h:1 still running?"
+        );
     }
 
     #[test]

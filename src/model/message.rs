@@ -23,7 +23,7 @@
 use serde_json::{Map, Value as Json};
 use thiserror::Error;
 
-use super::{parse_rfc3339_ms, Schema, Value, GROUPS_TRAIT};
+use super::{parse_rfc3339_ms, Schema, TraitType, Value, GROUPS_TRAIT};
 
 /// Longest identifier accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -378,7 +378,17 @@ impl Message {
             }
         }
         if let Some(group) = &self.group_id {
-            out.add_to_lists.push((GROUPS_TRAIT.to_string(), vec![group.clone()]));
+            // `groups` is a list trait the first group message creates.
+            match schema.trait_type(GROUPS_TRAIT) {
+                None | Some(TraitType::List) => {
+                    let _ = schema.declare_trait(GROUPS_TRAIT, TraitType::List);
+                    out.add_to_lists.push((GROUPS_TRAIT.to_string(), vec![group.clone()]));
+                }
+                Some(other) => out.field_errors.push(FieldError {
+                    field: "groupId".to_string(),
+                    reason: format!("the trait `{GROUPS_TRAIT}` holds {} values, not a list", other.name()),
+                }),
+            }
         }
         if let Some(event) = &self.event {
             schema.declare_event(event);

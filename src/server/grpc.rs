@@ -76,6 +76,8 @@ fn time_text(ms: Option<i64>) -> String {
 pub fn value_json(v: &Value) -> String {
     match v {
         Value::Keyword(s) | Value::Text(s) => serde_json::Value::String(s.clone()).to_string(),
+        // Whole numbers print as integers (`3`, not `3.0`), as they arrived.
+        Value::Number(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => (*x as i64).to_string(),
         Value::Number(x) => serde_json::Number::from_f64(*x).map(|n| n.to_string()).unwrap_or_default(),
         Value::Bool(b) => b.to_string(),
         Value::Timestamp(ms) => serde_json::Value::String(format_rfc3339_ms(*ms)).to_string(),

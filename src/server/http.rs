@@ -215,8 +215,16 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        // `code` and `message` are what Segment's and RudderStack's SDKs
+        // read from an error reply.
         let status = self.status();
-        let body = json!({ "success": false, "error": self.to_string() });
+        let body = json!({
+            "success": false,
+            "error": self.to_string(),
+            "code": status.canonical_reason().unwrap_or("error"),
+            "message": self.to_string(),
+        });
+        eprintln!("http: {} {}", status.as_u16(), self);
         let mut response = (status, JsonBody(body)).into_response();
         match status {
             StatusCode::UNAUTHORIZED => {

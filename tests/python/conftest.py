@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -43,8 +42,8 @@ def free_port():
 class Stubs:
     """The generated cohort.v1 modules: `pb` (messages) and `rpc` (stubs)."""
 
-    def __init__(self):
-        out = tempfile.mkdtemp(prefix="cohort-pytest-stubs-")
+    def __init__(self, out):
+        out = str(out)
         well_known = importlib.resources.files("grpc_tools") / "_proto"
         status = protoc.main([
             "grpc_tools.protoc", f"-I{REPO / 'proto'}", f"-I{well_known}",
@@ -58,8 +57,8 @@ class Stubs:
 
 
 @pytest.fixture(scope="session")
-def stubs():
-    return Stubs()
+def stubs(tmp_path_factory):
+    return Stubs(tmp_path_factory.mktemp("stubs"))
 
 
 class Server:

@@ -33,13 +33,16 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-echo "== cargo build (cohort)"
-(cd "$root" && cargo build --locked --bin cohort)
+# Under `cargo test` (tests/python_clients.rs) the binary is given.
+if [ -z "${COHORT_BIN:-}" ]; then
+    echo "== cargo build (cohort)"
+    (cd "$root" && cargo build --locked --bin cohort)
+    target="${CARGO_TARGET_DIR:-target}"
+    case "$target" in /*) ;; *) target="$root/$target" ;; esac
+    export COHORT_BIN="$target/debug/cohort"
+fi
 
 echo "== pytest tests/python"
-target="${CARGO_TARGET_DIR:-target}"
-case "$target" in /*) ;; *) target="$root/$target" ;; esac
-export COHORT_BIN="$target/debug/cohort"
 cd "$here"
 export PYTHONDONTWRITEBYTECODE=1
 exec "$venv/bin/python" -m pytest "$@"

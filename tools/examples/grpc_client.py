@@ -104,4 +104,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except grpc.RpcError as e:
+        sys.exit(f"{e.code().name}: {e.details()}")

@@ -1,0 +1,768 @@
+//! The commands other than `load`: running a node (`serve`, `demo`) and the
+//! clients of its Query, Segments and Admin services.
+//!
+//! Each client command makes its calls, then prints either tables (the
+//! default) or one JSON document (`--json`) whose field names are the
+//! proto's. Values that travel as JSON text (trait values, breakdown values,
+//! event properties) are printed plainly in tables and parsed into real JSON
+//! values in `--json` output.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde_json::{json, Value as Json};
+
+use super::output::{self, Column, Out, Table};
+use super::{DemoArgs, MembersArgs, Node, SegmentCommand, ServeArgs};
+use crate::node::NodeConfig;
+use crate::proto::v1 as pb;
+
+// ------------------------------------------------------------ serve, demo
+
+/// The node's settings: the TOML file's (its top-level keys are
+/// [`NodeConfig`]'s fields; unknown keys are refused), or the defaults, then
+/// the flags given on the command line.
+pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+            parse_config(&text).with_context(|| format!("{} is not a valid configuration", path.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(addr) = &args.grpc_addr {
+        config.grpc_addr = addr.clone();
+    }
+    if let Some(addr) = &args.http_addr {
+        config.http_addr = addr.clone();
+    }
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    Ok(config)
+}
+
+/// Parses the text of a configuration file.
+fn parse_config(text: &str) -> Result<NodeConfig, toml::de::Error> {
+    toml::from_str(text)
+}
+
+/// `cohort serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = node_config(&args)?;
+    crate::server::serve(config).await
+}
+
+/// `cohort demo`.
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    if args.shards == 0 {
+        anyhow::bail!("--shards must be at least 1");
+    }
+    let defaults = NodeConfig::default();
+    crate::server::demo::run(crate::server::demo::DemoOptions {
+        profiles: args.profiles,
+        shards: args.shards,
+        seed: args.seed,
+        data_dir: args.data_dir,
+        grpc_addr: args.grpc_addr.unwrap_or(defaults.grpc_addr),
+        http_addr: args.http_addr.unwrap_or(defaults.http_addr),
+        serve: !args.no_serve,
+    })
+    .await
+}
+
+// ------------------------------------------------------------ schema
+
+/// `cohort schema show`.
+pub async fn schema_show(node: &Node, json: bool) -> anyhow::Result<()> {
+    let reply = node.call(node.admin().get_schema(node.request(pb::GetSchemaRequest {}))).await?.into_inner();
+    print_schema(&reply, json)
+}
+
+/// `cohort schema apply FILE`: the file must be JSON (checked here, so that
+/// a typo is reported with its line and column); the node checks the rest.
+pub async fn schema_apply(node: &Node, file: &Path, json: bool) -> anyhow::Result<()> {
+    let text = read_text(file)?;
+    serde_json::from_str::<Json>(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let request = node.request(pb::ApplySchemaRequest { json: text });
+    let reply = node.call(node.admin().apply_schema(request)).await?.into_inner();
+    print_schema(&reply, json)
+}
+
+/// Reads a file, or standard input for `-`.
+fn read_text(file: &Path) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read standard input")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+fn origin(declared: bool) -> &'static str {
+    if declared {
+        "declared"
+    } else {
+        "inferred"
+    }
+}
+
+fn field_json(f: &pb::SchemaField) -> Json {
+    json!({ "name": f.name, "type": f.r#type, "declared": f.declared })
+}
+
+fn print_schema(reply: &pb::SchemaReply, json: bool) -> anyhow::Result<()> {
+    if json {
+        return Out::json(&json!({
+            "traits": reply.traits.iter().map(field_json).collect::<Vec<_>>(),
+            "events": reply.events.iter().map(|e| json!({
+                "name": e.name,
+                "properties": e.properties.iter().map(field_json).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let mut traits = Table::new(vec![Column::text("trait"), Column::text("type"), Column::text("origin")]);
+    for f in &reply.traits {
+        traits.push(vec![f.name.clone(), f.r#type.clone(), origin(f.declared).into()]);
+    }
+    let mut events = Table::new(vec![
+        Column::text("event"),
+        Column::text("property"),
+        Column::text("type"),
+        Column::text("origin"),
+    ]);
+    for e in &reply.events {
+        if e.properties.is_empty() {
+            events.push(vec![e.name.clone()]);
+        }
+        for f in &e.properties {
+            events.push(vec![e.name.clone(), f.name.clone(), f.r#type.clone(), origin(f.declared).into()]);
+        }
+    }
+    let mut out = format!("{}\n", output::plural(reply.traits.len() as u64, "trait", "traits"));
+    out.push_str(&traits.render());
+    out.push_str(&format!("\n{}\n", output::plural(reply.events.len() as u64, "event", "events")));
+    out.push_str(&events.render());
+    Out::text(&out)
+}
+
+// ------------------------------------------------------------ queries
+
+/// `cohort count`.
+pub async fn count(
+    node: &Node,
+    now: Option<String>,
+    expressions: Vec<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let request =
+        node.request(pb::CountRequest { expressions: expressions.clone(), now: now.unwrap_or_default() });
+    let started = Instant::now();
+    let reply = node.call(node.query().count(request)).await.map_err(|e| about_one(e, &expressions))?;
+    let took = started.elapsed();
+    let reply = reply.into_inner();
+    if reply.counts.len() != expressions.len() {
+        anyhow::bail!(
+            "the node answered {} counts for {} expressions",
+            reply.counts.len(),
+            expressions.len()
+        );
+    }
+    if json {
+        return Out::json(&json!({
+            "now": reply.now,
+            "universe": reply.universe,
+            "elapsed_ms": took.as_secs_f64() * 1e3,
+            "counts": expressions.iter().zip(&reply.counts)
+                .map(|(e, c)| json!({ "expression": e, "count": c }))
+                .collect::<Vec<_>>(),
+        }));
+    }
+    let mut table = Table::new(vec![Column::num("count"), Column::num("share"), Column::text("expression")]);
+    for (e, c) in expressions.iter().zip(&reply.counts) {
+        table.push(vec![output::count(*c), output::share(*c, reply.universe), e.clone()]);
+    }
+    let mut out = table.render();
+    out.push_str(&format!(
+        "\nuniverse {} profiles, now {}, answered in {}\n",
+        output::count(reply.universe),
+        reply.now,
+        output::elapsed(took)
+    ));
+    Out::text(&out)
+}
+
+/// Attaches the expression a query error is about, so that the position the
+/// node names can be pointed at: the only one, or the one the message quotes
+/// (the node writes `in "EXPR": ...` when a call carries several).
+fn about_one(e: super::RpcError, expressions: &[String]) -> super::RpcError {
+    let found = match expressions {
+        [one] => Some(one),
+        many => many.iter().find(|x| e.status.message().contains(&format!("in {x:?}:"))),
+    };
+    match found {
+        Some(x) => {
+            let x = x.clone();
+            e.about(&x)
+        }
+        None => e,
+    }
+}
+
+/// `cohort check`.
+pub async fn check(
+    node: &Node,
+    now: Option<String>,
+    id: String,
+    expressions: Vec<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let request = node.request(pb::CheckRequest {
+        profile: id.clone(),
+        expressions: expressions.clone(),
+        now: now.unwrap_or_default(),
+    });
+    let reply = node.call(node.query().check(request)).await.map_err(|e| about_one(e, &expressions))?;
+    let reply = reply.into_inner();
+    if reply.matches.len() != expressions.len() {
+        anyhow::bail!(
+            "the node answered {} times for {} expressions",
+            reply.matches.len(),
+            expressions.len()
+        );
+    }
+    if json {
+        return Out::json(&json!({
+            "profile": id,
+            "profile_id": reply.profile_id,
+            "now": reply.now,
+            "matches": expressions.iter().zip(&reply.matches)
+                .map(|(e, m)| json!({ "expression": e, "match": m }))
+                .collect::<Vec<_>>(),
+        }));
+    }
+    let mut table = Table::new(vec![Column::text("in"), Column::text("expression")]);
+    for (e, m) in expressions.iter().zip(&reply.matches) {
+        table.push(vec![if *m { "yes" } else { "no" }.into(), e.clone()]);
+    }
+    let mut out = format!("profile {} ({id}), now {}\n\n", reply.profile_id, reply.now);
+    out.push_str(&table.render());
+    Out::text(&out)
+}
+
+/// Anonymous ids in a cell: the first three, then how many more.
+fn anonymous_cell(ids: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut cell = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN {
+        cell.push_str(&format!(" (+{})", ids.len() - SHOWN));
+    }
+    cell
+}
+
+/// `cohort members`: pages are printed as they arrive (a table keeps the
+/// first page's column widths); at the end, the cursor to resume from when
+/// the limit stopped the listing.
+pub async fn members(node: &Node, args: MembersArgs, json: bool) -> anyhow::Result<()> {
+    // No grpc-timeout here: the node would apply it to the whole listing,
+    // which may rightly take longer than one call. Each page has the limit.
+    let request = tonic::Request::new(pb::MembersRequest {
+        expression: args.expression.clone(),
+        traits: args.traits.clone(),
+        page_size: args.page_size.unwrap_or(0),
+        cursor: args.cursor.clone().unwrap_or_default(),
+        limit: args.limit,
+        now: args.now.clone().unwrap_or_default(),
+    });
+    let mut client = node.query();
+    let mut stream =
+        node.call(client.members(request)).await.map_err(|e| e.about(&args.expression))?.into_inner();
+    let mut columns = vec![Column::num("profile_id"), Column::text("user_id"), Column::text("anonymous_ids")];
+    columns.extend(args.traits.iter().map(|t| Column::text(t)));
+    let mut table = Table::new(columns);
+    let mut widths: Option<Vec<usize>> = None;
+    let mut shown = 0u64;
+    let mut cursor = String::new();
+    if json {
+        Out::text(&format!(
+            "{{\n  \"expression\": {},\n  \"members\": [",
+            Json::String(args.expression.clone())
+        ))?;
+    }
+    while let Some(page) = node.call(stream.message()).await? {
+        cursor = page.cursor;
+        for m in page.members {
+            if json {
+                let traits: serde_json::Map<String, Json> =
+                    m.traits.iter().map(|(k, v)| (k.clone(), output::json_value(v))).collect();
+                let member = json!({
+                    "profile_id": m.profile_id,
+                    "user_id": m.user_id,
+                    "anonymous_ids": m.anonymous_ids,
+                    "traits": traits,
+                });
+                let sep = if shown == 0 { "\n    " } else { ",\n    " };
+                Out::text(&format!("{sep}{member}"))?;
+            } else {
+                let mut row =
+                    vec![m.profile_id.to_string(), m.user_id.clone(), anonymous_cell(&m.anonymous_ids)];
+                row.extend(
+                    args.traits
+                        .iter()
+                        .map(|t| m.traits.get(t).map(|v| output::json_cell(v)).unwrap_or_default()),
+                );
+                table.push(row);
+            }
+            shown += 1;
+        }
+        if !json && !table.is_empty() {
+            let first = widths.is_none();
+            let w = widths.get_or_insert_with(|| table.widths());
+            Out::text(&table.render_with(w, first))?;
+            table.clear();
+        }
+    }
+    if json {
+        let cursor = if cursor.is_empty() { Json::Null } else { Json::String(cursor) };
+        let end = if shown == 0 { "" } else { "\n  " };
+        return Out::text(&format!("{end}],\n  \"count\": {shown},\n  \"cursor\": {cursor}\n}}\n"));
+    }
+    let mut out = String::new();
+    if shown == 0 {
+        out.push_str("no members\n");
+    } else {
+        out.push_str(&format!("\n{}\n", output::plural(shown, "member", "members")));
+    }
+    if !cursor.is_empty() {
+        out.push_str(&format!("more remain: resume with --cursor {cursor}\n"));
+    }
+    Out::text(&out)
+}
+
+/// `cohort breakdown`.
+pub async fn breakdown(
+    node: &Node,
+    top: u32,
+    now: Option<String>,
+    trait_name: String,
+    expression: String,
+    json: bool,
+) -> anyhow::Result<()> {
+    let request = node.request(pb::BreakdownRequest {
+        trait_name: trait_name.clone(),
+        expression: expression.clone(),
+        top,
+        now: now.unwrap_or_default(),
+    });
+    let reply =
+        node.call(node.query().breakdown(request)).await.map_err(|e| e.about(&expression))?.into_inner();
+    if json {
+        return Out::json(&json!({
+            "trait": trait_name,
+            "expression": expression,
+            "now": reply.now,
+            "rows": reply.rows.iter()
+                .map(|r| json!({ "value": output::json_value(&r.value), "count": r.count }))
+                .collect::<Vec<_>>(),
+            "missing": reply.missing,
+            "total": reply.total,
+        }));
+    }
+    // Shares are of all members; the rows need not add up to the total (a
+    // list trait counts a member once per value, and only the top N show).
+    let mut table = Table::new(vec![Column::text(&trait_name), Column::num("count"), Column::num("share")]);
+    for r in &reply.rows {
+        table.push(vec![
+            output::json_cell(&r.value),
+            output::count(r.count),
+            output::share(r.count, reply.total),
+        ]);
+    }
+    table.push(vec![
+        "(missing)".into(),
+        output::count(reply.missing),
+        output::share(reply.missing, reply.total),
+    ]);
+    table.push(vec!["(total)".into(), output::count(reply.total), output::share(reply.total, reply.total)]);
+    let mut out = table.render();
+    out.push_str(&format!("\nnow {}\n", reply.now));
+    Out::text(&out)
+}
+
+/// `cohort profile`.
+pub async fn profile(node: &Node, events: u32, id: String, json: bool) -> anyhow::Result<()> {
+    let request = node.request(pb::GetProfileRequest { profile: id, recent_events: events });
+    let p = node.call(node.query().get_profile(request)).await?.into_inner();
+    if json {
+        return Out::json(&json!({
+            "profile_id": p.profile_id,
+            "shard": p.shard,
+            "identifiers": p.identifiers.iter()
+                .map(|i| json!({ "kind": i.kind, "value": i.value }))
+                .collect::<Vec<_>>(),
+            "first_seen": p.first_seen,
+            "last_seen": p.last_seen,
+            "traits": p.traits.iter()
+                .map(|t| json!({ "name": t.name, "value": output::json_value(&t.value), "written_at": t.written_at }))
+                .collect::<Vec<_>>(),
+            "recent_events": p.recent_events.iter()
+                .map(|e| json!({ "name": e.name, "time": e.time, "properties": output::json_value(&e.properties) }))
+                .collect::<Vec<_>>(),
+            "event_count": p.event_count,
+            "segments": p.segments,
+        }));
+    }
+    let mut out = output::key_values(&[
+        ("profile", p.profile_id.to_string()),
+        ("shard", p.shard.to_string()),
+        ("first seen", p.first_seen.clone()),
+        ("last seen", p.last_seen.clone()),
+        ("events", output::count(p.event_count)),
+        ("segments", if p.segments.is_empty() { "(none)".into() } else { p.segments.join(", ") }),
+    ]);
+    let mut ids = Table::new(vec![Column::text("identifier"), Column::text("value")]);
+    for i in &p.identifiers {
+        ids.push(vec![i.kind.clone(), i.value.clone()]);
+    }
+    out.push('\n');
+    out.push_str(&ids.render());
+    let mut traits =
+        Table::new(vec![Column::text("trait"), Column::text("value"), Column::text("written_at")]);
+    for t in &p.traits {
+        traits.push(vec![t.name.clone(), output::json_cell(&t.value), t.written_at.clone()]);
+    }
+    out.push('\n');
+    out.push_str(&traits.render());
+    let mut recent =
+        Table::new(vec![Column::text("time"), Column::text("event"), Column::text("properties")]);
+    for e in &p.recent_events {
+        let props = match e.properties.as_str() {
+            "{}" | "" => String::new(),
+            text => output::json_cell(text),
+        };
+        recent.push(vec![e.time.clone(), e.name.clone(), props]);
+    }
+    out.push_str(&format!(
+        "\nlatest {} of {} events\n",
+        output::count(p.recent_events.len() as u64),
+        output::count(p.event_count)
+    ));
+    out.push_str(&recent.render());
+    Out::text(&out)
+}
+
+// ------------------------------------------------------------ segments
+
+fn segment_json(s: &pb::SavedSegment) -> Json {
+    json!({
+        "name": s.name,
+        "expression": s.expression,
+        "description": s.description,
+        "created_at": s.created_at,
+    })
+}
+
+fn segment_text(s: &pb::SavedSegment) -> String {
+    output::key_values(&[
+        ("name", s.name.clone()),
+        ("expression", s.expression.clone()),
+        ("description", s.description.clone()),
+        ("created at", s.created_at.clone()),
+    ])
+}
+
+/// `cohort segment ...`.
+pub async fn segment(node: &Node, command: SegmentCommand, json: bool) -> anyhow::Result<()> {
+    let mut client = node.segments();
+    match command {
+        SegmentCommand::Create { name, expression, description } => {
+            let request =
+                node.request(pb::CreateSegmentRequest { name, expression: expression.clone(), description });
+            let s = node
+                .call(client.create_segment(request))
+                .await
+                .map_err(|e| e.about(&expression))?
+                .into_inner();
+            if json {
+                return Out::json(&segment_json(&s));
+            }
+            Out::text(&format!("created segment {}\n\n{}", s.name, segment_text(&s)))
+        }
+        SegmentCommand::List => {
+            let reply =
+                node.call(client.list_segments(node.request(pb::ListSegmentsRequest {}))).await?.into_inner();
+            if json {
+                return Out::json(&json!({
+                    "segments": reply.segments.iter().map(segment_json).collect::<Vec<_>>(),
+                }));
+            }
+            let mut table = Table::new(vec![
+                Column::text("name"),
+                Column::text("created_at"),
+                Column::text("expression"),
+                Column::text("description"),
+            ]);
+            for s in &reply.segments {
+                table.push(vec![
+                    s.name.clone(),
+                    s.created_at.clone(),
+                    s.expression.clone(),
+                    s.description.clone(),
+                ]);
+            }
+            let mut out = table.render();
+            out.push_str(&format!(
+                "\n{}\n",
+                output::plural(reply.segments.len() as u64, "saved segment", "saved segments")
+            ));
+            Out::text(&out)
+        }
+        SegmentCommand::Show { name } => {
+            let s = node
+                .call(client.get_segment(node.request(pb::GetSegmentRequest { name })))
+                .await?
+                .into_inner();
+            if json {
+                return Out::json(&segment_json(&s));
+            }
+            Out::text(&segment_text(&s))
+        }
+        SegmentCommand::Delete { name } => {
+            let request = node.request(pb::DeleteSegmentRequest { name: name.clone() });
+            node.call(client.delete_segment(request)).await?;
+            if json {
+                return Out::json(&json!({ "deleted": name }));
+            }
+            Out::line(&format!("deleted segment {name}"))
+        }
+    }
+}
+
+// ------------------------------------------------------------ admin
+
+/// `cohort status`.
+pub async fn status(node: &Node, json: bool) -> anyhow::Result<()> {
+    let s = node.call(node.admin().status(node.request(pb::StatusRequest {}))).await?.into_inner();
+    if json {
+        return Out::json(&json!({
+            "addr": node.addr(),
+            "node_id": s.node_id,
+            "version": s.version,
+            "data_dir": s.data_dir,
+            "uptime_ms": s.uptime_ms,
+            "profiles": s.profiles,
+            "events": s.events,
+            "memory_bytes": s.memory_bytes,
+            "messages_applied": s.messages_applied,
+            "messages_rejected": s.messages_rejected,
+            "duplicates": s.duplicates,
+            "merges": s.merges,
+            "groups": s.groups.iter().map(|g| json!({
+                "group_id": g.group_id,
+                "name": g.name,
+                "role": g.role,
+                "term": g.term,
+                "commit_index": g.commit_index,
+                "applied_index": g.applied_index,
+                "leader_id": g.leader_id,
+                "snapshot_index": g.snapshot_index,
+                "rows": g.rows,
+                "memory_bytes": g.memory_bytes,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let mut out = output::key_values(&[
+        ("node", format!("{} at {}", s.node_id, node.addr())),
+        ("version", s.version.clone()),
+        ("data dir", s.data_dir.clone()),
+        ("uptime", output::duration_ms(s.uptime_ms)),
+        ("profiles", output::count(s.profiles)),
+        ("events", output::count(s.events)),
+        ("memory", output::bytes(s.memory_bytes)),
+        ("messages applied", output::count(s.messages_applied)),
+        ("rejections", output::count(s.messages_rejected)),
+        ("duplicates", output::count(s.duplicates)),
+        ("merges", output::count(s.merges)),
+    ]);
+    let mut table = Table::new(vec![
+        Column::num("group"),
+        Column::text("name"),
+        Column::text("role"),
+        Column::num("term"),
+        Column::num("commit"),
+        Column::num("applied"),
+        Column::num("leader"),
+        Column::num("snapshot"),
+        Column::num("rows"),
+        Column::num("memory"),
+    ]);
+    for g in &s.groups {
+        table.push(vec![
+            g.group_id.to_string(),
+            g.name.clone(),
+            g.role.clone(),
+            g.term.to_string(),
+            g.commit_index.to_string(),
+            g.applied_index.to_string(),
+            g.leader_id.to_string(),
+            g.snapshot_index.to_string(),
+            output::count(g.rows),
+            output::bytes(g.memory_bytes),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table.render());
+    Out::text(&out)
+}
+
+/// `cohort rejected`.
+pub async fn rejected(node: &Node, limit: u32, json: bool) -> anyhow::Result<()> {
+    let request = node.request(pb::ListRejectedRequest { limit });
+    let reply = node.call(node.admin().list_rejected(request)).await?.into_inner();
+    if json {
+        return Out::json(&json!({
+            "rejections": reply.rejections.iter().map(|r| json!({
+                "position": r.position,
+                "source": r.source,
+                "received_at": r.received_at,
+                "message_id": r.message_id,
+                "field": r.field,
+                "reason": r.reason,
+            })).collect::<Vec<_>>(),
+            "total": reply.total,
+        }));
+    }
+    let mut table = Table::new(vec![
+        Column::num("position"),
+        Column::text("source"),
+        Column::text("received_at"),
+        Column::text("message_id"),
+        Column::text("field"),
+        Column::text("reason"),
+    ]);
+    for r in &reply.rejections {
+        let field = if r.field.is_empty() { "(message)".to_string() } else { r.field.clone() };
+        table.push(vec![
+            r.position.to_string(),
+            r.source.clone(),
+            r.received_at.clone(),
+            r.message_id.clone(),
+            field,
+            r.reason.clone(),
+        ]);
+    }
+    let mut out = table.render();
+    out.push_str(&format!(
+        "\nlatest {} of {} rejections, newest last\n",
+        output::count(reply.rejections.len() as u64),
+        output::count(reply.total)
+    ));
+    Out::text(&out)
+}
+
+/// `cohort merges`.
+pub async fn merges(node: &Node, limit: u32, json: bool) -> anyhow::Result<()> {
+    let request = node.request(pb::ListMergesRequest { limit });
+    let reply = node.call(node.admin().list_merges(request)).await?.into_inner();
+    if json {
+        return Out::json(&json!({
+            "merges": reply.merges.iter().map(|m| json!({
+                "into_profile": m.into_profile,
+                "from_profile": m.from_profile,
+                "linked_by": m.linked_by,
+                "message_id": m.message_id,
+                "at": m.at,
+                "from_shard": m.from_shard,
+                "into_shard": m.into_shard,
+            })).collect::<Vec<_>>(),
+            "total": reply.total,
+        }));
+    }
+    let mut table = Table::new(vec![
+        Column::num("into"),
+        Column::num("from"),
+        Column::text("linked_by"),
+        Column::text("message_id"),
+        Column::text("at"),
+        Column::text("shards"),
+    ]);
+    for m in &reply.merges {
+        table.push(vec![
+            m.into_profile.to_string(),
+            m.from_profile.to_string(),
+            m.linked_by.clone(),
+            m.message_id.clone(),
+            m.at.clone(),
+            format!("{} -> {}", m.from_shard, m.into_shard),
+        ]);
+    }
+    let mut out = table.render();
+    out.push_str(&format!(
+        "\nlatest {} of {} merges, newest last\n",
+        output::count(reply.merges.len() as u64),
+        output::count(reply.total)
+    ));
+    Out::text(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn serve_args(config: Option<PathBuf>) -> ServeArgs {
+        ServeArgs { config, data_dir: None, grpc_addr: None, http_addr: None, shards: None }
+    }
+
+    #[test]
+    fn the_config_file_sets_fields_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cohort.toml");
+        std::fs::write(&path, "data_dir = \"/var/lib/cohort\"\nshards = 4\nwrite_keys = [\"k1\"]\n").unwrap();
+        let config = node_config(&serve_args(Some(path.clone()))).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/cohort"));
+        assert_eq!(config.shards, 4);
+        assert_eq!(config.write_keys, vec!["k1"]);
+        assert_eq!(config.grpc_addr, NodeConfig::default().grpc_addr, "unset keys keep their defaults");
+        let mut args = serve_args(Some(path));
+        args.shards = Some(16);
+        args.grpc_addr = Some("0.0.0.0:9000".into());
+        let config = node_config(&args).unwrap();
+        assert_eq!(config.shards, 16);
+        assert_eq!(config.grpc_addr, "0.0.0.0:9000");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/cohort"));
+    }
+
+    #[test]
+    fn without_a_file_the_defaults_apply() {
+        let config = node_config(&serve_args(None)).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("cohort-data"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "shard = 4\n").unwrap();
+        let err = format!("{:#}", node_config(&serve_args(Some(path))).unwrap_err());
+        assert!(err.contains("bad.toml is not a valid configuration") && err.contains("shard"), "{err}");
+        let err = format!("{:#}", node_config(&serve_args(Some(dir.path().join("none.toml")))).unwrap_err());
+        assert!(err.contains("cannot read the configuration"), "{err}");
+    }
+
+    #[test]
+    fn many_anonymous_ids_are_summarised() {
+        let ids: Vec<String> = (1..=5).map(|i| format!("a{i}")).collect();
+        assert_eq!(anonymous_cell(&ids[..2]), "a1, a2");
+        assert_eq!(anonymous_cell(&ids), "a1, a2, a3 (+2)");
+    }
+}
