@@ -21,13 +21,20 @@
 //!   bitmap and range indexes, the event store, `apply(batch)`, evaluation of
 //!   a checked condition (count, membership, members, breakdown), and
 //!   snapshot files. Knows nothing of Raft, gRPC or tokio.
+//! - [`identity`]: the identifier directory and INGEST.md's merge rules.
+//! - [`replication`]: raft-rs groups over one raft-engine log per node
+//!   (the ready loop, storage, the shard as a state machine).
+//! - [`cluster`]: placement (profile → shard → Raft group) and the catalog,
+//!   the metadata group that sequences ingest.
+//! - [`ingest`]: what doors hand over, and the pipeline from a batch to
+//!   durable shard state.
+//! - [`query`]: the planner: compile once, fan out to shards, merge.
+//! - [`node`]: a node assembled from the layers above.
+//! - [`proto`]: generated `cohort.v1` code (used by `server` and `cli` only).
+//! - [`server`]: the gRPC and HTTP doors, `serve` and `demo`.
+//! - [`cli`]: the operator's command line.
 //! - [`demo`]: the embedded default's data, built in-process from the
 //!   synthetic dataset of `tools/datagen` (demo, benchmarks, tests).
-//!
-//! Layers still to come (see `ARCHITECTURE.md`): `identity` (identifier to
-//! profile resolution and merges), `replication` (a raft-rs group per
-//! shard), `cluster` (placement), `query` (planner and fan-out), `server`
-//! (gRPC and HTTP) and `cli`.
 
 pub mod cli;
 pub mod cluster;

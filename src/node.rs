@@ -23,7 +23,8 @@ use crate::replication::driver::{Driver, DriverConfig, GroupSpec, NoPeers, Propo
 use crate::replication::shard_machine::ShardMachine;
 use crate::replication::storage::LogStore;
 
-/// A node's settings (the `[node]` part of `cohort serve --config`).
+/// A node's settings: the top level of the TOML file of
+/// `cohort serve --config`, every key optional.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {

@@ -321,3 +321,76 @@ async fn kill_9_during_merges_leaves_each_merge_before_or_after() {
     assert_eq!(s.universe().await, n);
     assert_eq!(s.count(&[r#"user_id EXISTS AND DID "browse""#]).await, vec![n]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_pages_cover_every_member_once_and_saved_segments_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), 4, &[]);
+    let msgs: Vec<String> = (0..60)
+        .map(|k| m(json!({"type":"identify","userId":format!("u{k}"),"traits":{"vip":k % 2 == 0,"k":k}})))
+        .collect();
+    s.ingest(msgs).await.unwrap();
+    let channel = s.channel().await;
+    let mut q = cohort::proto::v1::query_client::QueryClient::new(channel.clone());
+    for (page_size, limit) in [(7u32, 0u64), (30, 30), (5, 12)] {
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let mut stream = q
+                .members(cohort::proto::v1::MembersRequest {
+                    expression: "vip = true".into(),
+                    traits: vec!["k".into()],
+                    page_size,
+                    cursor: cursor.clone(),
+                    limit,
+                    now: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut last = String::new();
+            while let Some(page) = stream.message().await.unwrap() {
+                for mem in &page.members {
+                    let k: u64 = mem.traits["k"].parse().unwrap();
+                    assert_eq!(k % 2, 0);
+                    seen.push(mem.user_id.clone());
+                }
+                last = page.cursor;
+            }
+            if limit == 0 || last.is_empty() || seen.len() >= 30 {
+                assert!(limit != 0 || last.is_empty(), "no cursor after the last member");
+                break;
+            }
+            cursor = last;
+        }
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!((seen.len(), unique.len()), (30, 30), "page size {page_size}, limit {limit}");
+    }
+    // Saved segments: create, use, refuse a cycle and a delete in use.
+    let mut seg = cohort::proto::v1::segments_client::SegmentsClient::new(channel);
+    let req = |name: &str, e: &str| cohort::proto::v1::CreateSegmentRequest {
+        name: name.into(),
+        expression: e.into(),
+        description: String::new(),
+    };
+    seg.create_segment(req("vips", "vip = true")).await.unwrap();
+    seg.create_segment(req("big_vips", r#"IN SEGMENT "vips" AND k >= 30"#)).await.unwrap();
+    assert_eq!(s.count(&["segment:vips", "segment:big_vips"]).await, vec![30, 15]);
+    let e = seg.create_segment(req("vips", "k > 1")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    let e = seg
+        .delete_segment(cohort::proto::v1::DeleteSegmentRequest { name: "vips".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("big_vips"), "{}", e.message());
+    let e = seg.create_segment(req("loop", r#"IN SEGMENT "loop""#)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let p = s.profile("u4").await.unwrap();
+    assert_eq!(p.segments, vec!["vips".to_string()]);
+    // Saved segments are durable.
+    let s = s.restart_after_kill();
+    assert_eq!(s.count(&["segment:big_vips"]).await, vec![15]);
+}

@@ -47,7 +47,7 @@ impl ShardReader for ShardMachine {
 }
 
 /// A member in a page.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemberRow {
     /// Profile id.
     pub profile: ProfileId,
@@ -277,23 +277,34 @@ impl Planner {
             }
         };
         let mut page = MembersPage::default();
+        // Each shard is asked for one row more than the page still needs,
+        // so a cursor is returned only when members remain.
         while shard < self.shards.len() {
             if deadline.is_some_and(|d| Instant::now() > d) {
                 return Err(QueryError::DeadlineExceeded(format!("members: stopped at shard {shard}")));
             }
             let want = limit - page.members.len();
-            let rows = self.shards[shard].read(|s| {
-                let rows = s.members(&cond, after, want);
-                rows.iter().map(|&r| (r, member(s, r, traits))).collect::<Vec<_>>()
+            let mut rows = self.shards[shard].read(|s| {
+                let rows = s.members(&cond, after, want + 1);
+                rows.iter()
+                    .take(want)
+                    .map(|&r| (r, member(s, r, traits)))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .chain(rows.get(want).map(|&r| (r, MemberRow::default())))
+                    .collect::<Vec<_>>()
             });
-            let last = rows.last().map(|(r, _)| *r);
-            let full = rows.len() == want;
-            page.members.extend(rows.into_iter().map(|(_, m)| m));
-            if full {
-                // There may be more on this shard.
-                page.cursor = last.map(|r| format!("{shard}:{r}"));
+            if rows.len() > want {
+                rows.truncate(want);
+                page.cursor = Some(match rows.last() {
+                    Some((r, _)) => format!("{shard}:{r}"),
+                    // The page was already full: resume at this shard.
+                    None => format!("{shard}:"),
+                });
+                page.members.extend(rows.into_iter().map(|(_, m)| m));
                 return Ok(page);
             }
+            page.members.extend(rows.into_iter().map(|(_, m)| m));
             shard += 1;
             after = None;
         }

@@ -110,10 +110,20 @@ pub fn build_data_dir(opts: &DemoOptions) -> Result<PathBuf> {
     Ok(dir)
 }
 
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the demo.
 pub async fn run(opts: DemoOptions) -> Result<()> {
     let o = opts.clone();
     let dir = tokio::task::spawn_blocking(move || build_data_dir(&o)).await??;
+    // A data directory the demo chose itself is removed when it ends.
+    let _cleanup = opts.data_dir.is_none().then(|| RemoveOnDrop(dir.clone()));
     let config = NodeConfig {
         data_dir: dir,
         shards: opts.shards,

@@ -64,6 +64,15 @@ fn deadline<T>(request: &Request<T>) -> Option<Instant> {
     Some(Instant::now() + d)
 }
 
+/// The door a batch came through: `cohort load` says so in the
+/// `x-cohort-source` header; anything else is a gRPC client.
+fn source_of<T>(request: &Request<T>) -> Source {
+    match request.metadata().get("x-cohort-source").and_then(|v| v.to_str().ok()) {
+        Some("load") => Source::Load,
+        _ => Source::Grpc,
+    }
+}
+
 fn now_of(text: &str) -> Result<i64, Status> {
     parse_now(text, now_ms()).map_err(Status::invalid_argument)
 }
@@ -123,8 +132,9 @@ impl pb::ingest_server::Ingest for Services {
         &self,
         request: Request<pb::IngestBatchRequest>,
     ) -> Result<Response<pb::IngestReply>, Status> {
+        let source = source_of(&request);
         let messages = request.into_inner().messages;
-        let report = self.node.ingest_text(messages, now_ms(), Source::Grpc).await.map_err(ingest_status)?;
+        let report = self.node.ingest_text(messages, now_ms(), source).await.map_err(ingest_status)?;
         Ok(Response::new(reply(&report, 0)))
     }
 
@@ -132,26 +142,26 @@ impl pb::ingest_server::Ingest for Services {
         &self,
         request: Request<Streaming<pb::IngestBatchRequest>>,
     ) -> Result<Response<pb::IngestReply>, Status> {
+        let source = source_of(&request);
         let mut stream = request.into_inner();
         let mut total = pb::IngestReply::default();
         let mut offset = 0u64;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let n = batch.messages.len() as u64;
-            let report =
-                self.node.ingest_text(batch.messages, now_ms(), Source::Grpc).await.map_err(|e| {
-                    // What came before is acknowledged; say how far we got.
-                    let s = ingest_status(e);
-                    Status::new(
-                        s.code(),
-                        format!(
-                            "{} (messages before position {offset} were applied: {} applied, {} duplicates)",
-                            s.message(),
-                            total.applied,
-                            total.duplicates
-                        ),
-                    )
-                })?;
+            let report = self.node.ingest_text(batch.messages, now_ms(), source).await.map_err(|e| {
+                // What came before is acknowledged; say how far we got.
+                let s = ingest_status(e);
+                Status::new(
+                    s.code(),
+                    format!(
+                        "{} (messages before position {offset} were applied: {} applied, {} duplicates)",
+                        s.message(),
+                        total.applied,
+                        total.duplicates
+                    ),
+                )
+            })?;
             let part = reply(&report, offset);
             total.applied += part.applied;
             total.duplicates += part.duplicates;

@@ -131,11 +131,6 @@ impl Node {
         rss_of(self.pid)
     }
 
-    /// The node's gRPC endpoint.
-    pub fn endpoint(&self) -> Endpoint {
-        endpoint(&self.grpc_addr)
-    }
-
     /// Waits until the health service answers SERVING for `cohort.v1.Query`
     /// and a Count at `now` succeeds; returns the time since the spawn.
     pub async fn wait_serving(&mut self, now: &str, timeout: Duration) -> Result<Duration, String> {

@@ -53,8 +53,6 @@ pub struct PeerQuery {
     pub answer: Answer,
     /// p50, microseconds.
     pub p50_us: f64,
-    /// p99, microseconds.
-    pub p99_us: f64,
     /// Every recorded run, microseconds.
     pub samples_us: Vec<f64>,
 }
@@ -152,7 +150,6 @@ pub fn run_peer(name: &'static str, a: &PeerArgs<'_>, expect: &Path) -> Result<P
                     detail: v.get("detail").and_then(Json::as_str).unwrap_or_default().to_string(),
                 },
                 p50_us: num("p50_us"),
-                p99_us: num("p99_us"),
                 samples_us: v
                     .get("samples_us")
                     .and_then(Json::as_array)
