@@ -24,7 +24,7 @@ use super::{IngestError, IngestReport, Source};
 use crate::cluster::catalog::{CatalogCommand, CatalogMachine, CatalogResult, IngestJob, Step};
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::replication::driver::{Driver, ProposeError};
-use crate::replication::shard_machine::{ShardMachine, ShardProposal, Tag};
+use crate::replication::shard_machine::{ShardMachine, ShardProposal};
 use crate::shard::Command;
 
 /// Messages gathered into one catalog entry at most.
@@ -235,7 +235,7 @@ impl Stepper {
                     let proposals: Vec<_> = by_shard
                         .iter()
                         .filter(|(s, _)| self.shards[**s as usize].watermark() < *tag)
-                        .map(|(s, commands)| self.propose(*s, *tag, commands.clone()))
+                        .map(|(s, commands)| self.propose(*s, ShardProposal::encode_parts(*tag, commands)))
                         .collect();
                     for r in futures_join(proposals).await {
                         r?;
@@ -253,11 +253,12 @@ impl Stepper {
                             // still advances the watermark).
                             None => vec![],
                         };
-                        self.propose(*into_shard, *import_tag, commands).await?;
+                        self.propose(*into_shard, ShardProposal::encode_parts(*import_tag, &commands))
+                            .await?;
                     }
                     if self.shards[*from_shard as usize].watermark() < *remove_tag {
-                        self.propose(*from_shard, *remove_tag, vec![Command::Remove { profile: *from }])
-                            .await?;
+                        let remove = [Command::Remove { profile: *from }];
+                        self.propose(*from_shard, ShardProposal::encode_parts(*remove_tag, &remove)).await?;
                     }
                 }
             }
@@ -268,10 +269,8 @@ impl Stepper {
     fn propose(
         &self,
         shard: u32,
-        tag: Tag,
-        commands: Vec<Command>,
+        data: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static {
-        let data = ShardProposal { tag, commands }.encode();
         let fut = self.driver.propose(shard_group(shard), data);
         async move { fut.await.map(|_| ()).map_err(propose_error) }
     }

@@ -32,10 +32,24 @@ pub struct ShardProposal {
     pub commands: Vec<Command>,
 }
 
+/// A borrowed [`ShardProposal`]: encodes to the same bytes without
+/// copying the commands.
+#[derive(Serialize)]
+struct ShardProposalRef<'a> {
+    tag: Tag,
+    commands: &'a [Command],
+}
+
 impl ShardProposal {
     /// Encodes the proposal for the log.
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+        Self::encode_parts(self.tag, &self.commands)
+    }
+
+    /// Encodes a proposal from its parts, without copying the commands.
+    pub fn encode_parts(tag: Tag, commands: &[Command]) -> Vec<u8> {
+        bincode::serde::encode_to_vec(ShardProposalRef { tag, commands }, bincode::config::standard())
+            .unwrap_or_default()
     }
 
     /// Decodes a log entry.
@@ -191,5 +205,37 @@ impl StateMachine for ShardMachine {
         self.applied.store(index, Ordering::Release);
         drop(state);
         self.snapshot_now().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::ProfileWrite;
+
+    #[test]
+    fn borrowed_and_owned_proposals_encode_alike_and_watermarks_skip_repeats() {
+        let commands =
+            vec![Command::Write(ProfileWrite { profile: 1, time_ms: 5, ..ProfileWrite::default() })];
+        let owned = ShardProposal { tag: (3, 1), commands: commands.clone() };
+        assert_eq!(owned.encode(), ShardProposal::encode_parts((3, 1), &commands));
+        let dir = tempfile::tempdir().unwrap();
+        let m = ShardMachine::open(dir.path(), 0, 1_000).unwrap();
+        let first = m.apply(1, &owned.encode()).downcast::<ShardApplied>().unwrap();
+        assert!(!first.skipped);
+        let again = m.apply(2, &owned.encode()).downcast::<ShardApplied>().unwrap();
+        assert!(again.skipped, "a tag at the watermark is not applied twice");
+        assert_eq!(m.state.read().shard.len(), 1);
+        // The watermark and applied index survive a snapshot.
+        m.snapshot_now().unwrap();
+        let back = ShardMachine::open(dir.path(), 0, 1_000).unwrap();
+        assert_eq!((back.watermark(), back.applied_index()), ((3, 1), 2));
+        // A corrupt snapshot names its file.
+        let path = dir.path().join("shard-000.snap");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[30] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let e = ShardMachine::open(dir.path(), 0, 1_000).err().unwrap().to_string();
+        assert!(e.contains("shard-000.snap"), "{e}");
     }
 }
