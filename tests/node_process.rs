@@ -394,3 +394,63 @@ async fn members_pages_cover_every_member_once_and_saved_segments_work() {
     let s = s.restart_after_kill();
     assert_eq!(s.count(&["segment:big_vips"]).await, vec![15]);
 }
+
+/// One HTTP/1.1 request over a fresh connection; returns (status, body).
+fn http_post(addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes()).unwrap();
+    let _ = conn.write_all(body);
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_door_refuses_bad_requests_and_keeps_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cohort.toml");
+    std::fs::write(&config, "write_keys = [\"good\"]\nmax_batch_bytes = 20000\n").unwrap();
+    let s = Server::start(&dir.path().join("data"), 2, &["--config", config.to_str().unwrap()]);
+    let key = [("X-Write-Key", "good")];
+    let batch = json!({"batch":[{"type":"identify","userId":"h1","traits":{"plan":"pro"}}]}).to_string();
+    assert_eq!(http_post(&s.http, "/v1/batch", &[("X-Write-Key", "bad")], batch.as_bytes()).0, 401);
+    assert_eq!(http_post(&s.http, "/v1/batch", &[], batch.as_bytes()).0, 401);
+    let (status, body) = http_post(&s.http, "/v1/batch", &key, b"{\"batch\": [");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("line 1"), "{body}");
+    let (status, body) =
+        http_post(&s.http, "/v1/batch", &[key[0], ("Content-Encoding", "gzip")], b"not gzip at all");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("gzip"), "{body}");
+    let big: Vec<serde_json::Value> =
+        (0..1000).map(|k| json!({"type":"track","userId":format!("big{k}"),"event":"e"})).collect();
+    let (status, body) =
+        http_post(&s.http, "/v1/batch", &key, json!({ "batch": big }).to_string().as_bytes());
+    assert_eq!(status, 413, "{body}");
+    // The good request, including gzip, goes in; nothing from the refused ones did.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, batch.as_bytes()).unwrap();
+    let (status, body) =
+        http_post(&s.http, "/v1/batch", &[key[0], ("Content-Encoding", "gzip")], &gz.finish().unwrap());
+    assert_eq!(status, 200, "{body}");
+    let (status, _) =
+        http_post(&s.http, "/v1/track", &key, json!({"userId":"h1","event":"signup"}).to_string().as_bytes());
+    assert_eq!(status, 200);
+    assert_eq!(s.universe().await, 1);
+    assert_eq!(
+        s.check("h1", &[r#"plan = "pro""#, r#"DID "signup""#]).await.unwrap().matches,
+        vec![true, true]
+    );
+}
