@@ -171,6 +171,37 @@ async fn bad_input_gets_the_right_error_and_loses_nothing_else() {
     let e = s.try_count(&[r#"IN SEGMENT "nope""#]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
 
+    // The standard health service and server reflection answer.
+    let channel = s.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "cohort.v1.Query".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    {
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies =
+            reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected reflection reply {reply:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in ["cohort.v1.Ingest", "cohort.v1.Query", "cohort.v1.Segments", "cohort.v1.Admin"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        }
+    }
+
     // Rejections are kept for operators.
     let mut admin = cohort::proto::v1::admin_client::AdminClient::new(s.channel().await);
     let rej = admin
