@@ -19,7 +19,9 @@ use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
 use crate::query::Planner;
-use crate::replication::driver::{Driver, DriverConfig, GroupSpec, NoPeers, ProposeError, StateMachine};
+use crate::replication::driver::{
+    Driver, DriverConfig, GroupSpec, NoPeers, ProposeError, SnapshotPolicy, StateMachine,
+};
 use crate::replication::shard_machine::ShardMachine;
 use crate::replication::storage::LogStore;
 
@@ -48,6 +50,9 @@ pub struct NodeConfig {
     pub dedup_window_hours: i64,
     /// Raft entries between snapshots of a group.
     pub snapshot_entries: u64,
+    /// Raft log bytes between snapshots of a group (bounds what a restart
+    /// replays).
+    pub snapshot_log_bytes: u64,
     /// Threads that answer queries.
     pub query_threads: usize,
 }
@@ -65,6 +70,7 @@ impl Default for NodeConfig {
             max_batch_bytes: 500 * 1024,
             dedup_window_hours: 24,
             snapshot_entries: 5_000,
+            snapshot_log_bytes: 128 << 20,
             query_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
@@ -132,17 +138,12 @@ impl Node {
             std::fs::write(&meta_path, text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
         }
         let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
-        let catalog = Arc::new(CatalogMachine::open(
-            &snapshots,
-            config.shards,
-            config.dedup_window_hours,
-            config.snapshot_entries,
-        )?);
+        let policy = SnapshotPolicy { entries: config.snapshot_entries, bytes: config.snapshot_log_bytes };
+        let catalog =
+            Arc::new(CatalogMachine::open(&snapshots, config.shards, config.dedup_window_hours, policy)?);
         let mut shards = Vec::new();
         for s in 0..config.shards {
-            shards.push(Arc::new(
-                ShardMachine::open(&snapshots, s, config.snapshot_entries).map_err(|e| e.to_string())?,
-            ));
+            shards.push(Arc::new(ShardMachine::open(&snapshots, s, policy).map_err(|e| e.to_string())?));
         }
         let shards = Arc::new(shards);
         let mut groups = vec![GroupSpec {

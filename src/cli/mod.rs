@@ -171,7 +171,7 @@ pub struct ServeArgs {
     /// A TOML file whose top-level keys are the node's settings (data_dir,
     /// node_id, shards, grpc_addr, http_addr, write_keys,
     /// max_message_bytes, max_batch_bytes, dedup_window_hours,
-    /// snapshot_entries, query_threads). Flags override it.
+    /// snapshot_entries, snapshot_log_bytes, query_threads). Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where the Raft log and snapshots live [default: ./cohort-data].

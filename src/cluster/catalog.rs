@@ -31,7 +31,7 @@ use crate::identity::{Directory, MergeStep};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::message::Message;
 use crate::model::{parse_rfc3339_ms, IdentifierKind, Schema, TraitType, RESERVED_NAMES};
-use crate::replication::driver::{ApplyResult, StateMachine};
+use crate::replication::driver::{ApplyResult, Since, SnapshotPolicy, StateMachine};
 use crate::replication::shard_machine::Tag;
 use crate::segment::{check_save, parse, references, Catalog, CheckContext};
 use crate::shard::{Command, EventWrite, ProfileId, ProfileWrite};
@@ -557,7 +557,7 @@ pub struct CatalogMachine {
     pub outbox: Mutex<VecDeque<Outbox>>,
     /// Signalled when the outbox gains an entry.
     pub outbox_ready: Arc<tokio::sync::Notify>,
-    snapshot_entries: u64,
+    policy: SnapshotPolicy,
 }
 
 const MAGIC: &[u8; 8] = b"COHORTCT";
@@ -569,7 +569,7 @@ impl CatalogMachine {
         dir: &Path,
         shards: u32,
         dedup_window_hours: i64,
-        snapshot_entries: u64,
+        policy: SnapshotPolicy,
     ) -> Result<Self, String> {
         let path = dir.join("catalog.snap");
         let state = if path.exists() {
@@ -596,7 +596,7 @@ impl CatalogMachine {
             applied: AtomicU64::new(applied),
             outbox: Mutex::new(VecDeque::new()),
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
-            snapshot_entries,
+            policy,
         })
     }
 
@@ -712,8 +712,8 @@ impl StateMachine for CatalogMachine {
         self.applied.load(Ordering::Acquire)
     }
 
-    fn maybe_snapshot(&self, entries_since_snapshot: u64) -> Result<Option<u64>, String> {
-        if entries_since_snapshot < self.snapshot_entries || !self.outbox.lock().is_empty() {
+    fn maybe_snapshot(&self, since: Since) -> Result<Option<u64>, String> {
+        if !self.policy.due(since) || !self.outbox.lock().is_empty() {
             return Ok(None);
         }
         self.write_snapshot().map(Some)
@@ -749,6 +749,8 @@ pub fn parse_now(text: &str, default_ms: i64) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const POLICY: SnapshotPolicy = SnapshotPolicy { entries: 1, bytes: u64::MAX };
 
     fn ingest(state: &mut CatalogState, index: u64, messages: &[&str]) -> (IngestReport, Vec<Step>) {
         let job = IngestJob {
@@ -863,17 +865,17 @@ mod tests {
     #[test]
     fn snapshot_round_trip_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let m = CatalogMachine::open(dir.path(), 4, 24, 1).unwrap();
+        let m = CatalogMachine::open(dir.path(), 4, 24, POLICY).unwrap();
         let cmd = CatalogCommand::Ingest(vec![IngestJob {
             messages: vec![r#"{"type":"identify","userId":"u","messageId":"x","traits":{"a":1}}"#.into()],
             received_ms: 1_700_000_000_000,
             source: Source::Http,
         }]);
         m.apply(1, &cmd.encode());
-        assert_eq!(m.maybe_snapshot(5).unwrap(), None, "steps still to drive");
+        assert_eq!(m.maybe_snapshot(Since { entries: 5, bytes: 0 }).unwrap(), None, "steps still to drive");
         m.outbox.lock().clear();
-        assert_eq!(m.maybe_snapshot(5).unwrap(), Some(1));
-        let back = CatalogMachine::open(dir.path(), 4, 24, 1).unwrap();
+        assert_eq!(m.maybe_snapshot(Since { entries: 5, bytes: 0 }).unwrap(), Some(1));
+        let back = CatalogMachine::open(dir.path(), 4, 24, POLICY).unwrap();
         let st = back.state.read();
         assert_eq!(st.applied_index, 1);
         assert!(st.lookup("u").is_some());
@@ -889,8 +891,8 @@ mod tests {
         let n = bytes.len();
         bytes[n - 3] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let e = CatalogMachine::open(dir.path(), 4, 24, 1).err().unwrap();
+        let e = CatalogMachine::open(dir.path(), 4, 24, POLICY).err().unwrap();
         assert!(e.contains("catalog.snap") && e.contains("checksum"), "{e}");
-        assert!(CatalogMachine::open(dir.path(), 8, 24, 1).is_err());
+        assert!(CatalogMachine::open(dir.path(), 8, 24, POLICY).is_err());
     }
 }

@@ -42,12 +42,39 @@ pub trait StateMachine: Send + Sync + 'static {
     /// snapshot the machine was opened from, then advanced by `apply`).
     fn applied_index(&self) -> u64;
     /// Called after applying: writes a snapshot if the machine wants one now
-    /// and returns the index it covers; the log is compacted behind it.
-    fn maybe_snapshot(&self, entries_since_snapshot: u64) -> Result<Option<u64>, String>;
+    /// (see [`SnapshotPolicy`]) and returns the index it covers; the log is
+    /// compacted behind it.
+    fn maybe_snapshot(&self, since: Since) -> Result<Option<u64>, String>;
     /// The latest snapshot as bytes, to send to a follower that fell behind.
     fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String>;
     /// Replaces the state with a snapshot received from the leader.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
+}
+
+/// What a group's log holds beyond its last snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Since {
+    /// Entries applied since the snapshot.
+    pub entries: u64,
+    /// Bytes of entry data applied since the snapshot.
+    pub bytes: u64,
+}
+
+/// When a group snapshots: after so many entries or so many bytes of log,
+/// whichever comes first. The bytes bound what a restart replays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Entries between snapshots.
+    pub entries: u64,
+    /// Log bytes between snapshots.
+    pub bytes: u64,
+}
+
+impl SnapshotPolicy {
+    /// True when `since` calls for a snapshot.
+    pub fn due(&self, since: Since) -> bool {
+        since.entries >= self.entries || since.bytes >= self.bytes
+    }
 }
 
 /// Sends Raft messages to other nodes.
@@ -168,7 +195,7 @@ struct Group {
     name: String,
     node: RawNode<GroupStorage>,
     machine: Arc<dyn StateMachine>,
-    since_snapshot: u64,
+    since_snapshot: Since,
 }
 
 /// The running driver. Dropping it stops the thread.
@@ -230,7 +257,13 @@ impl Driver {
             raft_config.validate().map_err(|e| format!("group {}: {e}", spec.id))?;
             let node = RawNode::new(&raft_config, storage, &logger)
                 .map_err(|e| format!("group {} ({}): cannot open raft node: {e}", spec.id, spec.name))?;
-            opened.push(Group { id: spec.id, name: spec.name, node, machine, since_snapshot: 0 });
+            opened.push(Group {
+                id: spec.id,
+                name: spec.name,
+                node,
+                machine,
+                since_snapshot: Since::default(),
+            });
         }
         // A lone voter need not wait for an election timeout.
         for g in &mut opened {
@@ -528,7 +561,8 @@ impl Loop {
         for (group_id, applied) in results {
             let Some(k) = self.groups.iter().position(|g| g.id == group_id) else { continue };
             for (entry, result) in applied {
-                self.groups[k].since_snapshot += 1;
+                self.groups[k].since_snapshot.entries += 1;
+                self.groups[k].since_snapshot.bytes += entry.data.len() as u64;
                 if matches!(entry.get_entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2)
                 {
                     self.apply_conf_change(k, &entry)?;
@@ -591,7 +625,7 @@ impl Loop {
             store.set_snapshot_meta(&mut batch, &meta).map_err(|e| e.to_string())?;
             self.store.write(&mut batch, true).map_err(|e| e.to_string())?;
             store.compact_to(index + 1);
-            g.since_snapshot = 0;
+            g.since_snapshot = Since::default();
             compacted = true;
         }
         if compacted {
