@@ -60,10 +60,11 @@ def member_id(k, n):
 
 
 def shard_expr(shards):
-    """The shard of `profile` as Cohort computes it:
-    ((profile * 0x9E3779B97F4A7C15) mod 2^64 >> 32) mod shards
-    (UInt64 multiplication wraps in ClickHouse)."""
-    return f"(bitShiftRight(toUInt64(profile) * toUInt64(11400714819323198485), 32) % {shards})"
+    """The shard of a profile as Cohort computes it, from Cohort's id of it
+    (the files hold the dataset index; Cohort's id is index + 1,
+    `cohort::demo::profile_id`): ((id * 0x9E3779B97F4A7C15) mod 2^64 >> 32)
+    mod shards (UInt64 multiplication wraps in ClickHouse)."""
+    return f"(bitShiftRight(toUInt64(profile + 1) * toUInt64(11400714819323198485), 32) % {shards})"
 
 
 def queries(now, P, E, shards):
@@ -163,7 +164,7 @@ def queries(now, P, E, shards):
          f"SELECT tag, count() AS n FROM (SELECT arrayJoin(tags) AS tag FROM {P} WHERE plan = 'pro') "
          "GROUP BY tag ORDER BY n DESC, tag LIMIT 10"),
         ("f1", "f", 'country = "FR" AND age > 30 (first 100 by shard, profile)', "page",
-         f"SELECT profile FROM {P} WHERE country = 'FR' AND age > 30 "
+         f"SELECT profile + 1 FROM {P} WHERE country = 'FR' AND age > 30 "
          f"ORDER BY {shard_expr(shards)}, profile LIMIT 100"),
     ]
     return out

@@ -137,10 +137,12 @@ def load(con, data_dir, shards, n_profiles, step=1_000_000):
     con.execute("USE mem")
     p = os.path.join(data_dir, "profiles.parquet")
     e = os.path.join(data_dir, "events.parquet")
-    # The shard of a profile as Cohort computes it:
-    # ((profile * 0x9E3779B97F4A7C15) mod 2^64 >> 32) mod shards.
+    # The shard of a profile as Cohort computes it, from Cohort's id of the
+    # profile (the files hold the dataset index; Cohort numbers profiles
+    # from 1, so its id is index + 1, `cohort::demo::profile_id`):
+    # ((id * 0x9E3779B97F4A7C15) mod 2^64 >> 32) mod shards.
     profiles_select = (
-        f"SELECT *, ((((profile::UHUGEINT * 11400714819323198485::UHUGEINT) % (1::UHUGEINT << 64)) >> 32) "
+        f"SELECT *, (((((profile + 1)::UHUGEINT * 11400714819323198485::UHUGEINT) % (1::UHUGEINT << 64)) >> 32) "
         f"% {shards})::INTEGER AS shard FROM read_parquet('{p}')"
     )
     events_select = f"SELECT * FROM read_parquet('{e}')"
@@ -249,7 +251,7 @@ def queries(now):
          "SELECT tag, count(*) AS n FROM (SELECT unnest(tags) AS tag FROM profiles WHERE plan = 'pro') "
          "GROUP BY tag ORDER BY n DESC, tag LIMIT 10"),
         ("f1", "f", 'country = "FR" AND age > 30 (first 100 by shard, profile)', "page",
-         "SELECT profile FROM profiles WHERE country = 'FR' AND age > 30 ORDER BY shard, profile LIMIT 100"),
+         "SELECT profile + 1 FROM profiles WHERE country = 'FR' AND age > 30 ORDER BY shard, profile LIMIT 100"),
     ]
     return out
 

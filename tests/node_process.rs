@@ -238,7 +238,11 @@ async fn load_until_killed(s: &Server, batches: &[Vec<String>], kill_after_ms: u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_load_keeps_every_acknowledged_message_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Server::start(dir.path(), 4, &[]);
+    // Snapshots every few entries: the kill lands among snapshots, log
+    // compactions and steps still in the catalog's outbox.
+    let config = dir.path().join("cohort.toml");
+    std::fs::write(&config, "snapshot_entries = 5\n").unwrap();
+    let mut s = Server::start(&dir.path().join("data"), 4, &["--config", config.to_str().unwrap()]);
     let batches: Vec<Vec<String>> = (0..200)
         .map(|b| {
             (0..250)
@@ -287,7 +291,9 @@ async fn kill_9_during_a_load_keeps_every_acknowledged_message_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_merges_leaves_each_merge_before_or_after() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Server::start(dir.path(), 8, &[]);
+    let config = dir.path().join("cohort.toml");
+    std::fs::write(&config, "snapshot_entries = 20\n").unwrap();
+    let mut s = Server::start(&dir.path().join("data"), 8, &["--config", config.to_str().unwrap()]);
     let n = 4_000;
     // n anonymous browsers and n known users, then n aliases joining them.
     let setup: Vec<String> = (0..n)

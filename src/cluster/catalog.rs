@@ -81,7 +81,7 @@ impl CatalogCommand {
 
 /// Shard commands produced by one catalog entry, in the order they must be
 /// applied.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Step {
     /// Commands per shard, independent across shards.
     Writes {
@@ -113,8 +113,8 @@ pub enum Step {
 pub struct Outbox {
     /// The catalog index.
     pub index: u64,
-    /// Steps in order.
-    pub steps: Vec<Step>,
+    /// Steps in order (shared with the stepper while it drives them).
+    pub steps: Arc<Vec<Step>>,
 }
 
 /// A saved segment.
@@ -550,10 +550,10 @@ pub struct CatalogMachine {
     path: PathBuf,
     applied: AtomicU64,
     /// Steps of applied entries, in log order, for the pipeline. The
-    /// pipeline takes an entry's steps from the front and pops the entry
-    /// only once every step is committed, so an empty outbox means the shards
-    /// hold everything the catalog has applied: only then may the catalog
-    /// snapshot (and its log be compacted).
+    /// pipeline drives the front entry and pops it only once every step is
+    /// committed. The outbox is part of the catalog's snapshot, so the log
+    /// behind a snapshot can go even while steps are in flight: a restart
+    /// drives them again (shards skip what they applied).
     pub outbox: Mutex<VecDeque<Outbox>>,
     /// Signalled when the outbox gains an entry.
     pub outbox_ready: Arc<tokio::sync::Notify>,
@@ -572,8 +572,10 @@ impl CatalogMachine {
         policy: SnapshotPolicy,
     ) -> Result<Self, String> {
         let path = dir.join("catalog.snap");
+        let mut pending = Vec::new();
         let state = if path.exists() {
-            let state = read_snapshot(&path)?;
+            let (state, steps) = read_snapshot(&path)?;
+            pending = steps;
             if state.shards != shards {
                 return Err(format!(
                     "{}: the data directory was created with {} shards, the configuration says {shards}",
@@ -594,7 +596,9 @@ impl CatalogMachine {
             state: RwLock::new(state),
             path,
             applied: AtomicU64::new(applied),
-            outbox: Mutex::new(VecDeque::new()),
+            outbox: Mutex::new(
+                pending.into_iter().map(|(index, steps)| Outbox { index, steps: Arc::new(steps) }).collect(),
+            ),
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
             policy,
         })
@@ -602,7 +606,9 @@ impl CatalogMachine {
 
     fn write_snapshot(&self) -> Result<u64, String> {
         let state = self.state.read();
-        write_snapshot(&self.path, &state)?;
+        let outbox = self.outbox.lock();
+        let pending: Vec<(u64, &[Step])> = outbox.iter().map(|o| (o.index, o.steps.as_slice())).collect();
+        write_snapshot(&self.path, &state, &pending)?;
         Ok(state.applied_index)
     }
 
@@ -623,12 +629,26 @@ impl CatalogMachine {
             dedup: Dedup { window_hours: dedup_window_hours, ..Dedup::default() },
             ..CatalogState::default()
         };
-        write_snapshot(&dir.join("catalog.snap"), &state)
+        write_snapshot(&dir.join("catalog.snap"), &state, &[])
     }
 }
 
-fn write_snapshot(path: &Path, state: &CatalogState) -> Result<(), String> {
-    let body = bincode::serde::encode_to_vec(state, bincode::config::standard())
+/// The body of a catalog snapshot: the state and the outbox's steps.
+#[derive(Serialize)]
+struct SnapshotBody<'a> {
+    state: &'a CatalogState,
+    pending: &'a [(u64, &'a [Step])],
+}
+
+/// [`SnapshotBody`] as read back (the same encoding).
+#[derive(Deserialize)]
+struct SnapshotBodyOwned {
+    state: CatalogState,
+    pending: Vec<(u64, Vec<Step>)>,
+}
+
+fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])]) -> Result<(), String> {
+    let body = bincode::serde::encode_to_vec(SnapshotBody { state, pending }, bincode::config::standard())
         .map_err(|e| format!("encoding the catalog: {e}"))?;
     let dir = state.directory.encode();
     let io = |e: std::io::Error| format!("{}: {e}", path.display());
@@ -652,7 +672,7 @@ fn write_snapshot(path: &Path, state: &CatalogState) -> Result<(), String> {
     Ok(())
 }
 
-fn read_snapshot(path: &Path) -> Result<CatalogState, String> {
+fn read_snapshot(path: &Path) -> Result<(CatalogState, Vec<(u64, Vec<Step>)>), String> {
     let shown = path.display();
     let data = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
     let corrupt = |offset: usize, what: &str| format!("{shown}: corrupt at byte {offset}: {what}");
@@ -673,12 +693,12 @@ fn read_snapshot(path: &Path) -> Result<CatalogState, String> {
     if crc32fast::hash(dir) != dir_crc {
         return Err(corrupt(32 + body_len, "checksum mismatch in the identity directory"));
     }
-    let (mut state, _): (CatalogState, usize) =
+    let (SnapshotBodyOwned { mut state, pending }, _) =
         bincode::serde::decode_from_slice(body, bincode::config::standard())
             .map_err(|e| corrupt(32, &format!("catalog state: {e}")))?;
     state.directory = Directory::decode(dir).map_err(|e| corrupt(32 + body_len, &e.to_string()))?;
     state.dedup.rebuild_index();
-    Ok(state)
+    Ok((state, pending))
 }
 
 impl StateMachine for CatalogMachine {
@@ -695,7 +715,7 @@ impl StateMachine for CatalogMachine {
             }
             Ok((CatalogCommand::Ingest(jobs), _)) => {
                 let (reports, steps) = state.apply_ingest(index, &jobs);
-                self.outbox.lock().push_back(Outbox { index, steps });
+                self.outbox.lock().push_back(Outbox { index, steps: Arc::new(steps) });
                 self.outbox_ready.notify_one();
                 CatalogResult::Ingested(reports)
             }
@@ -713,7 +733,7 @@ impl StateMachine for CatalogMachine {
     }
 
     fn maybe_snapshot(&self, since: Since) -> Result<Option<u64>, String> {
-        if !self.policy.due(since) || !self.outbox.lock().is_empty() {
+        if !self.policy.due(since) {
             return Ok(None);
         }
         self.write_snapshot().map(Some)
@@ -728,11 +748,12 @@ impl StateMachine for CatalogMachine {
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
         let tmp = self.path.with_extension("received");
         std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        let mut state = read_snapshot(&tmp)?;
+        let (mut state, pending) = read_snapshot(&tmp)?;
         state.applied_index = index;
         *self.state.write() = state;
         self.applied.store(index, Ordering::Release);
-        self.outbox.lock().clear();
+        *self.outbox.lock() =
+            pending.into_iter().map(|(index, steps)| Outbox { index, steps: Arc::new(steps) }).collect();
         std::fs::rename(&tmp, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
@@ -872,10 +893,14 @@ mod tests {
             source: Source::Http,
         }]);
         m.apply(1, &cmd.encode());
-        assert_eq!(m.maybe_snapshot(Since { entries: 5, bytes: 0 }).unwrap(), None, "steps still to drive");
-        m.outbox.lock().clear();
+        // The steps still to drive are part of the snapshot.
         assert_eq!(m.maybe_snapshot(Since { entries: 5, bytes: 0 }).unwrap(), Some(1));
         let back = CatalogMachine::open(dir.path(), 4, 24, POLICY).unwrap();
+        {
+            let (a, b) = (m.outbox.lock(), back.outbox.lock());
+            assert_eq!(b.len(), 1);
+            assert_eq!((a[0].index, &a[0].steps), (b[0].index, &b[0].steps));
+        }
         let st = back.state.read();
         assert_eq!(st.applied_index, 1);
         assert!(st.lookup("u").is_some());

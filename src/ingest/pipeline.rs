@@ -204,27 +204,14 @@ impl Stepper {
     /// Drives every outbox entry, oldest first, popping each once done.
     async fn drain(&self) -> Result<(), IngestError> {
         loop {
-            let steps = {
-                let mut outbox = self.catalog.outbox.lock();
-                match outbox.front_mut() {
-                    None => return Ok(()),
-                    Some(entry) => std::mem::take(&mut entry.steps),
-                }
+            // The entry stays in the outbox (and in catalog snapshots) until
+            // its steps are committed; a failed step is retried from here.
+            let steps = match self.catalog.outbox.lock().front() {
+                None => return Ok(()),
+                Some(entry) => entry.steps.clone(),
             };
-            let result = self.drive(&steps).await;
-            let mut outbox = self.catalog.outbox.lock();
-            match result {
-                Ok(()) => {
-                    outbox.pop_front();
-                }
-                Err(e) => {
-                    // Put the steps back: they are retried.
-                    if let Some(entry) = outbox.front_mut() {
-                        entry.steps = steps;
-                    }
-                    return Err(e);
-                }
-            }
+            self.drive(&steps).await?;
+            self.catalog.outbox.lock().pop_front();
         }
     }
 
