@@ -233,6 +233,26 @@ impl Driver {
                 storage.initialize(&store, &config.voters).map_err(|e| e.to_string())?;
             }
             let machine = spec.machine.clone();
+            // A machine snapshots what it applied, and it applies only
+            // committed entries; but the hard state that carries the commit
+            // index is persisted with the next Ready. A kill between the two
+            // leaves a snapshot ahead of the stored commit, which raft-rs
+            // refuses on restart: raise the commit to what was applied.
+            let applied = machine.applied_index();
+            let mut hs = storage.hard_state();
+            if hs.commit < applied {
+                let last = raft::Storage::last_index(&storage).map_err(|e| e.to_string())?;
+                if applied > last {
+                    return Err(format!(
+                        "group {} ({}): the state machine applied up to {applied} but the log ends at {last}",
+                        spec.id, spec.name
+                    ));
+                }
+                hs.commit = applied;
+                let mut batch = LogBatch::default();
+                storage.set_hard_state(&mut batch, &hs).map_err(|e| e.to_string())?;
+                store.write(&mut batch, true).map_err(|e| e.to_string())?;
+            }
             let snap_machine = spec.machine.clone();
             storage.set_snapshot_provider(Arc::new(move |_request_index, _to| {
                 let (index, data) = snap_machine
