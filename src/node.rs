@@ -100,6 +100,8 @@ pub struct Node {
     pub started: Instant,
     /// How long opening took (replay included).
     pub open_secs: f64,
+    /// Of which loading the snapshots.
+    pub loaded_secs: f64,
 }
 
 fn admin(e: ProposeError) -> AdminError {
@@ -146,6 +148,7 @@ impl Node {
             shards.push(Arc::new(ShardMachine::open(&snapshots, s, policy).map_err(|e| e.to_string())?));
         }
         let shards = Arc::new(shards);
+        let loaded_secs = started.elapsed().as_secs_f64();
         let mut groups = vec![GroupSpec {
             id: CATALOG_GROUP,
             name: "catalog".into(),
@@ -179,6 +182,7 @@ impl Node {
             pipeline,
             started,
             open_secs: started.elapsed().as_secs_f64(),
+            loaded_secs,
         }))
     }
 

@@ -63,13 +63,14 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
         .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
     let profiles: u64 = node.shards.iter().map(|s| s.state.read().shard.len()).sum();
     println!(
-        "cohort {}: node {} serving gRPC on {} and HTTP on {} (data in {}; opened in {:.2} s with {} profiles)",
+        "cohort {}: node {} serving gRPC on {} and HTTP on {} (data in {}; opened in {:.2} s, {:.2} s of it loading snapshots, with {} profiles)",
         env!("CARGO_PKG_VERSION"),
         node.config.node_id,
         grpc_listener.local_addr().map(|a| a.to_string()).unwrap_or(grpc_addr),
         http_listener.local_addr().map(|a| a.to_string()).unwrap_or(http_addr),
         node.config.data_dir.display(),
         node.open_secs,
+        node.loaded_secs,
         profiles
     );
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
