@@ -644,7 +644,7 @@ struct SnapshotBody<'a> {
 #[derive(Deserialize)]
 struct SnapshotBodyOwned {
     state: CatalogState,
-    pending: Vec<(u64, Vec<Step>)>,
+    pending: Pending,
 }
 
 fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])]) -> Result<(), String> {
@@ -672,7 +672,10 @@ fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])])
     Ok(())
 }
 
-fn read_snapshot(path: &Path) -> Result<(CatalogState, Vec<(u64, Vec<Step>)>), String> {
+/// Steps of outbox entries, by catalog index, as a snapshot keeps them.
+type Pending = Vec<(u64, Vec<Step>)>;
+
+fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), String> {
     let shown = path.display();
     let data = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
     let corrupt = |offset: usize, what: &str| format!("{shown}: corrupt at byte {offset}: {what}");
