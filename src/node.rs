@@ -141,13 +141,48 @@ impl Node {
         }
         let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
         let policy = SnapshotPolicy { entries: config.snapshot_entries, bytes: config.snapshot_log_bytes };
-        let catalog =
-            Arc::new(CatalogMachine::open(&snapshots, config.shards, config.dedup_window_hours, policy)?);
-        let mut shards = Vec::new();
-        for s in 0..config.shards {
-            shards.push(Arc::new(ShardMachine::open(&snapshots, s, policy).map_err(|e| e.to_string())?));
-        }
-        let shards = Arc::new(shards);
+        // Snapshots load in parallel: the catalog on one thread, the shards
+        // spread over the others.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        let next = std::sync::atomic::AtomicU32::new(0);
+        let (catalog, shards) = std::thread::scope(|scope| {
+            let catalog = scope.spawn(|| {
+                let t = Instant::now();
+                let c = CatalogMachine::open(&snapshots, config.shards, config.dedup_window_hours, policy);
+                eprintln!("cohort: catalog snapshot loaded in {:.2} s", t.elapsed().as_secs_f64());
+                c
+            });
+            let t = Instant::now();
+            let loaders: Vec<_> = (0..threads - 1)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if s >= config.shards {
+                                return Ok::<_, String>(mine);
+                            }
+                            mine.push(ShardMachine::open(&snapshots, s, policy).map_err(|e| e.to_string())?);
+                        }
+                    })
+                })
+                .collect();
+            let mut shards = Vec::new();
+            for l in loaders {
+                shards.extend(l.join().map_err(|_| "a snapshot loader panicked".to_string())??);
+            }
+            shards.sort_by_key(|m| m.shard_id);
+            eprintln!(
+                "cohort: {} shard snapshots loaded in {:.2} s",
+                shards.len(),
+                t.elapsed().as_secs_f64()
+            );
+            let catalog = catalog.join().map_err(|_| "the catalog loader panicked".to_string())??;
+            Ok::<_, String>((
+                Arc::new(catalog),
+                Arc::new(shards.into_iter().map(Arc::new).collect::<Vec<_>>()),
+            ))
+        })?;
         let loaded_secs = started.elapsed().as_secs_f64();
         let mut groups = vec![GroupSpec {
             id: CATALOG_GROUP,

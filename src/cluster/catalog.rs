@@ -696,9 +696,22 @@ fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), String> {
     if crc32fast::hash(dir) != dir_crc {
         return Err(corrupt(32 + body_len, "checksum mismatch in the identity directory"));
     }
-    let (SnapshotBodyOwned { mut state, pending }, _) =
-        bincode::serde::decode_from_slice(body, bincode::config::standard())
-            .map_err(|e| corrupt(32, &format!("catalog state: {e}")))?;
+    let config = bincode::config::standard();
+    let decoded = match bincode::serde::decode_from_slice::<SnapshotBodyOwned, _>(body, config) {
+        Ok((b, used)) if used == body.len() => Ok((b.state, b.pending)),
+        first => {
+            // Snapshots written before the outbox was kept hold the state
+            // alone (their outbox was empty by construction).
+            match bincode::serde::decode_from_slice::<CatalogState, _>(body, config) {
+                Ok((state, used)) if used == body.len() => Ok((state, Vec::new())),
+                _ => Err(match first {
+                    Err(e) => corrupt(32, &format!("catalog state: {e}")),
+                    Ok(_) => corrupt(32, "catalog state: bytes left after the state"),
+                }),
+            }
+        }
+    };
+    let (mut state, pending) = decoded?;
     state.directory = Directory::decode(dir).map_err(|e| corrupt(32 + body_len, &e.to_string()))?;
     state.dedup.rebuild_index();
     Ok((state, pending))

@@ -79,7 +79,9 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
     let grpc = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                // Without TCP_NODELAY a small reply can wait ~40 ms for
+                // delayed ACKs (Nagle).
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 async move {
                     let _ = grpc_stop.recv().await;
                 },
