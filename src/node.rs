@@ -140,7 +140,6 @@ impl Node {
             std::fs::write(&meta_path, text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
         }
         let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
-        let policy = SnapshotPolicy { entries: config.snapshot_entries, bytes: config.snapshot_log_bytes };
         // Snapshots load in parallel: the catalog on one thread, the shards
         // spread over the others.
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
@@ -148,7 +147,7 @@ impl Node {
         let (catalog, shards) = std::thread::scope(|scope| {
             let catalog = scope.spawn(|| {
                 let t = Instant::now();
-                let c = CatalogMachine::open(&snapshots, config.shards, config.dedup_window_hours, policy);
+                let c = CatalogMachine::open(&snapshots, config.shards, config.dedup_window_hours);
                 eprintln!("cohort: catalog snapshot loaded in {:.2} s", t.elapsed().as_secs_f64());
                 c
             });
@@ -162,7 +161,7 @@ impl Node {
                             if s >= config.shards {
                                 return Ok::<_, String>(mine);
                             }
-                            mine.push(ShardMachine::open(&snapshots, s, policy).map_err(|e| e.to_string())?);
+                            mine.push(ShardMachine::open(&snapshots, s).map_err(|e| e.to_string())?);
                         }
                     })
                 })
@@ -196,8 +195,12 @@ impl Node {
                 machine: m.clone() as Arc<dyn StateMachine>,
             });
         }
-        let driver_config =
-            DriverConfig { node_id: config.node_id, voters: vec![config.node_id], ..Default::default() };
+        let driver_config = DriverConfig {
+            node_id: config.node_id,
+            voters: vec![config.node_id],
+            snapshot: SnapshotPolicy { entries: config.snapshot_entries, bytes: config.snapshot_log_bytes },
+            ..Default::default()
+        };
         let driver = tokio::task::spawn_blocking(move || {
             Driver::start(store, groups, Arc::new(NoPeers), driver_config)
         })

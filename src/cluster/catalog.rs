@@ -31,7 +31,7 @@ use crate::identity::{Directory, MergeStep};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::message::Message;
 use crate::model::{parse_rfc3339_ms, IdentifierKind, Schema, TraitType, RESERVED_NAMES};
-use crate::replication::driver::{ApplyResult, Since, SnapshotPolicy, StateMachine};
+use crate::replication::driver::{ApplyResult, StateMachine};
 use crate::replication::shard_machine::Tag;
 use crate::segment::{check_save, parse, references, Catalog, CheckContext};
 use crate::shard::{Command, EventWrite, ProfileId, ProfileWrite};
@@ -557,7 +557,6 @@ pub struct CatalogMachine {
     pub outbox: Mutex<VecDeque<Outbox>>,
     /// Signalled when the outbox gains an entry.
     pub outbox_ready: Arc<tokio::sync::Notify>,
-    policy: SnapshotPolicy,
 }
 
 const MAGIC: &[u8; 8] = b"COHORTCT";
@@ -565,12 +564,7 @@ const MAGIC: &[u8; 8] = b"COHORTCT";
 impl CatalogMachine {
     /// Opens the catalog from `dir/catalog.snap`, or a fresh one for
     /// `shards` shards. A corrupt file is an error naming it.
-    pub fn open(
-        dir: &Path,
-        shards: u32,
-        dedup_window_hours: i64,
-        policy: SnapshotPolicy,
-    ) -> Result<Self, String> {
+    pub fn open(dir: &Path, shards: u32, dedup_window_hours: i64) -> Result<Self, String> {
         let path = dir.join("catalog.snap");
         let mut pending = Vec::new();
         let state = if path.exists() {
@@ -600,7 +594,6 @@ impl CatalogMachine {
                 pending.into_iter().map(|(index, steps)| Outbox { index, steps: Arc::new(steps) }).collect(),
             ),
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
-            policy,
         })
     }
 
@@ -748,17 +741,12 @@ impl StateMachine for CatalogMachine {
         self.applied.load(Ordering::Acquire)
     }
 
-    fn maybe_snapshot(&self, since: Since) -> Result<Option<u64>, String> {
-        if !self.policy.due(since) {
-            return Ok(None);
-        }
-        self.write_snapshot().map(Some)
+    fn snapshot(&self) -> Result<u64, String> {
+        self.write_snapshot()
     }
 
-    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String> {
-        let index = self.write_snapshot()?;
-        let data = std::fs::read(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
-        Ok((index, data))
+    fn snapshot_file(&self) -> &Path {
+        &self.path
     }
 
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
@@ -786,8 +774,6 @@ pub fn parse_now(text: &str, default_ms: i64) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const POLICY: SnapshotPolicy = SnapshotPolicy { entries: 1, bytes: u64::MAX };
 
     fn ingest(state: &mut CatalogState, index: u64, messages: &[&str]) -> (IngestReport, Vec<Step>) {
         let job = IngestJob {
@@ -902,7 +888,7 @@ mod tests {
     #[test]
     fn snapshot_round_trip_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let m = CatalogMachine::open(dir.path(), 4, 24, POLICY).unwrap();
+        let m = CatalogMachine::open(dir.path(), 4, 24).unwrap();
         let cmd = CatalogCommand::Ingest(vec![IngestJob {
             messages: vec![r#"{"type":"identify","userId":"u","messageId":"x","traits":{"a":1}}"#.into()],
             received_ms: 1_700_000_000_000,
@@ -910,8 +896,8 @@ mod tests {
         }]);
         m.apply(1, &cmd.encode());
         // The steps still to drive are part of the snapshot.
-        assert_eq!(m.maybe_snapshot(Since { entries: 5, bytes: 0 }).unwrap(), Some(1));
-        let back = CatalogMachine::open(dir.path(), 4, 24, POLICY).unwrap();
+        assert_eq!(m.snapshot().unwrap(), 1);
+        let back = CatalogMachine::open(dir.path(), 4, 24).unwrap();
         {
             let (a, b) = (m.outbox.lock(), back.outbox.lock());
             assert_eq!(b.len(), 1);
@@ -932,8 +918,8 @@ mod tests {
         let n = bytes.len();
         bytes[n - 3] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let e = CatalogMachine::open(dir.path(), 4, 24, POLICY).err().unwrap();
+        let e = CatalogMachine::open(dir.path(), 4, 24).err().unwrap();
         assert!(e.contains("catalog.snap") && e.contains("checksum"), "{e}");
-        assert!(CatalogMachine::open(dir.path(), 8, 24, POLICY).is_err());
+        assert!(CatalogMachine::open(dir.path(), 8, 24).is_err());
     }
 }

@@ -224,7 +224,7 @@ impl Stepper {
                         .filter(|(s, _)| self.shards[**s as usize].watermark() < *tag)
                         .map(|(s, commands)| self.propose(*s, ShardProposal::encode_parts(*tag, commands)))
                         .collect();
-                    for r in futures_join(proposals).await {
+                    for r in futures_join(proposals).await? {
                         r?;
                     }
                 }
@@ -267,13 +267,13 @@ impl Stepper {
 /// collects the answers).
 async fn futures_join<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
     futures: Vec<F>,
-) -> Vec<T> {
+) -> Result<Vec<T>, IngestError> {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
+        // A proposal whose task died has no answer: the step is not known
+        // to be committed, so it fails (and is retried) rather than counting.
+        out.push(h.await.map_err(|e| IngestError::Unavailable(format!("a shard proposal failed: {e}")))?);
     }
-    out
+    Ok(out)
 }

@@ -41,12 +41,21 @@ pub trait StateMachine: Send + Sync + 'static {
     /// The index of the last entry reflected in the state (restored from the
     /// snapshot the machine was opened from, then advanced by `apply`).
     fn applied_index(&self) -> u64;
-    /// Called after applying: writes a snapshot if the machine wants one now
-    /// (see [`SnapshotPolicy`]) and returns the index it covers; the log is
-    /// compacted behind it.
-    fn maybe_snapshot(&self, since: Since) -> Result<Option<u64>, String>;
-    /// The latest snapshot as bytes, to send to a follower that fell behind.
-    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String>;
+    /// Writes a snapshot of the current state to [`snapshot_file`] and
+    /// returns the index it covers. The driver calls it when its
+    /// [`SnapshotPolicy`] says so, then compacts the log behind it.
+    ///
+    /// [`snapshot_file`]: StateMachine::snapshot_file
+    fn snapshot(&self) -> Result<u64, String>;
+    /// The file [`snapshot`](StateMachine::snapshot) writes.
+    fn snapshot_file(&self) -> &std::path::Path;
+    /// A fresh snapshot as bytes, to send to a follower that fell behind.
+    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String> {
+        let index = self.snapshot()?;
+        let path = self.snapshot_file();
+        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok((index, data))
+    }
     /// Replaces the state with a snapshot received from the leader.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
 }
@@ -145,6 +154,8 @@ pub struct DriverConfig {
     pub election_ticks: usize,
     /// Heartbeat interval in ticks.
     pub heartbeat_ticks: usize,
+    /// When a group snapshots.
+    pub snapshot: SnapshotPolicy,
 }
 
 impl Default for DriverConfig {
@@ -155,6 +166,7 @@ impl Default for DriverConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 3,
+            snapshot: SnapshotPolicy { entries: 5_000, bytes: 128 << 20 },
         }
     }
 }
@@ -629,13 +641,11 @@ impl Loop {
     fn snapshots(&mut self) -> Result<(), String> {
         let mut compacted = false;
         for g in &mut self.groups {
-            let Some(index) = g
-                .machine
-                .maybe_snapshot(g.since_snapshot)
-                .map_err(|e| format!("group {} ({}): snapshot: {e}", g.id, g.name))?
-            else {
+            if !self.config.snapshot.due(g.since_snapshot) {
                 continue;
-            };
+            }
+            let index =
+                g.machine.snapshot().map_err(|e| format!("group {} ({}): snapshot: {e}", g.id, g.name))?;
             let store = g.node.store().clone();
             let term = raft::Storage::term(&store, index)
                 .map_err(|e| format!("group {}: term of {index}: {e}", g.id))?;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::driver::{ApplyResult, Since, SnapshotPolicy, StateMachine};
+use super::driver::{ApplyResult, StateMachine};
 use crate::shard::{snapshot, ApplyOutcome, Command, Shard, ShardError};
 
 /// Position of a step in the ingest pipeline: (catalog log index, step).
@@ -95,14 +95,12 @@ pub struct ShardMachine {
     pub state: RwLock<ShardState>,
     applied: AtomicU64,
     snapshot_index: AtomicU64,
-    /// When to snapshot.
-    policy: SnapshotPolicy,
 }
 
 impl ShardMachine {
     /// Opens shard `shard_id` from its snapshot in `dir` (a fresh shard when
     /// there is none). A corrupt snapshot is an error that names the file.
-    pub fn open(dir: &Path, shard_id: u32, policy: SnapshotPolicy) -> Result<ShardMachine, ShardError> {
+    pub fn open(dir: &Path, shard_id: u32) -> Result<ShardMachine, ShardError> {
         let path = dir.join(format!("shard-{shard_id:03}.snap"));
         let (shard, extra) = if path.exists() {
             let (shard, extra) = snapshot::read_with_extra(&path)?;
@@ -127,7 +125,6 @@ impl ShardMachine {
             }),
             applied: AtomicU64::new(extra.applied_index),
             snapshot_index: AtomicU64::new(extra.applied_index),
-            policy,
         })
     }
 
@@ -181,17 +178,12 @@ impl StateMachine for ShardMachine {
         self.applied.load(Ordering::Acquire)
     }
 
-    fn maybe_snapshot(&self, since: Since) -> Result<Option<u64>, String> {
-        if !self.policy.due(since) {
-            return Ok(None);
-        }
-        self.snapshot_now().map(Some)
+    fn snapshot(&self) -> Result<u64, String> {
+        self.snapshot_now()
     }
 
-    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String> {
-        let index = self.snapshot_now()?;
-        let data = std::fs::read(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
-        Ok((index, data))
+    fn snapshot_file(&self) -> &Path {
+        &self.path
     }
 
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
@@ -213,8 +205,6 @@ mod tests {
     use super::*;
     use crate::shard::ProfileWrite;
 
-    const POLICY: SnapshotPolicy = SnapshotPolicy { entries: 1_000, bytes: 1 << 30 };
-
     #[test]
     fn borrowed_and_owned_proposals_encode_alike_and_watermarks_skip_repeats() {
         let commands =
@@ -222,7 +212,7 @@ mod tests {
         let owned = ShardProposal { tag: (3, 1), commands: commands.clone() };
         assert_eq!(owned.encode(), ShardProposal::encode_parts((3, 1), &commands));
         let dir = tempfile::tempdir().unwrap();
-        let m = ShardMachine::open(dir.path(), 0, POLICY).unwrap();
+        let m = ShardMachine::open(dir.path(), 0).unwrap();
         let first = m.apply(1, &owned.encode()).downcast::<ShardApplied>().unwrap();
         assert!(!first.skipped);
         let again = m.apply(2, &owned.encode()).downcast::<ShardApplied>().unwrap();
@@ -230,14 +220,14 @@ mod tests {
         assert_eq!(m.state.read().shard.len(), 1);
         // The watermark and applied index survive a snapshot.
         m.snapshot_now().unwrap();
-        let back = ShardMachine::open(dir.path(), 0, POLICY).unwrap();
+        let back = ShardMachine::open(dir.path(), 0).unwrap();
         assert_eq!((back.watermark(), back.applied_index()), ((3, 1), 2));
         // A corrupt snapshot names its file.
         let path = dir.path().join("shard-000.snap");
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[30] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        let e = ShardMachine::open(dir.path(), 0, POLICY).err().unwrap().to_string();
+        let e = ShardMachine::open(dir.path(), 0).err().unwrap().to_string();
         assert!(e.contains("shard-000.snap"), "{e}");
     }
 }
