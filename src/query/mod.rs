@@ -6,11 +6,14 @@
 //! lock); the fan-out goes through [`ShardReader`] so that remote replicas
 //! can join it over internal gRPC.
 
+pub mod fanout;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam::channel;
 use thiserror::Error;
+
+use self::fanout::{FanOut, FanOutError};
 
 use crate::cluster::catalog::{parse_address, CatalogMachine, SavedSegment};
 use crate::cluster::placement::shard_of;
@@ -102,13 +105,11 @@ pub struct BreakdownAnswer {
     pub total: u64,
 }
 
-type Task = Box<dyn FnOnce() + Send>;
-
 /// The query planner of a node.
 pub struct Planner {
     catalog: Arc<CatalogMachine>,
     shards: Arc<Vec<Arc<ShardMachine>>>,
-    workers: channel::Sender<Task>,
+    pool: FanOut,
 }
 
 fn invalid(text: &str, e: SegmentError) -> QueryError {
@@ -124,18 +125,10 @@ fn expand(text: &str) -> String {
 }
 
 impl Planner {
-    /// A planner over `shards`, with `threads` workers for the fan-out.
+    /// A planner over `shards`; a fan-out runs on `threads` threads, the
+    /// calling one included.
     pub fn new(catalog: Arc<CatalogMachine>, shards: Arc<Vec<Arc<ShardMachine>>>, threads: usize) -> Planner {
-        let (tx, rx) = channel::unbounded::<Task>();
-        for i in 0..threads.max(1) {
-            let rx = rx.clone();
-            let _ = std::thread::Builder::new().name(format!("query-{i}")).spawn(move || {
-                for task in rx {
-                    task();
-                }
-            });
-        }
-        Planner { catalog, shards, workers: tx }
+        Planner { catalog, shards, pool: FanOut::new(threads) }
     }
 
     /// Checks expressions against the catalog at `now_ms`.
@@ -160,49 +153,16 @@ impl Planner {
         deadline: Option<Instant>,
         f: impl Fn(&Shard) -> R + Send + Sync + 'static,
     ) -> Result<Vec<R>, QueryError> {
-        let f = Arc::new(f);
-        let n = self.shards.len();
-        let (tx, rx) = channel::bounded(n);
-        for (i, shard) in self.shards.iter().enumerate() {
-            let (shard, f, tx) = (shard.clone(), f.clone(), tx.clone());
-            let task: Task = Box::new(move || {
-                if deadline.is_some_and(|d| Instant::now() > d) {
-                    let _ = tx.send((i, None));
-                    return;
-                }
-                let _ = tx.send((i, Some(shard.read(|s| f(s)))));
-            });
-            if self.workers.send(task).is_err() {
-                return Err(QueryError::DeadlineExceeded("the query workers stopped".into()));
+        let shards = self.shards.clone();
+        self.pool.run(shards.len(), deadline, move |i| shards[i].read(|s| f(s))).map_err(|e| match e {
+            FanOutError::Deadline(missing) => {
+                let missing: Vec<String> = missing.iter().map(usize::to_string).collect();
+                QueryError::DeadlineExceeded(format!(
+                    "shard(s) {} did not answer in time",
+                    missing.join(", ")
+                ))
             }
-        }
-        drop(tx);
-        let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
-        for _ in 0..n {
-            let received = match deadline {
-                Some(d) => rx.recv_deadline(d).ok(),
-                None => rx.recv().ok(),
-            };
-            match received {
-                Some((i, Some(r))) => out[i] = Some(r),
-                Some((i, None)) => {
-                    return Err(QueryError::DeadlineExceeded(format!("shard {i} did not answer in time")))
-                }
-                None => {
-                    let missing: Vec<String> = out
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| r.is_none())
-                        .map(|(i, _)| i.to_string())
-                        .collect();
-                    return Err(QueryError::DeadlineExceeded(format!(
-                        "shard(s) {} did not answer in time",
-                        missing.join(", ")
-                    )));
-                }
-            }
-        }
-        Ok(out.into_iter().flatten().collect())
+        })
     }
 
     /// Counts of each expression, and the universe.
