@@ -140,43 +140,55 @@ impl Node {
             std::fs::write(&meta_path, text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
         }
         let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
-        // Snapshots load in parallel: the catalog on one thread, the shards
-        // spread over the others.
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        // Snapshots load in parallel, on as many threads as there are cores:
+        // item 0 is the catalog (the largest, so it starts first), item
+        // `s + 1` shard `s`; each thread claims the next item when done.
+        let threads =
+            std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, config.shards as usize + 1);
         let next = std::sync::atomic::AtomicU32::new(0);
         let (catalog, shards) = std::thread::scope(|scope| {
-            let catalog = scope.spawn(|| {
-                let t = Instant::now();
-                let c = CatalogMachine::open(&snapshots, config.shards, config.dedup_window_hours);
-                eprintln!("cohort: catalog snapshot loaded in {:.2} s", t.elapsed().as_secs_f64());
-                c
-            });
             let t = Instant::now();
-            let loaders: Vec<_> = (0..threads - 1)
+            let loaders: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(|| {
-                        let mut mine = Vec::new();
+                        let (mut catalog, mut mine) = (None, Vec::new());
                         loop {
-                            let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if s >= config.shards {
-                                return Ok::<_, String>(mine);
+                            let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if item == 0 {
+                                let t = Instant::now();
+                                catalog = Some(CatalogMachine::open(
+                                    &snapshots,
+                                    config.shards,
+                                    config.dedup_window_hours,
+                                )?);
+                                eprintln!(
+                                    "cohort: catalog snapshot loaded in {:.2} s",
+                                    t.elapsed().as_secs_f64()
+                                );
+                            } else if item <= config.shards {
+                                mine.push(
+                                    ShardMachine::open(&snapshots, item - 1).map_err(|e| e.to_string())?,
+                                );
+                            } else {
+                                return Ok::<_, String>((catalog, mine));
                             }
-                            mine.push(ShardMachine::open(&snapshots, s).map_err(|e| e.to_string())?);
                         }
                     })
                 })
                 .collect();
-            let mut shards = Vec::new();
+            let (mut catalog, mut shards) = (None, Vec::new());
             for l in loaders {
-                shards.extend(l.join().map_err(|_| "a snapshot loader panicked".to_string())??);
+                let (c, mine) = l.join().map_err(|_| "a snapshot loader panicked".to_string())??;
+                catalog = catalog.or(c);
+                shards.extend(mine);
             }
             shards.sort_by_key(|m| m.shard_id);
             eprintln!(
-                "cohort: {} shard snapshots loaded in {:.2} s",
+                "cohort: the catalog and {} shard snapshots loaded in {:.2} s on {threads} threads",
                 shards.len(),
                 t.elapsed().as_secs_f64()
             );
-            let catalog = catalog.join().map_err(|_| "the catalog loader panicked".to_string())??;
+            let catalog = catalog.ok_or_else(|| "the catalog was not loaded".to_string())?;
             Ok::<_, String>((
                 Arc::new(catalog),
                 Arc::new(shards.into_iter().map(Arc::new).collect::<Vec<_>>()),

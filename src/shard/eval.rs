@@ -176,6 +176,17 @@ impl Shard {
         }
     }
 
+    /// True when [`Self::count_within`] answers for `c` without building it.
+    fn countable_within(&self, c: &Cond) -> bool {
+        if self.range_leaf(c).is_some() {
+            return true;
+        }
+        let Cond::Leaf(leaf) = c else { return false };
+        let Field::Trait { name, ty: TraitType::Keyword } = &leaf.field else { return false };
+        matches!(self.traits.get(name), Some(TraitColumn::Keyword(_)))
+            && matches!(leaf.test, LeafTest::StrIn(_) | LeafTest::StrNotIn(_) | LeafTest::Exists)
+    }
+
     /// The range column and key bounds of a `Range` leaf.
     fn range_leaf(&self, c: &Cond) -> Option<(&super::RangeColumn, (u64, u64))> {
         match c {
@@ -240,9 +251,18 @@ impl Shard {
                 }
             }
             Cond::Or(items) => {
-                let (last, rest) = items.split_last().unwrap_or((&Cond::Empty, &[]));
-                let parts: Vec<Bits<'_>> = rest.iter().map(|c| self.eval(c)).collect();
+                // Keep for last an operand that can be counted against a set
+                // without being built (a range or keyword leaf), and count
+                // |rest ∪ last| as |rest| + |last| - |rest ∩ last|.
+                let countable = items.iter().rposition(|c| self.countable_within(c));
+                let last_at = countable.unwrap_or(items.len().saturating_sub(1));
+                let Some(last) = items.get(last_at) else { return 0 };
+                let rest = items.iter().enumerate().filter(|&(i, _)| i != last_at).map(|(_, c)| c);
+                let parts: Vec<Bits<'_>> = rest.map(|c| self.eval(c)).collect();
                 let acc: RoaringBitmap = parts.iter().map(|b| b.as_ref()).union();
+                if let Some(both) = self.count_within(last, &acc) {
+                    return acc.len() + self.count(last) - both;
+                }
                 acc.union_len(&self.eval(last))
             }
             other => self.eval(other).len(),
