@@ -17,6 +17,8 @@
 //! `present` is exactly the set of such rows. Removing a row clears it
 //! everywhere, so every index is a subset of the shard's universe.
 
+use std::borrow::Cow;
+
 use ahash::AHashMap;
 use roaring::RoaringBitmap;
 
@@ -336,6 +338,27 @@ impl CodeVec {
         }
     }
 
+    /// The first entry that is neither absent nor below `dict_len`, as
+    /// (index, code): what a snapshot reader refuses. One branch-free pass
+    /// per width finds whether there is one.
+    pub fn first_code_outside(&self, dict_len: usize) -> Option<(usize, u32)> {
+        fn scan<T: Copy + Into<u32>>(v: &[T], absent: u32, dict_len: usize) -> Option<(usize, u32)> {
+            let bad = |c: T| {
+                let c: u32 = c.into();
+                c != absent && c as usize >= dict_len
+            };
+            if !v.iter().fold(false, |any, &c| any | bad(c)) {
+                return None;
+            }
+            v.iter().position(|&c| bad(c)).map(|i| (i, v[i].into()))
+        }
+        match self {
+            CodeVec::U8(v) => scan(v, u32::from(u8::MAX), dict_len),
+            CodeVec::U16(v) => scan(v, u32::from(u16::MAX), dict_len),
+            CodeVec::U32(v) => scan(v, NO_CODE, dict_len),
+        }
+    }
+
     /// Gives back spare capacity.
     pub fn shrink_to_fit(&mut self) {
         match self {
@@ -538,6 +561,70 @@ impl CodeSets {
             self.arena = arena;
             self.garbage = 0;
         }
+    }
+
+    /// The memory image, for snapshots: `starts` and an arena holding the
+    /// sets in row order without garbage (copied only when the arena is not
+    /// already so).
+    pub fn image(&self) -> (Cow<'_, [u32]>, Cow<'_, [u32]>) {
+        let mut pos = 0usize;
+        let mut in_order = self.garbage == 0;
+        for &start in self.starts.iter().filter(|s| **s != 0) {
+            if !in_order || start as usize - 1 != pos {
+                in_order = false;
+                break;
+            }
+            pos += 1 + self.arena[pos] as usize;
+        }
+        if in_order && pos == self.arena.len() {
+            return (Cow::Borrowed(&self.starts[..]), Cow::Borrowed(&self.arena[..]));
+        }
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        let starts = (0..self.starts.len() as Row)
+            .map(|row| match self.get(row) {
+                None => 0,
+                Some(codes) => {
+                    // The image is no larger than the arena, so this fits.
+                    let start = (arena.len() + 1) as u32;
+                    arena.push(codes.len() as u32);
+                    arena.extend_from_slice(codes);
+                    start
+                }
+            })
+            .collect();
+        (Cow::Owned(starts), Cow::Owned(arena))
+    }
+
+    /// Takes back an image from [`image`](Self::image), checking in one pass
+    /// that the sets follow each other in row order inside the arena and
+    /// that each is a strictly increasing list of codes below `dict_len`.
+    /// Returns the sets and the rows that have one.
+    pub fn from_image(starts: Vec<u32>, arena: Vec<u32>, dict_len: usize) -> Result<(Self, RoaringBitmap), String> {
+        let mut present = RoaringBitmap::new();
+        let mut pos = 0usize;
+        for (i, &start) in starts.iter().enumerate() {
+            if start == 0 {
+                continue;
+            }
+            let row = Row::try_from(i).map_err(|_| format!("{} rows exceed the row ids", starts.len()))?;
+            if start as usize - 1 != pos {
+                return Err(format!("row {row}: set at arena offset {}, expected {pos}", start - 1));
+            }
+            let len = arena.get(pos).map(|&n| n as usize).ok_or_else(|| format!("row {row}: set past the arena"))?;
+            let codes = arena
+                .get(pos + 1..)
+                .and_then(|rest| rest.get(..len))
+                .ok_or_else(|| format!("row {row}: set of {len} codes runs past the arena"))?;
+            if codes.last().is_some_and(|&c| c as usize >= dict_len) || codes.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("row {row}: codes not a sorted set below {dict_len}"));
+            }
+            pos += 1 + len;
+            present.try_push(row).map_err(|_| format!("row {row}: rows out of order"))?;
+        }
+        if pos != arena.len() {
+            return Err(format!("{} arena codes after the last set", arena.len() - pos));
+        }
+        Ok((CodeSets { starts, arena, garbage: 0 }, present))
     }
 
     /// Heap bytes used.

@@ -11,10 +11,23 @@
 //!
 //! Sections: `rows` (profile ids and universe), `first_seen`, `last_seen`,
 //! `user_id`, `anonymous_id`, one `trait` section per trait, one `event`
-//! section per event name, and one section per trait only ever unset. Bitmaps are in roaring's portable format, columns
-//! are plain little-endian arrays. Every section carries a CRC-32 of its
-//! payload; the footer carries the file's length, so a truncated file is
-//! told apart from a corrupt one.
+//! section per event name, and one section per trait only ever unset.
+//! Bitmaps are in roaring's portable format, columns are plain
+//! little-endian arrays. Every section carries a CRC-32 of its payload; the
+//! footer carries the file's length, so a truncated file is told apart from
+//! a corrupt one.
+//!
+//! Version 2 stores each structure as its memory image, so that loading is
+//! mostly copying arrays: the profile-row table and text indexes as their
+//! slot arrays ([`RowTable`](super::row_table::RowTable)), text values as
+//! `starts` plus the byte arena, dictionary codes in their packed width,
+//! list traits as `starts` plus the code arena. What loading uses as an index
+//! is bound-checked on the way in (codes below the dictionary's length, rows
+//! below the row count, starts inside their arena, table slots holding
+//! exactly the indexed rows), in passes over the arrays rather than per
+//! element insertions. Hash-table images carry the hash of a fixed key: a
+//! build whose hash function differs rebuilds the table instead. Version 1
+//! files (values row by row, rebuilt on load) are still read.
 //!
 //! Writing goes to `<path>.tmp`, is fsynced, renamed over `<path>`, and the
 //! directory is fsynced, so a crash leaves either the old or the new file.
@@ -29,17 +42,19 @@ use std::path::Path;
 
 use roaring::RoaringBitmap;
 
-use super::columns::{BoolColumn, Dict, KeywordColumn, ListColumn, Stamp, Stamps};
-use super::events::{EventTable, Partition, PropColumn, LEVEL_DAYS};
+use super::columns::{BoolColumn, CodeSets, CodeVec, Dict, KeywordColumn, ListColumn, Stamp, Stamps, NO_CODE};
+use super::events::{EventTable, Partition, PropColumn, DAY_MS, LEVEL_DAYS};
 use super::range::RangeColumn;
-use super::text::TextColumn;
-use super::{Shard, ShardError, TraitColumn};
+use super::text::{append_value, text_hash_check, TextColumn};
+use super::{profile_hash_check, ProfileRows, Row, Shard, ShardError, TraitColumn};
 use crate::model::TraitType;
 
 const MAGIC: &[u8; 8] = b"COHORTSN";
 const FOOTER_MAGIC: &[u8; 8] = b"COHORTND";
-/// The format version this code writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this code writes.
+pub const VERSION: u32 = 2;
+/// The oldest format version this code reads.
+pub const OLDEST_READABLE: u32 = 1;
 
 const SEC_ROWS: u32 = 1;
 const SEC_FIRST_SEEN: u32 = 2;
@@ -80,6 +95,9 @@ impl Enc {
             self.buf.extend_from_slice(&le(*x));
         }
     }
+    fn u16s(&mut self, v: &[u16]) {
+        self.ints(v, u16::to_le_bytes);
+    }
     fn u32s(&mut self, v: &[u32]) {
         self.ints(v, u32::to_le_bytes);
     }
@@ -118,6 +136,23 @@ impl Enc {
         self.i64s(&times);
         self.u64s(&seqs);
     }
+    /// Codes in their packed width: the width in bytes, then the array.
+    fn code_vec(&mut self, v: &CodeVec) {
+        match v {
+            CodeVec::U8(codes) => {
+                self.u8(1);
+                self.bytes(codes);
+            }
+            CodeVec::U16(codes) => {
+                self.u8(2);
+                self.u16s(codes);
+            }
+            CodeVec::U32(codes) => {
+                self.u8(4);
+                self.u32s(codes);
+            }
+        }
+    }
     fn code_lists(&mut self, rows: &[Option<Box<[u32]>>]) {
         self.len(rows.len());
         for r in rows {
@@ -152,13 +187,15 @@ impl Enc {
         }
     }
     fn text(&mut self, c: &TextColumn) {
-        self.len(c.row_bound());
-        for row in 0..c.row_bound() {
-            let values = c.values(row as u32);
-            self.len(values.len());
-            for v in values {
-                self.str(v);
-            }
+        let image = c.image();
+        self.u32s(&image.starts);
+        self.bytes(&image.arena);
+        self.u64(text_hash_check());
+        self.u32s(image.index);
+        let rows: Vec<Row> = image.extra.iter().map(|(r, _)| *r).collect();
+        self.u32s(&rows);
+        for (_, v) in &image.extra {
+            self.str(v);
         }
         self.stamps(&c.stamps);
     }
@@ -167,7 +204,7 @@ impl Enc {
         match col {
             TraitColumn::Keyword(c) => {
                 self.dict(&c.dict);
-                self.u32s(&c.codes.to_u32s());
+                self.code_vec(&c.codes);
                 self.len(c.bitmaps.len());
                 for b in &c.bitmaps {
                     self.bitmap(b);
@@ -184,14 +221,13 @@ impl Enc {
             }
             TraitColumn::List(c) => {
                 self.dict(&c.dict);
-                let rows: Vec<Option<Box<[u32]>>> =
-                    (0..c.rows.row_bound() as u32).map(|r| c.rows.get(r).map(Box::from)).collect();
-                self.code_lists(&rows);
+                let (starts, arena) = c.rows.image();
+                self.u32s(&starts);
+                self.u32s(&arena);
                 self.len(c.bitmaps.len());
                 for b in &c.bitmaps {
                     self.bitmap(b);
                 }
-                self.bitmap(&c.present);
                 self.stamps(&c.stamps);
             }
         }
@@ -211,7 +247,7 @@ impl Enc {
             self.len(p.props.len());
             for col in &p.props {
                 match col {
-                    PropColumn::Codes(v) => self.u32s(&v.to_u32s()),
+                    PropColumn::Codes(v) => self.code_vec(v),
                     PropColumn::Keys { keys, present } => {
                         self.u64s(keys);
                         self.u64s(present);
@@ -254,6 +290,8 @@ pub fn write_with_extra(shard: &Shard, path: &Path, extra: &[u8]) -> Result<(), 
     rows.u64s(shard.rows.profiles());
     rows.bitmap(&shard.universe);
     rows.stamp_list(&shard.base_stamps);
+    rows.u64(profile_hash_check());
+    rows.u32s(shard.rows.table_image());
     sections.push((SEC_ROWS, String::new(), rows));
     for (kind, col) in [(SEC_FIRST_SEEN, &shard.first_seen), (SEC_LAST_SEEN, &shard.last_seen)] {
         let mut e = Enc::default();
@@ -325,17 +363,22 @@ struct Dec<'a> {
     /// Offset of `data[0]` in the file, for error messages.
     base: u64,
     path: &'a str,
+    /// The file's format version.
+    version: u32,
+    /// The highest row an event partition names, checked against the row
+    /// count once every section is read (events index per-row arrays).
+    max_event_row: Option<Row>,
 }
 
 type R<T> = Result<T, ShardError>;
 
 impl<'a> Dec<'a> {
     fn err(&self, problem: impl Into<String>) -> ShardError {
-        ShardError::Corrupt {
-            path: self.path.to_string(),
-            offset: self.base + self.pos as u64,
-            problem: problem.into(),
-        }
+        self.err_at(self.pos, problem)
+    }
+    /// An error at position `at` of this decoder's data.
+    fn err_at(&self, at: usize, problem: impl Into<String>) -> ShardError {
+        ShardError::Corrupt { path: self.path.to_string(), offset: self.base + at as u64, problem: problem.into() }
     }
     fn take(&mut self, n: usize, what: &str) -> R<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
@@ -372,14 +415,48 @@ impl<'a> Dec<'a> {
         Ok(n as usize)
     }
     fn str(&mut self, what: &str) -> R<String> {
+        self.str_ref(what).map(str::to_string)
+    }
+    /// A string borrowed from the data.
+    fn str_ref(&mut self, what: &str) -> R<&'a str> {
         let n = self.len(1, what)?;
         let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.err(format!("{what}: not UTF-8")))
+        std::str::from_utf8(b).map_err(|_| self.err(format!("{what}: not UTF-8")))
+    }
+    fn u16s(&mut self, what: &str) -> R<Vec<u16>> {
+        let n = self.len(2, what)?;
+        let b = self.take(n * 2, what)?;
+        Ok(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
     }
     fn u32s(&mut self, what: &str) -> R<Vec<u32>> {
         let n = self.len(4, what)?;
         let b = self.take(n * 4, what)?;
         Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+    /// Dictionary codes: version 1 stores them as `u32`s, version 2 in
+    /// their packed width. Every code must be absent or below `dict_len`.
+    fn code_vec(&mut self, dict_len: usize, what: &str) -> R<CodeVec> {
+        let at = self.pos;
+        let codes = if self.version == 1 {
+            let codes = self.u32s(what)?;
+            if let Some(i) = codes.iter().position(|&c| c != NO_CODE && c as usize >= dict_len) {
+                return Err(self.err_at(at, format!("{what}: code {} of entry {i} outside the dictionary of {dict_len}", codes[i])));
+            }
+            return Ok(CodeVec::from_u32s(&codes));
+        } else {
+            match self.u8(what)? {
+                1 => CodeVec::U8(self.bytes(what)?),
+                2 => CodeVec::U16(self.u16s(what)?),
+                4 => CodeVec::U32(self.u32s(what)?),
+                w => return Err(self.err_at(at, format!("{what}: code width {w}"))),
+            }
+        };
+        match codes.first_code_outside(dict_len) {
+            Some((i, c)) => {
+                Err(self.err_at(at, format!("{what}: code {c} of entry {i} outside the dictionary of {dict_len}")))
+            }
+            None => Ok(codes),
+        }
     }
     fn u64s(&mut self, what: &str) -> R<Vec<u64>> {
         let n = self.len(8, what)?;
@@ -486,6 +563,9 @@ impl<'a> Dec<'a> {
                 t => return Err(self.err(format!("{what}: bad option tag {t}"))),
             });
         }
+        if let Some(b) = cum.iter().find(|b| b.max().is_some_and(|m| m as usize >= keys.len())) {
+            return Err(self.err(format!("{what}: a bin holds row {:?} beyond the {} keys", b.max(), keys.len())));
+        }
         let shape_ok = cum.len() == bounds.len()
             && pure.len() == bin_rows.len()
             && (bin_rows.is_empty() || bin_rows.len() == bounds.len() + 1)
@@ -496,34 +576,62 @@ impl<'a> Dec<'a> {
         Ok(RangeColumn { keys, present, stamps, bounds, cum, bin_rows, pure })
     }
     fn text(&mut self, what: &str) -> R<TextColumn> {
-        let n = self.len(8, what)?;
-        let mut col = TextColumn::default();
-        for row in 0..n {
-            let k = self.len(8, what)?;
-            for _ in 0..k {
-                let v = self.str(what)?;
-                col.add(row as u32, &v);
+        let at = self.pos;
+        let (starts, arena, index, extra) = if self.version == 1 {
+            // Values row by row: the first goes to the arena, the others
+            // are further values; the index is rebuilt.
+            let n = self.len(8, what)?;
+            let mut starts = Vec::with_capacity(n);
+            let mut arena = Vec::new();
+            let mut extra = Vec::new();
+            for row in 0..n as Row {
+                let k = self.len(8, what)?;
+                let mut start = 0;
+                for j in 0..k {
+                    let v = self.str_ref(what)?;
+                    if j == 0 {
+                        start = append_value(&mut arena, v, row);
+                    } else {
+                        extra.push((row, v.to_string()));
+                    }
+                }
+                starts.push(start);
             }
-        }
-        col.stamps = self.stamps(what)?;
-        Ok(col)
+            (starts, arena, None, extra)
+        } else {
+            let starts = self.u32s(what)?;
+            let arena = self.bytes(what)?;
+            let check = self.u64(what)?;
+            let slots = self.u32s(what)?;
+            // An index laid out by another hash function is rebuilt.
+            let index = (check == text_hash_check()).then_some(slots);
+            let rows = self.u32s(what)?;
+            let mut extra = Vec::with_capacity(rows.len());
+            for row in rows {
+                extra.push((row, self.str(what)?));
+            }
+            (starts, arena, index, extra)
+        };
+        let stamps = self.stamps(what)?;
+        TextColumn::from_image(starts, arena, index, extra, stamps).map_err(|e| self.err_at(at, format!("{what}: {e}")))
     }
     fn trait_column(&mut self, what: &str) -> R<TraitColumn> {
         let ty = self.ty(what)?;
         Ok(match ty {
             TraitType::Keyword => {
                 let dict = self.dict(what)?;
-                let codes = self.u32s(what)?;
+                let codes = self.code_vec(dict.len(), what)?;
                 let bitmaps = self.bitmaps(what)?;
-                if bitmaps.len() != dict.len()
-                    || codes.iter().any(|&c| c != u32::MAX && c as usize >= dict.len())
-                {
-                    return Err(self.err(format!("{what}: codes and dictionary disagree")));
+                if bitmaps.len() != dict.len() {
+                    return Err(self.err(format!(
+                        "{what}: {} bitmaps for {} dictionary values",
+                        bitmaps.len(),
+                        dict.len()
+                    )));
                 }
                 let present = self.bitmap(what)?;
                 self.rows_within(&present, codes.len(), what)?;
                 let stamps = self.stamps(what)?;
-                let codes = super::columns::CodeVec::from_u32s(&codes);
                 TraitColumn::Keyword(KeywordColumn { dict, codes, bitmaps, present, stamps })
             }
             TraitType::Text => TraitColumn::Text(self.text(what)?),
@@ -536,18 +644,40 @@ impl<'a> Dec<'a> {
             }
             TraitType::List => {
                 let dict = self.dict(what)?;
-                let rows = self.code_lists(dict.len(), what)?;
+                let at = self.pos;
+                let (starts, arena) = if self.version == 1 {
+                    let rows = self.code_lists(dict.len(), what)?;
+                    let mut starts = Vec::with_capacity(rows.len());
+                    let mut arena = Vec::new();
+                    for codes in &rows {
+                        starts.push(match codes {
+                            None => 0,
+                            Some(codes) => {
+                                let start = u32::try_from(arena.len() + 1)
+                                    .map_err(|_| self.err(format!("{what}: list arena over 4 Gi codes")))?;
+                                arena.push(codes.len() as u32);
+                                arena.extend_from_slice(codes);
+                                start
+                            }
+                        });
+                    }
+                    (starts, arena)
+                } else {
+                    (self.u32s(what)?, self.u32s(what)?)
+                };
+                let (sets, present) = CodeSets::from_image(starts, arena, dict.len())
+                    .map_err(|e| self.err_at(at, format!("{what}: {e}")))?;
                 let bitmaps = self.bitmaps(what)?;
                 if bitmaps.len() < dict.len() {
                     return Err(self.err(format!("{what}: fewer bitmaps than dictionary values")));
                 }
-                let present = self.bitmap(what)?;
-                self.rows_within(&present, rows.len(), what)?;
-                let stamps = self.stamps(what)?;
-                let mut sets = super::columns::CodeSets::default();
-                for (row, codes) in rows.iter().enumerate() {
-                    sets.set(row as u32, codes.as_deref());
+                if self.version == 1 {
+                    let stored = self.bitmap(what)?;
+                    if stored != present {
+                        return Err(self.err(format!("{what}: presence differs from the rows with a list")));
+                    }
                 }
+                let stamps = self.stamps(what)?;
                 TraitColumn::List(ListColumn { dict, rows: sets, bitmaps, present, stamps })
             }
         })
@@ -567,7 +697,15 @@ impl<'a> Dec<'a> {
         for _ in 0..parts {
             let day = self.u64(what)? as i64;
             let rows = self.u32s(what)?;
+            let max_row = rows.iter().copied().fold(0, Row::max);
+            if !rows.is_empty() {
+                self.max_event_row = self.max_event_row.max(Some(max_row));
+            }
+            let at = self.pos;
             let offsets = self.u32s(what)?;
+            if offsets.iter().copied().fold(0, u32::max) as i64 >= DAY_MS {
+                return Err(self.err_at(at, format!("{what}: day {day}: an offset is outside the day")));
+            }
             let len = rows.len();
             let columns = self.len(8, what)?;
             if columns > t.props.len() {
@@ -578,13 +716,7 @@ impl<'a> Dec<'a> {
             for (i, (_, ty)) in t.props.iter().enumerate().take(columns) {
                 let dict_len = t.dicts[i].len();
                 let col = match ty {
-                    TraitType::Keyword | TraitType::Text => {
-                        let v = self.u32s(what)?;
-                        if v.iter().any(|&c| c != u32::MAX && c as usize >= dict_len) {
-                            return Err(self.err(format!("{what}: property code outside the dictionary")));
-                        }
-                        PropColumn::Codes(super::columns::CodeVec::from_u32s(&v))
-                    }
+                    TraitType::Keyword | TraitType::Text => PropColumn::Codes(self.code_vec(dict_len, what)?),
                     TraitType::Number | TraitType::Timestamp => {
                         let keys = self.u64s(what)?;
                         let present = self.u64s(what)?;
@@ -664,7 +796,7 @@ pub fn decode(data: &[u8], path: &str) -> Result<Shard, ShardError> {
 pub fn decode_with_extra(data: &[u8], path: &str) -> Result<(Shard, Vec<u8>), ShardError> {
     let corrupt =
         |offset: u64, problem: String| ShardError::Corrupt { path: path.to_string(), offset, problem };
-    let mut d = Dec { data, pos: 0, base: 0, path };
+    let mut d = Dec { data, pos: 0, base: 0, path, version: VERSION, max_event_row: None };
     let magic = d.take(8, "header")?;
     if magic != MAGIC {
         return Err(corrupt(0, "not a Cohort shard snapshot (bad magic)".to_string()));
@@ -676,8 +808,8 @@ pub fn decode_with_extra(data: &[u8], path: &str) -> Result<(Shard, Vec<u8>), Sh
     if crc != crc32fast::hash(&data[..20]) {
         return Err(corrupt(20, "header checksum mismatch".to_string()));
     }
-    if version != VERSION {
-        return Err(corrupt(8, format!("format version {version}, this build reads {VERSION}")));
+    if !(OLDEST_READABLE..=VERSION).contains(&version) {
+        return Err(corrupt(8, format!("format version {version}, this build reads {OLDEST_READABLE} to {VERSION}")));
     }
     // The footer tells a truncated file from a corrupt one.
     let footer_at = data.len() - 16;
@@ -692,7 +824,8 @@ pub fn decode_with_extra(data: &[u8], path: &str) -> Result<(Shard, Vec<u8>), Sh
         ));
     }
     let body = &data[..footer_at];
-    let mut d = Dec { data: body, pos: d.pos, base: 0, path };
+    let mut d = Dec { data: body, pos: d.pos, base: 0, path, version, max_event_row: None };
+    let mut max_event_row = None;
     let mut shard = Shard::new(shard_id);
     let mut extra = Vec::new();
     let mut seen_rows = false;
@@ -712,14 +845,27 @@ pub fn decode_with_extra(data: &[u8], path: &str) -> Result<(Shard, Vec<u8>), Sh
         if crc32fast::hash(payload) != crc {
             return Err(corrupt(at, format!("checksum mismatch in section {kind} {name:?}")));
         }
-        let mut p = Dec { data: payload, pos: 0, base: payload_at, path };
+        let mut p = Dec { data: payload, pos: 0, base: payload_at, path, version, max_event_row: None };
         match kind {
             SEC_ROWS => {
                 let profiles = p.u64s("rows")?;
                 shard.universe = p.bitmap("rows")?;
                 p.rows_within(&shard.universe, profiles.len(), "rows")?;
-                shard.rows = super::ProfileRows::from_parts(profiles, &shard.universe);
                 shard.base_stamps = p.stamp_list("rows")?;
+                shard.rows = if version == 1 {
+                    ProfileRows::from_parts(profiles, &shard.universe)
+                } else {
+                    let check = p.u64("rows")?;
+                    let at = p.pos;
+                    let slots = p.u32s("rows")?;
+                    if check == profile_hash_check() {
+                        ProfileRows::from_image(profiles, slots, &shard.universe)
+                            .map_err(|e| p.err_at(at, format!("rows: {e}")))?
+                    } else {
+                        // Laid out by another hash function: rebuilt.
+                        ProfileRows::from_parts(profiles, &shard.universe)
+                    }
+                };
                 seen_rows = true;
             }
             SEC_FIRST_SEEN => shard.first_seen = p.range("first_seen")?,
@@ -747,12 +893,17 @@ pub fn decode_with_extra(data: &[u8], path: &str) -> Result<(Shard, Vec<u8>), Sh
         if p.pos != payload.len() {
             return Err(p.err(format!("section {name:?}: {} unread bytes", payload.len() - p.pos)));
         }
+        max_event_row = max_event_row.max(p.max_event_row);
     }
     if d.pos != body.len() {
         return Err(d.err(format!("{} bytes after the last section", body.len() - d.pos)));
     }
     if !seen_rows {
         return Err(corrupt(0, "no rows section".to_string()));
+    }
+    let row_count = shard.rows.profiles().len();
+    if let Some(row) = max_event_row.filter(|&r| r as usize >= row_count) {
+        return Err(corrupt(0, format!("an event names row {row}, beyond the {row_count} rows")));
     }
     Ok((shard, extra))
 }
