@@ -376,7 +376,11 @@ impl ProfileRows {
     /// Takes back the memory image written by [`table_image`](Self::table_image):
     /// checks that the table holds exactly the rows of `live`, every one a
     /// row of `profiles` (the caller checks `live` against `profiles`).
-    pub fn from_image(profiles: Vec<ProfileId>, slots: Vec<u32>, live: &RoaringBitmap) -> Result<Self, String> {
+    pub fn from_image(
+        profiles: Vec<ProfileId>,
+        slots: Vec<u32>,
+        live: &RoaringBitmap,
+    ) -> Result<Self, String> {
         if live.max().is_some_and(|m| m as usize >= profiles.len()) {
             return Err(format!("a live row is beyond the {} rows", profiles.len()));
         }

@@ -17,6 +17,7 @@
 
 use roaring::RoaringBitmap;
 
+use super::columns::RowMarks;
 use super::Row;
 
 /// Content of an empty slot. No row takes this value: the shard refuses to
@@ -111,7 +112,12 @@ impl RowTable {
 
     /// Removes the first stored row with hash `hash` for which `eq` holds,
     /// shifting back the entries after it; returns whether one was found.
-    pub fn remove(&mut self, hash: u64, mut eq: impl FnMut(Row) -> bool, rehash: impl Fn(Row) -> u64) -> bool {
+    pub fn remove(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(Row) -> bool,
+        rehash: impl Fn(Row) -> u64,
+    ) -> bool {
         if self.slots.is_empty() {
             return false;
         }
@@ -177,24 +183,26 @@ impl RowTable {
     /// `validate` of the owner checks placement.
     pub fn from_slots(slots: Vec<u32>, rows: &RoaringBitmap) -> Result<Self, String> {
         if !(slots.is_empty() || (slots.len().is_power_of_two() && slots.len() >= MIN_SLOTS)) {
-            return Err(format!("row table of {} slots: not a power of two of at least {MIN_SLOTS}", slots.len()));
+            return Err(format!(
+                "row table of {} slots: not a power of two of at least {MIN_SLOTS}",
+                slots.len()
+            ));
         }
         let bound = rows.max().map_or(0, |m| m as usize + 1);
-        let mut seen = vec![0u64; bound.div_ceil(64)];
+        let mut seen = RowMarks::new(bound);
         let mut len = 0usize;
         for (i, &row) in slots.iter().enumerate().filter(|(_, &r)| r != EMPTY) {
-            let r = row as usize;
-            if r >= bound {
+            if row as usize >= bound {
                 return Err(format!("row table slot {i} holds row {row}, beyond the rows it indexes"));
             }
-            let bit = 1u64 << (r % 64);
-            if seen[r / 64] & bit != 0 {
+            if !seen.mark(row as usize) {
                 return Err(format!("row table holds row {row} twice"));
             }
-            seen[r / 64] |= bit;
             len += 1;
         }
-        if len as u64 != rows.len() || rows.iter().any(|r| seen[r as usize / 64] >> (r % 64) & 1 == 0) {
+        // Distinct rows, as many as `rows` holds, all below its maximum:
+        // equality of the two sets is one comparison of bitmaps.
+        if len as u64 != rows.len() || seen.into_bitmap() != *rows {
             return Err(format!("row table holds {len} rows, not the {} it indexes", rows.len()));
         }
         if slots_for(len) > slots.len() {
