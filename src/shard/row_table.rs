@@ -191,14 +191,18 @@ impl RowTable {
         let bound = rows.max().map_or(0, |m| m as usize + 1);
         let mut seen = RowMarks::new(bound);
         let mut len = 0usize;
+        let mut repeated = None;
         for (i, &row) in slots.iter().enumerate().filter(|(_, &r)| r != EMPTY) {
             if row as usize >= bound {
                 return Err(format!("row table slot {i} holds row {row}, beyond the rows it indexes"));
             }
             if !seen.mark(row as usize) {
-                return Err(format!("row table holds row {row} twice"));
+                repeated = Some(row);
             }
             len += 1;
+        }
+        if let Some(row) = repeated {
+            return Err(format!("row table holds row {row} twice"));
         }
         // Distinct rows, as many as `rows` holds, all below its maximum:
         // equality of the two sets is one comparison of bitmaps.

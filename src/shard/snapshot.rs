@@ -1211,6 +1211,27 @@ mod tests {
     }
 
     #[test]
+    fn tables_laid_out_by_another_hash_are_rebuilt() {
+        let shard = sample();
+        let good = encode(&shard);
+        // user_id: starts, arena, then the hash check.
+        let other_text_hash = patched(&good, SEC_USER_ID, "", |p| {
+            let mut at = 8 + get_u64(p, 0) * 4;
+            at += 8 + get_u64(p, at);
+            p[at] ^= 1;
+        });
+        // rows: profiles, universe, times, seqs, then the hash check.
+        let other_profile_hash = patched(&other_text_hash, SEC_ROWS, "", |p| {
+            let mut at = 8 + get_u64(p, 0) * 8;
+            at += 8 + get_u64(p, at);
+            at += 8 + get_u64(p, at) * 8;
+            at += 8 + get_u64(p, at) * 8;
+            p[at] ^= 1;
+        });
+        assert_same(&shard, &decode(&other_profile_hash, "rebuilt").unwrap());
+    }
+
+    #[test]
     fn any_damaged_byte_gives_an_error_or_a_valid_shard_never_a_panic() {
         let good = encode(&sample());
         let all = sections(&good);

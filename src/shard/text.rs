@@ -135,7 +135,14 @@ fn value_at(arena: &[u8], start: u32) -> &str {
 
 /// The varint length at the start of `bytes` and the bytes it takes, or
 /// `None` when it runs off the end or overflows.
+#[inline]
 fn read_len(bytes: &[u8]) -> Option<(usize, usize)> {
+    // Values under 128 bytes, nearly all of them: a one-byte length.
+    match bytes.first() {
+        Some(&b) if b < 0x80 => return Some((usize::from(b), 1)),
+        None => return None,
+        Some(_) => {}
+    }
     let mut len = 0usize;
     for (i, &b) in bytes.iter().enumerate().take(9) {
         len |= usize::from(b & 0x7f) << (7 * i);
