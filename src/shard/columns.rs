@@ -17,6 +17,8 @@
 //! `present` is exactly the set of such rows. Removing a row clears it
 //! everywhere, so every index is a subset of the shard's universe.
 
+use std::borrow::Cow;
+
 use ahash::AHashMap;
 use roaring::RoaringBitmap;
 
@@ -113,6 +115,37 @@ impl Stamps {
     /// Gives back spare capacity.
     pub fn shrink_to_fit(&mut self) {
         self.own.shrink_to_fit();
+    }
+}
+
+/// A set of rows being built in increasing or random order, as a plain bit
+/// vector turned into a bitmap in one conversion at the end: what snapshot
+/// loading uses instead of one bitmap insertion per row.
+pub struct RowMarks {
+    /// Bit `r % 8` of byte `r / 8` is row `r`.
+    bytes: Vec<u8>,
+}
+
+impl RowMarks {
+    /// No row marked, room for rows below `rows` (at most 2^32 - 8, which
+    /// the caller checks: rows are `u32`).
+    pub fn new(rows: usize) -> Self {
+        RowMarks { bytes: vec![0; rows.div_ceil(8)] }
+    }
+
+    /// Marks `row` (below the `rows` given to [`new`](Self::new)); returns
+    /// false when it was marked already.
+    pub fn mark(&mut self, row: usize) -> bool {
+        let bit = 1u8 << (row % 8);
+        let byte = &mut self.bytes[row / 8];
+        let fresh = *byte & bit == 0;
+        *byte |= bit;
+        fresh
+    }
+
+    /// The marked rows.
+    pub fn into_bitmap(self) -> RoaringBitmap {
+        RoaringBitmap::from_lsb0_bytes(0, &self.bytes)
     }
 }
 
@@ -336,6 +369,32 @@ impl CodeVec {
         }
     }
 
+    /// The first entry that is neither absent nor below `dict_len`, as
+    /// (index, code): what a snapshot reader refuses. One branch-free pass
+    /// per width finds whether there is one.
+    pub fn first_code_outside(&self, dict_len: usize) -> Option<(usize, u32)> {
+        fn scan<T: Copy + Ord + Default + Into<u32>>(
+            v: &[T],
+            absent: T,
+            dict_len: usize,
+        ) -> Option<(usize, u32)> {
+            let bad = |c: T| c != absent && c.into() as usize >= dict_len;
+            // The largest present code, in a loop the compiler vectorises
+            // (absent entries count as 0); only an empty dictionary needs
+            // a second look at code 0.
+            let max = v.iter().fold(T::default(), |m, &c| m.max(if c == absent { T::default() } else { c }));
+            if (max.into() as usize) < dict_len {
+                return None;
+            }
+            v.iter().position(|&c| bad(c)).map(|i| (i, v[i].into()))
+        }
+        match self {
+            CodeVec::U8(v) => scan(v, u8::MAX, dict_len),
+            CodeVec::U16(v) => scan(v, u16::MAX, dict_len),
+            CodeVec::U32(v) => scan(v, NO_CODE, dict_len),
+        }
+    }
+
     /// Gives back spare capacity.
     pub fn shrink_to_fit(&mut self) {
         match self {
@@ -538,6 +597,81 @@ impl CodeSets {
             self.arena = arena;
             self.garbage = 0;
         }
+    }
+
+    /// The memory image, for snapshots: `starts` and an arena holding the
+    /// sets in row order without garbage (copied only when the arena is not
+    /// already so).
+    pub fn image(&self) -> (Cow<'_, [u32]>, Cow<'_, [u32]>) {
+        let mut pos = 0usize;
+        let mut in_order = self.garbage == 0;
+        for &start in self.starts.iter().filter(|s| **s != 0) {
+            if !in_order || start as usize - 1 != pos {
+                in_order = false;
+                break;
+            }
+            pos += 1 + self.arena[pos] as usize;
+        }
+        if in_order && pos == self.arena.len() {
+            return (Cow::Borrowed(&self.starts[..]), Cow::Borrowed(&self.arena[..]));
+        }
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        let starts = (0..self.starts.len() as Row)
+            .map(|row| match self.get(row) {
+                None => 0,
+                Some(codes) => {
+                    // The image is no larger than the arena, so this fits.
+                    let start = (arena.len() + 1) as u32;
+                    arena.push(codes.len() as u32);
+                    arena.extend_from_slice(codes);
+                    start
+                }
+            })
+            .collect();
+        (Cow::Owned(starts), Cow::Owned(arena))
+    }
+
+    /// Takes back an image from [`image`](Self::image), checking in one pass
+    /// that the sets follow each other in row order inside the arena and
+    /// that each is a strictly increasing list of codes below `dict_len`.
+    /// Returns the sets and the rows that have one.
+    pub fn from_image(
+        starts: Vec<u32>,
+        arena: Vec<u32>,
+        dict_len: usize,
+    ) -> Result<(Self, RoaringBitmap), String> {
+        if starts.len() > u32::MAX as usize - 8 {
+            return Err(format!("{} rows exceed the row ids", starts.len()));
+        }
+        let mut present = RowMarks::new(starts.len());
+        let mut pos = 0usize;
+        for (i, &start) in starts.iter().enumerate() {
+            if start == 0 {
+                continue;
+            }
+            let row = i;
+            if start as usize - 1 != pos {
+                return Err(format!("row {row}: set at arena offset {}, expected {pos}", start - 1));
+            }
+            let len = arena
+                .get(pos)
+                .map(|&n| n as usize)
+                .ok_or_else(|| format!("row {row}: set past the arena"))?;
+            let codes = arena
+                .get(pos + 1..)
+                .and_then(|rest| rest.get(..len))
+                .ok_or_else(|| format!("row {row}: set of {len} codes runs past the arena"))?;
+            if codes.last().is_some_and(|&c| c as usize >= dict_len) || codes.windows(2).any(|w| w[0] >= w[1])
+            {
+                return Err(format!("row {row}: codes not a sorted set below {dict_len}"));
+            }
+            pos += 1 + len;
+            present.mark(row);
+        }
+        if pos != arena.len() {
+            return Err(format!("{} arena codes after the last set", arena.len() - pos));
+        }
+        Ok((CodeSets { starts, arena, garbage: 0 }, present.into_bitmap()))
     }
 
     /// Heap bytes used.
@@ -755,6 +889,68 @@ mod tests {
         v.retain(&[true, false, true, true, false, true, true]);
         assert_eq!(v.to_u32s(), vec![NO_CODE, 7, NO_CODE, 254, 300]);
         assert_eq!(CodeVec::from_u32s(&[1, NO_CODE]).to_u32s(), vec![1, NO_CODE]);
+    }
+
+    #[test]
+    fn codes_outside_the_dictionary_are_found_in_every_width() {
+        let narrow = CodeVec::from_u32s(&[0, NO_CODE, 3, 1]);
+        assert_eq!(narrow.first_code_outside(4), None);
+        assert_eq!(narrow.first_code_outside(3), Some((2, 3)));
+        assert_eq!(CodeVec::from_u32s(&[NO_CODE, 0]).first_code_outside(0), Some((1, 0)));
+        assert_eq!(CodeVec::from_u32s(&[NO_CODE]).first_code_outside(0), None);
+        let mid = CodeVec::from_u32s(&[300, NO_CODE, 2]);
+        assert!(matches!(mid, CodeVec::U16(_)));
+        assert_eq!(mid.first_code_outside(301), None);
+        assert_eq!(mid.first_code_outside(300), Some((0, 300)));
+        let wide = CodeVec::from_u32s(&[70_000, NO_CODE]);
+        assert_eq!(wide.first_code_outside(70_000), Some((0, 70_000)));
+        assert_eq!(wide.first_code_outside(70_001), None);
+    }
+
+    #[test]
+    fn code_set_images_reload_and_bad_ones_are_refused() {
+        let mut sets = CodeSets::default();
+        sets.set(3, Some(&[1, 4]));
+        sets.set(0, Some(&[]));
+        sets.set(5, Some(&[2]));
+        sets.set(3, Some(&[0, 2, 4]));
+        sets.set(5, None);
+        let (starts, arena) = sets.image();
+        let (back, present) = CodeSets::from_image(starts.to_vec(), arena.to_vec(), 5).unwrap();
+        for row in 0..8 {
+            assert_eq!(back.get(row), sets.get(row), "row {row}");
+        }
+        assert_eq!(present.iter().collect::<Vec<_>>(), vec![0, 3]);
+        assert!(matches!(back.image().1, Cow::Borrowed(_)), "a reloaded image is already compact");
+
+        let load = |starts: &[u32], arena: &[u32], dict_len| {
+            CodeSets::from_image(starts.to_vec(), arena.to_vec(), dict_len).map(|_| ())
+        };
+        assert!(load(&starts, &arena, 4).unwrap_err().contains("below 4"));
+        let mut unsorted = arena.to_vec();
+        unsorted.swap(2, 3);
+        assert!(load(&starts, &unsorted, 5).unwrap_err().contains("sorted set"));
+        let mut past = starts.to_vec();
+        past[3] = 40;
+        assert!(load(&past, &arena, 5).unwrap_err().contains("row 3"));
+        let mut long = arena.to_vec();
+        long[1] = 9;
+        assert!(load(&starts, &long, 5).unwrap_err().contains("runs past"));
+        let mut extra = arena.to_vec();
+        extra.push(0);
+        assert!(load(&starts, &extra, 5).unwrap_err().contains("after the last set"));
+    }
+
+    #[test]
+    fn row_marks_make_the_bitmap_of_their_rows() {
+        let rows = [0u32, 5, 6, 7, 64, 65_535, 65_536, 200_001];
+        let mut marks = RowMarks::new(200_002);
+        for r in rows {
+            assert!(marks.mark(r as usize));
+        }
+        assert!(!marks.mark(5), "a second mark is reported");
+        assert_eq!(marks.into_bitmap(), rows.into_iter().collect::<RoaringBitmap>());
+        assert!(RowMarks::new(0).into_bitmap().is_empty());
     }
 
     #[test]

@@ -18,12 +18,12 @@ mod columns;
 pub mod eval;
 mod events;
 mod range;
+mod row_table;
 pub mod snapshot;
 mod text;
 
 use std::collections::BTreeMap;
 
-use hashbrown::HashTable;
 use roaring::RoaringBitmap;
 use thiserror::Error;
 
@@ -337,37 +337,65 @@ impl Identifiers {
     }
 }
 
-/// Profile ids by row and rows by live profile id: a vector plus a hash
-/// table that stores only rows (4 bytes each) and hashes the id it finds in
-/// the vector.
+/// Profile ids by row and rows by live profile id: a vector plus a
+/// [`RowTable`](row_table::RowTable) that stores only rows (4 bytes a slot)
+/// and hashes the id it finds in the vector. Both are stored in snapshots as
+/// they are in memory.
 #[derive(Clone, Debug, Default)]
 pub struct ProfileRows {
     profiles: Vec<ProfileId>,
-    live: HashTable<Row>,
+    live: row_table::RowTable,
 }
 
+/// The hash of a profile id in [`ProfileRows`]. Snapshots store the table
+/// laid out by it, along with [`profile_hash_check`], so that a build whose
+/// hash differs rebuilds the table rather than probe it wrongly.
 fn hash_profile(p: ProfileId) -> u64 {
     // A multiply-xorshift mix: ids are often sequential.
     let x = p.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^ (x >> 29)
 }
 
+/// `hash_profile` of a fixed id, stored with the table's image: a reader
+/// whose hash differs rebuilds the table instead of trusting the image.
+pub(crate) fn profile_hash_check() -> u64 {
+    hash_profile(0x0123_4567_89ab_cdef)
+}
+
 impl ProfileRows {
-    /// Rebuilds from the profile of every row and the live rows (snapshots).
+    /// Rebuilds from the profile of every row and the live rows (snapshots),
+    /// inserting each live row into a table sized for all of them.
     pub fn from_parts(profiles: Vec<ProfileId>, live: &RoaringBitmap) -> Self {
-        let mut out = ProfileRows { profiles, live: HashTable::with_capacity(live.len() as usize) };
+        let mut table = row_table::RowTable::with_capacity(live.len() as usize);
         for row in live {
-            let profiles = &out.profiles;
-            out.live.insert_unique(hash_profile(profiles[row as usize]), row, |&r| {
-                hash_profile(profiles[r as usize])
-            });
+            table.insert(hash_profile(profiles[row as usize]), row, |r| hash_profile(profiles[r as usize]));
         }
-        out
+        ProfileRows { profiles, live: table }
+    }
+
+    /// Takes back the memory image written by [`table_image`](Self::table_image):
+    /// checks that the table holds exactly the rows of `live`, every one a
+    /// row of `profiles` (the caller checks `live` against `profiles`).
+    pub fn from_image(
+        profiles: Vec<ProfileId>,
+        slots: Vec<u32>,
+        live: &RoaringBitmap,
+    ) -> Result<Self, String> {
+        if live.max().is_some_and(|m| m as usize >= profiles.len()) {
+            return Err(format!("a live row is beyond the {} rows", profiles.len()));
+        }
+        let live = row_table::RowTable::from_slots(slots, live)?;
+        Ok(ProfileRows { profiles, live })
+    }
+
+    /// The live-row table's memory image, for snapshots.
+    pub fn table_image(&self) -> &[u32] {
+        self.live.slots()
     }
 
     /// The row of a live profile.
     pub fn row_of(&self, profile: ProfileId) -> Option<Row> {
-        self.live.find(hash_profile(profile), |&r| self.profiles[r as usize] == profile).copied()
+        self.live.find(hash_profile(profile), |r| self.profiles[r as usize] == profile)
     }
 
     /// The profile of a row (live or not).
@@ -386,26 +414,28 @@ impl ProfileRows {
         let row = Row::try_from(self.profiles.len()).ok().filter(|&r| r != Row::MAX)?;
         self.profiles.push(profile);
         let profiles = &self.profiles;
-        self.live.insert_unique(hash_profile(profile), row, |&r| hash_profile(profiles[r as usize]));
+        self.live.insert(hash_profile(profile), row, |r| hash_profile(profiles[r as usize]));
         Some(row)
     }
 
     /// Forgets a profile's row (the row id is not reused).
     fn remove(&mut self, profile: ProfileId) {
         let profiles = &self.profiles;
-        if let Ok(entry) = self.live.find_entry(hash_profile(profile), |&r| profiles[r as usize] == profile) {
-            entry.remove();
-        }
+        self.live.remove(
+            hash_profile(profile),
+            |r| profiles[r as usize] == profile,
+            |r| hash_profile(profiles[r as usize]),
+        );
     }
 
     /// The live rows, in no particular order.
     pub fn live_rows(&self) -> impl Iterator<Item = Row> + '_ {
-        self.live.iter().copied()
+        self.live.iter()
     }
 
     /// Checks that every live row maps back to itself.
     pub fn validate(&self) -> Result<(), String> {
-        for &row in &self.live {
+        for row in self.live.iter() {
             let Some(&p) = self.profiles.get(row as usize) else {
                 return Err(format!("live row {row} beyond the {} rows", self.profiles.len()));
             };
@@ -418,13 +448,13 @@ impl ProfileRows {
 
     /// Heap bytes used.
     pub fn heap_bytes(&self) -> usize {
-        self.profiles.capacity() * 8 + self.live.allocation_size()
+        self.profiles.capacity() * 8 + self.live.heap_bytes()
     }
 
     fn shrink_to_fit(&mut self) {
         self.profiles.shrink_to_fit();
         let profiles = &self.profiles;
-        self.live.shrink_to_fit(|&r| hash_profile(profiles[r as usize]));
+        self.live.shrink_to_fit(|r| hash_profile(profiles[r as usize]));
     }
 }
 

@@ -12,26 +12,89 @@
 //!   appended; `starts[row]` is its offset plus one (0: no value). An
 //!   overwritten value becomes garbage; when garbage passes half the arena,
 //!   the arena is rewritten in row order.
-//! - `index`: a hash table of rows keyed by the hash of their first value;
+//! - `index`: a [`RowTable`] of rows keyed by the hash of their first value;
 //!   a lookup hashes the probe and compares it with the arena bytes of each
-//!   candidate row, so the table stores 4 bytes per value and no string.
+//!   candidate row, so the table stores 4 bytes per slot and no string.
 //! - `extra`: the second and further values of a row (identifiers only),
 //!   with their own small index.
+//!
+//! Snapshots store `starts`, the arena (rewritten in row order if it is not)
+//! and the index's slots as they are in memory; loading copies them back and
+//! checks, in one pass over the arena, that every start points at a whole
+//! UTF-8 value ([`TextColumn::from_image`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use ahash::AHashMap;
-use hashbrown::HashTable;
 use roaring::RoaringBitmap;
 
-use super::columns::Stamps;
+use super::columns::{RowMarks, Stamps};
+use super::row_table::RowTable;
 use super::Row;
 
-/// Hashing with fixed keys: the table's layout is then the same on every
-/// replica (it does not change answers, but it keeps memory use and timings
-/// reproducible).
-fn hash_of(value: &str) -> u64 {
-    ahash::RandomState::with_seeds(0x5eed, 0xc0de, 0xcafe, 0xf00d).hash_one(value)
+/// The hash of a text value. It is written out here rather than taken from
+/// a hashing crate because snapshots store the index laid out by it: it must
+/// give the same result on every build and machine. Eight bytes at a time,
+/// multiply-rotate, then murmur3's finaliser so that the high bits (which
+/// pick the slot) depend on every byte.
+pub fn hash_of(value: &str) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes = value.as_bytes();
+    let mut h = 0x5eed_c0de_cafe_f00d ^ (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        h = (h ^ u64::from_le_bytes(word)).wrapping_mul(K).rotate_left(29);
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        let mut word = [0u8; 8];
+        word[..tail.len()].copy_from_slice(tail);
+        h = (h ^ u64::from_le_bytes(word)).wrapping_mul(K).rotate_left(29);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// `hash_of` a fixed string, stored with an index image: a reader whose
+/// hash differs rebuilds the index instead of probing the image wrongly.
+pub fn text_hash_check() -> u64 {
+    hash_of("cohort text index check")
+}
+
+/// Appends `value` to an arena as `[varint length][bytes]`; returns its
+/// start (offset plus one).
+pub fn append_value(arena: &mut Vec<u8>, value: &str, row: Row) -> u32 {
+    let offset = arena.len();
+    let start = u32::try_from(offset + 1)
+        .unwrap_or_else(|_| panic!("text arena over 4 GiB at row {row}: split the shard"));
+    let mut n = value.len();
+    while n >= 0x80 {
+        arena.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    arena.push(n as u8);
+    arena.extend_from_slice(value.as_bytes());
+    start
+}
+
+/// The memory image of a text column's values, for snapshots: `starts` and
+/// an arena holding each row's first value in row order, without garbage;
+/// the index's slots; and the further values of rows, sorted by row.
+pub struct TextImage<'a> {
+    /// Offset plus one of each row's first value, 0 for none.
+    pub starts: Cow<'a, [u32]>,
+    /// The values, `[varint length][UTF-8 bytes]`, in row order.
+    pub arena: Cow<'a, [u8]>,
+    /// The index's slots.
+    pub index: &'a [u32],
+    /// `(row, value)` for every value beyond a row's first.
+    pub extra: Vec<(Row, &'a str)>,
 }
 
 /// Rewrite the arena once garbage exceeds half of it and this many bytes.
@@ -43,7 +106,7 @@ pub struct TextColumn {
     starts: Vec<u32>,
     arena: Vec<u8>,
     garbage: usize,
-    index: HashTable<Row>,
+    index: RowTable,
     extra: BTreeMap<Row, Vec<Box<str>>>,
     extra_index: AHashMap<Box<str>, Vec<Row>>,
     /// Rows with at least one value.
@@ -68,6 +131,26 @@ fn value_at(arena: &[u8], start: u32) -> &str {
     }
     // The bytes were copied from a `&str`, so they are valid UTF-8.
     std::str::from_utf8(&arena[pos..pos + len]).unwrap_or_default()
+}
+
+/// The varint length at the start of `bytes` and the bytes it takes, or
+/// `None` when it runs off the end or overflows.
+#[inline]
+fn read_len(bytes: &[u8]) -> Option<(usize, usize)> {
+    // Values under 128 bytes, nearly all of them: a one-byte length.
+    match bytes.first() {
+        Some(&b) if b < 0x80 => return Some((usize::from(b), 1)),
+        None => return None,
+        Some(_) => {}
+    }
+    let mut len = 0usize;
+    for (i, &b) in bytes.iter().enumerate().take(9) {
+        len |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((len, i + 1));
+        }
+    }
+    None
 }
 
 fn encoded_len(value: &str) -> usize {
@@ -131,19 +214,9 @@ impl TextColumn {
             self.starts.resize(i + 1, 0);
         }
         if self.starts[i] == 0 {
-            let offset = self.arena.len();
-            let start = u32::try_from(offset + 1)
-                .unwrap_or_else(|_| panic!("text arena over 4 GiB at row {row}: split the shard"));
-            let mut n = value.len();
-            while n >= 0x80 {
-                self.arena.push((n as u8 & 0x7f) | 0x80);
-                n >>= 7;
-            }
-            self.arena.push(n as u8);
-            self.arena.extend_from_slice(value.as_bytes());
-            self.starts[i] = start;
+            self.starts[i] = append_value(&mut self.arena, value, row);
             let (arena, starts) = (&self.arena, &self.starts);
-            self.index.insert_unique(hash_of(value), row, |&r| hash_of(value_at(arena, starts[r as usize])));
+            self.index.insert(hash_of(value), row, |r| hash_of(value_at(arena, starts[r as usize])));
         } else {
             let more = self.extra.entry(row).or_default();
             let at = more.binary_search_by(|v| (**v).cmp(value)).unwrap_or_else(|e| e);
@@ -173,9 +246,12 @@ impl TextColumn {
             if start != 0 {
                 let value = value_at(&self.arena, start);
                 self.garbage += encoded_len(value);
-                if let Ok(entry) = self.index.find_entry(hash_of(value), |&r| r == row) {
-                    entry.remove();
-                }
+                let (arena, starts) = (&self.arena, &self.starts);
+                self.index.remove(
+                    hash_of(value),
+                    |r| r == row,
+                    |r| hash_of(value_at(arena, starts[r as usize])),
+                );
                 self.starts[i] = 0;
             }
         }
@@ -203,13 +279,117 @@ impl TextColumn {
     /// The rows holding `value`, sorted.
     pub fn rows_of(&self, value: &str) -> Vec<Row> {
         let mut rows: Vec<Row> =
-            self.index.iter_hash(hash_of(value)).copied().filter(|&r| self.first(r) == Some(value)).collect();
+            self.index.candidates(hash_of(value)).filter(|&r| self.first(r) == Some(value)).collect();
         if let Some(more) = self.extra_index.get(value) {
             rows.extend_from_slice(more);
         }
         rows.sort_unstable();
         rows.dedup();
         rows
+    }
+
+    /// The column's memory image, for snapshots. The arena is copied only
+    /// when it holds garbage or is not in row order.
+    pub fn image(&self) -> TextImage<'_> {
+        let mut pos = 0usize;
+        let mut in_order = self.garbage == 0;
+        for &start in self.starts.iter().filter(|s| **s != 0) {
+            if !in_order || start as usize - 1 != pos {
+                in_order = false;
+                break;
+            }
+            pos += encoded_len(value_at(&self.arena, start));
+        }
+        let (starts, arena) = if in_order && pos == self.arena.len() {
+            (Cow::Borrowed(&self.starts[..]), Cow::Borrowed(&self.arena[..]))
+        } else {
+            let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+            let starts = self
+                .starts
+                .iter()
+                .enumerate()
+                .map(|(row, &start)| match start {
+                    0 => 0,
+                    s => append_value(&mut arena, value_at(&self.arena, s), row as Row),
+                })
+                .collect();
+            (Cow::Owned(starts), Cow::Owned(arena))
+        };
+        let extra =
+            self.extra.iter().flat_map(|(&row, more)| more.iter().map(move |v| (row, &**v))).collect();
+        TextImage { starts, arena, index: self.index.slots(), extra }
+    }
+
+    /// Takes back an image from [`image`](Self::image) (`index`: its slots,
+    /// or `None` to rebuild the index from the values). Checks, in one pass
+    /// over the arena, that the values follow each other in row order, that
+    /// each lies whole inside the arena and is UTF-8; that the index holds
+    /// exactly the rows with a value; and that further values belong to rows
+    /// with a first value. A failure names the row or slot.
+    pub fn from_image(
+        starts: Vec<u32>,
+        arena: Vec<u8>,
+        index: Option<Vec<u32>>,
+        extra: Vec<(Row, String)>,
+        stamps: Stamps,
+    ) -> Result<Self, String> {
+        // Lengths below 128 encode as one byte under 0x80, so an all-ASCII
+        // arena is made of ASCII values: one vectorised test replaces a
+        // UTF-8 check per value.
+        let ascii = arena.is_ascii();
+        if starts.len() > u32::MAX as usize - 8 {
+            return Err(format!("{} rows exceed the row ids", starts.len()));
+        }
+        let mut present = RowMarks::new(starts.len());
+        let mut pos = 0usize;
+        for (i, &start) in starts.iter().enumerate() {
+            if start == 0 {
+                continue;
+            }
+            let row = i;
+            if start as usize - 1 != pos {
+                return Err(format!("row {row}: value at arena offset {}, expected {pos}", start - 1));
+            }
+            let (len, header) = read_len(&arena[pos..]).ok_or_else(|| {
+                format!("row {row}: bad value length at arena offset {pos} of {}", arena.len())
+            })?;
+            let begin = pos + header;
+            let end = begin.checked_add(len).filter(|&e| e <= arena.len()).ok_or_else(|| {
+                format!(
+                    "row {row}: value of {len} bytes at arena offset {pos} runs past the {} bytes",
+                    arena.len()
+                )
+            })?;
+            if !ascii && std::str::from_utf8(&arena[begin..end]).is_err() {
+                return Err(format!("row {row}: value at arena offset {pos} is not UTF-8"));
+            }
+            pos = end;
+            present.mark(row);
+        }
+        let present = present.into_bitmap();
+        if pos != arena.len() {
+            return Err(format!("{} arena bytes after the last value", arena.len() - pos));
+        }
+        let index = match index {
+            Some(slots) => RowTable::from_slots(slots, &present).map_err(|e| format!("index: {e}"))?,
+            None => {
+                let mut table = RowTable::with_capacity(present.len() as usize);
+                for row in &present {
+                    let value = value_at(&arena, starts[row as usize]);
+                    table.insert(hash_of(value), row, |r| hash_of(value_at(&arena, starts[r as usize])));
+                }
+                table
+            }
+        };
+        let mut col =
+            TextColumn { starts, arena, garbage: 0, index, present, stamps, ..TextColumn::default() };
+        for (row, value) in extra {
+            if col.first(row).is_none() {
+                return Err(format!("row {row}: a further value {value:?} but no first value"));
+            }
+            col.add(row, &value);
+        }
+        Ok(col)
     }
 
     /// Checks the index, the extra values and presence against the rows.
@@ -260,7 +440,7 @@ impl TextColumn {
         self.starts.shrink_to_fit();
         self.arena.shrink_to_fit();
         let (arena, starts) = (&self.arena, &self.starts);
-        self.index.shrink_to_fit(|&r| hash_of(value_at(arena, starts[r as usize])));
+        self.index.shrink_to_fit(|r| hash_of(value_at(arena, starts[r as usize])));
         self.stamps.shrink_to_fit();
     }
 
@@ -268,7 +448,7 @@ impl TextColumn {
     pub fn heap_bytes(&self) -> usize {
         self.starts.capacity() * 4
             + self.arena.capacity()
-            + self.index.allocation_size()
+            + self.index.heap_bytes()
             + self.extra.values().map(|v| 48 + v.iter().map(|s| s.len() + 16).sum::<usize>()).sum::<usize>()
             + self.extra_index.iter().map(|(k, v)| k.len() + 48 + v.capacity() * 4).sum::<usize>()
             + self.present.serialized_size()
@@ -304,5 +484,105 @@ mod tests {
         let long = format!("value-39-7-{}", "x".repeat(200));
         assert_eq!(t.rows_of(&long), vec![7]);
         assert_eq!(t.first(7), Some(long.as_str()));
+    }
+
+    /// Loads `t`'s image back (with its index image, or rebuilding it).
+    fn reload(t: &TextColumn, keep_index: bool) -> Result<TextColumn, String> {
+        let image = t.image();
+        let extra = image.extra.iter().map(|(r, v)| (*r, v.to_string())).collect();
+        let index = keep_index.then(|| image.index.to_vec());
+        TextColumn::from_image(image.starts.to_vec(), image.arena.to_vec(), index, extra, Stamps::default())
+    }
+
+    #[test]
+    fn images_reload_to_the_same_column() {
+        let mut t = TextColumn::default();
+        // Out of row order, with garbage, further values, an empty string,
+        // a shared value, a non-ASCII value and one longer than 127 bytes.
+        t.put(9, Some("nine"));
+        t.put(2, Some("two"));
+        t.put(2, Some("deux"));
+        t.add(2, "zwei");
+        t.add(2, "dos");
+        t.put(4, Some(""));
+        t.put(5, Some("deux"));
+        t.put(6, Some("été"));
+        t.put(7, Some(&"long".repeat(40)));
+        t.put(3, Some("gone"));
+        t.clear(3);
+        for keep_index in [true, false] {
+            let back = reload(&t, keep_index).unwrap();
+            back.validate().unwrap();
+            for row in 0..12 {
+                assert_eq!(back.values(row), t.values(row), "row {row}");
+            }
+            for v in ["nine", "deux", "zwei", "dos", "", "été", "gone", "two", &"long".repeat(40)] {
+                assert_eq!(back.rows_of(v), t.rows_of(v), "{v:?}");
+            }
+            assert_eq!(back.present, t.present);
+            assert_eq!(back.garbage, 0, "the image is compact");
+        }
+        // A compact, ordered arena is written as it is.
+        let mut ordered = TextColumn::default();
+        ordered.put(0, Some("a"));
+        ordered.put(3, Some("b"));
+        assert!(matches!(ordered.image().arena, Cow::Borrowed(_)));
+        assert!(matches!(t.image().arena, Cow::Owned(_)));
+        assert_eq!(reload(&TextColumn::default(), true).unwrap().row_bound(), 0);
+    }
+
+    #[test]
+    fn bad_images_are_refused() {
+        let mut t = TextColumn::default();
+        t.put(0, Some("a@x"));
+        t.put(1, Some("b@x"));
+        t.put(3, Some("c@x"));
+        let image = t.image();
+        let (starts, arena, index) = (image.starts.to_vec(), image.arena.to_vec(), image.index.to_vec());
+        let load = |starts: Vec<u32>, arena: Vec<u8>, index: Vec<u32>, extra: Vec<(Row, String)>| {
+            TextColumn::from_image(starts, arena, Some(index), extra, Stamps::default()).map(|_| ())
+        };
+        assert!(load(starts.clone(), arena.clone(), index.clone(), vec![]).is_ok());
+
+        let mut past = starts.clone();
+        past[3] = 1_000;
+        let err = load(past, arena.clone(), index.clone(), vec![]).unwrap_err();
+        assert!(err.contains("row 3"), "{err}");
+
+        let err = load(starts.clone(), arena[..arena.len() - 1].to_vec(), index.clone(), vec![]).unwrap_err();
+        assert!(err.contains("runs past"), "{err}");
+
+        let mut longer = arena.clone();
+        longer.push(0);
+        let err = load(starts.clone(), longer, index.clone(), vec![]).unwrap_err();
+        assert!(err.contains("after the last value"), "{err}");
+
+        let mut not_utf8 = arena.clone();
+        not_utf8[1] = 0xff;
+        let err = load(starts.clone(), not_utf8, index.clone(), vec![]).unwrap_err();
+        assert!(err.contains("not UTF-8"), "{err}");
+
+        let mut overlong = arena.clone();
+        overlong[0] = 0x80;
+        let err = load(starts.clone(), overlong, index.clone(), vec![]).unwrap_err();
+        assert!(err.contains("row 0"), "{err}");
+
+        let mut stray = index.clone();
+        let free = stray.iter().position(|&r| r == u32::MAX).unwrap();
+        stray[free] = 2;
+        let err = load(starts.clone(), arena.clone(), stray, vec![]).unwrap_err();
+        assert!(err.contains("index"), "{err}");
+
+        let err = load(starts.clone(), arena.clone(), index.clone(), vec![(2, "z".into())]).unwrap_err();
+        assert!(err.contains("no first value"), "{err}");
+        let err = load(starts, arena, index, vec![(70, "z".into())]).unwrap_err();
+        assert!(err.contains("row 70"), "{err}");
+    }
+
+    #[test]
+    fn the_hash_is_fixed() {
+        // Snapshots store tables laid out by this hash: it must not move.
+        assert_eq!(hash_of(""), 0x69a7_4508_3d98_aa39, "{:#x}", hash_of(""));
+        assert_eq!(hash_of("u1@example.com"), 0x537c_751d_a383_3e2a, "{:#x}", hash_of("u1@example.com"));
     }
 }
