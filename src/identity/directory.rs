@@ -624,8 +624,9 @@ impl Directory {
     }
 
     /// Resolves one message's identifiers per INGEST.md steps 1 to 5 and
-    /// applies the result: new identifiers are registered, merged profiles'
-    /// identifiers re-pointed to the survivor, and merged profiles removed.
+    /// applies the result: new identifiers are registered, and merged
+    /// profiles are removed, their identifiers resolving to the survivor
+    /// from then on.
     ///
     /// `ids` is in priority order, highest first (user id, then anonymous
     /// id); the identifier dropped by the step 4 guard is the last one still
@@ -2367,32 +2368,23 @@ mod tests {
     fn validate_finds_broken_invariants() {
         let dir = sample();
         dir.validate().expect("valid");
-        let broken: Vec<(&str, Box<dyn Fn(&mut Directory)>)> = vec![
-            ("live count", Box::new(|d: &mut Directory| d.live += 1)),
-            ("user bit", Box::new(|d: &mut Directory| clear_bit(&mut d.users, 2))),
-            ("merged bit", Box::new(|d: &mut Directory| set_bit(&mut d.merged, 2))),
-            ("allocated", Box::new(|d: &mut Directory| d.allocated = d.table.len as u64 + 64)),
-            (
-                "entry moved",
-                Box::new(|d: &mut Directory| {
-                    let pos = d.table.slots.iter().position(|s| s[OWNER] != 0).expect("an entry");
-                    let len = d.table.slots.len();
-                    d.table.slots.swap(pos, len - 1);
-                }),
-            ),
-            (
-                "forward",
-                Box::new(|d: &mut Directory| {
-                    d.forward.clear();
-                }),
-            ),
-            (
-                "entry owner",
-                Box::new(|d: &mut Directory| {
-                    let pos = d.table.slots.iter().position(|s| s[OWNER] != 0).expect("an entry");
-                    d.table.slots[pos][OWNER] = 999;
-                }),
-            ),
+        /// Breaks one invariant of a valid directory.
+        type Breaking = fn(&mut Directory);
+        let broken: Vec<(&str, Breaking)> = vec![
+            ("live count", |d| d.live += 1),
+            ("user bit", |d| clear_bit(&mut d.users, 2)),
+            ("merged bit", |d| set_bit(&mut d.merged, 2)),
+            ("allocated", |d| d.allocated = d.table.len as u64 + 64),
+            ("entry moved", |d| {
+                let pos = d.table.slots.iter().position(|s| s[OWNER] != 0).expect("an entry");
+                let len = d.table.slots.len();
+                d.table.slots.swap(pos, len - 1);
+            }),
+            ("forward", |d| d.forward.clear()),
+            ("entry owner", |d| {
+                let pos = d.table.slots.iter().position(|s| s[OWNER] != 0).expect("an entry");
+                d.table.slots[pos][OWNER] = 999;
+            }),
         ];
         for (what, breaking) in broken {
             let mut d = dir.clone();
