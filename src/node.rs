@@ -7,7 +7,7 @@
 //! answers. The doors in `server` call the node; the node knows nothing of
 //! gRPC or HTTP.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -140,60 +140,7 @@ impl Node {
             std::fs::write(&meta_path, text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
         }
         let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
-        // Snapshots load in parallel, on as many threads as there are cores:
-        // item 0 is the catalog (the largest, so it starts first), item
-        // `s + 1` shard `s`; each thread claims the next item when done.
-        let threads =
-            std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, config.shards as usize + 1);
-        let next = std::sync::atomic::AtomicU32::new(0);
-        let (catalog, shards) = std::thread::scope(|scope| {
-            let t = Instant::now();
-            let loaders: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let (mut catalog, mut mine) = (None, Vec::new());
-                        loop {
-                            let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if item == 0 {
-                                let t = Instant::now();
-                                catalog = Some(CatalogMachine::open(
-                                    &snapshots,
-                                    config.shards,
-                                    config.dedup_window_hours,
-                                )?);
-                                eprintln!(
-                                    "cohort: catalog snapshot loaded in {:.2} s",
-                                    t.elapsed().as_secs_f64()
-                                );
-                            } else if item <= config.shards {
-                                mine.push(
-                                    ShardMachine::open(&snapshots, item - 1).map_err(|e| e.to_string())?,
-                                );
-                            } else {
-                                return Ok::<_, String>((catalog, mine));
-                            }
-                        }
-                    })
-                })
-                .collect();
-            let (mut catalog, mut shards) = (None, Vec::new());
-            for l in loaders {
-                let (c, mine) = l.join().map_err(|_| "a snapshot loader panicked".to_string())??;
-                catalog = catalog.or(c);
-                shards.extend(mine);
-            }
-            shards.sort_by_key(|m| m.shard_id);
-            eprintln!(
-                "cohort: the catalog and {} shard snapshots loaded in {:.2} s on {threads} threads",
-                shards.len(),
-                t.elapsed().as_secs_f64()
-            );
-            let catalog = catalog.ok_or_else(|| "the catalog was not loaded".to_string())?;
-            Ok::<_, String>((
-                Arc::new(catalog),
-                Arc::new(shards.into_iter().map(Arc::new).collect::<Vec<_>>()),
-            ))
-        })?;
+        let (catalog, shards) = load_snapshots(&snapshots, config.shards, config.dedup_window_hours)?;
         let loaded_secs = started.elapsed().as_secs_f64();
         let mut groups = vec![GroupSpec {
             id: CATALOG_GROUP,
@@ -303,4 +250,105 @@ impl IngestSink for Node {
         let texts = messages.iter().map(|m| m.to_string()).collect();
         Box::pin(self.ingest_text(texts, received_ms, source))
     }
+}
+
+/// The catalog and every shard of a data directory's `snapshots` folder,
+/// loaded in parallel on as many threads as there are cores.
+#[allow(clippy::type_complexity)]
+fn load_snapshots(
+    snapshots: &Path,
+    shards: u32,
+    dedup_window_hours: i64,
+) -> Result<(Arc<CatalogMachine>, Arc<Vec<Arc<ShardMachine>>>), String> {
+    // Snapshots load in parallel, on as many threads as there are cores:
+    // item 0 is the catalog (the largest, so it starts first), item
+    // `s + 1` shard `s`; each thread claims the next item when done.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, shards as usize + 1);
+    let next = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|scope| {
+        let t = Instant::now();
+        let loaders: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (mut catalog, mut mine) = (None, Vec::new());
+                    loop {
+                        let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if item == 0 {
+                            let t = Instant::now();
+                            catalog = Some(CatalogMachine::open(snapshots, shards, dedup_window_hours)?);
+                            eprintln!(
+                                "cohort: catalog snapshot loaded in {:.2} s",
+                                t.elapsed().as_secs_f64()
+                            );
+                        } else if item <= shards {
+                            mine.push(ShardMachine::open(snapshots, item - 1).map_err(|e| e.to_string())?);
+                        } else {
+                            return Ok::<_, String>((catalog, mine));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let (mut catalog, mut loaded) = (None, Vec::new());
+        for l in loaders {
+            let (c, mine) = l.join().map_err(|_| "a snapshot loader panicked".to_string())??;
+            catalog = catalog.or(c);
+            loaded.extend(mine);
+        }
+        loaded.sort_by_key(|m| m.shard_id);
+        eprintln!(
+            "cohort: the catalog and {} shard snapshots loaded in {:.2} s on {threads} threads",
+            loaded.len(),
+            t.elapsed().as_secs_f64()
+        );
+        let catalog = catalog.ok_or_else(|| "the catalog was not loaded".to_string())?;
+        Ok::<_, String>((Arc::new(catalog), Arc::new(loaded.into_iter().map(Arc::new).collect::<Vec<_>>())))
+    })
+}
+
+/// Rewrites every snapshot of the data directory `dir` in this build's
+/// formats (`cohort upgrade`), for a node that is not running: each is
+/// loaded (older formats are read) and written again at the same applied
+/// index, so nothing is replayed differently. Returns what it did.
+pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
+    let meta_path = dir.join("cohort-node.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+    let meta: DataDirMeta =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+    let snapshots = dir.join("snapshots");
+    // Opening the log takes its lock: a node serving this directory makes
+    // this fail instead of having its newer snapshots overwritten.
+    let _log = LogStore::open(&dir.join("raft"))
+        .map_err(|e| format!("{}: is a node running on it? {e}", dir.join("raft").display()))?;
+    let started = Instant::now();
+    let (catalog, shards) =
+        load_snapshots(&snapshots, meta.shards, NodeConfig::default().dedup_window_hours)?;
+    let loaded = started.elapsed().as_secs_f64();
+    let written = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let result = match item {
+                        0 => catalog.snapshot(),
+                        i if i <= shards.len() => shards[i - 1].snapshot(),
+                        _ => return Ok::<(), String>(()),
+                    };
+                    result?;
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| "a snapshot writer panicked".to_string())?)
+    })?;
+    Ok(format!(
+        "rewrote the catalog and {} shard snapshots of {} (loaded in {loaded:.2} s, written in {:.2} s)",
+        shards.len(),
+        dir.display(),
+        written.elapsed().as_secs_f64()
+    ))
 }

@@ -491,3 +491,51 @@ async fn the_http_door_refuses_bad_requests_and_keeps_good_ones() {
         vec![true, true]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_rewrites_a_stopped_nodes_snapshots_and_refuses_a_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Snapshots every 2 entries, so the upgrade has files to rewrite.
+    let config = dir.path().join("cohort.toml");
+    std::fs::write(&config, "snapshot_entries = 2\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let s = Server::start(&data, 4, &["--config", &config]);
+    for batch in 0..4 {
+        let msgs: Vec<String> = (0..25)
+            .map(|k| {
+                let u = batch * 25 + k;
+                m(json!({"type":"identify","userId":format!("u{u}"),"anonymousId":format!("a{u}"),"traits":{"k":u}}))
+            })
+            .collect();
+        assert_eq!(s.ingest(msgs).await.unwrap().applied, 25);
+    }
+    let before = s.count(&["k >= 50", "user_id EXISTS"]).await;
+    assert_eq!(before, vec![50, 100]);
+    let upgrade = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(["upgrade", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    // While the node holds the log, the upgrade refuses and says why.
+    let out = upgrade();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a node running on it"), "{err}");
+    // Stopped (even by kill -9), its snapshots are rewritten...
+    let mut s = s;
+    s.kill9();
+    let out = upgrade();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("rewrote the catalog and 4 shard snapshots"), "{text}");
+    // ... and the node restarts with everything, and takes writes.
+    let s = s.restart_after_kill();
+    assert_eq!(s.count(&["k >= 50", "user_id EXISTS"]).await, before);
+    assert_eq!(s.check("anonymous_id:a99", &["k = 99"]).await.unwrap().matches, vec![true]);
+    let r = s.ingest(vec![m(json!({"type":"identify","userId":"u100","traits":{"k":100}}))]).await.unwrap();
+    assert_eq!(r.applied, 1);
+    assert_eq!(s.count(&["k >= 50"]).await, vec![51]);
+}

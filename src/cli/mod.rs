@@ -82,6 +82,14 @@ pub enum Command {
     /// Run a node loaded with generated profiles and events, print example
     /// segments, and keep serving (unless --no-serve).
     Demo(DemoArgs),
+    /// Rewrite a stopped node's snapshots in this build's formats, so that
+    /// it restarts at full speed after an upgrade (older formats are read,
+    /// more slowly, in any case).
+    Upgrade {
+        /// The node's data directory.
+        #[arg(long, value_name = "DIR", default_value = "cohort-data")]
+        data_dir: PathBuf,
+    },
     /// The commands that talk to a running node.
     #[command(flatten)]
     Client(ClientCommand),
@@ -355,6 +363,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Serve(args) => return commands::serve(args).await,
         Command::Demo(args) => return commands::demo(args).await,
+        Command::Upgrade { data_dir } => {
+            let report = tokio::task::spawn_blocking(move || crate::node::rewrite_snapshots(&data_dir))
+                .await
+                .map_err(|e| anyhow::anyhow!("the upgrade stopped: {e}"))?
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{report}");
+            return Ok(());
+        }
         Command::Client(command) => command,
     };
     if let ClientCommand::Load(args) = &command {

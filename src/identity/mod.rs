@@ -2,9 +2,10 @@
 //! profiles turn out to be one person.
 //!
 //! The layer holds one structure, the [`Directory`]: a map from every known
-//! identifier (`user_id`, `anonymous_id`) to the profile that owns it, plus
-//! each profile's own identifier list so that a merge can re-point the
-//! identifiers of the profile it absorbs. [`Directory::resolve`] applies the
+//! identifier (`user_id`, `anonymous_id`, by 128-bit hash) to the profile
+//! that owns it, in one flat table kept in hash order, whose image is the
+//! snapshot; a merge marks the absorbed profile as forwarded to its survivor
+//! instead of rewriting its identifiers. [`Directory::resolve`] applies the
 //! rules of INGEST.md "Identity resolution" (steps 1 to 5) to one message
 //! and reports what happened as a [`Resolution`]: the profile the message
 //! applies to, whether it was created, the merges in the order they happen
