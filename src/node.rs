@@ -325,6 +325,18 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
         load_snapshots(&snapshots, meta.shards, NodeConfig::default().dedup_window_hours)?;
     let loaded = started.elapsed().as_secs_f64();
     let written = Instant::now();
+    // Only files that exist are rewritten: writing one for a group that
+    // never snapshotted would fix settings the node takes from its
+    // configuration until then (the catalog's deduplication window).
+    let mut machines: Vec<Arc<dyn StateMachine>> = Vec::new();
+    if catalog.snapshot_file().exists() {
+        machines.push(catalog.clone());
+    }
+    let catalog_rewritten = !machines.is_empty();
+    machines.extend(
+        shards.iter().filter(|m| m.snapshot_file().exists()).map(|m| m.clone() as Arc<dyn StateMachine>),
+    );
+    let shards_rewritten = machines.len() - usize::from(catalog_rewritten);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|scope| {
@@ -332,12 +344,10 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
             .map(|_| {
                 scope.spawn(|| loop {
                     let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let result = match item {
-                        0 => catalog.snapshot(),
-                        i if i <= shards.len() => shards[i - 1].snapshot(),
-                        _ => return Ok::<(), String>(()),
+                    match machines.get(item) {
+                        Some(m) => m.snapshot()?,
+                        None => return Ok::<(), String>(()),
                     };
-                    result?;
                 })
             })
             .collect();
@@ -346,8 +356,8 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
             .try_for_each(|w| w.join().map_err(|_| "a snapshot writer panicked".to_string())?)
     })?;
     Ok(format!(
-        "rewrote the catalog and {} shard snapshots of {} (loaded in {loaded:.2} s, written in {:.2} s)",
-        shards.len(),
+        "rewrote {} and {shards_rewritten} shard snapshots of {} (loaded in {loaded:.2} s, written in {:.2} s)",
+        if catalog_rewritten { "the catalog" } else { "no catalog (it has no snapshot yet)" },
         dir.display(),
         written.elapsed().as_secs_f64()
     ))

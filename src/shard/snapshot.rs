@@ -1051,6 +1051,18 @@ mod tests {
         u64::from_le_bytes(payload[at..at + 8].try_into().unwrap()) as usize
     }
 
+    /// The offset just past the dictionary of a keyword or list trait
+    /// section (type tag, value count, length-prefixed values).
+    fn after_dictionary(payload: &[u8]) -> usize {
+        let mut at = 1;
+        let values = get_u64(payload, at);
+        at += 8;
+        for _ in 0..values {
+            at += 8 + get_u64(payload, at);
+        }
+        at
+    }
+
     #[test]
     fn round_trip_preserves_everything() {
         let dir = tempfile::tempdir().unwrap();
@@ -1151,12 +1163,7 @@ mod tests {
         // A keyword code beyond its dictionary: type tag, dictionary, width.
         check(
             patched(&good, SEC_TRAIT, "country", |p| {
-                let mut at = 1;
-                let values = get_u64(p, at);
-                at += 8;
-                for _ in 0..values {
-                    at += 8 + get_u64(p, at);
-                }
+                let at = after_dictionary(p);
                 assert_eq!(p[at], 1, "one-byte codes");
                 p[at + 1 + 8 + 2] = 3;
             }),
@@ -1164,12 +1171,7 @@ mod tests {
         );
         check(
             patched(&good, SEC_TRAIT, "country", |p| {
-                let mut at = 1;
-                let values = get_u64(p, at);
-                at += 8;
-                for _ in 0..values {
-                    at += 8 + get_u64(p, at);
-                }
+                let at = after_dictionary(p);
                 p[at] = 3;
             }),
             &["country", "code width 3"],
@@ -1177,12 +1179,7 @@ mod tests {
         // A list set out of order: tag, dictionary, starts, then the arena.
         check(
             patched(&good, SEC_TRAIT, "tags", |p| {
-                let mut at = 1;
-                let values = get_u64(p, at);
-                at += 8;
-                for _ in 0..values {
-                    at += 8 + get_u64(p, at);
-                }
+                let mut at = after_dictionary(p);
                 at += 8 + get_u64(p, at) * 4;
                 // Row 0's set [a, t0] = codes [0, 1]: swap them.
                 let arena = at + 8;
