@@ -192,3 +192,33 @@ fn removing_the_last_event_keeps_the_event_known() {
     let (shard, _) = build(&[event(0, NOW, "page", &[]), Command::Remove { profile: 0 }]);
     assert!(shard.schema().has_event("page"), "the shard forgot the event \"page\"");
 }
+
+/// SEGMENTS.md: `AT LEAST n TIMES` counts every matching event, however
+/// many. Frequencies up to 255 are counted in one byte per row and larger
+/// ones in two or four; every width must agree with the oracle around its
+/// edges (profiles with 70,000, 300, 255 and 3 matching events).
+#[test]
+fn frequencies_past_one_byte_are_counted_exactly() {
+    let mut commands = Vec::new();
+    for (profile, times) in [(0u64, 300i64), (1, 255), (2, 3), (3, 70_000)] {
+        for k in 0..times {
+            commands.push(event(profile, NOW - DAY - k * 20_000, "page", &[("path", keyword("/p"))]));
+        }
+    }
+    let (shard, model) = build(&commands);
+    for (text, want) in [
+        (r#"DID "page" WHERE path = "/p" AT LEAST 300 TIMES IN LAST 30 DAYS"#, 2),
+        (r#"DID "page" WHERE path = "/p" AT LEAST 301 TIMES IN LAST 30 DAYS"#, 1),
+        (r#"DID "page" AT LEAST 255 TIMES IN LAST 30 DAYS"#, 3),
+        (r#"DID "page" AT LEAST 256 TIMES IN LAST 30 DAYS"#, 2),
+        (r#"DID "page" AT MOST 254 TIMES IN LAST 30 DAYS"#, 1),
+        (r#"DID "page" AT MOST 299 TIMES IN LAST 30 DAYS"#, 2),
+        (r#"DID "page" WHERE path = "/p" AT LEAST 3 TIMES IN LAST 30 DAYS"#, 4),
+        (r#"DID "page" AT LEAST 65536 TIMES IN LAST 30 DAYS"#, 1),
+        (r#"DID "page" AT MOST 65535 TIMES IN LAST 30 DAYS"#, 3),
+        (r#"DID "page" AT MOST 69999 TIMES IN LAST 30 DAYS"#, 3),
+        (r#"DID "page" AT MOST 70000 TIMES IN LAST 30 DAYS"#, 4),
+    ] {
+        assert_eq!(counts(&shard, &model, text), (want, want), "{text}");
+    }
+}

@@ -22,6 +22,8 @@ use std::borrow::Cow;
 use ahash::AHashMap;
 use roaring::RoaringBitmap;
 
+use super::code_scan::{mask_eq_any_u16, mask_eq_any_u8, MAX_SCAN_CODES};
+
 use super::Row;
 
 /// Code of "no value" in a dictionary-coded column.
@@ -404,30 +406,83 @@ impl CodeVec {
         }
     }
 
+    /// A bit mask of the present entries whose code is one of `codes`, or
+    /// with `negate`, of the present entries whose code is none of them.
+    /// A few codes are compared 16 entries at a time
+    /// ([`code_scan`](super::code_scan)); more go through
+    /// [`mask_where`](Self::mask_where).
+    pub fn mask_in(&self, codes: &[u32], negate: bool) -> Vec<u64> {
+        /// The codes that fit below `absent`, sorted, with `absent` itself
+        /// when absent entries are to be excluded from a negated mask.
+        fn narrow<T: TryFrom<u32> + Ord + Copy>(codes: &[u32], absent: T, negate: bool) -> Vec<T> {
+            let mut out: Vec<T> =
+                codes.iter().filter_map(|&c| T::try_from(c).ok()).filter(|&c| c < absent).collect();
+            out.sort_unstable();
+            out.dedup();
+            if negate {
+                out.push(absent);
+            }
+            out
+        }
+        let scanned = match self {
+            CodeVec::U8(v) => Some(narrow(codes, u8::MAX, negate))
+                .filter(|n| n.len() <= MAX_SCAN_CODES)
+                .map(|n| mask_eq_any_u8(v, &n)),
+            CodeVec::U16(v) => Some(narrow(codes, u16::MAX, negate))
+                .filter(|n| n.len() <= MAX_SCAN_CODES)
+                .map(|n| mask_eq_any_u16(v, &n)),
+            CodeVec::U32(_) => None,
+        };
+        match scanned {
+            Some(mut mask) => {
+                if negate {
+                    for w in &mut mask {
+                        *w = !*w;
+                    }
+                    if self.len() % 64 != 0 {
+                        if let Some(last) = mask.last_mut() {
+                            *last &= (1u64 << (self.len() % 64)) - 1;
+                        }
+                    }
+                }
+                mask
+            }
+            None => {
+                let mut sorted = codes.to_vec();
+                sorted.sort_unstable();
+                self.mask_where(|c| c != NO_CODE && sorted.binary_search(&c).is_ok() != negate)
+            }
+        }
+    }
+
     /// A bit mask with bit `i` set when entry `i` satisfies `pred` (absent
     /// entries are passed as [`NO_CODE`]). One-byte codes go through a
-    /// 256-entry table, 64 entries per output word, which the compiler turns
-    /// into a tight loop; wider codes call `pred` per entry.
+    /// 256-entry table; every width fills the mask 64 entries per output
+    /// word, without a branch per entry.
     pub fn mask_where(&self, mut pred: impl FnMut(u32) -> bool) -> Vec<u64> {
-        let mut mask = vec![0u64; self.len().div_ceil(64)];
+        /// 64 entries per output word: bit `j` is `hit(chunk[j])`.
+        fn words<T: Copy>(v: &[T], mut hit: impl FnMut(T) -> bool) -> Vec<u64> {
+            let mut mask = vec![0u64; v.len().div_ceil(64)];
+            for (word, chunk) in mask.iter_mut().zip(v.chunks(64)) {
+                let mut w = 0u64;
+                for (j, &c) in chunk.iter().enumerate() {
+                    w |= u64::from(hit(c)) << j;
+                }
+                *word = w;
+            }
+            mask
+        }
         match self {
             CodeVec::U8(v) => {
-                let mut table = [0u64; 256];
+                let mut table = [false; 256];
                 for (c, t) in table.iter_mut().enumerate() {
-                    let code = if c == 255 { NO_CODE } else { c as u32 };
-                    *t = u64::from(pred(code));
+                    *t = pred(if c == 255 { NO_CODE } else { c as u32 });
                 }
-                for (word, chunk) in mask.iter_mut().zip(v.chunks(64)) {
-                    let mut w = 0u64;
-                    for (j, &c) in chunk.iter().enumerate() {
-                        w |= table[c as usize] << j;
-                    }
-                    *word = w;
-                }
+                words(v, |c| table[c as usize])
             }
-            _ => self.for_each_where(pred, |i| mask[i / 64] |= 1 << (i % 64)),
+            CodeVec::U16(v) => words(v, |c| pred(if c == u16::MAX { NO_CODE } else { u32::from(c) })),
+            CodeVec::U32(v) => words(v, pred),
         }
-        mask
     }
 
     /// Heap bytes used.
@@ -861,6 +916,38 @@ mod tests {
         assert!(other.own.is_empty(), "a write at the base stamp costs no exception");
         s.clear(3);
         assert_eq!(s.get(3, &base), NEVER);
+    }
+
+    #[test]
+    fn masks_of_code_sets_match_a_plain_loop_in_every_width() {
+        // Every width, with absent entries, sets small enough to be scanned
+        // and large enough to take the table, plain and negated.
+        for top in [200u32, 3_000, 70_000] {
+            let codes: Vec<u32> =
+                (0..1_000u32).map(|i| if i % 9 == 0 { NO_CODE } else { (i * 7919) % top }).collect();
+            let v = CodeVec::from_u32s(&codes);
+            let sets: Vec<Vec<u32>> = vec![
+                vec![],
+                vec![codes[1]],
+                vec![codes[1], codes[2], 5, top + 1],
+                (0..top).step_by(3).take(40).collect(),
+                vec![NO_CODE],
+            ];
+            for set in &sets {
+                for negate in [false, true] {
+                    let want: Vec<u64> = {
+                        let mut m = vec![0u64; codes.len().div_ceil(64)];
+                        for (i, &c) in codes.iter().enumerate() {
+                            if c != NO_CODE && set.contains(&c) != negate {
+                                m[i / 64] |= 1 << (i % 64);
+                            }
+                        }
+                        m
+                    };
+                    assert_eq!(v.mask_in(set, negate), want, "top {top} set {set:?} negate {negate}");
+                }
+            }
+        }
     }
 
     #[test]

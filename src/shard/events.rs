@@ -584,16 +584,16 @@ impl EventTable {
         let dict = &self.dicts[pi];
         let mut set = |i: usize| m[i / 64] |= 1 << (i % 64);
         match (column, test) {
-            (PropColumn::Codes(codes), LeafTest::Exists) => return codes.mask_where(|c| c != NO_CODE),
+            (PropColumn::Codes(codes), LeafTest::Exists) => return codes.mask_in(&[], true),
             (PropColumn::Codes(codes), LeafTest::StrIn(values)) => {
                 let wanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
                 if !wanted.is_empty() {
-                    return codes.mask_where(|c| wanted.contains(&c));
+                    return codes.mask_in(&wanted, false);
                 }
             }
             (PropColumn::Codes(codes), LeafTest::StrNotIn(values)) => {
                 let unwanted: Vec<u32> = values.iter().filter_map(|v| dict.code(v)).collect();
-                return codes.mask_where(|c| c != NO_CODE && !unwanted.contains(&c));
+                return codes.mask_in(&unwanted, true);
             }
             (PropColumn::Keys { keys, present }, test) => {
                 // `NotEq(k)` is the two ranges around k; `Exists` is everything.

@@ -14,6 +14,7 @@
 //! Reading is [`eval`]: count, membership, members and breakdown of a
 //! checked [`Cond`](crate::segment::Cond).
 
+mod code_scan;
 mod columns;
 pub mod eval;
 mod events;

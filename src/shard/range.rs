@@ -85,25 +85,46 @@ impl RangeColumn {
         if old == key {
             return;
         }
-        if let Some(k) = old {
-            let b = self.bin_of(k);
-            self.bin_rows[b] -= 1;
-            for c in &mut self.cum[b..] {
-                c.remove(row);
+        // `cum[i]` holds the row exactly when `i >= bin_of(key)`, so a
+        // changed key touches only the cumulative bitmaps between its old
+        // and its new bin (a last-seen time moving forward: usually none).
+        let old_bin = old.map(|k| self.bin_of(k));
+        let Some(k) = key else {
+            if let Some(b) = old_bin {
+                self.bin_rows[b] -= 1;
+                for c in &mut self.cum[b..] {
+                    c.remove(row);
+                }
+                self.present.remove(row);
             }
-            self.present.remove(row);
-        }
-        let Some(k) = key else { return };
+            return;
+        };
         let i = row as usize;
         if i >= self.keys.len() {
             self.keys.resize(i + 1, 0);
         }
         self.keys[i] = k;
-        self.present.insert(row);
         let b = self.bin_of(k);
         self.bin_rows[b] += 1;
-        for c in &mut self.cum[b..] {
-            c.insert(row);
+        match old_bin {
+            None => {
+                self.present.insert(row);
+                for c in &mut self.cum[b..] {
+                    c.insert(row);
+                }
+            }
+            Some(ob) => {
+                self.bin_rows[ob] -= 1;
+                if ob < b {
+                    for c in &mut self.cum[ob..b] {
+                        c.remove(row);
+                    }
+                } else {
+                    for c in &mut self.cum[b..ob] {
+                        c.insert(row);
+                    }
+                }
+            }
         }
         if self.pure[b].is_some_and(|p| p != k) {
             self.pure[b] = None;

@@ -3,7 +3,7 @@
 //! call, so the difference from `cohort-grpc-bench` is the transport.
 //!
 //! ```text
-//! cargo run --release -p cohort-bench --bin planner_probe -- DATA_DIR --shards 16
+//! cargo run --release -p cohort-bench --bin planner_probe -- DATA_DIR --shards 16 [--only a2,c2] [--repeat N]
 //! ```
 #![allow(clippy::print_stdout)]
 
@@ -13,6 +13,10 @@ use std::time::Instant;
 use clap::Parser;
 use cohort::node::{Node, NodeConfig};
 use cohort_bench::mix::{member_id, queries, Kind};
+
+/// The node's allocator, so that the timings are the node's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Times the planner in process.
 #[derive(Parser, Debug)]
@@ -29,6 +33,12 @@ struct Args {
     /// Runs per query.
     #[arg(long, default_value_t = 100)]
     runs: usize,
+    /// Run only these queries of the mix (ids, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Times the whole list is run (to profile with `perf record`).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +55,10 @@ async fn main() -> Result<(), String> {
     let now = cohort_datagen::DEFAULT_NOW_MS;
     let planner = &node.planner;
     println!("{:<6} {:>10} {:>10}", "query", "p50 µs", "p99 µs");
-    for q in queries() {
+    let chosen =
+        queries().into_iter().filter(|q| args.only.is_empty() || args.only.iter().any(|o| o.as_str() == q.id));
+    let chosen: Vec<_> = chosen.collect();
+    for q in chosen.iter().cycle().take(chosen.len() * args.repeat.max(1)) {
         let mut samples = Vec::with_capacity(args.runs);
         for k in 0..args.runs as u64 + 3 {
             let t = Instant::now();
