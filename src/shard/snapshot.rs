@@ -591,7 +591,7 @@ impl<'a> Dec<'a> {
         if !shape_ok {
             return Err(self.err(format!("{what}: range index shape is inconsistent")));
         }
-        Ok(RangeColumn { keys, present, stamps, bounds, cum, bin_rows, pure })
+        Ok(RangeColumn::from_parts(keys, present, stamps, bounds, cum, bin_rows, pure))
     }
     fn text(&mut self, what: &str) -> R<TextColumn> {
         let at = self.pos;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use cohort::node::{Node, NodeConfig};
-use cohort_bench::mix::{member_id, queries, Kind};
+use cohort_bench::mix::{member_id, queries, Kind, Query};
 
 /// The node's allocator, so that the timings are the node's.
 #[global_allocator]
@@ -36,6 +36,9 @@ struct Args {
     /// Run only these queries of the mix (ids, comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Time these count expressions instead of the mix (repeatable).
+    #[arg(long)]
+    query: Vec<String>,
     /// Times the whole list is run (to profile with `perf record`).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
@@ -55,9 +58,21 @@ async fn main() -> Result<(), String> {
     let now = cohort_datagen::DEFAULT_NOW_MS;
     let planner = &node.planner;
     println!("{:<6} {:>10} {:>10}", "query", "p50 µs", "p99 µs");
-    let chosen =
-        queries().into_iter().filter(|q| args.only.is_empty() || args.only.iter().any(|o| o.as_str() == q.id));
-    let chosen: Vec<_> = chosen.collect();
+    let chosen = queries()
+        .into_iter()
+        .filter(|q| args.only.is_empty() || args.only.iter().any(|o| o.as_str() == q.id));
+    let mut chosen: Vec<_> = chosen.collect();
+    if !args.query.is_empty() {
+        // The mix's texts are static; these live as long as the program.
+        let texts: Vec<&'static str> =
+            args.query.iter().map(|q| &*Box::leak(q.clone().into_boxed_str())).collect();
+        let class = queries()[0].class;
+        chosen = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| Query { id: format!("q{i}"), class, text, kind: Kind::Count })
+            .collect();
+    }
     for q in chosen.iter().cycle().take(chosen.len() * args.repeat.max(1)) {
         let mut samples = Vec::with_capacity(args.runs);
         for k in 0..args.runs as u64 + 3 {
