@@ -201,6 +201,18 @@ impl Shard {
         }
     }
 
+    /// True for a keyword `IN` of more than one value.
+    fn is_multi_keyword(&self, c: &Cond) -> bool {
+        let Cond::Leaf(Leaf {
+            field: Field::Trait { name, ty: TraitType::Keyword },
+            test: LeafTest::StrIn(values),
+        }) = c
+        else {
+            return false;
+        };
+        values.len() > 1 && matches!(self.traits.get(name), Some(TraitColumn::Keyword(_)))
+    }
+
     /// True when [`Self::count_within`] answers for `c` without building it.
     fn countable_within(&self, c: &Cond) -> bool {
         if self.range_leaf(c).is_some() {
@@ -243,8 +255,30 @@ impl Shard {
                 Some(col) => col.range_len(*lo, *hi),
                 None => 0,
             },
+            // A row has one value of a keyword or text trait: the values'
+            // sets are disjoint and their sizes add up, no union needed.
+            Cond::Leaf(Leaf { field: Field::Trait { name, ty }, test: LeafTest::StrIn(values) }) => {
+                match self.traits.get(name).filter(|c| c.trait_type() == *ty) {
+                    Some(TraitColumn::Keyword(c)) => {
+                        values.iter().filter_map(|v| c.rows_of(v)).map(|b| b.len()).sum()
+                    }
+                    Some(TraitColumn::Text(c)) => values.iter().map(|v| c.rows_of(v).len() as u64).sum(),
+                    _ => self.eval(cond).len(),
+                }
+            }
             Cond::And(items) => {
-                let (pos, neg) = self.plan_and(items);
+                let (mut pos, neg) = self.plan_and(items);
+                // A keyword test of several values is counted last, as a sum
+                // over its values: built first, its union is the small
+                // running set whose containers roaring converts to arrays
+                // after every operation (`a2` at 10 M, in process: 1.6-1.9 ms built
+                // first, 0.88-0.94 ms counted last).
+                if neg.is_empty() {
+                    if let Some(at) = pos.iter().position(|c| self.is_multi_keyword(c)) {
+                        let multi = pos.remove(at);
+                        pos.push(multi);
+                    }
+                }
                 // Build the set of all operands but the last, then count the
                 // last operation without building its result.
                 if let Some((last, rest_neg)) = neg.split_last() {
