@@ -88,11 +88,11 @@ mod simd {
         unsafe { between_u16_sse2(v, lo, hi, mask) }
     }
 
-    // Unsigned bounds without unsigned compares: `x >= lo` exactly when the
-    // saturating `lo - x` is 0, and `x <= hi` when `x - hi` is.
+    /// Fills whole 64-entry words of `mask` from `hit`, which maps 16
+    /// one-byte entries to 16 lanes of 0 or -1; returns how many entries it
+    /// did.
     #[target_feature(enable = "sse2")]
-    fn between_u8_sse2(v: &[u8], lo: u8, hi: u8, mask: &mut [u64]) -> usize {
-        let (lo, hi, zero) = (_mm_set1_epi8(lo as i8), _mm_set1_epi8(hi as i8), _mm_setzero_si128());
+    fn words_u8(v: &[u8], mask: &mut [u64], hit: impl Fn(__m128i) -> __m128i) -> usize {
         let mut words = v.chunks_exact(64);
         for (word, chunk) in mask.iter_mut().zip(&mut words) {
             let mut w = 0u64;
@@ -100,35 +100,56 @@ mod simd {
                 // SAFETY: `lane` is 16 readable bytes; loadu has no
                 // alignment requirement.
                 let x = unsafe { _mm_loadu_si128(lane.as_ptr().cast()) };
-                let above = _mm_cmpeq_epi8(_mm_subs_epu8(lo, x), zero);
-                let below = _mm_cmpeq_epi8(_mm_subs_epu8(x, hi), zero);
-                w |= u64::from(_mm_movemask_epi8(_mm_and_si128(above, below)) as u16) << (q * 16);
+                w |= u64::from(_mm_movemask_epi8(hit(x)) as u16) << (q * 16);
             }
             *word = w;
         }
         v.len() - words.remainder().len()
     }
 
+    /// As [`words_u8`], for two-byte entries: `hit` maps 8 entries to 8
+    /// lanes of 0 or -1.
     #[target_feature(enable = "sse2")]
-    fn between_u16_sse2(v: &[u16], lo: u16, hi: u16, mask: &mut [u64]) -> usize {
-        let (lo, hi, zero) = (_mm_set1_epi16(lo as i16), _mm_set1_epi16(hi as i16), _mm_setzero_si128());
-        let hits = |lane: &[u16]| {
-            // SAFETY: `lane` is 8 readable u16s (16 bytes).
-            let x = unsafe { _mm_loadu_si128(lane.as_ptr().cast()) };
-            let above = _mm_cmpeq_epi16(_mm_subs_epu16(lo, x), zero);
-            let below = _mm_cmpeq_epi16(_mm_subs_epu16(x, hi), zero);
-            _mm_and_si128(above, below)
+    fn words_u16(v: &[u16], mask: &mut [u64], hit: impl Fn(__m128i) -> __m128i) -> usize {
+        let lanes = |eight: &[u16]| {
+            // SAFETY: `eight` is 8 readable u16s (16 bytes); loadu has no
+            // alignment requirement.
+            hit(unsafe { _mm_loadu_si128(eight.as_ptr().cast()) })
         };
         let mut words = v.chunks_exact(64);
         for (word, chunk) in mask.iter_mut().zip(&mut words) {
             let mut w = 0u64;
             for (q, pair) in chunk.chunks_exact(16).enumerate() {
-                let both = _mm_packs_epi16(hits(&pair[..8]), hits(&pair[8..]));
+                // Each 16-bit lane is 0 or -1: packing two vectors with
+                // signed saturation gives one byte per entry, in order.
+                let both = _mm_packs_epi16(lanes(&pair[..8]), lanes(&pair[8..]));
                 w |= u64::from(_mm_movemask_epi8(both) as u16) << (q * 16);
             }
             *word = w;
         }
         v.len() - words.remainder().len()
+    }
+
+    // Unsigned bounds without unsigned compares: `x >= lo` exactly when the
+    // saturating `lo - x` is 0, and `x <= hi` when `x - hi` is.
+    #[target_feature(enable = "sse2")]
+    fn between_u8_sse2(v: &[u8], lo: u8, hi: u8, mask: &mut [u64]) -> usize {
+        let (lo, hi, zero) = (_mm_set1_epi8(lo as i8), _mm_set1_epi8(hi as i8), _mm_setzero_si128());
+        words_u8(v, mask, |x| {
+            let above = _mm_cmpeq_epi8(_mm_subs_epu8(lo, x), zero);
+            let below = _mm_cmpeq_epi8(_mm_subs_epu8(x, hi), zero);
+            _mm_and_si128(above, below)
+        })
+    }
+
+    #[target_feature(enable = "sse2")]
+    fn between_u16_sse2(v: &[u16], lo: u16, hi: u16, mask: &mut [u64]) -> usize {
+        let (lo, hi, zero) = (_mm_set1_epi16(lo as i16), _mm_set1_epi16(hi as i16), _mm_setzero_si128());
+        words_u16(v, mask, |x| {
+            let above = _mm_cmpeq_epi16(_mm_subs_epu16(lo, x), zero);
+            let below = _mm_cmpeq_epi16(_mm_subs_epu16(x, hi), zero);
+            _mm_and_si128(above, below)
+        })
     }
 
     /// Fills whole 64-entry words of `mask`; returns how many entries it did.
@@ -147,49 +168,17 @@ mod simd {
     #[target_feature(enable = "sse2")]
     fn eq_any_u8_sse2(v: &[u8], codes: &[u8], mask: &mut [u64]) -> usize {
         let wanted: Vec<__m128i> = codes.iter().map(|&c| _mm_set1_epi8(c as i8)).collect();
-        let mut words = v.chunks_exact(64);
-        for (word, chunk) in mask.iter_mut().zip(&mut words) {
-            let mut w = 0u64;
-            for (q, lane) in chunk.chunks_exact(16).enumerate() {
-                // SAFETY: `lane` is 16 readable bytes; loadu has no
-                // alignment requirement.
-                let x = unsafe { _mm_loadu_si128(lane.as_ptr().cast()) };
-                let mut hit = _mm_setzero_si128();
-                for &k in &wanted {
-                    hit = _mm_or_si128(hit, _mm_cmpeq_epi8(x, k));
-                }
-                w |= u64::from(_mm_movemask_epi8(hit) as u16) << (q * 16);
-            }
-            *word = w;
-        }
-        v.len() - words.remainder().len()
+        words_u8(v, mask, |x| {
+            wanted.iter().fold(_mm_setzero_si128(), |hit, &k| _mm_or_si128(hit, _mm_cmpeq_epi8(x, k)))
+        })
     }
 
     #[target_feature(enable = "sse2")]
     fn eq_any_u16_sse2(v: &[u16], codes: &[u16], mask: &mut [u64]) -> usize {
         let wanted: Vec<__m128i> = codes.iter().map(|&c| _mm_set1_epi16(c as i16)).collect();
-        let hits = |lane: &[u16]| {
-            // SAFETY: `lane` is 8 readable u16s (16 bytes); loadu has no
-            // alignment requirement.
-            let x = unsafe { _mm_loadu_si128(lane.as_ptr().cast()) };
-            let mut hit = _mm_setzero_si128();
-            for &k in &wanted {
-                hit = _mm_or_si128(hit, _mm_cmpeq_epi16(x, k));
-            }
-            hit
-        };
-        let mut words = v.chunks_exact(64);
-        for (word, chunk) in mask.iter_mut().zip(&mut words) {
-            let mut w = 0u64;
-            for (q, pair) in chunk.chunks_exact(16).enumerate() {
-                // Each 16-bit lane is 0 or -1: packing two vectors with
-                // signed saturation gives one byte per entry, in order.
-                let both = _mm_packs_epi16(hits(&pair[..8]), hits(&pair[8..]));
-                w |= u64::from(_mm_movemask_epi8(both) as u16) << (q * 16);
-            }
-            *word = w;
-        }
-        v.len() - words.remainder().len()
+        words_u16(v, mask, |x| {
+            wanted.iter().fold(_mm_setzero_si128(), |hit, &k| _mm_or_si128(hit, _mm_cmpeq_epi16(x, k)))
+        })
     }
 }
 

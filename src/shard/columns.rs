@@ -151,6 +151,40 @@ impl RowMarks {
     }
 }
 
+/// Walks the `starts` of a snapshot arena image (per row, 0 for none or 1 +
+/// the entry's offset), checking that the entries follow each other in row
+/// order and fill the arena exactly. `entry(row, pos)` checks the entry at
+/// `pos` and returns the offset just past it; `what` names the entries in
+/// errors ("set", "value"), `unit` the arena's elements ("codes", "bytes").
+/// Returns the rows that have an entry.
+pub fn walk_arena(
+    starts: &[u32],
+    arena_len: usize,
+    what: &str,
+    unit: &str,
+    mut entry: impl FnMut(usize, usize) -> Result<usize, String>,
+) -> Result<RoaringBitmap, String> {
+    if starts.len() > u32::MAX as usize - 8 {
+        return Err(format!("{} rows exceed the row ids", starts.len()));
+    }
+    let mut present = RowMarks::new(starts.len());
+    let mut pos = 0usize;
+    for (row, &start) in starts.iter().enumerate() {
+        if start == 0 {
+            continue;
+        }
+        if start as usize - 1 != pos {
+            return Err(format!("row {row}: {what} at arena offset {}, expected {pos}", start - 1));
+        }
+        pos = entry(row, pos)?;
+        present.mark(row);
+    }
+    if pos != arena_len {
+        return Err(format!("{} arena {unit} after the last {what}", arena_len - pos));
+    }
+    Ok(present.into_bitmap())
+}
+
 /// A dictionary of strings to dense `u32` codes. Codes are never reused, so
 /// a code stays valid for the life of the shard.
 #[derive(Clone, Debug, Default)]
@@ -340,34 +374,6 @@ impl CodeVec {
             CodeVec::U8(v) => retain_marked(v, keep),
             CodeVec::U16(v) => retain_marked(v, keep),
             CodeVec::U32(v) => retain_marked(v, keep),
-        }
-    }
-
-    /// Calls `f(i)` for every entry `i` whose code satisfies `pred` (absent
-    /// entries are passed as [`NO_CODE`]). One tight loop per width.
-    pub fn for_each_where(&self, mut pred: impl FnMut(u32) -> bool, mut f: impl FnMut(usize)) {
-        match self {
-            CodeVec::U8(v) => {
-                for (i, &c) in v.iter().enumerate() {
-                    if pred(if c == u8::MAX { NO_CODE } else { u32::from(c) }) {
-                        f(i);
-                    }
-                }
-            }
-            CodeVec::U16(v) => {
-                for (i, &c) in v.iter().enumerate() {
-                    if pred(if c == u16::MAX { NO_CODE } else { u32::from(c) }) {
-                        f(i);
-                    }
-                }
-            }
-            CodeVec::U32(v) => {
-                for (i, &c) in v.iter().enumerate() {
-                    if pred(c) {
-                        f(i);
-                    }
-                }
-            }
         }
     }
 
@@ -695,19 +701,7 @@ impl CodeSets {
         arena: Vec<u32>,
         dict_len: usize,
     ) -> Result<(Self, RoaringBitmap), String> {
-        if starts.len() > u32::MAX as usize - 8 {
-            return Err(format!("{} rows exceed the row ids", starts.len()));
-        }
-        let mut present = RowMarks::new(starts.len());
-        let mut pos = 0usize;
-        for (i, &start) in starts.iter().enumerate() {
-            if start == 0 {
-                continue;
-            }
-            let row = i;
-            if start as usize - 1 != pos {
-                return Err(format!("row {row}: set at arena offset {}, expected {pos}", start - 1));
-            }
+        let present = walk_arena(&starts, arena.len(), "set", "codes", |row, pos| {
             let len = arena
                 .get(pos)
                 .map(|&n| n as usize)
@@ -720,13 +714,9 @@ impl CodeSets {
             {
                 return Err(format!("row {row}: codes not a sorted set below {dict_len}"));
             }
-            pos += 1 + len;
-            present.mark(row);
-        }
-        if pos != arena.len() {
-            return Err(format!("{} arena codes after the last set", arena.len() - pos));
-        }
-        Ok((CodeSets { starts, arena, garbage: 0 }, present.into_bitmap()))
+            Ok(pos + 1 + len)
+        })?;
+        Ok((CodeSets { starts, arena, garbage: 0 }, present))
     }
 
     /// Heap bytes used.
@@ -961,9 +951,6 @@ mod tests {
         v.set(1, 70_000);
         assert!(matches!(v, CodeVec::U32(_)));
         assert_eq!(v.to_u32s(), vec![NO_CODE, 70_000, 7, NO_CODE, NO_CODE, 254, 300]);
-        let mut hits = Vec::new();
-        v.for_each_where(|c| c == NO_CODE, |i| hits.push(i));
-        assert_eq!(hits, vec![0, 3, 4]);
         assert_eq!(v.mask_where(|c| c == NO_CODE), vec![0b11001]);
         let narrow = CodeVec::from_u32s(
             &(0..130).map(|i| if i % 7 == 0 { NO_CODE } else { i % 5 }).collect::<Vec<_>>(),

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use ahash::AHashMap;
 use roaring::RoaringBitmap;
 
-use super::columns::{RowMarks, Stamps};
+use super::columns::{walk_arena, Stamps};
 use super::row_table::RowTable;
 use super::Row;
 
@@ -317,19 +317,7 @@ impl TextColumn {
         // arena is made of ASCII values: one vectorised test replaces a
         // UTF-8 check per value.
         let ascii = arena.is_ascii();
-        if starts.len() > u32::MAX as usize - 8 {
-            return Err(format!("{} rows exceed the row ids", starts.len()));
-        }
-        let mut present = RowMarks::new(starts.len());
-        let mut pos = 0usize;
-        for (i, &start) in starts.iter().enumerate() {
-            if start == 0 {
-                continue;
-            }
-            let row = i;
-            if start as usize - 1 != pos {
-                return Err(format!("row {row}: value at arena offset {}, expected {pos}", start - 1));
-            }
+        let present = walk_arena(&starts, arena.len(), "value", "bytes", |row, pos| {
             let (len, header) = read_len(&arena[pos..]).ok_or_else(|| {
                 format!("row {row}: bad value length at arena offset {pos} of {}", arena.len())
             })?;
@@ -343,13 +331,8 @@ impl TextColumn {
             if !ascii && std::str::from_utf8(&arena[begin..end]).is_err() {
                 return Err(format!("row {row}: value at arena offset {pos} is not UTF-8"));
             }
-            pos = end;
-            present.mark(row);
-        }
-        let present = present.into_bitmap();
-        if pos != arena.len() {
-            return Err(format!("{} arena bytes after the last value", arena.len() - pos));
-        }
+            Ok(end)
+        })?;
         let index = match index {
             Some(slots) => RowTable::from_slots(slots, &present).map_err(|e| format!("index: {e}"))?,
             None => {
