@@ -34,7 +34,7 @@ fn empty<'a>() -> Bits<'a> {
 }
 
 /// A per-row event counter of [`Shard::did`]: one, two or four bytes.
-trait Counter: Copy + Default + Ord + std::ops::AddAssign + From<bool> + TryFrom<u64> {
+trait Counter: Copy + Default + Ord + std::ops::AddAssign + From<bool> + TryFrom<u32> {
     /// Mask of the counters in `lo..=hi`.
     fn mask_between(counts: &[Self], lo: Self, hi: Self) -> Vec<u64>;
 }
@@ -480,8 +480,8 @@ impl Shard {
         // Counts stop at `cap`, which is at most `max + 1`: comparing with
         // `min` and `max` in the counter's own type is exact. A normal-form
         // behaviour has `min >= 1`, so rows without events never match.
-        let min = C::try_from(u64::from(d.min)).unwrap_or(cap);
-        let max = d.max.and_then(|m| C::try_from(u64::from(m)).ok()).unwrap_or(cap);
+        let min = C::try_from(d.min).unwrap_or(cap);
+        let max = d.max.and_then(|m| C::try_from(m).ok()).unwrap_or(cap);
         let words = C::mask_between(&counts, min, max);
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         RoaringBitmap::from_lsb0_bytes(0, &bytes)
