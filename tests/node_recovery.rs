@@ -85,7 +85,7 @@ async fn ingest_count_restart_and_count_again() {
         let r = node.ingest_text(msgs(500..600), 1, Source::Grpc).await.unwrap();
         assert_eq!(r.duplicates, 100, "the dedup window survived the restart");
         for s in node.shards.iter() {
-            s.state.read().shard.validate().unwrap();
+            s.read_state().shard.validate().unwrap();
         }
     }
 }

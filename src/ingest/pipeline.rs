@@ -230,7 +230,7 @@ impl Stepper {
                 }
                 Step::Move { import_tag, remove_tag, from, from_shard, into, into_shard } => {
                     if self.shards[*into_shard as usize].watermark() < *import_tag {
-                        let image = self.shards[*from_shard as usize].state.read().shard.read_profile(*from);
+                        let image = self.shards[*from_shard as usize].read_state().shard.read_profile(*from);
                         let commands = match image {
                             Some(mut image) => {
                                 image.profile = *into;

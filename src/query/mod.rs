@@ -45,7 +45,7 @@ pub trait ShardReader: Send + Sync + 'static {
 
 impl ShardReader for ShardMachine {
     fn read<R>(&self, f: impl FnOnce(&Shard) -> R) -> R {
-        f(&self.state.read().shard)
+        f(&self.read_state().shard)
     }
 }
 

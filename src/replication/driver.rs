@@ -3,16 +3,20 @@
 //! One thread runs the ready loop of all groups: it takes proposals and peer
 //! messages, ticks, then for every group with a `Ready` follows raft-rs's
 //! order exactly: send the leader's immediate messages, install a received
-//! snapshot, apply committed entries, append new entries and the hard state
-//! to one raft-engine batch shared by all groups, write that batch with one
-//! fsync (group commit), then send the persisted messages, `advance`, apply
-//! what became committed and `advance_apply`. A proposal is answered only
-//! after its entry is applied, so an acknowledged write is on disk.
+//! snapshot, hand committed entries to the group's applier, append new
+//! entries and the hard state to one raft-engine batch shared by all
+//! groups, write that batch with one fsync (group commit), then send the
+//! persisted messages, `advance_append`, and hand over what became
+//! committed. A proposal is answered only after its entry is committed and
+//! applied, so an acknowledged write is on disk.
 //!
-//! Committed entries of different groups are applied in parallel (one
-//! scoped thread per group with work), entries of one group in log order.
-//! Each group's state machine takes its own snapshots; the driver then
-//! records the snapshot in the log store and compacts the log behind it.
+//! Applying is asynchronous (raft-rs's `advance_apply_to`): every group
+//! has an applier thread that applies its committed entries in log order,
+//! answers their proposers, and reports the applied index back to the
+//! loop. So the log's fsync overlaps the state machines' work, and groups
+//! apply in parallel. The applier also takes the group's snapshots when
+//! the [`SnapshotPolicy`] says so; the loop then records each snapshot in
+//! the log store and compacts the log behind it.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -197,9 +201,32 @@ pub struct GroupStatus {
 }
 
 enum Input {
-    Propose { group: u64, data: Vec<u8>, reply: oneshot::Sender<Result<ApplyResult, ProposeError>> },
-    Step { group: u64, message: Message },
+    Propose {
+        group: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
+    },
+    Step {
+        group: u64,
+        message: Message,
+    },
+    /// An applier applied its group's entries up to `index`, and took a
+    /// snapshot if `snapshot` is set.
+    Applied {
+        group: u64,
+        index: u64,
+        snapshot: Option<Result<u64, String>>,
+    },
     Stop,
+}
+
+/// Work for a group's applier thread.
+enum ApplyTask {
+    /// Committed entries in log order, with the proposers waiting on some
+    /// of them (by entry index, ascending).
+    Entries { entries: Vec<Entry>, replies: Vec<(u64, Pending)> },
+    /// Answered once every earlier task is done.
+    Barrier(std::sync::mpsc::Sender<()>),
 }
 
 struct Group {
@@ -207,7 +234,9 @@ struct Group {
     name: String,
     node: RawNode<GroupStorage>,
     machine: Arc<dyn StateMachine>,
-    since_snapshot: Since,
+    /// The applier's queue; `None` once stopped.
+    applier: Option<Sender<ApplyTask>>,
+    applier_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The running driver. Dropping it stops the thread.
@@ -294,7 +323,8 @@ impl Driver {
                 name: spec.name,
                 node,
                 machine,
-                since_snapshot: Since::default(),
+                applier: None,
+                applier_thread: None,
             });
         }
         // A lone voter need not wait for an election timeout.
@@ -305,6 +335,22 @@ impl Driver {
             }
         }
         let (tx, rx) = channel::unbounded();
+        for g in &mut opened {
+            let (task_tx, task_rx) = channel::unbounded();
+            let applier = Applier {
+                group: g.id,
+                machine: g.machine.clone(),
+                policy: config.snapshot,
+                since: Since::default(),
+                events: tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("apply-{}", g.id))
+                .spawn(move || applier.run(task_rx))
+                .map_err(|e| format!("cannot start the applier of group {}: {e}", g.id))?;
+            g.applier = Some(task_tx);
+            g.applier_thread = Some(thread);
+        }
         let status = Arc::new(RwLock::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let loop_status = status.clone();
@@ -380,6 +426,72 @@ struct Pending {
     reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
 }
 
+impl Group {
+    /// Blocks until the applier has applied everything handed to it.
+    fn wait_applier(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(a) = &self.applier {
+            if a.send(ApplyTask::Barrier(tx)).is_ok() {
+                let _ = rx.recv();
+            }
+        }
+    }
+}
+
+/// Applies one group's committed entries on its own thread.
+struct Applier {
+    group: u64,
+    machine: Arc<dyn StateMachine>,
+    policy: SnapshotPolicy,
+    /// What the log holds beyond the machine's last snapshot.
+    since: Since,
+    /// The loop's input, for progress reports.
+    events: Sender<Input>,
+}
+
+impl Applier {
+    fn run(mut self, tasks: Receiver<ApplyTask>) {
+        while let Ok(task) = tasks.recv() {
+            match task {
+                ApplyTask::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                ApplyTask::Entries { entries, replies } => {
+                    let Some(last) = entries.last().map(|e| e.index) else { continue };
+                    self.apply(entries, replies);
+                    let snapshot = self.policy.due(self.since).then(|| {
+                        self.since = Since::default();
+                        self.machine.snapshot()
+                    });
+                    let _ = self.events.send(Input::Applied { group: self.group, index: last, snapshot });
+                }
+            }
+        }
+    }
+
+    /// Applies entries in log order and answers their proposers.
+    fn apply(&mut self, entries: Vec<Entry>, replies: Vec<(u64, Pending)>) {
+        let mut replies = replies.into_iter().peekable();
+        for e in &entries {
+            let result = match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() => Some(self.machine.apply(e.index, &e.data)),
+                _ => None,
+            };
+            self.since.entries += 1;
+            self.since.bytes += e.data.len() as u64;
+            if replies.peek().is_some_and(|(index, _)| *index == e.index) {
+                let Some((_, p)) = replies.next() else { continue };
+                let answer = result.ok_or_else(|| ProposeError::NotLeader {
+                    group: p.group,
+                    name: String::new(),
+                    leader: 0,
+                });
+                let _ = p.reply.send(answer);
+            }
+        }
+    }
+}
+
 struct Loop {
     store: Arc<LogStore>,
     groups: Vec<Group>,
@@ -390,15 +502,6 @@ struct Loop {
     next_proposal: u64,
     /// Set once a log write failed: the node then refuses writes.
     failed: Option<String>,
-}
-
-/// A group's applied entries with their results.
-type Applied = Vec<(Entry, Option<ApplyResult>)>;
-
-/// Committed entries of one group, applied off the loop thread.
-struct ApplyWork<'a> {
-    group: &'a Group,
-    entries: Vec<Entry>,
 }
 
 impl Loop {
@@ -416,14 +519,18 @@ impl Loop {
                     recovering = None;
                 }
             }
-            let timeout = self.config.tick.saturating_sub(last_tick.elapsed());
-            let first = if recovering.is_some() {
+            // Wait for input only when no group has work (a replay hands
+            // over committed entries one bounded Ready at a time).
+            let first = if self.groups.iter().any(|g| g.node.has_ready()) {
                 rx.try_recv().ok()
             } else {
-                match rx.recv_timeout(timeout) {
+                match rx.recv_timeout(self.config.tick.saturating_sub(last_tick.elapsed())) {
                     Ok(input) => Some(input),
                     Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.stop_appliers();
+                        return;
+                    }
                 }
             };
             let mut inputs: Vec<Input> = first.into_iter().collect();
@@ -431,6 +538,7 @@ impl Loop {
             for input in inputs {
                 match input {
                     Input::Stop => {
+                        self.stop_appliers();
                         self.fail_all(ProposeError::Stopped);
                         return;
                     }
@@ -440,6 +548,11 @@ impl Loop {
                         }
                     }
                     Input::Propose { group, data, reply } => self.propose(group, data, reply),
+                    Input::Applied { group, index, snapshot } => {
+                        if let Err(e) = self.applied(group, index, snapshot) {
+                            self.fail(e, &mut recovering);
+                        }
+                    }
                 }
             }
             if last_tick.elapsed() >= self.config.tick {
@@ -449,14 +562,32 @@ impl Loop {
                 last_tick = Instant::now();
             }
             if let Err(e) = self.handle_readies() {
-                eprintln!("error: {e}; this node stops taking writes");
-                if let Some(tx) = recovering.take() {
-                    let _ = tx.send(Err(e.clone()));
-                }
-                self.failed = Some(e.clone());
-                self.fail_all(ProposeError::Storage(e));
+                self.fail(e, &mut recovering);
             }
             self.publish_status();
+        }
+    }
+
+    /// A log write or a snapshot failed: the node refuses writes from now on.
+    fn fail(&mut self, e: String, recovering: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>) {
+        eprintln!("error: {e}; this node stops taking writes");
+        if let Some(tx) = recovering.take() {
+            let _ = tx.send(Err(e.clone()));
+        }
+        self.failed = Some(e.clone());
+        self.fail_all(ProposeError::Storage(e));
+    }
+
+    /// Stops every applier once it has applied what it was handed (their
+    /// proposers are answered), and waits for them.
+    fn stop_appliers(&mut self) {
+        for g in &mut self.groups {
+            g.applier = None;
+        }
+        for g in &mut self.groups {
+            if let Some(t) = g.applier_thread.take() {
+                let _ = t.join();
+            }
         }
     }
 
@@ -502,119 +633,126 @@ impl Loop {
     fn handle_readies(&mut self) -> Result<(), String> {
         let mut batch = LogBatch::default();
         let mut readies = Vec::new();
-        let mut work: Vec<(usize, Vec<Entry>)> = Vec::new();
-        for (k, g) in self.groups.iter_mut().enumerate() {
-            if !g.node.has_ready() {
+        for k in 0..self.groups.len() {
+            if !self.groups[k].node.has_ready() {
                 continue;
             }
-            let mut ready = g.node.ready();
+            let mut ready = self.groups[k].node.ready();
+            let g = &mut self.groups[k];
             if !ready.messages().is_empty() {
                 self.transport.send(g.id, ready.take_messages());
             }
+            let mut installed = None;
             if !ready.snapshot().is_empty() {
+                // The snapshot replaces the state: whatever the applier
+                // was handed before must be applied first.
+                g.wait_applier();
                 let snap = ready.snapshot().clone();
                 let meta = snap.get_metadata();
                 g.machine
                     .restore(meta.index, snap.get_data())
                     .map_err(|e| format!("group {} ({}): installing a snapshot: {e}", g.id, g.name))?;
                 g.node.store().apply_snapshot(&mut batch, &snap).map_err(|e| e.to_string())?;
+                installed = Some(meta.index);
             }
             let committed = ready.take_committed_entries();
-            if !committed.is_empty() {
-                work.push((k, committed));
-            }
+            self.hand_over(k, committed)?;
+            let g = &mut self.groups[k];
             if !ready.entries().is_empty() {
                 g.node.store().append(&mut batch, ready.entries()).map_err(|e| e.to_string())?;
             }
             if let Some(hs) = ready.hs() {
                 g.node.store().set_hard_state(&mut batch, hs).map_err(|e| e.to_string())?;
             }
-            readies.push((k, ready));
+            readies.push((k, ready, installed));
         }
-        self.apply(work)?;
         if !batch.is_empty() {
             self.store.write(&mut batch, true).map_err(|e| format!("writing the raft log: {e}"))?;
         }
-        let mut work = Vec::new();
-        for (k, ready) in readies {
+        for (k, ready, installed) in readies {
             let g = &mut self.groups[k];
             if !ready.persisted_messages().is_empty() {
                 self.transport.send(g.id, ready.persisted_messages().to_vec());
             }
-            let mut light = g.node.advance(ready);
+            let mut light = g.node.advance_append(ready);
+            if let Some(index) = installed {
+                if index > g.node.raft.raft_log.applied {
+                    g.node.advance_apply_to(index);
+                }
+            }
             if !light.messages().is_empty() {
                 self.transport.send(g.id, light.take_messages());
             }
             let committed = light.take_committed_entries();
-            if !committed.is_empty() {
-                work.push((k, committed));
-            }
+            self.hand_over(k, committed)?;
         }
-        self.apply(work)?;
-        for g in &mut self.groups {
-            g.node.advance_apply();
-        }
-        self.snapshots()?;
         Ok(())
     }
 
-    /// Applies committed entries, groups in parallel, and answers proposers.
-    fn apply(&mut self, work: Vec<(usize, Vec<Entry>)>) -> Result<(), String> {
-        if work.is_empty() {
+    /// Hands committed entries of group `k` to its applier, with the
+    /// proposers waiting on them. Configuration changes take effect here,
+    /// in log order with the group's other configuration changes.
+    fn hand_over(&mut self, k: usize, entries: Vec<Entry>) -> Result<(), String> {
+        if entries.is_empty() {
             return Ok(());
         }
-        let jobs: Vec<ApplyWork> =
-            work.into_iter().map(|(k, entries)| ApplyWork { group: &self.groups[k], entries }).collect();
-        let run = |job: &ApplyWork| -> Applied {
-            job.entries
-                .iter()
-                .map(|e| {
-                    let result = match e.get_entry_type() {
-                        EntryType::EntryNormal if !e.data.is_empty() => {
-                            Some(job.group.machine.apply(e.index, &e.data))
-                        }
-                        _ => None,
-                    };
-                    (e.clone(), result)
-                })
-                .collect()
-        };
-        let results: Vec<(u64, Applied)> = if jobs.len() == 1 {
-            vec![(jobs[0].group.id, run(&jobs[0]))]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = jobs.iter().map(|job| (job.group.id, s.spawn(|| run(job)))).collect();
-                handles
-                    .into_iter()
-                    .map(|(id, h)| (id, h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))))
-                    .collect()
-            })
-        };
-        for (group_id, applied) in results {
-            let Some(k) = self.groups.iter().position(|g| g.id == group_id) else { continue };
-            for (entry, result) in applied {
-                self.groups[k].since_snapshot.entries += 1;
-                self.groups[k].since_snapshot.bytes += entry.data.len() as u64;
-                if matches!(entry.get_entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2)
-                {
-                    self.apply_conf_change(k, &entry)?;
-                }
-                if entry.context.len() == 8 {
-                    let id = u64::from_le_bytes(entry.context[..8].try_into().unwrap_or([0; 8]));
-                    if let Some(p) = self.pending.remove(&id) {
-                        let answer = match result {
-                            Some(r) if p.group == group_id => Ok(r),
-                            _ => Err(ProposeError::NotLeader {
-                                group: p.group,
-                                name: self.groups[k].name.clone(),
-                                leader: self.groups[k].node.raft.leader_id,
-                            }),
-                        };
-                        let _ = p.reply.send(answer);
+        let mut replies = Vec::new();
+        for entry in &entries {
+            if matches!(entry.get_entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2) {
+                self.apply_conf_change(k, entry)?;
+            }
+            if entry.context.len() == 8 {
+                let id = u64::from_le_bytes(entry.context[..8].try_into().unwrap_or([0; 8]));
+                if let Some(p) = self.pending.remove(&id) {
+                    if p.group == self.groups[k].id {
+                        replies.push((entry.index, p));
+                    } else {
+                        let g = &self.groups[k];
+                        let _ = p.reply.send(Err(ProposeError::NotLeader {
+                            group: p.group,
+                            name: g.name.clone(),
+                            leader: g.node.raft.leader_id,
+                        }));
                     }
                 }
             }
         }
+        let g = &self.groups[k];
+        let sent = g.applier.as_ref().map(|a| a.send(ApplyTask::Entries { entries, replies }));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(format!("group {} ({}): its applier stopped", g.id, g.name)),
+        }
+    }
+
+    /// An applier reports its progress: raft-rs learns the applied index,
+    /// and a snapshot it took is recorded and the log compacted behind it.
+    fn applied(
+        &mut self,
+        group: u64,
+        index: u64,
+        snapshot: Option<Result<u64, String>>,
+    ) -> Result<(), String> {
+        let Some(g) = self.groups.iter_mut().find(|g| g.id == group) else { return Ok(()) };
+        // A snapshot installed since may have moved `applied` past this.
+        if index > g.node.raft.raft_log.applied {
+            g.node.advance_apply_to(index);
+        }
+        let Some(snapshot) = snapshot else { return Ok(()) };
+        let index = snapshot.map_err(|e| format!("group {} ({}): snapshot: {e}", g.id, g.name))?;
+        let store = g.node.store().clone();
+        if index <= store.snapshot_meta().index {
+            return Ok(());
+        }
+        let term = raft::Storage::term(&store, index)
+            .map_err(|e| format!("group {}: term of {index}: {e}", g.id))?;
+        let mut meta = raft::eraftpb::SnapshotMetadata { index, term, ..Default::default() };
+        meta.set_conf_state(g.node.raft.prs().conf().to_conf_state());
+        let mut batch = LogBatch::default();
+        store.set_snapshot_meta(&mut batch, &meta).map_err(|e| e.to_string())?;
+        self.store.write(&mut batch, true).map_err(|e| e.to_string())?;
+        store.compact_to(index + 1);
+        self.store.purge().map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -634,33 +772,6 @@ impl Loop {
         let mut batch = LogBatch::default();
         g.node.store().set_conf_state(&mut batch, &cs).map_err(|e| e.to_string())?;
         self.store.write(&mut batch, true).map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    /// Lets each machine snapshot, then records it and compacts the log.
-    fn snapshots(&mut self) -> Result<(), String> {
-        let mut compacted = false;
-        for g in &mut self.groups {
-            if !self.config.snapshot.due(g.since_snapshot) {
-                continue;
-            }
-            let index =
-                g.machine.snapshot().map_err(|e| format!("group {} ({}): snapshot: {e}", g.id, g.name))?;
-            let store = g.node.store().clone();
-            let term = raft::Storage::term(&store, index)
-                .map_err(|e| format!("group {}: term of {index}: {e}", g.id))?;
-            let mut meta = raft::eraftpb::SnapshotMetadata { index, term, ..Default::default() };
-            meta.set_conf_state(g.node.raft.prs().conf().to_conf_state());
-            let mut batch = LogBatch::default();
-            store.set_snapshot_meta(&mut batch, &meta).map_err(|e| e.to_string())?;
-            self.store.write(&mut batch, true).map_err(|e| e.to_string())?;
-            store.compact_to(index + 1);
-            g.since_snapshot = Since::default();
-            compacted = true;
-        }
-        if compacted {
-            self.store.purge().map_err(|e| e.to_string())?;
-        }
         Ok(())
     }
 

@@ -12,9 +12,9 @@
 //! the file's extra section; the log is compacted behind them.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 
 use super::driver::{ApplyResult, StateMachine};
@@ -90,9 +90,15 @@ pub struct ShardMachine {
     /// The shard's id.
     pub shard_id: u32,
     path: PathBuf,
-    /// Readers take the read lock; applying a batch takes the write lock for
-    /// that batch only.
-    pub state: RwLock<ShardState>,
+    /// Readers take the read lock (through [`read`](ShardMachine::read));
+    /// applying a batch takes the write lock for that batch only.
+    state: RwLock<ShardState>,
+    /// Set when applied events wait in the shard's staging (see
+    /// [`Shard::apply_staged`]); the next reader flushes them first.
+    staged: AtomicBool,
+    /// Held while a snapshot file is written: the applier and a follower's
+    /// snapshot request may ask at once, and both write the same file.
+    snapshot_lock: Mutex<()>,
     applied: AtomicU64,
     snapshot_index: AtomicU64,
 }
@@ -123,6 +129,8 @@ impl ShardMachine {
                 watermark: extra.watermark,
                 applied_index: extra.applied_index,
             }),
+            staged: AtomicBool::new(false),
+            snapshot_lock: Mutex::new(()),
             applied: AtomicU64::new(extra.applied_index),
             snapshot_index: AtomicU64::new(extra.applied_index),
         })
@@ -141,9 +149,25 @@ impl ShardMachine {
         self.state.read().watermark
     }
 
+    /// The state, for reading: every applied write is visible (events
+    /// still staged by the last batches are flushed first, under the write
+    /// lock, which is then downgraded).
+    pub fn read_state(&self) -> RwLockReadGuard<'_, ShardState> {
+        if self.staged.load(Ordering::Acquire) {
+            let mut state = self.state.write();
+            if self.staged.load(Ordering::Acquire) {
+                state.shard.flush_events();
+                self.staged.store(false, Ordering::Release);
+            }
+            return RwLockWriteGuard::downgrade(state);
+        }
+        self.state.read()
+    }
+
     /// Writes a snapshot now; returns the index it covers.
     pub fn snapshot_now(&self) -> Result<u64, String> {
-        let state = self.state.read();
+        let _writing = self.snapshot_lock.lock();
+        let state = self.read_state();
         let extra = Extra { applied_index: state.applied_index, watermark: state.watermark };
         let bytes =
             bincode::serde::encode_to_vec(&extra, bincode::config::standard()).map_err(|e| e.to_string())?;
@@ -162,7 +186,9 @@ impl StateMachine for ShardMachine {
             Ok(p) if p.tag <= state.watermark => ShardApplied { skipped: true, ..ShardApplied::default() },
             Ok(p) => {
                 state.watermark = p.tag;
-                ShardApplied { outcome: state.shard.apply(&p.commands), skipped: false }
+                let outcome = state.shard.apply_staged(&p.commands);
+                self.staged.store(state.shard.has_staged(), Ordering::Release);
+                ShardApplied { outcome, skipped: false }
             }
             Err(e) => {
                 // An entry this build cannot read was written by another
@@ -194,6 +220,7 @@ impl StateMachine for ShardMachine {
             .map_err(|e| format!("snapshot from the leader: replication metadata: {e}"))?;
         let mut state = self.state.write();
         *state = ShardState { shard, watermark: extra.watermark, applied_index: index };
+        self.staged.store(false, Ordering::Release);
         self.applied.store(index, Ordering::Release);
         drop(state);
         self.snapshot_now().map(|_| ())
@@ -217,7 +244,7 @@ mod tests {
         assert!(!first.skipped);
         let again = m.apply(2, &owned.encode()).downcast::<ShardApplied>().unwrap();
         assert!(again.skipped, "a tag at the watermark is not applied twice");
-        assert_eq!(m.state.read().shard.len(), 1);
+        assert_eq!(m.read_state().shard.len(), 1);
         // The watermark and applied index survive a snapshot.
         m.snapshot_now().unwrap();
         let back = ShardMachine::open(dir.path(), 0).unwrap();
@@ -229,5 +256,41 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let e = ShardMachine::open(dir.path(), 0).err().unwrap().to_string();
         assert!(e.contains("shard-000.snap"), "{e}");
+    }
+
+    #[test]
+    fn staged_event_rows_are_flushed_before_any_read_and_any_snapshot() {
+        use crate::shard::EventWrite;
+        let event = |profile: u64, time_ms: i64| {
+            Command::Write(ProfileWrite {
+                profile,
+                time_ms,
+                event: Some(EventWrite { name: "buy".into(), properties: vec![] }),
+                ..ProfileWrite::default()
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let m = ShardMachine::open(dir.path(), 0).unwrap();
+        let day = crate::shard::DAY_MS;
+        let batch = vec![event(7, 3 * day), event(3, 3 * day + 5), event(9, 70 * day)];
+        m.apply(1, &ShardProposal::encode_parts((1, 1), &batch));
+        // The batch is far below the staging bound: its rows wait.
+        assert!(m.state.read().shard.has_staged());
+        {
+            let state = m.read_state();
+            assert!(!state.shard.has_staged(), "a reader sees every applied write");
+            state.shard.validate().unwrap();
+            let table = &state.shard.events["buy"];
+            assert_eq!(table.who_in_window(0, 100 * day).len(), 3);
+            assert_eq!(table.who_in_window(0, 4 * day).len(), 2);
+        }
+        // A snapshot taken while rows are staged holds them.
+        m.apply(2, &ShardProposal::encode_parts((1, 2), &[event(11, 4 * day)]));
+        assert!(m.state.read().shard.has_staged());
+        m.snapshot_now().unwrap();
+        let back = ShardMachine::open(dir.path(), 0).unwrap();
+        let state = back.read_state();
+        state.shard.validate().unwrap();
+        assert_eq!(state.shard.events["buy"].who_in_window(0, 100 * day).len(), 4);
     }
 }

@@ -515,7 +515,7 @@ fn status(node: &Node) -> pb::StatusReply {
             ..Default::default()
         };
         if let Some(shard) = g.id.checked_sub(2).and_then(|s| node.shards.get(s as usize)) {
-            let state = shard.state.read();
+            let state = shard.read_state();
             let (traits, events) = state.shard.heap_bytes();
             out.rows = state.shard.len();
             out.memory_bytes = (traits + events) as u64;

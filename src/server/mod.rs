@@ -61,7 +61,7 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
     let http_listener = tokio::net::TcpListener::bind(&http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
-    let profiles: u64 = node.shards.iter().map(|s| s.state.read().shard.len()).sum();
+    let profiles: u64 = node.shards.iter().map(|s| s.read_state().shard.len()).sum();
     println!(
         "cohort {}: node {} serving gRPC on {} and HTTP on {} (data in {}; opened in {:.2} s, {:.2} s of it loading snapshots, with {} profiles)",
         env!("CARGO_PKG_VERSION"),

@@ -10,6 +10,15 @@
 //!   64 days, so that a 30-day window is a handful of bitmaps; the two edge
 //!   days of a window are refined by reading their timestamps.
 //!
+//! Appending an event adds its row to five who-did-it bitmaps (its day,
+//! three buckets, the table). Inserted one by one, at random rows, those
+//! inserts were the largest cost of ingest (binary searches in cold array
+//! containers). So [`EventTable::append`] only stages `(day, row)`, and
+//! [`EventTable::flush_who`] adds a batch's rows to each bitmap at once,
+//! sorted. The shard flushes at the end of every applied batch and before
+//! anything reads a profile's events within one; readers check that
+//! nothing is staged.
+//!
 //! A behaviour with a `WHERE` clause or a frequency other than "at least
 //! once" scans the partitions inside the window column by column: each
 //! property test produces a bit mask over the partition's events, masks are
@@ -209,6 +218,24 @@ pub struct EventTable {
     pub who: RoaringBitmap,
     /// Number of events.
     pub total: u64,
+    /// `(day, row)` of events appended since the last
+    /// [`flush_who`](EventTable::flush_who): not yet in `partitions[day].who`,
+    /// `levels` and `who`.
+    staged_who: Vec<(i64, Row)>,
+}
+
+/// Adds `rows` (sorted, no duplicates) to `bitmap`. A union rewrites
+/// every array container it touches, so a few rows into a large bitmap are
+/// inserted one by one instead (in order, so the searches stay in cache).
+fn union_sorted(bitmap: &mut RoaringBitmap, rows: &[Row]) {
+    if rows.len() <= 4 || (rows.len() as u64) * 64 < bitmap.len() {
+        for &row in rows {
+            bitmap.insert(row);
+        }
+    } else if let Ok(add) = RoaringBitmap::from_sorted_iter(rows.iter().copied()) {
+        // Strictly increasing by construction, so the build cannot fail.
+        *bitmap |= add;
+    }
 }
 
 /// One event as stored and read back.
@@ -236,8 +263,60 @@ impl EventTable {
         Some(i)
     }
 
-    /// Appends an event. Properties whose type differs from the one this table
-    /// holds are returned, not stored.
+    /// True when appended events wait for [`flush_who`](EventTable::flush_who).
+    pub fn has_staged(&self) -> bool {
+        !self.staged_who.is_empty()
+    }
+
+    /// Number of appended events waiting for [`flush_who`](EventTable::flush_who).
+    pub fn staged_len(&self) -> usize {
+        self.staged_who.len()
+    }
+
+    /// Adds the rows of the events appended since the last flush to the
+    /// who-did-it bitmaps: per bitmap, the new rows sorted, in one union.
+    pub fn flush_who(&mut self) {
+        if self.staged_who.is_empty() {
+            return;
+        }
+        let mut staged = std::mem::take(&mut self.staged_who);
+        staged.sort_unstable();
+        staged.dedup();
+        let mut rows: Vec<Row> = Vec::with_capacity(staged.len());
+        for day_run in staged.chunk_by(|a, b| a.0 == b.0) {
+            rows.clear();
+            rows.extend(day_run.iter().map(|&(_, row)| row));
+            if let Some(part) = self.partitions.get_mut(&day_run[0].0) {
+                union_sorted(&mut part.who, &rows);
+            }
+        }
+        // Buckets are runs of days (the days are sorted), but their rows
+        // come from several days: sort each bucket's rows again.
+        for (level, width) in LEVEL_DAYS.iter().enumerate() {
+            for bucket_run in staged.chunk_by(|a, b| a.0.div_euclid(*width) == b.0.div_euclid(*width)) {
+                rows.clear();
+                rows.extend(bucket_run.iter().map(|&(_, row)| row));
+                rows.sort_unstable();
+                rows.dedup();
+                union_sorted(
+                    self.levels[level].entry(bucket_run[0].0.div_euclid(*width)).or_default(),
+                    &rows,
+                );
+            }
+        }
+        rows.clear();
+        rows.extend(staged.iter().map(|&(_, row)| row));
+        rows.sort_unstable();
+        rows.dedup();
+        union_sorted(&mut self.who, &rows);
+        // Keep the allocation for the next batch.
+        staged.clear();
+        self.staged_who = staged;
+    }
+
+    /// Appends an event; its row reaches the who-did-it bitmaps at the next
+    /// [`flush_who`](EventTable::flush_who). Properties whose type differs
+    /// from the one this table holds are returned, not stored.
     pub fn append(&mut self, row: Row, ts_ms: i64, properties: &[(String, Value)]) -> Vec<String> {
         let mut rejected = Vec::new();
         let mut values: Vec<(usize, &Value)> = Vec::with_capacity(properties.len());
@@ -252,7 +331,7 @@ impl EventTable {
         let n = part.rows.len();
         part.rows.push(row);
         part.offsets.push((ts_ms - day * DAY_MS) as u32);
-        part.who.insert(row);
+        self.staged_who.push((day, row));
         for (i, (_, ty)) in self.props.iter().enumerate() {
             if part.props.len() <= i {
                 part.props.push(PropColumn::new(*ty, n));
@@ -260,16 +339,13 @@ impl EventTable {
             let value = values.iter().find(|(j, _)| *j == i).map(|(_, v)| *v);
             part.props[i].push(value, &mut self.dicts[i]);
         }
-        for (level, width) in LEVEL_DAYS.iter().enumerate() {
-            self.levels[level].entry(day.div_euclid(*width)).or_default().insert(row);
-        }
-        self.who.insert(row);
         self.total += 1;
         rejected
     }
 
     /// Removes every event of `row`, returning them.
     pub fn remove_row(&mut self, name: &str, row: Row) -> Vec<EventRecord> {
+        self.flush_who();
         if !self.who.remove(row) {
             return Vec::new();
         }
@@ -304,6 +380,7 @@ impl EventTable {
 
     /// Every event of `row`, in time order.
     pub fn events_of(&self, name: &str, row: Row) -> Vec<EventRecord> {
+        debug_assert!(!self.has_staged(), "events read with staged rows");
         let mut out = Vec::new();
         if !self.who.contains(row) {
             return out;
@@ -324,6 +401,12 @@ impl EventTable {
 
     /// Checks partitions, columns and every who-did-it bitmap against the rows.
     pub fn validate(&self) -> Result<(), String> {
+        if self.has_staged() {
+            return Err(format!(
+                "{} appended events not flushed to the who-did-it bitmaps",
+                self.staged_who.len()
+            ));
+        }
         let mut who = RoaringBitmap::new();
         let mut levels: [BTreeMap<i64, RoaringBitmap>; 3] = Default::default();
         let mut total = 0u64;
@@ -402,6 +485,7 @@ impl EventTable {
     /// days it covers whole (taking, at each step, the widest aligned bucket
     /// that fits) and the at most two days it covers in part.
     fn cover(&self, from: i64, to: i64) -> (Vec<&RoaringBitmap>, Vec<i64>) {
+        debug_assert!(!self.has_staged(), "a window read with staged rows");
         let (Some((&first_day, _)), Some((&last_day, _))) =
             (self.partitions.first_key_value(), self.partitions.last_key_value())
         else {
@@ -714,7 +798,15 @@ mod tests {
             };
             t.append(row, ts, &[("amount".to_string(), Value::Number(1.0))]);
             all.push((row, ts));
+            // Flushed at uneven intervals, as batches of several sizes are.
+            if next(&mut s) % 97 == 0 {
+                assert!(t.validate().is_err() || !t.has_staged());
+                t.flush_who();
+            }
         }
+        assert!(t.has_staged());
+        assert!(t.validate().is_err(), "unflushed rows must fail validation");
+        t.flush_who();
         t.validate().unwrap();
         let probes = [
             i64::MIN,

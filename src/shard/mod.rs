@@ -40,6 +40,10 @@ use crate::model::{
 /// A row of a shard: dense, assigned in order of creation.
 pub type Row = u32;
 
+/// Events whose rows [`Shard::apply_staged`] may leave out of the
+/// who-did-it bitmaps before it flushes them itself (16 bytes each).
+pub const MAX_STAGED_EVENTS: usize = 1 << 16;
+
 /// A profile's cluster-wide id, chosen by the identity layer.
 pub type ProfileId = u64;
 
@@ -542,6 +546,19 @@ impl Shard {
     /// Applies a batch in order. Commands never fail as a whole; fields that
     /// do not fit the shard's columns are rejected and reported.
     pub fn apply(&mut self, batch: &[Command]) -> ApplyOutcome {
+        let out = self.apply_staged(batch);
+        self.flush_events();
+        out
+    }
+
+    /// Applies a batch like [`apply`](Shard::apply), but may leave the rows
+    /// of its events staged (see [`EventTable::flush_who`]): adding many
+    /// batches' rows to the who-did-it bitmaps at once costs far less than
+    /// adding each batch's. The caller must call
+    /// [`flush_events`](Shard::flush_events) before anything reads the
+    /// shard while [`has_staged`](Shard::has_staged) is true. Staging is
+    /// flushed anyway once it holds [`MAX_STAGED_EVENTS`] events.
+    pub fn apply_staged(&mut self, batch: &[Command]) -> ApplyOutcome {
         let mut out = ApplyOutcome::default();
         for (index, cmd) in batch.iter().enumerate() {
             match cmd {
@@ -593,7 +610,23 @@ impl Shard {
             }
             out.applied += 1;
         }
+        if self.events.values().map(EventTable::staged_len).sum::<usize>() >= MAX_STAGED_EVENTS {
+            self.flush_events();
+        }
         out
+    }
+
+    /// Adds the rows of the events appended since the last flush to the
+    /// who-did-it bitmaps (see [`EventTable::flush_who`]).
+    pub fn flush_events(&mut self) {
+        for table in self.events.values_mut() {
+            table.flush_who();
+        }
+    }
+
+    /// True when events wait for [`flush_events`](Shard::flush_events).
+    pub fn has_staged(&self) -> bool {
+        self.events.values().any(EventTable::has_staged)
     }
 
     /// The row of `profile`, created if new.
@@ -739,6 +772,9 @@ impl Shard {
 
     /// Removes a profile and returns everything it held.
     fn take(&mut self, profile: ProfileId) -> Option<ProfileImage> {
+        // The image reads the profile's events: earlier writes of this
+        // batch must be in the who-did-it bitmaps first.
+        self.flush_events();
         let row = self.row_of(profile)?;
         let mut image = self.read_profile(profile)?;
         // Events are moved out table by table rather than copied.

@@ -235,6 +235,7 @@ impl Enc {
         }
     }
     fn event_table(&mut self, t: &EventTable) {
+        debug_assert!(!t.has_staged(), "a snapshot of an event table with staged rows");
         self.len(t.props.len());
         for ((name, ty), dict) in t.props.iter().zip(&t.dicts) {
             self.str(name);

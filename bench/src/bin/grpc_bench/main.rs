@@ -94,6 +94,10 @@ struct Args {
     /// Keep the ingest node's data directory.
     #[arg(long)]
     keep_ingest_dir: bool,
+    /// Run the ingest (and the ingest node's restart) only: no query node,
+    /// no query mix, no peers, no RESULTS section.
+    #[arg(long)]
+    ingest_only: bool,
     /// Peers to run beside Cohort: duckdb, chdb (comma-separated; empty: none).
     #[arg(long, value_delimiter = ',', default_value = "duckdb,chdb")]
     peers: Vec<String>,
@@ -243,6 +247,8 @@ struct IngestReport {
     rss_before: u64,
     rss_after: u64,
     hwm: u64,
+    /// CPU seconds the node used during the ingest.
+    node_cpu_secs: f64,
     status: Option<cohort::proto::v1::StatusReply>,
     restart: Option<Duration>,
     restart_status: Option<cohort::proto::v1::StatusReply>,
@@ -279,7 +285,9 @@ fn run_ingest(args: &Args, bin: &Path, now: &str) -> Result<IngestReport, String
         eprintln!("warning: {e}");
     }
     let (rss_before, _) = node.rss();
+    let cpu_before = node.cpu_secs();
     let run = rt.block_on(ingest::run(&node.grpc_addr, batches, bytes, args.ingest_clients));
+    let node_cpu_secs = node.cpu_secs() - cpu_before;
     let (rss_after, hwm) = node.rss();
     let run = match run {
         Ok(r) => r,
@@ -289,10 +297,13 @@ fn run_ingest(args: &Args, bin: &Path, now: &str) -> Result<IngestReport, String
         }
     };
     eprintln!(
-        "ingest: {} messages in {:.2} s = {:.0} messages/s; RSS {:.0} MB",
+        "ingest: {} messages in {:.2} s = {:.0} messages/s; node CPU {:.1} s ({:.2} µs per message, {:.2} cores busy); RSS {:.0} MB",
         run.messages,
         run.wall.as_secs_f64(),
         run.rate(),
+        node_cpu_secs,
+        node_cpu_secs * 1e6 / run.messages.max(1) as f64,
+        node_cpu_secs / run.wall.as_secs_f64().max(1e-9),
         mb(rss_after)
     );
     let status = match rt.block_on(ingest::status(&node.grpc_addr)) {
@@ -328,6 +339,7 @@ fn run_ingest(args: &Args, bin: &Path, now: &str) -> Result<IngestReport, String
         rss_before,
         rss_after,
         hwm,
+        node_cpu_secs,
         status,
         restart,
         restart_status,
@@ -500,7 +512,7 @@ fn main() {
     // The peers' files first, while nothing else runs.
     let csv_dir = args.data_dir.join(format!("p{}-s{}", cfg.profiles, cfg.seed));
     let mut csv_secs = None;
-    if !peers_wanted.is_empty() {
+    if !peers_wanted.is_empty() && !args.ingest_only {
         match peers::ensure_csv(&cfg, &csv_dir, args.threads) {
             Ok(s) => csv_secs = Some(s),
             Err(e) => die(&format!("writing CSV to {}: {e}", csv_dir.display())),
@@ -524,6 +536,13 @@ fn main() {
     } else {
         None
     };
+
+    if args.ingest_only {
+        if ingest.is_none() || !failures.is_empty() {
+            die(&format!("ingest-only run: {}", failures.join("; ")));
+        }
+        return;
+    }
 
     // 2–3. Restart to serving and the query mix.
     let q = match run_queries(&args, &bin, &now, &mix) {
@@ -645,7 +664,7 @@ fn main() {
     if let Some(r) = &ingest {
         let (b50, b99) = r.run.batch_p50_p99_ms();
         out(format!(
-            "- **Durable ingest: {} messages/s** (target ≥ 200,000): {} messages ({} profiles, {:.0} MB of JSON) into a fresh node with {} shards, {} concurrent clients each sending `IngestBatch` calls of {} messages on its own connection, {:.2} s from the first send to the last reply (a reply means fsynced); batch latency p50 {b50:.1} ms, p99 {b99:.1} ms; {} applied, {} duplicates, {} rejections",
+            "- **Durable ingest: {} messages/s** (target ≥ 200,000): {} messages ({} profiles, {:.0} MB of JSON) into a fresh node with {} shards, {} concurrent clients each sending `IngestBatch` calls of {} messages on its own connection, {:.2} s from the first send to the last reply (a reply means fsynced); batch latency p50 {b50:.1} ms, p99 {b99:.1} ms; {} applied, {} duplicates, {} rejections; the node used {:.1} CPU seconds ({:.2} µs per message, {:.2} cores busy on average)",
             fmt_rate(r.run.rate()),
             r.run.messages,
             r.profiles,
@@ -656,7 +675,10 @@ fn main() {
             r.run.wall.as_secs_f64(),
             r.run.applied,
             r.run.duplicates,
-            r.run.rejections
+            r.run.rejections,
+            r.node_cpu_secs,
+            r.node_cpu_secs * 1e6 / r.run.messages.max(1) as f64,
+            r.node_cpu_secs / r.run.wall.as_secs_f64().max(1e-9)
         ));
         for x in &r.run.first_rejections {
             out(format!("  - rejection: {x}"));

@@ -34,6 +34,20 @@ pub fn rss_of(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU seconds (user + system) process `pid` has used so far, from
+/// `/proc/PID/stat`; 0 when unreadable.
+pub fn cpu_secs_of(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
+}
+
 /// A running `cohort serve`.
 pub struct Node {
     child: Option<Child>,
@@ -129,6 +143,11 @@ impl Node {
     /// Resident set size and its peak, bytes.
     pub fn rss(&self) -> (u64, u64) {
         rss_of(self.pid)
+    }
+
+    /// CPU seconds the node has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs_of(self.pid)
     }
 
     /// Waits until the health service answers SERVING for `cohort.v1.Query`
