@@ -21,7 +21,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::{IngestError, IngestReport, Source};
-use crate::cluster::catalog::{CatalogCommand, CatalogMachine, CatalogResult, IngestJob, Step};
+use crate::cluster::catalog::{
+    parse_message, CatalogCommand, CatalogMachine, CatalogResult, IngestJob, ParsedIngest, ParsedJob, ParsedMessage,
+    Step,
+};
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::replication::driver::{Driver, ProposeError};
 use crate::replication::shard_machine::{ShardMachine, ShardProposal};
@@ -36,6 +39,8 @@ type Reply = oneshot::Sender<Result<IngestReport, IngestError>>;
 
 struct Job {
     messages: Vec<String>,
+    /// The messages parsed by the door's task (see [`ParsedIngest`]).
+    parsed: Vec<ParsedMessage>,
     received_ms: i64,
     source: Source,
     reply: Reply,
@@ -84,9 +89,18 @@ impl Pipeline {
         if messages.is_empty() {
             return Ok(IngestReport::default());
         }
+        // Parsing needs no state: it runs here, in parallel across the
+        // doors' requests and off the async workers, rather than in the
+        // catalog's log order.
+        let (messages, parsed) = tokio::task::spawn_blocking(move || {
+            let parsed = messages.iter().map(|t| parse_message(t, received_ms)).collect();
+            (messages, parsed)
+        })
+        .await
+        .map_err(|e| IngestError::Unavailable(format!("parsing the batch failed: {e}")))?;
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Job { messages, received_ms, source, reply })
+            .send(Job { messages, parsed, received_ms, source, reply })
             .await
             .map_err(|_| IngestError::Unavailable("the node is shutting down".into()))?;
         rx.await.map_err(|_| IngestError::Unavailable("the node is shutting down".into()))?
@@ -113,18 +127,20 @@ async fn sequence(
             }
         }
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (inputs, replies): (Vec<IngestJob>, Vec<Reply>) = batch
-            .into_iter()
-            .map(|j| {
-                (IngestJob { messages: j.messages, received_ms: j.received_ms, source: j.source }, j.reply)
-            })
-            .unzip();
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut parsed = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for j in batch {
+            inputs.push(IngestJob { messages: j.messages, received_ms: j.received_ms, source: j.source });
+            parsed.push(ParsedJob { received_ms: j.received_ms, source: j.source, messages: j.parsed });
+            replies.push(j.reply);
+        }
         let data = CatalogCommand::Ingest(inputs).encode();
         let driver = driver.clone();
         let waiting = waiting.clone();
         // The proposal runs on its own so the next entry can be proposed
         // while this one is being fsynced; the driver keeps log order.
-        let proposal = driver.propose(CATALOG_GROUP, data);
+        let proposal = driver.propose_with(CATALOG_GROUP, data, Some(Box::new(ParsedIngest(parsed))));
         tokio::spawn(async move {
             match proposal.await {
                 Ok(result) => match result.downcast::<CatalogResult>().map(|r| *r) {

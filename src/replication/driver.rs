@@ -42,6 +42,16 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Applies one committed entry. Deterministic: every replica computes the
     /// same state from the same entries.
     fn apply(&self, index: u64, data: &[u8]) -> ApplyResult;
+    /// Applies an entry this node proposed with [`Driver::propose_with`],
+    /// given what the proposer computed from it ahead of the log (say,
+    /// parsed text). Must change the state exactly as [`apply`] would:
+    /// replicas and replays only have the data.
+    ///
+    /// [`apply`]: StateMachine::apply
+    fn apply_proposed(&self, index: u64, data: &[u8], local: Box<dyn Any + Send>) -> ApplyResult {
+        let _ = local;
+        self.apply(index, data)
+    }
     /// The index of the last entry reflected in the state (restored from the
     /// snapshot the machine was opened from, then advanced by `apply`).
     fn applied_index(&self) -> u64;
@@ -204,6 +214,7 @@ enum Input {
     Propose {
         group: u64,
         data: Vec<u8>,
+        local: Option<Box<dyn Any + Send>>,
         reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
     },
     Step {
@@ -387,8 +398,21 @@ impl Driver {
         group: u64,
         data: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static {
+        self.propose_with(group, data, None)
+    }
+
+    /// Proposes `data` like [`propose`](Driver::propose), with `local`: what
+    /// the caller already computed from it, handed to
+    /// [`StateMachine::apply_proposed`] if this node applies the entry as
+    /// proposed here (it never leaves the node).
+    pub fn propose_with(
+        &self,
+        group: u64,
+        data: Vec<u8>,
+        local: Option<Box<dyn Any + Send>>,
+    ) -> impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Input::Propose { group, data, reply });
+        let sent = self.tx.send(Input::Propose { group, data, local, reply });
         async move {
             sent.map_err(|_| ProposeError::Stopped)?;
             rx.await.map_err(|_| ProposeError::Stopped)?
@@ -423,6 +447,7 @@ impl Drop for Driver {
 
 struct Pending {
     group: u64,
+    local: Option<Box<dyn Any + Send>>,
     reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
 }
 
@@ -473,14 +498,21 @@ impl Applier {
     fn apply(&mut self, entries: Vec<Entry>, replies: Vec<(u64, Pending)>) {
         let mut replies = replies.into_iter().peekable();
         for e in &entries {
+            let mut proposer = None;
+            if replies.peek().is_some_and(|(index, _)| *index == e.index) {
+                proposer = replies.next().map(|(_, p)| p);
+            }
+            let local = proposer.as_mut().and_then(|p| p.local.take());
             let result = match e.get_entry_type() {
-                EntryType::EntryNormal if !e.data.is_empty() => Some(self.machine.apply(e.index, &e.data)),
+                EntryType::EntryNormal if !e.data.is_empty() => Some(match local {
+                    Some(local) => self.machine.apply_proposed(e.index, &e.data, local),
+                    None => self.machine.apply(e.index, &e.data),
+                }),
                 _ => None,
             };
             self.since.entries += 1;
             self.since.bytes += e.data.len() as u64;
-            if replies.peek().is_some_and(|(index, _)| *index == e.index) {
-                let Some((_, p)) = replies.next() else { continue };
+            if let Some(p) = proposer {
                 let answer = result.ok_or_else(|| ProposeError::NotLeader {
                     group: p.group,
                     name: String::new(),
@@ -547,7 +579,7 @@ impl Loop {
                             let _ = g.node.step(message);
                         }
                     }
-                    Input::Propose { group, data, reply } => self.propose(group, data, reply),
+                    Input::Propose { group, data, local, reply } => self.propose(group, data, local, reply),
                     Input::Applied { group, index, snapshot } => {
                         if let Err(e) = self.applied(group, index, snapshot) {
                             self.fail(e, &mut recovering);
@@ -595,6 +627,7 @@ impl Loop {
         &mut self,
         group: u64,
         data: Vec<u8>,
+        local: Option<Box<dyn Any + Send>>,
         reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
     ) {
         if let Some(e) = &self.failed {
@@ -615,7 +648,7 @@ impl Loop {
         }
         match g.node.propose(id.to_le_bytes().to_vec(), data) {
             Ok(()) => {
-                self.pending.insert(id, Pending { group, reply });
+                self.pending.insert(id, Pending { group, local, reply });
             }
             Err(_) => {
                 let _ = reply.send(Err(not_leader()));
