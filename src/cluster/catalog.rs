@@ -809,7 +809,12 @@ impl StateMachine for CatalogMachine {
                 CatalogResult::Done(self.state_at(index).apply_schema(&json))
             }
             Ok((CatalogCommand::CreateSegment { name, expression, description, now_ms }, _)) => {
-                CatalogResult::Done(self.state_at(index).create_segment(&name, &expression, &description, now_ms))
+                CatalogResult::Done(self.state_at(index).create_segment(
+                    &name,
+                    &expression,
+                    &description,
+                    now_ms,
+                ))
             }
             Ok((CatalogCommand::DeleteSegment(name), _)) => {
                 CatalogResult::Done(self.state_at(index).delete_segment(&name))

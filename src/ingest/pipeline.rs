@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::{IngestError, IngestReport, Source};
 use crate::cluster::catalog::{
-    parse_message, CatalogCommand, CatalogMachine, CatalogResult, IngestJob, ParsedIngest, ParsedJob, ParsedMessage,
-    Step,
+    parse_message, CatalogCommand, CatalogMachine, CatalogResult, IngestJob, ParsedIngest, ParsedJob,
+    ParsedMessage, Step,
 };
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::replication::driver::{Driver, ProposeError};

@@ -54,7 +54,7 @@
 //!   every [`GroupStorage`] (which share the engine) must be dropped before
 //!   the directory can be opened again in the same process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -292,6 +292,7 @@ impl LogStore {
             conf_state: self.load(group, CONF_STATE_KEY, "conf_state")?,
             snapshot: self.load(group, SNAPSHOT_META_KEY, "snapshot_meta")?,
             provider: None,
+            recent: RecentEntries::default(),
         })
     }
 
@@ -320,6 +321,79 @@ struct GroupMeta {
     snapshot: SnapshotMetadata,
     /// Builds snapshots for followers; not stored.
     provider: Option<SnapshotProvider>,
+    /// The newest entries appended; not stored.
+    recent: RecentEntries,
+}
+
+/// Bytes of entry data a group keeps in [`RecentEntries`].
+const RECENT_ENTRY_BYTES: usize = 8 << 20;
+
+/// The newest entries appended to a group, in index order without gaps.
+/// raft-rs reads entries back from storage once they are committed, right
+/// after they were written; serving those reads from here saves reading,
+/// decompressing and decoding them from the engine (entry data is shared,
+/// not copied). Bounded by [`RECENT_ENTRY_BYTES`]; older reads go to the
+/// engine.
+#[derive(Default)]
+struct RecentEntries {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    /// Mirrors an append: entries from `new[0].index` on replace the ones
+    /// held from there (a conflicting suffix), and a gap starts afresh.
+    fn append(&mut self, new: &[Entry]) {
+        let Some(first) = new.first().map(|e| e.index) else { return };
+        while self.entries.back().is_some_and(|e| e.index >= first) {
+            self.pop_back();
+        }
+        if self.entries.back().is_some_and(|e| e.index + 1 != first) {
+            self.clear();
+        }
+        for e in new {
+            self.bytes += e.data.len() + e.context.len();
+            self.entries.push_back(e.clone());
+        }
+        while self.bytes > RECENT_ENTRY_BYTES && self.entries.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    /// Drops entries below `index`.
+    fn compact_to(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.index < index) {
+            self.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
+            self.bytes -= e.data.len() + e.context.len();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.data.len() + e.context.len();
+        }
+    }
+
+    /// `[low, high)` if every one of them is held.
+    fn get(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.index;
+        let last = self.entries.back()?.index;
+        if low < first || high > last + 1 || low >= high {
+            return None;
+        }
+        let start = (low - first) as usize;
+        Some(self.entries.range(start..start + (high - low) as usize).cloned().collect())
+    }
 }
 
 /// One Raft group's storage over the node's shared raft-engine log; the
@@ -418,7 +492,9 @@ impl GroupStorage {
             group: self.group_id,
             what: "entries",
             source,
-        })
+        })?;
+        self.meta.write().recent.append(entries);
+        Ok(())
     }
 
     /// Adds the hard state to `batch` and makes it the group's current one.
@@ -521,6 +597,7 @@ impl GroupStorage {
             snapshot_index
         );
         self.engine.compact_to(self.group_id, index);
+        self.meta.write().recent.compact_to(index);
     }
 
     /// Installs a snapshot received from the leader: adds to `batch` the
@@ -560,6 +637,7 @@ impl GroupStorage {
         view.snapshot = meta.clone();
         view.conf_state = meta.get_conf_state().clone();
         view.hard_state = hs;
+        view.recent.clear();
         Ok(())
     }
 
@@ -639,6 +717,10 @@ impl raft::Storage for GroupStorage {
             return Ok(Vec::new());
         }
         let max_size = max_size.into();
+        if let Some(mut entries) = self.meta.read().recent.get(low, high) {
+            raft::util::limit_size(&mut entries, max_size);
+            return Ok(entries);
+        }
         // raft-engine counts the same encoded sizes as `limit_size`; the
         // latter runs again below so the result follows raft-rs exactly.
         let engine_max = match max_size {
@@ -812,6 +894,42 @@ mod tests {
         assert_eq!(g.entries(1, 11, 0, ctx()).unwrap(), written[..1]);
         assert_eq!(g.entries(1, 11, NO_LIMIT, ctx()).unwrap(), written);
         assert!(g.entries(4, 4, None, ctx()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn recent_entries_read_like_the_engine_through_conflicts_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let g = store.group(3).unwrap();
+        append_and_write(&store, &g, &entries(1..=8, 1));
+        // A new leader's entries replace the suffix from 5 on.
+        append_and_write(&store, &g, &entries(5..=9, 2));
+        let want: Vec<Entry> = entries(1..=4, 1).into_iter().chain(entries(5..=9, 2)).collect();
+        assert_eq!(g.entries(1, 10, None, ctx()).unwrap(), want);
+        assert_eq!(g.entries(3, 7, None, ctx()).unwrap(), want[2..6]);
+        // The engine, read through a store opened afresh (nothing cached),
+        // holds the same.
+        drop((g, store));
+        let store = LogStore::open(dir.path()).unwrap();
+        let g = store.group(3).unwrap();
+        assert_eq!(g.entries(1, 10, None, ctx()).unwrap(), want);
+        // After compaction behind a snapshot, reads below it fail alike.
+        append_and_write(&store, &g, &entries(10..=12, 2));
+        let mut batch = LogBatch::default();
+        g.set_snapshot_meta(&mut batch, &snapshot_meta(10, 2, &[1])).unwrap();
+        store.write(&mut batch, true).unwrap();
+        g.compact_to(11);
+        assert!(matches!(
+            g.entries(10, 12, None, ctx()),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+        assert_eq!(g.entries(11, 13, None, ctx()).unwrap(), entries(11..=12, 2));
+        // A gap (entries from a snapshot on) starts the recent run afresh.
+        let mut recent = RecentEntries::default();
+        recent.append(&entries(1..=3, 1));
+        recent.append(&entries(7..=8, 1));
+        assert_eq!(recent.get(1, 2), None);
+        assert_eq!(recent.get(7, 9), Some(entries(7..=8, 1)));
     }
 
     #[test]
