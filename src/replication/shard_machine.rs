@@ -12,9 +12,9 @@
 //! the file's extra section; the log is compacted behind them.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
 use super::driver::{ApplyResult, StateMachine};
@@ -90,12 +90,9 @@ pub struct ShardMachine {
     /// The shard's id.
     pub shard_id: u32,
     path: PathBuf,
-    /// Readers take the read lock (through [`read`](ShardMachine::read));
+    /// Readers take the read lock (through [`read_state`](ShardMachine::read_state));
     /// applying a batch takes the write lock for that batch only.
     state: RwLock<ShardState>,
-    /// Set when applied events wait in the shard's staging (see
-    /// [`Shard::apply_staged`]); the next reader flushes them first.
-    staged: AtomicBool,
     /// Held while a snapshot file is written: the applier and a follower's
     /// snapshot request may ask at once, and both write the same file.
     snapshot_lock: Mutex<()>,
@@ -129,7 +126,6 @@ impl ShardMachine {
                 watermark: extra.watermark,
                 applied_index: extra.applied_index,
             }),
-            staged: AtomicBool::new(false),
             snapshot_lock: Mutex::new(()),
             applied: AtomicU64::new(extra.applied_index),
             snapshot_index: AtomicU64::new(extra.applied_index),
@@ -149,18 +145,8 @@ impl ShardMachine {
         self.state.read().watermark
     }
 
-    /// The state, for reading: every applied write is visible (events
-    /// still staged by the last batches are flushed first, under the write
-    /// lock, which is then downgraded).
+    /// The state, for reading: every applied write is visible.
     pub fn read_state(&self) -> RwLockReadGuard<'_, ShardState> {
-        if self.staged.load(Ordering::Acquire) {
-            let mut state = self.state.write();
-            if self.staged.load(Ordering::Acquire) {
-                state.shard.flush_events();
-                self.staged.store(false, Ordering::Release);
-            }
-            return RwLockWriteGuard::downgrade(state);
-        }
         self.state.read()
     }
 
@@ -186,9 +172,7 @@ impl StateMachine for ShardMachine {
             Ok(p) if p.tag <= state.watermark => ShardApplied { skipped: true, ..ShardApplied::default() },
             Ok(p) => {
                 state.watermark = p.tag;
-                let outcome = state.shard.apply_staged(&p.commands);
-                self.staged.store(state.shard.has_staged(), Ordering::Release);
-                ShardApplied { outcome, skipped: false }
+                ShardApplied { outcome: state.shard.apply(&p.commands), skipped: false }
             }
             Err(e) => {
                 // An entry this build cannot read was written by another
@@ -220,7 +204,6 @@ impl StateMachine for ShardMachine {
             .map_err(|e| format!("snapshot from the leader: replication metadata: {e}"))?;
         let mut state = self.state.write();
         *state = ShardState { shard, watermark: extra.watermark, applied_index: index };
-        self.staged.store(false, Ordering::Release);
         self.applied.store(index, Ordering::Release);
         drop(state);
         self.snapshot_now().map(|_| ())
@@ -259,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn staged_event_rows_are_flushed_before_any_read_and_any_snapshot() {
+    fn applied_event_rows_are_in_the_who_bitmaps_for_reads_and_snapshots() {
         use crate::shard::EventWrite;
         let event = |profile: u64, time_ms: i64| {
             Command::Write(ProfileWrite {
@@ -274,19 +257,16 @@ mod tests {
         let day = crate::shard::DAY_MS;
         let batch = vec![event(7, 3 * day), event(3, 3 * day + 5), event(9, 70 * day)];
         m.apply(1, &ShardProposal::encode_parts((1, 1), &batch));
-        // The batch is far below the staging bound: its rows wait.
-        assert!(m.state.read().shard.has_staged());
         {
             let state = m.read_state();
-            assert!(!state.shard.has_staged(), "a reader sees every applied write");
+            assert!(!state.shard.has_staged(), "an applied entry leaves nothing staged");
             state.shard.validate().unwrap();
             let table = &state.shard.events["buy"];
             assert_eq!(table.who_in_window(0, 100 * day).len(), 3);
             assert_eq!(table.who_in_window(0, 4 * day).len(), 2);
         }
-        // A snapshot taken while rows are staged holds them.
+        // A snapshot holds them.
         m.apply(2, &ShardProposal::encode_parts((1, 2), &[event(11, 4 * day)]));
-        assert!(m.state.read().shard.has_staged());
         m.snapshot_now().unwrap();
         let back = ShardMachine::open(dir.path(), 0).unwrap();
         let state = back.read_state();

@@ -268,11 +268,6 @@ impl EventTable {
         !self.staged_who.is_empty()
     }
 
-    /// Number of appended events waiting for [`flush_who`](EventTable::flush_who).
-    pub fn staged_len(&self) -> usize {
-        self.staged_who.len()
-    }
-
     /// Adds the rows of the events appended since the last flush to the
     /// who-did-it bitmaps: per bitmap, the new rows sorted, in one union.
     pub fn flush_who(&mut self) {

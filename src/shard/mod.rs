@@ -40,10 +40,6 @@ use crate::model::{
 /// A row of a shard: dense, assigned in order of creation.
 pub type Row = u32;
 
-/// Events whose rows [`Shard::apply_staged`] may leave out of the
-/// who-did-it bitmaps before it flushes them itself (16 bytes each).
-pub const MAX_STAGED_EVENTS: usize = 1 << 16;
-
 /// A profile's cluster-wide id, chosen by the identity layer.
 pub type ProfileId = u64;
 
@@ -546,19 +542,6 @@ impl Shard {
     /// Applies a batch in order. Commands never fail as a whole; fields that
     /// do not fit the shard's columns are rejected and reported.
     pub fn apply(&mut self, batch: &[Command]) -> ApplyOutcome {
-        let out = self.apply_staged(batch);
-        self.flush_events();
-        out
-    }
-
-    /// Applies a batch like [`apply`](Shard::apply), but may leave the rows
-    /// of its events staged (see [`EventTable::flush_who`]): adding many
-    /// batches' rows to the who-did-it bitmaps at once costs far less than
-    /// adding each batch's. The caller must call
-    /// [`flush_events`](Shard::flush_events) before anything reads the
-    /// shard while [`has_staged`](Shard::has_staged) is true. Staging is
-    /// flushed anyway once it holds [`MAX_STAGED_EVENTS`] events.
-    pub fn apply_staged(&mut self, batch: &[Command]) -> ApplyOutcome {
         let mut out = ApplyOutcome::default();
         for (index, cmd) in batch.iter().enumerate() {
             match cmd {
@@ -610,9 +593,9 @@ impl Shard {
             }
             out.applied += 1;
         }
-        if self.events.values().map(EventTable::staged_len).sum::<usize>() >= MAX_STAGED_EVENTS {
-            self.flush_events();
-        }
+        // The batch's event rows reach the who-did-it bitmaps here, sorted
+        // (see `EventTable::flush_who`), before the write lock is released.
+        self.flush_events();
         out
     }
 
