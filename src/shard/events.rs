@@ -228,13 +228,16 @@ pub struct EventTable {
 /// every array container it touches, so a few rows into a large bitmap are
 /// inserted one by one instead (in order, so the searches stay in cache).
 fn union_sorted(bitmap: &mut RoaringBitmap, rows: &[Row]) {
-    if rows.len() <= 4 || (rows.len() as u64) * 64 < bitmap.len() {
-        for &row in rows {
-            bitmap.insert(row);
+    if rows.len() > 4 && (rows.len() as u64) * 64 >= bitmap.len() {
+        // Strictly increasing by construction, so the build cannot fail;
+        // were it to, the rows are inserted one by one below, never lost.
+        if let Ok(add) = RoaringBitmap::from_sorted_iter(rows.iter().copied()) {
+            *bitmap |= add;
+            return;
         }
-    } else if let Ok(add) = RoaringBitmap::from_sorted_iter(rows.iter().copied()) {
-        // Strictly increasing by construction, so the build cannot fail.
-        *bitmap |= add;
+    }
+    for &row in rows {
+        bitmap.insert(row);
     }
 }
 
@@ -269,7 +272,8 @@ impl EventTable {
     }
 
     /// Adds the rows of the events appended since the last flush to the
-    /// who-did-it bitmaps: per bitmap, the new rows sorted, in one union.
+    /// who-did-it bitmaps: per bitmap, the new rows sorted, then added with
+    /// [`union_sorted`].
     pub fn flush_who(&mut self) {
         if self.staged_who.is_empty() {
             return;

@@ -601,7 +601,7 @@ impl Shard {
 
     /// Adds the rows of the events appended since the last flush to the
     /// who-did-it bitmaps (see [`EventTable::flush_who`]).
-    pub fn flush_events(&mut self) {
+    fn flush_events(&mut self) {
         for table in self.events.values_mut() {
             table.flush_who();
         }
