@@ -58,11 +58,9 @@ pub type ParsedMessage = Result<(Message, Option<String>), (String, Option<Strin
 /// time give the same result on every replica, so the proposer may parse
 /// ahead of the log (see [`ParsedIngest`]).
 pub fn parse_message(text: &str, received_ms: i64) -> ParsedMessage {
-    let json: Json = serde_json::from_str(text).map_err(|e| (format!("not JSON: {e}"), None))?;
-    let message_id = json.get("messageId").and_then(Json::as_str).map(str::to_string);
-    match Message::from_json(&json, received_ms) {
-        Ok(m) => Ok((m, message_id)),
-        Err(e) => Err((e.to_string(), message_id)),
+    match Message::parse(text, received_ms) {
+        (Ok(m), message_id) => Ok((m, message_id)),
+        (Err(e), message_id) => Err((e, message_id)),
     }
 }
 
@@ -259,11 +257,14 @@ impl Dedup {
     /// True if seen; else records it.
     fn seen(&mut self, id: &str, received_ms: i64) -> bool {
         let key = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
-        if self.index.contains_key(&key) {
-            return true;
-        }
         let hour = Self::hour(received_ms);
-        self.index.insert(key, hour);
+        // One probe of the (large, cold) index for the test and the insert.
+        match self.index.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => return true,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(hour);
+            }
+        }
         self.hours.entry(hour).or_default().push(key);
         // Drop hours that left the window (by the time in the log, so every
         // replica drops the same ones).

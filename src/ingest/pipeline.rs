@@ -27,7 +27,7 @@ use crate::cluster::catalog::{
 };
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::replication::driver::{Driver, ProposeError};
-use crate::replication::shard_machine::{ShardMachine, ShardProposal};
+use crate::replication::shard_machine::{CommandSource, ProposedCommands, ShardMachine, ShardProposal};
 use crate::shard::Command;
 
 /// Messages gathered into one catalog entry at most.
@@ -226,19 +226,31 @@ impl Stepper {
                 None => return Ok(()),
                 Some(entry) => entry.steps.clone(),
             };
-            self.drive(&steps).await?;
+            self.drive(steps).await?;
             self.catalog.outbox.lock().pop_front();
         }
     }
 
-    async fn drive(&self, steps: &[Step]) -> Result<(), IngestError> {
-        for step in steps {
+    async fn drive(&self, steps: Arc<Vec<Step>>) -> Result<(), IngestError> {
+        for (index, step) in steps.iter().enumerate() {
             match step {
                 Step::Writes { tag, by_shard } => {
                     let proposals: Vec<_> = by_shard
                         .iter()
                         .filter(|(s, _)| self.shards[**s as usize].watermark() < *tag)
-                        .map(|(s, commands)| self.propose(*s, ShardProposal::encode_parts(*tag, commands)))
+                        .map(|(s, commands)| {
+                            // The applier takes the commands from here
+                            // rather than decoding the entry again.
+                            let local = ProposedCommands {
+                                tag: *tag,
+                                source: Box::new(StepCommands {
+                                    steps: steps.clone(),
+                                    step: index,
+                                    shard: *s,
+                                }),
+                            };
+                            self.propose_with(*s, ShardProposal::encode_parts(*tag, commands), local)
+                        })
                         .collect();
                     for r in futures_join(proposals).await? {
                         r?;
@@ -276,6 +288,33 @@ impl Stepper {
     ) -> impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static {
         let fut = self.driver.propose(shard_group(shard), data);
         async move { fut.await.map(|_| ()).map_err(propose_error) }
+    }
+
+    fn propose_with(
+        &self,
+        shard: u32,
+        data: Vec<u8>,
+        local: ProposedCommands,
+    ) -> impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static {
+        let fut = self.driver.propose_with(shard_group(shard), data, Some(Box::new(local)));
+        async move { fut.await.map(|_| ()).map_err(propose_error) }
+    }
+}
+
+/// The commands of one shard in one step of an outbox entry, shared with
+/// the outbox rather than copied.
+struct StepCommands {
+    steps: Arc<Vec<Step>>,
+    step: usize,
+    shard: u32,
+}
+
+impl CommandSource for StepCommands {
+    fn commands(&self) -> &[Command] {
+        match &self.steps[self.step] {
+            Step::Writes { by_shard, .. } => by_shard.get(&self.shard).map_or(&[], Vec::as_slice),
+            Step::Move { .. } => &[],
+        }
     }
 }
 

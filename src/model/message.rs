@@ -165,9 +165,301 @@ fn describe(v: &Json) -> String {
     }
 }
 
+/// The fields of a message that Cohort reads, each as found. Built either
+/// straight from the text ([`Message::parse`]: other fields are skipped
+/// without being built) or from a parsed JSON object
+/// ([`Message::from_json`]); both then go through [`Message::from_fields`],
+/// so they accept, refuse and normalise alike.
+#[derive(Debug, Default)]
+struct Fields {
+    kind: Option<Json>,
+    message_id: Option<Json>,
+    user_id: Option<Json>,
+    anonymous_id: Option<Json>,
+    previous_id: Option<Json>,
+    group_id: Option<Json>,
+    event: Option<Json>,
+    name: Option<Json>,
+    category: Option<Json>,
+    timestamp: Option<Json>,
+    sent_at: Option<Json>,
+    original_timestamp: Option<Json>,
+    received_at: Option<Json>,
+    traits: Option<Json>,
+    properties: Option<Json>,
+    /// `context`: an object is kept with its `traits` member only.
+    context: Option<Json>,
+}
+
+/// The top-level keys a message is read for.
+#[derive(Clone, Copy)]
+enum Key {
+    Type,
+    MessageId,
+    UserId,
+    AnonymousId,
+    PreviousId,
+    GroupId,
+    Event,
+    Name,
+    Category,
+    Timestamp,
+    SentAt,
+    OriginalTimestamp,
+    ReceivedAt,
+    Traits,
+    Properties,
+    Context,
+    Other,
+}
+
+impl Key {
+    fn of(key: &str) -> Key {
+        match key {
+            "type" => Key::Type,
+            "messageId" => Key::MessageId,
+            "userId" => Key::UserId,
+            "anonymousId" => Key::AnonymousId,
+            "previousId" => Key::PreviousId,
+            "groupId" => Key::GroupId,
+            "event" => Key::Event,
+            "name" => Key::Name,
+            "category" => Key::Category,
+            "timestamp" => Key::Timestamp,
+            "sentAt" => Key::SentAt,
+            "originalTimestamp" => Key::OriginalTimestamp,
+            "receivedAt" => Key::ReceivedAt,
+            "traits" => Key::Traits,
+            "properties" => Key::Properties,
+            "context" => Key::Context,
+            _ => Key::Other,
+        }
+    }
+
+    /// The slot of `fields` this key fills (`None`: skipped).
+    fn slot(self, fields: &mut Fields) -> Option<&mut Option<Json>> {
+        Some(match self {
+            Key::Type => &mut fields.kind,
+            Key::MessageId => &mut fields.message_id,
+            Key::UserId => &mut fields.user_id,
+            Key::AnonymousId => &mut fields.anonymous_id,
+            Key::PreviousId => &mut fields.previous_id,
+            Key::GroupId => &mut fields.group_id,
+            Key::Event => &mut fields.event,
+            Key::Name => &mut fields.name,
+            Key::Category => &mut fields.category,
+            Key::Timestamp => &mut fields.timestamp,
+            Key::SentAt => &mut fields.sent_at,
+            Key::OriginalTimestamp => &mut fields.original_timestamp,
+            Key::ReceivedAt => &mut fields.received_at,
+            Key::Traits => &mut fields.traits,
+            Key::Properties => &mut fields.properties,
+            Key::Context => &mut fields.context,
+            Key::Other => return None,
+        })
+    }
+}
+
+/// Deserializes a key without allocating it.
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeySeed {
+    type Value = Key;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+        Ok(Key::of(v))
+    }
+}
+
+/// Reads `context`: an object keeps only its `traits` member (a later
+/// duplicate wins, as in a parsed object); anything else is kept whole, to
+/// be refused by name.
+struct ContextSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ContextSeed {
+    type Value = Json;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Forwards every non-object to `Json`'s own visitor.
+macro_rules! forward_to_json {
+    ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
+        $(fn $method<E: serde::de::Error>(self, $($arg: $ty),*) -> Result<Self::Value, E> {
+            self.other(serde::de::Visitor::$method(JsonVisitor, $($arg),*)?)
+        })*
+    };
+}
+
+/// `serde_json::Value`'s visitor, reached through its `Deserialize`.
+struct JsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = Json;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Json, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::String(v.to_string()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Json, E> {
+        Ok(Json::String(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Json>()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+}
+
+impl ContextSeed {
+    fn other<E>(self, v: Json) -> Result<Json, E> {
+        Ok(v)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ContextSeed {
+    type Value = Json;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    forward_to_json!(
+        visit_bool(v: bool),
+        visit_i64(v: i64),
+        visit_u64(v: u64),
+        visit_f64(v: f64),
+        visit_str(v: &str),
+        visit_string(v: String),
+        visit_unit(),
+        visit_none(),
+    );
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Json, A::Error> {
+        JsonVisitor.visit_seq(seq)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut traits = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "traits" {
+                traits = Some(map.next_value::<Json>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        let mut out = Map::new();
+        if let Some(t) = traits {
+            out.insert("traits".to_string(), t);
+        }
+        Ok(Json::Object(out))
+    }
+}
+
+/// Reads a whole message text: an object becomes its [`Fields`]; anything
+/// else is described for [`MessageError::NotAnObject`].
+struct MessageSeed;
+
+impl MessageSeed {
+    fn other<E>(self, v: Json) -> Result<Result<Fields, String>, E> {
+        Ok(Err(describe(&v)))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for MessageSeed {
+    type Value = Result<Fields, String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    forward_to_json!(
+        visit_bool(v: bool),
+        visit_i64(v: i64),
+        visit_u64(v: u64),
+        visit_f64(v: f64),
+        visit_str(v: &str),
+        visit_string(v: String),
+        visit_unit(),
+        visit_none(),
+    );
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Err(describe(&Json::Array(Vec::new()))))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match key {
+                // A later duplicate replaces an earlier one, as in a parsed object.
+                Key::Context => fields.context = Some(map.next_value_seed(ContextSeed)?),
+                Key::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                key => {
+                    if let Some(slot) = key.slot(&mut fields) {
+                        *slot = Some(map.next_value::<Json>()?);
+                    }
+                }
+            }
+        }
+        Ok(Ok(fields))
+    }
+}
+
+impl Fields {
+    /// The fields of a parsed JSON object.
+    fn of_object(obj: &Map<String, Json>) -> Fields {
+        let mut fields = Fields::default();
+        for (key, value) in obj {
+            let key = Key::of(key);
+            if let Key::Context = key {
+                fields.context = Some(match value {
+                    Json::Object(ctx) => {
+                        let mut out = Map::new();
+                        if let Some(t) = ctx.get("traits") {
+                            out.insert("traits".to_string(), t.clone());
+                        }
+                        Json::Object(out)
+                    }
+                    other => other.clone(),
+                });
+            } else if let Some(slot) = key.slot(&mut fields) {
+                *slot = Some(value.clone());
+            }
+        }
+        fields
+    }
+}
+
 /// An identifier field: absent, or a non-empty string of at most 256 bytes.
-fn identifier(obj: &Map<String, Json>, field: &'static str) -> Result<Option<String>, MessageError> {
-    match obj.get(field) {
+fn identifier(value: Option<Json>, field: &'static str) -> Result<Option<String>, MessageError> {
+    match value {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) if s.is_empty() => {
             Err(MessageError::BadIdentifier { field, problem: "it is empty".to_string() })
@@ -175,18 +467,18 @@ fn identifier(obj: &Map<String, Json>, field: &'static str) -> Result<Option<Str
         Some(Json::String(s)) if s.len() > MAX_ID_BYTES => {
             Err(MessageError::BadIdentifier { field, problem: format!("it is {} bytes long", s.len()) })
         }
-        Some(Json::String(s)) => Ok(Some(s.clone())),
+        Some(Json::String(s)) => Ok(Some(s)),
         // INGEST.md: identifiers are strings; a number is refused rather than
         // guessed at (is 1e3 the same user as 1000?).
         Some(other) => {
-            Err(MessageError::BadIdentifier { field, problem: format!("found {}", describe(other)) })
+            Err(MessageError::BadIdentifier { field, problem: format!("found {}", describe(&other)) })
         }
     }
 }
 
 /// A time field: absent, or an RFC 3339 string.
-fn time(obj: &Map<String, Json>, field: &'static str) -> Result<Option<i64>, MessageError> {
-    match obj.get(field) {
+fn time(value: &Option<Json>, field: &'static str) -> Result<Option<i64>, MessageError> {
+    match value {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) => {
             parse_rfc3339_ms(s).map(Some).ok_or_else(|| MessageError::BadTime { field, value: s.clone() })
@@ -195,18 +487,28 @@ fn time(obj: &Map<String, Json>, field: &'static str) -> Result<Option<i64>, Mes
     }
 }
 
+/// An object section (`traits`, `properties`, `context.traits`): absent,
+/// `null` or an object.
+fn section(name: &'static str, value: Option<Json>) -> Result<Option<Map<String, Json>>, MessageError> {
+    match value {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(MessageError::WrongType { field: name, expected: "an object" }),
+    }
+}
+
 /// Appends the flattened fields of `obj` under `prefix`: nested objects
 /// become dotted names; arrays of strings stay (they are list values); any
 /// other array is dropped and reported.
 fn flatten(
     prefix: &str,
-    obj: &Map<String, Json>,
+    obj: Map<String, Json>,
     section: &str,
     out: &mut Vec<(String, Json)>,
     errors: &mut Vec<FieldError>,
 ) {
     for (key, value) in obj {
-        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
         match value {
             Json::Object(inner) => flatten(&name, inner, section, out, errors),
             Json::Array(items) if !items.iter().all(Json::is_string) => errors.push(FieldError {
@@ -216,34 +518,58 @@ fn flatten(
             other => {
                 // A later duplicate (after flattening) replaces an earlier one.
                 out.retain(|(n, _)| *n != name);
-                out.push((name, other.clone()));
+                out.push((name, other));
             }
         }
     }
 }
 
 impl Message {
-    /// Reads one message. `received_ms` is when the server received it
-    /// (`receivedAt` in the message, if present, wins).
+    /// Reads one message from its JSON text. `received_ms` is when the
+    /// server received it (`receivedAt` in the message, if present, wins).
+    /// Only the fields Cohort uses are built; the rest of the text is
+    /// checked for syntax and skipped. Accepts, refuses and normalises
+    /// exactly as [`Message::from_json`] does on the parsed text. Returns,
+    /// with the outcome, the `messageId` when it is a string (a refused
+    /// message is reported under it).
+    pub fn parse(text: &str, received_ms: i64) -> (Result<Message, String>, Option<String>) {
+        use serde::de::Deserializer as _;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let fields = match de.deserialize_any(MessageSeed).and_then(|f| de.end().map(|()| f)) {
+            Ok(Ok(fields)) => fields,
+            Ok(Err(found)) => return (Err(MessageError::NotAnObject(found).to_string()), None),
+            Err(e) => return (Err(format!("not JSON: {e}")), None),
+        };
+        let message_id = fields.message_id.as_ref().and_then(Json::as_str).map(str::to_string);
+        (Message::from_fields(fields, received_ms).map_err(|e| e.to_string()), message_id)
+    }
+
+    /// Reads one parsed message. `received_ms` is when the server received
+    /// it (`receivedAt` in the message, if present, wins).
     pub fn from_json(json: &Json, received_ms: i64) -> Result<Message, MessageError> {
         let Json::Object(obj) = json else { return Err(MessageError::NotAnObject(describe(json))) };
-        let kind = match obj.get("type") {
+        Message::from_fields(Fields::of_object(obj), received_ms)
+    }
+
+    /// Checks and normalises the fields of one message.
+    fn from_fields(f: Fields, received_ms: i64) -> Result<Message, MessageError> {
+        let kind = match &f.kind {
             Some(Json::String(t)) => {
                 MessageType::parse(t).ok_or_else(|| MessageError::BadType(format!("{t:?}")))?
             }
             Some(other) => return Err(MessageError::BadType(describe(other))),
             None => return Err(MessageError::BadType("nothing".to_string())),
         };
-        let message_id = match obj.get("messageId") {
+        let message_id = match f.message_id {
             None | Some(Json::Null) => None,
-            Some(Json::String(s)) => Some(s.clone()),
+            Some(Json::String(s)) => Some(s),
             Some(_) => return Err(MessageError::WrongType { field: "messageId", expected: "a string" }),
         };
-        let user_id = identifier(obj, "userId")?;
-        let mut anonymous_id = identifier(obj, "anonymousId")?;
+        let user_id = identifier(f.user_id, "userId")?;
+        let mut anonymous_id = identifier(f.anonymous_id, "anonymousId")?;
         if kind == MessageType::Alias {
             // alias: an identify with userId and anonymousId = previousId.
-            let previous = identifier(obj, "previousId")?
+            let previous = identifier(f.previous_id, "previousId")?
                 .ok_or(MessageError::Missing { kind: "alias", field: "previousId" })?;
             if user_id.is_none() {
                 return Err(MessageError::Missing { kind: "alias", field: "userId" });
@@ -254,10 +580,10 @@ impl Message {
             return Err(MessageError::NoIdentifier);
         }
 
-        let received = time(obj, "receivedAt")?.unwrap_or(received_ms);
-        let time_ms = match time(obj, "timestamp")? {
+        let received = time(&f.received_at, "receivedAt")?.unwrap_or(received_ms);
+        let time_ms = match time(&f.timestamp, "timestamp")? {
             Some(t) => t,
-            None => match (time(obj, "sentAt")?, time(obj, "originalTimestamp")?) {
+            None => match (time(&f.sent_at, "sentAt")?, time(&f.original_timestamp, "originalTimestamp")?) {
                 (Some(sent), Some(original)) => received.saturating_sub(sent.saturating_sub(original)),
                 _ => received,
             },
@@ -266,25 +592,17 @@ impl Message {
         let mut traits = Vec::new();
         let mut properties = Vec::new();
         let mut field_errors = Vec::new();
-        let section =
-            |name: &'static str, from: Option<&Json>| -> Result<Option<Map<String, Json>>, MessageError> {
-                match from {
-                    None | Some(Json::Null) => Ok(None),
-                    Some(Json::Object(m)) => Ok(Some(m.clone())),
-                    Some(_) => Err(MessageError::WrongType { field: name, expected: "an object" }),
-                }
-            };
-        let context_traits = match obj.get("context") {
+        let context_traits = match f.context {
             None | Some(Json::Null) => None,
-            Some(Json::Object(ctx)) => section("context.traits", ctx.get("traits"))?,
+            Some(Json::Object(mut ctx)) => section("context.traits", ctx.remove("traits"))?,
             Some(_) => return Err(MessageError::WrongType { field: "context", expected: "an object" }),
         };
-        if let Some(ct) = &context_traits {
+        if let Some(ct) = context_traits {
             flatten("", ct, "context.traits", &mut traits, &mut field_errors);
         }
         if matches!(kind, MessageType::Identify) {
-            if let Some(t) = section("traits", obj.get("traits"))? {
-                flatten("", &t, "traits", &mut traits, &mut field_errors);
+            if let Some(t) = section("traits", f.traits)? {
+                flatten("", t, "traits", &mut traits, &mut field_errors);
             }
         }
 
@@ -292,8 +610,8 @@ impl Message {
         let mut group_id = None;
         match kind {
             MessageType::Track => {
-                event = match obj.get("event") {
-                    Some(Json::String(e)) if !e.is_empty() => Some(e.clone()),
+                event = match f.event {
+                    Some(Json::String(e)) if !e.is_empty() => Some(e),
                     Some(Json::String(_)) | None | Some(Json::Null) => {
                         return Err(MessageError::Missing { kind: "track", field: "event" })
                     }
@@ -305,22 +623,22 @@ impl Message {
             }
             MessageType::Group => {
                 group_id = Some(
-                    identifier(obj, "groupId")?
+                    identifier(f.group_id, "groupId")?
                         .ok_or(MessageError::Missing { kind: "group", field: "groupId" })?,
                 );
             }
             MessageType::Identify | MessageType::Alias => {}
         }
         if event.is_some() {
-            if let Some(p) = section("properties", obj.get("properties"))? {
-                flatten("", &p, "properties", &mut properties, &mut field_errors);
+            if let Some(p) = section("properties", f.properties)? {
+                flatten("", p, "properties", &mut properties, &mut field_errors);
             }
             if matches!(kind, MessageType::Page | MessageType::Screen) {
-                for field in ["name", "category"] {
-                    match obj.get(field) {
+                for (field, value) in [("name", f.name), ("category", f.category)] {
+                    match value {
                         Some(Json::String(v)) => {
                             properties.retain(|(n, _)| n != field);
-                            properties.push((field.to_string(), Json::String(v.clone())));
+                            properties.push((field.to_string(), Json::String(v)));
                         }
                         None | Some(Json::Null) => {}
                         Some(_) => field_errors.push(FieldError {
@@ -567,6 +885,62 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(parse(input.clone()).unwrap_err().to_string(), want, "{input}");
+        }
+    }
+
+    /// The reader of texts and the reader of parsed objects agree on every
+    /// message: accepted ones field for field, refused ones word for word.
+    #[test]
+    fn reading_text_equals_reading_the_parsed_object() {
+        let texts = [
+            r#"{"type":"identify","messageId":"m1","userId":"u1","anonymousId":"a1","timestamp":"2024-03-10T17:35:04.838Z","traits":{"country":"DE","age":38,"ltv":53.86,"tags":["x"],"newsletter":false}}"#,
+            r#"{"type":"track","messageId":"m2","userId":"u0","event":"purchase","timestamp":"2026-05-01T00:30:14.743Z","properties":{"amount":109.46,"currency":"EUR"}}"#,
+            r#"{"type":"identify","userId":"u","traits":{"a":{"b":1},"a.b":2,"c":[1,"x"]},"context":{"ip":"1.2.3.4","library":{"name":"x"},"traits":{"a.b":0,"vip":true},"page":{"url":"u"}}}"#,
+            r#"{"type":"track","userId":"u","event":"e","context":{"traits":{"t":1},"traits":{"t":2}}}"#,
+            r#"{"type":"track","userId":"first","userId":"second","event":"e","event":"f"}"#,
+            r#"{"type":"page","anonymousId":"a","name":"Home","category":7,"properties":{"name":"old","path":"/"}}"#,
+            r#"{"type":"screen","userId":"u","name":null}"#,
+            r#"{"type":"group","userId":"u","groupId":"acme","traits":{"size":3}}"#,
+            r#"{"type":"alias","userId":"u","previousId":"p"}"#,
+            r#"{"type":"track","anonymousId":"a","event":"e","sentAt":"2026-01-01T00:00:10Z","originalTimestamp":"2026-01-01T00:00:04Z","receivedAt":"2026-01-01T00:01:00Z"}"#,
+            r#"{"type":"track","anonymousId":"a","event":"e","timestamp":"yesterday"}"#,
+            r#"{"type":"track","anonymousId":"a","event":"e","timestamp":5}"#,
+            r#"{"type":"identify","userId":"u","context":3}"#,
+            r#"{"type":"identify","userId":"u","context":[1,{"traits":{}}]}"#,
+            r#"{"type":"identify","userId":"u","context":null,"traits":null}"#,
+            r#"{"type":"identify","userId":"u","context":{"traits":[1]}}"#,
+            r#"{"type":"identify","userId":"u","traits":"no"}"#,
+            r#"{"type":"identify","userId":42,"messageId":"m9"}"#,
+            r#"{"type":"identify","messageId":7,"userId":"u"}"#,
+            r#"{"type":"Identify","userId":"u"}"#,
+            r#"{"type":null,"userId":"u"}"#,
+            r#"{"userId":"u","other":{"deep":[1,2,{"x":null}]}}"#,
+            r#"{"type":"track","userId":"u","event":""}"#,
+            r#"{"type":"track","userId":"u","event":{"e":1}}"#,
+            r#"{"type":"track","userId":"escaped","event":"eé","properties":{"k"q":"v
+"}}"#,
+            r#"{"type":"track","userId":"u","event":"e","properties":{"big":18446744073709551615,"neg":-3,"f":1e400}}"#,
+            r#"[1,2]"#,
+            r#""text""#,
+            r#"12"#,
+            r#"null"#,
+            r#"true"#,
+            r#"{"type":"track","userId":"u","event":"e"} trailing"#,
+            r#"{"type":"track","userId":"u","event":"e""#,
+            r#"{"type":"track",}"#,
+            r#""#,
+        ];
+        for text in texts {
+            let (got, id) = Message::parse(text, RECEIVED);
+            let want = match serde_json::from_str::<Json>(text) {
+                Err(e) => Err(format!("not JSON: {e}")),
+                Ok(json) => Message::from_json(&json, RECEIVED).map_err(|e| e.to_string()),
+            };
+            assert_eq!(got, want, "{text}");
+            let want_id = serde_json::from_str::<Json>(text)
+                .ok()
+                .and_then(|j| j.get("messageId").and_then(Json::as_str).map(str::to_string));
+            assert_eq!(id, want_id, "{text}");
         }
     }
 }

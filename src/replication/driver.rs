@@ -33,6 +33,10 @@ use tokio::sync::oneshot;
 
 use super::storage::{GroupStorage, LogStore};
 
+/// How long an applier waits without entries before it calls
+/// [`StateMachine::idle`].
+pub const IDLE_AFTER: Duration = Duration::from_millis(50);
+
 /// What a state machine returns for an applied entry, handed to the
 /// proposer (downcast to the machine's own result type).
 pub type ApplyResult = Box<dyn Any + Send>;
@@ -52,6 +56,10 @@ pub trait StateMachine: Send + Sync + 'static {
         let _ = local;
         self.apply(index, data)
     }
+    /// Called on the group's applier thread when no entry has arrived for
+    /// [`IDLE_AFTER`]: a moment to finish deferred work (a shard adds its
+    /// staged event rows to its bitmaps). Must not change what readers see.
+    fn idle(&self) {}
     /// The index of the last entry reflected in the state (restored from the
     /// snapshot the machine was opened from, then advanced by `apply`).
     fn applied_index(&self) -> u64;
@@ -476,7 +484,20 @@ struct Applier {
 
 impl Applier {
     fn run(mut self, tasks: Receiver<ApplyTask>) {
-        while let Ok(task) = tasks.recv() {
+        let mut idle_done = true;
+        loop {
+            let task = match tasks.recv_timeout(IDLE_AFTER) {
+                Ok(task) => task,
+                Err(RecvTimeoutError::Timeout) => {
+                    if !idle_done {
+                        self.machine.idle();
+                        idle_done = true;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            idle_done = false;
             match task {
                 ApplyTask::Barrier(done) => {
                     let _ = done.send(());

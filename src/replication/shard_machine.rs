@@ -60,6 +60,23 @@ impl ShardProposal {
     }
 }
 
+/// Commands a proposer still holds when it proposes them, handed to the
+/// applier with the entry (see [`StateMachine::apply_proposed`]) so that
+/// this node applies them without decoding the entry again. They must be
+/// the very commands the entry encodes.
+pub trait CommandSource: Send {
+    /// The commands, in order.
+    fn commands(&self) -> &[Command];
+}
+
+/// The local side of a shard proposal: its tag and where its commands are.
+pub struct ProposedCommands {
+    /// The proposal's tag.
+    pub tag: Tag,
+    /// Its commands.
+    pub source: Box<dyn CommandSource>,
+}
+
 /// What applying a proposal did.
 #[derive(Debug, Default)]
 pub struct ShardApplied {
@@ -150,10 +167,14 @@ impl ShardMachine {
         self.state.read()
     }
 
-    /// Writes a snapshot now; returns the index it covers.
+    /// Writes a snapshot now; returns the index it covers. Staged event
+    /// rows are flushed first, under the write lock; the file is written
+    /// under the read lock.
     pub fn snapshot_now(&self) -> Result<u64, String> {
         let _writing = self.snapshot_lock.lock();
-        let state = self.read_state();
+        let mut state = self.state.write();
+        state.shard.flush_events();
+        let state = parking_lot::RwLockWriteGuard::downgrade(state);
         let extra = Extra { applied_index: state.applied_index, watermark: state.watermark };
         let bytes =
             bincode::serde::encode_to_vec(&extra, bincode::config::standard()).map_err(|e| e.to_string())?;
@@ -163,16 +184,19 @@ impl ShardMachine {
     }
 }
 
-impl StateMachine for ShardMachine {
-    fn apply(&self, index: u64, data: &[u8]) -> ApplyResult {
+impl ShardMachine {
+    /// Applies a decoded (or locally held) proposal at `index`.
+    fn apply_commands(&self, index: u64, proposal: Result<(Tag, &[Command]), String>) -> ApplyResult {
         let mut state = self.state.write();
         state.applied_index = index;
         self.applied.store(index, Ordering::Release);
-        let result = match ShardProposal::decode(data) {
-            Ok(p) if p.tag <= state.watermark => ShardApplied { skipped: true, ..ShardApplied::default() },
-            Ok(p) => {
-                state.watermark = p.tag;
-                ShardApplied { outcome: state.shard.apply(&p.commands), skipped: false }
+        let result = match proposal {
+            Ok((tag, _)) if tag <= state.watermark => {
+                ShardApplied { skipped: true, ..ShardApplied::default() }
+            }
+            Ok((tag, commands)) => {
+                state.watermark = tag;
+                ShardApplied { outcome: state.shard.apply(commands), skipped: false }
             }
             Err(e) => {
                 // An entry this build cannot read was written by another
@@ -182,6 +206,33 @@ impl StateMachine for ShardMachine {
             }
         };
         Box::new(result)
+    }
+}
+
+impl StateMachine for ShardMachine {
+    fn apply(&self, index: u64, data: &[u8]) -> ApplyResult {
+        // Decoded before the write lock: readers wait only for the apply.
+        let decoded = ShardProposal::decode(data);
+        self.apply_commands(
+            index,
+            decoded.as_ref().map(|p| (p.tag, p.commands.as_slice())).map_err(Clone::clone),
+        )
+    }
+
+    fn apply_proposed(&self, index: u64, data: &[u8], local: Box<dyn std::any::Any + Send>) -> ApplyResult {
+        let Ok(local) = local.downcast::<ProposedCommands>() else { return self.apply(index, data) };
+        debug_assert_eq!(
+            ShardProposal::decode(data).map(|p| (p.tag, p.commands)),
+            Ok((local.tag, local.source.commands().to_vec())),
+            "a proposer's commands differ from its entry"
+        );
+        self.apply_commands(index, Ok((local.tag, local.source.commands())))
+    }
+
+    fn idle(&self) {
+        if self.state.read().shard.has_staged() {
+            self.state.write().shard.flush_events();
+        }
     }
 
     fn applied_index(&self) -> u64 {
@@ -259,18 +310,68 @@ mod tests {
         m.apply(1, &ShardProposal::encode_parts((1, 1), &batch));
         {
             let state = m.read_state();
-            assert!(!state.shard.has_staged(), "an applied entry leaves nothing staged");
+            assert!(state.shard.has_staged(), "a small entry's event rows stay staged");
             state.shard.validate().unwrap();
             let table = &state.shard.events["buy"];
             assert_eq!(table.who_in_window(0, 100 * day).len(), 3);
             assert_eq!(table.who_in_window(0, 4 * day).len(), 2);
         }
-        // A snapshot holds them.
+        // An idle applier flushes them; reads do not change.
+        m.idle();
+        {
+            let state = m.read_state();
+            assert!(!state.shard.has_staged());
+            state.shard.validate().unwrap();
+            assert_eq!(state.shard.events["buy"].who_in_window(0, 4 * day).len(), 2);
+        }
+        // A snapshot flushes and holds them.
         m.apply(2, &ShardProposal::encode_parts((1, 2), &[event(11, 4 * day)]));
+        assert!(m.read_state().shard.has_staged());
         m.snapshot_now().unwrap();
+        assert!(!m.read_state().shard.has_staged());
         let back = ShardMachine::open(dir.path(), 0).unwrap();
         let state = back.read_state();
         state.shard.validate().unwrap();
         assert_eq!(state.shard.events["buy"].who_in_window(0, 100 * day).len(), 4);
+    }
+
+    struct Held(Vec<Command>);
+    impl CommandSource for Held {
+        fn commands(&self) -> &[Command] {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn a_proposers_commands_apply_as_the_decoded_entry_does() {
+        use crate::shard::EventWrite;
+        let batch: Vec<Command> = (0..50u64)
+            .map(|p| {
+                Command::Write(ProfileWrite {
+                    profile: p % 20,
+                    time_ms: p as i64 * 3_600_000,
+                    event: Some(EventWrite { name: "buy".into(), properties: vec![] }),
+                    ..ProfileWrite::default()
+                })
+            })
+            .collect();
+        let data = ShardProposal::encode_parts((4, 0), &batch);
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let from_log = ShardMachine::open(a.path(), 0).unwrap();
+        let proposed = ShardMachine::open(b.path(), 0).unwrap();
+        from_log.apply(1, &data);
+        let local = ProposedCommands { tag: (4, 0), source: Box::new(Held(batch.clone())) };
+        let r = proposed.apply_proposed(1, &data, Box::new(local)).downcast::<ShardApplied>().unwrap();
+        assert_eq!((r.skipped, r.outcome.applied), (false, 50));
+        from_log.snapshot_now().unwrap();
+        proposed.snapshot_now().unwrap();
+        assert_eq!(
+            std::fs::read(a.path().join("shard-000.snap")).unwrap(),
+            std::fs::read(b.path().join("shard-000.snap")).unwrap()
+        );
+        // The tag is checked against the watermark either way.
+        let again = ProposedCommands { tag: (4, 0), source: Box::new(Held(batch)) };
+        let r = proposed.apply_proposed(2, &data, Box::new(again)).downcast::<ShardApplied>().unwrap();
+        assert!(r.skipped);
     }
 }

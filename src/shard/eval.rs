@@ -338,7 +338,7 @@ impl Shard {
             Cond::Not(inner) => universe.saturating_sub(self.estimate(inner) / 2),
             Cond::And(items) => items.iter().map(|c| self.estimate(c)).min().unwrap_or(universe),
             Cond::Or(items) => items.iter().map(|c| self.estimate(c)).sum::<u64>().min(universe),
-            Cond::Did(d) => self.events.get(&d.event).map_or(0, |t| t.who.len()),
+            Cond::Did(d) => self.events.get(&d.event).map_or(0, |t| t.who.len() + t.staged_len() as u64),
             Cond::Leaf(leaf) => self.estimate_leaf(leaf),
         }
     }
@@ -505,7 +505,7 @@ impl Shard {
             Cond::Leaf(leaf) => self.leaf_contains(row, leaf),
             Cond::Did(d) => {
                 let Some(table) = self.events.get(&d.event) else { return false };
-                if !table.who.contains(row) {
+                if !table.has_row(row) {
                     return false;
                 }
                 if d.filter.is_none() && d.min <= 1 && d.max.is_none() {
@@ -513,7 +513,7 @@ impl Shard {
                 }
                 let mut n = 0u64;
                 for (day, part) in table.partitions_in(d.from_ms, d.to_ms) {
-                    if !part.who.contains(row) {
+                    if !table.day_has_row(day, part, row) {
                         continue;
                     }
                     let base = day * DAY_MS;

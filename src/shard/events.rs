@@ -14,10 +14,18 @@
 //! three buckets, the table). Inserted one by one, at random rows, those
 //! inserts were the largest cost of ingest (binary searches in cold array
 //! containers). So [`EventTable::append`] only stages `(day, row)`, and
-//! [`EventTable::flush_who`] adds a batch's rows to each bitmap at once,
-//! sorted. The shard flushes at the end of every applied batch and before
-//! anything reads a profile's events within one; readers check that
-//! nothing is staged.
+//! [`EventTable::flush_who`] adds many rows to each bitmap at once, sorted,
+//! so that the rows bound for one container arrive together. A table
+//! flushes once it holds [`STAGE_FLUSH_ROWS`] staged rows (the shard checks
+//! at the end of every applied entry), when its applier has been idle a
+//! moment, and before a snapshot or a profile's removal.
+//!
+//! Staged rows are part of the table for every reader: the partitions'
+//! `rows` already hold them, and each read of a who-did-it bitmap also
+//! looks at the staged list ([`EventTable::has_row`],
+//! [`EventTable::day_has_row`], the windows). A reader never flushes: it
+//! holds the shard's read lock, and flushing under the write lock on a
+//! read's behalf made counts during an ingest wait for it.
 //!
 //! A behaviour with a `WHERE` clause or a frequency other than "at least
 //! once" scans the partitions inside the window column by column: each
@@ -33,6 +41,11 @@ use super::columns::{retain_marked, CodeVec, Dict, NO_CODE};
 use super::Row;
 use crate::model::{num_key, time_key, TraitType, Value};
 use crate::segment::{Cond, Field, LeafTest};
+
+/// Staged rows at which a table flushes them into its who-did-it bitmaps.
+/// Larger batches put more rows into each container per visit; a reader
+/// scans the staged list of the tables it reads, so it stays short.
+pub const STAGE_FLUSH_ROWS: usize = 8192;
 
 /// Milliseconds in a day: the partition width.
 pub const DAY_MS: i64 = 86_400_000;
@@ -224,6 +237,17 @@ pub struct EventTable {
     staged_who: Vec<(i64, Row)>,
 }
 
+/// A window decomposed by [`EventTable::cover`].
+#[derive(Default)]
+struct Cover<'a> {
+    /// Who-did-it bitmaps of the days the window covers whole.
+    bitmaps: Vec<&'a RoaringBitmap>,
+    /// Days the window covers in part.
+    edges: Vec<i64>,
+    /// First and last of the days covered whole, if any.
+    whole_days: Option<(i64, i64)>,
+}
+
 /// Adds `rows` (sorted, no duplicates) to `bitmap`. A union rewrites
 /// every array container it touches, so a few rows into a large bitmap are
 /// inserted one by one instead (in order, so the searches stay in cache).
@@ -271,6 +295,32 @@ impl EventTable {
         !self.staged_who.is_empty()
     }
 
+    /// Number of appended events waiting for [`flush_who`](EventTable::flush_who).
+    pub fn staged_len(&self) -> usize {
+        self.staged_who.len()
+    }
+
+    /// True when `row` has at least one event of this name (flushed or staged).
+    pub fn has_row(&self, row: Row) -> bool {
+        self.who.contains(row) || self.staged_who.iter().any(|&(_, r)| r == row)
+    }
+
+    /// True when `row` has an event in `part`, the partition of `day`
+    /// (flushed or staged).
+    pub fn day_has_row(&self, day: i64, part: &Partition, row: Row) -> bool {
+        part.who.contains(row) || self.staged_who.iter().any(|&(d, r)| d == day && r == row)
+    }
+
+    /// Rows staged for the days `from_day..=to_day`.
+    fn staged_between(&self, from_day: i64, to_day: i64) -> RoaringBitmap {
+        let mut rows: Vec<Row> =
+            self.staged_who.iter().filter(|(d, _)| from_day <= *d && *d <= to_day).map(|&(_, r)| r).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        // Sorted and deduplicated just above, so the build cannot fail.
+        RoaringBitmap::from_sorted_iter(rows).unwrap_or_default()
+    }
+
     /// Adds the rows of the events appended since the last flush to the
     /// who-did-it bitmaps: per bitmap, the new rows sorted, then added with
     /// [`union_sorted`].
@@ -314,7 +364,8 @@ impl EventTable {
     }
 
     /// Appends an event; its row reaches the who-did-it bitmaps at the next
-    /// [`flush_who`](EventTable::flush_who). Properties whose type differs
+    /// [`flush_who`](EventTable::flush_who) and is read from the staged list
+    /// until then. Properties whose type differs
     /// from the one this table holds are returned, not stored.
     pub fn append(&mut self, row: Row, ts_ms: i64, properties: &[(String, Value)]) -> Vec<String> {
         let mut rejected = Vec::new();
@@ -379,13 +430,12 @@ impl EventTable {
 
     /// Every event of `row`, in time order.
     pub fn events_of(&self, name: &str, row: Row) -> Vec<EventRecord> {
-        debug_assert!(!self.has_staged(), "events read with staged rows");
         let mut out = Vec::new();
-        if !self.who.contains(row) {
+        if !self.has_row(row) {
             return out;
         }
         for (day, part) in &self.partitions {
-            if !part.who.contains(row) {
+            if !self.day_has_row(*day, part, row) {
                 continue;
             }
             for (i, &r) in part.rows.iter().enumerate() {
@@ -399,12 +449,19 @@ impl EventTable {
     }
 
     /// Checks partitions, columns and every who-did-it bitmap against the rows.
+    /// Staged rows are checked as if flushed (on a copy).
     pub fn validate(&self) -> Result<(), String> {
         if self.has_staged() {
-            return Err(format!(
-                "{} appended events not flushed to the who-did-it bitmaps",
-                self.staged_who.len()
-            ));
+            if let Some((day, row)) = self
+                .staged_who
+                .iter()
+                .find(|(d, r)| self.partitions.get(d).is_none_or(|p| !p.rows.contains(r)))
+            {
+                return Err(format!("day {day}: staged row {row} has no event there"));
+            }
+            let mut flushed = self.clone();
+            flushed.flush_who();
+            return flushed.validate();
         }
         let mut who = RoaringBitmap::new();
         let mut levels: [BTreeMap<i64, RoaringBitmap>; 3] = Default::default();
@@ -482,18 +539,18 @@ impl EventTable {
 
     /// Decomposes the window `from..=to` into the who-did-it bitmaps of the
     /// days it covers whole (taking, at each step, the widest aligned bucket
-    /// that fits) and the at most two days it covers in part.
-    fn cover(&self, from: i64, to: i64) -> (Vec<&RoaringBitmap>, Vec<i64>) {
-        debug_assert!(!self.has_staged(), "a window read with staged rows");
+    /// that fits), the at most two days it covers in part, and the range of
+    /// whole days, whose staged rows the bitmaps do not hold yet.
+    fn cover(&self, from: i64, to: i64) -> Cover<'_> {
         let (Some((&first_day, _)), Some((&last_day, _))) =
             (self.partitions.first_key_value(), self.partitions.last_key_value())
         else {
-            return (Vec::new(), Vec::new());
+            return Cover::default();
         };
         let from_day = day_of(from).max(first_day);
         let to_day = day_of(to).min(last_day);
         if from > to || from_day > to_day {
-            return (Vec::new(), Vec::new());
+            return Cover::default();
         }
         // Days wholly inside the window, clamped to the days that exist.
         let full_from = if from <= first_day * DAY_MS { first_day } else { day_of(from - 1) + 1 };
@@ -521,7 +578,8 @@ impl EventTable {
             bitmaps.extend(bitmap);
             d += step;
         }
-        (bitmaps, edges)
+        let whole_days = (full_from <= full_to).then_some((full_from, full_to));
+        Cover { bitmaps, edges, whole_days }
     }
 
     /// The events of an edge day that fall in `from..=to`, as (event index, row).
@@ -539,8 +597,11 @@ impl EventTable {
     /// the window's whole-day bitmaps, plus the rows of the edge days' events
     /// that fall inside it.
     pub fn who_in_window(&self, from: i64, to: i64) -> RoaringBitmap {
-        let (bitmaps, edges) = self.cover(from, to);
+        let Cover { bitmaps, edges, whole_days } = self.cover(from, to);
         let mut out = roaring::MultiOps::union(bitmaps.into_iter());
+        if let (Some((a, b)), true) = (whole_days, self.has_staged()) {
+            out |= self.staged_between(a, b);
+        }
         for day in edges {
             out.extend(self.edge_events(day, from, to));
         }
@@ -551,10 +612,12 @@ impl EventTable {
     /// their bitmaps, and only the edge days where the row has events are
     /// scanned.
     pub fn did_in_window(&self, row: Row, from: i64, to: i64) -> bool {
-        let (bitmaps, edges) = self.cover(from, to);
+        let Cover { bitmaps, edges, whole_days } = self.cover(from, to);
         bitmaps.iter().any(|b| b.contains(row))
+            || whole_days
+                .is_some_and(|(a, b)| self.staged_who.iter().any(|&(d, r)| r == row && a <= d && d <= b))
             || edges.into_iter().any(|day| {
-                self.partitions.get(&day).is_some_and(|p| p.who.contains(row))
+                self.partitions.get(&day).is_some_and(|p| self.day_has_row(day, p, row))
                     && self.edge_events(day, from, to).any(|r| r == row)
             })
     }
@@ -782,31 +845,9 @@ mod tests {
         *state >> 33
     }
 
-    #[test]
-    fn windows_match_brute_force() {
-        let mut t = EventTable::default();
-        let mut all: Vec<(Row, i64)> = Vec::new();
-        let mut s = 11u64;
-        for _ in 0..3_000 {
-            let row = (next(&mut s) % 300) as Row;
-            // Around day 1000, with some negative and some exact day boundaries.
-            let ts = match next(&mut s) % 4 {
-                0 => (1000 + (next(&mut s) % 200) as i64) * DAY_MS,
-                1 => -(next(&mut s) as i64 % (5 * DAY_MS)),
-                _ => 1000 * DAY_MS + (next(&mut s) as i64 % (200 * DAY_MS)),
-            };
-            t.append(row, ts, &[("amount".to_string(), Value::Number(1.0))]);
-            all.push((row, ts));
-            // Flushed at uneven intervals, as batches of several sizes are.
-            if next(&mut s) % 97 == 0 {
-                assert!(t.validate().is_err() || !t.has_staged());
-                t.flush_who();
-            }
-        }
-        assert!(t.has_staged());
-        assert!(t.validate().is_err(), "unflushed rows must fail validation");
-        t.flush_who();
-        t.validate().unwrap();
+    /// Every window read (bitmaps, staged rows, edge days) against a
+    /// filter over all appended events.
+    fn assert_windows_match(t: &EventTable, all: &[(Row, i64)]) {
         let probes = [
             i64::MIN,
             -3 * DAY_MS,
@@ -832,10 +873,64 @@ mod tests {
                 }
             }
         }
-        // Removing a row takes its events everywhere.
+        for row in [0, 7, 150, 299, 300] {
+            let mut want: Vec<i64> = all.iter().filter(|(r, _)| *r == row).map(|(_, ts)| *ts).collect();
+            want.sort_unstable();
+            let got: Vec<i64> = t.events_of("e", row).iter().map(|e| e.ts_ms).collect();
+            assert_eq!(got, want, "events of row {row}");
+            assert_eq!(t.has_row(row), !want.is_empty(), "row {row}");
+        }
+    }
+
+    #[test]
+    fn windows_match_brute_force_with_and_without_staged_rows() {
+        let mut t = EventTable::default();
+        let mut all: Vec<(Row, i64)> = Vec::new();
+        let mut s = 11u64;
+        for i in 0..3_000 {
+            let row = (next(&mut s) % 300) as Row;
+            // Around day 1000, with some negative and some exact day boundaries.
+            let ts = match next(&mut s) % 4 {
+                0 => (1000 + (next(&mut s) % 200) as i64) * DAY_MS,
+                1 => -(next(&mut s) as i64 % (5 * DAY_MS)),
+                _ => 1000 * DAY_MS + (next(&mut s) as i64 % (200 * DAY_MS)),
+            };
+            t.append(row, ts, &[("amount".to_string(), Value::Number(1.0))]);
+            all.push((row, ts));
+            // Flushed at uneven intervals, as batches of several sizes are;
+            // staged or not, the table reads the same.
+            if next(&mut s) % 97 == 0 {
+                t.validate().unwrap();
+                t.flush_who();
+            }
+            if i == 1_500 {
+                assert!(t.has_staged());
+                assert_windows_match(&t, &all);
+            }
+        }
+        assert!(t.has_staged());
+        t.validate().unwrap();
+        assert_windows_match(&t, &all);
+        t.flush_who();
+        assert!(!t.has_staged());
+        t.validate().unwrap();
+        assert_windows_match(&t, &all);
+        // Removing a row takes its events everywhere, staged ones too.
+        t.append(7, 1003 * DAY_MS, &[]);
+        all.push((7, 1003 * DAY_MS));
         let removed = t.remove_row("e", 7);
         assert_eq!(removed.len(), all.iter().filter(|(r, _)| *r == 7).count());
         t.validate().unwrap();
-        assert!(!t.who_in_window(i64::MIN, i64::MAX).contains(7));
+        all.retain(|(r, _)| *r != 7);
+        assert_windows_match(&t, &all);
+    }
+
+    #[test]
+    fn a_staged_row_without_its_event_fails_validation() {
+        let mut t = EventTable::default();
+        t.append(3, 5 * DAY_MS, &[]);
+        t.flush_who();
+        t.staged_who.push((5, 4));
+        assert!(t.validate().unwrap_err().contains("staged row 4"), "{:?}", t.validate());
     }
 }

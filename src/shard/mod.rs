@@ -29,7 +29,9 @@ use roaring::RoaringBitmap;
 use thiserror::Error;
 
 pub use columns::{BoolColumn, CodeVec, Dict, KeywordColumn, ListColumn, Stamp, Stamps, NEVER, NO_CODE};
-pub use events::{day_of, EventRecord, EventTable, Partition, PropColumn, DAY_MS, LEVEL_DAYS};
+pub use events::{
+    day_of, EventRecord, EventTable, Partition, PropColumn, DAY_MS, LEVEL_DAYS, STAGE_FLUSH_ROWS,
+};
 pub use range::{RangeColumn, MAX_BINS};
 pub use text::TextColumn;
 
@@ -593,15 +595,20 @@ impl Shard {
             }
             out.applied += 1;
         }
-        // The batch's event rows reach the who-did-it bitmaps here, sorted
-        // (see `EventTable::flush_who`), before the write lock is released.
-        self.flush_events();
+        // Event rows reach the who-did-it bitmaps in sorted batches (see
+        // `EventTable::flush_who`); readers see staged rows meanwhile.
+        for table in self.events.values_mut() {
+            if table.staged_len() >= STAGE_FLUSH_ROWS {
+                table.flush_who();
+            }
+        }
         out
     }
 
-    /// Adds the rows of the events appended since the last flush to the
-    /// who-did-it bitmaps (see [`EventTable::flush_who`]).
-    fn flush_events(&mut self) {
+    /// Adds every staged event row to the who-did-it bitmaps (see
+    /// [`EventTable::flush_who`]): when the shard is idle, and before a
+    /// snapshot.
+    pub fn flush_events(&mut self) {
         for table in self.events.values_mut() {
             table.flush_who();
         }

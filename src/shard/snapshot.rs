@@ -235,7 +235,18 @@ impl Enc {
         }
     }
     fn event_table(&mut self, t: &EventTable) {
-        debug_assert!(!t.has_staged(), "a snapshot of an event table with staged rows");
+        // A file holds no staged rows: a table with some is written as if
+        // flushed. The node flushes before its snapshots, so this copy is
+        // only made for shards built and written directly.
+        let flushed;
+        let t = if t.has_staged() {
+            let mut copy = t.clone();
+            copy.flush_who();
+            flushed = copy;
+            &flushed
+        } else {
+            t
+        };
         self.len(t.props.len());
         for ((name, ty), dict) in t.props.iter().zip(&t.dicts) {
             self.str(name);
