@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::driver::{ApplyResult, StateMachine};
 use crate::shard::{snapshot, ApplyOutcome, Command, Shard, ShardError};
 
+/// Commands applied under one hold of a shard's write lock.
+pub const APPLY_CHUNK: usize = 256;
+
 /// Position of a step in the ingest pipeline: (catalog log index, step).
 pub type Tag = (u64, u32);
 
@@ -110,8 +113,9 @@ pub struct ShardMachine {
     /// Readers take the read lock (through [`read_state`](ShardMachine::read_state));
     /// applying a batch takes the write lock for that batch only.
     state: RwLock<ShardState>,
-    /// Held while a snapshot file is written: the applier and a follower's
-    /// snapshot request may ask at once, and both write the same file.
+    /// Held while a snapshot file is written (the applier and a follower's
+    /// snapshot request may ask at once, and both write the same file) and
+    /// while an entry is applied, so that a snapshot holds whole entries.
     snapshot_lock: Mutex<()>,
     applied: AtomicU64,
     snapshot_index: AtomicU64,
@@ -185,27 +189,60 @@ impl ShardMachine {
 }
 
 impl ShardMachine {
-    /// Applies a decoded (or locally held) proposal at `index`.
+    /// Applies a decoded (or locally held) proposal at `index`, in chunks
+    /// of [`APPLY_CHUNK`] commands with the write lock released between
+    /// them: a read waits for one chunk, not for a whole entry (thousands of
+    /// commands at full ingest). A reader may thus see part of an entry,
+    /// each command whole; nothing of it is acknowledged before all of it
+    /// is applied. The snapshot lock is held throughout, so that a snapshot
+    /// never holds part of an entry.
     fn apply_commands(&self, index: u64, proposal: Result<(Tag, &[Command]), String>) -> ApplyResult {
-        let mut state = self.state.write();
-        state.applied_index = index;
-        self.applied.store(index, Ordering::Release);
-        let result = match proposal {
-            Ok((tag, _)) if tag <= state.watermark => {
-                ShardApplied { skipped: true, ..ShardApplied::default() }
-            }
-            Ok((tag, commands)) => {
-                state.watermark = tag;
-                ShardApplied { outcome: state.shard.apply(commands), skipped: false }
-            }
-            Err(e) => {
-                // An entry this build cannot read was written by another
-                // version; it is skipped on every replica alike.
-                eprintln!("warning: shard {} entry {index}: {e}", self.shard_id);
-                ShardApplied::default()
+        let _entry = self.snapshot_lock.lock();
+        let (tag, commands) = match proposal {
+            Ok((tag, commands)) if tag > self.state.read().watermark => (tag, commands),
+            other => {
+                let repeat = match other {
+                    Ok(_) => true,
+                    Err(e) => {
+                        // An entry this build cannot read was written by
+                        // another version; it is skipped on every replica alike.
+                        eprintln!("warning: shard {} entry {index}: {e}", self.shard_id);
+                        false
+                    }
+                };
+                let mut state = self.state.write();
+                state.applied_index = index;
+                self.applied.store(index, Ordering::Release);
+                return Box::new(ShardApplied { skipped: repeat, ..ShardApplied::default() });
             }
         };
-        Box::new(result)
+        let mut outcome = ApplyOutcome::default();
+        let mut chunks = commands.chunks(APPLY_CHUNK).peekable();
+        let mut offset = 0;
+        while let Some(chunk) = chunks.next() {
+            let mut state = self.state.write();
+            let part = state.shard.apply(chunk);
+            outcome.applied += part.applied;
+            outcome.rejections.extend(part.rejections.into_iter().map(|mut r| {
+                r.index += offset;
+                r
+            }));
+            offset += chunk.len();
+            if chunks.peek().is_none() {
+                state.watermark = tag;
+                state.applied_index = index;
+                self.applied.store(index, Ordering::Release);
+            }
+            // Hand the lock to waiting readers before the next chunk.
+            parking_lot::RwLockWriteGuard::unlock_fair(state);
+        }
+        if commands.is_empty() {
+            let mut state = self.state.write();
+            state.watermark = tag;
+            state.applied_index = index;
+            self.applied.store(index, Ordering::Release);
+        }
+        Box::new(ShardApplied { outcome, skipped: false })
     }
 }
 
@@ -373,5 +410,34 @@ mod tests {
         let again = ProposedCommands { tag: (4, 0), source: Box::new(Held(batch)) };
         let r = proposed.apply_proposed(2, &data, Box::new(again)).downcast::<ShardApplied>().unwrap();
         assert!(r.skipped);
+    }
+
+    #[test]
+    fn an_entry_longer_than_a_chunk_applies_whole_with_rejections_at_their_positions() {
+        let n = APPLY_CHUNK * 2 + 37;
+        let batch: Vec<Command> = (0..n)
+            .map(|i| match i {
+                // A merge into itself is refused as a whole command.
+                10 | 300 => Command::Merge { into: 1, from: 1 },
+                _ => {
+                    Command::Write(ProfileWrite { profile: i as u64, time_ms: 5, ..ProfileWrite::default() })
+                }
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let m = ShardMachine::open(dir.path(), 0).unwrap();
+        let r = m.apply(7, &ShardProposal::encode_parts((2, 0), &batch)).downcast::<ShardApplied>().unwrap();
+        assert_eq!(r.outcome.applied, n - 2);
+        let at: Vec<usize> = r.outcome.rejections.iter().map(|r| r.index).collect();
+        assert_eq!(at, vec![10, 300]);
+        assert_eq!((m.watermark(), m.applied_index()), ((2, 0), 7));
+        assert_eq!(m.read_state().shard.len() as usize, n - 2);
+        // An empty entry still moves the watermark; a repeat is skipped.
+        m.apply(8, &ShardProposal::encode_parts((2, 1), &[]));
+        assert_eq!((m.watermark(), m.applied_index()), ((2, 1), 8));
+        let again =
+            m.apply(9, &ShardProposal::encode_parts((2, 0), &batch)).downcast::<ShardApplied>().unwrap();
+        assert!(again.skipped);
+        assert_eq!((m.watermark(), m.applied_index()), ((2, 1), 9));
     }
 }
