@@ -104,7 +104,16 @@ impl Schema {
 
     /// Declares an event (with no properties yet).
     pub fn declare_event(&mut self, event: &str) {
-        self.events.entry(event.to_string()).or_default();
+        self.event_mut(event);
+    }
+
+    /// The property types of `event`, created empty when new (the name is
+    /// copied only then).
+    fn event_mut(&mut self, event: &str) -> &mut BTreeMap<String, TraitType> {
+        if !self.events.contains_key(event) {
+            self.events.insert(event.to_string(), BTreeMap::new());
+        }
+        self.events.get_mut(event).expect("inserted above")
     }
 
     /// Declares the type of an event's property.
@@ -133,7 +142,7 @@ impl Schema {
         name: &str,
         json: &serde_json::Value,
     ) -> Result<Option<Value>, ModelError> {
-        coerce(self.events.entry(event.to_string()).or_default(), name, json)
+        coerce(self.event_mut(event), name, json)
     }
 
     /// Adds every declaration of `other` that this schema does not have,

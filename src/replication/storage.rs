@@ -384,6 +384,13 @@ impl RecentEntries {
         }
     }
 
+    /// The term of entry `index`, if held.
+    fn term(&self, index: u64) -> Option<u64> {
+        let first = self.entries.front()?.index;
+        let e = self.entries.get(usize::try_from(index.checked_sub(first)?).ok()?)?;
+        Some(e.term)
+    }
+
     /// `[low, high)` if every one of them is held.
     fn get(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
         let first = self.entries.front()?.index;
@@ -650,6 +657,11 @@ impl GroupStorage {
     /// Reads the term of the entry at `idx`, which must lie in the log
     /// (snapshot index < `idx` <= last index).
     fn entry_term(&self, idx: u64) -> Result<u64, StorageError> {
+        // raft-rs asks the term of every entry just persisted: answered from
+        // the recent entries, not by reading and decompressing it back.
+        if let Some(term) = self.meta.read().recent.term(idx) {
+            return Ok(term);
+        }
         match self.engine.get_entry::<EntryCodec>(self.group_id, idx) {
             Ok(Some(entry)) => Ok(entry.term),
             Ok(None) => panic!(
@@ -907,12 +919,16 @@ mod tests {
         let want: Vec<Entry> = entries(1..=4, 1).into_iter().chain(entries(5..=9, 2)).collect();
         assert_eq!(g.entries(1, 10, None, ctx()).unwrap(), want);
         assert_eq!(g.entries(3, 7, None, ctx()).unwrap(), want[2..6]);
+        let terms = |g: &GroupStorage| (1..=9).map(|i| g.term(i).unwrap()).collect::<Vec<u64>>();
+        let cached_terms = terms(&g);
+        assert_eq!(cached_terms, want.iter().map(|e| e.term).collect::<Vec<_>>());
         // The engine, read through a store opened afresh (nothing cached),
         // holds the same.
         drop((g, store));
         let store = LogStore::open(dir.path()).unwrap();
         let g = store.group(3).unwrap();
         assert_eq!(g.entries(1, 10, None, ctx()).unwrap(), want);
+        assert_eq!(terms(&g), cached_terms);
         // After compaction behind a snapshot, reads below it fail alike.
         append_and_write(&store, &g, &entries(10..=12, 2));
         let mut batch = LogBatch::default();
@@ -930,6 +946,10 @@ mod tests {
         recent.append(&entries(7..=8, 1));
         assert_eq!(recent.get(1, 2), None);
         assert_eq!(recent.get(7, 9), Some(entries(7..=8, 1)));
+        assert_eq!(
+            (recent.term(3), recent.term(7), recent.term(8), recent.term(9)),
+            (None, Some(1), Some(1), None)
+        );
     }
 
     #[test]

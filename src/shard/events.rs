@@ -369,13 +369,24 @@ impl EventTable {
     /// from the one this table holds are returned, not stored.
     pub fn append(&mut self, row: Row, ts_ms: i64, properties: &[(String, Value)]) -> Vec<String> {
         let mut rejected = Vec::new();
-        let mut values: Vec<(usize, &Value)> = Vec::with_capacity(properties.len());
-        for (name, value) in properties {
-            match self.prop(name, value.trait_type()) {
-                Some(i) => values.push((i, value)),
-                None => rejected.push(name.clone()),
+        // Property index per value (usize::MAX: refused); on the stack for
+        // the usual few properties.
+        let mut index = [usize::MAX; 8];
+        let mut spilled = Vec::new();
+        for (k, (name, value)) in properties.iter().enumerate() {
+            let i = match self.prop(name, value.trait_type()) {
+                Some(i) => i,
+                None => {
+                    rejected.push(name.clone());
+                    usize::MAX
+                }
+            };
+            match index.get_mut(k) {
+                Some(slot) => *slot = i,
+                None => spilled.push(i),
             }
         }
+        let index_of = |k: usize| index.get(k).copied().unwrap_or_else(|| spilled[k - index.len()]);
         let day = day_of(ts_ms);
         let part = self.partitions.entry(day).or_default();
         let n = part.rows.len();
@@ -386,7 +397,7 @@ impl EventTable {
             if part.props.len() <= i {
                 part.props.push(PropColumn::new(*ty, n));
             }
-            let value = values.iter().find(|(j, _)| *j == i).map(|(_, v)| *v);
+            let value = (0..properties.len()).find(|&k| index_of(k) == i).map(|k| &properties[k].1);
             part.props[i].push(value, &mut self.dicts[i]);
         }
         self.total += 1;
