@@ -484,15 +484,19 @@ struct Applier {
 
 impl Applier {
     fn run(mut self, tasks: Receiver<ApplyTask>) {
+        // After the idle call, wait without a timeout until work comes.
         let mut idle_done = true;
         loop {
-            let task = match tasks.recv_timeout(IDLE_AFTER) {
+            let next = if idle_done {
+                tasks.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                tasks.recv_timeout(IDLE_AFTER)
+            };
+            let task = match next {
                 Ok(task) => task,
                 Err(RecvTimeoutError::Timeout) => {
-                    if !idle_done {
-                        self.machine.idle();
-                        idle_done = true;
-                    }
+                    self.machine.idle();
+                    idle_done = true;
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
