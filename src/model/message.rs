@@ -280,93 +280,70 @@ impl serde::de::Visitor<'_> for KeySeed {
     }
 }
 
-/// Reads `context`: an object keeps only its `traits` member (a later
-/// duplicate wins, as in a parsed object); anything else is kept whole, to
-/// be refused by name.
-struct ContextSeed;
+/// What to make of one JSON value that may be an object: an object is read
+/// key by key ([`ObjectReader::object`]); any other value is built by
+/// serde_json's own `Value` and handed to [`ObjectReader::other`].
+trait ObjectReader<'de>: Sized {
+    type Value;
+    fn object<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error>;
+    fn other(self, value: Json) -> Self::Value;
+}
 
-impl<'de> serde::de::DeserializeSeed<'de> for ContextSeed {
-    type Value = Json;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+/// The visitor of an [`ObjectReader`].
+struct ObjectOr<R>(R);
+
+impl<'de, R: ObjectReader<'de>> serde::de::DeserializeSeed<'de> for ObjectOr<R> {
+    type Value = R::Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<R::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-/// Forwards every non-object to `Json`'s own visitor.
-macro_rules! forward_to_json {
-    ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {
-        $(fn $method<E: serde::de::Error>(self, $($arg: $ty),*) -> Result<Self::Value, E> {
-            self.other(serde::de::Visitor::$method(JsonVisitor, $($arg),*)?)
+/// Builds a non-object value as `Json` (serde_json's visitor, through
+/// `IntoDeserializer`) and hands it to the reader.
+macro_rules! other_values {
+    ($($method:ident($($arg:ident: $ty:ty)?) => $value:expr),* $(,)?) => {
+        $(fn $method<E: serde::de::Error>(self, $($arg: $ty)?) -> Result<R::Value, E> {
+            use serde::de::IntoDeserializer;
+            let json = <Json as serde::Deserialize>::deserialize(IntoDeserializer::<E>::into_deserializer($value))?;
+            Ok(self.0.other(json))
         })*
     };
 }
 
-/// `serde_json::Value`'s visitor, reached through its `Deserialize`.
-struct JsonVisitor;
-
-impl<'de> serde::de::Visitor<'de> for JsonVisitor {
-    type Value = Json;
+impl<'de, R: ObjectReader<'de>> serde::de::Visitor<'de> for ObjectOr<R> {
+    type Value = R::Value;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
+        f.write_str("a JSON value")
     }
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Json, E> {
-        Ok(Json::Bool(v))
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Json, E> {
-        Ok(Json::from(v))
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Json, E> {
-        Ok(Json::from(v))
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Json, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Json, E> {
-        Ok(Json::String(v.to_string()))
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Json, E> {
-        Ok(Json::String(v))
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Json, E> {
-        Ok(Json::Null)
-    }
-    fn visit_none<E: serde::de::Error>(self) -> Result<Json, E> {
-        Ok(Json::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Json>()? {
-            items.push(item);
-        }
-        Ok(Json::Array(items))
-    }
-}
-
-impl ContextSeed {
-    fn other<E>(self, v: Json) -> Result<Json, E> {
-        Ok(v)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for ContextSeed {
-    type Value = Json;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    forward_to_json!(
-        visit_bool(v: bool),
-        visit_i64(v: i64),
-        visit_u64(v: u64),
-        visit_f64(v: f64),
-        visit_str(v: &str),
-        visit_string(v: String),
-        visit_unit(),
-        visit_none(),
+    other_values!(
+        visit_bool(v: bool) => v,
+        visit_i64(v: i64) => v,
+        visit_u64(v: u64) => v,
+        visit_f64(v: f64) => v,
+        visit_str(v: &str) => v,
+        visit_string(v: String) => v,
+        visit_unit() => (),
+        visit_none() => (),
     );
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Json, A::Error> {
-        JsonVisitor.visit_seq(seq)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<R::Value, A::Error> {
+        let json =
+            <Json as serde::Deserialize>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(self.0.other(json))
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<R::Value, A::Error> {
+        self.0.object(map)
+    }
+}
+
+/// Reads `context`: an object keeps only its `traits` member (a later
+/// duplicate wins, as in a parsed object); anything else is kept whole, to
+/// be refused by name.
+struct ContextReader;
+
+impl<'de> ObjectReader<'de> for ContextReader {
+    type Value = Json;
+    fn object<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut traits = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == "traits" {
@@ -381,43 +358,23 @@ impl<'de> serde::de::Visitor<'de> for ContextSeed {
         }
         Ok(Json::Object(out))
     }
+    fn other(self, value: Json) -> Json {
+        value
+    }
 }
 
 /// Reads a whole message text: an object becomes its [`Fields`]; anything
 /// else is described for [`MessageError::NotAnObject`].
-struct MessageSeed;
+struct MessageReader;
 
-impl MessageSeed {
-    fn other<E>(self, v: Json) -> Result<Result<Fields, String>, E> {
-        Ok(Err(describe(&v)))
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for MessageSeed {
+impl<'de> ObjectReader<'de> for MessageReader {
     type Value = Result<Fields, String>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    forward_to_json!(
-        visit_bool(v: bool),
-        visit_i64(v: i64),
-        visit_u64(v: u64),
-        visit_f64(v: f64),
-        visit_str(v: &str),
-        visit_string(v: String),
-        visit_unit(),
-        visit_none(),
-    );
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Err(describe(&Json::Array(Vec::new()))))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    fn object<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = Fields::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             match key {
                 // A later duplicate replaces an earlier one, as in a parsed object.
-                Key::Context => fields.context = Some(map.next_value_seed(ContextSeed)?),
+                Key::Context => fields.context = Some(map.next_value_seed(ObjectOr(ContextReader))?),
                 Key::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -429,6 +386,9 @@ impl<'de> serde::de::Visitor<'de> for MessageSeed {
             }
         }
         Ok(Ok(fields))
+    }
+    fn other(self, value: Json) -> Self::Value {
+        Err(describe(&value))
     }
 }
 
@@ -535,7 +495,7 @@ impl Message {
     pub fn parse(text: &str, received_ms: i64) -> (Result<Message, String>, Option<String>) {
         use serde::de::Deserializer as _;
         let mut de = serde_json::Deserializer::from_str(text);
-        let fields = match de.deserialize_any(MessageSeed).and_then(|f| de.end().map(|()| f)) {
+        let fields = match de.deserialize_any(ObjectOr(MessageReader)).and_then(|f| de.end().map(|()| f)) {
             Ok(Ok(fields)) => fields,
             Ok(Err(found)) => return (Err(MessageError::NotAnObject(found).to_string()), None),
             Err(e) => return (Err(format!("not JSON: {e}")), None),

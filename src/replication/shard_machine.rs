@@ -196,7 +196,7 @@ impl ShardMachine {
     /// each command whole; nothing of it is acknowledged before all of it
     /// is applied. The snapshot lock is held throughout, so that a snapshot
     /// never holds part of an entry.
-    fn apply_commands(&self, index: u64, proposal: Result<(Tag, &[Command]), String>) -> ApplyResult {
+    fn apply_commands(&self, index: u64, proposal: Result<(Tag, &[Command]), &str>) -> ApplyResult {
         let _entry = self.snapshot_lock.lock();
         let (tag, commands) = match proposal {
             Ok((tag, commands)) if tag > self.state.read().watermark => (tag, commands),
@@ -217,9 +217,11 @@ impl ShardMachine {
             }
         };
         let mut outcome = ApplyOutcome::default();
-        let mut chunks = commands.chunks(APPLY_CHUNK).peekable();
-        let mut offset = 0;
-        while let Some(chunk) = chunks.next() {
+        let mut rest = commands;
+        loop {
+            // An empty entry is one empty chunk: it still moves the watermark.
+            let (chunk, tail) = rest.split_at(rest.len().min(APPLY_CHUNK));
+            let offset = commands.len() - rest.len();
             let mut state = self.state.write();
             let part = state.shard.apply(chunk);
             outcome.applied += part.applied;
@@ -227,20 +229,15 @@ impl ShardMachine {
                 r.index += offset;
                 r
             }));
-            offset += chunk.len();
-            if chunks.peek().is_none() {
+            if tail.is_empty() {
                 state.watermark = tag;
                 state.applied_index = index;
                 self.applied.store(index, Ordering::Release);
+                break;
             }
+            rest = tail;
             // Hand the lock to waiting readers before the next chunk.
             parking_lot::RwLockWriteGuard::unlock_fair(state);
-        }
-        if commands.is_empty() {
-            let mut state = self.state.write();
-            state.watermark = tag;
-            state.applied_index = index;
-            self.applied.store(index, Ordering::Release);
         }
         Box::new(ShardApplied { outcome, skipped: false })
     }
@@ -252,7 +249,7 @@ impl StateMachine for ShardMachine {
         let decoded = ShardProposal::decode(data);
         self.apply_commands(
             index,
-            decoded.as_ref().map(|p| (p.tag, p.commands.as_slice())).map_err(Clone::clone),
+            decoded.as_ref().map(|p| (p.tag, p.commands.as_slice())).map_err(String::as_str),
         )
     }
 
