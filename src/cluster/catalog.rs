@@ -197,7 +197,12 @@ pub struct MergeRecord {
 #[derive(Debug)]
 pub enum CatalogResult {
     /// An ingest entry: one report per job.
-    Ingested(Vec<IngestReport>),
+    Ingested {
+        /// The entry's catalog index (its steps' outbox entry).
+        index: u64,
+        /// A report per job, in order.
+        reports: Vec<IngestReport>,
+    },
     /// A schema, segment or other administrative change.
     Done(Result<(), AdminError>),
 }
@@ -782,7 +787,7 @@ impl CatalogMachine {
         let (reports, steps) = self.state_at(index).apply_ingest(index, jobs);
         self.outbox.lock().push_back(Outbox { index, steps: Arc::new(steps) });
         self.outbox_ready.notify_one();
-        CatalogResult::Ingested(reports)
+        CatalogResult::Ingested { index, reports }
     }
 }
 
@@ -997,7 +1002,7 @@ mod tests {
         let proposed = CatalogMachine::open(d2.path(), 4, 24).unwrap();
         let a = from_log.apply(1, &data);
         let b = proposed.apply_proposed(1, &data, Box::new(ParsedIngest(vec![ParsedJob::parse(&job)])));
-        let (CatalogResult::Ingested(a), CatalogResult::Ingested(b)) =
+        let (CatalogResult::Ingested { reports: a, .. }, CatalogResult::Ingested { reports: b, .. }) =
             (*a.downcast::<CatalogResult>().unwrap(), *b.downcast::<CatalogResult>().unwrap())
         else {
             panic!("not ingest results")
@@ -1037,7 +1042,9 @@ mod tests {
         drop(st);
         // The dedup window survived: the same messageId is a duplicate.
         let out = back.apply(2, &cmd.encode());
-        let CatalogResult::Ingested(r) = *out.downcast::<CatalogResult>().unwrap() else { panic!() };
+        let CatalogResult::Ingested { reports: r, .. } = *out.downcast::<CatalogResult>().unwrap() else {
+            panic!()
+        };
         assert_eq!(r[0].duplicates, 1);
         // Corruption is named.
         let path = dir.path().join("catalog.snap");

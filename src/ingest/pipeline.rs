@@ -3,37 +3,54 @@
 //! Two tasks. The *sequencer* gathers waiting batches into one catalog
 //! entry (up to [`MAX_ENTRY_MESSAGES`] messages) and proposes it; applying
 //! it resolves identities and yields the entry's shard steps in the
-//! catalog's outbox. The *stepper* drives the outbox in log order: each step
-//! is proposed to its shard groups in parallel, the next step only once the
-//! previous one is committed (a cross-shard merge reads the absorbed
-//! profile after every earlier write to it). A batch is acknowledged once
-//! every step of its entry is committed, so an acknowledged message is in
-//! fsynced logs; several catalog entries are in flight at once, so the
-//! fsyncs of catalog and shard groups are shared (group commit).
+//! catalog's outbox. The *stepper* drives the outbox in log order. The
+//! writes of up to [`IN_FLIGHT_ENTRIES`] entries are proposed to their
+//! shard groups before the first is committed: each group's log keeps them
+//! in order, and writes to different shards do not depend on each other.
+//! A cross-shard merge (a `Move` step) is the exception: it reads the
+//! absorbed profile after every earlier write to it, so an entry with one
+//! waits until everything before it is committed, and its steps go one by
+//! one. Each shard proposal names the previous one sent to that shard, so a
+//! shard never applies a step past one that was lost on the way (see
+//! [`ShardProposal`]).
+//!
+//! A batch is acknowledged once every step of its entry is committed, so an
+//! acknowledged message is in fsynced logs; entries are acknowledged one by
+//! one as their steps commit, so a door's next batch joins the pipeline
+//! while the entries before it are still being stepped, and the fsyncs of
+//! catalog and shard groups are shared (group commit).
 //!
 //! On start the stepper first drives whatever the catalog replay left in
 //! the outbox: the steps of entries that a crash interrupted. Shards skip
 //! steps at or below their watermark, so nothing is applied twice.
 
+use std::any::Any;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::{IngestError, IngestReport, Source};
 use crate::cluster::catalog::{
-    parse_message, CatalogCommand, CatalogMachine, CatalogResult, IngestJob, ParsedIngest, ParsedJob,
+    parse_message, CatalogCommand, CatalogMachine, CatalogResult, IngestJob, Outbox, ParsedIngest, ParsedJob,
     ParsedMessage, Step,
 };
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::replication::driver::{Driver, ProposeError};
-use crate::replication::shard_machine::{CommandSource, ProposedCommands, ShardMachine, ShardProposal};
+use crate::replication::shard_machine::{
+    CommandSource, ProposedCommands, ShardApplied, ShardMachine, ShardProposal, Tag,
+};
 use crate::shard::Command;
 
 /// Messages gathered into one catalog entry at most.
 pub const MAX_ENTRY_MESSAGES: usize = 20_000;
-/// Catalog entries proposed but not yet fully stepped, at most.
-const IN_FLIGHT_ENTRIES: usize = 4;
+/// Catalog entries proposed but not yet fully stepped, at most; also the
+/// entries whose shard writes the stepper proposes ahead.
+pub const IN_FLIGHT_ENTRIES: usize = 4;
 
 type Reply = oneshot::Sender<Result<IngestReport, IngestError>>;
 
@@ -67,15 +84,17 @@ impl Pipeline {
         catalog: Arc<CatalogMachine>,
         shards: Arc<Vec<Arc<ShardMachine>>>,
     ) -> Result<Pipeline, IngestError> {
-        let outbox_ready = catalog.outbox_ready.clone();
-        let stepper = Stepper { driver: driver.clone(), catalog: catalog.clone(), shards };
+        let ready = catalog.outbox_ready.clone();
+        let board = Arc::new(ReplyBoard {
+            board: Mutex::new(Board::default()),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT_ENTRIES)),
+        });
+        let stepper = Stepper { driver: driver.clone(), catalog: catalog.clone(), shards, ready, board };
         // Recovery: steps the replay regenerated.
         stepper.drain().await?;
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
-        let (wait_tx, wait_rx) = mpsc::unbounded_channel::<Vec<(Reply, IngestReport)>>();
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT_ENTRIES));
-        tokio::spawn(sequence(driver, jobs_rx, wait_tx, slots.clone()));
-        tokio::spawn(stepper.run(wait_rx, outbox_ready, slots));
+        tokio::spawn(sequence(driver, jobs_rx, stepper.board.clone()));
+        tokio::spawn(stepper.run());
         Ok(Pipeline { jobs: jobs_tx })
     }
 
@@ -108,12 +127,7 @@ impl Pipeline {
 }
 
 /// Gathers jobs into catalog entries and proposes them.
-async fn sequence(
-    driver: Arc<Driver>,
-    mut jobs: mpsc::Receiver<Job>,
-    waiting: mpsc::UnboundedSender<Vec<(Reply, IngestReport)>>,
-    slots: Arc<Semaphore>,
-) {
+async fn sequence(driver: Arc<Driver>, mut jobs: mpsc::Receiver<Job>, board: Arc<ReplyBoard>) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         let mut count = batch[0].messages.len();
@@ -126,7 +140,7 @@ async fn sequence(
                 Err(_) => break,
             }
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = board.slots.clone().acquire_owned().await else { return };
         let mut inputs = Vec::with_capacity(batch.len());
         let mut parsed = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
@@ -136,19 +150,18 @@ async fn sequence(
             replies.push(j.reply);
         }
         let data = CatalogCommand::Ingest(inputs).encode();
-        let driver = driver.clone();
-        let waiting = waiting.clone();
+        let board = board.clone();
         // The proposal runs on its own so the next entry can be proposed
         // while this one is being fsynced; the driver keeps log order.
         let proposal = driver.propose_with(CATALOG_GROUP, data, Some(Box::new(ParsedIngest(parsed))));
         tokio::spawn(async move {
             match proposal.await {
                 Ok(result) => match result.downcast::<CatalogResult>().map(|r| *r) {
-                    Ok(CatalogResult::Ingested(reports)) if reports.len() == replies.len() => {
-                        // The stepper replies once the entry's steps are
+                    Ok(CatalogResult::Ingested { index, reports }) if reports.len() == replies.len() => {
+                        // The board replies once the entry's steps are
                         // committed, and releases the slot.
                         permit.forget();
-                        let _ = waiting.send(replies.into_iter().zip(reports).collect());
+                        board.post(index, replies.into_iter().zip(reports).collect());
                     }
                     _ => {
                         for r in replies {
@@ -167,113 +180,201 @@ async fn sequence(
     }
 }
 
+/// Replies to ingest calls whose entries are applied, waiting for the
+/// entries' steps to be committed. Each entry holds one of the sequencer's
+/// slots until it is answered.
+struct ReplyBoard {
+    board: Mutex<Board>,
+    slots: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct Board {
+    /// Highest catalog index whose steps are all committed.
+    done: u64,
+    /// Replies by their entry's catalog index.
+    waiting: BTreeMap<u64, Vec<(Reply, IngestReport)>>,
+}
+
+impl ReplyBoard {
+    /// Answers the replies of entry `index` once its steps are committed
+    /// (at once if they already are).
+    fn post(&self, index: u64, replies: Vec<(Reply, IngestReport)>) {
+        let mut board = self.board.lock();
+        if index > board.done {
+            board.waiting.insert(index, replies);
+            return;
+        }
+        drop(board);
+        self.answer(vec![replies], Ok);
+    }
+
+    /// Every entry up to `index` has its steps committed.
+    fn done(&self, index: u64) {
+        let mut board = self.board.lock();
+        board.done = board.done.max(index);
+        let later = board.waiting.split_off(&(index + 1));
+        let ready = std::mem::replace(&mut board.waiting, later);
+        drop(board);
+        self.answer(ready.into_values().collect(), Ok);
+    }
+
+    /// The steps failed: every waiting call fails (it may be retried; the
+    /// steps are retried from the outbox and `messageId`s are deduplicated).
+    fn fail(&self, e: &IngestError) {
+        let waiting = std::mem::take(&mut self.board.lock().waiting);
+        self.answer(waiting.into_values().collect(), |_| Err(e.clone()));
+    }
+
+    fn answer(
+        &self,
+        entries: Vec<Vec<(Reply, IngestReport)>>,
+        outcome: impl Fn(IngestReport) -> Result<IngestReport, IngestError>,
+    ) {
+        let n = entries.len();
+        for (reply, report) in entries.into_iter().flatten() {
+            let _ = reply.send(outcome(report));
+        }
+        self.slots.add_permits(n);
+    }
+}
+
+/// The committed answers of one entry's shard proposals.
+type Committed = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send>>;
+
 struct Stepper {
     driver: Arc<Driver>,
     catalog: Arc<CatalogMachine>,
     shards: Arc<Vec<Arc<ShardMachine>>>,
+    /// Signalled when the outbox gains an entry.
+    ready: Arc<Notify>,
+    board: Arc<ReplyBoard>,
 }
 
 impl Stepper {
-    /// Replies wait here until the outbox has been drained past them.
-    async fn run(
-        self,
-        mut waiting: mpsc::UnboundedReceiver<Vec<(Reply, IngestReport)>>,
-        ready: Arc<Notify>,
-        slots: Arc<Semaphore>,
-    ) {
-        let mut pending: Vec<Vec<(Reply, IngestReport)>> = Vec::new();
+    async fn run(self) {
         loop {
-            tokio::select! {
-                w = waiting.recv() => match w {
-                    Some(replies) => pending.push(replies),
-                    None => return,
-                },
-                _ = ready.notified() => {}
-            }
-            match self.drain().await {
-                Ok(()) => {
-                    // A reply reaches us only after its entry was applied
-                    // (and its steps queued), so every pending reply's
-                    // steps were in the outbox this drain emptied.
-                    for replies in pending.drain(..) {
-                        for (reply, report) in replies {
-                            let _ = reply.send(Ok(report));
-                        }
-                        slots.add_permits(1);
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: ingest steps failed, retrying: {e}");
-                    for replies in pending.drain(..) {
-                        for (reply, _) in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                        slots.add_permits(1);
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    ready.notify_one();
-                }
+            self.ready.notified().await;
+            if let Err(e) = self.drain().await {
+                eprintln!("error: ingest steps failed, retrying: {e}");
+                self.board.fail(&e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.ready.notify_one();
             }
         }
     }
 
-    /// Drives every outbox entry, oldest first, popping each once done.
+    /// Drives the outbox until it is empty, popping each entry once its
+    /// steps are committed; returns at the first failure, once nothing it
+    /// proposed is still in flight (so a retry starts from what the shards
+    /// hold).
     async fn drain(&self) -> Result<(), IngestError> {
+        // The tag each shard's next proposal follows.
+        let mut chain: Vec<Tag> = self.shards.iter().map(|s| s.watermark()).collect();
+        // Entries at the outbox's front whose writes are proposed.
+        let mut in_flight: VecDeque<(u64, Committed)> = VecDeque::new();
         loop {
-            // The entry stays in the outbox (and in catalog snapshots) until
-            // its steps are committed; a failed step is retried from here.
-            let steps = match self.catalog.outbox.lock().front() {
-                None => return Ok(()),
-                Some(entry) => entry.steps.clone(),
-            };
-            self.drive(steps).await?;
-            self.catalog.outbox.lock().pop_front();
+            while in_flight.len() < IN_FLIGHT_ENTRIES {
+                let Some(entry) = self.catalog.outbox.lock().get(in_flight.len()).cloned() else { break };
+                if !entry.steps.iter().any(|s| matches!(s, Step::Move { .. })) {
+                    in_flight.push_back((entry.index, self.propose_writes(&entry.steps, &mut chain)));
+                } else if in_flight.is_empty() {
+                    self.drive_in_order(&entry, &mut chain).await?;
+                    self.finish(entry.index);
+                } else {
+                    // A merge waits for every earlier write.
+                    break;
+                }
+            }
+            let Some((index, committed)) = in_flight.front_mut() else { return Ok(()) };
+            tokio::select! {
+                biased;
+                result = committed => {
+                    let index = *index;
+                    in_flight.pop_front();
+                    if let Err(e) = result {
+                        for (_, rest) in in_flight {
+                            let _ = rest.await;
+                        }
+                        return Err(e);
+                    }
+                    self.finish(index);
+                }
+                // A new entry: propose its writes too.
+                _ = self.ready.notified() => {}
+            }
         }
     }
 
-    async fn drive(&self, steps: Arc<Vec<Step>>) -> Result<(), IngestError> {
+    /// Entry `index`, the outbox's front, is committed.
+    fn finish(&self, index: u64) {
+        let popped = self.catalog.outbox.lock().pop_front();
+        debug_assert_eq!(popped.map(|o| o.index), Some(index), "the stepper finished an entry out of order");
+        self.board.done(index);
+    }
+
+    /// Proposes every write of an entry without a merge, all at once.
+    fn propose_writes(&self, steps: &Arc<Vec<Step>>, chain: &mut [Tag]) -> Committed {
+        let mut proposals = Vec::new();
         for (index, step) in steps.iter().enumerate() {
+            if let Step::Writes { tag, by_shard } = step {
+                for (&shard, commands) in by_shard {
+                    // The applier takes the commands from here rather than
+                    // decoding the entry again.
+                    let source = StepCommands { steps: steps.clone(), step: index, shard };
+                    if let Some(p) = self.propose_step(shard, *tag, commands, Some(Box::new(source)), chain) {
+                        proposals.push(p);
+                    }
+                }
+            }
+        }
+        Box::pin(async move {
+            for p in proposals {
+                p.await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Drives an entry with a merge step by step.
+    async fn drive_in_order(&self, entry: &Outbox, chain: &mut [Tag]) -> Result<(), IngestError> {
+        for step in entry.steps.iter() {
             match step {
                 Step::Writes { tag, by_shard } => {
                     let proposals: Vec<_> = by_shard
                         .iter()
-                        .filter(|(s, _)| self.shards[**s as usize].watermark() < *tag)
-                        .map(|(s, commands)| {
-                            // The applier takes the commands from here
-                            // rather than decoding the entry again.
-                            let local = ProposedCommands {
-                                tag: *tag,
-                                source: Box::new(StepCommands {
-                                    steps: steps.clone(),
-                                    step: index,
-                                    shard: *s,
-                                }),
-                            };
-                            self.propose_with(*s, ShardProposal::encode_parts(*tag, commands), local)
+                        .filter_map(|(&shard, commands)| {
+                            self.propose_step(shard, *tag, commands, None, chain)
                         })
                         .collect();
-                    for r in futures_join(proposals).await? {
-                        r?;
+                    // Every answer is awaited before a failure returns.
+                    let mut first_error = Ok(());
+                    for p in proposals {
+                        first_error = first_error.and(p.await);
                     }
+                    first_error?;
                 }
                 Step::Move { import_tag, remove_tag, from, from_shard, into, into_shard } => {
-                    if self.shards[*into_shard as usize].watermark() < *import_tag {
-                        let image = self.shards[*from_shard as usize].read_state().shard.read_profile(*from);
-                        let commands = match image {
-                            Some(mut image) => {
-                                image.profile = *into;
-                                vec![Command::Import(image)]
-                            }
-                            // Already gone: nothing to carry (the tag
-                            // still advances the watermark).
-                            None => vec![],
-                        };
-                        self.propose(*into_shard, ShardProposal::encode_parts(*import_tag, &commands))
-                            .await?;
+                    let image = if *import_tag > chain[*into_shard as usize] {
+                        self.shards[*from_shard as usize].read_state().shard.read_profile(*from)
+                    } else {
+                        None
+                    };
+                    let import = match image {
+                        Some(mut image) => {
+                            image.profile = *into;
+                            vec![Command::Import(image)]
+                        }
+                        // Already gone: nothing to carry (the tag still
+                        // advances the watermark).
+                        None => vec![],
+                    };
+                    if let Some(p) = self.propose_step(*into_shard, *import_tag, &import, None, chain) {
+                        p.await?;
                     }
-                    if self.shards[*from_shard as usize].watermark() < *remove_tag {
-                        let remove = [Command::Remove { profile: *from }];
-                        self.propose(*from_shard, ShardProposal::encode_parts(*remove_tag, &remove)).await?;
+                    let remove = [Command::Remove { profile: *from }];
+                    if let Some(p) = self.propose_step(*from_shard, *remove_tag, &remove, None, chain) {
+                        p.await?;
                     }
                 }
             }
@@ -281,23 +382,34 @@ impl Stepper {
         Ok(())
     }
 
-    fn propose(
+    /// Proposes one step's commands to `shard`, after the previous step sent
+    /// to it; `None` when the shard already applied the step.
+    fn propose_step(
         &self,
         shard: u32,
-        data: Vec<u8>,
-    ) -> impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static {
-        let fut = self.driver.propose(shard_group(shard), data);
-        async move { fut.await.map(|_| ()).map_err(propose_error) }
-    }
-
-    fn propose_with(
-        &self,
-        shard: u32,
-        data: Vec<u8>,
-        local: ProposedCommands,
-    ) -> impl std::future::Future<Output = Result<(), IngestError>> + Send + 'static {
-        let fut = self.driver.propose_with(shard_group(shard), data, Some(Box::new(local)));
-        async move { fut.await.map(|_| ()).map_err(propose_error) }
+        tag: Tag,
+        commands: &[Command],
+        held: Option<Box<dyn CommandSource>>,
+        chain: &mut [Tag],
+    ) -> Option<Committed> {
+        let after = chain[shard as usize];
+        if tag <= after {
+            return None;
+        }
+        chain[shard as usize] = tag;
+        let data = ShardProposal::encode_parts(after, tag, commands);
+        let local =
+            held.map(|source| Box::new(ProposedCommands { after, tag, source }) as Box<dyn Any + Send>);
+        let answer = self.driver.propose_with(shard_group(shard), data, local);
+        Some(Box::pin(async move {
+            let applied = answer.await.map_err(propose_error)?;
+            match applied.downcast::<ShardApplied>() {
+                Ok(a) if a.gap => Err(IngestError::Unavailable(format!(
+                    "shard {shard} is missing a step before {tag:?} (a proposal was lost); the steps are retried"
+                ))),
+                _ => Ok(()),
+            }
+        }))
     }
 }
 
@@ -316,19 +428,4 @@ impl CommandSource for StepCommands {
             Step::Move { .. } => &[],
         }
     }
-}
-
-/// Awaits futures concurrently (they are already proposed; awaiting only
-/// collects the answers).
-async fn futures_join<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
-    futures: Vec<F>,
-) -> Result<Vec<T>, IngestError> {
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        // A proposal whose task died has no answer: the step is not known
-        // to be committed, so it fails (and is retried) rather than counting.
-        out.push(h.await.map_err(|e| IngestError::Unavailable(format!("a shard proposal failed: {e}")))?);
-    }
-    Ok(out)
 }

@@ -7,6 +7,15 @@
 //! pipeline can re-propose the steps of an ingest that a crash interrupted
 //! without applying anything twice.
 //!
+//! A proposal also names the tag it must follow (`after`: the previous
+//! step the pipeline sent to this shard). The pipeline proposes the steps of
+//! several entries before the first is committed; if one of them never
+//! reached the log (a leader change drops it), a later one must not be
+//! applied past the hole, or the retry of the lost one would be skipped as
+//! a repeat. So a proposal whose `after` is above the watermark is refused
+//! as a *gap*: nothing applied, the watermark unchanged, and the pipeline
+//! retries from the lost step.
+//!
 //! Snapshots are the shard's snapshot files (`shard-NNN.snap` in the
 //! node's data directory), with the Raft applied index and the watermark in
 //! the file's extra section; the log is compacted behind them.
@@ -29,6 +38,9 @@ pub type Tag = (u64, u32);
 /// One Raft entry of a shard group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShardProposal {
+    /// The step the shard must have applied first (the previous step sent
+    /// to it, or its watermark when the pipeline started sending).
+    pub after: Tag,
     /// The pipeline step that produced it.
     pub tag: Tag,
     /// The commands, applied in order.
@@ -39,6 +51,7 @@ pub struct ShardProposal {
 /// copying the commands.
 #[derive(Serialize)]
 struct ShardProposalRef<'a> {
+    after: Tag,
     tag: Tag,
     commands: &'a [Command],
 }
@@ -46,12 +59,12 @@ struct ShardProposalRef<'a> {
 impl ShardProposal {
     /// Encodes the proposal for the log.
     pub fn encode(&self) -> Vec<u8> {
-        Self::encode_parts(self.tag, &self.commands)
+        Self::encode_parts(self.after, self.tag, &self.commands)
     }
 
     /// Encodes a proposal from its parts, without copying the commands.
-    pub fn encode_parts(tag: Tag, commands: &[Command]) -> Vec<u8> {
-        bincode::serde::encode_to_vec(ShardProposalRef { tag, commands }, bincode::config::standard())
+    pub fn encode_parts(after: Tag, tag: Tag, commands: &[Command]) -> Vec<u8> {
+        bincode::serde::encode_to_vec(ShardProposalRef { after, tag, commands }, bincode::config::standard())
             .unwrap_or_default()
     }
 
@@ -74,6 +87,8 @@ pub trait CommandSource: Send {
 
 /// The local side of a shard proposal: its tag and where its commands are.
 pub struct ProposedCommands {
+    /// The tag it follows.
+    pub after: Tag,
     /// The proposal's tag.
     pub tag: Tag,
     /// Its commands.
@@ -87,6 +102,9 @@ pub struct ShardApplied {
     pub outcome: ApplyOutcome,
     /// True when the tag was at or below the watermark: already applied.
     pub skipped: bool,
+    /// True when the watermark was below the proposal's `after`: an
+    /// earlier step is missing, so nothing was applied.
+    pub gap: bool,
 }
 
 /// The state behind the lock: the shard and what the log has put into it.
@@ -196,24 +214,26 @@ impl ShardMachine {
     /// each command whole; nothing of it is acknowledged before all of it
     /// is applied. The snapshot lock is held throughout, so that a snapshot
     /// never holds part of an entry.
-    fn apply_commands(&self, index: u64, proposal: Result<(Tag, &[Command]), &str>) -> ApplyResult {
+    fn apply_commands(&self, index: u64, proposal: Result<(Tag, Tag, &[Command]), &str>) -> ApplyResult {
         let _entry = self.snapshot_lock.lock();
+        let watermark = self.state.read().watermark;
         let (tag, commands) = match proposal {
-            Ok((tag, commands)) if tag > self.state.read().watermark => (tag, commands),
+            Ok((after, tag, commands)) if after <= watermark && watermark < tag => (tag, commands),
             other => {
-                let repeat = match other {
-                    Ok(_) => true,
+                let mut applied = ShardApplied::default();
+                match other {
+                    Ok((_, tag, _)) if tag <= watermark => applied.skipped = true,
+                    Ok(_) => applied.gap = true,
                     Err(e) => {
                         // An entry this build cannot read was written by
                         // another version; it is skipped on every replica alike.
                         eprintln!("warning: shard {} entry {index}: {e}", self.shard_id);
-                        false
                     }
-                };
+                }
                 let mut state = self.state.write();
                 state.applied_index = index;
                 self.applied.store(index, Ordering::Release);
-                return Box::new(ShardApplied { skipped: repeat, ..ShardApplied::default() });
+                return Box::new(applied);
             }
         };
         let mut outcome = ApplyOutcome::default();
@@ -239,7 +259,7 @@ impl ShardMachine {
             // Hand the lock to waiting readers before the next chunk.
             parking_lot::RwLockWriteGuard::unlock_fair(state);
         }
-        Box::new(ShardApplied { outcome, skipped: false })
+        Box::new(ShardApplied { outcome, ..ShardApplied::default() })
     }
 }
 
@@ -249,18 +269,18 @@ impl StateMachine for ShardMachine {
         let decoded = ShardProposal::decode(data);
         self.apply_commands(
             index,
-            decoded.as_ref().map(|p| (p.tag, p.commands.as_slice())).map_err(String::as_str),
+            decoded.as_ref().map(|p| (p.after, p.tag, p.commands.as_slice())).map_err(String::as_str),
         )
     }
 
     fn apply_proposed(&self, index: u64, data: &[u8], local: Box<dyn std::any::Any + Send>) -> ApplyResult {
         let Ok(local) = local.downcast::<ProposedCommands>() else { return self.apply(index, data) };
         debug_assert_eq!(
-            ShardProposal::decode(data).map(|p| (p.tag, p.commands)),
-            Ok((local.tag, local.source.commands().to_vec())),
+            ShardProposal::decode(data).map(|p| (p.after, p.tag, p.commands)),
+            Ok((local.after, local.tag, local.source.commands().to_vec())),
             "a proposer's commands differ from its entry"
         );
-        self.apply_commands(index, Ok((local.tag, local.source.commands())))
+        self.apply_commands(index, Ok((local.after, local.tag, local.source.commands())))
     }
 
     fn idle(&self) {
@@ -304,8 +324,8 @@ mod tests {
     fn borrowed_and_owned_proposals_encode_alike_and_watermarks_skip_repeats() {
         let commands =
             vec![Command::Write(ProfileWrite { profile: 1, time_ms: 5, ..ProfileWrite::default() })];
-        let owned = ShardProposal { tag: (3, 1), commands: commands.clone() };
-        assert_eq!(owned.encode(), ShardProposal::encode_parts((3, 1), &commands));
+        let owned = ShardProposal { after: (0, 0), tag: (3, 1), commands: commands.clone() };
+        assert_eq!(owned.encode(), ShardProposal::encode_parts((0, 0), (3, 1), &commands));
         let dir = tempfile::tempdir().unwrap();
         let m = ShardMachine::open(dir.path(), 0).unwrap();
         let first = m.apply(1, &owned.encode()).downcast::<ShardApplied>().unwrap();
@@ -341,7 +361,7 @@ mod tests {
         let m = ShardMachine::open(dir.path(), 0).unwrap();
         let day = crate::shard::DAY_MS;
         let batch = vec![event(7, 3 * day), event(3, 3 * day + 5), event(9, 70 * day)];
-        m.apply(1, &ShardProposal::encode_parts((1, 1), &batch));
+        m.apply(1, &ShardProposal::encode_parts((0, 0), (1, 1), &batch));
         {
             let state = m.read_state();
             assert!(state.shard.has_staged(), "a small entry's event rows stay staged");
@@ -359,7 +379,7 @@ mod tests {
             assert_eq!(state.shard.events["buy"].who_in_window(0, 4 * day).len(), 2);
         }
         // A snapshot flushes and holds them.
-        m.apply(2, &ShardProposal::encode_parts((1, 2), &[event(11, 4 * day)]));
+        m.apply(2, &ShardProposal::encode_parts((1, 1), (1, 2), &[event(11, 4 * day)]));
         assert!(m.read_state().shard.has_staged());
         m.snapshot_now().unwrap();
         assert!(!m.read_state().shard.has_staged());
@@ -389,12 +409,12 @@ mod tests {
                 })
             })
             .collect();
-        let data = ShardProposal::encode_parts((4, 0), &batch);
+        let data = ShardProposal::encode_parts((0, 0), (4, 0), &batch);
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let from_log = ShardMachine::open(a.path(), 0).unwrap();
         let proposed = ShardMachine::open(b.path(), 0).unwrap();
         from_log.apply(1, &data);
-        let local = ProposedCommands { tag: (4, 0), source: Box::new(Held(batch.clone())) };
+        let local = ProposedCommands { after: (0, 0), tag: (4, 0), source: Box::new(Held(batch.clone())) };
         let r = proposed.apply_proposed(1, &data, Box::new(local)).downcast::<ShardApplied>().unwrap();
         assert_eq!((r.skipped, r.outcome.applied), (false, 50));
         from_log.snapshot_now().unwrap();
@@ -404,7 +424,7 @@ mod tests {
             std::fs::read(b.path().join("shard-000.snap")).unwrap()
         );
         // The tag is checked against the watermark either way.
-        let again = ProposedCommands { tag: (4, 0), source: Box::new(Held(batch)) };
+        let again = ProposedCommands { after: (0, 0), tag: (4, 0), source: Box::new(Held(batch)) };
         let r = proposed.apply_proposed(2, &data, Box::new(again)).downcast::<ShardApplied>().unwrap();
         assert!(r.skipped);
     }
@@ -423,18 +443,52 @@ mod tests {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let m = ShardMachine::open(dir.path(), 0).unwrap();
-        let r = m.apply(7, &ShardProposal::encode_parts((2, 0), &batch)).downcast::<ShardApplied>().unwrap();
+        let r = m
+            .apply(7, &ShardProposal::encode_parts((0, 0), (2, 0), &batch))
+            .downcast::<ShardApplied>()
+            .unwrap();
         assert_eq!(r.outcome.applied, n - 2);
         let at: Vec<usize> = r.outcome.rejections.iter().map(|r| r.index).collect();
         assert_eq!(at, vec![10, 300]);
         assert_eq!((m.watermark(), m.applied_index()), ((2, 0), 7));
         assert_eq!(m.read_state().shard.len() as usize, n - 2);
         // An empty entry still moves the watermark; a repeat is skipped.
-        m.apply(8, &ShardProposal::encode_parts((2, 1), &[]));
+        m.apply(8, &ShardProposal::encode_parts((2, 0), (2, 1), &[]));
         assert_eq!((m.watermark(), m.applied_index()), ((2, 1), 8));
-        let again =
-            m.apply(9, &ShardProposal::encode_parts((2, 0), &batch)).downcast::<ShardApplied>().unwrap();
+        let again = m
+            .apply(9, &ShardProposal::encode_parts((0, 0), (2, 0), &batch))
+            .downcast::<ShardApplied>()
+            .unwrap();
         assert!(again.skipped);
         assert_eq!((m.watermark(), m.applied_index()), ((2, 1), 9));
+    }
+
+    #[test]
+    fn a_proposal_after_a_missing_step_is_refused_as_a_gap_and_applies_nothing() {
+        let write =
+            |profile: u64| Command::Write(ProfileWrite { profile, time_ms: 5, ..ProfileWrite::default() });
+        let dir = tempfile::tempdir().unwrap();
+        let m = ShardMachine::open(dir.path(), 0).unwrap();
+        m.apply(1, &ShardProposal::encode_parts((0, 0), (1, 0), &[write(1)]));
+        // Step (2, 0) never reached the log; (3, 0) follows it.
+        let r = m.apply(2, &ShardProposal::encode_parts((2, 0), (3, 0), &[write(3)]));
+        let r = r.downcast::<ShardApplied>().unwrap();
+        assert!(r.gap && !r.skipped);
+        assert_eq!(r.outcome.applied, 0);
+        assert_eq!((m.watermark(), m.applied_index()), ((1, 0), 2));
+        assert_eq!(m.read_state().shard.len(), 1);
+        // The retry, in order, applies both.
+        m.apply(3, &ShardProposal::encode_parts((1, 0), (2, 0), &[write(2)]));
+        let r = m.apply(4, &ShardProposal::encode_parts((2, 0), (3, 0), &[write(3)]));
+        assert!(!r.downcast::<ShardApplied>().unwrap().gap);
+        assert_eq!((m.watermark(), m.read_state().shard.len()), ((3, 0), 3));
+        // Following an older step than the watermark is no gap (a step was
+        // applied that the proposer did not chain to); a repeat is skipped.
+        let r = m.apply(5, &ShardProposal::encode_parts((1, 0), (4, 0), &[write(4)]));
+        let r = r.downcast::<ShardApplied>().unwrap();
+        assert!(!r.gap && !r.skipped);
+        let r = m.apply(6, &ShardProposal::encode_parts((9, 0), (4, 0), &[write(4)]));
+        assert!(r.downcast::<ShardApplied>().unwrap().skipped);
+        assert_eq!((m.watermark(), m.read_state().shard.len()), ((4, 0), 4));
     }
 }
