@@ -40,7 +40,7 @@ use crate::cluster::catalog::{
     ParsedMessage, Step,
 };
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
-use crate::replication::driver::{Driver, ProposeError};
+use crate::replication::driver::{ApplyResult, Driver, ProposeError};
 use crate::replication::shard_machine::{
     CommandSource, ProposedCommands, ShardApplied, ShardMachine, ShardProposal, Tag,
 };
@@ -89,7 +89,7 @@ impl Pipeline {
             board: Mutex::new(Board::default()),
             slots: Arc::new(Semaphore::new(IN_FLIGHT_ENTRIES)),
         });
-        let stepper = Stepper { driver: driver.clone(), catalog: catalog.clone(), shards, ready, board };
+        let stepper = Stepper { log: driver.clone(), catalog: catalog.clone(), shards, ready, board };
         // Recovery: steps the replay regenerated.
         stepper.drain().await?;
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
@@ -242,8 +242,30 @@ impl ReplyBoard {
 /// The committed answers of one entry's shard proposals.
 type Committed = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send>>;
 
+/// Where the stepper's shard proposals go: the driver. (A test wraps it to
+/// lose proposals on the way.)
+trait ShardLog: Send + Sync {
+    fn propose(
+        &self,
+        group: u64,
+        data: Vec<u8>,
+        local: Option<Box<dyn Any + Send>>,
+    ) -> Pin<Box<dyn Future<Output = Result<ApplyResult, ProposeError>> + Send>>;
+}
+
+impl ShardLog for Driver {
+    fn propose(
+        &self,
+        group: u64,
+        data: Vec<u8>,
+        local: Option<Box<dyn Any + Send>>,
+    ) -> Pin<Box<dyn Future<Output = Result<ApplyResult, ProposeError>> + Send>> {
+        Box::pin(self.propose_with(group, data, local))
+    }
+}
+
 struct Stepper {
-    driver: Arc<Driver>,
+    log: Arc<dyn ShardLog>,
     catalog: Arc<CatalogMachine>,
     shards: Arc<Vec<Arc<ShardMachine>>>,
     /// Signalled when the outbox gains an entry.
@@ -328,12 +350,7 @@ impl Stepper {
                 }
             }
         }
-        Box::pin(async move {
-            for p in proposals {
-                p.await?;
-            }
-            Ok(())
-        })
+        Box::pin(await_all(proposals))
     }
 
     /// Drives an entry with a merge step by step.
@@ -347,12 +364,7 @@ impl Stepper {
                             self.propose_step(shard, *tag, commands, None, chain)
                         })
                         .collect();
-                    // Every answer is awaited before a failure returns.
-                    let mut first_error = Ok(());
-                    for p in proposals {
-                        first_error = first_error.and(p.await);
-                    }
-                    first_error?;
+                    await_all(proposals).await?;
                 }
                 Step::Move { import_tag, remove_tag, from, from_shard, into, into_shard } => {
                     let image = if *import_tag > chain[*into_shard as usize] {
@@ -400,7 +412,7 @@ impl Stepper {
         let data = ShardProposal::encode_parts(after, tag, commands);
         let local =
             held.map(|source| Box::new(ProposedCommands { after, tag, source }) as Box<dyn Any + Send>);
-        let answer = self.driver.propose_with(shard_group(shard), data, local);
+        let answer = self.log.propose(shard_group(shard), data, local);
         Some(Box::pin(async move {
             let applied = answer.await.map_err(propose_error)?;
             match applied.downcast::<ShardApplied>() {
@@ -411,6 +423,17 @@ impl Stepper {
             }
         }))
     }
+}
+
+/// Awaits every answer, then returns the first failure: nothing is left in
+/// flight when a failure is reported, so a retry starts from what the
+/// shards hold.
+async fn await_all(proposals: Vec<Committed>) -> Result<(), IngestError> {
+    let mut first = Ok(());
+    for p in proposals {
+        first = first.and(p.await);
+    }
+    first
 }
 
 /// The commands of one shard in one step of an outbox entry, shared with
@@ -427,5 +450,129 @@ impl CommandSource for StepCommands {
             Step::Writes { by_shard, .. } => by_shard.get(&self.shard).map_or(&[], Vec::as_slice),
             Step::Move { .. } => &[],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::Source;
+    use crate::replication::driver::{DriverConfig, GroupSpec, NoPeers};
+    use crate::replication::storage::LogStore;
+
+    /// The driver, except that the next proposal to group `lose` never
+    /// reaches the log (as a leader change may drop it).
+    struct Losing {
+        driver: Arc<Driver>,
+        lose: Mutex<Option<u64>>,
+    }
+
+    impl ShardLog for Losing {
+        fn propose(
+            &self,
+            group: u64,
+            data: Vec<u8>,
+            local: Option<Box<dyn Any + Send>>,
+        ) -> Pin<Box<dyn Future<Output = Result<ApplyResult, ProposeError>> + Send>> {
+            if self.lose.lock().take_if(|g| *g == group).is_some() {
+                let lost = ProposeError::NotLeader { group, name: "lost on the way".into(), leader: 0 };
+                return Box::pin(async move { Err(lost) });
+            }
+            ShardLog::propose(&*self.driver, group, data, local)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_shard_proposal_is_retried_and_nothing_is_applied_twice_or_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(&dir.path().join("raft")).unwrap());
+        let catalog = Arc::new(CatalogMachine::open(dir.path(), 2, 24).unwrap());
+        let shards: Arc<Vec<Arc<ShardMachine>>> =
+            Arc::new((0..2).map(|s| Arc::new(ShardMachine::open(dir.path(), s).unwrap())).collect());
+        let mut groups =
+            vec![GroupSpec { id: CATALOG_GROUP, name: "catalog".into(), machine: catalog.clone() }];
+        for (s, m) in shards.iter().enumerate() {
+            groups.push(GroupSpec {
+                id: shard_group(s as u32),
+                name: format!("shard {s}"),
+                machine: m.clone(),
+            });
+        }
+        let driver = tokio::task::spawn_blocking(move || {
+            Driver::start(store, groups, Arc::new(NoPeers), DriverConfig::default())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let driver = Arc::new(driver);
+
+        // Two catalog entries, both in the outbox before the stepper runs:
+        // 40 identifies, then an event for each of the same users.
+        let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+        let identify = users
+            .iter()
+            .map(|u| format!(r#"{{"type":"identify","userId":"{u}","traits":{{"plan":"pro"}}}}"#))
+            .collect();
+        let track =
+            users.iter().map(|u| format!(r#"{{"type":"track","userId":"{u}","event":"buy"}}"#)).collect();
+        for messages in [identify, track] {
+            let job = IngestJob { messages, received_ms: 1_800_000_000_000, source: Source::Grpc };
+            let data = CatalogCommand::Ingest(vec![job]).encode();
+            // The single voter may not have won its election yet.
+            let mut tries = 0;
+            while let Err(e) = driver.propose(CATALOG_GROUP, data.clone()).await {
+                tries += 1;
+                assert!(tries < 250, "the catalog group has no leader: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(catalog.outbox.lock().len(), 2);
+        let on_shard = |s: usize| {
+            let state = shards[s].read_state();
+            (state.shard.len(), state.shard.events.values().map(|t| t.total).sum::<u64>(), state.watermark)
+        };
+
+        let stepper = Stepper {
+            log: Arc::new(Losing { driver: driver.clone(), lose: Mutex::new(Some(shard_group(0))) }),
+            catalog: catalog.clone(),
+            shards: shards.clone(),
+            ready: catalog.outbox_ready.clone(),
+            board: Arc::new(ReplyBoard {
+                board: Mutex::new(Board::default()),
+                slots: Arc::new(Semaphore::new(IN_FLIGHT_ENTRIES)),
+            }),
+        };
+        // Both entries' writes go out at once. Shard 0 loses the first
+        // entry's and refuses the second's as a gap; shard 1 applies both.
+        let e = stepper.drain().await.unwrap_err();
+        assert!(e.to_string().contains("lost on the way"), "{e}");
+        assert_eq!(catalog.outbox.lock().len(), 2, "no entry is done");
+        let (profiles_0, events_0, watermark_0) = on_shard(0);
+        assert_eq!((profiles_0, events_0, watermark_0), (0, 0, (0, 0)), "shard 0 applied past the lost step");
+        let (profiles_1, events_1, _) = on_shard(1);
+        assert!(profiles_1 > 0 && profiles_1 < 40, "the users are spread over both shards");
+        assert_eq!(events_1, profiles_1);
+
+        // The retry drives both entries again: shard 0 gets both, shard 1
+        // skips what it has.
+        stepper.drain().await.unwrap();
+        assert!(catalog.outbox.lock().is_empty());
+        let (profiles_0, events_0, watermark_0) = on_shard(0);
+        assert_eq!(on_shard(1), (profiles_1, events_1, watermark_0), "shard 1 applied something twice");
+        assert_eq!(profiles_0 + profiles_1, 40);
+        assert_eq!(events_0 + events_1, 40, "each event once");
+        // Every profile has its trait (the first entry) and its one event
+        // (the second).
+        for profile in 1..=40 {
+            let image = (0..2)
+                .find_map(|s| shards[s].read_state().shard.read_profile(profile))
+                .unwrap_or_else(|| panic!("profile {profile} is on no shard"));
+            assert!(
+                image.traits.iter().any(|(name, value, _)| name == "plan" && value.is_some()),
+                "{image:?}"
+            );
+            assert_eq!(image.events.len(), 1, "{image:?}");
+        }
+        driver.stop();
     }
 }
