@@ -20,7 +20,7 @@ use crate::ingest::pipeline::Pipeline;
 use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
 use crate::query::Planner;
 use crate::replication::driver::{
-    Driver, DriverConfig, GroupSpec, NoPeers, ProposeError, SnapshotPolicy, StateMachine,
+    Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, ProposeError, SnapshotPolicy, StateMachine,
 };
 use crate::replication::shard_machine::ShardMachine;
 use crate::replication::storage::LogStore;
@@ -225,10 +225,14 @@ impl Node {
         self.admin(CatalogCommand::DeleteSegment(name)).await
     }
 
-    /// Stops the Raft loop (pending proposals fail with "shutting down")
-    /// and closes the log. Nothing acknowledged is lost: it is in the log.
-    pub fn shutdown(&self) {
-        self.driver.stop();
+    /// Stops the Raft loop (pending proposals fail with "shutting down"),
+    /// snapshots every group whose log tail would be slower to replay than
+    /// its snapshot is to write (so that the next start loads snapshots
+    /// rather than replaying a long tail) and closes the log. Nothing
+    /// acknowledged is lost: it is in the log, and a failed snapshot leaves
+    /// the log as it was.
+    pub fn shutdown(&self) -> Checkpoint {
+        self.driver.stop_with_snapshots()
     }
 }
 

@@ -106,6 +106,16 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
         let _ = http.await;
     })
     .await;
-    node.shutdown();
+    let started = std::time::Instant::now();
+    let checkpoint = node.shutdown();
+    for failed in &checkpoint.failed {
+        eprintln!("warning: {failed}; the log still holds it, and the next start replays it");
+    }
+    eprintln!(
+        "cohort: stopped ({} groups snapshotted in {:.2} s, {} with a short log tail left to replay)",
+        checkpoint.written,
+        started.elapsed().as_secs_f64(),
+        checkpoint.left_to_replay
+    );
     Ok(())
 }
