@@ -245,21 +245,14 @@ type Committed = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send>>;
 /// Where the stepper's shard proposals go: the driver. (A test wraps it to
 /// lose proposals on the way.)
 trait ShardLog: Send + Sync {
-    fn propose(
-        &self,
-        group: u64,
-        data: Vec<u8>,
-        local: Option<Box<dyn Any + Send>>,
-    ) -> Pin<Box<dyn Future<Output = Result<ApplyResult, ProposeError>> + Send>>;
+    fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer;
 }
 
+/// The answer to one proposal: what applying it returned.
+type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ProposeError>> + Send>>;
+
 impl ShardLog for Driver {
-    fn propose(
-        &self,
-        group: u64,
-        data: Vec<u8>,
-        local: Option<Box<dyn Any + Send>>,
-    ) -> Pin<Box<dyn Future<Output = Result<ApplyResult, ProposeError>> + Send>> {
+    fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer {
         Box::pin(self.propose_with(group, data, local))
     }
 }
@@ -468,12 +461,7 @@ mod tests {
     }
 
     impl ShardLog for Losing {
-        fn propose(
-            &self,
-            group: u64,
-            data: Vec<u8>,
-            local: Option<Box<dyn Any + Send>>,
-        ) -> Pin<Box<dyn Future<Output = Result<ApplyResult, ProposeError>> + Send>> {
+        fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer {
             if self.lose.lock().take_if(|g| *g == group).is_some() {
                 let lost = ProposeError::NotLeader { group, name: "lost on the way".into(), leader: 0 };
                 return Box::pin(async move { Err(lost) });
