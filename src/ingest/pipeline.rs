@@ -324,7 +324,14 @@ impl Stepper {
     /// Entry `index`, the outbox's front, is committed.
     fn finish(&self, index: u64) {
         let popped = self.catalog.outbox.lock().pop_front();
-        debug_assert_eq!(popped.map(|o| o.index), Some(index), "the stepper finished an entry out of order");
+        debug_assert_eq!(
+            popped.as_ref().map(|o| o.index),
+            Some(index),
+            "the stepper finished an entry out of order"
+        );
+        if let Some(done) = popped {
+            self.catalog.retire(done.steps);
+        }
         self.board.done(index);
     }
 
