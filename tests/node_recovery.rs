@@ -132,3 +132,83 @@ async fn ingest_count_restart_and_count_again() {
         }
     }
 }
+
+/// Cross-shard merges interleaved with writes to both sides of each merge,
+/// from concurrent callers: the pipeline proposes several entries' writes
+/// at once but holds a merge until every earlier write is committed, so no
+/// event lands on a profile after its image was copied away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_interleaved_with_concurrent_writes_lose_no_event_and_apply_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(NodeConfig {
+        data_dir: dir.path().to_path_buf(),
+        shards: 8,
+        query_threads: 2,
+        ..NodeConfig::default()
+    })
+    .await
+    .unwrap();
+    let n = 2_000u32;
+    let setup: Vec<String> = (0..n)
+        .flat_map(|k| {
+            [
+                format!(r#"{{"type":"identify","userId":"u{k}","timestamp":"2026-10-01T00:00:00Z","traits":{{"k":{k}}}}}"#),
+                format!(r#"{{"type":"track","anonymousId":"a{k}","event":"browse","timestamp":"2026-10-01T00:00:00Z"}}"#),
+            ]
+        })
+        .collect();
+    node.ingest_text(setup, 1, Source::Grpc).await.unwrap();
+    assert_eq!(node.planner.count(&[], 0, None).unwrap().1, 2 * n as u64);
+
+    // Three callers at once, each in batches of 50: the aliases that merge
+    // a{k} into u{k}, events on a{k}, events on u{k}.
+    let batches = |make: fn(u32) -> String| -> Vec<Vec<String>> {
+        (0..n).collect::<Vec<_>>().chunks(50).map(|ks| ks.iter().map(|&k| make(k)).collect()).collect()
+    };
+    let streams = [
+        batches(|k| format!(r#"{{"type":"alias","userId":"u{k}","previousId":"a{k}"}}"#)),
+        batches(|k| {
+            format!(
+                r#"{{"type":"track","anonymousId":"a{k}","event":"click","timestamp":"2026-10-02T00:00:00Z"}}"#
+            )
+        }),
+        batches(|k| {
+            format!(r#"{{"type":"track","userId":"u{k}","event":"view","timestamp":"2026-10-03T00:00:00Z"}}"#)
+        }),
+    ];
+    let callers: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                for batch in stream {
+                    let r = node.ingest_text(batch, 1, Source::Grpc).await.unwrap();
+                    assert_eq!((r.applied, r.rejections.len()), (50, 0));
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+
+    let exprs: Vec<String> = [
+        r#"DID "browse""#,
+        r#"DID "click""#,
+        r#"DID "view""#,
+        r#"user_id EXISTS AND anonymous_id EXISTS AND DID "browse" AND DID "click" AND DID "view""#,
+    ]
+    .iter()
+    .map(|e| e.to_string())
+    .collect();
+    let (counts, universe) = node.planner.count(&exprs, 0, None).unwrap();
+    assert_eq!(universe, n as u64, "every pair merged");
+    assert_eq!(counts, vec![n as u64; 4], "every merged profile has all three events");
+    let events: u64 =
+        node.shards.iter().map(|s| s.read_state().shard.events.values().map(|t| t.total).sum::<u64>()).sum();
+    assert_eq!(events, 3 * n as u64, "no event applied twice");
+    for s in node.shards.iter() {
+        s.read_state().shard.validate().unwrap();
+    }
+    node.shutdown();
+}
