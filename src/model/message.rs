@@ -352,15 +352,20 @@ impl<'de> ObjectReader<'de> for ContextReader {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
         }
-        let mut out = Map::new();
-        if let Some(t) = traits {
-            out.insert("traits".to_string(), t);
-        }
-        Ok(Json::Object(out))
+        Ok(context_with(traits))
     }
     fn other(self, value: Json) -> Json {
         value
     }
+}
+
+/// A `context` object as Cohort keeps it: its `traits` member only.
+fn context_with(traits: Option<Json>) -> Json {
+    let mut out = Map::new();
+    if let Some(t) = traits {
+        out.insert("traits".to_string(), t);
+    }
+    Json::Object(out)
 }
 
 /// Reads a whole message text: an object becomes its [`Fields`]; anything
@@ -400,13 +405,7 @@ impl Fields {
             let key = Key::of(key);
             if let Key::Context = key {
                 fields.context = Some(match value {
-                    Json::Object(ctx) => {
-                        let mut out = Map::new();
-                        if let Some(t) = ctx.get("traits") {
-                            out.insert("traits".to_string(), t.clone());
-                        }
-                        Json::Object(out)
-                    }
+                    Json::Object(ctx) => context_with(ctx.get("traits").cloned()),
                     other => other.clone(),
                 });
             } else if let Some(slot) = key.slot(&mut fields) {

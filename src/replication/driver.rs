@@ -470,23 +470,24 @@ impl Driver {
     /// Stops the loop and waits for it: pending proposals fail, the log is
     /// closed (every acknowledged write is already in it).
     pub fn stop(&self) {
-        let _ = self.tx.send(Input::Stop(None));
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
-        }
+        self.stop_loop(None);
     }
 
-    /// Stops like [`stop`](Driver::stop), but first snapshots every group
-    /// that applied entries since its last snapshot and compacts its log, so
-    /// that the next start loads snapshots instead of replaying the log.
+    /// Stops like [`stop`](Driver::stop), but first snapshots (and compacts
+    /// the log of) every group whose log tail would take longer to replay
+    /// than its snapshot takes to write ([`worth_snapshot_at_stop`]).
     pub fn stop_with_snapshots(&self) -> Checkpoint {
         let (tx, rx) = std::sync::mpsc::channel();
-        let _ = self.tx.send(Input::Stop(Some(tx)));
-        let checkpoint = rx.recv().unwrap_or_default();
+        self.stop_loop(Some(tx));
+        // Sent before the loop returns; nothing when it had already stopped.
+        rx.try_recv().unwrap_or_default()
+    }
+
+    fn stop_loop(&self, checkpoint: Option<std::sync::mpsc::Sender<Checkpoint>>) {
+        let _ = self.tx.send(Input::Stop(checkpoint));
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
-        checkpoint
     }
 }
 
@@ -684,9 +685,8 @@ impl Loop {
     }
 
     /// Stops every applier once it has applied what it was handed (their
-    /// proposers are answered), and waits for them.
-    /// Stops every applier once it has applied what it was handed; returns
-    /// each group's log tail beyond its last snapshot.
+    /// proposers are answered) and waits for them; returns each group's log
+    /// tail beyond its last snapshot.
     fn stop_appliers(&mut self) -> HashMap<u64, Since> {
         for g in &mut self.groups {
             g.applier = None;

@@ -219,21 +219,15 @@ impl ShardMachine {
         let watermark = self.state.read().watermark;
         let (tag, commands) = match proposal {
             Ok((after, tag, commands)) if after <= watermark && watermark < tag => (tag, commands),
-            other => {
-                let mut applied = ShardApplied::default();
-                match other {
-                    Ok((_, tag, _)) if tag <= watermark => applied.skipped = true,
-                    Ok(_) => applied.gap = true,
-                    Err(e) => {
-                        // An entry this build cannot read was written by
-                        // another version; it is skipped on every replica alike.
-                        eprintln!("warning: shard {} entry {index}: {e}", self.shard_id);
-                    }
-                }
-                let mut state = self.state.write();
-                state.applied_index = index;
-                self.applied.store(index, Ordering::Release);
-                return Box::new(applied);
+            Ok((_, tag, _)) if tag <= watermark => {
+                return self.pass_over(index, ShardApplied { skipped: true, ..ShardApplied::default() })
+            }
+            Ok(_) => return self.pass_over(index, ShardApplied { gap: true, ..ShardApplied::default() }),
+            Err(e) => {
+                // An entry this build cannot read was written by another
+                // version; it is skipped on every replica alike.
+                eprintln!("warning: shard {} entry {index}: {e}", self.shard_id);
+                return self.pass_over(index, ShardApplied::default());
             }
         };
         let mut outcome = ApplyOutcome::default();
@@ -260,6 +254,13 @@ impl ShardMachine {
             parking_lot::RwLockWriteGuard::unlock_fair(state);
         }
         Box::new(ShardApplied { outcome, ..ShardApplied::default() })
+    }
+
+    /// Consumes entry `index` without applying its commands.
+    fn pass_over(&self, index: u64, applied: ShardApplied) -> ApplyResult {
+        self.state.write().applied_index = index;
+        self.applied.store(index, Ordering::Release);
+        Box::new(applied)
     }
 }
 
