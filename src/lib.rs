@@ -29,7 +29,8 @@
 //! - [`ingest`]: what doors hand over, and the pipeline from a batch to
 //!   durable shard state.
 //! - [`query`]: the planner: compile once, fan out to shards, merge.
-//! - [`node`]: a node assembled from the layers above.
+//! - [`node`]: a node assembled from the layers above; [`datadir`]: its
+//!   data directory's layout and the checks that it is whole.
 //! - [`proto`]: generated `cohort.v1` code (used by `server` and `cli` only).
 //! - [`server`]: the gRPC and HTTP doors, `serve` and `demo`.
 //! - [`cli`]: the operator's command line.
@@ -38,6 +39,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod datadir;
 pub mod demo;
 pub mod identity;
 pub mod ingest;

@@ -16,12 +16,14 @@ use serde_json::Value as Json;
 
 use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogMachine, CatalogResult};
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
+use crate::datadir::{self, DataDirMeta};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
 use crate::query::Planner;
 use crate::replication::driver::{
     Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, ProposeError, SnapshotPolicy, StateMachine,
 };
+use crate::replication::manifest::{Manifest, ManifestState};
 use crate::replication::shard_machine::ShardMachine;
 use crate::replication::storage::LogStore;
 
@@ -76,13 +78,6 @@ impl Default for NodeConfig {
     }
 }
 
-/// What a data directory was created with.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct DataDirMeta {
-    node_id: u64,
-    shards: u32,
-}
-
 /// A running node.
 pub struct Node {
     /// Its settings.
@@ -95,6 +90,8 @@ pub struct Node {
     pub shards: Arc<Vec<Arc<ShardMachine>>>,
     /// The planner.
     pub planner: Planner,
+    /// The data directory's manifest.
+    pub manifest: Arc<Manifest>,
     pipeline: Pipeline,
     /// When it started.
     pub started: Instant,
@@ -117,15 +114,13 @@ impl Node {
         }
         let dir = &config.data_dir;
         let snapshots = dir.join("snapshots");
-        std::fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
-        let meta_path = dir.join("cohort-node.json");
-        let meta = DataDirMeta { node_id: config.node_id, shards: config.shards };
-        if meta_path.exists() {
-            let text =
-                std::fs::read_to_string(&meta_path).map_err(|e| format!("{}: {e}", meta_path.display()))?;
-            let found: DataDirMeta =
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
-            if found != meta {
+        let checked = datadir::check_files(dir).map_err(|p| datadir::describe(&p))?;
+        for torn in &checked.log.torn {
+            eprintln!("warning: {torn}: a torn last record (a crash in the middle of a write); it is cut");
+        }
+        let meta = DataDirMeta { node_id: config.node_id, shards: config.shards, manifest: true };
+        match &checked.meta {
+            Some(found) if (found.node_id, found.shards) != (meta.node_id, meta.shards) => {
                 return Err(format!(
                     "{} was created for node {} with {} shards; the configuration says node {} with {} shards",
                     dir.display(),
@@ -135,12 +130,39 @@ impl Node {
                     meta.shards
                 ));
             }
-        } else {
-            let text = serde_json::to_string_pretty(&meta).unwrap_or_default();
-            std::fs::write(&meta_path, text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+            Some(found) if !found.manifest => {
+                eprintln!(
+                    "warning: {} was written by an older build that kept no manifest; its files are taken as they are and a manifest is written now",
+                    dir.display()
+                );
+            }
+            _ => {}
         }
+        std::fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
         let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
         let (catalog, shards) = load_snapshots(&snapshots, config.shards, config.dedup_window_hours)?;
+        let records = {
+            let mut loaded =
+                vec![datadir::LoadedGroup { id: CATALOG_GROUP, name: "catalog".into(), machine: &*catalog }];
+            for (s, m) in shards.iter().enumerate() {
+                loaded.push(datadir::LoadedGroup {
+                    id: shard_group(s as u32),
+                    name: format!("shard {s}"),
+                    machine: &**m,
+                });
+            }
+            datadir::check_groups(checked.manifest.as_ref(), &store, &loaded)
+                .map_err(|p| datadir::describe(&p))?
+        };
+        // The directory is whole: record what it holds, then mark it as
+        // one that keeps a manifest.
+        let manifest = Arc::new(
+            Manifest::create(dir, ManifestState { groups: records, ..ManifestState::default() })
+                .map_err(|e| e.to_string())?,
+        );
+        if checked.meta.as_ref().is_none_or(|m| !m.manifest) {
+            datadir::write_meta(dir, &meta)?;
+        }
         let loaded_secs = started.elapsed().as_secs_f64();
         let mut groups = vec![GroupSpec {
             id: CATALOG_GROUP,
@@ -158,6 +180,7 @@ impl Node {
             node_id: config.node_id,
             voters: vec![config.node_id],
             snapshot: SnapshotPolicy { entries: config.snapshot_entries, bytes: config.snapshot_log_bytes },
+            manifest: Some(manifest.clone()),
             ..Default::default()
         };
         let driver = tokio::task::spawn_blocking(move || {
@@ -170,7 +193,10 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?;
         let planner = Planner::new(catalog.clone(), shards.clone(), config.query_threads);
+        manifest.flush().map_err(|e| e.to_string())?;
+        start_manifest_flusher(&manifest);
         Ok(Arc::new(Node {
+            manifest,
             config,
             driver,
             catalog,
@@ -232,7 +258,32 @@ impl Node {
     /// acknowledged is lost: it is in the log, and a failed snapshot leaves
     /// the log as it was.
     pub fn shutdown(&self) -> Checkpoint {
-        self.driver.stop_with_snapshots()
+        let mut checkpoint = self.driver.stop_with_snapshots();
+        if let Err(e) = self.manifest.flush() {
+            checkpoint.failed.push(format!("writing the manifest: {e}"));
+        }
+        checkpoint
+    }
+}
+
+/// How often the applied indexes are written to the manifest.
+const MANIFEST_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the manifest's applied indexes once a second, on a thread of its
+/// own (an fsync), until the manifest is dropped.
+fn start_manifest_flusher(manifest: &Arc<Manifest>) {
+    let weak = Arc::downgrade(manifest);
+    let spawned = std::thread::Builder::new().name("manifest".into()).spawn(move || loop {
+        std::thread::sleep(MANIFEST_FLUSH_INTERVAL);
+        let Some(manifest) = weak.upgrade() else { return };
+        if let Err(e) = manifest.flush() {
+            eprintln!("warning: {e}; retrying in a second");
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!(
+            "warning: cannot start the manifest writer ({e}); applied indexes are recorded at snapshots only"
+        );
     }
 }
 
@@ -310,6 +361,59 @@ fn load_snapshots(
     })
 }
 
+/// Checks the data directory `dir` of a stopped node as `Node::open` would
+/// (`cohort check-data`), without starting it and without writing: the meta
+/// file, the manifest, every log file, every snapshot and every group's log
+/// range. Returns a report, or every problem found.
+pub fn check_data_dir(dir: &Path) -> Result<String, String> {
+    let checked = datadir::check_files(dir).map_err(|p| datadir::describe(&p))?;
+    if checked.fresh {
+        return Ok(format!("{} is a new, empty data directory: a node starts on it empty", dir.display()));
+    }
+    let meta =
+        checked.meta.as_ref().ok_or_else(|| format!("{}: no {}", dir.display(), datadir::META_FILE))?;
+    let mut report = format!(
+        "{}: node {}, {} shards; {} log files ({} bytes of records verified)",
+        dir.display(),
+        meta.node_id,
+        meta.shards,
+        checked.log.files,
+        checked.log.bytes
+    );
+    if !checked.log.torn.is_empty() {
+        for torn in &checked.log.torn {
+            report
+                .push_str(&format!("\nwarning: {torn}: a torn last record; the node cuts it when it starts"));
+        }
+        report.push_str(
+            "\nthe snapshots and each group's log range are checked once the torn record is cut, when the node starts",
+        );
+        return Ok(report);
+    }
+    // Opening the log takes its lock: a running node makes this fail.
+    let store = LogStore::open(&dir.join("raft"))
+        .map_err(|e| format!("{}: is a node running on it? {e}", dir.join("raft").display()))?;
+    let (catalog, shards) =
+        load_snapshots(&dir.join("snapshots"), meta.shards, NodeConfig::default().dedup_window_hours)?;
+    let mut loaded =
+        vec![datadir::LoadedGroup { id: CATALOG_GROUP, name: "catalog".into(), machine: &*catalog }];
+    for (s, m) in shards.iter().enumerate() {
+        loaded.push(datadir::LoadedGroup {
+            id: shard_group(s as u32),
+            name: format!("shard {s}"),
+            machine: &**m,
+        });
+    }
+    datadir::check_groups(checked.manifest.as_ref(), &store, &loaded).map_err(|p| datadir::describe(&p))?;
+    if !meta.manifest {
+        report.push_str(
+            "\nwarning: no manifest (written by an older build): the node writes one when it starts",
+        );
+    }
+    report.push_str(&format!("\nthe catalog and {} shard snapshots are whole, and every group's log reaches its recorded index: no problem found", shards.len()));
+    Ok(report)
+}
+
 /// Rewrites every snapshot of the data directory `dir` in this build's
 /// formats (`cohort upgrade`), for a node that is not running: each is
 /// loaded (older formats are read) and written again at the same applied
@@ -332,14 +436,19 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
     // Only files that exist are rewritten: writing one for a group that
     // never snapshotted would fix settings the node takes from its
     // configuration until then (the catalog's deduplication window).
-    let mut machines: Vec<Arc<dyn StateMachine>> = Vec::new();
+    let mut machines: Vec<(u64, Arc<dyn StateMachine>)> = Vec::new();
     if catalog.snapshot_file().exists() {
-        machines.push(catalog.clone());
+        machines.push((CATALOG_GROUP, catalog.clone()));
     }
     let catalog_rewritten = !machines.is_empty();
     machines.extend(
-        shards.iter().filter(|m| m.snapshot_file().exists()).map(|m| m.clone() as Arc<dyn StateMachine>),
+        shards
+            .iter()
+            .filter(|m| m.snapshot_file().exists())
+            .map(|m| (shard_group(m.shard_id), m.clone() as Arc<dyn StateMachine>)),
     );
+    let manifest = Manifest::create(dir, Manifest::read(dir).map_err(|e| e.to_string())?.unwrap_or_default())
+        .map_err(|e| e.to_string())?;
     let shards_rewritten = machines.len() - usize::from(catalog_rewritten);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -349,7 +458,12 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
                 scope.spawn(|| loop {
                     let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     match machines.get(item) {
-                        Some(m) => m.snapshot()?,
+                        Some((id, m)) => {
+                            let index = m.snapshot()?;
+                            manifest
+                                .record_snapshot(*id, m.snapshot_file(), index)
+                                .map_err(|e| e.to_string())?;
+                        }
                         None => return Ok::<(), String>(()),
                     };
                 })

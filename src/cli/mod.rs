@@ -90,6 +90,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = "cohort-data")]
         data_dir: PathBuf,
     },
+    /// Check a stopped node's data directory as a start would (manifest,
+    /// every log file, every snapshot, each group's log range) and report
+    /// every problem found, without starting the node or writing anything.
+    /// Exits non-zero when the node would refuse to start.
+    CheckData {
+        /// The node's data directory.
+        #[arg(value_name = "DIR", default_value = "cohort-data")]
+        data_dir: PathBuf,
+    },
     /// The commands that talk to a running node.
     #[command(flatten)]
     Client(ClientCommand),
@@ -367,6 +376,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = tokio::task::spawn_blocking(move || crate::node::rewrite_snapshots(&data_dir))
                 .await
                 .map_err(|e| anyhow::anyhow!("the upgrade stopped: {e}"))?
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{report}");
+            return Ok(());
+        }
+        Command::CheckData { data_dir } => {
+            let report = tokio::task::spawn_blocking(move || crate::node::check_data_dir(&data_dir))
+                .await
+                .map_err(|e| anyhow::anyhow!("the check stopped: {e}"))?
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!("{report}");
             return Ok(());

@@ -31,7 +31,7 @@ use crate::identity::{Directory, MergeStep};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::message::Message;
 use crate::model::{parse_rfc3339_ms, IdentifierKind, Schema, TraitType, RESERVED_NAMES};
-use crate::replication::driver::{ApplyResult, StateMachine};
+use crate::replication::driver::{ApplyResult, Halt, StateMachine};
 use crate::replication::shard_machine::Tag;
 use crate::segment::{check_save, parse, references, Catalog, CheckContext};
 use crate::shard::{Command, EventWrite, ProfileId, ProfileWrite};
@@ -824,9 +824,9 @@ impl StateMachine for CatalogMachine {
             bincode::serde::decode_from_slice(data, bincode::config::standard());
         let result = match command {
             Err(e) => {
-                drop(self.state_at(index));
-                eprintln!("warning: catalog entry {index} is undecodable and skipped: {e}");
-                CatalogResult::Done(Err(AdminError::Invalid(format!("undecodable entry: {e}"))))
+                // Skipped, the entry's messages would be lost on this replica
+                // only: the group stops at it instead (see `Halt`).
+                return Box::new(Halt(format!("the catalog cannot decode entry {index}: {e}")));
             }
             Ok((CatalogCommand::Ingest(jobs), _)) => {
                 self.apply_ingest(index, jobs.iter().map(ParsedJob::parse).collect())

@@ -31,6 +31,7 @@ use raft_engine::LogBatch;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use super::manifest::Manifest;
 use super::storage::{GroupStorage, LogStore};
 
 /// How long an applier waits without entries before it calls
@@ -40,6 +41,14 @@ pub const IDLE_AFTER: Duration = Duration::from_millis(50);
 /// What a state machine returns for an applied entry, handed to the
 /// proposer (downcast to the machine's own result type).
 pub type ApplyResult = Box<dyn Any + Send>;
+
+/// What a state machine answers for an entry it must not apply: one it
+/// cannot decode, or one that would break an invariant. Skipping such an
+/// entry would let replicas diverge silently, so the group stops there: the
+/// entry stays unapplied, the node stops taking writes, and a start that
+/// replays it fails with the group and index named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Halt(pub String);
 
 /// A group's replicated state machine.
 pub trait StateMachine: Send + Sync + 'static {
@@ -122,6 +131,16 @@ pub fn worth_snapshot_at_stop(tail: Since, snapshot_bytes: u64) -> bool {
     tail.entries > 0 && tail.bytes.saturating_mul(REPLAY_COST_PER_SNAPSHOT_BYTE) >= snapshot_bytes
 }
 
+/// Writes `machine`'s snapshot and records it in the manifest, so that the
+/// record is on disk before the log is compacted behind the snapshot.
+fn take_snapshot(group: u64, machine: &dyn StateMachine, manifest: Option<&Manifest>) -> Result<u64, String> {
+    let index = machine.snapshot()?;
+    if let Some(manifest) = manifest {
+        manifest.record_snapshot(group, machine.snapshot_file(), index).map_err(|e| e.to_string())?;
+    }
+    Ok(index)
+}
+
 /// Sends Raft messages to other nodes.
 pub trait Transport: Send + Sync + 'static {
     /// Sends messages of `group`; delivery is best effort (Raft retries).
@@ -192,6 +211,10 @@ pub struct DriverConfig {
     pub heartbeat_ticks: usize,
     /// When a group snapshots.
     pub snapshot: SnapshotPolicy,
+    /// The data directory's manifest: each snapshot is recorded in it
+    /// before the log is compacted behind it, and applied indexes are noted
+    /// for it (`None` in tests that need no data directory).
+    pub manifest: Option<Arc<Manifest>>,
 }
 
 impl Default for DriverConfig {
@@ -203,6 +226,7 @@ impl Default for DriverConfig {
             election_ticks: 10,
             heartbeat_ticks: 3,
             snapshot: SnapshotPolicy { entries: 5_000, bytes: 128 << 20 },
+            manifest: None,
         }
     }
 }
@@ -249,6 +273,13 @@ enum Input {
         group: u64,
         index: u64,
         snapshot: Option<Result<u64, String>>,
+    },
+    /// An applier's machine refused entry `index` ([`Halt`]); the group
+    /// applies nothing more.
+    Halted {
+        group: u64,
+        index: u64,
+        reason: String,
     },
     /// Stop; with a sender, snapshot every group first and report.
     Stop(Option<std::sync::mpsc::Sender<Checkpoint>>),
@@ -390,6 +421,8 @@ impl Driver {
                 group: g.id,
                 machine: g.machine.clone(),
                 policy: config.snapshot,
+                manifest: config.manifest.clone(),
+                halted: false,
                 since: Since::default(),
                 events: tx.clone(),
             };
@@ -520,6 +553,9 @@ struct Applier {
     group: u64,
     machine: Arc<dyn StateMachine>,
     policy: SnapshotPolicy,
+    manifest: Option<Arc<Manifest>>,
+    /// Set once the machine refused an entry: nothing more is applied.
+    halted: bool,
     /// What the log holds beyond the machine's last snapshot.
     since: Since,
     /// The loop's input, for progress reports.
@@ -554,10 +590,23 @@ impl Applier {
                 }
                 ApplyTask::Entries { entries, replies } => {
                     let Some(last) = entries.last().map(|e| e.index) else { continue };
-                    self.apply(entries, replies);
+                    if self.halted {
+                        for (_, p) in replies {
+                            let _ = p.reply.send(Err(ProposeError::Storage(format!(
+                                "group {} stopped at an entry it cannot apply",
+                                self.group
+                            ))));
+                        }
+                        continue;
+                    }
+                    if let Some((index, reason)) = self.apply(entries, replies) {
+                        self.halted = true;
+                        let _ = self.events.send(Input::Halted { group: self.group, index, reason });
+                        continue;
+                    }
                     let snapshot = self.policy.due(self.since).then(|| {
                         self.since = Since::default();
-                        self.machine.snapshot()
+                        take_snapshot(self.group, &*self.machine, self.manifest.as_deref())
                     });
                     let _ = self.events.send(Input::Applied { group: self.group, index: last, snapshot });
                 }
@@ -565,8 +614,10 @@ impl Applier {
         }
     }
 
-    /// Applies entries in log order and answers their proposers.
-    fn apply(&mut self, entries: Vec<Entry>, replies: Vec<(u64, Pending)>) {
+    /// Applies entries in log order and answers their proposers. Stops at
+    /// an entry the machine refuses ([`Halt`]) and returns its index and
+    /// why; it and every later entry stay unapplied, their proposers told.
+    fn apply(&mut self, entries: Vec<Entry>, replies: Vec<(u64, Pending)>) -> Option<(u64, String)> {
         let mut replies = replies.into_iter().peekable();
         for e in &entries {
             let mut proposer = None;
@@ -581,6 +632,19 @@ impl Applier {
                 }),
                 _ => None,
             };
+            if let Some(halt) = result.as_ref().and_then(|r| r.downcast_ref::<Halt>()) {
+                let reason = halt.0.clone();
+                let refused = || {
+                    ProposeError::Storage(format!(
+                        "group {} stopped at entry {}: {reason}",
+                        self.group, e.index
+                    ))
+                };
+                for p in proposer.into_iter().chain(replies.map(|(_, p)| p)) {
+                    let _ = p.reply.send(Err(refused()));
+                }
+                return Some((e.index, reason));
+            }
             self.since.entries += 1;
             self.since.bytes += e.data.len() as u64;
             if let Some(p) = proposer {
@@ -592,6 +656,7 @@ impl Applier {
                 let _ = p.reply.send(answer);
             }
         }
+        None
     }
 }
 
@@ -654,6 +719,11 @@ impl Loop {
                         }
                     }
                     Input::Propose { group, data, local, reply } => self.propose(group, data, local, reply),
+                    Input::Halted { group, index, reason } => {
+                        let name = self.groups.iter().find(|g| g.id == group).map_or("", |g| g.name.as_str());
+                        let e = format!("group {group} ({name}) stopped at entry {index}: {reason}");
+                        self.fail(e, &mut recovering);
+                    }
                     Input::Applied { group, index, snapshot } => {
                         if let Err(e) = self.applied(group, index, snapshot) {
                             self.fail(e, &mut recovering);
@@ -722,6 +792,7 @@ impl Loop {
             }
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
+        let manifest = self.config.manifest.as_deref();
         let taken: parking_lot::Mutex<Vec<(u64, Result<u64, String>)>> = parking_lot::Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..2 {
@@ -729,7 +800,7 @@ impl Loop {
                     while let Some((id, machine)) =
                         due.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                     {
-                        let result = machine.snapshot();
+                        let result = take_snapshot(*id, &**machine, manifest);
                         taken.lock().push((*id, result));
                     }
                 });
@@ -892,6 +963,9 @@ impl Loop {
         // A snapshot installed since may have moved `applied` past this.
         if index > g.node.raft.raft_log.applied {
             g.node.advance_apply_to(index);
+        }
+        if let Some(manifest) = &self.config.manifest {
+            manifest.record_applied(group, index);
         }
         let Some(snapshot) = snapshot else { return Ok(()) };
         let index = snapshot.map_err(|e| format!("group {} ({}): snapshot: {e}", g.id, g.name))?;

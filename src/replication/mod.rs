@@ -2,5 +2,7 @@
 //! shard replica), with their logs in one shared raft-engine instance.
 
 pub mod driver;
+pub mod log_check;
+pub mod manifest;
 pub mod shard_machine;
 pub mod storage;

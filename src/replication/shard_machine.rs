@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
-use super::driver::{ApplyResult, StateMachine};
+use super::driver::{ApplyResult, Halt, StateMachine};
 use crate::shard::{snapshot, ApplyOutcome, Command, Shard, ShardError};
 
 /// Commands applied under one hold of a shard's write lock.
@@ -224,10 +224,10 @@ impl ShardMachine {
             }
             Ok(_) => return self.pass_over(index, ShardApplied { gap: true, ..ShardApplied::default() }),
             Err(e) => {
-                // An entry this build cannot read was written by another
-                // version; it is skipped on every replica alike.
-                eprintln!("warning: shard {} entry {index}: {e}", self.shard_id);
-                return self.pass_over(index, ShardApplied::default());
+                // Skipping an entry this build cannot read would leave this
+                // replica without writes that others may have applied: the
+                // group stops at it instead (see `Halt`).
+                return Box::new(Halt(format!("shard {} cannot decode entry {index}: {e}", self.shard_id)));
             }
         };
         let mut outcome = ApplyOutcome::default();

@@ -252,6 +252,11 @@ impl LogStore {
         Ok(GroupStorage { group_id, engine: self.engine.clone(), dir: self.dir.clone(), meta })
     }
 
+    /// The log's directory.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
     /// Ids of the groups the engine holds anything for (entries or state),
     /// in ascending order.
     pub fn groups(&self) -> Vec<u64> {

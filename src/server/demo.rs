@@ -100,6 +100,8 @@ pub fn build_data_dir(opts: &DemoOptions) -> Result<PathBuf> {
     for s in &shards {
         ShardMachine::install(&snapshots, s)?;
     }
+    crate::datadir::seal_bulk_load(&dir, NodeConfig::default().node_id, opts.shards)
+        .map_err(anyhow::Error::msg)?;
     println!(
         "Built {} profiles and {} events in {:.1} s into {}.",
         stats.profiles,

@@ -1,0 +1,367 @@
+//! A read-only check of a raft-engine log directory, run before the engine
+//! opens it.
+//!
+//! raft-engine, opened with `TolerateTailCorruption`, cuts the last file of
+//! a queue at the first batch it cannot read, whatever lies behind it, and
+//! silently drops every file older than a gap in the file numbers; entry
+//! blocks inside a file are only checked when read, where raft-rs panics on
+//! the error. So before the node opens the engine, [`check_dir`] walks every
+//! log file itself, without writing: the file header, each batch's framing,
+//! the checksum of its entries block and of its footer (signed with the
+//! file's number, as raft-engine does), and the sequence of file numbers.
+//!
+//! A batch that cannot be read is a *torn tail* (what a crash in the middle
+//! of a write leaves) only when it is in the last file of its queue and no
+//! valid batch of that file follows it: behind the end of the written data
+//! lies zeroed preallocated space or, in a recycled file, older batches
+//! signed with another file's number. Anything else is [`LogDamage`], named
+//! by file and byte offset, and the node refuses to start on it.
+//!
+//! The format read here is raft-engine 0.4's (`file_pipe_log/format.rs`,
+//! `log_batch.rs`): a file starts with a 53-byte magic, a big-endian `u64`
+//! version and, from version 2, a `u64` alignment; a batch is a 16-byte
+//! header (`len << 8 | compression`, footer offset, both big-endian), the
+//! entries block ending in a little-endian CRC-32, then the footer (item
+//! index) ending in a little-endian CRC-32 XORed with the low 32 bits of the
+//! file number (version 2).
+
+use std::path::{Path, PathBuf};
+
+/// raft-engine's file magic.
+const MAGIC: &[u8] = b"RAFT-LOG-FILE-HEADER-9986AB3E47F320B394C8E84916EB0ED5";
+/// A batch header: length with compression type, and footer offset.
+const BATCH_HEADER_LEN: usize = 16;
+/// A trailing CRC-32.
+const CHECKSUM_LEN: usize = 4;
+
+/// The two file queues of raft-engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Queue {
+    /// `NNNN.raftlog`: appended entries.
+    Append,
+    /// `NNNN.rewrite`: live entries rewritten out of purged files.
+    Rewrite,
+}
+
+/// Something wrong with a log file, by file and byte offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogDamage {
+    /// The file.
+    pub file: PathBuf,
+    /// Byte offset in it where the damage starts.
+    pub offset: u64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::fmt::Display for LogDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}: {}", self.file.display(), self.offset, self.problem)
+    }
+}
+
+/// What [`check_dir`] found.
+#[derive(Debug, Default)]
+pub struct LogCheck {
+    /// Log files read.
+    pub files: usize,
+    /// Bytes of batches verified.
+    pub bytes: u64,
+    /// Torn last records: raft-engine cuts these when it opens, with a
+    /// warning; they held nothing that was acknowledged.
+    pub torn: Vec<LogDamage>,
+    /// Anything else: the node must not start.
+    pub damage: Vec<LogDamage>,
+}
+
+/// One log file by queue and number.
+struct LogFile {
+    queue: Queue,
+    seq: u64,
+    path: PathBuf,
+}
+
+fn parse_name(name: &str) -> Option<(Queue, u64)> {
+    let (digits, queue) = if let Some(d) = name.strip_suffix(".raftlog") {
+        (d, Queue::Append)
+    } else if let Some(d) = name.strip_suffix(".rewrite") {
+        (d, Queue::Rewrite)
+    } else {
+        return None;
+    };
+    (digits.len() == 16).then(|| digits.parse().ok().map(|seq| (queue, seq)))?
+}
+
+/// Checks every log file of the raft-engine directory `dir` (missing: no
+/// files). Errors only when the directory cannot be listed; a file that
+/// cannot be read is damage.
+pub fn check_dir(dir: &Path) -> std::io::Result<LogCheck> {
+    let mut check = LogCheck::default();
+    let mut files = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                if let Some((queue, seq)) = name.to_str().and_then(parse_name) {
+                    files.push(LogFile { queue, seq, path: entry.path() });
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(check),
+        Err(e) => return Err(e),
+    }
+    files.sort_by_key(|f| (f.queue, f.seq));
+    for (i, f) in files.iter().enumerate() {
+        let last_of_queue = files.get(i + 1).is_none_or(|n| n.queue != f.queue);
+        if let Some(next) = files.get(i + 1).filter(|n| n.queue == f.queue && n.seq != f.seq + 1) {
+            check.damage.push(LogDamage {
+                file: next.path.clone(),
+                offset: 0,
+                problem: format!(
+                    "log files {}..{} are missing before it (raft-engine would drop every file before the gap)",
+                    f.seq + 1,
+                    next.seq
+                ),
+            });
+        }
+        check.files += 1;
+        match std::fs::read(&f.path) {
+            Ok(bytes) => check_file(f, &bytes, last_of_queue, &mut check),
+            Err(e) => check.damage.push(LogDamage {
+                file: f.path.clone(),
+                offset: 0,
+                problem: format!("cannot be read: {e}"),
+            }),
+        }
+    }
+    Ok(check)
+}
+
+/// A file's format: version and alignment.
+fn parse_header(bytes: &[u8]) -> Result<(usize, u64, u64), String> {
+    if bytes.len() < MAGIC.len() + 8 || !bytes.starts_with(MAGIC) {
+        return Err(if bytes.len() < MAGIC.len() + 8 {
+            format!("the file header is cut short ({} bytes)", bytes.len())
+        } else {
+            "the file header's magic is wrong".to_string()
+        });
+    }
+    let version = be_u64(&bytes[MAGIC.len()..]);
+    match version {
+        1 => Ok((MAGIC.len() + 8, 1, 0)),
+        2 if bytes.len() >= MAGIC.len() + 16 => Ok((MAGIC.len() + 16, 2, be_u64(&bytes[MAGIC.len() + 8..]))),
+        2 => Err("the file header is cut short".to_string()),
+        v => Err(format!("the file header names an unknown format version {v}")),
+    }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8]))
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]))
+}
+
+/// The batch at `at`: its length when it is whole and its checksums hold
+/// (under `signature` for the footer), else why not.
+fn read_batch(bytes: &[u8], at: usize, signature: Option<u32>) -> Result<usize, String> {
+    let Some(header) = bytes.get(at..at + BATCH_HEADER_LEN) else {
+        return Err("the batch header is cut short".into());
+    };
+    let len_and_type = be_u64(header);
+    let footer = be_u64(&header[8..]) as usize;
+    let len = (len_and_type >> 8) as usize;
+    if len_and_type as u8 > 1 {
+        return Err(format!("the batch header names an unknown compression {}", len_and_type as u8));
+    }
+    if footer < BATCH_HEADER_LEN || footer > len || len < footer + CHECKSUM_LEN + 1 {
+        return Err("the batch header is not consistent".into());
+    }
+    let Some(batch) = bytes.get(at..at.saturating_add(len)) else {
+        return Err(format!("the batch runs past the end of the file ({len} bytes)"));
+    };
+    let entries = &batch[BATCH_HEADER_LEN..footer];
+    if !entries.is_empty() {
+        if entries.len() <= CHECKSUM_LEN {
+            return Err("the entries block is too short".into());
+        }
+        let (data, sum) = entries.split_at(entries.len() - CHECKSUM_LEN);
+        let (expected, actual) = (le_u32(sum), crc32fast::hash(data));
+        if expected != actual {
+            return Err(format!(
+                "the entries block's checksum is wrong (expected {expected}, found {actual})"
+            ));
+        }
+    }
+    let items = &batch[footer..];
+    let (data, sum) = items.split_at(items.len() - CHECKSUM_LEN);
+    let expected = le_u32(sum) ^ signature.unwrap_or(0);
+    let actual = crc32fast::hash(data);
+    if expected != actual {
+        return Err(format!("the batch index's checksum is wrong (expected {expected}, found {actual})"));
+    }
+    Ok(len)
+}
+
+/// True when a valid batch of this file starts anywhere in `bytes[from..]`.
+fn valid_batch_after(bytes: &[u8], from: usize, signature: Option<u32>) -> bool {
+    (from..bytes.len().saturating_sub(BATCH_HEADER_LEN)).any(|at| {
+        // Cheap rejections first: the compression byte and the footer offset.
+        let b = &bytes[at..];
+        b[7] <= 1 && b[8..12] == [0; 4] && read_batch(bytes, at, signature).is_ok()
+    })
+}
+
+fn check_file(f: &LogFile, bytes: &[u8], last_of_queue: bool, check: &mut LogCheck) {
+    let damage =
+        |offset: usize, problem: String| LogDamage { file: f.path.clone(), offset: offset as u64, problem };
+    let (mut at, version, alignment) = match parse_header(bytes) {
+        Ok(h) => h,
+        Err(problem) => {
+            // An empty or unwritten last file is what a crash right after
+            // creating it leaves.
+            let blank = bytes.iter().all(|&b| b == 0);
+            let signature = Some(f.seq as u32);
+            if last_of_queue && (blank || !valid_batch_after(bytes, 0, signature)) {
+                check.torn.push(damage(0, problem));
+            } else {
+                check.damage.push(damage(0, problem));
+            }
+            return;
+        }
+    };
+    let signature = (version >= 2).then_some(f.seq as u32);
+    while at < bytes.len() {
+        if bytes[at..].iter().all(|&b| b == 0) {
+            // Preallocated space behind the last write.
+            return;
+        }
+        match read_batch(bytes, at, signature) {
+            Ok(len) => {
+                check.bytes += len as u64;
+                at += len;
+            }
+            Err(problem) => {
+                if alignment > 0 {
+                    let aligned = at.div_ceil(alignment as usize) * alignment as usize;
+                    if aligned != at && bytes.get(at..aligned).is_some_and(|p| p.iter().all(|&b| b == 0)) {
+                        at = aligned;
+                        continue;
+                    }
+                }
+                let followed = valid_batch_after(bytes, at + 1, signature);
+                let found = damage(at, problem);
+                if last_of_queue && !followed {
+                    check.torn.push(found);
+                } else {
+                    check.damage.push(LogDamage {
+                        problem: format!(
+                            "{}{}",
+                            found.problem,
+                            if followed {
+                                "; valid records follow it, so this is not a torn last write"
+                            } else {
+                                ""
+                            }
+                        ),
+                        ..found
+                    });
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::storage::LogStore;
+    use raft::eraftpb::Entry;
+
+    /// A log of `n` batches of one entry each in group 7.
+    fn write_log(dir: &Path, n: u64) {
+        let store = LogStore::open(dir).unwrap();
+        let g = store.group(7).unwrap();
+        g.initialize(&store, &[1]).unwrap();
+        for i in 1..=n {
+            let mut batch = raft_engine::LogBatch::default();
+            let e = Entry { index: i, term: 1, data: vec![i as u8; 300].into(), ..Default::default() };
+            g.append(&mut batch, &[e]).unwrap();
+            store.write(&mut batch, true).unwrap();
+        }
+    }
+
+    fn log_file(dir: &Path) -> PathBuf {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "raftlog"))
+            .collect();
+        files.sort();
+        files.pop().unwrap()
+    }
+
+    #[test]
+    fn a_whole_log_has_no_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 50);
+        let check = check_dir(dir.path()).unwrap();
+        assert!(check.damage.is_empty() && check.torn.is_empty(), "{check:?}");
+        assert!(check.files >= 1 && check.bytes > 50 * 300, "{check:?}");
+    }
+
+    #[test]
+    fn a_flipped_byte_anywhere_but_the_last_record_is_damage_with_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 50);
+        let file = log_file(dir.path());
+        let clean = std::fs::read(&file).unwrap();
+        let end = clean.iter().rposition(|&b| b != 0).unwrap();
+        let mut damaged_somewhere = 0;
+        for offset in [3usize, 60, 100, 400, end / 2, end - 600] {
+            let mut bytes = clean.clone();
+            bytes[offset] ^= 0x5a;
+            std::fs::write(&file, &bytes).unwrap();
+            let check = check_dir(dir.path()).unwrap();
+            assert_eq!(check.damage.len(), 1, "flip at {offset}: {check:?}");
+            let d = &check.damage[0];
+            assert_eq!(d.file, file);
+            assert!(
+                d.offset as usize <= offset && offset - (d.offset as usize) < 1000,
+                "flip at {offset}: {d}"
+            );
+            damaged_somewhere += 1;
+        }
+        assert_eq!(damaged_somewhere, 6);
+    }
+
+    #[test]
+    fn a_cut_last_record_is_a_torn_tail_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 20);
+        let file = log_file(dir.path());
+        let clean = std::fs::read(&file).unwrap();
+        let end = clean.iter().rposition(|&b| b != 0).unwrap() + 1;
+        std::fs::write(&file, &clean[..end - 100]).unwrap();
+        let check = check_dir(dir.path()).unwrap();
+        assert!(check.damage.is_empty(), "{check:?}");
+        assert_eq!(check.torn.len(), 1, "{check:?}");
+    }
+
+    #[test]
+    fn a_missing_middle_file_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in [1u64, 2, 4] {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&2u64.to_be_bytes());
+            bytes.extend_from_slice(&0u64.to_be_bytes());
+            std::fs::write(dir.path().join(format!("{seq:016}.raftlog")), bytes).unwrap();
+        }
+        let check = check_dir(dir.path()).unwrap();
+        assert_eq!(check.damage.len(), 1, "{check:?}");
+        assert!(check.damage[0].problem.contains("3..4"), "{check:?}");
+    }
+}
