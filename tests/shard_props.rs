@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat};
 use cohort::model::{format_rfc3339_ms, num_key, IdentifierKind, Schema, TraitType, Value};
-use cohort::segment::{compile, is_normal, parse, CheckContext, Cond};
+use cohort::segment::{check_save, compile, compile_many, is_normal, parse, CheckContext, Cond};
 use cohort::shard::{snapshot, Command, EventWrite, ProfileWrite, RangeColumn, Shard};
 use oracle::{canonical_events, test_schema, MergeTies, Model};
 use proptest::collection::vec;
@@ -567,9 +567,19 @@ impl World {
     /// every way of reading the shards with the oracle. Pages of members
     /// are read `page_sizes` at a time.
     fn check_query(&self, text: &str, full: &str, page_sizes: &[usize]) -> Result<(), TestCaseError> {
+        self.check_query_in(text, full, page_sizes, &catalog())
+    }
+
+    /// [`Self::check_query`] over the saved segments of `catalog`.
+    fn check_query_in(
+        &self,
+        text: &str,
+        full: &str,
+        page_sizes: &[usize],
+        catalog: &BTreeMap<String, String>,
+    ) -> Result<(), TestCaseError> {
         let schema = test_schema();
-        let catalog = catalog();
-        let ctx = CheckContext { schema: &schema, catalog: &catalog, now_ms: NOW };
+        let ctx = CheckContext { schema: &schema, catalog, now_ms: NOW };
         let cond = match compile(text, &ctx) {
             Ok(c) => c,
             Err(e) => return Err(TestCaseError::fail(format!("check refused {text:?}: {e}"))),
@@ -581,7 +591,45 @@ impl World {
         prop_assert!(is_normal(&cond), "not normal: {:?} from {:?}", cond, text);
         let expr = parse(text).expect("it compiled");
         for (s, shard) in self.shards.iter().enumerate() {
-            self.check_on(s, shard, text, &cond, &expr, &schema, &catalog, page_sizes)?;
+            self.check_on(s, shard, text, &cond, &expr, &schema, catalog, page_sizes)?;
+        }
+        Ok(())
+    }
+
+    /// Compiles `texts` together, as the planner compiles the expressions
+    /// of one request (the saved segments they share become one node for
+    /// all of them), and compares the counts and the memberships of every
+    /// live profile, each computed for all the texts at once, with the
+    /// oracle's.
+    fn check_together(
+        &self,
+        texts: &[String],
+        catalog: &BTreeMap<String, String>,
+    ) -> Result<(), TestCaseError> {
+        let schema = test_schema();
+        let ctx = CheckContext { schema: &schema, catalog, now_ms: NOW };
+        let conds = compile_many(texts, &ctx)
+            .map_err(|(i, e)| TestCaseError::fail(format!("check refused {:?}: {e}", texts[i])))?;
+        for c in &conds {
+            prop_assert!(is_normal(c), "not normal: {:?}", c);
+        }
+        let exprs: Vec<_> = texts.iter().map(|t| parse(t).expect("it compiled")).collect();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let expected: Vec<Vec<u64>> =
+                exprs.iter().map(|e| self.model.members(s, e, NOW, &schema, catalog)).collect();
+            let counts: Vec<u64> = expected.iter().map(|m| m.len() as u64).collect();
+            prop_assert_eq!(shard.count_all(&conds), counts, "counts on shard {} of {:?}", s, texts);
+            for (id, p) in self.model.live_on(s) {
+                let want: Vec<bool> = expected.iter().map(|m| m.contains(&id)).collect();
+                prop_assert_eq!(
+                    shard.row_matches_all(p.row, &conds),
+                    want,
+                    "memberships of profile {} on shard {} in {:?}",
+                    id,
+                    s,
+                    texts
+                );
+            }
         }
         Ok(())
     }
@@ -971,6 +1019,72 @@ fn expression() -> BoxedStrategy<G> {
     tree(profile_atom(), 3)
 }
 
+// ----- generated saved segments --------------------------------------------------
+
+/// A reference to a saved segment, resolved by [`resolve`] once the case's
+/// catalog is known.
+fn seg_ref(i: u16) -> G {
+    G::Atom(format!("@SEG{i}@"))
+}
+
+/// A profile atom or a reference to a saved segment.
+fn atom_or_ref() -> BoxedStrategy<G> {
+    prop_oneof![2 => profile_atom(), 1 => any::<u16>().prop_map(seg_ref)].boxed()
+}
+
+/// The body of a generated saved segment: a random expression over atoms
+/// and saved segments, or a shape that uses one saved segment several
+/// times (`s OR s`, `(s AND x) OR (s AND y)`, `NOT s AND (s OR x)`), so that
+/// the compiled condition shares it.
+fn segment_body() -> BoxedStrategy<G> {
+    prop_oneof![
+        3 => tree(atom_or_ref(), 2),
+        1 => any::<u16>().prop_map(|i| G::Or(vec![seg_ref(i), seg_ref(i)])),
+        2 => (any::<u16>(), profile_atom(), profile_atom())
+            .prop_map(|(i, x, y)| G::Or(vec![G::And(vec![seg_ref(i), x]), G::And(vec![seg_ref(i), y])])),
+        1 => (any::<u16>(), atom_or_ref())
+            .prop_map(|(i, x)| G::And(vec![G::Not(Box::new(seg_ref(i))), G::Or(vec![seg_ref(i), x])])),
+    ]
+    .boxed()
+}
+
+/// `text` with every `@SEGi@` replaced by `IN SEGMENT` of one of `names`:
+/// the last one (the most nested) for even `i`, else any.
+fn resolve(text: &str, names: &[String]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("@SEG") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 4..];
+        let end = tail.find('@').expect("a marker ends with @");
+        let i: usize = tail[..end].parse().expect("a marker holds a number");
+        let name = if i % 2 == 0 { &names[names.len() - 1] } else { &names[i % names.len()] };
+        out.push_str(&format!("IN SEGMENT {}", dq(name)));
+        rest = &tail[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The fixed saved segments and `gen0`, `gen1`, ... whose bodies are
+/// `bodies`, each over the segments before it, every one saved in order
+/// with [`check_save`] as CreateSegment saves it.
+fn generated_catalog(bodies: &[G]) -> Result<BTreeMap<String, String>, TestCaseError> {
+    let schema = test_schema();
+    let mut catalog = catalog();
+    let mut names: Vec<String> = SEGMENTS.iter().map(|(n, _)| n.to_string()).collect();
+    for (k, body) in bodies.iter().enumerate() {
+        let name = format!("gen{k}");
+        let text = resolve(&body.minimal(), &names);
+        let ctx = CheckContext { schema: &schema, catalog: &catalog, now_ms: NOW };
+        check_save(&name, &text, &ctx)
+            .map_err(|e| TestCaseError::fail(format!("saving {name} {text:?}: {e}")))?;
+        catalog.insert(name.clone(), text);
+        names.push(name);
+    }
+    Ok(catalog)
+}
+
 // ----- the properties -----------------------------------------------------------
 
 /// `cases` cases, or as many as `PROPTEST_CASES` says (for longer runs).
@@ -991,6 +1105,38 @@ proptest! {
         for g in &exprs {
             world.check_query(&g.minimal(), &g.full(), &[1, 2, 3])?;
         }
+    }
+
+    /// Saved segments generated for the case, nested and using one another
+    /// several times (shared nodes of the compiled DAG), agree with the
+    /// oracle, one query at a time and compiled together.
+    #[test]
+    fn saved_segments_agree_with_oracle(
+        batches in batches(),
+        bodies in vec(segment_body(), 1..=7),
+        exprs in vec(tree(atom_or_ref(), 2), 1..=4),
+    ) {
+        let mut world = World::new();
+        world.run(&batches)?;
+        let catalog = generated_catalog(&bodies)?;
+        let names: Vec<String> = catalog.keys().filter(|n| n.starts_with("gen")).cloned().collect();
+        // The most nested generated segment last, so that even markers
+        // refer to it.
+        let mut names = names;
+        names.sort_by_key(|n| n[3..].parse::<usize>().unwrap_or(0));
+        let mut texts = Vec::new();
+        for g in &exprs {
+            let (text, full) = (resolve(&g.minimal(), &names), resolve(&g.full(), &names));
+            world.check_query_in(&text, &full, &[2], &catalog)?;
+            texts.push(text);
+        }
+        // Every generated segment on its own and negated, as GetProfile
+        // and Check use them, compiled together.
+        for n in &names {
+            texts.push(format!("IN SEGMENT {}", dq(n)));
+            texts.push(format!("NOT IN SEGMENT {}", dq(n)));
+        }
+        world.check_together(&texts, &catalog)?;
     }
 
     /// Every live profile reads back from its shard as the oracle has it:

@@ -19,7 +19,7 @@ use crate::cluster::catalog::{parse_address, CatalogMachine, SavedSegment};
 use crate::cluster::placement::shard_of;
 use crate::model::{IdentifierKind, Value};
 use crate::replication::shard_machine::ShardMachine;
-use crate::segment::{compile, CheckContext, Cond, SegmentError};
+use crate::segment::{compile_many, CheckContext, Cond, SegmentError};
 use crate::shard::eval::top_n;
 use crate::shard::{EventRecord, ProfileId, Row, Shard, Stamp};
 
@@ -131,20 +131,20 @@ impl Planner {
         Planner { catalog, shards, pool: FanOut::new(threads) }
     }
 
-    /// Checks expressions against the catalog at `now_ms`.
+    /// Checks the expressions of one query against the catalog at `now_ms`,
+    /// together: a saved segment that several of them use (or that one uses
+    /// through several others) is compiled once and shared.
     pub fn compile(&self, texts: &[String], now_ms: i64) -> Result<Vec<Cond>, QueryError> {
         let state = self.catalog.state.read();
         let ctx = CheckContext { schema: &state.schema, catalog: &*state, now_ms };
-        texts
-            .iter()
-            .map(|t| {
-                let text = expand(t);
-                compile(&text, &ctx).map_err(|e| match e {
-                    SegmentError::UnknownSegment { .. } => QueryError::NotFound(format!("in {t:?}: {e}")),
-                    _ => invalid(t, e),
-                })
-            })
-            .collect()
+        let expanded: Vec<String> = texts.iter().map(|t| expand(t)).collect();
+        compile_many(&expanded, &ctx).map_err(|(i, e)| {
+            let t = texts.get(i).map_or("", String::as_str);
+            match e {
+                SegmentError::UnknownSegment { .. } => QueryError::NotFound(format!("in {t:?}: {e}")),
+                _ => invalid(t, e),
+            }
+        })
     }
 
     /// Runs `f` on every shard in parallel, failing past the deadline.
@@ -174,7 +174,7 @@ impl Planner {
     ) -> Result<(Vec<u64>, u64), QueryError> {
         let conds = Arc::new(self.compile(texts, now_ms)?);
         let per_shard = self.fan_out(deadline, move |s| {
-            let counts: Vec<u64> = conds.iter().map(|c| s.count(c)).collect();
+            let counts = s.count_all(&conds);
             (counts, s.len())
         })?;
         let mut totals = vec![0u64; texts.len()];
@@ -208,7 +208,7 @@ impl Planner {
         let conds = self.compile(texts, now_ms)?;
         let (profile, shard) = self.locate(address)?;
         let matches = self.shards[shard as usize].read(|s| match s.row_of(profile) {
-            Some(row) => Ok(conds.iter().map(|c| s.row_matches(row, c)).collect()),
+            Some(row) => Ok(s.row_matches_all(row, &conds)),
             None => Err(QueryError::NotFound(format!("profile {profile} is not on shard {shard}"))),
         })?;
         Ok((profile, matches))
@@ -288,15 +288,14 @@ impl Planner {
         }
         let cond = Arc::new(self.compile(&[text.to_string()], now_ms)?.remove(0));
         let owned = name.to_string();
-        let per_shard = self.fan_out(deadline, move |s| {
-            let total = s.count(&cond);
-            (s.breakdown(&cond, &owned).map_err(|e| e.to_string()), total)
-        })?;
+        let per_shard = self
+            .fan_out(deadline, move |s| s.breakdown_with_total(&cond, &owned).map_err(|e| e.to_string()))?;
         let mut merged: std::collections::BTreeMap<String, u64> = Default::default();
         let mut total = 0;
-        for (rows, n) in per_shard {
+        for answer in per_shard {
+            let (rows, n) = answer.map_err(QueryError::Invalid)?;
             total += n;
-            for (v, c) in rows.map_err(QueryError::Invalid)? {
+            for (v, c) in rows {
                 *merged.entry(v).or_default() += c;
             }
         }
@@ -307,7 +306,9 @@ impl Planner {
         Ok(BreakdownAnswer { rows, missing: total.saturating_sub(with_value), total })
     }
 
-    /// Everything about one profile, with its saved segments.
+    /// Everything about one profile, with its saved segments (compiled
+    /// together, so that segments built on each other share their nodes,
+    /// and checked on the profile's row with one memo).
     pub fn profile(&self, address: &str, recent: usize, now_ms: i64) -> Result<ProfileView, QueryError> {
         let (profile, shard) = self.locate(address)?;
         let saved: Vec<SavedSegment> = self.catalog.state.read().segments.values().cloned().collect();
@@ -320,8 +321,8 @@ impl Planner {
             let row = s.row_of(profile).unwrap_or_default();
             let segments = saved
                 .iter()
-                .zip(&conds)
-                .filter(|(_, c)| s.row_matches(row, c))
+                .zip(s.row_matches_all(row, &conds))
+                .filter(|(_, hit)| *hit)
                 .map(|(seg, _)| seg.name.clone())
                 .collect();
             let event_count = image.events.len() as u64;

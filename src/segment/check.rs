@@ -6,6 +6,13 @@
 //! operator the type does not support, an unknown event or saved segment, a
 //! cycle of saved segments. None of them is ever turned into an empty result.
 //!
+//! A saved segment is compiled once per compilation, however often it is
+//! referred to, and the references share its node (see `cond.rs`): the
+//! compiled size grows with the number of distinct segments, not with the
+//! number of paths through them. A query or definition past
+//! [`MAX_COMPILED_NODES`] distinct nodes or [`MAX_COMPILED_DEPTH`] levels is
+//! refused with an error that names the bound.
+//!
 //! Choices where SEGMENTS.md is silent, written down here and in the README:
 //! - `DID "e"` on an event the schema has never seen is an error, like an
 //!   unknown trait (operators declare events they expect but have not seen).
@@ -16,10 +23,13 @@
 //! - `!=` and `NOT IN` are refused on identifiers: SEGMENTS.md lists `=`,
 //!   `IN` and `EXISTS` for them, and "has some other id" is rarely meant.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::ast::{CmpOp, Expr, Frequency, LitValue, Literal, Predicate, Test, TimeRef, Window};
-use super::cond::{normalize, Cond, Did, Field, Leaf, LeafTest};
+use super::cond::{
+    distinct_nodes, inline_single_uses, normalize, Cond, Did, Field, Leaf, LeafTest, SegmentNode,
+};
 use super::error::SegmentError;
 use super::parser::parse;
 use crate::model::{num_key, parse_rfc3339_ms, time_key, FieldType, Schema, TraitType};
@@ -61,17 +71,65 @@ pub struct CheckContext<'a> {
     pub now_ms: i64,
 }
 
+/// The most distinct condition nodes a compiled query or saved segment may
+/// have: every AND, OR, NOT, leaf and behaviour, each saved segment it uses
+/// counted once however often it is used (see
+/// [`distinct_nodes`](super::cond::distinct_nodes)). Fixed rather than
+/// configured: every replica must refuse the same definitions.
+pub const MAX_COMPILED_NODES: usize = 10_000;
+
+/// The deepest a query or saved segment may nest: every NOT, AND, OR, DID,
+/// predicate and `IN SEGMENT` on the way down is a level, through saved
+/// segments (a saved segment is checked as if referred to, so that a
+/// definition accepted here can be queried as `IN SEGMENT "name"`). It bounds
+/// the recursion of the checker and of the evaluator.
+pub const MAX_COMPILED_DEPTH: usize = 256;
+
 /// Parses, checks and normalises a segment in one step.
 pub fn compile(text: &str, ctx: &CheckContext<'_>) -> Result<Cond, SegmentError> {
-    let expr = parse(text)?;
-    check(&expr, ctx)
+    compile_many(&[text], ctx).map_err(|(_, e)| e).and_then(first)
+}
+
+/// Compiles several segments of one query together, so that a saved
+/// segment they share is compiled once and is one node in all of them. On
+/// failure, returns the index of the first text that failed and why.
+pub fn compile_many<S: AsRef<str>>(
+    texts: &[S],
+    ctx: &CheckContext<'_>,
+) -> Result<Vec<Cond>, (usize, SegmentError)> {
+    let mut session = Session::new(ctx);
+    let mut raw = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let expr = parse(text.as_ref()).map_err(|e| (i, e))?;
+        raw.push(session.check(&expr, 0).map_err(|e| (i, e))?);
+    }
+    finish(raw)
 }
 
 /// Checks a parsed expression and returns its normal form.
 pub fn check(expr: &Expr, ctx: &CheckContext<'_>) -> Result<Cond, SegmentError> {
-    let mut stack = Vec::new();
-    let cond = Checker { ctx, stack: &mut stack }.expr(expr, Scope::Profile)?;
-    Ok(normalize(cond))
+    let raw = Session::new(ctx).check(expr, 0)?;
+    finish(vec![raw]).map_err(|(_, e)| e).and_then(first)
+}
+
+/// The only condition of a one-text compilation.
+fn first(conds: Vec<Cond>) -> Result<Cond, SegmentError> {
+    // `finish` returns one condition per text, and there was one text; the
+    // fallback is never taken.
+    Ok(conds.into_iter().next().unwrap_or(Cond::Empty))
+}
+
+/// Inlines the saved segments used once, normalises, and refuses a
+/// condition with more than [`MAX_COMPILED_NODES`] distinct nodes.
+fn finish(raw: Vec<Cond>) -> Result<Vec<Cond>, (usize, SegmentError)> {
+    let conds = inline_single_uses(raw);
+    for (i, c) in conds.iter().enumerate() {
+        let nodes = distinct_nodes(&[c]);
+        if nodes > MAX_COMPILED_NODES {
+            return Err((i, SegmentError::TooLarge { nodes, max: MAX_COMPILED_NODES }));
+        }
+    }
+    Ok(conds)
 }
 
 /// The names of the saved segments that `expr` refers to directly.
@@ -92,8 +150,9 @@ pub fn references(expr: &Expr) -> BTreeSet<String> {
 }
 
 /// Checks that saving `text` under `name` is allowed: it parses, checks
-/// against the schema, and creates no cycle through the catalog (the new
-/// text replaces any old one under that name).
+/// against the schema, creates no cycle through the catalog (the new text
+/// replaces any old one under that name), and stays within
+/// [`MAX_COMPILED_NODES`] and [`MAX_COMPILED_DEPTH`].
 pub fn check_save(name: &str, text: &str, ctx: &CheckContext<'_>) -> Result<Cond, SegmentError> {
     struct Overlay<'a> {
         name: &'a str,
@@ -112,9 +171,41 @@ pub fn check_save(name: &str, text: &str, ctx: &CheckContext<'_>) -> Result<Cond
     let overlay = Overlay { name, text, base: ctx.catalog };
     let inner = CheckContext { schema: ctx.schema, catalog: &overlay, now_ms: ctx.now_ms };
     let expr = parse(text)?;
-    let mut stack = vec![name.to_string()];
-    let cond = Checker { ctx: &inner, stack: &mut stack }.expr(&expr, Scope::Profile)?;
-    Ok(normalize(cond))
+    let mut session = Session::new(&inner);
+    session.stack.push(name.to_string());
+    // Checked one level down, as the body of `IN SEGMENT "name"`.
+    let raw = session.check(&expr, 1)?;
+    finish(vec![raw]).map_err(|(_, e)| e).and_then(first)
+}
+
+/// The state of one compilation: the saved segments compiled so far (each
+/// once, shared by every later reference), the chain of segments being
+/// compiled (for cycles) and the depth of the walk (for the depth bound).
+struct Session<'c, 'a> {
+    ctx: &'c CheckContext<'a>,
+    /// Saved segments compiled in this session: their condition (a shared
+    /// node, or what it folded to) and how many levels they add below the
+    /// `IN SEGMENT` that refers to them.
+    segments: HashMap<String, (Cond, usize)>,
+    /// Saved segments being compiled, outermost first, for cycle detection.
+    stack: Vec<String>,
+    /// The depth of the node being checked.
+    depth: usize,
+    /// The deepest level reached in the walk so far.
+    deepest: usize,
+}
+
+impl<'c, 'a> Session<'c, 'a> {
+    fn new(ctx: &'c CheckContext<'a>) -> Self {
+        Session { ctx, segments: HashMap::new(), stack: Vec::new(), depth: 0, deepest: 0 }
+    }
+
+    /// Checks `expr` whose root is one level below `depth`.
+    fn check(&mut self, expr: &Expr, depth: usize) -> Result<Cond, SegmentError> {
+        self.depth = depth;
+        self.deepest = depth;
+        Checker { s: self }.expr(expr, Scope::Profile)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -125,18 +216,34 @@ enum Scope<'e> {
     Event(&'e str),
 }
 
-struct Checker<'c, 'a> {
-    ctx: &'c CheckContext<'a>,
-    /// Saved segments being inlined, outermost first, for cycle detection.
-    stack: &'c mut Vec<String>,
+struct Checker<'s, 'c, 'a> {
+    s: &'s mut Session<'c, 'a>,
 }
 
 fn pos(span: super::ast::Span) -> usize {
     span.start + 1
 }
 
-impl Checker<'_, '_> {
+impl Checker<'_, '_, '_> {
+    /// Goes one level down, refusing to pass [`MAX_COMPILED_DEPTH`].
+    fn descend(&mut self, levels: usize) -> Result<(), SegmentError> {
+        let at = self.s.depth.saturating_add(levels);
+        if at > MAX_COMPILED_DEPTH {
+            return Err(SegmentError::TooDeep { max: MAX_COMPILED_DEPTH });
+        }
+        self.s.deepest = self.s.deepest.max(at);
+        Ok(())
+    }
+
     fn expr(&mut self, e: &Expr, scope: Scope<'_>) -> Result<Cond, SegmentError> {
+        self.descend(1)?;
+        self.s.depth += 1;
+        let result = self.node(e, scope);
+        self.s.depth -= 1;
+        result
+    }
+
+    fn node(&mut self, e: &Expr, scope: Scope<'_>) -> Result<Cond, SegmentError> {
         Ok(match e {
             Expr::All(_) => Cond::All,
             Expr::Not(x, _) => Cond::Not(Box::new(self.expr(x, scope)?)),
@@ -144,7 +251,7 @@ impl Checker<'_, '_> {
             Expr::Or(v) => Cond::Or(v.iter().map(|x| self.expr(x, scope)).collect::<Result<_, _>>()?),
             Expr::Predicate(p) => self.predicate(p, scope)?,
             Expr::Did(b) => {
-                if !self.ctx.schema.has_event(&b.event) {
+                if !self.s.ctx.schema.has_event(&b.event) {
                     return Err(SegmentError::UnknownName {
                         position: pos(b.event_span),
                         name: b.event.clone(),
@@ -160,7 +267,7 @@ impl Checker<'_, '_> {
                     Frequency::AtMost(n) => (0, Some(n)),
                     Frequency::Exactly(n) => (n, Some(n)),
                 };
-                let now = self.ctx.now_ms;
+                let now = self.s.ctx.now_ms;
                 let at = |t: TimeRef| match t {
                     TimeRef::At(ms) => ms,
                     TimeRef::Now(offset) => now.saturating_add(offset),
@@ -174,24 +281,41 @@ impl Checker<'_, '_> {
                 Cond::Did(Did { event: b.event.clone(), filter, min, max, from_ms, to_ms })
             }
             Expr::InSegment { name, span } => {
-                if let Some(i) = self.stack.iter().position(|s| s == name) {
-                    let mut path = self.stack[i..].to_vec();
+                if let Some((cond, height)) = self.s.segments.get(name) {
+                    // Compiled before in this session: the same node, and
+                    // the same levels below this reference.
+                    let (cond, height) = (cond.clone(), *height);
+                    self.descend(height)?;
+                    return Ok(cond);
+                }
+                if let Some(i) = self.s.stack.iter().position(|s| s == name) {
+                    let mut path = self.s.stack[i..].to_vec();
                     path.push(name.clone());
                     return Err(SegmentError::SegmentCycle { path });
                 }
-                let text = self.ctx.catalog.segment_text(name).ok_or_else(|| {
+                let text = self.s.ctx.catalog.segment_text(name).ok_or_else(|| {
                     SegmentError::UnknownSegment { position: pos(*span), name: name.clone() }
                 })?;
                 let wrap = |source: SegmentError| match source {
-                    // A cycle is reported as a whole, not wrapped per level.
-                    SegmentError::SegmentCycle { .. } => source,
+                    // A cycle or a bound is reported as a whole, not wrapped
+                    // per level.
+                    SegmentError::SegmentCycle { .. }
+                    | SegmentError::TooDeep { .. }
+                    | SegmentError::TooLarge { .. } => source,
                     other => SegmentError::InSavedSegment { name: name.clone(), source: Box::new(other) },
                 };
                 let inner = parse(&text).map_err(wrap)?;
-                self.stack.push(name.clone());
+                self.s.stack.push(name.clone());
+                let (depth, deepest) = (self.s.depth, self.s.deepest);
+                self.s.deepest = depth;
                 let result = self.expr(&inner, Scope::Profile).map_err(wrap);
-                self.stack.pop();
-                result?
+                let height = self.s.deepest - depth;
+                self.s.deepest = deepest.max(self.s.deepest);
+                self.s.stack.pop();
+                let node = SegmentNode { name: name.clone(), cond: normalize(result?) };
+                let cond = Cond::Segment(Arc::new(node));
+                self.s.segments.insert(name.clone(), (cond.clone(), height));
+                cond
             }
         })
     }
@@ -201,7 +325,7 @@ impl Checker<'_, '_> {
         let unknown =
             |what: String| SegmentError::UnknownName { position: pos(p.name.span), name: name.clone(), what };
         match scope {
-            Scope::Profile => match self.ctx.schema.field(name) {
+            Scope::Profile => match self.s.ctx.schema.field(name) {
                 Some(FieldType::Identifier(kind)) => Ok(Field::Identifier(kind)),
                 Some(FieldType::Trait(ty)) => Ok(match name.as_str() {
                     "first_seen" => Field::FirstSeen,
@@ -210,7 +334,7 @@ impl Checker<'_, '_> {
                 }),
                 None => Err(unknown("trait".to_string())),
             },
-            Scope::Event(event) => match self.ctx.schema.property_type(event, name) {
+            Scope::Event(event) => match self.s.ctx.schema.property_type(event, name) {
                 Some(ty) => Ok(Field::Trait { name: name.clone(), ty }),
                 None => Err(unknown(format!("property of event \"{event}\""))),
             },
@@ -334,7 +458,7 @@ impl Checker<'_, '_> {
                 }),
             },
             (TraitType::Timestamp, LitValue::Now { offset_ms }) => {
-                Ok(time_key(self.ctx.now_ms.saturating_add(*offset_ms)))
+                Ok(time_key(self.s.ctx.now_ms.saturating_add(*offset_ms)))
             }
             _ => Err(mismatch(p, lit, Kind::Ordered(ty))),
         }

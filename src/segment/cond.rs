@@ -4,14 +4,27 @@
 //! A [`Cond`] is what a parsed [`Expr`](super::ast::Expr) becomes once every
 //! name is resolved against the schema, every literal is converted to the
 //! trait's type, `NOW` is fixed to the query's time, windows are absolute
-//! millisecond ranges and saved segments are inlined. [`normalize`] then
+//! millisecond ranges and saved segments are resolved. [`normalize`] then
 //! pushes `NOT` down to the leaves (De Morgan), flattens `AND`/`OR` and folds
 //! constants, so that the evaluator sees only: `All`, `Empty`, leaves,
-//! behaviours, `Not` of a leaf or behaviour, and `And`/`Or` of those.
+//! behaviours, shared saved segments, `Not` of a leaf, behaviour or shared
+//! segment, and `And`/`Or` of those.
+//!
+//! A saved segment that a query uses once is inlined. One that it uses more
+//! than once (directly, or through other saved segments) is compiled once
+//! into a [`SegmentNode`] that every reference holds by [`Arc`]: the
+//! condition is a DAG, not a tree, so that `IN SEGMENT "a" OR IN SEGMENT "a"`
+//! nested 23 times is 23 nodes rather than 2^23 copies, and the evaluator
+//! computes each shared node once per shard per query. A shared node's own
+//! condition is in normal form; `NOT` stops above it rather than being pushed
+//! into it (which would need a second, negated copy).
 //!
 //! Two-valued logic is preserved: `Not(country = "FR")` is *not* rewritten
 //! to `country != "FR"`, because the first is true for a profile with no
 //! country and the second is false.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::model::{IdentifierKind, TraitType};
 
@@ -33,6 +46,34 @@ pub enum Cond {
     Leaf(Leaf),
     /// A behaviour: how many matching events in a window.
     Did(Did),
+    /// A saved segment shared by several references in one query: one
+    /// node, evaluated once per shard per query.
+    Segment(Arc<SegmentNode>),
+}
+
+/// A saved segment compiled once and shared, by [`Arc`], by every place of a
+/// query that refers to it.
+#[derive(Debug)]
+pub struct SegmentNode {
+    /// The saved segment's name (for messages and debugging; identity is the
+    /// node itself).
+    pub name: String,
+    /// Its condition, in normal form.
+    pub cond: Cond,
+}
+
+impl PartialEq for SegmentNode {
+    /// Two nodes are equal when they are one node, or when they have the
+    /// same name and the same condition (two compilations of one segment).
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && (std::ptr::eq(self, other) || self.cond == other.cond)
+    }
+}
+
+/// The identity of a shared node, as a key for per-query tables; valid while
+/// the node is alive.
+pub fn node_key(node: &Arc<SegmentNode>) -> usize {
+    Arc::as_ptr(node) as usize
 }
 
 /// What a leaf tests.
@@ -173,7 +214,110 @@ fn norm(cond: Cond, negate: bool) -> Cond {
             let did = Did { filter: did.filter.map(|f| Box::new(normalize(*f))), ..did };
             negated(norm_did(did), negate)
         }
+        Cond::Segment(node) => negated(shared(node), negate),
     }
+}
+
+/// A shared segment as it stands in normal form: its condition folds away
+/// when it is a constant, and is copied in when it is a single leaf (no
+/// cheaper to share than to repeat); otherwise the node stays shared. Its
+/// condition is already normal.
+fn shared(node: Arc<SegmentNode>) -> Cond {
+    match &node.cond {
+        Cond::All => Cond::All,
+        Cond::Empty => Cond::Empty,
+        leaf @ Cond::Leaf(_) => leaf.clone(),
+        not @ Cond::Not(inner) if matches!(**inner, Cond::Leaf(_)) => not.clone(),
+        _ => Cond::Segment(node),
+    }
+}
+
+/// Inlines the shared segments that `conds` use only once between them,
+/// keeps the others shared (one node each, referred to by every use), and
+/// returns the conditions in normal form. A use is a reference from one
+/// node of the DAG: the body of a shared segment is counted once however
+/// often the segment is used.
+pub fn inline_single_uses(conds: Vec<Cond>) -> Vec<Cond> {
+    let uses = uses_of(conds.iter());
+    let mut rebuilt = HashMap::new();
+    conds.iter().map(|c| normalize(inline(c, &uses, &mut rebuilt))).collect()
+}
+
+/// The number of references to each shared node of `conds` (by
+/// [`node_key`]), each node's own condition visited once.
+pub fn uses_of<'c>(conds: impl IntoIterator<Item = &'c Cond>) -> HashMap<usize, usize> {
+    let mut uses = HashMap::new();
+    for c in conds {
+        count_uses(c, &mut uses);
+    }
+    uses
+}
+
+/// Counts the references to each shared node, visiting each node's body
+/// once.
+fn count_uses(c: &Cond, uses: &mut HashMap<usize, usize>) {
+    match c {
+        Cond::All | Cond::Empty | Cond::Leaf(_) | Cond::Did(_) => {}
+        Cond::Not(x) => count_uses(x, uses),
+        Cond::And(v) | Cond::Or(v) => v.iter().for_each(|x| count_uses(x, uses)),
+        Cond::Segment(node) => {
+            let n = uses.entry(node_key(node)).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                count_uses(&node.cond, uses);
+            }
+        }
+    }
+}
+
+/// `c` with the nodes used once replaced by their conditions; each node
+/// used more than once is rebuilt once (in `rebuilt`) and shared.
+fn inline(c: &Cond, uses: &HashMap<usize, usize>, rebuilt: &mut HashMap<usize, Cond>) -> Cond {
+    match c {
+        Cond::All => Cond::All,
+        Cond::Empty => Cond::Empty,
+        Cond::Leaf(l) => Cond::Leaf(l.clone()),
+        Cond::Did(d) => Cond::Did(d.clone()),
+        Cond::Not(x) => Cond::Not(Box::new(inline(x, uses, rebuilt))),
+        Cond::And(v) => Cond::And(v.iter().map(|x| inline(x, uses, rebuilt)).collect()),
+        Cond::Or(v) => Cond::Or(v.iter().map(|x| inline(x, uses, rebuilt)).collect()),
+        Cond::Segment(node) => {
+            let key = node_key(node);
+            if uses.get(&key).copied().unwrap_or(0) <= 1 {
+                return inline(&node.cond, uses, rebuilt);
+            }
+            if let Some(done) = rebuilt.get(&key) {
+                return done.clone();
+            }
+            let cond = normalize(inline(&node.cond, uses, rebuilt));
+            let done = shared(Arc::new(SegmentNode { name: node.name.clone(), cond }));
+            rebuilt.insert(key, done.clone());
+            done
+        }
+    }
+}
+
+/// The number of distinct nodes of a condition: every node of the tree,
+/// but each shared segment and its condition counted once, however often
+/// it is used. Behaviours count the nodes of their filters.
+pub fn distinct_nodes(conds: &[&Cond]) -> usize {
+    fn walk(c: &Cond, seen: &mut std::collections::HashSet<usize>) -> usize {
+        match c {
+            Cond::All | Cond::Empty | Cond::Leaf(_) => 1,
+            Cond::Did(d) => 1 + d.filter.as_deref().map_or(0, |f| walk(f, seen)),
+            Cond::Not(x) => 1 + walk(x, seen),
+            Cond::And(v) | Cond::Or(v) => 1 + v.iter().map(|x| walk(x, seen)).sum::<usize>(),
+            Cond::Segment(node) => {
+                if seen.insert(node_key(node)) {
+                    1 + walk(&node.cond, seen)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    conds.iter().map(|c| walk(c, &mut seen)).sum()
 }
 
 /// Rewrites a behaviour so that `min >= 1`.
@@ -251,25 +395,38 @@ fn make_or(items: Vec<Cond>) -> Cond {
     }
 }
 
-/// True when `cond` is in the normal form [`normalize`] produces.
+/// True when `cond` is in the normal form [`normalize`] produces. Each
+/// shared segment's condition is checked once, as a condition of its own.
 pub fn is_normal(cond: &Cond) -> bool {
-    fn inner(c: &Cond, top: bool) -> bool {
+    fn inner(c: &Cond, top: bool, seen: &mut std::collections::HashSet<usize>) -> bool {
         match c {
             Cond::All | Cond::Empty => top,
-            Cond::Not(x) => matches!(**x, Cond::Leaf(_) | Cond::Did(_)) && inner(x, false),
-            Cond::And(v) => v.len() >= 2 && v.iter().all(|x| !matches!(x, Cond::And(_)) && inner(x, false)),
-            Cond::Or(v) => v.len() >= 2 && v.iter().all(|x| !matches!(x, Cond::Or(_)) && inner(x, false)),
+            // A shared node holds no constant and no lone leaf (those are
+            // folded or copied in), and its condition is checked once.
+            Cond::Segment(node) => {
+                !seen.insert(node_key(node))
+                    || (matches!(shared(node.clone()), Cond::Segment(_)) && inner(&node.cond, true, seen))
+            }
+            Cond::Not(x) => {
+                matches!(**x, Cond::Leaf(_) | Cond::Did(_) | Cond::Segment(_)) && inner(x, false, seen)
+            }
+            Cond::And(v) => {
+                v.len() >= 2 && v.iter().all(|x| !matches!(x, Cond::And(_)) && inner(x, false, seen))
+            }
+            Cond::Or(v) => {
+                v.len() >= 2 && v.iter().all(|x| !matches!(x, Cond::Or(_)) && inner(x, false, seen))
+            }
             Cond::Leaf(l) => !matches!(l.test, LeafTest::Range { lo, hi } if lo > hi),
             Cond::Did(d) => {
                 d.min >= 1
                     && !d.window_is_empty()
                     && d.filter
                         .as_deref()
-                        .is_none_or(|f| !matches!(f, Cond::All | Cond::Empty) && inner(f, true))
+                        .is_none_or(|f| !matches!(f, Cond::All | Cond::Empty) && inner(f, true, seen))
             }
         }
     }
-    inner(cond, true)
+    inner(cond, true, &mut std::collections::HashSet::new())
 }
 
 #[cfg(test)]

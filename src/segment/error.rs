@@ -77,6 +77,26 @@ pub enum SegmentError {
         /// The chain of names, first and last equal.
         path: Vec<String>,
     },
+    /// The compiled condition has more distinct nodes than allowed.
+    #[error(
+        "the segment is too large: it compiles to {nodes} distinct condition nodes (each saved segment \
+         it uses counted once), at most {max} are allowed"
+    )]
+    TooLarge {
+        /// Its distinct nodes.
+        nodes: usize,
+        /// The bound, [`MAX_COMPILED_NODES`](crate::segment::MAX_COMPILED_NODES).
+        max: usize,
+    },
+    /// The condition nests deeper than allowed, through saved segments.
+    #[error(
+        "the segment is nested too deeply: more than {max} levels (each NOT, AND, OR, DID, predicate \
+         and IN SEGMENT is a level, through saved segments)"
+    )]
+    TooDeep {
+        /// The bound, [`MAX_COMPILED_DEPTH`](crate::segment::MAX_COMPILED_DEPTH).
+        max: usize,
+    },
     /// A saved segment's stored text no longer parses or checks.
     #[error("saved segment \"{name}\" is invalid: {source}")]
     InSavedSegment {
@@ -97,7 +117,10 @@ impl SegmentError {
             | SegmentError::TypeMismatch { position, .. }
             | SegmentError::UnsupportedOperator { position, .. }
             | SegmentError::UnknownSegment { position, .. } => Some(*position),
-            SegmentError::SegmentCycle { .. } | SegmentError::InSavedSegment { .. } => None,
+            SegmentError::SegmentCycle { .. }
+            | SegmentError::InSavedSegment { .. }
+            | SegmentError::TooLarge { .. }
+            | SegmentError::TooDeep { .. } => None,
         }
     }
 }

@@ -13,8 +13,16 @@
 //! Every leaf bitmap is a subset of the universe (removing a row clears it
 //! from every index), so `NOT x` is `universe - x` and its count is
 //! `|universe| - |x|`.
+//!
+//! A saved segment shared by several references of a query is one node of
+//! the condition (a DAG): a [`Memo`] keeps, for one query on one shard, each
+//! shared node's rows once built, its membership per row once checked, its
+//! estimate and whether it is costly, so that each is computed once however
+//! many paths lead to it. A node's rows are dropped after its last use.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use roaring::{MultiOps, RoaringBitmap};
 
@@ -22,7 +30,7 @@ use super::code_scan;
 use super::events::{EventTable, Partition, PropColumn, DAY_MS};
 use super::{Row, Shard, ShardError, TraitColumn, NO_CODE};
 use crate::model::{num_key, time_key, IdentifierKind, TraitType};
-use crate::segment::{Cond, Did, Field, Leaf, LeafTest};
+use crate::segment::{node_key, uses_of, Cond, Did, Field, Leaf, LeafTest, SegmentNode};
 
 type Bits<'a> = Cow<'a, RoaringBitmap>;
 
@@ -57,6 +65,64 @@ impl Counter for u32 {
     }
 }
 
+/// What one query has computed of its shared saved segments on one shard.
+///
+/// Keyed by node identity ([`node_key`]); every entry holds its node, so
+/// that the address cannot be reused by another node while the memo lives.
+/// A memo belongs to one query's conditions on one shard (the shard's state
+/// must not change while it is used).
+pub struct Memo {
+    /// What is known of each shared node met so far.
+    nodes: HashMap<usize, Entry>,
+    /// References to each node's rows not yet made; at zero the rows are
+    /// handed over rather than kept.
+    uses_left: HashMap<usize, usize>,
+}
+
+/// What a [`Memo`] knows of one shared node.
+struct Entry {
+    /// Keeps the node (and so its address, the key) alive.
+    _node: Arc<SegmentNode>,
+    /// Its rows, once built and while still needed.
+    set: Option<RoaringBitmap>,
+    /// Its membership of single rows, once checked.
+    rows: HashMap<Row, bool>,
+    /// Its estimate, once computed.
+    estimate: Option<u64>,
+    /// Whether it is costly to build, once known.
+    costly: Option<bool>,
+}
+
+impl Memo {
+    /// A memo for evaluating `conds` (the conditions of one query).
+    pub fn for_query<'c>(conds: impl IntoIterator<Item = &'c Cond>) -> Memo {
+        Memo { nodes: HashMap::new(), uses_left: uses_of(conds) }
+    }
+
+    /// The entry of `node`, created empty on first sight.
+    fn entry(&mut self, node: &Arc<SegmentNode>) -> &mut Entry {
+        self.nodes.entry(node_key(node)).or_insert_with(|| Entry {
+            _node: node.clone(),
+            set: None,
+            rows: HashMap::new(),
+            estimate: None,
+            costly: None,
+        })
+    }
+
+    /// Counts one use of `node`'s rows; true when it was the last one
+    /// expected (a node not counted at creation is never the last).
+    fn use_once(&mut self, node: &Arc<SegmentNode>) -> bool {
+        match self.uses_left.get_mut(&node_key(node)) {
+            Some(left) => {
+                *left = left.saturating_sub(1);
+                *left == 0
+            }
+            None => false,
+        }
+    }
+}
+
 /// Counts per value, as a breakdown returns them.
 pub type Breakdown = Vec<(String, u64)>;
 
@@ -70,29 +136,50 @@ pub fn top_n(mut counts: Breakdown, n: usize) -> Breakdown {
 impl Shard {
     /// The rows that satisfy `cond`.
     pub fn eval<'a>(&'a self, cond: &Cond) -> Bits<'a> {
+        self.eval_in(cond, &mut Memo::for_query([cond]))
+    }
+
+    /// The rows that satisfy `cond`, with the shared nodes' results in `memo`.
+    pub fn eval_in<'a>(&'a self, cond: &Cond, memo: &mut Memo) -> Bits<'a> {
         match cond {
             Cond::All => Cow::Borrowed(&self.universe),
             Cond::Empty => empty(),
-            Cond::Not(inner) => Cow::Owned(&self.universe - self.eval(inner).as_ref()),
-            Cond::And(items) => self.eval_and(items),
+            Cond::Not(inner) => Cow::Owned(&self.universe - self.eval_in(inner, memo).as_ref()),
+            Cond::And(items) => self.eval_and(items, memo),
             Cond::Or(items) => {
-                let parts: Vec<Bits<'_>> = items.iter().map(|c| self.eval(c)).collect();
+                let parts: Vec<Bits<'_>> = items.iter().map(|c| self.eval_in(c, memo)).collect();
                 Cow::Owned(parts.iter().map(|b| b.as_ref()).union())
             }
             Cond::Leaf(leaf) => self.leaf(leaf),
             Cond::Did(did) => Cow::Owned(self.did(did)),
+            Cond::Segment(node) => Cow::Owned(self.segment_rows(node, memo)),
         }
+    }
+
+    /// The rows of a shared node: built once per memo, and handed over
+    /// (not copied) at the last use.
+    fn segment_rows(&self, node: &Arc<SegmentNode>, memo: &mut Memo) -> RoaringBitmap {
+        let last = memo.use_once(node);
+        let entry = memo.entry(node);
+        if let Some(set) = &entry.set {
+            return if last { entry.set.take().unwrap_or_default() } else { set.clone() };
+        }
+        let set = self.eval_in(&node.cond, memo).into_owned();
+        if !last {
+            memo.entry(node).set = Some(set.clone());
+        }
+        set
     }
 
     /// Operands of an `AND` split into positives (most selective first) and
     /// negated ones (largest first, so the running set empties soonest).
-    fn plan_and<'c>(&self, items: &'c [Cond]) -> (Vec<&'c Cond>, Vec<&'c Cond>) {
+    fn plan_and<'c>(&self, items: &'c [Cond], memo: &mut Memo) -> (Vec<&'c Cond>, Vec<&'c Cond>) {
         let mut pos: Vec<(u64, &Cond)> = Vec::new();
         let mut neg: Vec<(u64, &Cond)> = Vec::new();
         for c in items {
             match c {
-                Cond::Not(inner) => neg.push((self.estimate(inner), inner)),
-                other => pos.push((self.estimate(other), other)),
+                Cond::Not(inner) => neg.push((self.estimate_in(inner, memo), inner)),
+                other => pos.push((self.estimate_in(other, memo), other)),
             }
         }
         // Most selective first, but ranges after the other operands: a range
@@ -103,18 +190,18 @@ impl Shard {
         (pos.into_iter().map(|x| x.1).collect(), neg.into_iter().map(|x| x.1).collect())
     }
 
-    fn eval_and<'a>(&'a self, items: &[Cond]) -> Bits<'a> {
-        let (pos, neg) = self.plan_and(items);
-        self.and_of(&pos, &neg)
+    fn eval_and<'a>(&'a self, items: &[Cond], memo: &mut Memo) -> Bits<'a> {
+        let (pos, neg) = self.plan_and(items, memo);
+        self.and_of(&pos, &neg, memo)
     }
 
     /// The rows satisfying every `pos` and no `neg`, in the given order,
     /// stopping as soon as the running set is empty. Once the running set is
     /// small, a costly operand (a behaviour that scans events, a range with
     /// edge bins) is checked row by row instead of being built whole.
-    fn and_of<'a>(&'a self, pos: &[&Cond], neg: &[&Cond]) -> Bits<'a> {
+    fn and_of<'a>(&'a self, pos: &[&Cond], neg: &[&Cond], memo: &mut Memo) -> Bits<'a> {
         let mut acc: Bits<'a> = match pos.first() {
-            Some(first) => self.eval(first),
+            Some(first) => self.eval_in(first, memo),
             None => Cow::Borrowed(&self.universe),
         };
         let steps = pos.iter().skip(1).map(|c| (*c, false)).chain(neg.iter().map(|c| (*c, true)));
@@ -122,9 +209,9 @@ impl Shard {
             if acc.is_empty() {
                 return empty();
             }
-            if acc.len() <= ROW_BY_ROW_MAX && self.is_costly(c) {
+            if acc.len() <= ROW_BY_ROW_MAX && self.is_costly(c, memo) {
                 let mut set = acc.into_owned();
-                set.retain(|row| self.row_matches_live(row, c) != negated);
+                set.retain(|row| self.row_matches_live(row, c, memo) != negated);
                 acc = Cow::Owned(set);
                 continue;
             }
@@ -133,7 +220,7 @@ impl Shard {
                 acc = Cow::Owned(if negated { acc.as_ref() - &hit } else { hit });
                 continue;
             }
-            let b = self.eval(c);
+            let b = self.eval_in(c, memo);
             acc = Cow::Owned(match (acc, negated) {
                 (Cow::Owned(mut a), false) => {
                     a &= b.as_ref();
@@ -235,22 +322,48 @@ impl Shard {
     }
 
     /// True for operands whose bitmap is expensive to build: behaviours that
-    /// scan events, and anything containing one.
-    fn is_costly(&self, c: &Cond) -> bool {
+    /// scan events, and anything containing one. A shared node that is
+    /// already built is not.
+    fn is_costly(&self, c: &Cond, memo: &mut Memo) -> bool {
         match c {
             Cond::Did(d) => d.filter.is_some() || d.min > 1 || d.max.is_some(),
-            Cond::Not(x) => self.is_costly(x),
-            Cond::And(v) | Cond::Or(v) => v.iter().any(|x| self.is_costly(x)),
+            Cond::Not(x) => self.is_costly(x, memo),
+            Cond::And(v) | Cond::Or(v) => v.iter().any(|x| self.is_costly(x, memo)),
+            Cond::Segment(node) => {
+                let entry = memo.entry(node);
+                if entry.set.is_some() {
+                    return false;
+                }
+                if let Some(known) = entry.costly {
+                    return known;
+                }
+                let costly = self.is_costly(&node.cond, memo);
+                memo.entry(node).costly = Some(costly);
+                costly
+            }
             _ => false,
         }
     }
 
     /// How many live profiles satisfy `cond`, building as little as possible.
     pub fn count(&self, cond: &Cond) -> u64 {
+        self.count_in(cond, &mut Memo::for_query([cond]))
+    }
+
+    /// The counts of several conditions of one query, each shared node
+    /// computed once for all of them.
+    pub fn count_all(&self, conds: &[Cond]) -> Vec<u64> {
+        let mut memo = Memo::for_query(conds);
+        conds.iter().map(|c| self.count_in(c, &mut memo)).collect()
+    }
+
+    /// How many live profiles satisfy `cond`, with the shared nodes' results
+    /// in `memo`.
+    pub fn count_in(&self, cond: &Cond, memo: &mut Memo) -> u64 {
         match cond {
             Cond::All => self.universe.len(),
             Cond::Empty => 0,
-            Cond::Not(inner) => self.universe.len() - self.count(inner),
+            Cond::Not(inner) => self.universe.len() - self.count_in(inner, memo),
             Cond::Leaf(Leaf { field, test: LeafTest::Range { lo, hi } }) => match self.range_column(field) {
                 Some(col) => col.range_len(*lo, *hi),
                 None => 0,
@@ -263,11 +376,11 @@ impl Shard {
                         values.iter().filter_map(|v| c.rows_of(v)).map(|b| b.len()).sum()
                     }
                     Some(TraitColumn::Text(c)) => values.iter().map(|v| c.rows_of(v).len() as u64).sum(),
-                    _ => self.eval(cond).len(),
+                    _ => self.eval_in(cond, memo).len(),
                 }
             }
             Cond::And(items) => {
-                let (mut pos, neg) = self.plan_and(items);
+                let (mut pos, neg) = self.plan_and(items, memo);
                 // A keyword test of several values is counted last, as a sum
                 // over its values: built first, its union is the small
                 // running set whose containers roaring converts to arrays
@@ -282,29 +395,29 @@ impl Shard {
                 // Build the set of all operands but the last, then count the
                 // last operation without building its result.
                 if let Some((last, rest_neg)) = neg.split_last() {
-                    let rest = self.and_of(&pos, rest_neg);
+                    let rest = self.and_of(&pos, rest_neg, memo);
                     if rest.is_empty() {
                         return 0;
                     }
                     if let Some(n) = self.count_within(last, &rest) {
                         return rest.len() - n;
                     }
-                    rest.difference_len(&self.eval(last))
+                    rest.difference_len(&self.eval_in(last, memo))
                 } else if let Some((last, rest_pos)) = pos.split_last() {
                     if rest_pos.is_empty() {
-                        return self.count(last);
+                        return self.count_in(last, memo);
                     }
-                    let rest = self.and_of(rest_pos, &[]);
+                    let rest = self.and_of(rest_pos, &[], memo);
                     if rest.is_empty() {
                         return 0;
                     }
                     if let Some(n) = self.count_within(last, &rest) {
                         return n;
                     }
-                    if rest.len() <= ROW_BY_ROW_MAX && self.is_costly(last) {
-                        return rest.iter().filter(|&r| self.row_matches_live(r, last)).count() as u64;
+                    if rest.len() <= ROW_BY_ROW_MAX && self.is_costly(last, memo) {
+                        return rest.iter().filter(|&r| self.row_matches_live(r, last, memo)).count() as u64;
                     }
-                    rest.intersection_len(&self.eval(last))
+                    rest.intersection_len(&self.eval_in(last, memo))
                 } else {
                     self.universe.len()
                 }
@@ -317,29 +430,47 @@ impl Shard {
                 let last_at = countable.unwrap_or(items.len().saturating_sub(1));
                 let Some(last) = items.get(last_at) else { return 0 };
                 let rest = items.iter().enumerate().filter(|&(i, _)| i != last_at).map(|(_, c)| c);
-                let parts: Vec<Bits<'_>> = rest.map(|c| self.eval(c)).collect();
+                let parts: Vec<Bits<'_>> = rest.map(|c| self.eval_in(c, memo)).collect();
                 let acc: RoaringBitmap = parts.iter().map(|b| b.as_ref()).union();
                 if let Some(both) = self.count_within(last, &acc) {
-                    return acc.len() + self.count(last) - both;
+                    return acc.len() + self.count_in(last, memo) - both;
                 }
-                acc.union_len(&self.eval(last))
+                acc.union_len(&self.eval_in(last, memo))
             }
-            other => self.eval(other).len(),
+            other => self.eval_in(other, memo).len(),
         }
     }
 
     /// An upper bound on the number of rows `cond` selects, cheap to compute,
     /// used to order the operands of an `AND`.
     pub fn estimate(&self, cond: &Cond) -> u64 {
+        self.estimate_in(cond, &mut Memo::for_query([cond]))
+    }
+
+    /// [`Self::estimate`], each shared node estimated once per memo (a built
+    /// one by its size).
+    fn estimate_in(&self, cond: &Cond, memo: &mut Memo) -> u64 {
         let universe = self.universe.len();
         match cond {
             Cond::All => universe,
             Cond::Empty => 0,
-            Cond::Not(inner) => universe.saturating_sub(self.estimate(inner) / 2),
-            Cond::And(items) => items.iter().map(|c| self.estimate(c)).min().unwrap_or(universe),
-            Cond::Or(items) => items.iter().map(|c| self.estimate(c)).sum::<u64>().min(universe),
+            Cond::Not(inner) => universe.saturating_sub(self.estimate_in(inner, memo) / 2),
+            Cond::And(items) => items.iter().map(|c| self.estimate_in(c, memo)).min().unwrap_or(universe),
+            Cond::Or(items) => items.iter().map(|c| self.estimate_in(c, memo)).sum::<u64>().min(universe),
             Cond::Did(d) => self.events.get(&d.event).map_or(0, |t| t.who.len() + t.staged_len() as u64),
             Cond::Leaf(leaf) => self.estimate_leaf(leaf),
+            Cond::Segment(node) => {
+                let entry = memo.entry(node);
+                if let Some(set) = &entry.set {
+                    return set.len();
+                }
+                if let Some(e) = entry.estimate {
+                    return e;
+                }
+                let e = self.estimate_in(&node.cond, memo);
+                memo.entry(node).estimate = Some(e);
+                e
+            }
         }
     }
 
@@ -489,20 +620,39 @@ impl Shard {
 
     /// True when the live row satisfies `cond`.
     pub fn row_matches(&self, row: Row, cond: &Cond) -> bool {
-        if !self.universe.contains(row) {
-            return false;
-        }
-        self.row_matches_live(row, cond)
+        self.row_matches_all(row, std::slice::from_ref(cond)).first().copied().unwrap_or(false)
     }
 
-    fn row_matches_live(&self, row: Row, cond: &Cond) -> bool {
+    /// Whether the row is live and satisfies each of several conditions of
+    /// one query, each shared node checked once for all of them.
+    pub fn row_matches_all(&self, row: Row, conds: &[Cond]) -> Vec<bool> {
+        if !self.universe.contains(row) {
+            return vec![false; conds.len()];
+        }
+        let mut memo = Memo::for_query(conds);
+        conds.iter().map(|c| self.row_matches_live(row, c, &mut memo)).collect()
+    }
+
+    fn row_matches_live(&self, row: Row, cond: &Cond, memo: &mut Memo) -> bool {
         match cond {
             Cond::All => true,
             Cond::Empty => false,
-            Cond::Not(inner) => !self.row_matches_live(row, inner),
-            Cond::And(items) => items.iter().all(|c| self.row_matches_live(row, c)),
-            Cond::Or(items) => items.iter().any(|c| self.row_matches_live(row, c)),
+            Cond::Not(inner) => !self.row_matches_live(row, inner, memo),
+            Cond::And(items) => items.iter().all(|c| self.row_matches_live(row, c, memo)),
+            Cond::Or(items) => items.iter().any(|c| self.row_matches_live(row, c, memo)),
             Cond::Leaf(leaf) => self.leaf_contains(row, leaf),
+            Cond::Segment(node) => {
+                let entry = memo.entry(node);
+                if let Some(set) = &entry.set {
+                    return set.contains(row);
+                }
+                if let Some(&known) = entry.rows.get(&row) {
+                    return known;
+                }
+                let hit = self.row_matches_live(row, &node.cond, memo);
+                memo.entry(node).rows.insert(row, hit);
+                hit
+            }
             Cond::Did(d) => {
                 let Some(table) = self.events.get(&d.event) else { return false };
                 if !table.has_row(row) {
@@ -593,7 +743,14 @@ impl Shard {
     /// satisfy `cond`; values with no row are left out. Unsorted: merge the
     /// shards' results, then take [`top_n`].
     pub fn breakdown(&self, cond: &Cond, name: &str) -> Result<Breakdown, ShardError> {
+        self.breakdown_with_total(cond, name).map(|(b, _)| b)
+    }
+
+    /// [`Self::breakdown`] and the number of rows that satisfy `cond`, from
+    /// one evaluation of it.
+    pub fn breakdown_with_total(&self, cond: &Cond, name: &str) -> Result<(Breakdown, u64), ShardError> {
         let set = self.eval(cond);
+        let total = set.len();
         let all = matches!(cond, Cond::All);
         let count = |b: &RoaringBitmap| if all { b.len() } else { b.intersection_len(&set) };
         let mut out = Vec::new();
@@ -633,7 +790,7 @@ impl Shard {
                 })
             }
         }
-        Ok(out)
+        Ok((out, total))
     }
 }
 
@@ -659,7 +816,8 @@ fn str_test(value: Option<&str>, test: &LeafTest) -> bool {
 fn event_matches(table: &EventTable, part: &Partition, i: usize, cond: &Cond) -> bool {
     match cond {
         Cond::All => true,
-        Cond::Empty | Cond::Did(_) => false,
+        // The checker never puts a behaviour or a saved segment in a filter.
+        Cond::Empty | Cond::Did(_) | Cond::Segment(_) => false,
         Cond::Not(inner) => !event_matches(table, part, i, inner),
         Cond::And(items) => items.iter().all(|c| event_matches(table, part, i, c)),
         Cond::Or(items) => items.iter().any(|c| event_matches(table, part, i, c)),

@@ -724,8 +724,9 @@ impl EventTable {
                 m
             }
             Cond::Leaf(leaf) => self.leaf_mask(part, &leaf.field, &leaf.test),
-            // The checker never puts a behaviour inside a filter.
-            Cond::Did(_) => vec![0u64; words],
+            // The checker never puts a behaviour or a saved segment inside
+            // a filter.
+            Cond::Did(_) | Cond::Segment(_) => vec![0u64; words],
         }
     }
 

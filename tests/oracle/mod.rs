@@ -357,7 +357,7 @@ impl Model {
         catalog: &BTreeMap<String, String>,
     ) -> bool {
         match self.profiles.get(&id) {
-            Some(p) => Evaluator { now: now_ms, schema, catalog }.expr(p, expr, 0),
+            Some(p) => Evaluator::new(now_ms, schema, catalog).expr(p, expr, 0),
             None => false,
         }
     }
@@ -371,7 +371,7 @@ impl Model {
         schema: &Schema,
         catalog: &BTreeMap<String, String>,
     ) -> Vec<u64> {
-        let eval = Evaluator { now: now_ms, schema, catalog };
+        let eval = Evaluator::new(now_ms, schema, catalog);
         self.live_on(shard).into_iter().filter(|(_, p)| eval.expr(p, expr, 0)).map(|(id, _)| id).collect()
     }
 
@@ -450,13 +450,22 @@ struct Evaluator<'a> {
     now: i64,
     schema: &'a Schema,
     catalog: &'a BTreeMap<String, String>,
+    /// Whether a profile (by shard and row) is in a saved segment, once
+    /// worked out: a saved segment is a name bound to an expression, so its
+    /// answer for one profile is the same wherever it is used. Without this,
+    /// segments that use one another several times cost exponential time.
+    segments: std::cell::RefCell<BTreeMap<(usize, u32, String), bool>>,
 }
 
 /// Saved segments nest at most this deep; deeper means a cycle, which the
 /// checker should have refused.
 const MAX_SEGMENT_DEPTH: usize = 32;
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
+    fn new(now: i64, schema: &'a Schema, catalog: &'a BTreeMap<String, String>) -> Self {
+        Evaluator { now, schema, catalog, segments: Default::default() }
+    }
+
     /// A segment over one profile; `depth` counts saved segments inlined.
     fn expr(&self, p: &ModelProfile, e: &Expr, depth: usize) -> bool {
         match e {
@@ -490,9 +499,15 @@ impl Evaluator<'_> {
             }
             Expr::InSegment { name, .. } => {
                 assert!(depth < MAX_SEGMENT_DEPTH, "saved segments nest too deeply at {name:?}");
+                let key = (p.shard, p.row, name.clone());
+                if let Some(&known) = self.segments.borrow().get(&key) {
+                    return known;
+                }
                 let text = self.catalog.get(name).unwrap_or_else(|| panic!("no saved segment {name:?}"));
                 let inner = parse(text).unwrap_or_else(|e| panic!("saved segment {name:?}: {e}"));
-                self.expr(p, &inner, depth + 1)
+                let hit = self.expr(p, &inner, depth + 1);
+                self.segments.borrow_mut().insert(key, hit);
+                hit
             }
         }
     }
