@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::catalog::{parse_now, AdminError};
@@ -53,7 +53,7 @@ fn query_status(e: QueryError) -> Status {
     }
 }
 
-fn ingest_status(e: IngestError) -> Status {
+pub(super) fn ingest_status(e: IngestError) -> Status {
     match e {
         IngestError::Unavailable(m) => Status::unavailable(bounded(m)),
         IngestError::Storage(m) => Status::internal(bounded(m)),
@@ -163,7 +163,7 @@ fn rejection(r: &RejectionRecord, offset: u64) -> pb::Rejection {
     }
 }
 
-fn reply(report: &IngestReport, offset: u64) -> pb::IngestReply {
+pub(super) fn reply(report: &IngestReport, offset: u64) -> pb::IngestReply {
     pb::IngestReply {
         applied: report.applied,
         duplicates: report.duplicates,
@@ -200,33 +200,11 @@ impl pb::ingest_server::Ingest for Services {
         &self,
         request: Request<Streaming<pb::IngestBatchRequest>>,
     ) -> Result<Response<pb::IngestReply>, Status> {
+        // Read ahead and joined: see `ingest_stream`'s documentation.
         let source = source_of(&request);
-        let mut stream = request.into_inner();
-        let mut total = pb::IngestReply::default();
-        let mut offset = 0u64;
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let n = batch.messages.len() as u64;
-            let report = self.node.ingest_text(batch.messages, now_ms(), source).await.map_err(|e| {
-                // What came before is acknowledged; say how far we got.
-                let s = ingest_status(e);
-                Status::new(
-                    s.code(),
-                    format!(
-                        "{} (messages before position {offset} were applied: {} applied, {} duplicates)",
-                        s.message(),
-                        total.applied,
-                        total.duplicates
-                    ),
-                )
-            })?;
-            let part = reply(&report, offset);
-            total.applied += part.applied;
-            total.duplicates += part.duplicates;
-            total.rejections.extend(part.rejections);
-            offset += n;
-        }
-        Ok(Response::new(total))
+        let reply =
+            super::ingest_stream::ingest_stream(self.node.clone(), request.into_inner(), source).await?;
+        Ok(Response::new(reply))
     }
 }
 
@@ -609,6 +587,7 @@ pub fn router(node: Arc<Node>) -> Result<tonic::transport::server::Router, Strin
         reporter.set_serving::<AdminServer<Services>>().await;
     });
     Ok(tonic::transport::Server::builder()
+        .initial_connection_window_size(super::ingest_stream::CONNECTION_WINDOW_BYTES)
         .add_service(health)
         .add_service(reflection)
         .add_service(

@@ -6,6 +6,7 @@
 //! - [`grpc`]: `cohort.v1` (Ingest, Query, Segments, Admin), health and
 //!   reflection.
 //! - [`http`]: the Segment-compatible HTTP endpoint.
+//! - [`ingest_stream`]: the gRPC `IngestStream`, read ahead and joined.
 //! - [`demo`]: `cohort demo`, a node started on generated data.
 //!
 //! [`serve`] runs both doors over one node until Ctrl-C or SIGTERM.
@@ -15,6 +16,7 @@
 pub mod demo;
 pub mod grpc;
 pub mod http;
+pub mod ingest_stream;
 
 use std::sync::Arc;
 
