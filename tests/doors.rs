@@ -267,3 +267,77 @@ async fn a_stream_cut_by_a_bad_frame_says_what_was_applied() {
     // What the reply says was applied was applied, and nothing after it.
     assert_eq!(s.universe().await, GOOD as u64);
 }
+
+/// Starts a server whose HTTP door has these timeouts (milliseconds, 0 off).
+fn with_http_timeouts(dir: &std::path::Path, header_ms: u64, idle_ms: u64) -> Server {
+    let config = dir.join("cohort.toml");
+    std::fs::write(
+        &config,
+        format!("http_header_timeout_ms = {header_ms}\nhttp_idle_timeout_ms = {idle_ms}\n"),
+    )
+    .unwrap();
+    Server::start(&dir.join("data"), 2, &["--config", config.to_str().unwrap()])
+}
+
+/// Reads `conn` until the server closes it (end of stream or a reset) and
+/// returns what it sent; `None` if it was still open after `bound` (a
+/// bound on the test, far above the timeouts under test).
+fn read_until_closed(conn: &mut std::net::TcpStream, bound: Duration) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < bound {
+        conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(got),
+        }
+    }
+    None
+}
+
+const STILL_OPEN_BOUND: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_header_is_cut_at_the_header_timeout() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    // The idle timeout is off: what closes these is the header timeout.
+    let s = with_http_timeouts(dir.path(), 300, 0);
+    let mut half = std::net::TcpStream::connect(&s.http).unwrap();
+    half.write_all(b"POST /v1/batch HTTP/1.1\r\nHost: cohort\r\nContent-Type: appl").unwrap();
+    let mut silent = std::net::TcpStream::connect(&s.http).unwrap();
+    assert!(read_until_closed(&mut half, STILL_OPEN_BOUND).is_some(), "half a header: still open");
+    assert!(read_until_closed(&mut silent, STILL_OPEN_BOUND).is_some(), "nothing sent: still open");
+    // A whole request is answered as before.
+    let mut whole = std::net::TcpStream::connect(&s.http).unwrap();
+    whole.write_all(b"GET /health HTTP/1.1\r\nHost: cohort\r\nConnection: close\r\n\r\n").unwrap();
+    let reply = read_until_closed(&mut whole, STILL_OPEN_BOUND).unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_and_an_idle_connection_are_cut_at_the_idle_timeout() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    // The header timeout is off: what closes these is the idle timeout.
+    let s = with_http_timeouts(dir.path(), 0, 300);
+    // A body that stops arriving, 10 of its 100 bytes sent.
+    let mut stalled = std::net::TcpStream::connect(&s.http).unwrap();
+    stalled
+        .write_all(b"POST /v1/batch HTTP/1.1\r\nHost: cohort\r\nContent-Length: 100\r\n\r\n{\"batch\":[")
+        .unwrap();
+    // A keep-alive connection left idle after its answer.
+    let mut idle = std::net::TcpStream::connect(&s.http).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: cohort\r\n\r\n").unwrap();
+    let mut silent = std::net::TcpStream::connect(&s.http).unwrap();
+    assert!(read_until_closed(&mut stalled, STILL_OPEN_BOUND).is_some(), "stalled body: still open");
+    let reply = read_until_closed(&mut idle, STILL_OPEN_BOUND).expect("idle keep-alive: still open");
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+    assert!(read_until_closed(&mut silent, STILL_OPEN_BOUND).is_some(), "nothing sent: still open");
+    // Nothing of the stalled batch reached the node.
+    assert_eq!(s.universe().await, 0);
+}

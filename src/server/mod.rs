@@ -94,6 +94,8 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
         write_keys: node.config.write_keys.clone(),
         max_message_bytes: node.config.max_message_bytes,
         max_batch_bytes: node.config.max_batch_bytes,
+        header_timeout_ms: node.config.http_header_timeout_ms,
+        idle_timeout_ms: node.config.http_idle_timeout_ms,
     };
     let mut http_stop = stop_tx.subscribe();
     let sink = node.clone() as Arc<dyn IngestSink>;
