@@ -310,8 +310,20 @@ async fn a_half_sent_header_is_cut_at_the_header_timeout() {
     let mut half = std::net::TcpStream::connect(&s.http).unwrap();
     half.write_all(b"POST /v1/batch HTTP/1.1\r\nHost: cohort\r\nContent-Type: appl").unwrap();
     let mut silent = std::net::TcpStream::connect(&s.http).unwrap();
+    // And 300 more, each with a header that stops part way.
+    let mut slow: Vec<std::net::TcpStream> = (0..300)
+        .map(|k| {
+            let mut c = std::net::TcpStream::connect(&s.http).unwrap();
+            c.write_all(format!("POST /v1/track HTTP/1.1\r\nHost: cohort\r\nX-Slow-{k}: ").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
     assert!(read_until_closed(&mut half, STILL_OPEN_BOUND).is_some(), "half a header: still open");
     assert!(read_until_closed(&mut silent, STILL_OPEN_BOUND).is_some(), "nothing sent: still open");
+    for (k, c) in slow.iter_mut().enumerate() {
+        assert!(read_until_closed(c, STILL_OPEN_BOUND).is_some(), "slow connection {k}: still open");
+    }
     // A whole request is answered as before.
     let mut whole = std::net::TcpStream::connect(&s.http).unwrap();
     whole.write_all(b"GET /health HTTP/1.1\r\nHost: cohort\r\nConnection: close\r\n\r\n").unwrap();

@@ -184,8 +184,9 @@ pub enum ClientCommand {
 pub struct ServeArgs {
     /// A TOML file whose top-level keys are the node's settings (data_dir,
     /// node_id, shards, grpc_addr, http_addr, write_keys,
-    /// max_message_bytes, max_batch_bytes, dedup_window_hours,
-    /// snapshot_entries, snapshot_log_bytes, query_threads). Flags override it.
+    /// max_message_bytes, max_batch_bytes, http_header_timeout_ms,
+    /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
+    /// snapshot_log_bytes, query_threads). Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where the Raft log and snapshots live [default: ./cohort-data].
