@@ -48,6 +48,12 @@ pub struct NodeConfig {
     pub max_message_bytes: usize,
     /// Largest HTTP batch, bytes.
     pub max_batch_bytes: usize,
+    /// Longest wait for an HTTP request's header, in full, milliseconds; 0
+    /// turns it off.
+    pub http_header_timeout_ms: u64,
+    /// Longest time an HTTP connection may move no byte, milliseconds; 0
+    /// turns it off.
+    pub http_idle_timeout_ms: u64,
     /// `messageId` deduplication window, hours.
     pub dedup_window_hours: i64,
     /// Raft entries between snapshots of a group.
@@ -70,6 +76,8 @@ impl Default for NodeConfig {
             write_keys: Vec::new(),
             max_message_bytes: 32 * 1024,
             max_batch_bytes: 500 * 1024,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
             dedup_window_hours: 24,
             snapshot_entries: 5_000,
             snapshot_log_bytes: 128 << 20,

@@ -168,7 +168,7 @@ async fn a_byte_flipped_deep_in_the_raft_log_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     loaded_dir(dir.path(), 1_000_000, false).await;
     let file = log_files(dir.path()).remove(0);
-    let mut bytes = std::fs::read(&file).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
     let end = bytes.iter().rposition(|&b| b != 0).unwrap();
     for at in [end / 3, end / 2, 2 * end / 3] {
         let mut damaged = bytes.clone();

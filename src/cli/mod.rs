@@ -43,6 +43,10 @@ pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7070";
 /// small for a page of 10,000 members with several traits each.
 const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;
 
+/// Largest `--timeout`: a gRPC timeout has at most 8 digits, and tonic
+/// panics on a duration it cannot write in 8 digits of hours.
+const MAX_TIMEOUT_SECS: u64 = 99_999_999;
+
 /// How long connecting to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,8 +69,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// Seconds to wait for each answer from the node (each batch for
-    /// `load`, each page for `members`).
-    #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
+    /// `load`, each page for `members`); at most 99999999, the largest a
+    /// gRPC timeout can say in seconds.
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub timeout: u64,
     /// The command.
     #[command(subcommand)]
@@ -187,8 +193,9 @@ pub enum ClientCommand {
 pub struct ServeArgs {
     /// A TOML file whose top-level keys are the node's settings (data_dir,
     /// node_id, shards, grpc_addr, http_addr, write_keys,
-    /// max_message_bytes, max_batch_bytes, dedup_window_hours,
-    /// snapshot_entries, snapshot_log_bytes, query_threads). Flags override it.
+    /// max_message_bytes, max_batch_bytes, http_header_timeout_ms,
+    /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
+    /// snapshot_log_bytes, query_threads). Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where the Raft log and snapshots live [default: ./cohort-data].
@@ -338,10 +345,31 @@ fn report(e: &anyhow::Error) {
     eprintln!("error: {}", error_text(e));
     if let Some(rpc) = e.downcast_ref::<RpcError>() {
         if let (Some(expr), Some(pos)) = (&rpc.expression, position_in(rpc.status.message())) {
-            eprintln!("  {expr}");
-            eprintln!("  {}^", " ".repeat(pos.saturating_sub(1)));
+            let (line, under) = caret(expr, pos);
+            eprintln!("  {line}");
+            eprintln!("  {under}");
         }
     }
+}
+
+/// Most characters of an expression shown above the caret.
+const CARET_WINDOW_CHARS: usize = 100;
+
+/// The expression (or, when long, a window of [`CARET_WINDOW_CHARS`]
+/// characters around the 1-based character `position`, `…` marking what is
+/// left out), and the line with a caret under the position.
+fn caret(expr: &str, position: usize) -> (String, String) {
+    let total = expr.chars().count();
+    let at = position.saturating_sub(1);
+    if total <= CARET_WINDOW_CHARS {
+        return (expr.to_string(), format!("{}^", " ".repeat(at)));
+    }
+    let first = at.saturating_sub(CARET_WINDOW_CHARS / 4).min(total - CARET_WINDOW_CHARS);
+    let window: String = expr.chars().skip(first).take(CARET_WINDOW_CHARS).collect();
+    let before = if first > 0 { "…" } else { "" };
+    let after = if first + CARET_WINDOW_CHARS < total { "…" } else { "" };
+    let offset = at.saturating_sub(first) + before.chars().count();
+    (format!("{before}{window}{after}"), format!("{}^", " ".repeat(offset)))
 }
 
 /// An error and its causes joined by `: `, each said once (tonic's transport
@@ -573,6 +601,21 @@ mod tests {
         assert_eq!(position_in("syntax error at position 12: expected a value, found end"), Some(12));
         assert_eq!(position_in("no position here"), None);
         assert_eq!(position_in("unknown segment \"x\""), None);
+    }
+
+    #[test]
+    fn the_caret_points_at_the_position_of_short_and_long_expressions() {
+        assert_eq!(caret("country = ", 11), ("country = ".to_string(), format!("{}^", " ".repeat(10))));
+        let long = format!("{}country = ", "a OR ".repeat(4_000));
+        let position = long.chars().count() + 1;
+        let (line, under) = caret(&long, position);
+        assert!(line.starts_with('…') && line.ends_with("country = "), "{line}");
+        assert!(line.chars().count() <= CARET_WINDOW_CHARS + 2);
+        // The caret stands just past the window's last character.
+        assert_eq!(under.chars().count(), line.chars().count() + 1);
+        let (line, under) = caret(&long, 3);
+        assert!(line.starts_with("a OR a") && line.ends_with('…'), "{line}");
+        assert_eq!(under, "  ^");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::cluster::catalog::{parse_address, CatalogMachine, SavedSegment};
 use crate::cluster::placement::shard_of;
 use crate::model::{IdentifierKind, Value};
 use crate::replication::shard_machine::ShardMachine;
+use crate::segment::error::{excerpt, shorten};
 use crate::segment::{compile_many, CheckContext, Cond, SegmentError};
 use crate::shard::eval::top_n;
 use crate::shard::{EventRecord, ProfileId, Row, Shard, Stamp};
@@ -112,8 +113,10 @@ pub struct Planner {
     pool: FanOut,
 }
 
+/// A query error about `text`: a bounded excerpt of it around the position
+/// the error names (the whole text when short), then the error.
 fn invalid(text: &str, e: SegmentError) -> QueryError {
-    QueryError::Invalid(format!("in {text:?}: {e}"))
+    QueryError::Invalid(format!("in {}: {e}", excerpt(text, e.position())))
 }
 
 /// `segment:NAME` is shorthand for `IN SEGMENT "NAME"`.
@@ -141,7 +144,9 @@ impl Planner {
         compile_many(&expanded, &ctx).map_err(|(i, e)| {
             let t = texts.get(i).map_or("", String::as_str);
             match e {
-                SegmentError::UnknownSegment { .. } => QueryError::NotFound(format!("in {t:?}: {e}")),
+                SegmentError::UnknownSegment { position, .. } => {
+                    QueryError::NotFound(format!("in {}: {e}", excerpt(t, Some(position))))
+                }
                 _ => invalid(t, e),
             }
         })
@@ -193,7 +198,7 @@ impl Planner {
         let state = self.catalog.state.read();
         let profile = state.lookup(address).ok_or_else(|| {
             let (kind, value) = parse_address(address);
-            QueryError::NotFound(format!("no profile has {}:{value}", kind.name()))
+            QueryError::NotFound(format!("no profile has {}:{}", kind.name(), shorten(value)))
         })?;
         Ok((profile, shard_of(profile, state.shards)))
     }
@@ -230,7 +235,8 @@ impl Planner {
         let (mut shard, mut after) = match cursor.filter(|c| !c.is_empty()) {
             None => (0usize, None),
             Some(c) => {
-                let bad = || QueryError::Invalid(format!("cursor {c:?} is not one this server gave"));
+                let bad =
+                    || QueryError::Invalid(format!("cursor {:?} is not one this server gave", shorten(c)));
                 let (s, r) = c.split_once(':').ok_or_else(bad)?;
                 let after = if r.is_empty() { None } else { Some(r.parse::<Row>().map_err(|_| bad())?) };
                 (s.parse().map_err(|_| bad())?, after)
@@ -283,7 +289,7 @@ impl Planner {
         {
             let state = self.catalog.state.read();
             if state.schema.trait_type(name).is_none() {
-                return Err(QueryError::NotFound(format!("no trait {name:?}")));
+                return Err(QueryError::NotFound(format!("no trait {:?}", shorten(name))));
             }
         }
         let cond = Arc::new(self.compile(&[text.to_string()], now_ms)?.remove(0));

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::catalog::{parse_now, AdminError};
@@ -23,45 +23,103 @@ use crate::query::QueryError;
 /// Largest gRPC message accepted (an ingest batch).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Most bytes of an error message sent back. The message travels in the
+/// `grpc-message` header, percent-encoded (up to three times as long), and
+/// clients refuse header lists past 16 KiB (tonic, grpc-go) or 8 KiB: a
+/// longer one makes the whole reply unreadable (`h2 protocol error`).
+/// Messages are short by construction (a query is quoted as an excerpt);
+/// this is the backstop for any that is not.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 2048;
+
+/// `message`, cut at a character boundary to at most
+/// [`MAX_STATUS_MESSAGE_BYTES`] bytes, with an ellipsis when cut.
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE_BYTES {
+        let mut at = MAX_STATUS_MESSAGE_BYTES - '…'.len_utf8();
+        while !message.is_char_boundary(at) {
+            at -= 1;
+        }
+        message.truncate(at);
+        message.push('…');
+    }
+    message
+}
+
 fn query_status(e: QueryError) -> Status {
     match e {
-        QueryError::Invalid(m) => Status::invalid_argument(m),
-        QueryError::NotFound(m) => Status::not_found(m),
-        QueryError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+        QueryError::Invalid(m) => Status::invalid_argument(bounded(m)),
+        QueryError::NotFound(m) => Status::not_found(bounded(m)),
+        QueryError::DeadlineExceeded(m) => Status::deadline_exceeded(bounded(m)),
     }
 }
 
-fn ingest_status(e: IngestError) -> Status {
+pub(super) fn ingest_status(e: IngestError) -> Status {
     match e {
-        IngestError::Unavailable(m) => Status::unavailable(m),
-        IngestError::Storage(m) => Status::internal(m),
+        IngestError::Unavailable(m) => Status::unavailable(bounded(m)),
+        IngestError::Storage(m) => Status::internal(bounded(m)),
     }
 }
 
 fn admin_status(e: AdminError) -> Status {
     match e {
-        AdminError::Invalid(m) => Status::invalid_argument(m),
-        AdminError::NotFound(m) => Status::not_found(m),
-        AdminError::InUse(m) => Status::failed_precondition(m),
-        AdminError::Exists(m) => Status::already_exists(m),
+        AdminError::Invalid(m) => Status::invalid_argument(bounded(m)),
+        AdminError::NotFound(m) => Status::not_found(bounded(m)),
+        AdminError::InUse(m) => Status::failed_precondition(bounded(m)),
+        AdminError::Exists(m) => Status::already_exists(bounded(m)),
     }
 }
 
-/// The request's deadline from its `grpc-timeout` header.
-fn deadline<T>(request: &Request<T>) -> Option<Instant> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    let d = match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
+/// Most digits a `grpc-timeout` value may have (gRPC over HTTP/2:
+/// "TimeoutValue: positive integer as ASCII string of at most 8 digits").
+const GRPC_TIMEOUT_DIGITS: usize = 8;
+
+/// The duration a `grpc-timeout` value (`1-8 digits` then a unit `H`, `M`,
+/// `S`, `m`, `u` or `n`) stands for, or why it is not one. The arithmetic is
+/// checked, so no value can overflow.
+pub fn parse_grpc_timeout(value: &str) -> Result<Duration, String> {
+    let bad = |why: &str| {
+        format!(
+            "grpc-timeout {value:?} is not a timeout: {why} (1 to {GRPC_TIMEOUT_DIGITS} digits and a unit H, M, S, m, u or n)"
+        )
+    };
+    let unit_at =
+        value.len().checked_sub(1).filter(|&i| value.is_char_boundary(i)).ok_or_else(|| bad("empty"))?;
+    let (digits, unit) = value.split_at(unit_at);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("the value is not a whole number"));
+    }
+    if digits.len() > GRPC_TIMEOUT_DIGITS {
+        return Err(bad(&format!("{} digits", digits.len())));
+    }
+    // At most 8 digits, so it fits a u64; the products below are checked all
+    // the same.
+    let n: u64 = digits.parse().map_err(|_| bad("the value is not a whole number"))?;
+    let too_long = || bad("too long");
+    Ok(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
+        "M" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
-        _ => return None,
+        _ => return Err(bad(&format!("unknown unit {unit:?}"))),
+    })
+}
+
+/// The request's deadline from its `grpc-timeout` header: `None` without
+/// one, INVALID_ARGUMENT for a value that is not a timeout or that lies
+/// past what the clock can represent.
+fn deadline<T>(request: &Request<T>) -> Result<Option<Instant>, Status> {
+    let Some(value) = request.metadata().get("grpc-timeout") else {
+        return Ok(None);
     };
-    Some(Instant::now() + d)
+    let value = value
+        .to_str()
+        .map_err(|_| Status::invalid_argument("grpc-timeout is not ASCII text, so it is not a timeout"))?;
+    let timeout = parse_grpc_timeout(value).map_err(Status::invalid_argument)?;
+    Instant::now().checked_add(timeout).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!("grpc-timeout {value:?} lies past the end of the server's clock"))
+    })
 }
 
 /// The door a batch came through: `cohort load` says so in the
@@ -105,7 +163,7 @@ fn rejection(r: &RejectionRecord, offset: u64) -> pb::Rejection {
     }
 }
 
-fn reply(report: &IngestReport, offset: u64) -> pb::IngestReply {
+pub(super) fn reply(report: &IngestReport, offset: u64) -> pb::IngestReply {
     pb::IngestReply {
         applied: report.applied,
         duplicates: report.duplicates,
@@ -142,33 +200,11 @@ impl pb::ingest_server::Ingest for Services {
         &self,
         request: Request<Streaming<pb::IngestBatchRequest>>,
     ) -> Result<Response<pb::IngestReply>, Status> {
+        // Read ahead and joined: see `ingest_stream`'s documentation.
         let source = source_of(&request);
-        let mut stream = request.into_inner();
-        let mut total = pb::IngestReply::default();
-        let mut offset = 0u64;
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let n = batch.messages.len() as u64;
-            let report = self.node.ingest_text(batch.messages, now_ms(), source).await.map_err(|e| {
-                // What came before is acknowledged; say how far we got.
-                let s = ingest_status(e);
-                Status::new(
-                    s.code(),
-                    format!(
-                        "{} (messages before position {offset} were applied: {} applied, {} duplicates)",
-                        s.message(),
-                        total.applied,
-                        total.duplicates
-                    ),
-                )
-            })?;
-            let part = reply(&report, offset);
-            total.applied += part.applied;
-            total.duplicates += part.duplicates;
-            total.rejections.extend(part.rejections);
-            offset += n;
-        }
-        Ok(Response::new(total))
+        let reply =
+            super::ingest_stream::ingest_stream(self.node.clone(), request.into_inner(), source).await?;
+        Ok(Response::new(reply))
     }
 }
 
@@ -177,7 +213,7 @@ type MembersStream = Pin<Box<dyn Stream<Item = Result<pb::MembersPage, Status>> 
 #[tonic::async_trait]
 impl pb::query_server::Query for Services {
     async fn count(&self, request: Request<pb::CountRequest>) -> Result<Response<pb::CountReply>, Status> {
-        let deadline = deadline(&request);
+        let deadline = deadline(&request)?;
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         if r.expressions.is_empty() {
@@ -199,7 +235,7 @@ impl pb::query_server::Query for Services {
     type MembersStream = MembersStream;
 
     async fn members(&self, request: Request<pb::MembersRequest>) -> Result<Response<MembersStream>, Status> {
-        let deadline = deadline(&request);
+        let deadline = deadline(&request)?;
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         let page_size = match r.page_size {
@@ -259,7 +295,7 @@ impl pb::query_server::Query for Services {
         &self,
         request: Request<pb::BreakdownRequest>,
     ) -> Result<Response<pb::BreakdownReply>, Status> {
-        let deadline = deadline(&request);
+        let deadline = deadline(&request)?;
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         let top = if r.top == 0 { 10 } else { r.top as usize };
@@ -370,7 +406,7 @@ impl pb::segments_server::Segments for Services {
         let s = state
             .segments
             .get(&name)
-            .ok_or_else(|| Status::not_found(format!("no saved segment {name:?}")))?;
+            .ok_or_else(|| Status::not_found(bounded(format!("no saved segment {name:?}"))))?;
         Ok(Response::new(saved(s)))
     }
 
@@ -551,6 +587,7 @@ pub fn router(node: Arc<Node>) -> Result<tonic::transport::server::Router, Strin
         reporter.set_serving::<AdminServer<Services>>().await;
     });
     Ok(tonic::transport::Server::builder()
+        .initial_connection_window_size(super::ingest_stream::CONNECTION_WINDOW_BYTES)
         .add_service(health)
         .add_service(reflection)
         .add_service(

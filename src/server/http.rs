@@ -78,6 +78,8 @@ use tokio_stream::StreamExt;
 
 use crate::ingest::{IngestError, IngestReport, IngestSink, Source};
 
+pub mod conn;
+
 /// Configuration of the HTTP door.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
@@ -88,11 +90,23 @@ pub struct HttpConfig {
     /// Largest request body after decompression (default 500 * 1024). The
     /// body as sent is held to the same limit.
     pub max_batch_bytes: usize,
+    /// Longest wait for a request's header, in full, milliseconds; 0 turns
+    /// it off (default 10 000). See [`conn`].
+    pub header_timeout_ms: u64,
+    /// Longest time a connection may move no byte, milliseconds; 0 turns it
+    /// off (default 60 000). See [`conn`].
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { write_keys: Vec::new(), max_message_bytes: 32 * 1024, max_batch_bytes: 500 * 1024 }
+        HttpConfig {
+            write_keys: Vec::new(),
+            max_message_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        }
     }
 }
 
@@ -267,14 +281,18 @@ pub fn router(sink: Arc<dyn IngestSink>, config: HttpConfig) -> Router {
 }
 
 /// Serves the door on `listener` until `shutdown` completes, then lets
-/// requests in flight finish.
+/// requests in flight finish; connections are held to the configured
+/// header and idle timeouts ([`conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     sink: Arc<dyn IngestSink>,
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(sink, config)).with_graceful_shutdown(shutdown).await
+    let millis = |ms: u64| (ms > 0).then(|| std::time::Duration::from_millis(ms));
+    let timeouts =
+        conn::Timeouts { header: millis(config.header_timeout_ms), idle: millis(config.idle_timeout_ms) };
+    conn::serve(listener, router(sink, config), timeouts, shutdown).await
 }
 
 /// The handler of one single-message endpoint.

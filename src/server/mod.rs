@@ -6,6 +6,7 @@
 //! - [`grpc`]: `cohort.v1` (Ingest, Query, Segments, Admin), health and
 //!   reflection.
 //! - [`http`]: the Segment-compatible HTTP endpoint.
+//! - [`ingest_stream`]: the gRPC `IngestStream`, read ahead and joined.
 //! - [`demo`]: `cohort demo`, a node started on generated data.
 //!
 //! [`serve`] runs both doors over one node until Ctrl-C or SIGTERM.
@@ -15,6 +16,7 @@
 pub mod demo;
 pub mod grpc;
 pub mod http;
+pub mod ingest_stream;
 
 use std::sync::Arc;
 
@@ -92,6 +94,8 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
         write_keys: node.config.write_keys.clone(),
         max_message_bytes: node.config.max_message_bytes,
         max_batch_bytes: node.config.max_batch_bytes,
+        header_timeout_ms: node.config.http_header_timeout_ms,
+        idle_timeout_ms: node.config.http_idle_timeout_ms,
     };
     let mut http_stop = stop_tx.subscribe();
     let sink = node.clone() as Arc<dyn IngestSink>;
