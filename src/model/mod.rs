@@ -12,7 +12,10 @@ mod time;
 mod value;
 
 pub use schema::{FieldType, IdentifierKind, Schema, GROUPS_TRAIT, RESERVED_NAMES};
-pub use time::{format_rfc3339_ms, parse_rfc3339_ms};
+pub use time::{
+    describe_time_ms, format_rfc3339_ms, is_rfc3339, parse_rfc3339_ms, time_in_range, MAX_TIME_MS,
+    MIN_TIME_MS, TIME_RANGE,
+};
 pub use value::{key_to_num, key_to_time, num_key, time_key, TraitType, Value};
 
 use thiserror::Error;
