@@ -32,7 +32,8 @@ use serde_json::{Map, Value as Json};
 use thiserror::Error;
 
 use super::{
-    describe_time_ms, is_rfc3339, parse_rfc3339_ms, time_in_range, Schema, TraitType, Value, GROUPS_TRAIT,
+    describe_time_ms, is_rfc3339, parse_rfc3339_ms, time_in_range, ModelError, Schema, SchemaLimits,
+    TraitType, Value, GROUPS_TRAIT,
 };
 
 /// Longest identifier accepted, in bytes.
@@ -784,13 +785,22 @@ pub struct TypedFields {
 }
 
 impl Message {
+    /// Whether the schema has room for the message's event (always, for a
+    /// message without one or with an event already known): the catalog
+    /// refuses the whole message otherwise, before applying any of it.
+    pub fn admit_event(&self, schema: &Schema, limits: &SchemaLimits) -> Result<(), ModelError> {
+        self.event.as_deref().map_or(Ok(()), |event| schema.admit_event(event, limits))
+    }
+
     /// Types the message's traits and properties against `schema`, inferring
-    /// and recording the type of a name seen for the first time (INGEST.md).
-    /// A value of the wrong type rejects that field only.
-    pub fn typed(&self, schema: &mut Schema) -> TypedFields {
+    /// and recording the type of a name seen for the first time (INGEST.md)
+    /// within `limits`. A value of the wrong type, or a new name over a
+    /// cap, rejects that field only (an event over a cap drops the event
+    /// and its properties; see [`Message::admit_event`]).
+    pub fn typed(&self, schema: &mut Schema, limits: &SchemaLimits) -> TypedFields {
         let mut out = TypedFields { field_errors: self.field_errors.clone(), ..TypedFields::default() };
         for (name, json) in &self.traits {
-            match schema.coerce_trait(name, json) {
+            match schema.coerce_trait(name, json, limits) {
                 Ok(value) => out.traits.push((name.clone(), value)),
                 Err(e) => out
                     .field_errors
@@ -800,10 +810,15 @@ impl Message {
         if let Some(group) = &self.group_id {
             // `groups` is a list trait the first group message creates.
             match schema.trait_type(GROUPS_TRAIT) {
-                None | Some(TraitType::List) => {
-                    let _ = schema.declare_trait(GROUPS_TRAIT, TraitType::List);
-                    out.add_to_lists.push((GROUPS_TRAIT.to_string(), vec![group.clone()]));
-                }
+                None | Some(TraitType::List) => match schema.admit_trait(GROUPS_TRAIT, limits) {
+                    Ok(()) => {
+                        let _ = schema.declare_trait(GROUPS_TRAIT, TraitType::List);
+                        out.add_to_lists.push((GROUPS_TRAIT.to_string(), vec![group.clone()]));
+                    }
+                    Err(e) => out
+                        .field_errors
+                        .push(FieldError { field: "groupId".to_string(), reason: e.to_string() }),
+                },
                 Some(other) => out.field_errors.push(FieldError {
                     field: "groupId".to_string(),
                     reason: format!("the trait `{GROUPS_TRAIT}` holds {} values, not a list", other.name()),
@@ -811,10 +826,14 @@ impl Message {
             }
         }
         if let Some(event) = &self.event {
+            if let Err(e) = schema.admit_event(event, limits) {
+                out.field_errors.push(FieldError { field: "event".to_string(), reason: e.to_string() });
+                return out;
+            }
             schema.declare_event(event);
             let mut props = Vec::with_capacity(self.properties.len());
             for (name, json) in &self.properties {
-                match schema.coerce_property(event, name, json) {
+                match schema.coerce_property(event, name, json, limits) {
                     Ok(Some(value)) => props.push((name.clone(), value)),
                     Ok(None) => {}
                     Err(e) => out
@@ -1038,7 +1057,7 @@ mod tests {
         schema.declare_trait("signup_at", crate::model::TraitType::Timestamp).unwrap();
         let first = parse(json!({"type": "identify", "userId": "u", "traits": {"age": 30, "signup_at": "2026-01-01T00:00:00Z"}}))
             .unwrap()
-            .typed(&mut schema);
+            .typed(&mut schema, &SchemaLimits::default());
         assert_eq!(
             first.traits,
             vec![
@@ -1049,7 +1068,7 @@ mod tests {
         let second = parse(json!({"type": "identify", "userId": "u",
             "traits": {"age": "forty", "city": "Lyon", "user_id": "x", "nick": null}}))
         .unwrap()
-        .typed(&mut schema);
+        .typed(&mut schema, &SchemaLimits::default());
         assert_eq!(
             second.traits,
             vec![("city".to_string(), Some(Value::Keyword("Lyon".into()))), ("nick".to_string(), None)]
@@ -1065,10 +1084,12 @@ mod tests {
         );
         let t = parse(json!({"type": "track", "userId": "u", "event": "buy", "properties": {"amount": 5, "note": null}}))
             .unwrap()
-            .typed(&mut schema);
+            .typed(&mut schema, &SchemaLimits::default());
         assert_eq!(t.event, Some(("buy".to_string(), vec![("amount".to_string(), Value::Number(5.0))])));
         assert!(schema.has_event("buy"));
-        let g = parse(json!({"type": "group", "userId": "u", "groupId": "acme"})).unwrap().typed(&mut schema);
+        let g = parse(json!({"type": "group", "userId": "u", "groupId": "acme"}))
+            .unwrap()
+            .typed(&mut schema, &SchemaLimits::default());
         assert_eq!(g.add_to_lists, vec![("groups".to_string(), vec!["acme".to_string()])]);
     }
 
