@@ -160,7 +160,7 @@ fn field_json(f: &pb::SchemaField) -> Json {
 }
 
 fn print_schema(reply: &pb::SchemaReply, json: bool) -> anyhow::Result<()> {
-    let caps = reply.caps.clone().unwrap_or_default();
+    let caps = reply.caps.unwrap_or_default();
     if json {
         return Out::json(&json!({
             "traits": reply.traits.iter().map(field_json).collect::<Vec<_>>(),

@@ -628,15 +628,14 @@ mod tests {
         s
     }
 
+    /// Traits by name, as a test reads them back.
+    type Traits = Vec<(String, TraitType)>;
+    /// Events with their properties, as a test reads them back.
+    type Events = Vec<(String, Vec<(String, TraitType)>)>;
+
     /// Every page from the start to the last, joined as a client does.
-    fn read_all(
-        s: &Schema,
-        prefix: &str,
-        limit: usize,
-        max_bytes: usize,
-    ) -> (Vec<(String, TraitType)>, Vec<(String, Vec<(String, TraitType)>)>, usize) {
-        let (mut traits, mut events): (Vec<(String, TraitType)>, Vec<(String, Vec<(String, TraitType)>)>) =
-            (Vec::new(), Vec::new());
+    fn read_all(s: &Schema, prefix: &str, limit: usize, max_bytes: usize) -> (Traits, Events, usize) {
+        let (mut traits, mut events): (Traits, Events) = (Vec::new(), Vec::new());
         let mut from: Option<SchemaCursor> = None;
         for pages in 1..=100_000 {
             let page = s.page(prefix, from.as_ref(), limit, max_bytes);
@@ -665,8 +664,8 @@ mod tests {
     #[test]
     fn pages_cover_the_schema_once_in_order_within_their_budgets() {
         let s = wide_schema(23, 5, 9);
-        let want_traits: Vec<(String, TraitType)> = s.traits().map(|(n, t)| (n.to_string(), t)).collect();
-        let want_events: Vec<(String, Vec<(String, TraitType)>)> = s
+        let want_traits: Traits = s.traits().map(|(n, t)| (n.to_string(), t)).collect();
+        let want_events: Events = s
             .events()
             .map(|(e, p)| (e.to_string(), p.iter().map(|(n, t)| (n.clone(), *t)).collect()))
             .collect();
