@@ -462,10 +462,7 @@ fn time(value: &Option<Json>, field: &'static str) -> Result<Option<i64>, Messag
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) => match parse_rfc3339_ms(s) {
             Some(ms) => Ok(Some(ms)),
-            None if is_rfc3339(s) => Err(MessageError::TimeOutOfRange {
-                field,
-                found: format!("{s:?}, which is out of range in UTC"),
-            }),
+            None if is_rfc3339(s) => Err(MessageError::TimeOutOfRange { field, found: format!("{s:?}") }),
             None => Err(MessageError::BadTime { field, value: s.clone() }),
         },
         Some(_) => Err(MessageError::WrongType { field, expected: "an RFC 3339 string" }),
