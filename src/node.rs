@@ -19,6 +19,7 @@ use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::datadir::{self, DataDirMeta};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
+use crate::model::SchemaLimits;
 use crate::query::Planner;
 use crate::replication::driver::{
     Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, ProposeError, SnapshotPolicy, StateMachine,
@@ -63,6 +64,16 @@ pub struct NodeConfig {
     pub snapshot_log_bytes: u64,
     /// Threads that answer queries.
     pub query_threads: usize,
+    /// Most traits the schema holds (new names beyond are refused).
+    pub max_traits: usize,
+    /// Most event names the schema holds.
+    pub max_events: usize,
+    /// Most properties of one event.
+    pub max_properties_per_event: usize,
+    /// Most properties of all events together.
+    pub max_properties: usize,
+    /// Longest new trait, event or property name, bytes.
+    pub max_name_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +93,24 @@ impl Default for NodeConfig {
             snapshot_entries: 5_000,
             snapshot_log_bytes: 128 << 20,
             query_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_traits: SchemaLimits::default().max_traits,
+            max_events: SchemaLimits::default().max_events,
+            max_properties_per_event: SchemaLimits::default().max_properties_per_event,
+            max_properties: SchemaLimits::default().max_properties,
+            max_name_bytes: SchemaLimits::default().max_name_bytes,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The caps on the schema's growth this configuration asks for.
+    pub fn schema_limits(&self) -> SchemaLimits {
+        SchemaLimits {
+            max_traits: self.max_traits,
+            max_events: self.max_events,
+            max_properties_per_event: self.max_properties_per_event,
+            max_properties: self.max_properties,
+            max_name_bytes: self.max_name_bytes,
         }
     }
 }
@@ -203,7 +232,7 @@ impl Node {
         let planner = Planner::new(catalog.clone(), shards.clone(), config.query_threads);
         manifest.flush().map_err(|e| e.to_string())?;
         start_manifest_flusher(&manifest);
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             manifest,
             config,
             driver,
@@ -214,7 +243,37 @@ impl Node {
             started,
             open_secs: started.elapsed().as_secs_f64(),
             loaded_secs,
-        }))
+        });
+        node.set_schema_limits().await?;
+        Ok(node)
+    }
+
+    /// Brings the caps on the schema in force to those of the
+    /// configuration, through the catalog's log, before any door is open:
+    /// entries before the change were typed under the caps of their time
+    /// and are replayed under them; entries after it under the new ones.
+    async fn set_schema_limits(&self) -> Result<(), String> {
+        let wanted = self.config.schema_limits();
+        let in_force = self.catalog.state.read().limits;
+        if in_force == wanted {
+            return Ok(());
+        }
+        self.admin(CatalogCommand::SetLimits(wanted))
+            .await
+            .map_err(|e| format!("setting the schema caps of the configuration: {e}"))?;
+        let changed: Vec<String> = [
+            ("max_traits", in_force.max_traits, wanted.max_traits),
+            ("max_events", in_force.max_events, wanted.max_events),
+            ("max_properties_per_event", in_force.max_properties_per_event, wanted.max_properties_per_event),
+            ("max_properties", in_force.max_properties, wanted.max_properties),
+            ("max_name_bytes", in_force.max_name_bytes, wanted.max_name_bytes),
+        ]
+        .iter()
+        .filter(|(_, was, now)| was != now)
+        .map(|(key, was, now)| format!("{key} {was} -> {now}"))
+        .collect();
+        eprintln!("cohort: schema caps set from the configuration: {}", changed.join(", "));
+        Ok(())
     }
 
     /// Ingests messages given as JSON text.

@@ -81,9 +81,48 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 // ------------------------------------------------------------ schema
 
 /// `cohort schema show`.
-pub async fn schema_show(node: &Node, json: bool) -> anyhow::Result<()> {
-    let reply = node.call(node.admin().get_schema(node.request(pb::GetSchemaRequest {}))).await?.into_inner();
+pub async fn schema_show(node: &Node, prefix: &str, page_size: u32, json: bool) -> anyhow::Result<()> {
+    let reply = read_schema(node, prefix, page_size).await?;
     print_schema(&reply, json)
+}
+
+/// The whole schema (or the part under `prefix`), read page by page and
+/// joined into one reply: an event continued from one page to the next is
+/// joined under its name.
+async fn read_schema(node: &Node, prefix: &str, page_size: u32) -> anyhow::Result<pb::SchemaReply> {
+    let ask = |page_token: String| pb::GetSchemaRequest {
+        limit: page_size,
+        page_token,
+        prefix: prefix.to_string(),
+    };
+    let mut whole = node.call(node.admin().get_schema(node.request(ask(String::new())))).await?.into_inner();
+    // Each page lists at least one new entry, so there are at most as many
+    // pages as entries; the schema may grow while it is read, hence the
+    // margin.
+    let entries = whole.trait_count + whole.event_count + whole.property_count;
+    let most_pages = entries.saturating_mul(2).saturating_add(16);
+    let mut pages = 1u64;
+    while !whole.next_page_token.is_empty() {
+        if pages >= most_pages {
+            anyhow::bail!("the schema did not end after {pages} pages of at most {page_size} entries");
+        }
+        let token = std::mem::take(&mut whole.next_page_token);
+        let page = node.call(node.admin().get_schema(node.request(ask(token)))).await?.into_inner();
+        pages += 1;
+        whole.traits.extend(page.traits);
+        let mut events = page.events.into_iter();
+        if let (Some(last), Some(first)) = (whole.events.last_mut(), events.as_slice().first()) {
+            if last.name == first.name {
+                let first = events.next().unwrap_or_default();
+                last.properties.extend(first.properties);
+            }
+        }
+        whole.events.extend(events);
+        (whole.next_page_token, whole.caps) = (page.next_page_token, page.caps);
+        (whole.trait_count, whole.event_count, whole.property_count) =
+            (page.trait_count, page.event_count, page.property_count);
+    }
+    Ok(whole)
 }
 
 /// `cohort schema apply FILE`: the file must be JSON (checked here, so that
@@ -92,8 +131,9 @@ pub async fn schema_apply(node: &Node, file: &Path, json: bool) -> anyhow::Resul
     let text = read_text(file)?;
     serde_json::from_str::<Json>(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     let request = node.request(pb::ApplySchemaRequest { json: text });
-    let reply = node.call(node.admin().apply_schema(request)).await?.into_inner();
-    print_schema(&reply, json)
+    node.call(node.admin().apply_schema(request)).await?;
+    // The reply holds the first page; the whole schema is read again.
+    print_schema(&read_schema(node, "", 1000).await?, json)
 }
 
 /// Reads a file, or standard input for `-`.
@@ -120,6 +160,7 @@ fn field_json(f: &pb::SchemaField) -> Json {
 }
 
 fn print_schema(reply: &pb::SchemaReply, json: bool) -> anyhow::Result<()> {
+    let caps = reply.caps.unwrap_or_default();
     if json {
         return Out::json(&json!({
             "traits": reply.traits.iter().map(field_json).collect::<Vec<_>>(),
@@ -127,6 +168,18 @@ fn print_schema(reply: &pb::SchemaReply, json: bool) -> anyhow::Result<()> {
                 "name": e.name,
                 "properties": e.properties.iter().map(field_json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "counts": {
+                "traits": reply.trait_count,
+                "events": reply.event_count,
+                "properties": reply.property_count,
+            },
+            "caps": {
+                "max_traits": caps.max_traits,
+                "max_events": caps.max_events,
+                "max_properties_per_event": caps.max_properties_per_event,
+                "max_properties": caps.max_properties,
+                "max_name_bytes": caps.max_name_bytes,
+            },
         }));
     }
     let mut traits = Table::new(vec![Column::text("trait"), Column::text("type"), Column::text("origin")]);
@@ -151,6 +204,18 @@ fn print_schema(reply: &pb::SchemaReply, json: bool) -> anyhow::Result<()> {
     out.push_str(&traits.render());
     out.push_str(&format!("\n{}\n", output::plural(reply.events.len() as u64, "event", "events")));
     out.push_str(&events.render());
+    out.push_str(&format!(
+        "\nschema: {} of at most {} traits, {} of {} events, {} of {} properties \
+         (at most {} per event), names of at most {} bytes\n",
+        reply.trait_count,
+        caps.max_traits,
+        reply.event_count,
+        caps.max_events,
+        reply.property_count,
+        caps.max_properties,
+        caps.max_properties_per_event,
+        caps.max_name_bytes
+    ));
     Out::text(&out)
 }
 

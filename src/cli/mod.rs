@@ -277,8 +277,16 @@ pub struct MembersArgs {
 /// `cohort schema ...`.
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
-    /// Show the traits and event properties with their types.
-    Show,
+    /// Show the traits and event properties with their types (read page
+    /// by page from the node), and the caps on the schema.
+    Show {
+        /// Only traits and events whose names start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Entries asked for per page (the node caps it at 10000).
+        #[arg(long, default_value_t = 1000)]
+        page_size: u32,
+    },
     /// Declare trait types from a JSON file: `{"traits": {"name": "type"}}`
     /// (`-` reads standard input); prints the resulting schema.
     Apply {
@@ -425,7 +433,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let node = Node::connect(&cli.addr, timeout).await?;
     match command {
         ClientCommand::Load(args) => load::run(&node, &args, json).await,
-        ClientCommand::Schema { command: SchemaCommand::Show } => commands::schema_show(&node, json).await,
+        ClientCommand::Schema { command: SchemaCommand::Show { prefix, page_size } } => {
+            commands::schema_show(&node, &prefix, page_size, json).await
+        }
         ClientCommand::Schema { command: SchemaCommand::Apply { file } } => {
             commands::schema_apply(&node, &file, json).await
         }

@@ -30,7 +30,7 @@ use super::placement::shard_of;
 use crate::identity::{Directory, MergeStep};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::message::Message;
-use crate::model::{parse_rfc3339_ms, IdentifierKind, Schema, TraitType, RESERVED_NAMES};
+use crate::model::{parse_rfc3339_ms, IdentifierKind, Schema, SchemaLimits, TraitType, RESERVED_NAMES};
 use crate::replication::driver::{ApplyResult, Halt, StateMachine};
 use crate::replication::shard_machine::Tag;
 use crate::segment::{check_save, parse, references, Catalog, CheckContext};
@@ -114,6 +114,11 @@ pub enum CatalogCommand {
     },
     /// Deletes a saved segment.
     DeleteSegment(String),
+    /// Sets the caps on the schema's growth, from the next entry on. A
+    /// node proposes it when it opens with caps in its configuration that
+    /// differ from those in force, so that the caps are part of the log
+    /// and every replay decides as the first application did.
+    SetLimits(SchemaLimits),
 }
 
 impl CatalogCommand {
@@ -334,6 +339,12 @@ pub struct CatalogState {
     #[serde(skip)]
     /// Identifier → profile.
     pub directory: Directory,
+    /// The caps on the schema in force (set through the log by
+    /// [`CatalogCommand::SetLimits`]; the defaults until the first). Kept
+    /// in the snapshot beside the state rather than in it, so that
+    /// snapshots written before the caps existed still decode.
+    #[serde(skip)]
+    pub limits: SchemaLimits,
 }
 
 impl Catalog for CatalogState {
@@ -388,6 +399,13 @@ impl CatalogState {
                         continue;
                     }
                 };
+                // An event the schema has no room for refuses the message
+                // before anything of it is applied or remembered, so that
+                // it can be sent again once the cap is raised.
+                if let Err(e) = message.admit_event(&self.schema, &self.limits) {
+                    self.reject(record("event", e.to_string(), message_id), &mut report);
+                    continue;
+                }
                 if let Some(id) = &message.message_id {
                     if self.dedup.seen(id, job.received_ms) {
                         report.duplicates += 1;
@@ -413,7 +431,7 @@ impl CatalogState {
                     self.record_merge(m, &message_id, job.received_ms);
                     plan.merge(m, self.shards);
                 }
-                let typed = message.typed(&mut self.schema);
+                let typed = message.typed(&mut self.schema, &self.limits);
                 for fe in &typed.field_errors {
                     self.reject(record(&fe.field, fe.reason.clone(), message_id.clone()), &mut report);
                 }
@@ -482,6 +500,12 @@ impl CatalogState {
                     "schema: {name:?} is maintained by the database and cannot be declared"
                 )));
             }
+            if name.is_empty() {
+                return Err(AdminError::Invalid(
+                    "schema: a trait needs a name (no query can name an empty one)".to_string(),
+                ));
+            }
+            next.admit_trait(name, &self.limits).map_err(|e| AdminError::Invalid(format!("schema: {e}")))?;
             next.declare_trait(name, ty).map_err(|e| AdminError::Invalid(format!("schema: {e}")))?;
             declared.push(name.clone());
         }
@@ -694,11 +718,13 @@ impl CatalogMachine {
     }
 }
 
-/// The body of a catalog snapshot: the state and the outbox's steps.
+/// The body of a catalog snapshot: the state, the outbox's steps and the
+/// schema's caps.
 #[derive(Serialize)]
 struct SnapshotBody<'a> {
     state: &'a CatalogState,
     pending: &'a [(u64, &'a [Step])],
+    limits: &'a SchemaLimits,
 }
 
 /// [`SnapshotBody`] as read back (the same encoding).
@@ -706,11 +732,23 @@ struct SnapshotBody<'a> {
 struct SnapshotBodyOwned {
     state: CatalogState,
     pending: Pending,
+    limits: SchemaLimits,
+}
+
+/// The body of a snapshot written before the caps existed: the state and
+/// the outbox (its caps are the defaults, as they were then: none).
+#[derive(Deserialize)]
+struct SnapshotBodyBeforeLimits {
+    state: CatalogState,
+    pending: Pending,
 }
 
 fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])]) -> Result<(), String> {
-    let body = bincode::serde::encode_to_vec(SnapshotBody { state, pending }, bincode::config::standard())
-        .map_err(|e| format!("encoding the catalog: {e}"))?;
+    let body = bincode::serde::encode_to_vec(
+        SnapshotBody { state, pending, limits: &state.limits },
+        bincode::config::standard(),
+    )
+    .map_err(|e| format!("encoding the catalog: {e}"))?;
     let dir = state.directory.encode();
     let io = |e: std::io::Error| format!("{}: {e}", path.display());
     let tmp = path.with_extension("tmp");
@@ -759,18 +797,26 @@ fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), String> {
     }
     let config = bincode::config::standard();
     let decoded = match bincode::serde::decode_from_slice::<SnapshotBodyOwned, _>(body, config) {
-        Ok((b, used)) if used == body.len() => Ok((b.state, b.pending)),
-        first => {
+        Ok((b, used)) if used == body.len() => {
+            let mut state = b.state;
+            state.limits = b.limits;
+            Ok((state, b.pending))
+        }
+        first => match bincode::serde::decode_from_slice::<SnapshotBodyBeforeLimits, _>(body, config) {
+            // Snapshots written before the caps existed hold the state and
+            // the outbox; the caps stay the defaults until the node's
+            // configuration sets them through the log.
+            Ok((b, used)) if used == body.len() => Ok((b.state, b.pending)),
             // Snapshots written before the outbox was kept hold the state
             // alone (their outbox was empty by construction).
-            match bincode::serde::decode_from_slice::<CatalogState, _>(body, config) {
+            _ => match bincode::serde::decode_from_slice::<CatalogState, _>(body, config) {
                 Ok((state, used)) if used == body.len() => Ok((state, Vec::new())),
                 _ => Err(match first {
                     Err(e) => corrupt(32, &format!("catalog state: {e}")),
                     Ok(_) => corrupt(32, "catalog state: bytes left after the state"),
                 }),
-            }
-        }
+            },
+        },
     };
     let (mut state, pending) = decoded?;
     state.directory = Directory::decode(dir).map_err(|e| corrupt(32 + body_len, &e.to_string()))?;
@@ -844,6 +890,10 @@ impl StateMachine for CatalogMachine {
             }
             Ok((CatalogCommand::DeleteSegment(name), _)) => {
                 CatalogResult::Done(self.state_at(index).delete_segment(&name))
+            }
+            Ok((CatalogCommand::SetLimits(limits), _)) => {
+                self.state_at(index).limits = limits;
+                CatalogResult::Done(Ok(()))
             }
         };
         Box::new(result)
@@ -1079,5 +1129,138 @@ mod tests {
         let e = CatalogMachine::open(dir.path(), 4, 24).err().unwrap();
         assert!(e.contains("catalog.snap") && e.contains("checksum"), "{e}");
         assert!(CatalogMachine::open(dir.path(), 8, 24).is_err());
+    }
+
+    fn reports_of(out: ApplyResult) -> Vec<IngestReport> {
+        match *out.downcast::<CatalogResult>().unwrap() {
+            CatalogResult::Ingested { reports, .. } => reports,
+            other => panic!("not an ingest result: {other:?}"),
+        }
+    }
+
+    fn ingest_entry(messages: &[String]) -> Vec<u8> {
+        CatalogCommand::Ingest(vec![IngestJob {
+            messages: messages.to_vec(),
+            received_ms: 1_700_000_000_000,
+            source: Source::Grpc,
+        }])
+        .encode()
+    }
+
+    /// Issue 12: nothing bounded the distinct names. With small caps set
+    /// through the log, a new name past a cap is rejected with the cap's
+    /// name and value (a trait or property as a field, an event as the
+    /// whole message, before it is applied or deduplicated); the caps are
+    /// in the snapshot, and a replay of the same log from nothing decides
+    /// every message as the first application did, across a change of caps.
+    #[test]
+    fn caps_set_in_the_log_reject_new_names_alike_on_every_replay() {
+        let small = SchemaLimits {
+            max_traits: 2,
+            max_events: 1,
+            max_properties_per_event: 1,
+            max_properties: 10,
+            max_name_bytes: 16,
+        };
+        let m = |v: serde_json::Value| v.to_string();
+        let log: Vec<Vec<u8>> = vec![
+            CatalogCommand::SetLimits(small).encode(),
+            ingest_entry(&[
+                m(serde_json::json!({"type": "identify", "userId": "u", "traits": {"a": 1, "b": 2, "c": 3}})),
+                m(
+                    serde_json::json!({"type": "track", "userId": "u", "event": "buy", "properties": {"p": 1, "q": 2}}),
+                ),
+                m(serde_json::json!({"type": "track", "userId": "u", "event": "view", "messageId": "v1"})),
+                m(
+                    serde_json::json!({"type": "identify", "userId": "u", "traits": {"a": 5, "much_too_long_name": 1}}),
+                ),
+            ]),
+            CatalogCommand::SetLimits(SchemaLimits { max_events: 2, ..small }).encode(),
+            ingest_entry(&[m(
+                serde_json::json!({"type": "track", "userId": "u", "event": "view", "messageId": "v1"}),
+            )]),
+        ];
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = CatalogMachine::open(d1.path(), 4, 24).unwrap();
+        let mut reports = Vec::new();
+        for (i, entry) in log.iter().enumerate() {
+            let out = first.apply(i as u64 + 1, entry);
+            if !matches!(out.downcast_ref::<CatalogResult>(), Some(CatalogResult::Done(Ok(())))) {
+                reports.push(reports_of(out));
+            }
+        }
+        let r = &reports[0][0];
+        let got: Vec<(u64, &str, &str)> =
+            r.rejections.iter().map(|x| (x.position, x.field.as_str(), x.reason.as_str())).collect();
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert_eq!((got[0].0, got[0].1), (0, "traits.c"));
+        assert!(got[0].2.contains("`max_traits` is 2"), "{}", got[0].2);
+        assert_eq!((got[1].0, got[1].1), (1, "properties.q"));
+        assert!(got[1].2.contains("`max_properties_per_event` is 1"), "{}", got[1].2);
+        assert_eq!((got[2].0, got[2].1), (2, "event"));
+        assert!(
+            got[2].2.contains("new event `view`") && got[2].2.contains("`max_events` is 1"),
+            "{}",
+            got[2].2
+        );
+        assert_eq!((got[3].0, got[3].1), (3, "traits.much_too_long_name"));
+        assert!(got[3].2.contains("`max_name_bytes` is 16"), "{}", got[3].2);
+        assert_eq!(r.applied, 3, "the refused event's message is not applied");
+        // Raised, the cap lets the event in; the refused message was not
+        // remembered as a duplicate, so sending it again applies it.
+        assert_eq!((reports[1][0].applied, reports[1][0].duplicates), (1, 0), "{:?}", reports[1]);
+        {
+            let st = first.state.read();
+            assert_eq!(st.limits.max_events, 2);
+            assert!(st.schema.has_event("view") && st.schema.trait_type("c").is_none());
+        }
+        // The snapshot keeps the caps in force.
+        first.snapshot().unwrap();
+        assert_eq!(CatalogMachine::open(d1.path(), 4, 24).unwrap().state.read().limits.max_events, 2);
+        // Replaying the same log into a fresh catalog gives the same state.
+        let again = CatalogMachine::open(d2.path(), 4, 24).unwrap();
+        for (i, entry) in log.iter().enumerate() {
+            again.apply(i as u64 + 1, entry);
+        }
+        again.snapshot().unwrap();
+        let snap = |d: &tempfile::TempDir| std::fs::read(d.path().join("catalog.snap")).unwrap();
+        assert_eq!(snap(&d1), snap(&d2));
+        // An operator's declaration is held to the caps too.
+        let e = again.state.write().apply_schema(r#"{"traits":{"x":"number"}}"#).unwrap_err();
+        assert!(e.to_string().contains("`max_traits` is 2"), "{e}");
+        let e = again.state.write().apply_schema(r#"{"traits":{"":"number"}}"#).unwrap_err();
+        assert!(e.to_string().contains("needs a name"), "{e}");
+    }
+
+    /// A snapshot written before the caps existed (state and outbox only)
+    /// still opens, with the default caps.
+    #[test]
+    fn a_snapshot_from_before_the_caps_opens_with_the_defaults() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            state: &'a CatalogState,
+            pending: &'a [(u64, &'a [Step])],
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = fresh(4);
+        ingest(&mut state, 1, &[r#"{"type":"identify","userId":"u","traits":{"a":1}}"#]);
+        state.applied_index = 1;
+        let body =
+            bincode::serde::encode_to_vec(Old { state: &state, pending: &[] }, bincode::config::standard())
+                .unwrap();
+        let dir_bytes = state.directory.encode();
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        file.extend_from_slice(&(dir_bytes.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&dir_bytes).to_le_bytes());
+        file.extend_from_slice(&body);
+        file.extend_from_slice(&dir_bytes);
+        std::fs::write(dir.path().join("catalog.snap"), file).unwrap();
+        let back = CatalogMachine::open(dir.path(), 4, 24).unwrap();
+        let st = back.state.read();
+        assert_eq!((st.applied_index, st.limits), (1, SchemaLimits::default()));
+        assert_eq!(st.schema.trait_type("a"), Some(TraitType::Number));
     }
 }

@@ -11,9 +11,17 @@
 //! - the message time is `timestamp`, else `receivedAt - (sentAt -
 //!   originalTimestamp)` when both are present, else the time the server
 //!   received it; RFC 3339 with `Z` or an offset, with or without fractions;
+//!   however it is derived, it must lie in the years 0000 to 9999 in UTC
+//!   (`model::MIN_TIME_MS` to `model::MAX_TIME_MS`), else the message is
+//!   refused;
 //! - `traits` (and `context.traits`, on any message) and `properties` are
 //!   flattened with dots (`{"address": {"city": "Lyon"}}` → `address.city`);
-//!   page and screen add `name` and `category` to the properties.
+//!   page and screen add `name` and `category` to the properties. When two
+//!   values land on one name, one is kept by a fixed rule (`traits` over
+//!   `context.traits`, a page's `name` over `properties.name`, a dotted key
+//!   over its nested spelling) and the other, when it differs, is reported
+//!   as a field rejection; a value under the empty name, which no query
+//!   can name, is refused the same way.
 //!
 //! A message that breaks a rule is a [`MessageError`] naming the field; a
 //! field that cannot be stored (an array that is not all strings) is dropped
@@ -23,7 +31,10 @@
 use serde_json::{Map, Value as Json};
 use thiserror::Error;
 
-use super::{parse_rfc3339_ms, Schema, TraitType, Value, GROUPS_TRAIT};
+use super::{
+    describe_time_ms, is_rfc3339, parse_rfc3339_ms, time_in_range, ModelError, Schema, SchemaLimits,
+    TraitType, Value, GROUPS_TRAIT,
+};
 
 /// Longest identifier accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -116,6 +127,16 @@ pub enum MessageError {
         field: &'static str,
         /// The text found.
         value: String,
+    },
+    /// A message time outside the years 0000 to 9999 (UTC), whether given
+    /// (`timestamp`, `receivedAt`) or derived from `sentAt` and
+    /// `originalTimestamp`: one range for every way of giving the time.
+    #[error("`{field}` gives {found}, outside the range of message times ({range})", range = super::TIME_RANGE)]
+    TimeOutOfRange {
+        /// The field, or the formula the time was derived by.
+        field: &'static str,
+        /// What it gives, in words.
+        found: String,
     },
 }
 
@@ -439,9 +460,11 @@ fn identifier(value: Option<Json>, field: &'static str) -> Result<Option<String>
 fn time(value: &Option<Json>, field: &'static str) -> Result<Option<i64>, MessageError> {
     match value {
         None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) => {
-            parse_rfc3339_ms(s).map(Some).ok_or_else(|| MessageError::BadTime { field, value: s.clone() })
-        }
+        Some(Json::String(s)) => match parse_rfc3339_ms(s) {
+            Some(ms) => Ok(Some(ms)),
+            None if is_rfc3339(s) => Err(MessageError::TimeOutOfRange { field, found: format!("{s:?}") }),
+            None => Err(MessageError::BadTime { field, value: s.clone() }),
+        },
         Some(_) => Err(MessageError::WrongType { field, expected: "an RFC 3339 string" }),
     }
 }
@@ -456,30 +479,99 @@ fn section(name: &'static str, value: Option<Json>) -> Result<Option<Map<String,
     }
 }
 
-/// Appends the flattened fields of `obj` under `prefix`: nested objects
-/// become dotted names; arrays of strings stay (they are list values); any
-/// other array is dropped and reported.
-fn flatten(
-    prefix: &str,
-    obj: Map<String, Json>,
-    section: &str,
-    out: &mut Vec<(String, Json)>,
-    errors: &mut Vec<FieldError>,
-) {
-    for (key, value) in obj {
-        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
-        match value {
-            Json::Object(inner) => flatten(&name, inner, section, out, errors),
-            Json::Array(items) if !items.iter().all(Json::is_string) => errors.push(FieldError {
-                field: format!("{section}.{name}"),
-                reason: "an array is stored only when all its items are strings".to_string(),
-            }),
-            other => {
-                // A later duplicate (after flattening) replaces an earlier one.
-                out.retain(|(n, _)| *n != name);
-                out.push((name, other));
+/// Longest rendering of a value quoted in a rejection (characters).
+const MAX_QUOTED_CHARS: usize = 40;
+
+/// A value as a rejection quotes it: compact JSON, cut to
+/// [`MAX_QUOTED_CHARS`] characters.
+fn quote(v: &Json) -> String {
+    let text = v.to_string();
+    if text.chars().count() <= MAX_QUOTED_CHARS {
+        text
+    } else {
+        let mut cut: String = text.chars().take(MAX_QUOTED_CHARS).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Where flattened fields go: the output, the field errors, the section
+/// being read, and how many of the output's entries came before it from
+/// a section it overrides (`context.traits` under `traits`).
+struct Flattener<'a> {
+    out: &'a mut Vec<(String, Json)>,
+    errors: &'a mut Vec<FieldError>,
+    section: &'static str,
+    /// Entries `out[..inherited]` came from `inherited_section`.
+    inherited: usize,
+    inherited_section: &'static str,
+}
+
+impl Flattener<'_> {
+    /// Appends the flattened fields of `obj` under `prefix`: nested objects
+    /// become dotted names; arrays of strings stay (they are list values);
+    /// any other array, and a value under the empty name, is dropped and
+    /// reported. Keys are read in the object's order, which is byte order
+    /// (serde_json's map is sorted), so of two spellings that flatten to
+    /// the same name the one holding more of it in one key comes later
+    /// and is kept: `{"a":{"b":1},"a.b":2}` keeps 2.
+    fn flatten(&mut self, prefix: &str, obj: Map<String, Json>) {
+        for (key, value) in obj {
+            let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+            match value {
+                Json::Object(inner) => self.flatten(&name, inner),
+                Json::Array(items) if !items.iter().all(Json::is_string) => self.errors.push(FieldError {
+                    field: format!("{}.{name}", self.section),
+                    reason: "an array is stored only when all its items are strings".to_string(),
+                }),
+                // No query can name "" (a name in a segment is never
+                // empty, even in backticks), so it is refused here rather
+                // than stored out of reach.
+                _ if name.is_empty() => self.errors.push(FieldError {
+                    field: format!("{}.", self.section),
+                    reason: "the name is empty, and no query can name an empty field".to_string(),
+                }),
+                other => self.put(name, other),
             }
         }
+    }
+
+    /// Sets `name` to `value`, replacing (and reporting, when it differs)
+    /// a value the message gave it already.
+    fn put(&mut self, name: String, value: Json) {
+        if let Some(at) = self.out.iter().position(|(n, _)| *n == name) {
+            let inherited = at < self.inherited;
+            let (_, dropped) = self.out.remove(at);
+            if inherited {
+                self.inherited -= 1;
+            }
+            if dropped != value {
+                let (section, reason) = if inherited {
+                    (
+                        self.inherited_section,
+                        format!(
+                            "`{}` gives `{name}` the value {}, which wins over `{}`: this value, {}, is dropped",
+                            self.section,
+                            quote(&value),
+                            self.inherited_section,
+                            quote(&dropped)
+                        ),
+                    )
+                } else {
+                    (
+                        self.section,
+                        format!(
+                            "two fields flatten to `{name}`: this value, {}, is dropped and {} is kept \
+                             (of two spellings, the one with the dotted key wins)",
+                            quote(&dropped),
+                            quote(&value)
+                        ),
+                    )
+                };
+                self.errors.push(FieldError { field: format!("{section}.{name}"), reason });
+            }
+        }
+        self.out.push((name, value));
     }
 }
 
@@ -543,7 +635,24 @@ impl Message {
         let time_ms = match time(&f.timestamp, "timestamp")? {
             Some(t) => t,
             None => match (time(&f.sent_at, "sentAt")?, time(&f.original_timestamp, "originalTimestamp")?) {
-                (Some(sent), Some(original)) => received.saturating_sub(sent.saturating_sub(original)),
+                (Some(sent), Some(original)) => {
+                    // `sent` and `original` are in range, so their
+                    // difference cannot overflow; the server's receive
+                    // time is not checked, hence the checked subtraction.
+                    let field = "receivedAt - (sentAt - originalTimestamp)";
+                    match received.checked_sub(sent - original) {
+                        Some(t) if time_in_range(t) => t,
+                        Some(t) => {
+                            return Err(MessageError::TimeOutOfRange { field, found: describe_time_ms(t) })
+                        }
+                        None => {
+                            return Err(MessageError::TimeOutOfRange {
+                                field,
+                                found: "a time past the range of 64-bit milliseconds".to_string(),
+                            })
+                        }
+                    }
+                }
                 _ => received,
             },
         };
@@ -557,11 +666,27 @@ impl Message {
             Some(_) => return Err(MessageError::WrongType { field: "context", expected: "an object" }),
         };
         if let Some(ct) = context_traits {
-            flatten("", ct, "context.traits", &mut traits, &mut field_errors);
+            Flattener {
+                out: &mut traits,
+                errors: &mut field_errors,
+                section: "context.traits",
+                inherited: 0,
+                inherited_section: "",
+            }
+            .flatten("", ct);
         }
         if matches!(kind, MessageType::Identify) {
             if let Some(t) = section("traits", f.traits)? {
-                flatten("", t, "traits", &mut traits, &mut field_errors);
+                // `traits` win over `context.traits`.
+                let inherited = traits.len();
+                Flattener {
+                    out: &mut traits,
+                    errors: &mut field_errors,
+                    section: "traits",
+                    inherited,
+                    inherited_section: "context.traits",
+                }
+                .flatten("", t);
             }
         }
 
@@ -590,14 +715,30 @@ impl Message {
         }
         if event.is_some() {
             if let Some(p) = section("properties", f.properties)? {
-                flatten("", p, "properties", &mut properties, &mut field_errors);
+                Flattener {
+                    out: &mut properties,
+                    errors: &mut field_errors,
+                    section: "properties",
+                    inherited: 0,
+                    inherited_section: "",
+                }
+                .flatten("", p);
             }
             if matches!(kind, MessageType::Page | MessageType::Screen) {
                 for (field, value) in [("name", f.name), ("category", f.category)] {
                     match value {
                         Some(Json::String(v)) => {
-                            properties.retain(|(n, _)| n != field);
-                            properties.push((field.to_string(), Json::String(v)));
+                            // The message's own `name` and `category` win
+                            // over the properties of those names.
+                            let inherited = properties.len();
+                            Flattener {
+                                out: &mut properties,
+                                errors: &mut field_errors,
+                                section: field,
+                                inherited,
+                                inherited_section: "properties",
+                            }
+                            .put(field.to_string(), Json::String(v));
                         }
                         None | Some(Json::Null) => {}
                         Some(_) => field_errors.push(FieldError {
@@ -641,13 +782,22 @@ pub struct TypedFields {
 }
 
 impl Message {
+    /// Whether the schema has room for the message's event (always, for a
+    /// message without one or with an event already known): the catalog
+    /// refuses the whole message otherwise, before applying any of it.
+    pub fn admit_event(&self, schema: &Schema, limits: &SchemaLimits) -> Result<(), ModelError> {
+        self.event.as_deref().map_or(Ok(()), |event| schema.admit_event(event, limits))
+    }
+
     /// Types the message's traits and properties against `schema`, inferring
-    /// and recording the type of a name seen for the first time (INGEST.md).
-    /// A value of the wrong type rejects that field only.
-    pub fn typed(&self, schema: &mut Schema) -> TypedFields {
+    /// and recording the type of a name seen for the first time (INGEST.md)
+    /// within `limits`. A value of the wrong type, or a new name over a
+    /// cap, rejects that field only (an event over a cap drops the event
+    /// and its properties; see [`Message::admit_event`]).
+    pub fn typed(&self, schema: &mut Schema, limits: &SchemaLimits) -> TypedFields {
         let mut out = TypedFields { field_errors: self.field_errors.clone(), ..TypedFields::default() };
         for (name, json) in &self.traits {
-            match schema.coerce_trait(name, json) {
+            match schema.coerce_trait(name, json, limits) {
                 Ok(value) => out.traits.push((name.clone(), value)),
                 Err(e) => out
                     .field_errors
@@ -657,10 +807,15 @@ impl Message {
         if let Some(group) = &self.group_id {
             // `groups` is a list trait the first group message creates.
             match schema.trait_type(GROUPS_TRAIT) {
-                None | Some(TraitType::List) => {
-                    let _ = schema.declare_trait(GROUPS_TRAIT, TraitType::List);
-                    out.add_to_lists.push((GROUPS_TRAIT.to_string(), vec![group.clone()]));
-                }
+                None | Some(TraitType::List) => match schema.admit_trait(GROUPS_TRAIT, limits) {
+                    Ok(()) => {
+                        let _ = schema.declare_trait(GROUPS_TRAIT, TraitType::List);
+                        out.add_to_lists.push((GROUPS_TRAIT.to_string(), vec![group.clone()]));
+                    }
+                    Err(e) => out
+                        .field_errors
+                        .push(FieldError { field: "groupId".to_string(), reason: e.to_string() }),
+                },
                 Some(other) => out.field_errors.push(FieldError {
                     field: "groupId".to_string(),
                     reason: format!("the trait `{GROUPS_TRAIT}` holds {} values, not a list", other.name()),
@@ -668,10 +823,14 @@ impl Message {
             }
         }
         if let Some(event) = &self.event {
+            if let Err(e) = schema.admit_event(event, limits) {
+                out.field_errors.push(FieldError { field: "event".to_string(), reason: e.to_string() });
+                return out;
+            }
             schema.declare_event(event);
             let mut props = Vec::with_capacity(self.properties.len());
             for (name, json) in &self.properties {
-                match schema.coerce_property(event, name, json) {
+                match schema.coerce_property(event, name, json, limits) {
                     Ok(Some(value)) => props.push((name.clone(), value)),
                     Ok(None) => {}
                     Err(e) => out
@@ -713,10 +872,18 @@ mod tests {
         assert_eq!(m.traits.iter().find(|(n, _)| n == "plan").unwrap().1, json!("pro"), "traits win");
         assert_eq!(
             m.field_errors,
-            vec![FieldError {
-                field: "traits.scores".into(),
-                reason: "an array is stored only when all its items are strings".into()
-            }]
+            vec![
+                FieldError {
+                    field: "context.traits.plan".into(),
+                    reason: "`traits` gives `plan` the value \"pro\", which wins over `context.traits`: \
+                             this value, \"free\", is dropped"
+                        .into()
+                },
+                FieldError {
+                    field: "traits.scores".into(),
+                    reason: "an array is stored only when all its items are strings".into()
+                }
+            ]
         );
     }
 
@@ -736,6 +903,118 @@ mod tests {
         assert_eq!(m.time_ms, RECEIVED);
         let err = parse(json!({"type": "track", "anonymousId": "a", "event": "e", "timestamp": "yesterday"}));
         assert_eq!(err.unwrap_err().to_string(), "`timestamp` is not an RFC 3339 timestamp: \"yesterday\"");
+    }
+
+    /// Issue 12: a time derived from `sentAt` and `originalTimestamp` was
+    /// stored whatever its year (−7973, +12025) while `timestamp` is held to
+    /// the years 0000 to 9999; every way of deriving the time now follows
+    /// that one range.
+    #[test]
+    fn every_derived_message_time_is_range_checked() {
+        let received = parse_rfc3339_ms("2026-01-01T00:00:00Z").unwrap();
+        let derived = |sent: &str, original: &str| {
+            Message::from_json(
+                &json!({"type": "track", "anonymousId": "a", "event": "e",
+                    "sentAt": sent, "originalTimestamp": original}),
+                received,
+            )
+        };
+        for (sent, original) in [
+            ("9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z"),
+            ("0000-01-01T00:00:00Z", "9999-12-31T23:59:59Z"),
+        ] {
+            let err = derived(sent, original).unwrap_err().to_string();
+            assert!(
+                err.contains("receivedAt - (sentAt - originalTimestamp)")
+                    && err.contains("0000-01-01T00:00:00Z"),
+                "{sent} / {original}: {err}"
+            );
+        }
+        // Inside the range both ways of giving the time are accepted.
+        assert_eq!(
+            derived("2026-01-01T00:00:10Z", "2026-01-01T00:00:04Z").unwrap().time_ms,
+            received - 6_000
+        );
+        // `timestamp` (and `receivedAt`) with an offset that moves them out of
+        // the range in UTC are refused by the same rule.
+        for (field, text) in
+            [("timestamp", "0000-01-01T00:00:00+01:00"), ("receivedAt", "9999-12-31T23:30:00-01:00")]
+        {
+            let err = parse(json!({"type": "track", "anonymousId": "a", "event": "e", field: text}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field) && err.contains("9999-12-31T23:59:59.999Z"), "{field}: {err}");
+        }
+        assert!(parse(json!({"type": "track", "anonymousId": "a", "event": "e",
+            "timestamp": "0000-01-01T00:00:00Z"}))
+        .is_ok());
+    }
+
+    /// Issue 12: `{"a":{"b":1},"a.b":2}` kept one value and dropped the
+    /// other without a word. The kept value is decided by key order (a
+    /// dotted key wins over its nested spelling) and every dropped value
+    /// that differs from it is a field rejection.
+    #[test]
+    fn values_dropped_by_flattening_are_reported() {
+        for text in [r#"{"a":{"b":1},"a.b":2}"#, r#"{"a.b":2,"a":{"b":1}}"#] {
+            let section: Json = serde_json::from_str(text).unwrap();
+            let m = parse(json!({"type": "identify", "userId": "u", "traits": section.clone()})).unwrap();
+            assert_eq!(m.traits, vec![("a.b".to_string(), json!(2))], "{text}");
+            assert_eq!(m.field_errors.len(), 1, "{text}: {:?}", m.field_errors);
+            assert_eq!(m.field_errors[0].field, "traits.a.b");
+            assert!(
+                m.field_errors[0].reason.contains("dropped") && m.field_errors[0].reason.contains('1'),
+                "{:?}",
+                m.field_errors
+            );
+            let t =
+                parse(json!({"type": "track", "userId": "u", "event": "e", "properties": section})).unwrap();
+            assert_eq!(t.properties, vec![("a.b".to_string(), json!(2))], "{text}");
+            assert_eq!(
+                t.field_errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+                vec!["properties.a.b"]
+            );
+        }
+        // The same value twice loses nothing and is not reported.
+        let m =
+            parse(json!({"type": "identify", "userId": "u", "traits": {"a": {"b": 1}, "a.b": 1}})).unwrap();
+        assert_eq!((m.traits.len(), m.field_errors.len()), (1, 0), "{m:?}");
+        // `traits` win over `context.traits`; a different value overridden is reported.
+        let m = parse(json!({"type": "identify", "userId": "u",
+            "context": {"traits": {"plan": "free", "vip": true}}, "traits": {"plan": "pro", "vip": true}}))
+        .unwrap();
+        assert_eq!(m.traits.iter().find(|(n, _)| n == "plan").unwrap().1, json!("pro"));
+        let fields: Vec<&str> = m.field_errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["context.traits.plan"], "{:?}", m.field_errors);
+        // A page's `name` wins over `properties.name`; a different one is reported.
+        let m = parse(json!({"type": "page", "userId": "u", "name": "Home", "properties": {"name": "Old"}}))
+            .unwrap();
+        assert_eq!(m.properties, vec![("name".to_string(), json!("Home"))]);
+        assert_eq!(
+            m.field_errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            vec!["properties.name"]
+        );
+        let m = parse(json!({"type": "page", "userId": "u", "name": "Home", "properties": {"name": "Home"}}))
+            .unwrap();
+        assert!(m.field_errors.is_empty(), "{:?}", m.field_errors);
+    }
+
+    /// Issue 12: an empty name was accepted but no query can name it; it is
+    /// now a field rejection that says why, in traits and in properties.
+    #[test]
+    fn empty_names_are_rejected_with_the_reason() {
+        let m = parse(json!({"type": "identify", "userId": "u", "traits": {"": 1, "ok": 2}})).unwrap();
+        assert_eq!(m.traits, vec![("ok".to_string(), json!(2))]);
+        assert_eq!(m.field_errors.len(), 1, "{:?}", m.field_errors);
+        assert!(m.field_errors[0].reason.contains("empty"), "{:?}", m.field_errors);
+        let m =
+            parse(json!({"type": "track", "userId": "u", "event": "e", "properties": {"": "x"}})).unwrap();
+        assert!(m.properties.is_empty());
+        assert!(
+            m.field_errors[0].field.starts_with("properties") && m.field_errors[0].reason.contains("empty")
+        );
+        // An empty event name is refused with the message, as before.
+        assert!(parse(json!({"type": "track", "userId": "u", "event": ""})).is_err());
     }
 
     #[test]
@@ -775,7 +1054,7 @@ mod tests {
         schema.declare_trait("signup_at", crate::model::TraitType::Timestamp).unwrap();
         let first = parse(json!({"type": "identify", "userId": "u", "traits": {"age": 30, "signup_at": "2026-01-01T00:00:00Z"}}))
             .unwrap()
-            .typed(&mut schema);
+            .typed(&mut schema, &SchemaLimits::default());
         assert_eq!(
             first.traits,
             vec![
@@ -786,7 +1065,7 @@ mod tests {
         let second = parse(json!({"type": "identify", "userId": "u",
             "traits": {"age": "forty", "city": "Lyon", "user_id": "x", "nick": null}}))
         .unwrap()
-        .typed(&mut schema);
+        .typed(&mut schema, &SchemaLimits::default());
         assert_eq!(
             second.traits,
             vec![("city".to_string(), Some(Value::Keyword("Lyon".into()))), ("nick".to_string(), None)]
@@ -802,10 +1081,12 @@ mod tests {
         );
         let t = parse(json!({"type": "track", "userId": "u", "event": "buy", "properties": {"amount": 5, "note": null}}))
             .unwrap()
-            .typed(&mut schema);
+            .typed(&mut schema, &SchemaLimits::default());
         assert_eq!(t.event, Some(("buy".to_string(), vec![("amount".to_string(), Value::Number(5.0))])));
         assert!(schema.has_event("buy"));
-        let g = parse(json!({"type": "group", "userId": "u", "groupId": "acme"})).unwrap().typed(&mut schema);
+        let g = parse(json!({"type": "group", "userId": "u", "groupId": "acme"}))
+            .unwrap()
+            .typed(&mut schema, &SchemaLimits::default());
         assert_eq!(g.add_to_lists, vec![("groups".to_string(), vec!["acme".to_string()])]);
     }
 

@@ -11,8 +11,13 @@ mod schema;
 mod time;
 mod value;
 
-pub use schema::{FieldType, IdentifierKind, Schema, GROUPS_TRAIT, RESERVED_NAMES};
-pub use time::{format_rfc3339_ms, parse_rfc3339_ms};
+pub use schema::{
+    FieldType, IdentifierKind, Schema, SchemaCursor, SchemaLimits, SchemaPage, GROUPS_TRAIT, RESERVED_NAMES,
+};
+pub use time::{
+    describe_time_ms, format_rfc3339_ms, is_rfc3339, parse_rfc3339_ms, time_in_range, MAX_TIME_MS,
+    MIN_TIME_MS, TIME_RANGE,
+};
 pub use value::{key_to_num, key_to_time, num_key, time_key, TraitType, Value};
 
 use thiserror::Error;
@@ -53,6 +58,20 @@ pub enum ModelError {
     Reserved {
         /// The reserved name.
         name: String,
+    },
+    /// A new name refused by one of the schema's caps.
+    #[error(
+        "{what} refused: {problem}, and the cap `{cap}` is {value} (raise it in the node's configuration)"
+    )]
+    OverCap {
+        /// What was refused (`new trait `x``).
+        what: String,
+        /// Where the schema stands (`the schema holds 10000 traits`).
+        problem: String,
+        /// The configuration key of the cap.
+        cap: &'static str,
+        /// The cap's value.
+        value: usize,
     },
     /// A type name that is not one of the six.
     #[error("unknown type `{0}`: expected keyword, text, number, bool, timestamp or list")]

@@ -172,12 +172,19 @@ impl Value {
             (TraitType::Timestamp, J::String(s)) => {
                 Value::Timestamp(parse_rfc3339_ms(s).ok_or_else(|| ModelError::WrongType {
                     name: name.to_string(),
-                    expected: "timestamp (RFC 3339 or epoch milliseconds)".to_string(),
+                    expected: format!("timestamp (RFC 3339 or epoch milliseconds, {})", super::TIME_RANGE),
                     found: format!("the string {s:?}"),
                 })?)
             }
             (TraitType::Timestamp, J::Number(n)) => match n.as_i64() {
-                Some(ms) => Value::Timestamp(ms),
+                Some(ms) if super::time_in_range(ms) => Value::Timestamp(ms),
+                Some(ms) => {
+                    return Err(ModelError::WrongType {
+                        name: name.to_string(),
+                        expected: format!("timestamp ({})", super::TIME_RANGE),
+                        found: format!("{ms} ms since the epoch"),
+                    })
+                }
                 None => return Err(wrong()),
             },
             (TraitType::List, J::Array(items)) => {
@@ -323,5 +330,21 @@ mod tests {
             Some(Value::List(vec!["a".into(), "b".into()]))
         );
         assert!(Value::from_json("tags", TraitType::List, &json!([1])).is_err());
+    }
+
+    #[test]
+    fn timestamp_traits_follow_the_one_range_of_times() {
+        for bad in [
+            json!(super::super::MAX_TIME_MS + 1),
+            json!(super::super::MIN_TIME_MS - 1),
+            json!("10000-01-01T00:00:00Z"),
+        ] {
+            let err = Value::from_json("t", TraitType::Timestamp, &bad).unwrap_err().to_string();
+            assert!(err.contains("9999-12-31T23:59:59.999Z"), "{bad}: {err}");
+        }
+        assert_eq!(
+            Value::from_json("t", TraitType::Timestamp, &json!(super::super::MAX_TIME_MS)).unwrap(),
+            Some(Value::Timestamp(super::super::MAX_TIME_MS))
+        );
     }
 }

@@ -9,6 +9,8 @@
 //! Keywords are case-insensitive and reserved: a bare word that spells a
 //! keyword (including the units `MINUTE[S]`, `HOUR[S]`, `DAY[S]`, `WEEK[S]`
 //! and `TIMES`) is never a name; such a name must be written in backticks.
+//! Inside backticks a backtick is written twice (`` `a``b` `` is the name
+//! ``a`b``), so every name but the empty one can be written.
 //! The lexer reports malformed tokens (an unterminated or badly escaped
 //! string, an unterminated or empty backticked name, a number that is not a
 //! JSON number) as [`SegmentError::Invalid`]. A character that starts no
@@ -345,18 +347,30 @@ impl Lexer {
         }
     }
 
-    /// A name in backticks: any text up to the next backtick.
+    /// A name in backticks: any text up to the next single backtick, where
+    /// a doubled backtick stands for one backtick of the name (as SQL
+    /// doubles a quote inside a quoted identifier), so that every
+    /// non-empty name can be written.
     fn backticked(&mut self) -> Result<TokenKind, SegmentError> {
         let start = self.pos;
         self.pos += 1;
-        let name_start = self.pos;
-        while self.peek(0).is_some_and(|c| c != '`') {
-            self.pos += 1;
+        let mut text = String::new();
+        loop {
+            match (self.peek(0), self.peek(1)) {
+                (None, _) => {
+                    return Err(invalid(start, "unterminated name: the ` here is never closed".to_string()))
+                }
+                (Some('`'), Some('`')) => {
+                    text.push('`');
+                    self.pos += 2;
+                }
+                (Some('`'), _) => break,
+                (Some(c), _) => {
+                    text.push(c);
+                    self.pos += 1;
+                }
+            }
         }
-        if self.peek(0).is_none() {
-            return Err(invalid(start, "unterminated name: the ` here is never closed".to_string()));
-        }
-        let text = self.text(name_start, self.pos);
         self.pos += 1;
         if text.is_empty() {
             return Err(invalid(start, "empty name: `` names nothing".to_string()));

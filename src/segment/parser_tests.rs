@@ -360,6 +360,20 @@ fn backticked_names_may_be_keywords_or_any_text() {
     assert_eq!(p("traits.plan_v2 = 'x'"), eq("traits.plan_v2", s("x")));
 }
 
+/// Issue 12: a name holding a backtick was accepted at ingest but could not
+/// be written in a query. A backtick inside a backticked name is written
+/// twice, as SQL doubles a quote inside a quoted identifier.
+#[test]
+fn a_backtick_in_a_name_is_written_twice() {
+    assert_eq!(p("`a``b` = 1"), eq("a`b", num(1.0)));
+    assert_eq!(p("```` EXISTS"), exists("`", false));
+    assert_eq!(p("```x``` = 'y'"), eq("`x`", s("y")));
+    assert_eq!(p("`a````b` = 1 AND c = 2"), and(vec![eq("a``b", num(1.0)), eq("c", num(2.0))]));
+    // A name is never empty: `` names nothing, ``` is never closed.
+    assert!(err("`` = 1").to_string().contains("empty name"), "{}", err("`` = 1"));
+    assert!(err("``` = 1").to_string().contains("unterminated"), "{}", err("``` = 1"));
+}
+
 #[test]
 fn contextual_words_are_names() {
     // Only the listed keywords are reserved; TIME, MONTH and YEAR are not.
@@ -991,6 +1005,8 @@ fn arb_name() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z_][a-z0-9_.]{0,6}",
         "[^`]{1,8}",
+        // Any text, backticks included (written twice in backticks).
+        ".{1,8}",
         proptest::sample::select(&["and", "days", "Where", "now", "time", "month"][..])
             .prop_map(String::from),
     ]
@@ -1140,7 +1156,7 @@ fn print(e: &Expr) -> String {
         Expr::Or(v) => join(v, " OR "),
         Expr::InSegment { name, .. } => format!("IN SEGMENT {}", print_str(name)),
         Expr::Predicate(pr) => {
-            let name = format!("`{}`", pr.name.text);
+            let name = format!("`{}`", pr.name.text.replace('`', "``"));
             match &pr.test {
                 Test::Compare { op, value } => format!("{name} {op} {}", print_lit(value)),
                 Test::In { negated, values } => format!(

@@ -427,24 +427,58 @@ impl pb::segments_server::Segments for Services {
     }
 }
 
-fn schema_reply(node: &Node) -> pb::SchemaReply {
+/// Entries in a schema page when the request gives no limit.
+const SCHEMA_PAGE_DEFAULT: usize = 1_000;
+
+/// Most entries in a schema page.
+const SCHEMA_PAGE_MAX: usize = 10_000;
+
+/// About how many bytes of names a schema page holds (a quarter of gRPC's
+/// usual 4 MB message limit).
+const SCHEMA_PAGE_BYTES: usize = 1 << 20;
+
+/// One page of the schema (see `GetSchemaRequest` in the proto).
+fn schema_reply(node: &Node, request: &pb::GetSchemaRequest) -> Result<pb::SchemaReply, Status> {
+    let from = match request.page_token.as_str() {
+        "" => None,
+        token => Some(crate::model::SchemaCursor::from_token(token).ok_or_else(|| {
+            Status::invalid_argument("page_token: not a token this node gave (pass next_page_token as it is)")
+        })?),
+    };
+    let limit = match request.limit as usize {
+        0 => SCHEMA_PAGE_DEFAULT,
+        n => n.min(SCHEMA_PAGE_MAX),
+    };
     let state = node.catalog.state.read();
+    let page = state.schema.page(&request.prefix, from.as_ref(), limit, SCHEMA_PAGE_BYTES);
     let field = |name: &str, ty: crate::model::TraitType, declared: bool| pb::SchemaField {
         name: name.to_string(),
         r#type: ty.name().to_string(),
         declared,
     };
-    pb::SchemaReply {
-        traits: state.schema.traits().map(|(n, t)| field(n, t, state.declared.contains(n))).collect(),
-        events: state
-            .schema
-            .events()
+    let limits = state.limits;
+    Ok(pb::SchemaReply {
+        traits: page.traits.iter().map(|(n, t)| field(n, *t, state.declared.contains(*n))).collect(),
+        events: page
+            .events
+            .iter()
             .map(|(name, props)| pb::EventSchema {
                 name: name.to_string(),
                 properties: props.iter().map(|(n, t)| field(n, *t, false)).collect(),
             })
             .collect(),
-    }
+        next_page_token: page.next.as_ref().map(|c| c.to_token()).unwrap_or_default(),
+        trait_count: state.schema.trait_count() as u64,
+        event_count: state.schema.event_count() as u64,
+        property_count: state.schema.property_count() as u64,
+        caps: Some(pb::SchemaCaps {
+            max_traits: limits.max_traits as u64,
+            max_events: limits.max_events as u64,
+            max_properties_per_event: limits.max_properties_per_event as u64,
+            max_properties: limits.max_properties as u64,
+            max_name_bytes: limits.max_name_bytes as u64,
+        }),
+    })
 }
 
 #[tonic::async_trait]
@@ -462,9 +496,9 @@ impl pb::admin_server::Admin for Services {
 
     async fn get_schema(
         &self,
-        _request: Request<pb::GetSchemaRequest>,
+        request: Request<pb::GetSchemaRequest>,
     ) -> Result<Response<pb::SchemaReply>, Status> {
-        Ok(Response::new(schema_reply(&self.node)))
+        Ok(Response::new(schema_reply(&self.node, request.get_ref())?))
     }
 
     async fn apply_schema(
@@ -472,7 +506,7 @@ impl pb::admin_server::Admin for Services {
         request: Request<pb::ApplySchemaRequest>,
     ) -> Result<Response<pb::SchemaReply>, Status> {
         self.node.apply_schema(request.into_inner().json).await.map_err(admin_status)?;
-        Ok(Response::new(schema_reply(&self.node)))
+        Ok(Response::new(schema_reply(&self.node, &pb::GetSchemaRequest::default())?))
     }
 
     async fn list_rejected(
