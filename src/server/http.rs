@@ -30,17 +30,23 @@
 //! the sink rejects it on its own, with its position, like any other bad
 //! message, and the rest of the batch is applied.
 //!
-//! # Write keys
+//! # Write keys and API keys
 //!
 //! A key may come as the HTTP Basic user name (password ignored, normally
-//! empty), as `X-Write-Key`, or as the body's top-level `writeKey`. With no
-//! keys configured every request is accepted, with or without a key. With
-//! keys configured a request must present at least one key, and every key
-//! it presents must be a configured one; otherwise it is a 401. Keys in
-//! headers are checked before the body is read, so an unauthorised client
-//! cannot make the server read and decompress a large body; a key carried
-//! only in the body is necessarily checked after parsing, so such a request
-//! with a body that is not JSON gets a 400 rather than a 401.
+//! empty), as `X-Write-Key`, as the body's top-level `writeKey`, or as an
+//! API key's `Authorization: Bearer` or `X-Api-Key`. In any of these places
+//! a key is accepted when it is a configured write key or an API key whose
+//! role allows ingest (`ingest` or `admin`; see [`super::auth`]), so an SDK
+//! that can only send a write key can send an ingest API key as one. With
+//! neither write keys nor API keys configured every request is accepted,
+//! with or without a key. Otherwise a request must present at least one
+//! key, and every key it presents must be accepted: an unknown key is a
+//! 401, an API key of another role (`read`) a 403 that names the role
+//! needed. Keys in headers are checked by one layer before any handler runs
+//! and before the body is read, so an unauthorised client cannot make the
+//! server read and decompress a large body; a key carried only in the body
+//! is necessarily checked after parsing, so such a request with a body that
+//! is not JSON gets a 400 rather than a 401. `GET /health` needs no key.
 //!
 //! # Limits
 //!
@@ -67,8 +73,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json as JsonBody, Router};
@@ -76,13 +83,19 @@ use serde_json::{json, Map, Value as Json};
 use thiserror::Error;
 use tokio_stream::StreamExt;
 
+use super::auth::ApiKeys;
 use crate::ingest::{IngestError, IngestReport, IngestSink, Source};
+use crate::node::Role;
 
 /// Configuration of the HTTP door.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
-    /// Accepted write keys; empty = any key accepted (and a missing key too).
+    /// Accepted write keys. With no API keys either, any key is accepted
+    /// (and a missing key too).
     pub write_keys: Vec<String>,
+    /// The node's API keys; those whose role allows ingest are accepted
+    /// wherever a write key is.
+    pub api_keys: ApiKeys,
     /// Largest message, bytes of JSON (default 32 * 1024).
     pub max_message_bytes: usize,
     /// Largest request body after decompression (default 500 * 1024). The
@@ -92,7 +105,12 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { write_keys: Vec::new(), max_message_bytes: 32 * 1024, max_batch_bytes: 500 * 1024 }
+        HttpConfig {
+            write_keys: Vec::new(),
+            api_keys: ApiKeys::default(),
+            max_message_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+        }
     }
 }
 
@@ -147,15 +165,24 @@ pub enum HttpError {
         /// The message's `type`.
         found: String,
     },
-    /// No write key presented while keys are configured.
-    #[error("missing write key")]
+    /// No key presented while keys are configured.
+    #[error("missing write key (or API key with the ingest role)")]
     MissingWriteKey,
-    /// A presented write key is not configured; the key is not echoed.
+    /// A presented key is neither a write key nor an API key; the key is
+    /// not echoed.
     #[error("invalid write key (from {location})")]
     InvalidWriteKey {
         /// Where the key came from: `Authorization`, `X-Write-Key`,
-        /// `writeKey`.
+        /// `X-Api-Key`, `writeKey`.
         location: &'static str,
+    },
+    /// A presented API key's role does not allow ingest.
+    #[error("the API key (from {location}) has the {role} role; these endpoints need a write key or an API key with the ingest role (or admin)")]
+    WrongRole {
+        /// Where the key came from.
+        location: &'static str,
+        /// The key's role.
+        role: Role,
     },
     /// The body is over `max_batch_bytes`, as sent or once decompressed.
     #[error("request body is over the limit of {limit_bytes} bytes{}", if *.decompressed { " once decompressed" } else { "" })]
@@ -186,7 +213,8 @@ pub enum HttpError {
 
 impl HttpError {
     /// The status this error is answered with: 400 for a body that cannot be
-    /// understood, 401 for write keys, 413 for the size limits, 415 for an
+    /// understood, 401 for a missing or unknown key, 403 for an API key of
+    /// another role, 413 for the size limits, 415 for an
     /// unknown encoding, 503 when the node cannot take writes now (SDKs
     /// retry 5xx), 500 for storage failures.
     pub fn status(&self) -> StatusCode {
@@ -202,6 +230,7 @@ impl HttpError {
             | HttpError::TypeNotString { .. }
             | HttpError::TypeMismatch { .. } => StatusCode::BAD_REQUEST,
             HttpError::MissingWriteKey | HttpError::InvalidWriteKey { .. } => StatusCode::UNAUTHORIZED,
+            HttpError::WrongRole { .. } => StatusCode::FORBIDDEN,
             HttpError::BodyTooLarge { .. } | HttpError::MessageTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -251,25 +280,46 @@ struct Door {
 const SINGLE_KINDS: [(&str, &str); 6] =
     [("identify", "i"), ("track", "t"), ("page", "p"), ("screen", "s"), ("group", "g"), ("alias", "a")];
 
-/// The door's routes, ready to be served or tested with `oneshot`.
+/// The door's routes, ready to be served or tested with `oneshot`. Every
+/// route but `/health` is behind [`authenticate`].
 pub fn router(sink: Arc<dyn IngestSink>, config: HttpConfig) -> Router {
     let door = Arc::new(Door { sink, config });
-    let mut router = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/v1/batch", post(batch))
-        .route("/v1/b", post(batch));
+    let mut router = Router::new().route("/v1/batch", post(batch)).route("/v1/b", post(batch));
     for (kind, short) in SINGLE_KINDS {
         router = router
             .route(&format!("/v1/{kind}"), single_route(kind))
             .route(&format!("/v1/{short}"), single_route(kind));
     }
-    router.with_state(door)
+    router
+        .route_layer(axum::middleware::from_fn_with_state(door.clone(), authenticate))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(door)
+}
+
+/// The layer in front of every ingest route: checks the keys carried in
+/// headers before the handler runs (and so before the body is read).
+async fn authenticate(State(door): State<Arc<Door>>, request: Request, next: Next) -> Response {
+    match check_header_keys(&door.config, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Serves the door on `listener` until `shutdown` completes, then lets
 /// requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    sink: Arc<dyn IngestSink>,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(sink, config)).with_graceful_shutdown(shutdown).await
+}
+
+/// [`serve`] over TLS: the same door on the connections of a
+/// [`TlsListener`](super::tls::TlsListener).
+pub async fn serve_tls(
+    listener: super::tls::TlsListener,
     sink: Arc<dyn IngestSink>,
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -401,10 +451,9 @@ async fn ingest(door: &Door, messages: Vec<Json>, received_ms: i64) -> Result<In
     }
 }
 
-/// Checks the header keys, reads and decompresses the body within the
-/// limits, and parses it as a JSON object.
+/// Reads and decompresses the body within the limits (the header keys were
+/// checked by [`authenticate`]), and parses it as a JSON object.
 async fn read_object(door: &Door, headers: &HeaderMap, body: Body) -> Result<Map<String, Json>, HttpError> {
-    check_header_keys(&door.config, headers)?;
     let limit_bytes = door.config.max_batch_bytes;
     let gzip = match headers.get(header::CONTENT_ENCODING) {
         None => false,
@@ -474,17 +523,24 @@ fn gunzip(raw: &[u8], limit_bytes: usize) -> Result<Vec<u8>, HttpError> {
     Ok(out)
 }
 
-/// Checks the keys carried in headers (Basic user name, `X-Write-Key`):
-/// every one presented must be configured. Whether any key was presented at
-/// all is decided once the body's `writeKey` is known.
+/// Whether this door checks keys at all: it does as soon as write keys or
+/// API keys are configured.
+fn keys_required(config: &HttpConfig) -> bool {
+    !config.write_keys.is_empty() || !config.api_keys.is_empty()
+}
+
+/// Checks the keys carried in headers (Basic user name, Bearer token,
+/// `X-Write-Key`, `X-Api-Key`): every one presented must be accepted.
+/// Whether any key was presented at all is decided once the body's
+/// `writeKey` is known.
 fn check_header_keys(config: &HttpConfig, headers: &HeaderMap) -> Result<(), HttpError> {
-    if config.write_keys.is_empty() {
+    if !keys_required(config) {
         return Ok(());
     }
     for (location, key) in header_keys(headers) {
         match key {
-            Some(key) if key_accepted(config, key.as_bytes()) => {}
-            _ => return Err(HttpError::InvalidWriteKey { location }),
+            Some(key) => check_key(config, key.as_bytes(), location)?,
+            None => return Err(HttpError::InvalidWriteKey { location }),
         }
     }
     Ok(())
@@ -496,7 +552,7 @@ fn check_body_key(
     headers: &HeaderMap,
     body: &Map<String, Json>,
 ) -> Result<(), HttpError> {
-    if config.write_keys.is_empty() {
+    if !keys_required(config) {
         return Ok(());
     }
     match body.get("writeKey") {
@@ -506,22 +562,32 @@ fn check_body_key(
             }
             Ok(())
         }
-        Some(Json::String(key)) if key_accepted(config, key.as_bytes()) => Ok(()),
+        Some(Json::String(key)) => check_key(config, key.as_bytes(), "writeKey"),
         Some(_) => Err(HttpError::InvalidWriteKey { location: "writeKey" }),
     }
 }
 
 /// The keys presented in headers, with where each came from; `None` for a
-/// header that is present but unreadable (not Basic, bad base64, ...).
+/// header that is present but unreadable (neither Basic nor Bearer, bad
+/// base64, ...).
 fn header_keys(headers: &HeaderMap) -> Vec<(&'static str, Option<String>)> {
     let mut keys = Vec::new();
     for value in headers.get_all(header::AUTHORIZATION) {
-        keys.push(("Authorization", basic_user(value)));
+        keys.push(("Authorization", bearer_token(value).or_else(|| basic_user(value))));
     }
     for value in headers.get_all("x-write-key") {
         keys.push(("X-Write-Key", value.to_str().ok().map(|s| s.trim().to_owned())));
     }
+    for value in headers.get_all("x-api-key") {
+        keys.push(("X-Api-Key", value.to_str().ok().map(|s| s.trim().to_owned())));
+    }
     keys
+}
+
+/// The token of a `Bearer` authorization.
+fn bearer_token(value: &HeaderValue) -> Option<String> {
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
 /// The user name of a `Basic` authorization, the part before the first `:`.
@@ -536,22 +602,22 @@ fn basic_user(value: &HeaderValue) -> Option<String> {
     Some(user.to_owned())
 }
 
-/// Whether `key` is configured. Compares every configured key in time that
-/// does not depend on where the bytes differ, so the response time does not
-/// leak how much of a guess was right.
-fn key_accepted(config: &HttpConfig, key: &[u8]) -> bool {
-    let mut accepted = false;
+/// Whether `key`, presented at `location`, may ingest: a configured write
+/// key, or an API key whose role allows ingest. Every write key and every
+/// API key is compared, in time that does not depend on where the bytes
+/// differ, so the response time does not leak how much of a guess was right.
+fn check_key(config: &HttpConfig, key: &[u8], location: &'static str) -> Result<(), HttpError> {
+    let mut write_key = false;
     for configured in &config.write_keys {
-        accepted |= constant_time_eq(configured.as_bytes(), key);
+        write_key |= super::auth::constant_time_eq(configured.as_bytes(), key);
     }
-    accepted
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+    let api_role = config.api_keys.lookup(key);
+    match api_role {
+        _ if write_key => Ok(()),
+        Some(role) if role.allows(Role::Ingest) => Ok(()),
+        Some(role) => Err(HttpError::WrongRole { location, role }),
+        None => Err(HttpError::InvalidWriteKey { location }),
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Decodes standard base64 (RFC 4648 §4), padding optional; `None` on any
