@@ -34,10 +34,11 @@
 //!
 //! A key may come as the HTTP Basic user name (password ignored, normally
 //! empty), as `X-Write-Key`, as the body's top-level `writeKey`, or as an
-//! API key's `Authorization: Bearer` or `X-Api-Key`. In any of these places
-//! a key is accepted when it is a configured write key or an API key whose
-//! role allows ingest (`ingest` or `admin`; see [`super::auth`]), so an SDK
-//! that can only send a write key can send an ingest API key as one. With
+//! API key's `Authorization: Bearer` or `X-Api-Key`. A write key's places
+//! accept a configured write key or an API key whose role allows ingest
+//! (`ingest` or `admin`; see [`super::auth`]), so an SDK that can only send
+//! a write key can send an ingest API key as one; an API key's places
+//! accept API keys only. With
 //! neither write keys nor API keys configured every request is accepted,
 //! with or without a key. Otherwise a request must present at least one
 //! key, and every key it presents must be accepted: an unknown key is a
@@ -539,7 +540,7 @@ fn check_header_keys(config: &HttpConfig, headers: &HeaderMap) -> Result<(), Htt
     }
     for (location, key) in header_keys(headers) {
         match key {
-            Some(key) => check_key(config, key.as_bytes(), location)?,
+            Some(key) => check_key(config, &key, location)?,
             None => return Err(HttpError::InvalidWriteKey { location }),
         }
     }
@@ -562,24 +563,35 @@ fn check_body_key(
             }
             Ok(())
         }
-        Some(Json::String(key)) => check_key(config, key.as_bytes(), "writeKey"),
+        Some(Json::String(key)) => check_key(config, &Presented::WriteKey(key.clone()), "writeKey"),
         Some(_) => Err(HttpError::InvalidWriteKey { location: "writeKey" }),
     }
+}
+
+/// A key as a request presents it: in a write key's place or an API key's.
+#[derive(Debug)]
+enum Presented {
+    /// Basic user name, `X-Write-Key`, `writeKey`.
+    WriteKey(String),
+    /// Bearer token, `X-Api-Key`.
+    ApiKey(String),
 }
 
 /// The keys presented in headers, with where each came from; `None` for a
 /// header that is present but unreadable (neither Basic nor Bearer, bad
 /// base64, ...).
-fn header_keys(headers: &HeaderMap) -> Vec<(&'static str, Option<String>)> {
+fn header_keys(headers: &HeaderMap) -> Vec<(&'static str, Option<Presented>)> {
     let mut keys = Vec::new();
     for value in headers.get_all(header::AUTHORIZATION) {
-        keys.push(("Authorization", bearer_token(value).or_else(|| basic_user(value))));
+        let key = bearer_token(value).map(Presented::ApiKey).or_else(|| basic_user(value).map(Presented::WriteKey));
+        keys.push(("Authorization", key));
     }
+    let text = |value: &HeaderValue| value.to_str().ok().map(|s| s.trim().to_owned());
     for value in headers.get_all("x-write-key") {
-        keys.push(("X-Write-Key", value.to_str().ok().map(|s| s.trim().to_owned())));
+        keys.push(("X-Write-Key", text(value).map(Presented::WriteKey)));
     }
     for value in headers.get_all("x-api-key") {
-        keys.push(("X-Api-Key", value.to_str().ok().map(|s| s.trim().to_owned())));
+        keys.push(("X-Api-Key", text(value).map(Presented::ApiKey)));
     }
     keys
 }
@@ -602,18 +614,23 @@ fn basic_user(value: &HeaderValue) -> Option<String> {
     Some(user.to_owned())
 }
 
-/// Whether `key`, presented at `location`, may ingest: a configured write
-/// key, or an API key whose role allows ingest. Every write key and every
-/// API key is compared, in time that does not depend on where the bytes
-/// differ, so the response time does not leak how much of a guess was right.
-fn check_key(config: &HttpConfig, key: &[u8], location: &'static str) -> Result<(), HttpError> {
+/// Whether `key`, presented at `location`, may ingest: in a write key's
+/// place a configured write key or an API key whose role allows ingest, in
+/// an API key's place such an API key only. Every write key and every API
+/// key is compared, in time that does not depend on where the bytes differ,
+/// so the response time does not leak how much of a guess was right.
+fn check_key(config: &HttpConfig, key: &Presented, location: &'static str) -> Result<(), HttpError> {
+    let (key, write_place) = match key {
+        Presented::WriteKey(key) => (key.as_bytes(), true),
+        Presented::ApiKey(key) => (key.as_bytes(), false),
+    };
     let mut write_key = false;
     for configured in &config.write_keys {
         write_key |= super::auth::constant_time_eq(configured.as_bytes(), key);
     }
     let api_role = config.api_keys.lookup(key);
     match api_role {
-        _ if write_key => Ok(()),
+        _ if write_key && write_place => Ok(()),
         Some(role) if role.allows(Role::Ingest) => Ok(()),
         Some(role) => Err(HttpError::WrongRole { location, role }),
         None => Err(HttpError::InvalidWriteKey { location }),
@@ -1043,8 +1060,9 @@ mod tests {
         let app = router(RecordingSink::new(), keyed(&["k1"]));
         let (status, reply) = send(app.clone(), with_key("none", "")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(error_of(&reply), "missing write key");
+        assert_eq!(error_of(&reply), "missing write key (or API key with the ingest role)");
 
+        // Bearer is an API key's place: a write key there is not one.
         let mut request = with_key("none", "");
         request.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
         let (status, _) = send(app.clone(), request).await;
@@ -1055,6 +1073,55 @@ mod tests {
         request.headers_mut().insert("x-write-key", HeaderValue::from_static("nope"));
         let (status, _) = send(app, request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    fn with_api_keys(write_keys: &[&str]) -> HttpConfig {
+        let keys = crate::server::auth::parse_keys_env("ik:ingest,rk:read,ak:admin").unwrap();
+        HttpConfig { api_keys: ApiKeys::new(&keys).unwrap(), ..keyed(write_keys) }
+    }
+
+    fn with_header(name: &'static str, value: &str) -> Request<Body> {
+        let mut request = with_key("none", "");
+        request.headers_mut().insert(name, HeaderValue::from_str(value).unwrap());
+        request
+    }
+
+    #[tokio::test]
+    async fn api_keys_with_ingest_are_accepted_and_others_refused_by_role() {
+        for write_keys in [&[][..], &["wk"][..]] {
+            let config = with_api_keys(write_keys);
+            for (request, expected) in [
+                (with_key("none", ""), StatusCode::UNAUTHORIZED),
+                (with_header("authorization", "Bearer ik"), StatusCode::OK),
+                (with_header("x-api-key", "ak"), StatusCode::OK),
+                (with_key("basic", "ik"), StatusCode::OK),
+                (with_key("body", "ak"), StatusCode::OK),
+                (with_header("authorization", "Bearer rk"), StatusCode::FORBIDDEN),
+                (with_key("header", "rk"), StatusCode::FORBIDDEN),
+                (with_header("x-api-key", "nope"), StatusCode::UNAUTHORIZED),
+                (with_header("x-api-key", "wk"), StatusCode::UNAUTHORIZED),
+                (with_key("header", "anything"), StatusCode::UNAUTHORIZED),
+            ] {
+                let sink = RecordingSink::new();
+                let described = format!("{:?} with write keys {write_keys:?}", request.headers());
+                let (status, reply) = send(router(sink.clone(), config.clone()), request).await;
+                assert_eq!(status, expected, "{described}: {reply}");
+                assert_eq!(sink.take().len(), usize::from(status == StatusCode::OK), "{described}");
+                if status == StatusCode::FORBIDDEN {
+                    assert!(error_of(&reply).contains("has the read role"), "{reply}");
+                }
+            }
+        }
+        let sink = RecordingSink::new();
+        let (status, reply) = send(router(sink.clone(), with_api_keys(&["wk"])), with_key("basic", "wk")).await;
+        assert_eq!(status, StatusCode::OK, "write keys still work beside API keys: {reply}");
+    }
+
+    #[tokio::test]
+    async fn health_needs_no_key() {
+        let request = Request::builder().method(Method::GET).uri("/health").body(Body::empty()).unwrap();
+        let (status, _) = send(router(RecordingSink::new(), with_api_keys(&["wk"])), request).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]
