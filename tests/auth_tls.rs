@@ -28,9 +28,12 @@ fn start_keyed(dir: &Path, extra: &[&str]) -> Server {
 /// How a call presents its key.
 #[derive(Clone, Copy, Debug)]
 enum Key<'a> {
+    /// No key.
     None,
+    /// `authorization: Bearer KEY`.
     Bearer(&'a str),
-    XApiKey(&'a str),
+    /// `x-api-key: KEY`.
+    Header(&'a str),
 }
 
 fn with_key<T>(message: T, key: Key<'_>) -> Request<T> {
@@ -40,7 +43,7 @@ fn with_key<T>(message: T, key: Key<'_>) -> Request<T> {
         Key::Bearer(k) => {
             request.metadata_mut().insert("authorization", format!("Bearer {k}").parse().unwrap());
         }
-        Key::XApiKey(k) => {
+        Key::Header(k) => {
             request.metadata_mut().insert("x-api-key", k.parse().unwrap());
         }
     }
@@ -75,33 +78,46 @@ async fn call(channel: &Channel, method: &str, key: Key<'_>, n: usize) -> Result
     let mut admin = pb::admin_client::AdminClient::new(channel.clone());
     let message = format!(r#"{{"type":"identify","userId":"u{n}","traits":{{"plan":"pro"}}}}"#);
     match method {
-        "Ingest/IngestBatch" => {
-            ingest.ingest_batch(with_key(pb::IngestBatchRequest { messages: vec![message] }, key)).await.map(drop)
-        }
+        "Ingest/IngestBatch" => ingest
+            .ingest_batch(with_key(pb::IngestBatchRequest { messages: vec![message] }, key))
+            .await
+            .map(drop),
         "Ingest/IngestStream" => {
             let batches = tokio_stream::iter(vec![pb::IngestBatchRequest { messages: vec![message] }]);
             ingest.ingest_stream(with_key(batches, key)).await.map(drop)
         }
         "Query/Count" => query
-            .count(with_key(pb::CountRequest { expressions: vec!["user_id EXISTS".into()], now: String::new() }, key))
+            .count(with_key(
+                pb::CountRequest { expressions: vec!["user_id EXISTS".into()], now: String::new() },
+                key,
+            ))
             .await
             .map(drop),
         "Query/Check" => query
             .check(with_key(
-                pb::CheckRequest { profile: "u0".into(), expressions: vec!["user_id EXISTS".into()], now: String::new() },
+                pb::CheckRequest {
+                    profile: "u0".into(),
+                    expressions: vec!["user_id EXISTS".into()],
+                    now: String::new(),
+                },
                 key,
             ))
             .await
             .map(drop),
         "Query/Members" => {
-            let request = pb::MembersRequest { expression: "user_id EXISTS".into(), limit: 5, ..Default::default() };
+            let request =
+                pb::MembersRequest { expression: "user_id EXISTS".into(), limit: 5, ..Default::default() };
             let mut stream = query.members(with_key(request, key)).await?.into_inner();
             while stream.message().await?.is_some() {}
             Ok(())
         }
         "Query/Breakdown" => query
             .breakdown(with_key(
-                pb::BreakdownRequest { trait_name: "plan".into(), expression: "user_id EXISTS".into(), ..Default::default() },
+                pb::BreakdownRequest {
+                    trait_name: "plan".into(),
+                    expression: "user_id EXISTS".into(),
+                    ..Default::default()
+                },
                 key,
             ))
             .await
@@ -134,11 +150,18 @@ async fn call(channel: &Channel, method: &str, key: Key<'_>, n: usize) -> Result
         "Admin/Status" => admin.status(with_key(pb::StatusRequest {}, key)).await.map(drop),
         "Admin/GetSchema" => admin.get_schema(with_key(pb::GetSchemaRequest {}, key)).await.map(drop),
         "Admin/ApplySchema" => admin
-            .apply_schema(with_key(pb::ApplySchemaRequest { json: r#"{"traits":{"plan":"keyword"}}"#.into() }, key))
+            .apply_schema(with_key(
+                pb::ApplySchemaRequest { json: r#"{"traits":{"plan":"keyword"}}"#.into() },
+                key,
+            ))
             .await
             .map(drop),
-        "Admin/ListRejected" => admin.list_rejected(with_key(pb::ListRejectedRequest { limit: 5 }, key)).await.map(drop),
-        "Admin/ListMerges" => admin.list_merges(with_key(pb::ListMergesRequest { limit: 5 }, key)).await.map(drop),
+        "Admin/ListRejected" => {
+            admin.list_rejected(with_key(pb::ListRejectedRequest { limit: 5 }, key)).await.map(drop)
+        }
+        "Admin/ListMerges" => {
+            admin.list_merges(with_key(pb::ListMergesRequest { limit: 5 }, key)).await.map(drop)
+        }
         other => panic!("no call for {other}"),
     }
 }
@@ -159,13 +182,13 @@ async fn every_grpc_method_needs_a_key_with_its_role() {
     let channel = s.channel().await;
     for (n, (method, needed)) in METHODS.iter().enumerate() {
         // No key, and keys the node does not know, in both places.
-        for key in [Key::None, Key::Bearer("not-a-key"), Key::XApiKey("rk-012345678"), Key::Bearer("")] {
+        for key in [Key::None, Key::Bearer("not-a-key"), Key::Header("rk-012345678"), Key::Bearer("")] {
             let status = call(&channel, method, key, n).await.expect_err(&format!("{method} with {key:?}"));
             assert_eq!(status.code(), Code::Unauthenticated, "{method} with {key:?}: {status:?}");
             assert!(!status.message().contains("rk-0123"), "a key is never echoed: {status:?}");
         }
         for (role, key) in [("ingest", INGEST_KEY), ("read", READ_KEY), ("admin", ADMIN_KEY)] {
-            for presented in [Key::Bearer(key), Key::XApiKey(key)] {
+            for presented in [Key::Bearer(key), Key::Header(key)] {
                 let result = call(&channel, method, presented, n).await;
                 if allows(role, needed) {
                     if let Err(status) = &result {
@@ -173,7 +196,11 @@ async fn every_grpc_method_needs_a_key_with_its_role() {
                     }
                 } else {
                     let status = result.expect_err(&format!("{method} with the {role} key"));
-                    assert_eq!(status.code(), Code::PermissionDenied, "{method} with the {role} key: {status:?}");
+                    assert_eq!(
+                        status.code(),
+                        Code::PermissionDenied,
+                        "{method} with the {role} key: {status:?}"
+                    );
                     assert!(
                         status.message().contains(&format!("the {needed} role"))
                             && status.message().contains(&format!("has the {role} role")),
@@ -226,14 +253,25 @@ async fn keys_come_from_the_config_file_and_the_environment_merged() {
     );
     assert!(status.is_some_and(|s| !s.success()), "{status:?}: {stderr}");
     assert!(
-        stderr.contains("COHORT_API_KEYS") && stderr.contains("superuser") && stderr.contains("ingest, read, admin"),
+        stderr.contains("COHORT_API_KEYS")
+            && stderr.contains("superuser")
+            && stderr.contains("ingest, read, admin"),
         "{stderr}"
     );
     assert!(!stderr.contains("k1"), "keys are not echoed: {stderr}");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[api_keys]]\nkey = \"k3\"\nrole = \"root\"\n").unwrap();
     let (status, stderr) = serve_refused(
-        &["--config", bad.to_str().unwrap(), "--data-dir", data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
+        &[
+            "--config",
+            bad.to_str().unwrap(),
+            "--data-dir",
+            data,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
         &[],
     );
     assert!(status.is_some_and(|s| !s.success()), "{status:?}: {stderr}");
@@ -296,7 +334,8 @@ async fn the_cli_sends_the_key_of_api_key_or_cohort_api_key() {
     // Members streams its pages with the key too.
     let (ok, out, err) = cli(&addr, &["members", "user_id EXISTS"], &[("COHORT_API_KEY", READ_KEY)]);
     assert!(ok && out.contains("c1") && out.contains("c2"), "{out}{err}");
-    let (ok, _, err) = cli(&addr, &["segment", "create", "pro", r#"plan = "pro""#], &[("COHORT_API_KEY", READ_KEY)]);
+    let (ok, _, err) =
+        cli(&addr, &["segment", "create", "pro", r#"plan = "pro""#], &[("COHORT_API_KEY", READ_KEY)]);
     assert!(!ok && err.contains("PERMISSION_DENIED") && err.contains("admin role"), "{err}");
 }
 
@@ -327,7 +366,9 @@ async fn http_routes_take_api_keys_and_write_keys() {
         format!("Basic {out}")
     };
     let bearer = |k: &str| format!("Bearer {k}");
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, u16)> = vec![
+    // Path, headers, body, expected status.
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, u16);
+    let cases: Vec<Case> = vec![
         ("/v1/batch", vec![], batch, 401),
         ("/v1/batch", vec![("Authorization", basic("wk-live-1"))], batch, 200),
         ("/v1/batch", vec![("X-Write-Key", "wk-live-1".into())], batch, 200),
@@ -361,7 +402,9 @@ async fn http_routes_take_api_keys_and_write_keys() {
     let (status, reply) = http_request(&s.http, "POST", "/v1/batch", &[], batch).await.unwrap();
     assert_eq!(status, 401, "{reply}");
     let (status, reply) =
-        http_request(&s.http, "POST", "/v1/batch", &[("Authorization", &bearer(INGEST_KEY))], batch).await.unwrap();
+        http_request(&s.http, "POST", "/v1/batch", &[("Authorization", &bearer(INGEST_KEY))], batch)
+            .await
+            .unwrap();
     assert_eq!(status, 200, "{reply}");
     let (status, reply) =
         http_request(&s.http, "POST", "/v1/batch", &[("X-Write-Key", "anything")], batch).await.unwrap();
@@ -432,8 +475,12 @@ async fn tls_on_both_doors_with_a_certificate_made_here() {
     match plain {
         Err(_) => {}
         Ok(plain) => {
-            let status = call(&plain, "Admin/Status", Key::None, 1).await.expect_err("plaintext gRPC must fail");
-            assert!(matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal), "{status:?}");
+            let status =
+                call(&plain, "Admin/Status", Key::None, 1).await.expect_err("plaintext gRPC must fail");
+            assert!(
+                matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+                "{status:?}"
+            );
         }
     }
 
@@ -474,15 +521,32 @@ async fn tls_on_both_doors_with_a_certificate_made_here() {
     // Half a TLS configuration is refused.
     let data = dir.path().join("data2");
     let (status, stderr) = serve_refused(
-        &["--data-dir", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap()],
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(status.is_some_and(|s| !s.success()) && stderr.contains("tls_key"), "{status:?}: {stderr}");
     // A key file that holds no key is named.
     let (status, stderr) = serve_refused(
         &[
-            "--data-dir", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-            "--tls-cert", cert.to_str().unwrap(), "--tls-key", cert.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            cert.to_str().unwrap(),
         ],
         &[],
     );
@@ -519,24 +583,49 @@ async fn a_non_loopback_address_needs_keys_and_tls_or_insecure() {
     assert!(stderr.contains("no TLS") && !stderr.contains("no API keys"), "{stderr}");
     // TLS but no keys.
     let (status, stderr) = serve_refused(
-        &["--data-dir", data, "--grpc-addr", "0.0.0.0:0", "--http-addr", &loopback_http, "--tls-cert", cert, "--tls-key", key],
+        &[
+            "--data-dir",
+            data,
+            "--grpc-addr",
+            "0.0.0.0:0",
+            "--http-addr",
+            &loopback_http,
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ],
         &[],
     );
     assert!(status.is_some_and(|s| !s.success()), "{status:?} {stderr}");
     assert!(stderr.contains("no API keys") && !stderr.contains("no TLS"), "{stderr}");
     // The HTTP door is held to the same rule.
     let (status, stderr) = serve_refused(
-        &["--data-dir", data, "--grpc-addr", &format!("127.0.0.1:{}", free_port()), "--http-addr", "0.0.0.0:0"],
+        &[
+            "--data-dir",
+            data,
+            "--grpc-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--http-addr",
+            "0.0.0.0:0",
+        ],
         &[],
     );
     assert!(status.is_some_and(|s| !s.success()), "{status:?} {stderr}");
     assert!(stderr.contains("HTTP") && stderr.contains("--insecure"), "{stderr}");
 
     // Keys and TLS together: it starts.
-    let started = start_on(data, &["--grpc-addr", "0.0.0.0:0", "--tls-cert", cert, "--tls-key", key], &[("COHORT_API_KEYS", KEYS_ENV)]);
+    let started = start_on(
+        data,
+        &["--grpc-addr", "0.0.0.0:0", "--tls-cert", cert, "--tls-key", key],
+        &[("COHORT_API_KEYS", KEYS_ENV)],
+    );
     assert!(started, "keys and TLS are enough to serve every interface");
     // --insecure, or `insecure = true` in the file: it starts.
-    assert!(start_on(data, &["--grpc-addr", "0.0.0.0:0", "--insecure"], &[]), "--insecure overrides the rule");
+    assert!(
+        start_on(data, &["--grpc-addr", "0.0.0.0:0", "--insecure"], &[]),
+        "--insecure overrides the rule"
+    );
     let config = dir.path().join("insecure.toml");
     std::fs::write(&config, "insecure = true\n").unwrap();
     assert!(
@@ -580,10 +669,15 @@ async fn status_shows_the_data_directory_to_admins_only() {
     let s = start_keyed(&data, &[]);
     let channel = s.channel().await;
     let mut admin = pb::admin_client::AdminClient::new(channel);
-    let as_reader = admin.status(with_key(pb::StatusRequest {}, Key::Bearer(READ_KEY))).await.unwrap().into_inner();
+    let as_reader =
+        admin.status(with_key(pb::StatusRequest {}, Key::Bearer(READ_KEY))).await.unwrap().into_inner();
     assert_eq!(as_reader.data_dir, "", "a read key does not see the data directory: {as_reader:?}");
-    assert!(as_reader.profiles == 0 && as_reader.node_id == 1 && !as_reader.groups.is_empty(), "{as_reader:?}");
-    let as_admin = admin.status(with_key(pb::StatusRequest {}, Key::XApiKey(ADMIN_KEY))).await.unwrap().into_inner();
+    assert!(
+        as_reader.profiles == 0 && as_reader.node_id == 1 && !as_reader.groups.is_empty(),
+        "{as_reader:?}"
+    );
+    let as_admin =
+        admin.status(with_key(pb::StatusRequest {}, Key::Header(ADMIN_KEY))).await.unwrap().into_inner();
     assert_eq!(as_admin.data_dir, data.display().to_string());
     // The CLI says why it is not shown.
     let (ok, out, err) = cli(&format!("http://{}", s.grpc), &["status"], &[("COHORT_API_KEY", READ_KEY)]);

@@ -610,7 +610,11 @@ pub async fn status(node: &Node, json: bool) -> anyhow::Result<()> {
         (
             "data dir",
             // The node leaves it out for keys without the admin role.
-            if s.data_dir.is_empty() { "(not shown: needs an API key with the admin role)".into() } else { s.data_dir.clone() },
+            if s.data_dir.is_empty() {
+                "(not shown: needs an API key with the admin role)".into()
+            } else {
+                s.data_dir.clone()
+            },
         ),
         ("uptime", output::duration_ms(s.uptime_ms)),
         ("profiles", output::count(s.profiles)),
@@ -788,7 +792,8 @@ mod tests {
         let mut config = node_config(&serve_args(Some(path.clone()))).unwrap();
         assert!(config.insecure);
         add_env_keys(&mut config, Some("e1:read, e2:ingest")).unwrap();
-        let keys: Vec<(&str, crate::node::Role)> = config.api_keys.iter().map(|k| (k.key.as_str(), k.role)).collect();
+        let keys: Vec<(&str, crate::node::Role)> =
+            config.api_keys.iter().map(|k| (k.key.as_str(), k.role)).collect();
         use crate::node::Role;
         assert_eq!(keys, vec![("f1", Role::Admin), ("e1", Role::Read), ("e2", Role::Ingest)]);
         assert!(!format!("{config:?}").contains("f1"), "Debug hides the keys");

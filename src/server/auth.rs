@@ -394,7 +394,10 @@ mod tests {
     #[test]
     fn bad_keys_are_refused_by_position() {
         let c = |k: &str, role| ApiKeyConfig { key: k.into(), role };
-        assert_eq!(ApiKeys::new(&[c("", Role::Read)]).unwrap_err(), AuthError::EmptyKey { origin: "api_keys", entry: 1 });
+        assert_eq!(
+            ApiKeys::new(&[c("", Role::Read)]).unwrap_err(),
+            AuthError::EmptyKey { origin: "api_keys", entry: 1 }
+        );
         assert!(matches!(ApiKeys::new(&[c("a b", Role::Read)]), Err(AuthError::UnsendableKey { .. })));
         let err = ApiKeys::new(&[c("k", Role::Read), c("k", Role::Admin)]).unwrap_err();
         assert!(!err.to_string().contains("\"k\""), "{err}");
@@ -418,7 +421,11 @@ mod tests {
         for needed in Role::ALL {
             assert!(Role::Admin.allows(needed));
         }
-        assert!(Role::Read.allows(Role::Read) && !Role::Read.allows(Role::Ingest) && !Role::Read.allows(Role::Admin));
+        assert!(
+            Role::Read.allows(Role::Read)
+                && !Role::Read.allows(Role::Ingest)
+                && !Role::Read.allows(Role::Admin)
+        );
         assert!(Role::Ingest.allows(Role::Ingest) && !Role::Ingest.allows(Role::Read));
     }
 

@@ -418,10 +418,7 @@ fn schema_reply(node: &Node) -> pb::SchemaReply {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for Services {
-    async fn status(
-        &self,
-        request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
         // The data directory is the host's layout: admins only (everyone
         // when no keys are configured). A request that did not pass the
         // auth layer is nobody.
@@ -543,9 +540,8 @@ fn status(node: &Node) -> pb::StatusReply {
 }
 
 /// The router [`router`] builds: the services behind the auth layer.
-pub type GrpcRouter = tonic::transport::server::Router<
-    tower::layer::util::Stack<GrpcAuthLayer, tower::layer::util::Identity>,
->;
+pub type GrpcRouter =
+    tonic::transport::server::Router<tower::layer::util::Stack<GrpcAuthLayer, tower::layer::util::Identity>>;
 
 /// Builds the tonic router with every service, health and reflection,
 /// behind the API key check of `keys` (none: open) and served over TLS

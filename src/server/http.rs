@@ -583,7 +583,8 @@ enum Presented {
 fn header_keys(headers: &HeaderMap) -> Vec<(&'static str, Option<Presented>)> {
     let mut keys = Vec::new();
     for value in headers.get_all(header::AUTHORIZATION) {
-        let key = bearer_token(value).map(Presented::ApiKey).or_else(|| basic_user(value).map(Presented::WriteKey));
+        let key =
+            bearer_token(value).map(Presented::ApiKey).or_else(|| basic_user(value).map(Presented::WriteKey));
         keys.push(("Authorization", key));
     }
     let text = |value: &HeaderValue| value.to_str().ok().map(|s| s.trim().to_owned());
@@ -1113,7 +1114,8 @@ mod tests {
             }
         }
         let sink = RecordingSink::new();
-        let (status, reply) = send(router(sink.clone(), with_api_keys(&["wk"])), with_key("basic", "wk")).await;
+        let (status, reply) =
+            send(router(sink.clone(), with_api_keys(&["wk"])), with_key("basic", "wk")).await;
         assert_eq!(status, StatusCode::OK, "write keys still work beside API keys: {reply}");
     }
 

@@ -106,7 +106,13 @@ impl Security {
                 if tls.is_none() {
                     fix.push("`tls_cert` and `tls_key` (or --tls-cert and --tls-key)");
                 }
-                return Err(SecurityError::Exposed { door, addr: addr.clone(), missing, risk, fix: fix.join(" and ") });
+                return Err(SecurityError::Exposed {
+                    door,
+                    addr: addr.clone(),
+                    missing,
+                    risk,
+                    fix: fix.join(" and "),
+                });
             }
         }
         Ok(Security { keys, tls })
@@ -185,8 +191,8 @@ async fn serve_prepared(node: Arc<Node>, security: Security) -> Result<()> {
         profiles
     );
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let router =
-        grpc::router(node.clone(), security.keys.clone(), security.tls.as_ref()).map_err(anyhow::Error::msg)?;
+    let router = grpc::router(node.clone(), security.keys.clone(), security.tls.as_ref())
+        .map_err(anyhow::Error::msg)?;
     let mut grpc_stop = stop_tx.subscribe();
     let grpc = tokio::spawn(async move {
         router
