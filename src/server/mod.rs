@@ -246,3 +246,59 @@ async fn serve_prepared(node: Arc<Node>, security: Security) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{ApiKeyConfig, Role};
+
+    fn config(grpc: &str, http: &str) -> NodeConfig {
+        NodeConfig { grpc_addr: grpc.into(), http_addr: http.into(), ..NodeConfig::default() }
+    }
+
+    fn refusal(config: &NodeConfig) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(Security::prepare(config)).map(|_| String::new()).unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn loopback_addresses_need_neither_keys_nor_tls() {
+        for addr in ["127.0.0.1:0", "127.8.9.10:0", "[::1]:0", "localhost:0"] {
+            assert_eq!(refusal(&config(addr, addr)), "", "{addr}");
+        }
+    }
+
+    #[test]
+    fn other_addresses_need_keys_and_tls_unless_insecure() {
+        let open = config("0.0.0.0:7070", "127.0.0.1:0");
+        let err = refusal(&open);
+        assert!(err.contains("gRPC on 0.0.0.0:7070") && err.contains("no API keys and no TLS"), "{err}");
+        assert!(err.contains("--insecure"), "{err}");
+        assert_eq!(refusal(&NodeConfig { insecure: true, ..open.clone() }), "");
+        let keyed = NodeConfig {
+            api_keys: vec![ApiKeyConfig { key: "k".into(), role: Role::Admin }],
+            ..open.clone()
+        };
+        let err = refusal(&keyed);
+        assert!(
+            err.contains("with no TLS") && err.contains("`tls_cert`") && !err.contains("`api_keys`"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        let tls = NodeConfig { tls_cert: Some(cert), tls_key: Some(key), ..open.clone() };
+        let err = refusal(&tls);
+        assert!(err.contains("with no API keys:") && err.contains("`api_keys`"), "{err}");
+        assert_eq!(refusal(&NodeConfig { api_keys: keyed.api_keys.clone(), ..tls.clone() }), "");
+
+        // HTTP counts write keys as keys.
+        let http = NodeConfig { http_addr: "0.0.0.0:7071".into(), grpc_addr: "127.0.0.1:0".into(), ..tls };
+        let err = refusal(&http);
+        assert!(err.contains("HTTP on 0.0.0.0:7071") && err.contains("no API keys or write keys"), "{err}");
+        assert_eq!(refusal(&NodeConfig { write_keys: vec!["wk".into()], ..http }), "");
+    }
+}
