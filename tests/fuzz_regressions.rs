@@ -114,7 +114,9 @@ fn pending_inputs() {
         fuzzing::catalog_snapshot(scratch.path(), d)
     });
     replay_files("directory_image", files("directory_image", &["pending"]), fuzzing::directory_image);
-    replay_files("raft_log", files("raft_log", &["pending"]), |d| fuzzing::raft_log(&base, scratch.path(), d));
+    replay_files("raft_log", files("raft_log", &["pending"]), |d| {
+        fuzzing::raft_log(&base, scratch.path(), d)
+    });
 }
 
 /// The seeds the fuzzer starts from are valid: the snapshots load, the
@@ -175,7 +177,10 @@ fn seed_messages() -> Vec<String> {
     out.push(r#"{"type":"screen","anonymousId":"anon-x","name":"Home"}"#.into());
     out.push(r#"{"type":"group","userId":"u1","groupId":"acme","traits":{"size":3}}"#.into());
     out.push(r#"{"type":"alias","userId":"u2","previousId":"anon-x"}"#.into());
-    out.push(r#"{"type":"identify","userId":"u3","traits":{"plan":null},"context":{"traits":{"country":"IT"}}}"#.into());
+    out.push(
+        r#"{"type":"identify","userId":"u3","traits":{"plan":null},"context":{"traits":{"country":"IT"}}}"#
+            .into(),
+    );
     out.push(r#"{"type":"identify","userId":"u0","anonymousId":"a0","messageId":"id-0"}"#.into());
     out
 }
