@@ -169,15 +169,14 @@ pub fn check_files(dir: &Path) -> Result<FilesChecked, Vec<Problem>> {
         for (group, record) in &m.groups {
             let Some(s) = &record.snapshot else { continue };
             let path = snapshots.join(&s.file);
-            match std::fs::metadata(&path) {
-                Err(_) => problems.push(problem(
+            if std::fs::metadata(&path).is_err() {
+                problems.push(problem(
                     path,
                     format!(
                         "is missing: the manifest records the snapshot of group {group} ({}) there, {} bytes at index {}",
                         record.name, s.bytes, s.index
                     ),
-                )),
-                Ok(_) => {}
+                ));
             }
         }
         if log.files == 0
@@ -205,6 +204,26 @@ pub struct LoadedGroup<'a> {
     pub name: String,
     /// The machine, opened from its snapshot (or fresh when it has none).
     pub machine: &'a dyn StateMachine,
+}
+
+/// The catalog and every shard as [`LoadedGroup`]s, in group order.
+pub fn loaded_groups<'a>(
+    catalog: &'a dyn StateMachine,
+    shards: impl IntoIterator<Item = &'a dyn StateMachine>,
+) -> Vec<LoadedGroup<'a>> {
+    let mut loaded = vec![LoadedGroup {
+        id: crate::cluster::placement::CATALOG_GROUP,
+        name: "catalog".into(),
+        machine: catalog,
+    }];
+    for (s, machine) in shards.into_iter().enumerate() {
+        loaded.push(LoadedGroup {
+            id: crate::cluster::placement::shard_group(s as u32),
+            name: format!("shard {s}"),
+            machine,
+        });
+    }
+    loaded
 }
 
 /// Checks every loaded group against the manifest and the opened log: a

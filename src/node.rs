@@ -179,15 +179,7 @@ impl Node {
         let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
         let (catalog, shards) = load_snapshots(&snapshots, config.shards, config.dedup_window_hours)?;
         let records = {
-            let mut loaded =
-                vec![datadir::LoadedGroup { id: CATALOG_GROUP, name: "catalog".into(), machine: &*catalog }];
-            for (s, m) in shards.iter().enumerate() {
-                loaded.push(datadir::LoadedGroup {
-                    id: shard_group(s as u32),
-                    name: format!("shard {s}"),
-                    machine: &**m,
-                });
-            }
+            let loaded = datadir::loaded_groups(&*catalog, shards.iter().map(|m| &**m as &dyn StateMachine));
             datadir::check_groups(checked.manifest.as_ref(), &store, &loaded)
                 .map_err(|p| datadir::describe(&p))?
         };
@@ -462,15 +454,7 @@ pub fn check_data_dir(dir: &Path) -> Result<String, String> {
         .map_err(|e| format!("{}: is a node running on it? {e}", dir.join("raft").display()))?;
     let (catalog, shards) =
         load_snapshots(&dir.join("snapshots"), meta.shards, NodeConfig::default().dedup_window_hours)?;
-    let mut loaded =
-        vec![datadir::LoadedGroup { id: CATALOG_GROUP, name: "catalog".into(), machine: &*catalog }];
-    for (s, m) in shards.iter().enumerate() {
-        loaded.push(datadir::LoadedGroup {
-            id: shard_group(s as u32),
-            name: format!("shard {s}"),
-            machine: &**m,
-        });
-    }
+    let loaded = datadir::loaded_groups(&*catalog, shards.iter().map(|m| &**m as &dyn StateMachine));
     datadir::check_groups(checked.manifest.as_ref(), &store, &loaded).map_err(|p| datadir::describe(&p))?;
     if !meta.manifest {
         report.push_str(
