@@ -74,6 +74,16 @@ pub struct NodeConfig {
     pub max_properties: usize,
     /// Longest new trait, event or property name, bytes.
     pub max_name_bytes: usize,
+    /// API keys and their roles (`[[api_keys]]` tables); merged with the
+    /// ones of `COHORT_API_KEYS`. None: gRPC is open and HTTP takes any
+    /// write key unless `write_keys` are set.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// PEM file of the certificate chain both doors serve TLS with.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve a non-loopback address even without API keys or without TLS.
+    pub insecure: bool,
 }
 
 impl Default for NodeConfig {
@@ -98,6 +108,10 @@ impl Default for NodeConfig {
             max_properties_per_event: SchemaLimits::default().max_properties_per_event,
             max_properties: SchemaLimits::default().max_properties,
             max_name_bytes: SchemaLimits::default().max_name_bytes,
+            api_keys: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            insecure: false,
         }
     }
 }
@@ -530,4 +544,68 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
         dir.display(),
         written.elapsed().as_secs_f64()
     ))
+}
+
+/// What an API key may do. `Admin` may do everything; `Ingest` and `Read`
+/// only what their name says (an ingest key cannot query, a read key cannot
+/// write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Send messages: `Ingest.*` and the Segment HTTP endpoints.
+    Ingest,
+    /// Ask questions: `Query.*`, reading saved segments, the schema and the
+    /// node's status.
+    Read,
+    /// Everything, including the schema, saved segments and the operator's
+    /// lists.
+    Admin,
+}
+
+impl Role {
+    /// Every role, weakest first.
+    pub const ALL: [Role; 3] = [Role::Ingest, Role::Read, Role::Admin];
+
+    /// The role's name as configured.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Read => "read",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role of a configured name, if it is one.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name.trim().to_ascii_lowercase())
+    }
+
+    /// Whether a key of this role may do what `needed` requires.
+    pub fn allows(self, needed: Role) -> bool {
+        self == Role::Admin || self == needed
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One API key of the configuration: `[[api_keys]] key = "..." role =
+/// "read"`. Its `Debug` hides the key, so that printing a configuration
+/// does not leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The secret a client presents.
+    pub key: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig").field("key", &"<hidden>").field("role", &self.role).finish()
+    }
 }

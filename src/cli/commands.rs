@@ -46,7 +46,25 @@ pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(shards) = args.shards {
         config.shards = shards;
     }
+    if let Some(cert) = &args.tls_cert {
+        config.tls_cert = Some(cert.clone());
+    }
+    if let Some(key) = &args.tls_key {
+        config.tls_key = Some(key.clone());
+    }
+    if args.insecure {
+        config.insecure = true;
+    }
     Ok(config)
+}
+
+/// Adds the API keys of `COHORT_API_KEYS` (its text, if set) to those of
+/// the configuration file.
+pub fn add_env_keys(config: &mut NodeConfig, env: Option<&str>) -> anyhow::Result<()> {
+    if let Some(text) = env {
+        config.api_keys.extend(crate::server::auth::parse_keys_env(text)?);
+    }
+    Ok(())
 }
 
 /// Parses the text of a configuration file.
@@ -56,7 +74,13 @@ fn parse_config(text: &str) -> Result<NodeConfig, toml::de::Error> {
 
 /// `cohort serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = node_config(&args)?;
+    let mut config = node_config(&args)?;
+    let env = match std::env::var("COHORT_API_KEYS") {
+        Ok(text) => Some(text),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("COHORT_API_KEYS is not valid UTF-8"),
+    };
+    add_env_keys(&mut config, env.as_deref())?;
     crate::server::serve(config).await
 }
 
@@ -74,6 +98,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         grpc_addr: args.grpc_addr.unwrap_or(defaults.grpc_addr),
         http_addr: args.http_addr.unwrap_or(defaults.http_addr),
         serve: !args.no_serve,
+        insecure: args.insecure,
     })
     .await
 }
@@ -647,7 +672,15 @@ pub async fn status(node: &Node, json: bool) -> anyhow::Result<()> {
     let mut out = output::key_values(&[
         ("node", format!("{} at {}", s.node_id, node.addr())),
         ("version", s.version.clone()),
-        ("data dir", s.data_dir.clone()),
+        (
+            "data dir",
+            // The node leaves it out for keys without the admin role.
+            if s.data_dir.is_empty() {
+                "(not shown: needs an API key with the admin role)".into()
+            } else {
+                s.data_dir.clone()
+            },
+        ),
         ("uptime", output::duration_ms(s.uptime_ms)),
         ("profiles", output::count(s.profiles)),
         ("events", output::count(s.events)),
@@ -785,7 +818,16 @@ mod tests {
     use super::*;
 
     fn serve_args(config: Option<PathBuf>) -> ServeArgs {
-        ServeArgs { config, data_dir: None, grpc_addr: None, http_addr: None, shards: None }
+        ServeArgs {
+            config,
+            data_dir: None,
+            grpc_addr: None,
+            http_addr: None,
+            shards: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure: false,
+        }
     }
 
     #[test]
@@ -805,6 +847,38 @@ mod tests {
         assert_eq!(config.shards, 16);
         assert_eq!(config.grpc_addr, "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/cohort"));
+    }
+
+    #[test]
+    fn keys_of_the_file_and_the_environment_are_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cohort.toml");
+        std::fs::write(&path, "insecure = true\n[[api_keys]]\nkey = \"f1\"\nrole = \"admin\"\n").unwrap();
+        let mut config = node_config(&serve_args(Some(path.clone()))).unwrap();
+        assert!(config.insecure);
+        add_env_keys(&mut config, Some("e1:read, e2:ingest")).unwrap();
+        let keys: Vec<(&str, crate::node::Role)> =
+            config.api_keys.iter().map(|k| (k.key.as_str(), k.role)).collect();
+        use crate::node::Role;
+        assert_eq!(keys, vec![("f1", Role::Admin), ("e1", Role::Read), ("e2", Role::Ingest)]);
+        assert!(!format!("{config:?}").contains("f1"), "Debug hides the keys");
+        let err = add_env_keys(&mut config, Some("e3:writer")).unwrap_err().to_string();
+        assert!(err.contains("COHORT_API_KEYS") && err.contains("writer") && !err.contains("e3"), "{err}");
+        std::fs::write(&path, "[[api_keys]]\nkey = \"f1\"\nrole = \"owner\"\n").unwrap();
+        let err = format!("{:#}", node_config(&serve_args(Some(path))).unwrap_err());
+        assert!(err.contains("owner") && err.contains("`ingest`, `read`, `admin`"), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_override_the_file() {
+        let mut args = serve_args(None);
+        args.tls_cert = Some("c.pem".into());
+        args.tls_key = Some("k.pem".into());
+        args.insecure = true;
+        let config = node_config(&args).unwrap();
+        assert_eq!(config.tls_cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(config.tls_key.as_deref(), Some(Path::new("k.pem")));
+        assert!(config.insecure);
     }
 
     #[test]

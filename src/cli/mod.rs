@@ -14,7 +14,10 @@
 //!
 //! Every client command takes `--addr` (default `http://127.0.0.1:7070`, or
 //! `COHORT_ADDR`) and `--json`, which replaces the tables with one JSON
-//! document on standard output.
+//! document on standard output. `--api-key` (or `COHORT_API_KEY`) is sent
+//! as `authorization: Bearer KEY` on every call; an `https://` address, or
+//! `--tls-ca FILE` (or `COHORT_TLS_CA`) to trust a CA of one's own,
+//! connects over TLS.
 
 #![allow(clippy::print_stdout)]
 
@@ -29,7 +32,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::codegen::InterceptedService;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::ingest_client::IngestClient;
@@ -74,6 +79,15 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 60, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub timeout: u64,
+    /// The API key sent with every call (`authorization: Bearer KEY`),
+    /// needed when the node has API keys configured.
+    #[arg(long, global = true, env = "COHORT_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// A PEM file of the CA to trust for the node's TLS certificate (one's
+    /// own CA or a self-signed certificate); implies TLS. Without it, an
+    /// `https://` address trusts the system's CAs.
+    #[arg(long, global = true, env = "COHORT_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -195,7 +209,10 @@ pub struct ServeArgs {
     /// node_id, shards, grpc_addr, http_addr, write_keys,
     /// max_message_bytes, max_batch_bytes, http_header_timeout_ms,
     /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
-    /// snapshot_log_bytes, query_threads). Flags override it.
+    /// snapshot_log_bytes, query_threads, max_traits, max_events,
+    /// max_properties_per_event, max_properties, max_name_bytes, api_keys,
+    /// tls_cert, tls_key, insecure). Flags override it; COHORT_API_KEYS
+    /// (`key:role,key:role`) adds API keys to the file's.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where the Raft log and snapshots live [default: ./cohort-data].
@@ -210,6 +227,16 @@ pub struct ServeArgs {
     /// Shards, fixed when the data directory is created [default: 8].
     #[arg(long, value_name = "N")]
     pub shards: Option<u32>,
+    /// PEM certificate chain to serve both doors over TLS with.
+    #[arg(long, env = "COHORT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "COHORT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve a non-loopback address even without API keys or without TLS
+    /// (refused otherwise).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// `cohort demo`.
@@ -237,6 +264,9 @@ pub struct DemoArgs {
     /// Print the examples and exit instead of serving.
     #[arg(long)]
     pub no_serve: bool,
+    /// Serve a non-loopback address (the demo has no API keys and no TLS).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// `cohort load`.
@@ -430,7 +460,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // A missing file is reported before anything else, node or not.
         load::check_files(&args.files)?;
     }
-    let node = Node::connect(&cli.addr, timeout).await?;
+    let access = Access { api_key: cli.api_key.clone(), tls_ca: cli.tls_ca.clone() };
+    let node = Node::connect(&cli.addr, timeout, &access).await?;
     match command {
         ClientCommand::Load(args) => load::run(&node, &args, json).await,
         ClientCommand::Schema { command: SchemaCommand::Show { prefix, page_size } } => {
@@ -455,25 +486,85 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// How the CLI proves who it is and whom it trusts.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// The API key sent with every call.
+    pub api_key: Option<String>,
+    /// The CA file to trust for TLS.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Puts the API key on every outgoing call.
+#[derive(Clone)]
+pub struct SendKey(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for SendKey {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel every client uses: the connection with the key added.
+pub type Transport = InterceptedService<Channel, SendKey>;
+
 /// A connection to a node's gRPC door, with the per-call time limit.
 pub struct Node {
     channel: Channel,
+    key: SendKey,
     addr: String,
     timeout: Duration,
 }
 
 impl Node {
-    /// Connects to `addr` (`http://` is assumed when no scheme is given).
-    pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Node> {
-        let addr = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let endpoint = Endpoint::from_shared(addr.clone())
+    /// Connects to `addr` (`http://` is assumed when no scheme is given,
+    /// `https://` when `access` names a CA), over TLS for `https://`.
+    pub async fn connect(addr: &str, timeout: Duration, access: &Access) -> anyhow::Result<Node> {
+        let addr = match (addr.contains("://"), &access.tls_ca) {
+            (true, _) => addr.to_string(),
+            (false, Some(_)) => format!("https://{addr}"),
+            (false, None) => format!("http://{addr}"),
+        };
+        let mut endpoint = Endpoint::from_shared(addr.clone())
             .with_context(|| format!("--addr {addr:?} is not a valid address"))?
             .connect_timeout(CONNECT_TIMEOUT);
+        let https = addr.starts_with("https://");
+        match (&access.tls_ca, https) {
+            (Some(ca), true) => {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("cannot read the CA certificate {} (--tls-ca)", ca.display()))?;
+                endpoint = endpoint
+                    .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                    .context("cannot set up TLS")?;
+            }
+            (Some(_), false) => {
+                anyhow::bail!("--tls-ca (or COHORT_TLS_CA) is for TLS, but the address {addr} says http://; use https://")
+            }
+            (None, true) => {
+                endpoint = endpoint
+                    .tls_config(ClientTlsConfig::new().with_native_roots())
+                    .context("cannot set up TLS")?;
+            }
+            (None, false) => {}
+        }
+        let key = match &access.api_key {
+            None => SendKey(None),
+            Some(key) => SendKey(Some(format!("Bearer {}", key.trim()).parse().map_err(|_| {
+                anyhow::anyhow!("the API key (--api-key or COHORT_API_KEY) holds characters that cannot be sent in a header")
+            })?)),
+        };
         let channel = endpoint
             .connect()
             .await
-            .with_context(|| format!("cannot reach a Cohort node at {addr} (is `cohort serve` running there? see --addr or COHORT_ADDR)"))?;
-        Ok(Node { channel, addr, timeout })
+            .with_context(|| format!("cannot reach a Cohort node at {addr} (is `cohort serve` running there? see --addr or COHORT_ADDR{})", if https { "; for TLS, --tls-ca or COHORT_TLS_CA" } else { "" }))?;
+        Ok(Node { channel, key, addr, timeout })
+    }
+
+    fn transport(&self) -> Transport {
+        InterceptedService::new(self.channel.clone(), self.key.clone())
     }
 
     /// The address connected to.
@@ -482,23 +573,23 @@ impl Node {
     }
 
     /// A client of the Ingest service.
-    pub fn ingest(&self) -> IngestClient<Channel> {
-        IngestClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
+    pub fn ingest(&self) -> IngestClient<Transport> {
+        IngestClient::new(self.transport()).max_decoding_message_size(MAX_REPLY_BYTES)
     }
 
     /// A client of the Query service.
-    pub fn query(&self) -> QueryClient<Channel> {
-        QueryClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
+    pub fn query(&self) -> QueryClient<Transport> {
+        QueryClient::new(self.transport()).max_decoding_message_size(MAX_REPLY_BYTES)
     }
 
     /// A client of the Segments service.
-    pub fn segments(&self) -> SegmentsClient<Channel> {
-        SegmentsClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
+    pub fn segments(&self) -> SegmentsClient<Transport> {
+        SegmentsClient::new(self.transport()).max_decoding_message_size(MAX_REPLY_BYTES)
     }
 
     /// A client of the Admin service.
-    pub fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel.clone()).max_decoding_message_size(MAX_REPLY_BYTES)
+    pub fn admin(&self) -> AdminClient<Transport> {
+        AdminClient::new(self.transport()).max_decoding_message_size(MAX_REPLY_BYTES)
     }
 
     /// A request carrying the time limit as its `grpc-timeout`, which the

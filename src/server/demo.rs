@@ -39,6 +39,9 @@ pub struct DemoOptions {
     pub http_addr: String,
     /// Keep serving after the examples.
     pub serve: bool,
+    /// Serve a non-loopback address without API keys or TLS (the demo has
+    /// neither).
+    pub insecure: bool,
 }
 
 /// Example segments printed by the demo.
@@ -122,17 +125,21 @@ impl Drop for RemoveOnDrop {
 
 /// Runs the demo.
 pub async fn run(opts: DemoOptions) -> Result<()> {
+    let config = NodeConfig {
+        grpc_addr: opts.grpc_addr.clone(),
+        http_addr: opts.http_addr.clone(),
+        insecure: opts.insecure,
+        ..NodeConfig::default()
+    };
+    if opts.serve {
+        // Refuse an exposed address before spending time on the data.
+        super::Security::prepare(&config).await?;
+    }
     let o = opts.clone();
     let dir = tokio::task::spawn_blocking(move || build_data_dir(&o)).await??;
     // A data directory the demo chose itself is removed when it ends.
     let _cleanup = opts.data_dir.is_none().then(|| RemoveOnDrop(dir.clone()));
-    let config = NodeConfig {
-        data_dir: dir,
-        shards: opts.shards,
-        grpc_addr: opts.grpc_addr.clone(),
-        http_addr: opts.http_addr.clone(),
-        ..NodeConfig::default()
-    };
+    let config = NodeConfig { data_dir: dir, shards: opts.shards, ..config };
     let node = Node::open(config).await.map_err(anyhow::Error::msg).context("opening the demo node")?;
     let now = cohort_datagen::DEFAULT_NOW_MS;
     println!("\nExample segments (now = {}, the dataset's own):\n", format_rfc3339_ms(now));

@@ -5,6 +5,9 @@
 //! `INVALID_ARGUMENT` and its message names the position; an unknown profile
 //! `NOT_FOUND`; a shard that missed the deadline `DEADLINE_EXCEEDED`). A
 //! request's `grpc-timeout` becomes the planner's deadline.
+//!
+//! Every request passes [`GrpcAuthLayer`] first, which checks its API key
+//! against the role its method needs (see [`super::auth`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,10 +16,12 @@ use std::time::{Duration, Instant};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{ApiKeys, Caller, GrpcAuthLayer};
+use super::tls::TlsIdentity;
 use crate::cluster::catalog::{parse_now, AdminError};
 use crate::ingest::{IngestError, IngestReport, RejectionRecord, Source};
 use crate::model::{format_rfc3339_ms, Value};
-use crate::node::{now_ms, Node};
+use crate::node::{now_ms, Node, Role};
 use crate::proto::v1 as pb;
 use crate::query::QueryError;
 
@@ -483,14 +488,18 @@ fn schema_reply(node: &Node, request: &pb::GetSchemaRequest) -> Result<pb::Schem
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for Services {
-    async fn status(
-        &self,
-        _request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        // The data directory is the host's layout: admins only (everyone
+        // when no keys are configured). A request that did not pass the
+        // auth layer is nobody.
+        let admin = request.extensions().get::<Caller>().is_some_and(|c| c.may(Role::Admin));
         let node = self.node.clone();
-        let reply = tokio::task::spawn_blocking(move || status(&node))
+        let mut reply = tokio::task::spawn_blocking(move || status(&node))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        if !admin {
+            reply.data_dir.clear();
+        }
         Ok(Response::new(reply))
     }
 
@@ -600,8 +609,14 @@ fn status(node: &Node) -> pb::StatusReply {
     reply
 }
 
-/// Builds the tonic router with every service, health and reflection.
-pub fn router(node: Arc<Node>) -> Result<tonic::transport::server::Router, String> {
+/// The router [`router`] builds: the services behind the auth layer.
+pub type GrpcRouter =
+    tonic::transport::server::Router<tower::layer::util::Stack<GrpcAuthLayer, tower::layer::util::Identity>>;
+
+/// Builds the tonic router with every service, health and reflection,
+/// behind the API key check of `keys` (none: open) and served over TLS
+/// when `tls` is given.
+pub fn router(node: Arc<Node>, keys: ApiKeys, tls: Option<&TlsIdentity>) -> Result<GrpcRouter, String> {
     use pb::admin_server::AdminServer;
     use pb::ingest_server::IngestServer;
     use pb::query_server::QueryServer;
@@ -620,8 +635,13 @@ pub fn router(node: Arc<Node>) -> Result<tonic::transport::server::Router, Strin
         reporter.set_serving::<SegmentsServer<Services>>().await;
         reporter.set_serving::<AdminServer<Services>>().await;
     });
-    Ok(tonic::transport::Server::builder()
-        .initial_connection_window_size(super::ingest_stream::CONNECTION_WINDOW_BYTES)
+    let mut builder = tonic::transport::Server::builder()
+        .initial_connection_window_size(super::ingest_stream::CONNECTION_WINDOW_BYTES);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.grpc()).map_err(|e| format!("gRPC TLS: {e}"))?;
+    }
+    Ok(builder
+        .layer(GrpcAuthLayer::new(keys))
         .add_service(health)
         .add_service(reflection)
         .add_service(

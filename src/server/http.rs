@@ -30,17 +30,24 @@
 //! the sink rejects it on its own, with its position, like any other bad
 //! message, and the rest of the batch is applied.
 //!
-//! # Write keys
+//! # Write keys and API keys
 //!
 //! A key may come as the HTTP Basic user name (password ignored, normally
-//! empty), as `X-Write-Key`, or as the body's top-level `writeKey`. With no
-//! keys configured every request is accepted, with or without a key. With
-//! keys configured a request must present at least one key, and every key
-//! it presents must be a configured one; otherwise it is a 401. Keys in
-//! headers are checked before the body is read, so an unauthorised client
-//! cannot make the server read and decompress a large body; a key carried
-//! only in the body is necessarily checked after parsing, so such a request
-//! with a body that is not JSON gets a 400 rather than a 401.
+//! empty), as `X-Write-Key`, as the body's top-level `writeKey`, or as an
+//! API key's `Authorization: Bearer` or `X-Api-Key`. A write key's places
+//! accept a configured write key or an API key whose role allows ingest
+//! (`ingest` or `admin`; see [`super::auth`]), so an SDK that can only send
+//! a write key can send an ingest API key as one; an API key's places
+//! accept API keys only. With
+//! neither write keys nor API keys configured every request is accepted,
+//! with or without a key. Otherwise a request must present at least one
+//! key, and every key it presents must be accepted: an unknown key is a
+//! 401, an API key of another role (`read`) a 403 that names the role
+//! needed. Keys in headers are checked by one layer before any handler runs
+//! and before the body is read, so an unauthorised client cannot make the
+//! server read and decompress a large body; a key carried only in the body
+//! is necessarily checked after parsing, so such a request with a body that
+//! is not JSON gets a 400 rather than a 401. `GET /health` needs no key.
 //!
 //! # Limits
 //!
@@ -67,8 +74,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json as JsonBody, Router};
@@ -76,15 +84,21 @@ use serde_json::{json, Map, Value as Json};
 use thiserror::Error;
 use tokio_stream::StreamExt;
 
+use super::auth::ApiKeys;
 use crate::ingest::{IngestError, IngestReport, IngestSink, Source};
+use crate::node::Role;
 
 pub mod conn;
 
 /// Configuration of the HTTP door.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
-    /// Accepted write keys; empty = any key accepted (and a missing key too).
+    /// Accepted write keys. With no API keys either, any key is accepted
+    /// (and a missing key too).
     pub write_keys: Vec<String>,
+    /// The node's API keys; those whose role allows ingest are accepted
+    /// wherever a write key is.
+    pub api_keys: ApiKeys,
     /// Largest message, bytes of JSON (default 32 * 1024).
     pub max_message_bytes: usize,
     /// Largest request body after decompression (default 500 * 1024). The
@@ -106,6 +120,7 @@ impl Default for HttpConfig {
             max_batch_bytes: 500 * 1024,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            api_keys: ApiKeys::default(),
         }
     }
 }
@@ -161,15 +176,24 @@ pub enum HttpError {
         /// The message's `type`.
         found: String,
     },
-    /// No write key presented while keys are configured.
-    #[error("missing write key")]
+    /// No key presented while keys are configured.
+    #[error("missing write key (or API key with the ingest role)")]
     MissingWriteKey,
-    /// A presented write key is not configured; the key is not echoed.
+    /// A presented key is neither a write key nor an API key; the key is
+    /// not echoed.
     #[error("invalid write key (from {location})")]
     InvalidWriteKey {
         /// Where the key came from: `Authorization`, `X-Write-Key`,
-        /// `writeKey`.
+        /// `X-Api-Key`, `writeKey`.
         location: &'static str,
+    },
+    /// A presented API key's role does not allow ingest.
+    #[error("the API key (from {location}) has the {role} role; these endpoints need a write key or an API key with the ingest role (or admin)")]
+    WrongRole {
+        /// Where the key came from.
+        location: &'static str,
+        /// The key's role.
+        role: Role,
     },
     /// The body is over `max_batch_bytes`, as sent or once decompressed.
     #[error("request body is over the limit of {limit_bytes} bytes{}", if *.decompressed { " once decompressed" } else { "" })]
@@ -200,7 +224,8 @@ pub enum HttpError {
 
 impl HttpError {
     /// The status this error is answered with: 400 for a body that cannot be
-    /// understood, 401 for write keys, 413 for the size limits, 415 for an
+    /// understood, 401 for a missing or unknown key, 403 for an API key of
+    /// another role, 413 for the size limits, 415 for an
     /// unknown encoding, 503 when the node cannot take writes now (SDKs
     /// retry 5xx), 500 for storage failures.
     pub fn status(&self) -> StatusCode {
@@ -216,6 +241,7 @@ impl HttpError {
             | HttpError::TypeNotString { .. }
             | HttpError::TypeMismatch { .. } => StatusCode::BAD_REQUEST,
             HttpError::MissingWriteKey | HttpError::InvalidWriteKey { .. } => StatusCode::UNAUTHORIZED,
+            HttpError::WrongRole { .. } => StatusCode::FORBIDDEN,
             HttpError::BodyTooLarge { .. } | HttpError::MessageTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -265,34 +291,50 @@ struct Door {
 const SINGLE_KINDS: [(&str, &str); 6] =
     [("identify", "i"), ("track", "t"), ("page", "p"), ("screen", "s"), ("group", "g"), ("alias", "a")];
 
-/// The door's routes, ready to be served or tested with `oneshot`.
+/// The door's routes, ready to be served or tested with `oneshot`. Every
+/// route but `/health` is behind [`authenticate`].
 pub fn router(sink: Arc<dyn IngestSink>, config: HttpConfig) -> Router {
     let door = Arc::new(Door { sink, config });
-    let mut router = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/v1/batch", post(batch))
-        .route("/v1/b", post(batch));
+    let mut router = Router::new().route("/v1/batch", post(batch)).route("/v1/b", post(batch));
     for (kind, short) in SINGLE_KINDS {
         router = router
             .route(&format!("/v1/{kind}"), single_route(kind))
             .route(&format!("/v1/{short}"), single_route(kind));
     }
-    router.with_state(door)
+    router
+        .route_layer(axum::middleware::from_fn_with_state(door.clone(), authenticate))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(door)
 }
 
-/// Serves the door on `listener` until `shutdown` completes, then lets
-/// requests in flight finish; connections are held to the configured
-/// header and idle timeouts ([`conn`]).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// The layer in front of every ingest route: checks the keys carried in
+/// headers before the handler runs (and so before the body is read).
+async fn authenticate(State(door): State<Arc<Door>>, request: Request, next: Next) -> Response {
+    match check_header_keys(&door.config, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Serves the door on `listener` (plain TCP, or a
+/// [`TlsListener`](super::tls::TlsListener) whose connections have done
+/// their handshake) until `shutdown` completes, then lets requests in
+/// flight finish; connections are held to the configured header and idle
+/// timeouts ([`conn`]).
+pub async fn serve<L: axum::serve::Listener>(
+    listener: L,
     sink: Arc<dyn IngestSink>,
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let millis = |ms: u64| (ms > 0).then(|| std::time::Duration::from_millis(ms));
-    let timeouts =
-        conn::Timeouts { header: millis(config.header_timeout_ms), idle: millis(config.idle_timeout_ms) };
+    let timeouts = timeouts(&config);
     conn::serve(listener, router(sink, config), timeouts, shutdown).await
+}
+
+/// The connection timeouts of `config` (0 turns one off).
+fn timeouts(config: &HttpConfig) -> conn::Timeouts {
+    let millis = |ms: u64| (ms > 0).then(|| std::time::Duration::from_millis(ms));
+    conn::Timeouts { header: millis(config.header_timeout_ms), idle: millis(config.idle_timeout_ms) }
 }
 
 /// The handler of one single-message endpoint.
@@ -419,10 +461,9 @@ async fn ingest(door: &Door, messages: Vec<Json>, received_ms: i64) -> Result<In
     }
 }
 
-/// Checks the header keys, reads and decompresses the body within the
-/// limits, and parses it as a JSON object.
+/// Reads and decompresses the body within the limits (the header keys were
+/// checked by [`authenticate`]), and parses it as a JSON object.
 async fn read_object(door: &Door, headers: &HeaderMap, body: Body) -> Result<Map<String, Json>, HttpError> {
-    check_header_keys(&door.config, headers)?;
     let limit_bytes = door.config.max_batch_bytes;
     let gzip = match headers.get(header::CONTENT_ENCODING) {
         None => false,
@@ -492,17 +533,24 @@ fn gunzip(raw: &[u8], limit_bytes: usize) -> Result<Vec<u8>, HttpError> {
     Ok(out)
 }
 
-/// Checks the keys carried in headers (Basic user name, `X-Write-Key`):
-/// every one presented must be configured. Whether any key was presented at
-/// all is decided once the body's `writeKey` is known.
+/// Whether this door checks keys at all: it does as soon as write keys or
+/// API keys are configured.
+fn keys_required(config: &HttpConfig) -> bool {
+    !config.write_keys.is_empty() || !config.api_keys.is_empty()
+}
+
+/// Checks the keys carried in headers (Basic user name, Bearer token,
+/// `X-Write-Key`, `X-Api-Key`): every one presented must be accepted.
+/// Whether any key was presented at all is decided once the body's
+/// `writeKey` is known.
 fn check_header_keys(config: &HttpConfig, headers: &HeaderMap) -> Result<(), HttpError> {
-    if config.write_keys.is_empty() {
+    if !keys_required(config) {
         return Ok(());
     }
     for (location, key) in header_keys(headers) {
         match key {
-            Some(key) if key_accepted(config, key.as_bytes()) => {}
-            _ => return Err(HttpError::InvalidWriteKey { location }),
+            Some(key) => check_key(config, &key, location)?,
+            None => return Err(HttpError::InvalidWriteKey { location }),
         }
     }
     Ok(())
@@ -514,7 +562,7 @@ fn check_body_key(
     headers: &HeaderMap,
     body: &Map<String, Json>,
 ) -> Result<(), HttpError> {
-    if config.write_keys.is_empty() {
+    if !keys_required(config) {
         return Ok(());
     }
     match body.get("writeKey") {
@@ -524,22 +572,44 @@ fn check_body_key(
             }
             Ok(())
         }
-        Some(Json::String(key)) if key_accepted(config, key.as_bytes()) => Ok(()),
+        Some(Json::String(key)) => check_key(config, &Presented::WriteKey(key.clone()), "writeKey"),
         Some(_) => Err(HttpError::InvalidWriteKey { location: "writeKey" }),
     }
 }
 
+/// A key as a request presents it: in a write key's place or an API key's.
+#[derive(Debug)]
+enum Presented {
+    /// Basic user name, `X-Write-Key`, `writeKey`.
+    WriteKey(String),
+    /// Bearer token, `X-Api-Key`.
+    ApiKey(String),
+}
+
 /// The keys presented in headers, with where each came from; `None` for a
-/// header that is present but unreadable (not Basic, bad base64, ...).
-fn header_keys(headers: &HeaderMap) -> Vec<(&'static str, Option<String>)> {
+/// header that is present but unreadable (neither Basic nor Bearer, bad
+/// base64, ...).
+fn header_keys(headers: &HeaderMap) -> Vec<(&'static str, Option<Presented>)> {
     let mut keys = Vec::new();
     for value in headers.get_all(header::AUTHORIZATION) {
-        keys.push(("Authorization", basic_user(value)));
+        let key =
+            bearer_token(value).map(Presented::ApiKey).or_else(|| basic_user(value).map(Presented::WriteKey));
+        keys.push(("Authorization", key));
     }
+    let text = |value: &HeaderValue| value.to_str().ok().map(|s| s.trim().to_owned());
     for value in headers.get_all("x-write-key") {
-        keys.push(("X-Write-Key", value.to_str().ok().map(|s| s.trim().to_owned())));
+        keys.push(("X-Write-Key", text(value).map(Presented::WriteKey)));
+    }
+    for value in headers.get_all("x-api-key") {
+        keys.push(("X-Api-Key", text(value).map(Presented::ApiKey)));
     }
     keys
+}
+
+/// The token of a `Bearer` authorization.
+fn bearer_token(value: &HeaderValue) -> Option<String> {
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
 /// The user name of a `Basic` authorization, the part before the first `:`.
@@ -554,22 +624,27 @@ fn basic_user(value: &HeaderValue) -> Option<String> {
     Some(user.to_owned())
 }
 
-/// Whether `key` is configured. Compares every configured key in time that
-/// does not depend on where the bytes differ, so the response time does not
-/// leak how much of a guess was right.
-fn key_accepted(config: &HttpConfig, key: &[u8]) -> bool {
-    let mut accepted = false;
+/// Whether `key`, presented at `location`, may ingest: in a write key's
+/// place a configured write key or an API key whose role allows ingest, in
+/// an API key's place such an API key only. Every write key and every API
+/// key is compared, in time that does not depend on where the bytes differ,
+/// so the response time does not leak how much of a guess was right.
+fn check_key(config: &HttpConfig, key: &Presented, location: &'static str) -> Result<(), HttpError> {
+    let (key, write_place) = match key {
+        Presented::WriteKey(key) => (key.as_bytes(), true),
+        Presented::ApiKey(key) => (key.as_bytes(), false),
+    };
+    let mut write_key = false;
     for configured in &config.write_keys {
-        accepted |= constant_time_eq(configured.as_bytes(), key);
+        write_key |= super::auth::constant_time_eq(configured.as_bytes(), key);
     }
-    accepted
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+    let api_role = config.api_keys.lookup(key);
+    match api_role {
+        _ if write_key && write_place => Ok(()),
+        Some(role) if role.allows(Role::Ingest) => Ok(()),
+        Some(role) => Err(HttpError::WrongRole { location, role }),
+        None => Err(HttpError::InvalidWriteKey { location }),
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Decodes standard base64 (RFC 4648 §4), padding optional; `None` on any
@@ -995,8 +1070,9 @@ mod tests {
         let app = router(RecordingSink::new(), keyed(&["k1"]));
         let (status, reply) = send(app.clone(), with_key("none", "")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(error_of(&reply), "missing write key");
+        assert_eq!(error_of(&reply), "missing write key (or API key with the ingest role)");
 
+        // Bearer is an API key's place: a write key there is not one.
         let mut request = with_key("none", "");
         request.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
         let (status, _) = send(app.clone(), request).await;
@@ -1007,6 +1083,56 @@ mod tests {
         request.headers_mut().insert("x-write-key", HeaderValue::from_static("nope"));
         let (status, _) = send(app, request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    fn with_api_keys(write_keys: &[&str]) -> HttpConfig {
+        let keys = crate::server::auth::parse_keys_env("ik:ingest,rk:read,ak:admin").unwrap();
+        HttpConfig { api_keys: ApiKeys::new(&keys).unwrap(), ..keyed(write_keys) }
+    }
+
+    fn with_header(name: &'static str, value: &str) -> Request<Body> {
+        let mut request = with_key("none", "");
+        request.headers_mut().insert(name, HeaderValue::from_str(value).unwrap());
+        request
+    }
+
+    #[tokio::test]
+    async fn api_keys_with_ingest_are_accepted_and_others_refused_by_role() {
+        for write_keys in [&[][..], &["wk"][..]] {
+            let config = with_api_keys(write_keys);
+            for (request, expected) in [
+                (with_key("none", ""), StatusCode::UNAUTHORIZED),
+                (with_header("authorization", "Bearer ik"), StatusCode::OK),
+                (with_header("x-api-key", "ak"), StatusCode::OK),
+                (with_key("basic", "ik"), StatusCode::OK),
+                (with_key("body", "ak"), StatusCode::OK),
+                (with_header("authorization", "Bearer rk"), StatusCode::FORBIDDEN),
+                (with_key("header", "rk"), StatusCode::FORBIDDEN),
+                (with_header("x-api-key", "nope"), StatusCode::UNAUTHORIZED),
+                (with_header("x-api-key", "wk"), StatusCode::UNAUTHORIZED),
+                (with_key("header", "anything"), StatusCode::UNAUTHORIZED),
+            ] {
+                let sink = RecordingSink::new();
+                let described = format!("{:?} with write keys {write_keys:?}", request.headers());
+                let (status, reply) = send(router(sink.clone(), config.clone()), request).await;
+                assert_eq!(status, expected, "{described}: {reply}");
+                assert_eq!(sink.take().len(), usize::from(status == StatusCode::OK), "{described}");
+                if status == StatusCode::FORBIDDEN {
+                    assert!(error_of(&reply).contains("has the read role"), "{reply}");
+                }
+            }
+        }
+        let sink = RecordingSink::new();
+        let (status, reply) =
+            send(router(sink.clone(), with_api_keys(&["wk"])), with_key("basic", "wk")).await;
+        assert_eq!(status, StatusCode::OK, "write keys still work beside API keys: {reply}");
+    }
+
+    #[tokio::test]
+    async fn health_needs_no_key() {
+        let request = Request::builder().method(Method::GET).uri("/health").body(Body::empty()).unwrap();
+        let (status, _) = send(router(RecordingSink::new(), with_api_keys(&["wk"])), request).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]

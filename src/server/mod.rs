@@ -8,15 +8,22 @@
 //! - [`http`]: the Segment-compatible HTTP endpoint.
 //! - [`ingest_stream`]: the gRPC `IngestStream`, read ahead and joined.
 //! - [`demo`]: `cohort demo`, a node started on generated data.
+//! - [`auth`]: API keys and roles, checked on both doors.
+//! - [`tls`]: TLS for both doors from PEM files.
 //!
-//! [`serve`] runs both doors over one node until Ctrl-C or SIGTERM.
+//! [`serve`] runs both doors over one node until Ctrl-C or SIGTERM. Before
+//! anything is opened, [`Security::prepare`] loads the keys and the TLS
+//! files and refuses a door on a non-loopback address that lacks keys or
+//! TLS, unless the configuration says `insecure`.
 
 #![allow(clippy::print_stdout)]
 
+pub mod auth;
 pub mod demo;
 pub mod grpc;
 pub mod http;
 pub mod ingest_stream;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -25,10 +32,107 @@ use anyhow::{Context, Result};
 use crate::ingest::IngestSink;
 use crate::node::{Node, NodeConfig};
 
-/// Opens the node of `config` and serves it until Ctrl-C or SIGTERM.
+/// Opens the node of `config` and serves it until Ctrl-C or SIGTERM. The
+/// keys, TLS files and addresses are checked before the node is opened.
 pub async fn serve(config: NodeConfig) -> Result<()> {
+    let security = Security::prepare(&config).await?;
     let node = Node::open(config).await.map_err(anyhow::Error::msg).context("opening the node")?;
-    serve_node(node).await
+    serve_prepared(node, security).await
+}
+
+/// What protects the doors: the API keys and the TLS identity, checked.
+#[derive(Debug)]
+pub struct Security {
+    /// The API keys (none: gRPC is open).
+    pub keys: auth::ApiKeys,
+    /// The certificate and key both doors serve TLS with, if configured.
+    pub tls: Option<tls::TlsIdentity>,
+}
+
+/// Why a node will not serve with its configuration's security settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// The API keys are unusable.
+    #[error(transparent)]
+    Keys(#[from] auth::AuthError),
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A door on a non-loopback address without keys or TLS.
+    #[error("refusing to serve {door} on {addr}, which is not a loopback address, with {missing}: anyone who can reach it could {risk}. Configure {fix}, or pass --insecure (config `insecure = true`) to serve it this way anyway")]
+    Exposed {
+        /// `gRPC` or `HTTP`.
+        door: &'static str,
+        /// The configured address.
+        addr: String,
+        /// What is missing (`no API keys and no TLS`, ...).
+        missing: String,
+        /// What an outsider could do.
+        risk: &'static str,
+        /// What to configure.
+        fix: String,
+    },
+}
+
+impl Security {
+    /// Loads and checks the keys and TLS files of `config`, and refuses a
+    /// door on a non-loopback address that lacks API keys (for HTTP: API
+    /// keys or write keys) or TLS, unless `config.insecure`. An address
+    /// that does not resolve is left for the bind to report.
+    pub async fn prepare(config: &NodeConfig) -> Result<Security, SecurityError> {
+        let keys = auth::ApiKeys::new(&config.api_keys)?;
+        let tls = tls::TlsIdentity::from_config(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+        if !config.insecure {
+            let http_keyed = !keys.is_empty() || !config.write_keys.is_empty();
+            for (door, addr, keyed, keys_name) in [
+                ("gRPC", &config.grpc_addr, !keys.is_empty(), "API keys"),
+                ("HTTP", &config.http_addr, http_keyed, "API keys or write keys"),
+            ] {
+                if keyed && tls.is_some() || is_loopback(addr).await {
+                    continue;
+                }
+                let missing = match (keyed, tls.is_some()) {
+                    (false, false) => format!("no {keys_name} and no TLS"),
+                    (false, true) => format!("no {keys_name}"),
+                    _ => "no TLS".to_string(),
+                };
+                let risk = match (keyed, door) {
+                    (false, "gRPC") => "read and change every profile, the schema and the saved segments",
+                    (false, _) => "write messages into every profile",
+                    _ => "read the keys and the data on the wire",
+                };
+                let mut fix = Vec::new();
+                if !keyed {
+                    fix.push("`api_keys` (or COHORT_API_KEYS)");
+                }
+                if tls.is_none() {
+                    fix.push("`tls_cert` and `tls_key` (or --tls-cert and --tls-key)");
+                }
+                return Err(SecurityError::Exposed {
+                    door,
+                    addr: addr.clone(),
+                    missing,
+                    risk,
+                    fix: fix.join(" and "),
+                });
+            }
+        }
+        Ok(Security { keys, tls })
+    }
+}
+
+/// Whether every address `addr` resolves to is a loopback address
+/// (127.0.0.0/8, ::1; `localhost` resolves to them). An address that does
+/// not resolve counts as loopback here: binding it fails with its own
+/// error.
+async fn is_loopback(addr: &str) -> bool {
+    match tokio::net::lookup_host(addr).await {
+        Ok(resolved) => {
+            let resolved: Vec<_> = resolved.collect();
+            resolved.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => true,
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -53,8 +157,15 @@ async fn shutdown_signal() {
     }
 }
 
-/// Serves an open node on its configured addresses until Ctrl-C/SIGTERM.
+/// Serves an open node on its configured addresses until Ctrl-C/SIGTERM,
+/// after [`Security::prepare`] has checked its settings.
 pub async fn serve_node(node: Arc<Node>) -> Result<()> {
+    let security = Security::prepare(&node.config).await?;
+    serve_prepared(node, security).await
+}
+
+/// [`serve_node`] with the security settings already checked.
+async fn serve_prepared(node: Arc<Node>, security: Security) -> Result<()> {
     let grpc_addr = node.config.grpc_addr.clone();
     let http_addr = node.config.http_addr.clone();
     let grpc_listener = tokio::net::TcpListener::bind(&grpc_addr)
@@ -65,18 +176,25 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
         .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
     let profiles: u64 = node.shards.iter().map(|s| s.read_state().shard.len()).sum();
     println!(
-        "cohort {}: node {} serving gRPC on {} and HTTP on {} (data in {}; opened in {:.2} s, {:.2} s of it loading snapshots, with {} profiles)",
+        "cohort {}: node {} serving gRPC on {} and HTTP on {}{} (data in {}; opened in {:.2} s, {:.2} s of it loading snapshots, with {} profiles)",
         env!("CARGO_PKG_VERSION"),
         node.config.node_id,
         grpc_listener.local_addr().map(|a| a.to_string()).unwrap_or(grpc_addr),
         http_listener.local_addr().map(|a| a.to_string()).unwrap_or(http_addr),
+        match (security.tls.is_some(), security.keys.is_empty()) {
+            (true, false) => ", over TLS, with API keys",
+            (true, true) => ", over TLS",
+            (false, false) => ", with API keys",
+            (false, true) => "",
+        },
         node.config.data_dir.display(),
         node.open_secs,
         node.loaded_secs,
         profiles
     );
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let router = grpc::router(node.clone()).map_err(anyhow::Error::msg)?;
+    let router = grpc::router(node.clone(), security.keys.clone(), security.tls.as_ref())
+        .map_err(anyhow::Error::msg)?;
     let mut grpc_stop = stop_tx.subscribe();
     let grpc = tokio::spawn(async move {
         router
@@ -92,6 +210,7 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
     });
     let http_config = http::HttpConfig {
         write_keys: node.config.write_keys.clone(),
+        api_keys: security.keys.clone(),
         max_message_bytes: node.config.max_message_bytes,
         max_batch_bytes: node.config.max_batch_bytes,
         header_timeout_ms: node.config.http_header_timeout_ms,
@@ -99,9 +218,17 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
     };
     let mut http_stop = stop_tx.subscribe();
     let sink = node.clone() as Arc<dyn IngestSink>;
-    let http = tokio::spawn(http::serve(http_listener, sink, http_config, async move {
+    let http_shutdown = async move {
         let _ = http_stop.recv().await;
-    }));
+    };
+    let http = match &security.tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(http_listener, tls.http())
+                .context("cannot listen for HTTP over TLS")?;
+            tokio::spawn(http::serve(listener, sink, http_config, http_shutdown))
+        }
+        None => tokio::spawn(http::serve(http_listener, sink, http_config, http_shutdown)),
+    };
     shutdown_signal().await;
     eprintln!("cohort: shutting down");
     let _ = stop_tx.send(());
@@ -122,4 +249,60 @@ pub async fn serve_node(node: Arc<Node>) -> Result<()> {
         checkpoint.left_to_replay
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{ApiKeyConfig, Role};
+
+    fn config(grpc: &str, http: &str) -> NodeConfig {
+        NodeConfig { grpc_addr: grpc.into(), http_addr: http.into(), ..NodeConfig::default() }
+    }
+
+    fn refusal(config: &NodeConfig) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(Security::prepare(config)).map(|_| String::new()).unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn loopback_addresses_need_neither_keys_nor_tls() {
+        for addr in ["127.0.0.1:0", "127.8.9.10:0", "[::1]:0", "localhost:0"] {
+            assert_eq!(refusal(&config(addr, addr)), "", "{addr}");
+        }
+    }
+
+    #[test]
+    fn other_addresses_need_keys_and_tls_unless_insecure() {
+        let open = config("0.0.0.0:7070", "127.0.0.1:0");
+        let err = refusal(&open);
+        assert!(err.contains("gRPC on 0.0.0.0:7070") && err.contains("no API keys and no TLS"), "{err}");
+        assert!(err.contains("--insecure"), "{err}");
+        assert_eq!(refusal(&NodeConfig { insecure: true, ..open.clone() }), "");
+        let keyed = NodeConfig {
+            api_keys: vec![ApiKeyConfig { key: "k".into(), role: Role::Admin }],
+            ..open.clone()
+        };
+        let err = refusal(&keyed);
+        assert!(
+            err.contains("with no TLS") && err.contains("`tls_cert`") && !err.contains("`api_keys`"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        let tls = NodeConfig { tls_cert: Some(cert), tls_key: Some(key), ..open.clone() };
+        let err = refusal(&tls);
+        assert!(err.contains("with no API keys:") && err.contains("`api_keys`"), "{err}");
+        assert_eq!(refusal(&NodeConfig { api_keys: keyed.api_keys.clone(), ..tls.clone() }), "");
+
+        // HTTP counts write keys as keys.
+        let http = NodeConfig { http_addr: "0.0.0.0:7071".into(), grpc_addr: "127.0.0.1:0".into(), ..tls };
+        let err = refusal(&http);
+        assert!(err.contains("HTTP on 0.0.0.0:7071") && err.contains("no API keys or write keys"), "{err}");
+        assert_eq!(refusal(&NodeConfig { write_keys: vec!["wk".into()], ..http }), "");
+    }
 }

@@ -31,6 +31,12 @@ pub struct Server {
 impl Server {
     /// Starts `cohort serve` on `data_dir` and waits until it serves.
     pub fn start(data_dir: &Path, shards: u32, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, shards, extra, &[])
+    }
+
+    /// Starts `cohort serve` on `data_dir` with these environment variables
+    /// added, and waits until it serves.
+    pub fn start_with_env(data_dir: &Path, shards: u32, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let grpc = format!("127.0.0.1:{}", free_port());
         let http = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
@@ -38,6 +44,7 @@ impl Server {
             .arg(data_dir)
             .args(["--grpc-addr", &grpc, "--http-addr", &http, "--shards", &shards.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -153,4 +160,111 @@ impl Drop for Server {
 /// A trait of a profile as JSON text, if set.
 pub fn trait_of(p: &pb::Profile, name: &str) -> Option<String> {
     p.traits.iter().find(|t| t.name == name).map(|t| t.value.clone())
+}
+
+/// Runs `cohort serve ARGS` with these environment variables added, which is
+/// expected to refuse to start: waits up to 60 s for it to exit and returns
+/// its exit status and standard error. A process still running then is
+/// killed and reported as `None`.
+pub fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cohort serve");
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait().expect("wait for cohort serve") {
+            Some(status) => break Some(status),
+            None if started.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    (status, stderr)
+}
+
+/// One HTTP/1.1 request over `stream` (plain TCP or TLS): returns the
+/// status code and the body, read as far as `Content-Length` says.
+pub async fn http_exchange<S>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received[..end]).to_string();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if received.len() >= end + 4 + length {
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head}")))?;
+                let body = String::from_utf8_lossy(&received[end + 4..end + 4 + length]).to_string();
+                return Ok((status, body));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("no complete HTTP response within 30 s"))??;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("connection closed after {} bytes, before a complete response", received.len()),
+            ));
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// One HTTP/1.1 request to `addr` over plain TCP.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    http_exchange(stream, method, path, headers, body).await
 }

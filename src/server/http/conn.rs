@@ -146,31 +146,28 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 /// Serves `app` on `listener` until `shutdown` completes, then lets the
 /// connections finish what they are doing (each is told to close after
 /// its request in flight) and returns when they have.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    mut listener: L,
     app: Router,
     timeouts: Timeouts,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+{
     // Each connection holds a receiver; `closed()` resolves when the last
     // one is dropped.
     let (close_tx, close_rx) = watch::channel(());
     let mut shutdown = pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
+        // The listener waits out failed accepts itself (out of file
+        // descriptors: it sleeps rather than spins; a connection reset
+        // before it was accepted: it tries again).
+        let (io, _) = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = &mut shutdown => break,
         };
-        match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, app.clone(), timeouts, close_rx.clone()));
-            }
-            // A connection reset before it was accepted: nothing to do.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
-            // Out of file descriptors or memory: wait for some to be freed
-            // rather than spin (as axum::serve does).
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
+        tokio::spawn(serve_connection(io, app.clone(), timeouts, close_rx.clone()));
     }
     drop(listener);
     drop(close_rx);
