@@ -36,11 +36,14 @@
 //! - [`cli`]: the operator's command line.
 //! - [`demo`]: the embedded default's data, built in-process from the
 //!   synthetic dataset of `tools/datagen` (demo, benchmarks, tests).
+//! - [`fuzzing`]: the bodies of the fuzz targets of `fuzz/`, shared with
+//!   the test that replays their corpus and kept crash inputs.
 
 pub mod cli;
 pub mod cluster;
 pub mod datadir;
 pub mod demo;
+pub mod fuzzing;
 pub mod identity;
 pub mod ingest;
 pub mod model;

@@ -357,6 +357,57 @@ impl<'de, R: ObjectReader<'de>> serde::de::Visitor<'de> for ObjectOr<R> {
     }
 }
 
+/// Skips one value without building it, but checks it as building a
+/// `Json` would: string escapes, number range and nesting depth (serde's
+/// `IgnoredAny` skips those checks, so a text `from_json` could never be
+/// given, such as `"x": 1e400`, would pass).
+struct Skipped;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Skipped {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skipped {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skipped)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Skipped)?.is_some() {
+            map.next_value_seed(Skipped)?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads `context`: an object keeps only its `traits` member (a later
 /// duplicate wins, as in a parsed object); anything else is kept whole, to
 /// be refused by name.
@@ -370,7 +421,7 @@ impl<'de> ObjectReader<'de> for ContextReader {
             if key == "traits" {
                 traits = Some(map.next_value::<Json>()?);
             } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
+                map.next_value_seed(Skipped)?;
             }
         }
         Ok(context_with(traits))
@@ -401,9 +452,7 @@ impl<'de> ObjectReader<'de> for MessageReader {
             match key {
                 // A later duplicate replaces an earlier one, as in a parsed object.
                 Key::Context => fields.context = Some(map.next_value_seed(ObjectOr(ContextReader))?),
-                Key::Other => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
+                Key::Other => map.next_value_seed(Skipped)?,
                 key => {
                     if let Some(slot) = key.slot(&mut fields) {
                         *slot = Some(map.next_value::<Json>()?);
@@ -579,7 +628,8 @@ impl Message {
     /// Reads one message from its JSON text. `received_ms` is when the
     /// server received it (`receivedAt` in the message, if present, wins).
     /// Only the fields Cohort uses are built; the rest of the text is
-    /// checked for syntax and skipped. Accepts, refuses and normalises
+    /// checked as parsing it into a `Json` would check it (escapes, number
+    /// range, nesting depth) and skipped. Accepts, refuses and normalises
     /// exactly as [`Message::from_json`] does on the parsed text. Returns,
     /// with the outcome, the `messageId` when it is a string (a refused
     /// message is reported under it).

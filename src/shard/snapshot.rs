@@ -726,7 +726,14 @@ impl<'a> Dec<'a> {
         }
         let parts = self.len(8, what)?;
         for _ in 0..parts {
+            let at = self.pos;
             let day = self.u64(what)? as i64;
+            // Event times are `day * DAY_MS + offset` with the offset inside
+            // the day: a day whose times do not fit an i64 cannot have been
+            // written.
+            if day.checked_mul(DAY_MS).and_then(|start| start.checked_add(DAY_MS - 1)).is_none() {
+                return Err(self.err_at(at, format!("{what}: day {day} is outside the range of times")));
+            }
             let rows = self.u32s(what)?;
             let max_row = rows.iter().copied().fold(0, Row::max);
             if !rows.is_empty() {
