@@ -39,6 +39,7 @@ use crate::identity::directory::Directory;
 use crate::model::message::Message;
 use crate::model::{IdentifierKind, Schema, SchemaLimits, TraitType, Value};
 use crate::replication::driver::StateMachine;
+use crate::replication::log_check;
 use crate::replication::shard_machine::ShardMachine;
 use crate::replication::storage::LogStore;
 use crate::segment::{check, check_save, is_normal, normalize, parse, parse_filter, CheckContext, Cond};
@@ -652,7 +653,9 @@ fn damage(base: &LogImage, data: &[u8]) -> Vec<(String, Option<Vec<u8>>)> {
 
 /// Fuzz target `raft_log`: damages a copy of `base` by the program `data`
 /// (see [`damage`]), writes it under `scratch` and opens it with
-/// [`LogStore::open`]. When it opens, every group is read as a node reads
+/// [`LogStore::open`] after the read-only check a node runs first
+/// ([`log_check::check_dir`]; damage it finds ends the input, as it stops
+/// the node). When it opens, every group is read as a node reads
 /// it on start: its stored state, every entry and term of its log, then a
 /// raft-rs node over it and the committed entries of its first `Ready`
 /// (as `Driver::start` does, also when an entry could not be read). Any
@@ -669,6 +672,12 @@ pub fn raft_log(base: &LogImage, scratch: &Path, data: &[u8]) {
             std::fs::write(dir.join(name), bytes).expect("writing the scratch log");
         }
     }
+    // As `Node::open`: the log files are checked before raft-engine opens
+    // them, and damage other than a torn tail stops the start there.
+    let check = log_check::check_dir(&dir).expect("listing the scratch log");
+    if !check.damage.is_empty() {
+        return;
+    }
     let Ok(store) = LogStore::open(&dir) else { return };
     let mut groups = Vec::new();
     for id in store.groups() {
@@ -680,8 +689,8 @@ pub fn raft_log(base: &LogImage, scratch: &Path, data: &[u8]) {
             return;
         }
         // An entry that cannot be read is an error here, and the node must
-        // not start on it; but today's node goes on to raft-rs, so the
-        // raft-rs step below runs in any case.
+        // not start on it; the raft-rs step below runs in any case, so that
+        // a damage the check missed shows as raft-rs's panic.
         if last >= first {
             let ctx = raft::GetEntriesContext::empty(false);
             if let Ok(entries) = group.entries(first, last + 1, None, ctx) {

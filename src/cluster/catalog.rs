@@ -31,6 +31,7 @@ use crate::identity::{Directory, MergeStep};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::message::Message;
 use crate::model::{parse_rfc3339_ms, IdentifierKind, Schema, SchemaLimits, TraitType, RESERVED_NAMES};
+use crate::replication::codec;
 use crate::replication::driver::{ApplyResult, Halt, StateMachine};
 use crate::replication::shard_machine::Tag;
 use crate::segment::{check_save, parse, references, Catalog, CheckContext};
@@ -795,21 +796,20 @@ fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), String> {
     if crc32fast::hash(dir) != dir_crc {
         return Err(corrupt(32 + body_len, "checksum mismatch in the identity directory"));
     }
-    let config = bincode::config::standard();
-    let decoded = match bincode::serde::decode_from_slice::<SnapshotBodyOwned, _>(body, config) {
+    let decoded = match codec::decode::<SnapshotBodyOwned>(body) {
         Ok((b, used)) if used == body.len() => {
             let mut state = b.state;
             state.limits = b.limits;
             Ok((state, b.pending))
         }
-        first => match bincode::serde::decode_from_slice::<SnapshotBodyBeforeLimits, _>(body, config) {
+        first => match codec::decode::<SnapshotBodyBeforeLimits>(body) {
             // Snapshots written before the caps existed hold the state and
             // the outbox; the caps stay the defaults until the node's
             // configuration sets them through the log.
             Ok((b, used)) if used == body.len() => Ok((b.state, b.pending)),
             // Snapshots written before the outbox was kept hold the state
             // alone (their outbox was empty by construction).
-            _ => match bincode::serde::decode_from_slice::<CatalogState, _>(body, config) {
+            _ => match codec::decode::<CatalogState>(body) {
                 Ok((state, used)) if used == body.len() => Ok((state, Vec::new())),
                 _ => Err(match first {
                     Err(e) => corrupt(32, &format!("catalog state: {e}")),
@@ -866,8 +866,7 @@ impl StateMachine for CatalogMachine {
     }
 
     fn apply(&self, index: u64, data: &[u8]) -> ApplyResult {
-        let command: Result<(CatalogCommand, usize), _> =
-            bincode::serde::decode_from_slice(data, bincode::config::standard());
+        let command: Result<(CatalogCommand, usize), _> = codec::decode(data);
         let result = match command {
             Err(e) => {
                 // Skipped, the entry's messages would be lost on this replica

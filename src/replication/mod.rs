@@ -1,6 +1,7 @@
 //! Replication: drives raft-rs for the many Raft groups of a node (one per
 //! shard replica), with their logs in one shared raft-engine instance.
 
+pub mod codec;
 pub mod driver;
 pub mod log_check;
 pub mod manifest;

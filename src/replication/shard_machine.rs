@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
+use super::codec;
 use super::driver::{ApplyResult, Halt, StateMachine};
 use crate::shard::{snapshot, ApplyOutcome, Command, Shard, ShardError};
 
@@ -70,9 +71,7 @@ impl ShardProposal {
 
     /// Decodes a log entry.
     pub fn decode(data: &[u8]) -> Result<ShardProposal, String> {
-        bincode::serde::decode_from_slice(data, bincode::config::standard())
-            .map(|(p, _)| p)
-            .map_err(|e| format!("undecodable shard entry: {e}"))
+        codec::decode(data).map(|(p, _)| p).map_err(|e| format!("undecodable shard entry: {e}"))
     }
 }
 
@@ -146,13 +145,11 @@ impl ShardMachine {
         let path = dir.join(format!("shard-{shard_id:03}.snap"));
         let (shard, extra) = if path.exists() {
             let (shard, extra) = snapshot::read_with_extra(&path)?;
-            let extra: Extra = bincode::serde::decode_from_slice(&extra, bincode::config::standard())
-                .map(|(e, _)| e)
-                .map_err(|e| ShardError::Corrupt {
-                    path: path.display().to_string(),
-                    offset: 0,
-                    problem: format!("replication metadata: {e}"),
-                })?;
+            let extra: Extra = codec::decode(&extra).map(|(e, _)| e).map_err(|e| ShardError::Corrupt {
+                path: path.display().to_string(),
+                offset: 0,
+                problem: format!("replication metadata: {e}"),
+            })?;
             (shard, extra)
         } else {
             (Shard::new(shard_id), Extra { applied_index: 0, watermark: (0, 0) })
@@ -305,7 +302,7 @@ impl StateMachine for ShardMachine {
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
         let (shard, extra) =
             snapshot::decode_with_extra(data, "snapshot from the leader").map_err(|e| e.to_string())?;
-        let extra: Extra = bincode::serde::decode_from_slice(&extra, bincode::config::standard())
+        let extra: Extra = codec::decode(&extra)
             .map(|(e, _)| e)
             .map_err(|e| format!("snapshot from the leader: replication metadata: {e}"))?;
         let mut state = self.state.write();
