@@ -379,3 +379,113 @@ pub fn write_meta(dir: &Path, meta: &DataDirMeta) -> Result<(), String> {
     crate::replication::manifest::write_atomically(&path, &text)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
+
+/// Keeps writes off a nearly full disk, so that the log never meets a full
+/// one. A write the log cannot finish leaves raft-rs's view ahead of the
+/// disk and stops the node until a restart; a write refused before it
+/// starts costs nothing. So every client write (ingest, schema, segments)
+/// first asks [`DiskGuard::check`]: while the data directory's file system
+/// has less than `min_free` bytes free to unprivileged users, writes are
+/// refused with a message that says so, and they are taken again, with no
+/// restart, as soon as space is freed. Queries go on either way.
+///
+/// The free space is read (`statvfs`) at most every
+/// [`DiskGuard::RECHECK`], so a write does not pay a system call.
+pub struct DiskGuard {
+    dir: PathBuf,
+    min_free: u64,
+    last: parking_lot::Mutex<Option<(std::time::Instant, Result<u64, String>)>>,
+}
+
+impl DiskGuard {
+    /// How long a reading of the free space stands.
+    pub const RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// A guard of the file system holding `dir` that keeps `min_free`
+    /// bytes (0: no guard).
+    pub fn new(dir: &Path, min_free: u64) -> DiskGuard {
+        DiskGuard { dir: dir.to_path_buf(), min_free, last: parking_lot::Mutex::new(None) }
+    }
+
+    /// `Ok` when a write may start; otherwise why not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let mut last = self.last.lock();
+        let stale = last.as_ref().is_none_or(|(at, _)| at.elapsed() >= Self::RECHECK);
+        if stale {
+            let free = free_bytes(&self.dir)
+                .map_err(|e| format!("{}: cannot read the free space: {e}", self.dir.display()));
+            *last = Some((std::time::Instant::now(), free));
+        }
+        let Some((_, free)) = last.as_ref() else { return Ok(()) };
+        match free {
+            Ok(free) if *free >= self.min_free => Ok(()),
+            Ok(free) => Err(format!(
+                "the disk of {} has {} free, under the {} that min_free_disk_bytes keeps free for the log; \
+                 writes are taken again as soon as space is freed (queries go on)",
+                self.dir.display(),
+                show_bytes(*free),
+                show_bytes(self.min_free)
+            )),
+            // A file system that cannot say how full it is: the log finds
+            // out when it writes.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Bytes free to unprivileged users on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    // SAFETY: `path` is a NUL-terminated string and `stat` a zeroed
+    // struct that statvfs fills; neither outlives the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// `12.5 MiB`, `3.0 GiB`: bytes for people.
+fn show_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod disk_guard_tests {
+    use super::*;
+
+    #[test]
+    fn the_free_space_of_a_real_directory_is_read_and_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        assert!(free > 0);
+        assert_eq!(DiskGuard::new(dir.path(), 0).check(), Ok(()));
+        assert_eq!(DiskGuard::new(dir.path(), 1).check(), Ok(()));
+        let err = DiskGuard::new(dir.path(), u64::MAX).check().unwrap_err();
+        assert!(err.contains("min_free_disk_bytes") && err.contains("16777216.0 TiB"), "{err}");
+        assert!(free_bytes(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn bytes_are_shown_in_units() {
+        assert_eq!(show_bytes(512), "512 bytes");
+        assert_eq!(show_bytes(1536), "1.5 KiB");
+        assert_eq!(show_bytes(256 << 20), "256.0 MiB");
+    }
+}

@@ -16,7 +16,7 @@ use serde_json::Value as Json;
 
 use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogMachine, CatalogResult};
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
-use crate::datadir::{self, DataDirMeta};
+use crate::datadir::{self, DataDirMeta, DiskGuard};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
 use crate::model::SchemaLimits;
@@ -55,6 +55,10 @@ pub struct NodeConfig {
     /// Longest time an HTTP connection may move no byte, milliseconds; 0
     /// turns it off.
     pub http_idle_timeout_ms: u64,
+    /// Free disk space kept for the log, bytes: client writes are refused
+    /// while the data directory's disk has less ([`DiskGuard`]); 0 turns
+    /// the guard off.
+    pub min_free_disk_bytes: u64,
     /// `messageId` deduplication window, hours.
     pub dedup_window_hours: i64,
     /// Raft entries between snapshots of a group.
@@ -99,6 +103,7 @@ impl Default for NodeConfig {
             max_batch_bytes: 500 * 1024,
             http_header_timeout_ms: 10_000,
             http_idle_timeout_ms: 60_000,
+            min_free_disk_bytes: 256 << 20,
             dedup_window_hours: 24,
             snapshot_entries: 5_000,
             snapshot_log_bytes: 128 << 20,
@@ -143,6 +148,8 @@ pub struct Node {
     pub planner: Planner,
     /// The data directory's manifest.
     pub manifest: Arc<Manifest>,
+    /// Keeps client writes off a nearly full disk.
+    pub disk: DiskGuard,
     pipeline: Pipeline,
     /// When it started.
     pub started: Instant,
@@ -168,6 +175,9 @@ impl Node {
         let checked = datadir::check_files(dir).map_err(|p| datadir::describe(&p))?;
         for torn in &checked.log.torn {
             eprintln!("warning: {torn}: a torn last record (a crash in the middle of a write); it is cut");
+        }
+        for cut in &checked.log.cuts {
+            cut.apply().map_err(|e| format!("cutting the torn log tail ({cut:?}): {e}"))?;
         }
         let meta = DataDirMeta { node_id: config.node_id, shards: config.shards, manifest: true };
         match &checked.meta {
@@ -238,8 +248,10 @@ impl Node {
         let planner = Planner::new(catalog.clone(), shards.clone(), config.query_threads);
         manifest.flush().map_err(|e| e.to_string())?;
         start_manifest_flusher(&manifest);
+        let disk = DiskGuard::new(&config.data_dir, config.min_free_disk_bytes);
         let node = Arc::new(Node {
             manifest,
+            disk,
             config,
             driver,
             catalog,
@@ -289,10 +301,12 @@ impl Node {
         received_ms: i64,
         source: Source,
     ) -> Result<IngestReport, IngestError> {
+        self.disk.check().map_err(IngestError::DiskFull)?;
         self.pipeline.ingest(messages, received_ms, source).await
     }
 
     async fn admin(&self, command: CatalogCommand) -> Result<(), AdminError> {
+        self.disk.check().map_err(AdminError::DiskFull)?;
         let result = self.driver.propose(CATALOG_GROUP, command.encode()).await.map_err(admin)?;
         match result.downcast::<CatalogResult>().map(|r| *r) {
             Ok(CatalogResult::Done(r)) => r,

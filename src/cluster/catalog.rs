@@ -228,6 +228,9 @@ pub enum AdminError {
     /// Already exists.
     #[error("{0}")]
     Exists(String),
+    /// The data directory's disk is nearly full (nothing was written).
+    #[error("disk full: {0}")]
+    DiskFull(String),
 }
 
 /// Hashes a key that is already a 128-bit hash by taking its low 64
@@ -744,7 +747,24 @@ struct SnapshotBodyBeforeLimits {
     pending: Pending,
 }
 
+/// Writes the catalog's snapshot atomically (a temporary file, fsync,
+/// rename, fsync of the directory); a write that fails removes its
+/// temporary file, so that it holds no space on a full disk.
 fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let written = write_snapshot_file(path, &tmp, state, pending);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_snapshot_file(
+    path: &Path,
+    tmp: &Path,
+    state: &CatalogState,
+    pending: &[(u64, &[Step])],
+) -> Result<(), String> {
     let body = bincode::serde::encode_to_vec(
         SnapshotBody { state, pending, limits: &state.limits },
         bincode::config::standard(),
@@ -752,8 +772,7 @@ fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])])
     .map_err(|e| format!("encoding the catalog: {e}"))?;
     let dir = state.directory.encode();
     let io = |e: std::io::Error| format!("{}: {e}", path.display());
-    let tmp = path.with_extension("tmp");
-    let mut f = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
+    let mut f = std::io::BufWriter::new(File::create(tmp).map_err(io)?);
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -765,7 +784,7 @@ fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])])
     f.write_all(&dir).map_err(io)?;
     let f = f.into_inner().map_err(|e| io(e.into_error()))?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    std::fs::rename(tmp, path).map_err(io)?;
     if let Some(parent) = path.parent() {
         File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
     }

@@ -71,6 +71,10 @@ pub enum IngestError {
     /// The durable log failed.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The data directory's disk is nearly full: nothing was written, and
+    /// writes are taken again once space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
 }
 
 /// A boxed future, for object-safe async traits.

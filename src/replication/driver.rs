@@ -725,6 +725,25 @@ impl Loop {
                         self.fail(e, &mut recovering);
                     }
                     Input::Applied { group, index, snapshot } => {
+                        // A snapshot that could not be written (a full disk)
+                        // costs only replay time: the log behind it stays,
+                        // the last snapshot and its record stand, and the
+                        // next one is due after another interval.
+                        let snapshot = match snapshot {
+                            Some(Err(e)) => {
+                                let name = self
+                                    .groups
+                                    .iter()
+                                    .find(|g| g.id == group)
+                                    .map_or("", |g| g.name.as_str());
+                                eprintln!(
+                                    "warning: group {group} ({name}): snapshot at entry {index} not written: {e}; \
+                                     the log keeps what it covers, and the next snapshot is tried later"
+                                );
+                                None
+                            }
+                            other => other,
+                        };
                         if let Err(e) = self.applied(group, index, snapshot) {
                             self.fail(e, &mut recovering);
                         }

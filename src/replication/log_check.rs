@@ -60,6 +60,30 @@ impl std::fmt::Display for LogDamage {
     }
 }
 
+/// A cut the node makes itself before raft-engine opens the log, because
+/// raft-engine would refuse it (see [`check_dir`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TailCut {
+    /// Cut the file to this length: its zeroed space behind the last record.
+    Truncate(PathBuf, u64),
+    /// Remove the file: it holds no record.
+    Remove(PathBuf),
+}
+
+impl TailCut {
+    /// Makes the cut.
+    pub fn apply(&self) -> std::io::Result<()> {
+        match self {
+            TailCut::Truncate(path, len) => {
+                let file = std::fs::OpenOptions::new().write(true).open(path)?;
+                file.set_len(*len)?;
+                file.sync_all()
+            }
+            TailCut::Remove(path) => std::fs::remove_file(path),
+        }
+    }
+}
+
 /// What [`check_dir`] found.
 #[derive(Debug, Default)]
 pub struct LogCheck {
@@ -72,6 +96,9 @@ pub struct LogCheck {
     pub torn: Vec<LogDamage>,
     /// Anything else: the node must not start.
     pub damage: Vec<LogDamage>,
+    /// Cuts the node makes before the engine opens, for a torn tail across
+    /// a file switch (each also listed in `torn`).
+    pub cuts: Vec<TailCut>,
 }
 
 /// One log file by queue and number.
@@ -112,6 +139,7 @@ pub fn check_dir(dir: &Path) -> std::io::Result<LogCheck> {
         Err(e) => return Err(e),
     }
     files.sort_by_key(|f| (f.queue, f.seq));
+    let mut ends = Vec::with_capacity(files.len());
     for (i, f) in files.iter().enumerate() {
         let last_of_queue = files.get(i + 1).is_none_or(|n| n.queue != f.queue);
         if let Some(next) = files.get(i + 1).filter(|n| n.queue == f.queue && n.seq != f.seq + 1) {
@@ -127,15 +155,66 @@ pub fn check_dir(dir: &Path) -> std::io::Result<LogCheck> {
         }
         check.files += 1;
         match std::fs::read(&f.path) {
-            Ok(bytes) => check_file(f, &bytes, last_of_queue, &mut check),
-            Err(e) => check.damage.push(LogDamage {
-                file: f.path.clone(),
-                offset: 0,
-                problem: format!("cannot be read: {e}"),
-            }),
+            Ok(bytes) => ends.push((f, Some(check_file(f, &bytes, last_of_queue, &mut check)))),
+            Err(e) => {
+                ends.push((f, None));
+                check.damage.push(LogDamage {
+                    file: f.path.clone(),
+                    offset: 0,
+                    problem: format!("cannot be read: {e}"),
+                })
+            }
         }
     }
+    find_switch_tails(&ends, &mut check);
     Ok(check)
+}
+
+/// A file that is not the last of its queue normally ends at its last
+/// record (raft-engine cuts a file to its length when it switches to the
+/// next), and raft-engine refuses to open one with zeroed space behind its
+/// records. A write that fails on a full disk right at a switch leaves just
+/// that: the old file with its preallocated tail, and a new file that
+/// holds no record (its header unwritten). That is a torn tail, and it is
+/// cut here: the old file to its records, the files after it removed. Zeroed
+/// space behind the records of a file followed by files that hold records
+/// is damage.
+fn find_switch_tails(ends: &[(&LogFile, Option<FileEnd>)], check: &mut LogCheck) {
+    let mut next = 0;
+    for (i, (f, end)) in ends.iter().enumerate() {
+        if i < next {
+            continue; // A later file of a queue already decided.
+        }
+        let Some(end) = end.filter(|e| e.zero_tail) else { continue };
+        let later: Vec<_> = ends[i + 1..].iter().take_while(|(n, _)| n.queue == f.queue).collect();
+        next = i + 1 + later.len();
+        if later.is_empty() {
+            continue; // The last file: raft-engine reads past zeros itself.
+        }
+        let empty = |e: &Option<FileEnd>| e.is_some_and(|e| e.records == 0);
+        let damage =
+            LogDamage { file: f.path.clone(), offset: end.records_end as u64, problem: String::new() };
+        if later.iter().all(|(_, e)| empty(e)) {
+            check.torn.push(LogDamage {
+                problem: format!(
+                    "zeroed space behind the last record, and {} later file(s) with no record: a write that failed \
+                     at a file switch (a full disk); the file is cut to its records and the later files removed",
+                    later.len()
+                ),
+                ..damage
+            });
+            check.cuts.push(TailCut::Truncate(f.path.clone(), end.records_end as u64));
+            for (n, _) in &later {
+                check.cuts.push(TailCut::Remove(n.path.clone()));
+            }
+        } else {
+            check.damage.push(LogDamage {
+                problem: "zeroed space behind the last record of a file that later files with records follow"
+                    .into(),
+                ..damage
+            });
+        }
+    }
 }
 
 /// A file's format: version and alignment.
@@ -214,7 +293,19 @@ fn valid_batch_after(bytes: &[u8], from: usize, signature: Option<u32>) -> bool 
     })
 }
 
-fn check_file(f: &LogFile, bytes: &[u8], last_of_queue: bool, check: &mut LogCheck) {
+/// Where a file's records end, as [`check_file`] found it.
+#[derive(Clone, Copy, Debug, Default)]
+struct FileEnd {
+    /// Offset just past its last valid record (or its header).
+    records_end: usize,
+    /// Valid records in it.
+    records: usize,
+    /// Zeroed space follows the records to the end of the file.
+    zero_tail: bool,
+}
+
+fn check_file(f: &LogFile, bytes: &[u8], last_of_queue: bool, check: &mut LogCheck) -> FileEnd {
+    let mut end = FileEnd::default();
     let damage =
         |offset: usize, problem: String| LogDamage { file: f.path.clone(), offset: offset as u64, problem };
     let (mut at, version, alignment) = match parse_header(bytes) {
@@ -229,19 +320,23 @@ fn check_file(f: &LogFile, bytes: &[u8], last_of_queue: bool, check: &mut LogChe
             } else {
                 check.damage.push(damage(0, problem));
             }
-            return;
+            return end;
         }
     };
+    end.records_end = at;
     let signature = (version >= 2).then_some(f.seq as u32);
     while at < bytes.len() {
         if bytes[at..].iter().all(|&b| b == 0) {
             // Preallocated space behind the last write.
-            return;
+            end.zero_tail = true;
+            return end;
         }
         match read_batch(bytes, at, signature) {
             Ok(len) => {
                 check.bytes += len as u64;
                 at += len;
+                end.records_end = at;
+                end.records += 1;
             }
             Err(problem) => {
                 if alignment > 0 {
@@ -269,10 +364,11 @@ fn check_file(f: &LogFile, bytes: &[u8], last_of_queue: bool, check: &mut LogChe
                         ..found
                     });
                 }
-                return;
+                return end;
             }
         }
     }
+    end
 }
 
 #[cfg(test)]
@@ -363,5 +459,60 @@ mod tests {
         let check = check_dir(dir.path()).unwrap();
         assert_eq!(check.damage.len(), 1, "{check:?}");
         assert!(check.damage[0].problem.contains("3..4"), "{check:?}");
+    }
+
+    #[test]
+    fn zeros_behind_a_file_switch_are_a_torn_tail_only_when_no_later_file_holds_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 20);
+        let file = log_file(dir.path());
+        let records = std::fs::read(&file).unwrap();
+        let end = records.iter().rposition(|&b| b != 0).unwrap() + 1;
+        // The old file keeps 2 MiB of preallocated zeros; the next one was
+        // created but its header never written.
+        let mut padded = records[..end].to_vec();
+        padded.resize(end + (2 << 20), 0);
+        std::fs::write(&file, &padded).unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let seq: u64 = name[..16].parse().unwrap();
+        let next = dir.path().join(format!("{:016}.raftlog", seq + 1));
+        std::fs::write(&next, b"").unwrap();
+        let check = check_dir(dir.path()).unwrap();
+        assert!(check.damage.is_empty(), "{check:?}");
+        assert_eq!(
+            check.cuts,
+            vec![TailCut::Truncate(file.clone(), end as u64), TailCut::Remove(next.clone())]
+        );
+        assert!(check.torn.iter().any(|t| t.file == file && t.offset == end as u64), "{check:?}");
+        for cut in &check.cuts {
+            cut.apply().unwrap();
+        }
+        let check = check_dir(dir.path()).unwrap();
+        assert!(check.damage.is_empty() && check.torn.is_empty() && check.cuts.is_empty(), "{check:?}");
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(raft::Storage::last_index(&store.group(7).unwrap()).unwrap(), 20);
+        drop(store);
+
+        // Zeros behind the records of a file that a file with records
+        // follows: damage, nothing cut.
+        std::fs::write(&file, &padded).unwrap();
+        let later = dir.path().join(format!("{:016}.raftlog", seq + 1));
+        // The same records, signed with the later file's number.
+        let mut resigned = records[..end].to_vec();
+        let mut at = parse_header(&resigned).unwrap().0;
+        while at < end {
+            let len = (be_u64(&resigned[at..]) >> 8) as usize;
+            let sum = at + len - CHECKSUM_LEN;
+            let signed = le_u32(&resigned[sum..]) ^ seq as u32 ^ (seq + 1) as u32;
+            resigned[sum..sum + CHECKSUM_LEN].copy_from_slice(&signed.to_le_bytes());
+            at += len;
+        }
+        std::fs::write(&later, &resigned).unwrap();
+        let check = check_dir(dir.path()).unwrap();
+        assert!(check.cuts.is_empty(), "{check:?}");
+        assert!(
+            check.damage.iter().any(|d| d.file == file && d.problem.contains("later files with records")),
+            "{check:?}"
+        );
     }
 }

@@ -62,6 +62,7 @@ pub(super) fn ingest_status(e: IngestError) -> Status {
     match e {
         IngestError::Unavailable(m) => Status::unavailable(bounded(m)),
         IngestError::Storage(m) => Status::internal(bounded(m)),
+        IngestError::DiskFull(m) => Status::resource_exhausted(bounded(format!("disk full: {m}"))),
     }
 }
 
@@ -71,6 +72,7 @@ fn admin_status(e: AdminError) -> Status {
         AdminError::NotFound(m) => Status::not_found(bounded(m)),
         AdminError::InUse(m) => Status::failed_precondition(bounded(m)),
         AdminError::Exists(m) => Status::already_exists(bounded(m)),
+        AdminError::DiskFull(m) => Status::resource_exhausted(bounded(format!("disk full: {m}"))),
     }
 }
 

@@ -246,6 +246,7 @@ impl HttpError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             HttpError::Ingest(IngestError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Ingest(IngestError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
             HttpError::Ingest(IngestError::Storage(_)) | HttpError::IngestTask(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

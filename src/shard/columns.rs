@@ -594,6 +594,14 @@ impl KeywordColumn {
     }
 }
 
+/// What [`CodeSets::room`] found.
+enum Room {
+    /// The arena has room as it is.
+    Free,
+    /// The arena has room once the row's set is freed and it is rewritten.
+    AfterCompaction,
+}
+
 /// A sorted set of codes per row, packed in one arena: `starts[row]` is
 /// the offset plus one of `[len, code, code, ...]` in `arena` (0: no set).
 /// A replaced set becomes garbage; once garbage passes half the arena (and
@@ -624,7 +632,29 @@ impl CodeSets {
         self.starts.len()
     }
 
-    /// Replaces the row's set (`codes` sorted and distinct).
+    /// Whether a set of `len` codes fits in `limit` codes (at most 4 Gi,
+    /// what a start can address) once the row's set is freed (`own`): the
+    /// arena as it is, or rewritten without garbage. The answer depends
+    /// only on the sets held, so a replay decides alike; an error says how
+    /// full the arena is.
+    fn room(&self, row: Row, own: bool, len: usize, limit: usize) -> Result<Room, String> {
+        let limit = limit.min(u32::MAX as usize);
+        let need = len + 1;
+        if self.arena.len() + need <= limit {
+            return Ok(Room::Free);
+        }
+        let freed = if own { self.get(row).map_or(0, |c| c.len() + 1) } else { 0 };
+        let held = self.arena.len() - self.garbage - freed;
+        if held + need > limit {
+            return Err(format!(
+                "the shard's list arena for it holds {held} codes, and {need} more would pass its limit of {limit} codes"
+            ));
+        }
+        Ok(Room::AfterCompaction)
+    }
+
+    /// Replaces the row's set (`codes` sorted and distinct). The caller has
+    /// made room ([`make_room`](Self::make_room)).
     pub fn set(&mut self, row: Row, codes: Option<&[u32]>) {
         let i = row as usize;
         if i >= self.starts.len() {
@@ -640,24 +670,29 @@ impl CodeSets {
             None => 0,
             Some(codes) => {
                 let start = u32::try_from(self.arena.len() + 1)
-                    .unwrap_or_else(|_| panic!("list arena over 4 Gi codes at row {row}: split the shard"));
+                    .unwrap_or_else(|_| panic!("list arena over 4 Gi codes at row {row}: room was not made"));
                 self.arena.push(codes.len() as u32);
                 self.arena.extend_from_slice(codes);
                 start
             }
         };
         if self.garbage > 1 << 16 && self.garbage * 2 > self.arena.len() {
-            let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
-            for start in self.starts.iter_mut().filter(|s| **s != 0) {
-                let at = (*start - 1) as usize;
-                let len = self.arena[at] as usize;
-                // The arena only shrinks, so the new offset fits in u32 too.
-                *start = (arena.len() + 1) as u32;
-                arena.extend_from_slice(&self.arena[at..at + 1 + len]);
-            }
-            self.arena = arena;
-            self.garbage = 0;
+            self.compact();
         }
+    }
+
+    /// Rewrites the arena without garbage, in row order.
+    pub(crate) fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for start in self.starts.iter_mut().filter(|s| **s != 0) {
+            let at = (*start - 1) as usize;
+            let len = self.arena[at] as usize;
+            // The arena only shrinks, so the new offset fits in u32 too.
+            *start = (arena.len() + 1) as u32;
+            arena.extend_from_slice(&self.arena[at..at + 1 + len]);
+        }
+        self.arena = arena;
+        self.garbage = 0;
     }
 
     /// The memory image, for snapshots: `starts` and an arena holding the
@@ -753,6 +788,22 @@ impl ListColumn {
         let mut v: Vec<String> = codes.iter().map(|&c| self.dict.value(c).to_string()).collect();
         v.sort();
         Some(v)
+    }
+
+    /// Makes room for [`put`](Self::put) of `len` elements in the row
+    /// within `limit` arena codes: the row's present set is replaced by the
+    /// put, so it does not count, and when the arena is short of room the
+    /// row is cleared and the arena rewritten without garbage. An error
+    /// leaves the column as it was (see [`CodeSets::room`]).
+    pub fn make_room(&mut self, row: Row, len: usize, limit: usize) -> Result<(), String> {
+        match self.rows.room(row, true, len, limit)? {
+            Room::Free => {}
+            Room::AfterCompaction => {
+                self.put(row, None);
+                self.rows.compact();
+            }
+        }
+        Ok(())
     }
 
     /// Sets or unsets the row's elements, ignoring the stamps.

@@ -151,8 +151,21 @@ impl TraitColumn {
         }
     }
 
+    /// Makes room in the column's arena for [`put`](Self::put) of `value`
+    /// (text and list columns have one; see [`ArenaLimits`]). The put must
+    /// follow: the row's old value may be cleared to make the room.
+    fn make_room(&mut self, row: Row, value: Option<&Value>, limits: ArenaLimits) -> Result<(), String> {
+        match (self, value) {
+            (TraitColumn::Text(c), Some(Value::Text(s))) => c.room_to_put(row, s, limits.text_bytes),
+            (TraitColumn::List(c), Some(Value::List(items))) => {
+                c.make_room(row, items.len(), limits.list_codes)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the value without looking at stamps. The value's type must be
-    /// the column's.
+    /// the column's; room is made ([`make_room`](Self::make_room)).
     fn put(&mut self, row: Row, value: Option<&Value>) {
         match (self, value) {
             (TraitColumn::Keyword(c), Some(Value::Keyword(s))) => c.put(row, Some(s)),
@@ -496,6 +509,29 @@ pub struct Shard {
     pub unset_only: BTreeMap<String, Stamps>,
     /// Event tables by event name.
     pub events: BTreeMap<String, EventTable>,
+    /// How much one column's arena may hold (not stored in snapshots).
+    pub arena_limits: ArenaLimits,
+}
+
+/// The most one column's arena may hold. A text column keeps its values in
+/// one byte arena and a list column its sets in one code arena, both
+/// addressed by `u32` starts, so 4 GiB and 4 Gi codes are the ceiling; a
+/// write that would pass a limit is a field rejection that names it (an
+/// identifier not stored is reported under `user_id` or `anonymous_id`),
+/// never a panic of the applier that replay would meet again. Lower limits
+/// are for tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaLimits {
+    /// Bytes of one text column's arena (identifiers and `text` traits).
+    pub text_bytes: usize,
+    /// Codes of one list column's arena.
+    pub list_codes: usize,
+}
+
+impl Default for ArenaLimits {
+    fn default() -> Self {
+        ArenaLimits { text_bytes: u32::MAX as usize, list_codes: u32::MAX as usize }
+    }
 }
 
 impl Shard {
@@ -673,9 +709,26 @@ impl Shard {
                 }
             },
         };
-        if col.stamps_mut().admit(row, stamp, &mut self.base_stamps) {
-            col.put(row, value);
+        // An older write changes nothing (what `admit` would say); a value
+        // refused for room leaves the row and its stamp as they were.
+        if stamp < col.stamp(row, &self.base_stamps) {
+            return Ok(());
         }
+        col.make_room(row, value, self.arena_limits).map_err(|e| format!("`{name}` not stored: {e}"))?;
+        let admitted = col.stamps_mut().admit(row, stamp, &mut self.base_stamps);
+        debug_assert!(admitted, "the stamp was compared above");
+        col.put(row, value);
+        Ok(())
+    }
+
+    /// Adds an identifier to the row, when its column has room.
+    fn add_identifier(&mut self, row: Row, kind: IdentifierKind, id: &str) -> Result<(), (String, String)> {
+        let limit = self.arena_limits.text_bytes;
+        let column = self.ids.of_mut(kind);
+        column
+            .room_to_add(row, id, limit)
+            .map_err(|e| (kind.name().to_string(), format!("identifier not stored: {e}")))?;
+        column.add(row, id);
         Ok(())
     }
 
@@ -684,7 +737,9 @@ impl Shard {
         let row = self.row_for(w.profile);
         self.seen(row, w.time_ms);
         for (kind, id) in &w.identifiers {
-            self.ids.of_mut(*kind).add(row, id);
+            if let Err(refused) = self.add_identifier(row, *kind, id) {
+                rejected.push(refused);
+            }
         }
         let stamp = (w.time_ms, w.seq);
         for (name, value) in &w.traits {
@@ -717,6 +772,8 @@ impl Shard {
         all.extend(items.iter().cloned());
         all.sort();
         all.dedup();
+        list.make_room(row, all.len(), self.arena_limits.list_codes)
+            .map_err(|e| format!("`{name}` not stored: {e}"))?;
         list.put(row, Some(&all));
         let latest = stamp.max(list.stamps.get(row, &self.base_stamps));
         list.stamps.admit(row, latest, &mut self.base_stamps);
@@ -799,7 +856,9 @@ impl Shard {
             self.seen(row, t);
         }
         for (kind, id) in &image.identifiers {
-            self.ids.of_mut(*kind).add(row, id);
+            if let Err(refused) = self.add_identifier(row, *kind, id) {
+                rejected.push(refused);
+            }
         }
         for (name, value, stamp) in &image.traits {
             let result = match (name.as_str(), value) {
@@ -929,5 +988,145 @@ mod tests {
         let (traits, events) = shard.heap_bytes();
         let report: usize = shard.memory_report().iter().map(|(_, b)| b).sum();
         assert_eq!(traits + events, report);
+    }
+
+    fn text_write(profile: ProfileId, time_ms: i64, bio: Option<&str>) -> Command {
+        Command::Write(ProfileWrite {
+            profile,
+            time_ms,
+            traits: vec![("bio".into(), bio.map(|b| Value::Text(b.into())))],
+            ..ProfileWrite::default()
+        })
+    }
+
+    fn profiles(shard: &Shard) -> Vec<ProfileImage> {
+        let mut ids: Vec<ProfileId> = shard.rows.live_rows().map(|r| shard.rows.profile_of(r)).collect();
+        ids.sort_unstable();
+        ids.iter().filter_map(|&p| shard.read_profile(p)).collect()
+    }
+
+    /// Applies each batch; returns the rejections of each, as text.
+    fn run(shard: &mut Shard, batches: &[Vec<Command>]) -> Vec<Vec<String>> {
+        batches
+            .iter()
+            .map(|batch| {
+                let out = shard.apply(batch);
+                shard.validate().unwrap();
+                out.rejections.iter().map(|r| format!("{} {}: {}", r.index, r.field, r.reason)).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_text_arena_refuses_the_value_not_the_applier_and_a_replay_decides_alike() {
+        let limits = ArenaLimits { text_bytes: 600, ..ArenaLimits::default() };
+        let bio = |c: char| c.to_string().repeat(100); // 101 bytes in the arena
+        let batches: Vec<Vec<Command>> = vec![
+            // Five values fit in 600 bytes; the sixth does not.
+            (0..6).map(|p| text_write(p, 10, Some(&bio('a')))).collect(),
+            // A value replacing one is held as the one it replaces.
+            vec![text_write(0, 20, Some(&bio('b')))],
+            // An older write loses by last-write-wins, full or not.
+            vec![text_write(1, 5, Some(&bio('c')))],
+            // An unset frees its bytes for another row's value.
+            vec![text_write(1, 30, None), text_write(5, 30, Some(&bio('d')))],
+            // Full again.
+            vec![text_write(6, 40, Some(&bio('e')))],
+        ];
+        let mut shard = Shard::new(0);
+        shard.arena_limits = limits;
+        let refused = run(&mut shard, &batches);
+        assert_eq!(refused[0].len(), 1, "{refused:?}");
+        assert!(
+            refused[0][0].starts_with("5 bio: `bio` not stored: the shard's text arena for it holds 505 bytes, and 101 more would pass its limit of 600 bytes"),
+            "{refused:?}"
+        );
+        assert!(refused[1].is_empty() && refused[2].is_empty() && refused[3].is_empty(), "{refused:?}");
+        assert_eq!(refused[4].len(), 1, "{refused:?}");
+        let value =
+            |shard: &Shard, p| shard.read_profile(p).unwrap().traits.first().and_then(|t| t.1.clone());
+        assert_eq!(value(&shard, 0), Some(Value::Text(bio('b'))));
+        assert_eq!(value(&shard, 1), None);
+        assert_eq!(value(&shard, 5), Some(Value::Text(bio('d'))));
+        assert_eq!(value(&shard, 6), None, "a refused value leaves the row as it was");
+        assert_eq!(shard.read_profile(6).unwrap().traits.len(), 0, "and its stamp too");
+
+        // A replay from the start, and one from a snapshot taken after the
+        // second batch (its arena has no garbage), decide every write alike.
+        let mut again = Shard::new(0);
+        again.arena_limits = limits;
+        assert_eq!(run(&mut again, &batches), refused);
+        assert_eq!(profiles(&again), profiles(&shard));
+        let mut first = Shard::new(0);
+        first.arena_limits = limits;
+        run(&mut first, &batches[..2]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard-000.snap");
+        snapshot::write(&first, &path).unwrap();
+        let mut restored = snapshot::read(&path).unwrap();
+        restored.arena_limits = limits;
+        assert_eq!(run(&mut restored, &batches[2..]), refused[2..]);
+        assert_eq!(profiles(&restored), profiles(&shard));
+    }
+
+    #[test]
+    fn identifiers_and_lists_past_their_arena_are_field_rejections() {
+        let mut shard = Shard::new(0);
+        shard.arena_limits = ArenaLimits { text_bytes: 20, list_codes: 8 };
+        let batch: Vec<Command> = (0..4)
+            .map(|p| {
+                Command::Write(ProfileWrite {
+                    profile: p,
+                    time_ms: 10,
+                    identifiers: vec![(IdentifierKind::UserId, format!("user-{p}"))], // 7 bytes
+                    add_to_lists: vec![("groups".into(), vec![format!("g{p}"), "all".into()])], // 3 codes
+                    ..ProfileWrite::default()
+                })
+            })
+            .collect();
+        let refused = run(&mut shard, &[batch]).remove(0);
+        assert_eq!(
+            refused,
+            vec![
+                "2 user_id: identifier not stored: the shard's text arena for it holds 14 bytes, and 7 more would pass its limit of 20 bytes",
+                "2 groups: `groups` not stored: the shard's list arena for it holds 6 codes, and 3 more would pass its limit of 8 codes",
+                "3 user_id: identifier not stored: the shard's text arena for it holds 14 bytes, and 7 more would pass its limit of 20 bytes",
+                "3 groups: `groups` not stored: the shard's list arena for it holds 6 codes, and 3 more would pass its limit of 8 codes",
+            ]
+        );
+        assert_eq!(shard.ids.user_ids.rows_of("user-1"), vec![shard.row_of(1).unwrap()]);
+        assert!(shard.ids.user_ids.rows_of("user-2").is_empty());
+        // Growing a list replaces its set: the old one does not count.
+        let grow = Command::Write(ProfileWrite {
+            profile: 0,
+            time_ms: 20,
+            add_to_lists: vec![("groups".into(), vec!["g9".into()])],
+            ..ProfileWrite::default()
+        });
+        assert_eq!(run(&mut shard, &[vec![grow]]), vec![Vec::<String>::new()]);
+        let groups = shard.read_profile(0).unwrap().traits;
+        assert_eq!(groups[0].1, Some(Value::List(vec!["all".into(), "g0".into(), "g9".into()])));
+    }
+
+    /// The real ceiling: a text arena of 4 GiB refuses the next value
+    /// instead of panicking the applier (it did before `ArenaLimits`). Takes
+    /// about 9 GB of memory; run it in release:
+    /// `cargo test --release --lib -- --ignored four_gib`.
+    #[test]
+    #[ignore = "writes 4 GiB of text"]
+    fn four_gib_of_text_refuses_the_next_value() {
+        let mut shard = Shard::new(0);
+        let value = "x".repeat((1 << 20) - 3); // 1 MiB in the arena
+        let mut refused = None;
+        for p in 0..5000u64 {
+            let out = shard.apply(&[text_write(p, 10, Some(&value))]);
+            if let Some(r) = out.rejections.first() {
+                refused = Some((p, r.reason.clone()));
+                break;
+            }
+        }
+        let (p, reason) = refused.expect("a value is refused before 5000 MiB");
+        assert_eq!(p, 4095, "{reason}");
+        assert!(reason.contains("its limit of 4294967295 bytes"), "{reason}");
     }
 }

@@ -293,10 +293,20 @@ pub fn write(shard: &Shard, path: &Path) -> Result<(), ShardError> {
 /// Like [`write`], with `extra`: opaque bytes of the layer above (the
 /// replication layer keeps its applied index there), written in the same
 /// file so that they cannot disagree with the shard after a crash.
+/// A write that fails (a full disk) removes its temporary file, so that it
+/// holds no space and the file at `path` stays as it was.
 pub fn write_with_extra(shard: &Shard, path: &Path, extra: &[u8]) -> Result<(), ShardError> {
-    let io = |source: std::io::Error| ShardError::Io { path: path.display().to_string(), source };
     let tmp = path.with_extension("tmp");
-    let file = File::create(&tmp).map_err(io)?;
+    let written = write_file(shard, path, &tmp, extra);
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_file(shard: &Shard, path: &Path, tmp: &Path, extra: &[u8]) -> Result<(), ShardError> {
+    let io = |source: std::io::Error| ShardError::Io { path: path.display().to_string(), source };
+    let file = File::create(tmp).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
 
     let mut sections: Vec<(u32, String, Enc)> = Vec::new();
@@ -362,7 +372,7 @@ pub fn write_with_extra(shard: &Shard, path: &Path, extra: &[u8]) -> Result<(), 
     let file = w.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     drop(file);
-    fs::rename(&tmp, path).map_err(io)?;
+    fs::rename(tmp, path).map_err(io)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }

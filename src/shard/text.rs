@@ -48,11 +48,13 @@ pub fn text_hash_check() -> u64 {
 }
 
 /// Appends `value` to an arena as `[varint length][bytes]`; returns its
-/// start (offset plus one).
+/// start (offset plus one). The caller has made room
+/// ([`TextColumn::make_room`]): an arena past 4 GiB is a bug here, not
+/// input.
 pub fn append_value(arena: &mut Vec<u8>, value: &str, row: Row) -> u32 {
     let offset = arena.len();
     let start = u32::try_from(offset + 1)
-        .unwrap_or_else(|_| panic!("text arena over 4 GiB at row {row}: split the shard"));
+        .unwrap_or_else(|_| panic!("text arena over 4 GiB at row {row}: room was not made for the value"));
     let mut n = value.len();
     while n >= 0x80 {
         arena.push((n as u8 & 0x7f) | 0x80);
@@ -171,6 +173,53 @@ impl TextColumn {
     /// One past the highest row that ever had a value (for snapshots).
     pub fn row_bound(&self) -> usize {
         self.starts.len().max(self.extra.keys().next_back().map_or(0, |&r| r as usize + 1))
+    }
+
+    /// Makes room for [`put`](Self::put) of `value` in the row, within
+    /// `limit` arena bytes (at most 4 GiB, what a start can address). The
+    /// row's present values are replaced by the put, so they do not count:
+    /// when the arena is short of room, they are cleared and the arena is
+    /// rewritten without garbage. The answer depends only on the values the
+    /// column holds, not on its garbage, so a replay of the same entries
+    /// decides alike. An error says how full the arena is, and leaves the
+    /// column as it was.
+    pub fn room_to_put(&mut self, row: Row, value: &str, limit: usize) -> Result<(), String> {
+        if self.first(row) == Some(value) && !self.extra.contains_key(&row) {
+            return Ok(());
+        }
+        let own = self.first(row).map_or(0, encoded_len);
+        self.make_room(row, own, value, limit)
+    }
+
+    /// Makes room for [`add`](Self::add) of `value` to the row, within
+    /// `limit` arena bytes, as [`room_to_put`](Self::room_to_put) does; only
+    /// a row's first value goes to the arena, and the row keeps its values.
+    pub fn room_to_add(&mut self, row: Row, value: &str, limit: usize) -> Result<(), String> {
+        if self.first(row).is_some() || self.holds(row, value) {
+            return Ok(());
+        }
+        self.make_room(row, 0, value, limit)
+    }
+
+    /// Room for `value` once the row's `own` arena bytes are freed (`own`
+    /// is 0 when the row keeps them).
+    fn make_room(&mut self, row: Row, own: usize, value: &str, limit: usize) -> Result<(), String> {
+        let limit = limit.min(u32::MAX as usize);
+        let need = encoded_len(value);
+        if self.arena.len() + need <= limit {
+            return Ok(());
+        }
+        let held = self.arena.len() - self.garbage - own;
+        if held + need > limit {
+            return Err(format!(
+                "the shard's text arena for it holds {held} bytes, and {need} more would pass its limit of {limit} bytes"
+            ));
+        }
+        if own > 0 {
+            self.clear(row);
+        }
+        self.compact();
+        Ok(())
     }
 
     /// Replaces the row's values with `value`, ignoring the stamps.

@@ -75,6 +75,14 @@ impl Server {
         }
     }
 
+    /// SIGTERM, and waits for the graceful stop (snapshots included).
+    #[allow(dead_code)]
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
