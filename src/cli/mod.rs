@@ -441,16 +441,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upgrade { data_dir } => {
             let report = tokio::task::spawn_blocking(move || crate::node::rewrite_snapshots(&data_dir))
                 .await
-                .map_err(|e| anyhow::anyhow!("the upgrade stopped: {e}"))?
-                .map_err(|e| anyhow::anyhow!(e))?;
+                .map_err(|e| anyhow::anyhow!("the upgrade stopped: {e}"))??;
             println!("{report}");
             return Ok(());
         }
         Command::CheckData { data_dir } => {
             let report = tokio::task::spawn_blocking(move || crate::node::check_data_dir(&data_dir))
                 .await
-                .map_err(|e| anyhow::anyhow!("the check stopped: {e}"))?
-                .map_err(|e| anyhow::anyhow!(e))?;
+                .map_err(|e| anyhow::anyhow!("the check stopped: {e}"))??;
             println!("{report}");
             return Ok(());
         }

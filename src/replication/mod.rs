@@ -2,7 +2,10 @@
 //! shard replica), with their logs in one shared raft-engine instance.
 
 pub mod driver;
+pub mod error;
 pub mod log_check;
 pub mod manifest;
 pub mod shard_machine;
 pub mod storage;
+
+pub use error::ReplicationError;
