@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 
 use super::error::{MachineError, ReplicationError, SharedError};
 use super::manifest::Manifest;
+use super::raft_logger::TracingDrain;
 use super::storage::{GroupStorage, LogStore};
 
 /// How long an applier waits without entries before it calls
@@ -358,7 +359,8 @@ impl Driver {
         transport: Arc<dyn Transport>,
         config: DriverConfig,
     ) -> Result<Driver, ReplicationError> {
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        // raft-rs's own records go to `tracing`, each naming its group.
+        let logger = slog::Logger::root(TracingDrain, slog::o!());
         let mut opened = Vec::with_capacity(groups.len());
         for spec in groups {
             let raft_error = |action: &str, source: raft::Error| ReplicationError::Raft {
@@ -417,7 +419,7 @@ impl Driver {
                 ..Config::default()
             };
             raft_config.validate().map_err(|e| raft_error("checking its raft configuration", e))?;
-            let node = RawNode::new(&raft_config, storage, &logger)
+            let node = RawNode::new(&raft_config, storage, &logger.new(slog::o!("group" => spec.id)))
                 .map_err(|e| raft_error("cannot open the raft node", e))?;
             opened.push(Group {
                 id: spec.id,

@@ -5,6 +5,7 @@ pub mod driver;
 pub mod error;
 pub mod log_check;
 pub mod manifest;
+pub mod raft_logger;
 pub mod shard_machine;
 pub mod storage;
 
