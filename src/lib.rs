@@ -32,7 +32,8 @@
 //! - [`node`]: a node assembled from the layers above; [`datadir`]: its
 //!   data directory's layout and the checks that it is whole.
 //! - [`proto`]: generated `cohort.v1` code (used by `server` and `cli` only).
-//! - [`server`]: the gRPC and HTTP doors, `serve` and `demo`.
+//! - [`server`]: the gRPC and HTTP doors, the one mapping of every error
+//!   to a gRPC code, `serve` and `demo`.
 //! - [`cli`]: the operator's command line.
 //! - [`demo`]: the embedded default's data, built in-process from the
 //!   synthetic dataset of `tools/datagen` (demo, benchmarks, tests).

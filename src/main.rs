@@ -52,6 +52,8 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
+            // The program's own failure, printed as the CLI prints every
+            // error (no log subscriber exists yet: `serve` sets it up).
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }

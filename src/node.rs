@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use thiserror::Error;
 
-use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogMachine, CatalogResult};
+use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogError, CatalogMachine, CatalogResult};
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::datadir::{self, DataDirMeta, DiskGuard};
 use crate::ingest::pipeline::Pipeline;
@@ -22,11 +23,119 @@ use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
 use crate::model::SchemaLimits;
 use crate::query::Planner;
 use crate::replication::driver::{
-    Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, ProposeError, SnapshotPolicy, StateMachine,
+    Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, SnapshotPolicy, StateMachine,
 };
-use crate::replication::manifest::{Manifest, ManifestState};
-use crate::replication::shard_machine::ShardMachine;
-use crate::replication::storage::LogStore;
+use crate::replication::error::MachineError;
+use crate::replication::manifest::{Manifest, ManifestError, ManifestState};
+use crate::replication::shard_machine::{ShardMachine, ShardMachineError};
+use crate::replication::storage::{LogStore, StorageError};
+use crate::replication::ReplicationError;
+
+/// Why a node could not be opened, or a stopped node's data directory
+/// checked or upgraded. Each names the file, the group or the setting.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The configuration's shard count is out of range.
+    #[error("shards must be between 1 and 4096, not {shards}")]
+    ShardCount {
+        /// What the configuration says.
+        shards: u32,
+    },
+    /// The data directory failed its checks: every problem found, each
+    /// naming its file.
+    #[error("{problems}")]
+    DataDir {
+        /// The problems, one a line.
+        problems: String,
+    },
+    /// The data directory belongs to another node or shard count.
+    #[error("{dir} was created for node {found_node} with {found_shards} shards; the configuration says node {node} with {shards} shards")]
+    OtherNode {
+        /// The data directory.
+        dir: String,
+        /// The node it was created for.
+        found_node: u64,
+        /// The shards it was created with.
+        found_shards: u32,
+        /// The configured node.
+        node: u64,
+        /// The configured shards.
+        shards: u32,
+    },
+    /// A file or directory could not be read or created.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data directory's meta file is not what this build writes.
+    #[error("{path}: {source}")]
+    Meta {
+        /// The file.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An offline command found the log locked (or unopenable).
+    #[error("{dir}: is a node running on it? {source}")]
+    LogInUse {
+        /// The log's directory.
+        dir: String,
+        /// The log store's error.
+        #[source]
+        source: StorageError,
+    },
+    /// The raft log could not be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The manifest could not be read or written.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The catalog's snapshot could not be loaded.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A shard's snapshot could not be loaded.
+    #[error(transparent)]
+    ShardMachine(#[from] ShardMachineError),
+    /// The groups could not be started or their log replayed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// The ingest steps a crash interrupted could not be finished.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// The configuration's schema caps could not be put in force.
+    #[error("setting the schema caps of the configuration: {source}")]
+    SchemaCaps {
+        /// Why.
+        #[source]
+        source: CatalogError,
+    },
+    /// An offline snapshot rewrite failed for group `group`.
+    #[error("group {group}: rewriting its snapshot: {source}")]
+    Rewrite {
+        /// The group.
+        group: u64,
+        /// The machine's error.
+        #[source]
+        source: MachineError,
+    },
+    /// A worker thread or task panicked.
+    #[error("{what} panicked")]
+    Panicked {
+        /// Which (`a snapshot loader`).
+        what: &'static str,
+    },
+}
+
+impl NodeError {
+    fn data_dir(problems: &[datadir::Problem]) -> NodeError {
+        NodeError::DataDir { problems: datadir::describe(problems) }
+    }
+}
 
 /// A node's settings: the top level of the TOML file of
 /// `cohort serve --config`, every key optional.
@@ -159,62 +268,59 @@ pub struct Node {
     pub loaded_secs: f64,
 }
 
-fn admin(e: ProposeError) -> AdminError {
-    AdminError::Invalid(e.to_string())
-}
-
 impl Node {
     /// Opens (or creates) the node's data and starts its groups.
-    pub async fn open(config: NodeConfig) -> Result<Arc<Node>, String> {
+    pub async fn open(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let started = Instant::now();
         if config.shards == 0 || config.shards > 4096 {
-            return Err(format!("shards must be between 1 and 4096, not {}", config.shards));
+            return Err(NodeError::ShardCount { shards: config.shards });
         }
         let dir = &config.data_dir;
         let snapshots = dir.join("snapshots");
-        let checked = datadir::check_files(dir).map_err(|p| datadir::describe(&p))?;
+        let checked = datadir::check_files(dir).map_err(|p| NodeError::data_dir(&p))?;
         for torn in &checked.log.torn {
-            eprintln!("warning: {torn}: a torn last record (a crash in the middle of a write); it is cut");
+            tracing::warn!(file = %torn, "a torn last record (a crash in the middle of a write); it is cut");
         }
         for cut in &checked.log.cuts {
-            cut.apply().map_err(|e| format!("cutting the torn log tail ({cut:?}): {e}"))?;
+            cut.apply().map_err(|source| NodeError::Io {
+                path: format!("cutting the torn log tail, {cut}"),
+                source,
+            })?;
         }
         let meta = DataDirMeta { node_id: config.node_id, shards: config.shards, manifest: true };
         match &checked.meta {
             Some(found) if (found.node_id, found.shards) != (meta.node_id, meta.shards) => {
-                return Err(format!(
-                    "{} was created for node {} with {} shards; the configuration says node {} with {} shards",
-                    dir.display(),
-                    found.node_id,
-                    found.shards,
-                    meta.node_id,
-                    meta.shards
-                ));
+                return Err(NodeError::OtherNode {
+                    dir: dir.display().to_string(),
+                    found_node: found.node_id,
+                    found_shards: found.shards,
+                    node: meta.node_id,
+                    shards: meta.shards,
+                });
             }
             Some(found) if !found.manifest => {
-                eprintln!(
-                    "warning: {} was written by an older build that kept no manifest; its files are taken as they are and a manifest is written now",
-                    dir.display()
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the data directory was written by an older build that kept no manifest; its files are taken as they are and a manifest is written now"
                 );
             }
             _ => {}
         }
-        std::fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
-        let store = Arc::new(LogStore::open(&dir.join("raft")).map_err(|e| e.to_string())?);
+        std::fs::create_dir_all(&snapshots)
+            .map_err(|source| NodeError::Io { path: snapshots.display().to_string(), source })?;
+        let store = Arc::new(LogStore::open(&dir.join("raft"))?);
         let (catalog, shards) = load_snapshots(&snapshots, config.shards, config.dedup_window_hours)?;
         let records = {
             let loaded = datadir::loaded_groups(&*catalog, shards.iter().map(|m| &**m as &dyn StateMachine));
             datadir::check_groups(checked.manifest.as_ref(), &store, &loaded)
-                .map_err(|p| datadir::describe(&p))?
+                .map_err(|p| NodeError::data_dir(&p))?
         };
         // The directory is whole: record what it holds, then mark it as
         // one that keeps a manifest.
-        let manifest = Arc::new(
-            Manifest::create(dir, ManifestState { groups: records, ..ManifestState::default() })
-                .map_err(|e| e.to_string())?,
-        );
+        let manifest =
+            Arc::new(Manifest::create(dir, ManifestState { groups: records, ..ManifestState::default() })?);
         if checked.meta.as_ref().is_none_or(|m| !m.manifest) {
-            datadir::write_meta(dir, &meta)?;
+            datadir::write_meta(dir, &meta).map_err(|problems| NodeError::DataDir { problems })?;
         }
         let loaded_secs = started.elapsed().as_secs_f64();
         let mut groups = vec![GroupSpec {
@@ -240,13 +346,11 @@ impl Node {
             Driver::start(store, groups, Arc::new(NoPeers), driver_config)
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|_| NodeError::Panicked { what: "the start of the raft driver" })??;
         let driver = Arc::new(driver);
-        let pipeline = Pipeline::start(driver.clone(), catalog.clone(), shards.clone())
-            .await
-            .map_err(|e| e.to_string())?;
+        let pipeline = Pipeline::start(driver.clone(), catalog.clone(), shards.clone()).await?;
         let planner = Planner::new(catalog.clone(), shards.clone(), config.query_threads);
-        manifest.flush().map_err(|e| e.to_string())?;
+        manifest.flush()?;
         start_manifest_flusher(&manifest);
         let disk = DiskGuard::new(&config.data_dir, config.min_free_disk_bytes);
         let node = Arc::new(Node {
@@ -270,7 +374,7 @@ impl Node {
     /// configuration, through the catalog's log, before any door is open:
     /// entries before the change were typed under the caps of their time
     /// and are replayed under them; entries after it under the new ones.
-    async fn set_schema_limits(&self) -> Result<(), String> {
+    async fn set_schema_limits(&self) -> Result<(), NodeError> {
         let wanted = self.config.schema_limits();
         let in_force = self.catalog.state.read().limits;
         if in_force == wanted {
@@ -278,7 +382,7 @@ impl Node {
         }
         self.admin(CatalogCommand::SetLimits(wanted))
             .await
-            .map_err(|e| format!("setting the schema caps of the configuration: {e}"))?;
+            .map_err(|source| NodeError::SchemaCaps { source })?;
         let changed: Vec<String> = [
             ("max_traits", in_force.max_traits, wanted.max_traits),
             ("max_events", in_force.max_events, wanted.max_events),
@@ -290,7 +394,7 @@ impl Node {
         .filter(|(_, was, now)| was != now)
         .map(|(key, was, now)| format!("{key} {was} -> {now}"))
         .collect();
-        eprintln!("cohort: schema caps set from the configuration: {}", changed.join(", "));
+        tracing::info!(changed = %changed.join(", "), "schema caps set from the configuration");
         Ok(())
     }
 
@@ -305,17 +409,22 @@ impl Node {
         self.pipeline.ingest(messages, received_ms, source).await
     }
 
-    async fn admin(&self, command: CatalogCommand) -> Result<(), AdminError> {
+    /// Proposes an administrative change to the catalog: a proposal that
+    /// is not committed is a [`CatalogError::Replication`] (not leader,
+    /// shutting down, ...), one the catalog refuses a
+    /// [`CatalogError::Refused`].
+    async fn admin(&self, command: CatalogCommand) -> Result<(), CatalogError> {
         self.disk.check().map_err(AdminError::DiskFull)?;
-        let result = self.driver.propose(CATALOG_GROUP, command.encode()).await.map_err(admin)?;
+        let result = self.driver.propose(CATALOG_GROUP, command.encode()).await?;
         match result.downcast::<CatalogResult>().map(|r| *r) {
-            Ok(CatalogResult::Done(r)) => r,
-            _ => Err(AdminError::Invalid("unexpected catalog result".into())),
+            Ok(CatalogResult::Done(r)) => Ok(r?),
+            Ok(CatalogResult::Ingested { index, .. }) => Err(CatalogError::UnexpectedResult { index }),
+            Err(_) => Err(CatalogError::UnexpectedResult { index: 0 }),
         }
     }
 
     /// Declares trait types.
-    pub async fn apply_schema(&self, json: String) -> Result<(), AdminError> {
+    pub async fn apply_schema(&self, json: String) -> Result<(), CatalogError> {
         self.admin(CatalogCommand::ApplySchema(json)).await
     }
 
@@ -326,15 +435,17 @@ impl Node {
         expression: String,
         description: String,
         now_ms: i64,
-    ) -> Result<(), AdminError> {
+    ) -> Result<(), CatalogError> {
         if self.catalog.state.read().segments.contains_key(&name) {
-            return Err(AdminError::Exists(format!("a saved segment {name:?} exists; delete it first")));
+            return Err(
+                AdminError::Exists(format!("a saved segment {name:?} exists; delete it first")).into()
+            );
         }
         self.admin(CatalogCommand::CreateSegment { name, expression, description, now_ms }).await
     }
 
     /// Deletes a saved segment.
-    pub async fn delete_segment(&self, name: String) -> Result<(), AdminError> {
+    pub async fn delete_segment(&self, name: String) -> Result<(), CatalogError> {
         self.admin(CatalogCommand::DeleteSegment(name)).await
     }
 
@@ -347,7 +458,7 @@ impl Node {
     pub fn shutdown(&self) -> Checkpoint {
         let mut checkpoint = self.driver.stop_with_snapshots();
         if let Err(e) = self.manifest.flush() {
-            checkpoint.failed.push(format!("writing the manifest: {e}"));
+            checkpoint.failed.push(ReplicationError::WriteManifest { source: Arc::new(e) });
         }
         checkpoint
     }
@@ -364,12 +475,13 @@ fn start_manifest_flusher(manifest: &Arc<Manifest>) {
         std::thread::sleep(MANIFEST_FLUSH_INTERVAL);
         let Some(manifest) = weak.upgrade() else { return };
         if let Err(e) = manifest.flush() {
-            eprintln!("warning: {e}; retrying in a second");
+            tracing::warn!(error = %e, "writing the manifest failed; retrying in a second");
         }
     });
     if let Err(e) = spawned {
-        eprintln!(
-            "warning: cannot start the manifest writer ({e}); applied indexes are recorded at snapshots only"
+        tracing::warn!(
+            error = %e,
+            "cannot start the manifest writer; applied indexes are recorded at snapshots only"
         );
     }
 }
@@ -401,7 +513,7 @@ fn load_snapshots(
     snapshots: &Path,
     shards: u32,
     dedup_window_hours: i64,
-) -> Result<(Arc<CatalogMachine>, Arc<Vec<Arc<ShardMachine>>>), String> {
+) -> Result<(Arc<CatalogMachine>, Arc<Vec<Arc<ShardMachine>>>), NodeError> {
     // Snapshots load in parallel, on as many threads as there are cores:
     // item 0 is the catalog (the largest, so it starts first), item
     // `s + 1` shard `s`; each thread claims the next item when done.
@@ -418,14 +530,14 @@ fn load_snapshots(
                         if item == 0 {
                             let t = Instant::now();
                             catalog = Some(CatalogMachine::open(snapshots, shards, dedup_window_hours)?);
-                            eprintln!(
-                                "cohort: catalog snapshot loaded in {:.2} s",
-                                t.elapsed().as_secs_f64()
+                            tracing::info!(
+                                secs = format_args!("{:.2}", t.elapsed().as_secs_f64()),
+                                "catalog snapshot loaded"
                             );
                         } else if item <= shards {
-                            mine.push(ShardMachine::open(snapshots, item - 1).map_err(|e| e.to_string())?);
+                            mine.push(ShardMachine::open(snapshots, item - 1)?);
                         } else {
-                            return Ok::<_, String>((catalog, mine));
+                            return Ok::<_, NodeError>((catalog, mine));
                         }
                     }
                 })
@@ -433,18 +545,24 @@ fn load_snapshots(
             .collect();
         let (mut catalog, mut loaded) = (None, Vec::new());
         for l in loaders {
-            let (c, mine) = l.join().map_err(|_| "a snapshot loader panicked".to_string())??;
+            let (c, mine) = l.join().map_err(|_| NodeError::Panicked { what: "a snapshot loader" })??;
             catalog = catalog.or(c);
             loaded.extend(mine);
         }
         loaded.sort_by_key(|m| m.shard_id);
-        eprintln!(
-            "cohort: the catalog and {} shard snapshots loaded in {:.2} s on {threads} threads",
-            loaded.len(),
-            t.elapsed().as_secs_f64()
+        tracing::info!(
+            shards = loaded.len(),
+            threads,
+            secs = format_args!("{:.2}", t.elapsed().as_secs_f64()),
+            "the catalog and the shard snapshots loaded"
         );
-        let catalog = catalog.ok_or_else(|| "the catalog was not loaded".to_string())?;
-        Ok::<_, String>((Arc::new(catalog), Arc::new(loaded.into_iter().map(Arc::new).collect::<Vec<_>>())))
+        // Item 0, the catalog, is always claimed first, and a loader that
+        // fails returns its error above.
+        let catalog = catalog.ok_or(NodeError::Panicked { what: "the catalog loader" })?;
+        Ok::<_, NodeError>((
+            Arc::new(catalog),
+            Arc::new(loaded.into_iter().map(Arc::new).collect::<Vec<_>>()),
+        ))
     })
 }
 
@@ -452,13 +570,14 @@ fn load_snapshots(
 /// (`cohort check-data`), without starting it and without writing: the meta
 /// file, the manifest, every log file, every snapshot and every group's log
 /// range. Returns a report, or every problem found.
-pub fn check_data_dir(dir: &Path) -> Result<String, String> {
-    let checked = datadir::check_files(dir).map_err(|p| datadir::describe(&p))?;
+pub fn check_data_dir(dir: &Path) -> Result<String, NodeError> {
+    let checked = datadir::check_files(dir).map_err(|p| NodeError::data_dir(&p))?;
     if checked.fresh {
         return Ok(format!("{} is a new, empty data directory: a node starts on it empty", dir.display()));
     }
-    let meta =
-        checked.meta.as_ref().ok_or_else(|| format!("{}: no {}", dir.display(), datadir::META_FILE))?;
+    let meta = checked.meta.as_ref().ok_or_else(|| NodeError::DataDir {
+        problems: format!("{}: no {}", dir.display(), datadir::META_FILE),
+    })?;
     let mut report = format!(
         "{}: node {}, {} shards; {} log files ({} bytes of records verified)",
         dir.display(),
@@ -478,12 +597,11 @@ pub fn check_data_dir(dir: &Path) -> Result<String, String> {
         return Ok(report);
     }
     // Opening the log takes its lock: a running node makes this fail.
-    let store = LogStore::open(&dir.join("raft"))
-        .map_err(|e| format!("{}: is a node running on it? {e}", dir.join("raft").display()))?;
+    let store = open_offline(dir)?;
     let (catalog, shards) =
         load_snapshots(&dir.join("snapshots"), meta.shards, NodeConfig::default().dedup_window_hours)?;
     let loaded = datadir::loaded_groups(&*catalog, shards.iter().map(|m| &**m as &dyn StateMachine));
-    datadir::check_groups(checked.manifest.as_ref(), &store, &loaded).map_err(|p| datadir::describe(&p))?;
+    datadir::check_groups(checked.manifest.as_ref(), &store, &loaded).map_err(|p| NodeError::data_dir(&p))?;
     if !meta.manifest {
         report.push_str(
             "\nwarning: no manifest (written by an older build): the node writes one when it starts",
@@ -497,16 +615,17 @@ pub fn check_data_dir(dir: &Path) -> Result<String, String> {
 /// formats (`cohort upgrade`), for a node that is not running: each is
 /// loaded (older formats are read) and written again at the same applied
 /// index, so nothing is replayed differently. Returns what it did.
-pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
+pub fn rewrite_snapshots(dir: &Path) -> Result<String, NodeError> {
     let meta_path = dir.join("cohort-node.json");
-    let text = std::fs::read_to_string(&meta_path).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+    let shown = meta_path.display().to_string();
+    let text = std::fs::read_to_string(&meta_path)
+        .map_err(|source| NodeError::Io { path: shown.clone(), source })?;
     let meta: DataDirMeta =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+        serde_json::from_str(&text).map_err(|source| NodeError::Meta { path: shown, source })?;
     let snapshots = dir.join("snapshots");
     // Opening the log takes its lock: a node serving this directory makes
     // this fail instead of having its newer snapshots overwritten.
-    let _log = LogStore::open(&dir.join("raft"))
-        .map_err(|e| format!("{}: is a node running on it? {e}", dir.join("raft").display()))?;
+    let _log = open_offline(dir)?;
     let started = Instant::now();
     let (catalog, shards) =
         load_snapshots(&snapshots, meta.shards, NodeConfig::default().dedup_window_hours)?;
@@ -526,8 +645,7 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
             .filter(|m| m.snapshot_file().exists())
             .map(|m| (shard_group(m.shard_id), m.clone() as Arc<dyn StateMachine>)),
     );
-    let manifest = Manifest::create(dir, Manifest::read(dir).map_err(|e| e.to_string())?.unwrap_or_default())
-        .map_err(|e| e.to_string())?;
+    let manifest = Manifest::create(dir, Manifest::read(dir)?.unwrap_or_default())?;
     let shards_rewritten = machines.len() - usize::from(catalog_rewritten);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -538,19 +656,18 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
                     let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     match machines.get(item) {
                         Some((id, m)) => {
-                            let index = m.snapshot()?;
-                            manifest
-                                .record_snapshot(*id, m.snapshot_file(), index)
-                                .map_err(|e| e.to_string())?;
+                            let index =
+                                m.snapshot().map_err(|source| NodeError::Rewrite { group: *id, source })?;
+                            manifest.record_snapshot(*id, m.snapshot_file(), index)?;
                         }
-                        None => return Ok::<(), String>(()),
+                        None => return Ok::<(), NodeError>(()),
                     };
                 })
             })
             .collect();
         writers
             .into_iter()
-            .try_for_each(|w| w.join().map_err(|_| "a snapshot writer panicked".to_string())?)
+            .try_for_each(|w| w.join().map_err(|_| NodeError::Panicked { what: "a snapshot writer" })?)
     })?;
     Ok(format!(
         "rewrote {} and {shards_rewritten} shard snapshots of {} (loaded in {loaded:.2} s, written in {:.2} s)",
@@ -558,6 +675,13 @@ pub fn rewrite_snapshots(dir: &Path) -> Result<String, String> {
         dir.display(),
         written.elapsed().as_secs_f64()
     ))
+}
+
+/// Opens the raft log of a stopped node's data directory `dir`, for an
+/// offline command; the log's lock makes this fail while a node runs on it.
+fn open_offline(dir: &Path) -> Result<LogStore, NodeError> {
+    let raft = dir.join("raft");
+    LogStore::open(&raft).map_err(|source| NodeError::LogInUse { dir: raft.display().to_string(), source })
 }
 
 /// What an API key may do. `Admin` may do everything; `Ingest` and `Read`

@@ -69,7 +69,7 @@ async fn open_err(dir: &Path) -> String {
             let profiles: u64 = node.shards.iter().map(|s| s.read_state().shard.len()).sum();
             panic!("the node started on a damaged directory, with {profiles} profiles")
         }
-        Err(e) => e,
+        Err(e) => e.to_string(),
     }
 }
 
@@ -85,7 +85,7 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Both the open and `cohort check-data` refuse, naming `needle`.
 async fn refused(dir: &Path, needle: &str) -> String {
-    let checked = check_data_dir(dir).expect_err("check-data found no problem");
+    let checked = check_data_dir(dir).expect_err("check-data found no problem").to_string();
     assert!(checked.contains(needle), "check-data: {checked}");
     let e = open_err(dir).await;
     assert!(e.contains(needle), "{e}");

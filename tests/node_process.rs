@@ -213,26 +213,42 @@ async fn bad_input_gets_the_right_error_and_loses_nothing_else() {
     assert!(rej.rejections.iter().all(|r| r.source == "grpc"));
 }
 
-/// Sends batches until killed; returns the batches acknowledged.
-async fn load_until_killed(s: &Server, batches: &[Vec<String>], kill_after_ms: u64) -> usize {
+/// Waits until `reached` says the observed progress is there (it returns
+/// whether it is and what it saw, or why it never will be), looking every
+/// 10 ms for up to two minutes; panics naming `what` and the last
+/// observation otherwise. A kill that follows lands at a known point.
+async fn wait_for_progress(what: &str, mut reached: impl FnMut() -> Result<(bool, String), String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let seen = match reached() {
+            Ok((true, _)) => return,
+            Ok((false, seen)) => seen,
+            Err(never) => panic!("{what} cannot be reached: {never}"),
+        };
+        assert!(std::time::Instant::now() < deadline, "{what} not reached within 120 s (last seen: {seen})");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The groups whose snapshot the data directory's manifest records.
+fn snapshotted_groups(data_dir: &std::path::Path) -> Vec<u64> {
+    use cohort::replication::manifest::{ManifestState, MANIFEST_FILE};
+    // The manifest is replaced by a rename: a read sees a whole one.
+    let Ok(text) = std::fs::read_to_string(data_dir.join(MANIFEST_FILE)) else { return Vec::new() };
+    let Ok(state) = serde_json::from_str::<ManifestState>(&text) else { return Vec::new() };
+    state.groups.iter().filter(|(_, g)| g.snapshot.is_some()).map(|(id, _)| *id).collect()
+}
+
+/// Sends every batch in order to a running server; each must be
+/// acknowledged without rejections.
+async fn send_all(s: &Server, batches: &[Vec<String>]) {
     let channel = s.channel().await;
-    let started = std::time::Instant::now();
-    let mut acked = 0;
-    for b in batches {
+    for (i, b) in batches.iter().enumerate() {
         let mut c = cohort::proto::v1::ingest_client::IngestClient::new(channel.clone());
         let call = c.ingest_batch(cohort::proto::v1::IngestBatchRequest { messages: b.clone() });
-        match call.await {
-            Ok(r) => {
-                assert_eq!(r.into_inner().rejections.len(), 0);
-                acked += 1;
-            }
-            Err(_) => break,
-        }
-        if started.elapsed().as_millis() as u64 >= kill_after_ms {
-            break;
-        }
+        let reply = call.await.unwrap_or_else(|e| panic!("batch {i}: {e}"));
+        assert_eq!(reply.into_inner().rejections.len(), 0, "batch {i}");
     }
-    acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,10 +270,13 @@ async fn kill_9_during_a_load_keeps_every_acknowledged_message_once() {
                 .collect()
         })
         .collect();
-    // Load in the background and kill the server while it runs.
+    // Load in the background and kill the server while it runs, once 20
+    // batches are acknowledged and the catalog and a shard have written
+    // snapshots (so their logs were compacted behind them).
     let channel = s.channel().await;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sender = {
-        let batches = batches.clone();
+        let (batches, progress) = (batches.clone(), progress.clone());
         tokio::spawn(async move {
             let mut acked = 0usize;
             for b in batches {
@@ -266,14 +285,30 @@ async fn kill_9_during_a_load_keeps_every_acknowledged_message_once() {
                     Ok(_) => acked += 1,
                     Err(_) => break,
                 }
+                progress.store(acked, std::sync::atomic::Ordering::Release);
             }
             acked
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    const KILL_AFTER_BATCHES: usize = 20;
+    let data_dir = dir.path().join("data");
+    wait_for_progress("20 acknowledged batches and snapshots of the catalog and a shard", || {
+        let acked = progress.load(std::sync::atomic::Ordering::Acquire);
+        let snapshotted = snapshotted_groups(&data_dir);
+        if sender.is_finished() {
+            return Err(format!("the whole load was acknowledged first (snapshots of {snapshotted:?})"));
+        }
+        let reached =
+            acked >= KILL_AFTER_BATCHES && snapshotted.contains(&1) && snapshotted.iter().any(|&g| g >= 2);
+        Ok((reached, format!("{acked} batches acknowledged, snapshots of groups {snapshotted:?}")))
+    })
+    .await;
     s.kill9();
     let acked = sender.await.unwrap();
-    assert!(acked > 0 && acked < batches.len(), "the kill should land mid-load (acked {acked})");
+    assert!(
+        (KILL_AFTER_BATCHES..batches.len()).contains(&acked),
+        "the kill lands mid-load, after {KILL_AFTER_BATCHES} batches (acked {acked})"
+    );
     let s = s.restart_after_kill();
     // Every acknowledged batch is there, whole.
     for b in 0..acked {
@@ -282,7 +317,7 @@ async fn kill_9_during_a_load_keeps_every_acknowledged_message_once() {
     }
     // Resend everything: the acknowledged part is deduplicated, the rest
     // applies, and nobody has the event twice.
-    let _ = load_until_killed(&s, &batches, u64::MAX).await;
+    send_all(&s, &batches).await;
     let c = s.count(&[r#"DID "e""#, r#"DID "e" AT LEAST 2 TIMES"#]).await;
     assert_eq!(c, vec![50_000, 0]);
     assert_eq!(s.universe().await, 50_000);
@@ -317,9 +352,12 @@ async fn kill_9_during_merges_leaves_each_merge_before_or_after() {
                 .collect()
         })
         .collect();
+    // Merge in the background and kill the server once 5 batches of 100
+    // aliases are acknowledged, with the next ones in flight.
     let channel = s.channel().await;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sender = {
-        let aliases = aliases.clone();
+        let (aliases, progress) = (aliases.clone(), progress.clone());
         tokio::spawn(async move {
             let mut acked = 0usize;
             for b in aliases {
@@ -328,13 +366,27 @@ async fn kill_9_during_merges_leaves_each_merge_before_or_after() {
                     Ok(_) => acked += 1,
                     Err(_) => break,
                 }
+                progress.store(acked, std::sync::atomic::Ordering::Release);
             }
             acked
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    const KILL_AFTER_BATCHES: usize = 5;
+    wait_for_progress("5 acknowledged batches of aliases", || {
+        if sender.is_finished() {
+            return Err("every alias was acknowledged first".into());
+        }
+        let acked = progress.load(std::sync::atomic::Ordering::Acquire);
+        Ok((acked >= KILL_AFTER_BATCHES, format!("{acked} batches acknowledged")))
+    })
+    .await;
     s.kill9();
-    let acked = sender.await.unwrap() as u64;
+    let acked = sender.await.unwrap();
+    assert!(
+        (KILL_AFTER_BATCHES..aliases.len()).contains(&acked),
+        "the kill lands mid-merge, after {KILL_AFTER_BATCHES} batches (acked {acked})"
+    );
+    let acked = acked as u64;
     let s = s.restart_after_kill();
     // Each browse event is on exactly one profile; each pair is either
     // merged (one profile with both) or not (two profiles), never half.
@@ -354,7 +406,7 @@ async fn kill_9_during_merges_leaves_each_merge_before_or_after() {
         }
     }
     // Finishing the aliases merges everyone.
-    let _ = load_until_killed(&s, &aliases, u64::MAX).await;
+    send_all(&s, &aliases).await;
     assert_eq!(s.universe().await, n);
     assert_eq!(s.count(&[r#"user_id EXISTS AND DID "browse""#]).await, vec![n]);
 }

@@ -827,6 +827,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             insecure: false,
+            log_level: crate::cli::logs::LogLevel::default(),
         }
     }
 

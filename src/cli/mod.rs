@@ -11,6 +11,8 @@
 //! - [`load`]: NDJSON (and gzip) files to `Ingest.IngestBatch` calls, with
 //!   rejections mapped back to file lines.
 //! - [`commands`]: every other command.
+//! - [`logs`]: the node's logs (`--log-level`, `RUST_LOG`) for `serve`
+//!   and `demo`.
 //!
 //! Every client command takes `--addr` (default `http://127.0.0.1:7070`, or
 //! `COHORT_ADDR`) and `--json`, which replaces the tables with one JSON
@@ -23,6 +25,7 @@
 
 pub mod commands;
 pub mod load;
+pub mod logs;
 pub mod output;
 
 use std::future::Future;
@@ -237,6 +240,10 @@ pub struct ServeArgs {
     /// (refused otherwise).
     #[arg(long)]
     pub insecure: bool,
+    /// Log level on standard error: off, error, warn, info, debug, trace.
+    /// RUST_LOG, when set, overrides it.
+    #[arg(long, value_name = "LEVEL", default_value_t)]
+    pub log_level: logs::LogLevel,
 }
 
 /// `cohort demo`.
@@ -267,6 +274,10 @@ pub struct DemoArgs {
     /// Serve a non-loopback address (the demo has no API keys and no TLS).
     #[arg(long)]
     pub insecure: bool,
+    /// Log level on standard error: off, error, warn, info, debug, trace.
+    /// RUST_LOG, when set, overrides it.
+    #[arg(long, value_name = "LEVEL", default_value_t)]
+    pub log_level: logs::LogLevel,
 }
 
 /// `cohort load`.
@@ -436,21 +447,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     let timeout = Duration::from_secs(cli.timeout.max(1));
     let command = match cli.command {
-        Command::Serve(args) => return commands::serve(args).await,
-        Command::Demo(args) => return commands::demo(args).await,
+        Command::Serve(args) => {
+            logs::init(args.log_level)?;
+            return commands::serve(args).await;
+        }
+        Command::Demo(args) => {
+            logs::init(args.log_level)?;
+            return commands::demo(args).await;
+        }
         Command::Upgrade { data_dir } => {
             let report = tokio::task::spawn_blocking(move || crate::node::rewrite_snapshots(&data_dir))
                 .await
-                .map_err(|e| anyhow::anyhow!("the upgrade stopped: {e}"))?
-                .map_err(|e| anyhow::anyhow!(e))?;
+                .map_err(|e| anyhow::anyhow!("the upgrade stopped: {e}"))??;
             println!("{report}");
             return Ok(());
         }
         Command::CheckData { data_dir } => {
             let report = tokio::task::spawn_blocking(move || crate::node::check_data_dir(&data_dir))
                 .await
-                .map_err(|e| anyhow::anyhow!("the check stopped: {e}"))?
-                .map_err(|e| anyhow::anyhow!(e))?;
+                .map_err(|e| anyhow::anyhow!("the check stopped: {e}"))??;
             println!("{report}");
             return Ok(());
         }

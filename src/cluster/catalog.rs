@@ -33,7 +33,9 @@ use crate::model::message::Message;
 use crate::model::{parse_rfc3339_ms, IdentifierKind, Schema, SchemaLimits, TraitType, RESERVED_NAMES};
 use crate::replication::codec;
 use crate::replication::driver::{ApplyResult, Halt, StateMachine};
+use crate::replication::error::MachineError;
 use crate::replication::shard_machine::Tag;
+use crate::replication::ReplicationError;
 use crate::segment::{check_save, parse, references, Catalog, CheckContext};
 use crate::shard::{Command, EventWrite, ProfileId, ProfileWrite};
 
@@ -231,6 +233,83 @@ pub enum AdminError {
     /// The data directory's disk is nearly full (nothing was written).
     #[error("disk full: {0}")]
     DiskFull(String),
+}
+
+/// Errors of the catalog: its snapshot file, its log entries, and the
+/// administrative changes proposed to it (refused by the catalog, or never
+/// committed).
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The snapshot file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The snapshot file is damaged.
+    #[error("{path}: corrupt at byte {offset}: {problem}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// Where the damage was found.
+        offset: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The snapshot was written for another number of shards.
+    #[error(
+        "{path}: the data directory was created with {found} shards, the configuration says {configured}"
+    )]
+    ShardCount {
+        /// The file.
+        path: String,
+        /// The shards it holds.
+        found: u32,
+        /// The shards configured.
+        configured: u32,
+    },
+    /// The state could not be encoded for a snapshot.
+    #[error("encoding the catalog at index {index}: {source}")]
+    Encode {
+        /// The applied index being written.
+        index: u64,
+        /// The encoder's error.
+        #[source]
+        source: bincode::error::EncodeError,
+    },
+    /// A log entry this build cannot decode.
+    #[error("the catalog cannot decode entry {index}: {source}")]
+    Undecodable {
+        /// The entry's log index.
+        index: u64,
+        /// The decoder's error.
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+    /// A request's time is not RFC 3339.
+    #[error("{field}: {text:?} is not an RFC 3339 time")]
+    BadTime {
+        /// The request field (`now`).
+        field: &'static str,
+        /// What it held.
+        text: String,
+    },
+    /// The catalog refused the change when it applied it.
+    #[error(transparent)]
+    Refused(#[from] AdminError),
+    /// The change was not committed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// The catalog answered entry `index` with a result of another kind
+    /// than the command's (a bug).
+    #[error("the catalog answered entry {index} with an unexpected result")]
+    UnexpectedResult {
+        /// The entry's log index (0 when unknown).
+        index: u64,
+    },
 }
 
 /// Hashes a key that is already a 128-bit hash by taking its low 64
@@ -659,18 +738,18 @@ const MAGIC: &[u8; 8] = b"COHORTCT";
 impl CatalogMachine {
     /// Opens the catalog from `dir/catalog.snap`, or a fresh one for
     /// `shards` shards. A corrupt file is an error naming it.
-    pub fn open(dir: &Path, shards: u32, dedup_window_hours: i64) -> Result<Self, String> {
+    pub fn open(dir: &Path, shards: u32, dedup_window_hours: i64) -> Result<Self, CatalogError> {
         let path = dir.join("catalog.snap");
         let mut pending = Vec::new();
         let state = if path.exists() {
             let (state, steps) = read_snapshot(&path)?;
             pending = steps;
             if state.shards != shards {
-                return Err(format!(
-                    "{}: the data directory was created with {} shards, the configuration says {shards}",
-                    path.display(),
-                    state.shards
-                ));
+                return Err(CatalogError::ShardCount {
+                    path: path.display().to_string(),
+                    found: state.shards,
+                    configured: shards,
+                });
             }
             state
         } else {
@@ -693,7 +772,7 @@ impl CatalogMachine {
         })
     }
 
-    fn write_snapshot(&self) -> Result<u64, String> {
+    fn write_snapshot(&self) -> Result<u64, CatalogError> {
         let state = self.state.read();
         let outbox = self.outbox.lock();
         let pending: Vec<(u64, &[Step])> = outbox.iter().map(|o| (o.index, o.steps.as_slice())).collect();
@@ -710,7 +789,7 @@ impl CatalogMachine {
         schema: Schema,
         directory: Directory,
         dedup_window_hours: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), CatalogError> {
         let state = CatalogState {
             shards,
             schema,
@@ -750,7 +829,7 @@ struct SnapshotBodyBeforeLimits {
 /// Writes the catalog's snapshot atomically (a temporary file, fsync,
 /// rename, fsync of the directory); a write that fails removes its
 /// temporary file, so that it holds no space on a full disk.
-fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])]) -> Result<(), String> {
+fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])]) -> Result<(), CatalogError> {
     let tmp = path.with_extension("tmp");
     let written = write_snapshot_file(path, &tmp, state, pending);
     if written.is_err() {
@@ -764,14 +843,14 @@ fn write_snapshot_file(
     tmp: &Path,
     state: &CatalogState,
     pending: &[(u64, &[Step])],
-) -> Result<(), String> {
+) -> Result<(), CatalogError> {
     let body = bincode::serde::encode_to_vec(
         SnapshotBody { state, pending, limits: &state.limits },
         bincode::config::standard(),
     )
-    .map_err(|e| format!("encoding the catalog: {e}"))?;
+    .map_err(|source| CatalogError::Encode { index: state.applied_index, source })?;
     let dir = state.directory.encode();
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let io = |source: std::io::Error| CatalogError::Io { path: path.display().to_string(), source };
     let mut f = std::io::BufWriter::new(File::create(tmp).map_err(io)?);
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
@@ -794,10 +873,14 @@ fn write_snapshot_file(
 /// Steps of outbox entries, by catalog index, as a snapshot keeps them.
 type Pending = Vec<(u64, Vec<Step>)>;
 
-fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), String> {
-    let shown = path.display();
-    let data = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
-    let corrupt = |offset: usize, what: &str| format!("{shown}: corrupt at byte {offset}: {what}");
+fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), CatalogError> {
+    let shown = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| CatalogError::Io { path: shown.clone(), source })?;
+    let corrupt = |offset: usize, what: &str| CatalogError::Corrupt {
+        path: shown.clone(),
+        offset,
+        problem: what.to_string(),
+    };
     if data.len() < 32 || &data[..8] != MAGIC {
         return Err(corrupt(0, "not a Cohort catalog snapshot"));
     }
@@ -890,7 +973,7 @@ impl StateMachine for CatalogMachine {
             Err(e) => {
                 // Skipped, the entry's messages would be lost on this replica
                 // only: the group stops at it instead (see `Halt`).
-                return Box::new(Halt(format!("the catalog cannot decode entry {index}: {e}")));
+                return Box::new(Halt::new(CatalogError::Undecodable { index, source: e }));
             }
             Ok((CatalogCommand::Ingest(jobs), _)) => {
                 self.apply_ingest(index, jobs.iter().map(ParsedJob::parse).collect())
@@ -925,33 +1008,38 @@ impl StateMachine for CatalogMachine {
         self.applied.load(Ordering::Acquire)
     }
 
-    fn snapshot(&self) -> Result<u64, String> {
-        self.write_snapshot()
+    fn snapshot(&self) -> Result<u64, MachineError> {
+        Ok(self.write_snapshot()?)
     }
 
     fn snapshot_file(&self) -> &Path {
         &self.path
     }
 
-    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| CatalogError::Io { path, source }
+        };
         let tmp = self.path.with_extension("received");
-        std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::write(&tmp, data).map_err(io(&tmp))?;
         let (mut state, pending) = read_snapshot(&tmp)?;
         state.applied_index = index;
         *self.state.write() = state;
         self.applied.store(index, Ordering::Release);
         *self.outbox.lock() =
             pending.into_iter().map(|(index, steps)| Outbox { index, steps: Arc::new(steps) }).collect();
-        std::fs::rename(&tmp, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))
+        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+        Ok(())
     }
 }
 
 /// Parses a `now` argument: empty → `default_ms`, else RFC 3339.
-pub fn parse_now(text: &str, default_ms: i64) -> Result<i64, String> {
+pub fn parse_now(text: &str, default_ms: i64) -> Result<i64, CatalogError> {
     if text.is_empty() {
         Ok(default_ms)
     } else {
-        parse_rfc3339_ms(text).ok_or_else(|| format!("now: {text:?} is not an RFC 3339 time"))
+        parse_rfc3339_ms(text).ok_or_else(|| CatalogError::BadTime { field: "now", text: text.to_string() })
     }
 }
 
@@ -1144,7 +1232,7 @@ mod tests {
         let n = bytes.len();
         bytes[n - 3] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let e = CatalogMachine::open(dir.path(), 4, 24).err().unwrap();
+        let e = CatalogMachine::open(dir.path(), 4, 24).err().unwrap().to_string();
         assert!(e.contains("catalog.snap") && e.contains("checksum"), "{e}");
         assert!(CatalogMachine::open(dir.path(), 8, 24).is_err());
     }

@@ -10,6 +10,9 @@ use std::pin::Pin;
 use serde_json::Value as Json;
 use thiserror::Error;
 
+use crate::replication::shard_machine::Tag;
+use crate::replication::ReplicationError;
+
 /// Which door a message came through; kept with its rejections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Source {
@@ -61,16 +64,37 @@ pub struct IngestReport {
     pub rejections: Vec<RejectionRecord>,
 }
 
-/// Why an ingest call failed as a whole (nothing in it was acknowledged).
-#[derive(Clone, Debug, Error, PartialEq)]
+/// Why an ingest call failed as a whole (nothing in it was acknowledged;
+/// a retry is safe, as `messageId`s are deduplicated).
+#[derive(Clone, Debug, Error)]
 pub enum IngestError {
-    /// The node cannot take writes now (no leader, shutting down, a shard
-    /// that does not answer).
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// The durable log failed.
-    #[error("storage error: {0}")]
-    Storage(String),
+    /// Proposing the batch (to the catalog) or one of its steps (to a
+    /// shard group) failed: no leader, shutting down, the log failed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// A step proposed to shard `shard` follows one that never reached its
+    /// log (a leader change dropped it); the steps are retried from the
+    /// lost one.
+    #[error("shard {shard} is missing a step before {tag:?} (a proposal was lost); the steps are retried")]
+    Gap {
+        /// The shard.
+        shard: u32,
+        /// The refused step's tag.
+        tag: Tag,
+    },
+    /// The pipeline has stopped: the node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The task parsing a batch ended without an answer (it panicked).
+    #[error("parsing the batch failed: {reason}")]
+    ParseTask {
+        /// Why the task ended.
+        reason: String,
+    },
+    /// The catalog answered the batch's entry with a result of another
+    /// kind (a bug).
+    #[error("the catalog answered an ingest entry with an unexpected result")]
+    UnexpectedResult,
     /// The data directory's disk is nearly full: nothing was written, and
     /// writes are taken again once space is freed.
     #[error("disk full: {0}")]

@@ -40,10 +40,11 @@ use crate::cluster::catalog::{
     ParsedMessage, Step,
 };
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
-use crate::replication::driver::{ApplyResult, Driver, ProposeError};
+use crate::replication::driver::{ApplyResult, Driver};
 use crate::replication::shard_machine::{
     CommandSource, ProposedCommands, ShardApplied, ShardMachine, ShardProposal, Tag,
 };
+use crate::replication::ReplicationError;
 use crate::shard::Command;
 
 /// Messages gathered into one catalog entry at most.
@@ -67,13 +68,6 @@ struct Job {
 #[derive(Clone)]
 pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
-}
-
-fn propose_error(e: ProposeError) -> IngestError {
-    match e {
-        ProposeError::Storage(m) => IngestError::Storage(m),
-        other => IngestError::Unavailable(other.to_string()),
-    }
 }
 
 impl Pipeline {
@@ -116,13 +110,13 @@ impl Pipeline {
             (messages, parsed)
         })
         .await
-        .map_err(|e| IngestError::Unavailable(format!("parsing the batch failed: {e}")))?;
+        .map_err(|e| IngestError::ParseTask { reason: e.to_string() })?;
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job { messages, parsed, received_ms, source, reply })
             .await
-            .map_err(|_| IngestError::Unavailable("the node is shutting down".into()))?;
-        rx.await.map_err(|_| IngestError::Unavailable("the node is shutting down".into()))?
+            .map_err(|_| IngestError::ShuttingDown)?;
+        rx.await.map_err(|_| IngestError::ShuttingDown)?
     }
 }
 
@@ -165,12 +159,12 @@ async fn sequence(driver: Arc<Driver>, mut jobs: mpsc::Receiver<Job>, board: Arc
                     }
                     _ => {
                         for r in replies {
-                            let _ = r.send(Err(IngestError::Storage("unexpected catalog result".into())));
+                            let _ = r.send(Err(IngestError::UnexpectedResult));
                         }
                     }
                 },
                 Err(e) => {
-                    let e = propose_error(e);
+                    let e = IngestError::from(e);
                     for r in replies {
                         let _ = r.send(Err(e.clone()));
                     }
@@ -249,7 +243,7 @@ trait ShardLog: Send + Sync {
 }
 
 /// The answer to one proposal: what applying it returned.
-type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ProposeError>> + Send>>;
+type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ReplicationError>> + Send>>;
 
 impl ShardLog for Driver {
     fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer {
@@ -271,7 +265,7 @@ impl Stepper {
         loop {
             self.ready.notified().await;
             if let Err(e) = self.drain().await {
-                eprintln!("error: ingest steps failed, retrying: {e}");
+                tracing::error!(error = %e, "ingest steps failed; retrying in 500 ms");
                 self.board.fail(&e);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 self.ready.notify_one();
@@ -414,11 +408,9 @@ impl Stepper {
             held.map(|source| Box::new(ProposedCommands { after, tag, source }) as Box<dyn Any + Send>);
         let answer = self.log.propose(shard_group(shard), data, local);
         Some(Box::pin(async move {
-            let applied = answer.await.map_err(propose_error)?;
+            let applied = answer.await?;
             match applied.downcast::<ShardApplied>() {
-                Ok(a) if a.gap => Err(IngestError::Unavailable(format!(
-                    "shard {shard} is missing a step before {tag:?} (a proposal was lost); the steps are retried"
-                ))),
+                Ok(a) if a.gap => Err(IngestError::Gap { shard, tag }),
                 _ => Ok(()),
             }
         }))
@@ -470,7 +462,12 @@ mod tests {
     impl ShardLog for Losing {
         fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer {
             if self.lose.lock().take_if(|g| *g == group).is_some() {
-                let lost = ProposeError::NotLeader { group, name: "lost on the way".into(), leader: 0 };
+                let lost = ReplicationError::NotLeader {
+                    group,
+                    name: "lost on the way".into(),
+                    leader: None,
+                    leader_addr: None,
+                };
                 return Box::pin(async move { Err(lost) });
             }
             ShardLog::propose(&*self.driver, group, data, local)

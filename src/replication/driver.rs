@@ -28,10 +28,11 @@ use parking_lot::RwLock;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{Config, RawNode, StateRole};
 use raft_engine::LogBatch;
-use thiserror::Error;
 use tokio::sync::oneshot;
 
+use super::error::{MachineError, ReplicationError, SharedError};
 use super::manifest::Manifest;
+use super::raft_logger::TracingDrain;
 use super::storage::{GroupStorage, LogStore};
 
 /// How long an applier waits without entries before it calls
@@ -46,9 +47,17 @@ pub type ApplyResult = Box<dyn Any + Send>;
 /// cannot decode, or one that would break an invariant. Skipping such an
 /// entry would let replicas diverge silently, so the group stops there: the
 /// entry stays unapplied, the node stops taking writes, and a start that
-/// replays it fails with the group and index named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Halt(pub String);
+/// replays it fails with the group and index named
+/// ([`ReplicationError::Halted`]).
+#[derive(Debug, Clone)]
+pub struct Halt(pub SharedError);
+
+impl Halt {
+    /// A halt for `reason`, the machine's own error.
+    pub fn new(reason: impl std::error::Error + Send + Sync + 'static) -> Halt {
+        Halt(std::sync::Arc::new(reason))
+    }
+}
 
 /// A group's replicated state machine.
 pub trait StateMachine: Send + Sync + 'static {
@@ -77,18 +86,21 @@ pub trait StateMachine: Send + Sync + 'static {
     /// [`SnapshotPolicy`] says so, then compacts the log behind it.
     ///
     /// [`snapshot_file`]: StateMachine::snapshot_file
-    fn snapshot(&self) -> Result<u64, String>;
+    fn snapshot(&self) -> Result<u64, MachineError>;
     /// The file [`snapshot`](StateMachine::snapshot) writes.
     fn snapshot_file(&self) -> &std::path::Path;
     /// A fresh snapshot as bytes, to send to a follower that fell behind.
-    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), String> {
+    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), MachineError> {
         let index = self.snapshot()?;
         let path = self.snapshot_file();
-        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let data = std::fs::read(path).map_err(|source| ReplicationError::SnapshotFile {
+            path: path.display().to_string(),
+            source: std::sync::Arc::new(source),
+        })?;
         Ok((index, data))
     }
     /// Replaces the state with a snapshot received from the leader.
-    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError>;
 }
 
 /// What a group's log holds beyond its last snapshot.
@@ -133,10 +145,21 @@ pub fn worth_snapshot_at_stop(tail: Since, snapshot_bytes: u64) -> bool {
 
 /// Writes `machine`'s snapshot and records it in the manifest, so that the
 /// record is on disk before the log is compacted behind the snapshot.
-fn take_snapshot(group: u64, machine: &dyn StateMachine, manifest: Option<&Manifest>) -> Result<u64, String> {
-    let index = machine.snapshot()?;
+fn take_snapshot(
+    group: u64,
+    name: &str,
+    machine: &dyn StateMachine,
+    manifest: Option<&Manifest>,
+) -> Result<u64, ReplicationError> {
+    let index = machine.snapshot().map_err(|source| ReplicationError::Snapshot {
+        group,
+        name: name.to_string(),
+        source: source.into(),
+    })?;
     if let Some(manifest) = manifest {
-        manifest.record_snapshot(group, machine.snapshot_file(), index).map_err(|e| e.to_string())?;
+        manifest.record_snapshot(group, machine.snapshot_file(), index).map_err(|source| {
+            ReplicationError::Manifest { group, index, source: std::sync::Arc::new(source) }
+        })?;
     }
     Ok(index)
 }
@@ -152,38 +175,15 @@ pub trait Transport: Send + Sync + 'static {
 pub struct NoPeers;
 
 impl Transport for NoPeers {
-    fn send(&self, _group: u64, messages: Vec<Message>) {
+    fn send(&self, group: u64, messages: Vec<Message>) {
         if !messages.is_empty() {
-            eprintln!(
-                "warning: {} raft message(s) for other nodes dropped: this node has no peers configured",
-                messages.len()
+            tracing::warn!(
+                group,
+                dropped = messages.len(),
+                "raft messages for other nodes dropped: this node has no peers configured"
             );
         }
     }
-}
-
-/// Why a proposal failed.
-#[derive(Clone, Debug, Error, PartialEq)]
-pub enum ProposeError {
-    /// This node is not the group's leader (or the group has none yet).
-    #[error("group {group} ({name}) has no leader on this node (leader: {leader})")]
-    NotLeader {
-        /// The group.
-        group: u64,
-        /// Its name.
-        name: String,
-        /// The leader, 0 when unknown.
-        leader: u64,
-    },
-    /// The group is unknown.
-    #[error("no raft group {0} on this node")]
-    NoSuchGroup(u64),
-    /// The log could not be written; the node stops taking writes.
-    #[error("raft log write failed: {0}")]
-    Storage(String),
-    /// The driver stopped.
-    #[error("the node is shutting down")]
-    Stopped,
 }
 
 /// One group to drive.
@@ -215,6 +215,10 @@ pub struct DriverConfig {
     /// before the log is compacted behind it, and applied indexes are noted
     /// for it (`None` in tests that need no data directory).
     pub manifest: Option<Arc<Manifest>>,
+    /// The client (gRPC) address of each node by Raft id, so that a "not
+    /// leader" error can say where the leader is. Empty on a single node,
+    /// which knows no other.
+    pub addresses: HashMap<u64, String>,
 }
 
 impl Default for DriverConfig {
@@ -227,6 +231,7 @@ impl Default for DriverConfig {
             heartbeat_ticks: 3,
             snapshot: SnapshotPolicy { entries: 5_000, bytes: 128 << 20 },
             manifest: None,
+            addresses: HashMap::new(),
         }
     }
 }
@@ -261,7 +266,7 @@ enum Input {
         group: u64,
         data: Vec<u8>,
         local: Option<Box<dyn Any + Send>>,
-        reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
+        reply: oneshot::Sender<Result<ApplyResult, ReplicationError>>,
     },
     Step {
         group: u64,
@@ -272,15 +277,11 @@ enum Input {
     Applied {
         group: u64,
         index: u64,
-        snapshot: Option<Result<u64, String>>,
+        snapshot: Option<Result<u64, ReplicationError>>,
     },
-    /// An applier's machine refused entry `index` ([`Halt`]); the group
-    /// applies nothing more.
-    Halted {
-        group: u64,
-        index: u64,
-        reason: String,
-    },
+    /// An applier's machine refused an entry ([`Halt`]); the group applies
+    /// nothing more.
+    Halted(ReplicationError),
     /// Stop; with a sender, snapshot every group first and report.
     Stop(Option<std::sync::mpsc::Sender<Checkpoint>>),
 }
@@ -295,7 +296,7 @@ pub struct Checkpoint {
     pub left_to_replay: usize,
     /// Groups whose snapshot failed, with why; their log still holds
     /// everything, so a restart replays it.
-    pub failed: Vec<String>,
+    pub failed: Vec<ReplicationError>,
 }
 
 /// Work for a group's applier thread.
@@ -326,6 +327,18 @@ pub struct Driver {
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// The "not leader" answer of group `g`, naming the leader it knows and,
+/// from `addresses`, where that leader serves.
+fn not_leader(g: &Group, addresses: &HashMap<u64, String>) -> ReplicationError {
+    let leader = Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+    ReplicationError::NotLeader {
+        group: g.id,
+        name: g.name.clone(),
+        leader,
+        leader_addr: leader.and_then(|id| addresses.get(&id).cloned()),
+    }
+}
+
 fn role_name(role: StateRole) -> &'static str {
     match role {
         StateRole::Leader => "leader",
@@ -345,13 +358,20 @@ impl Driver {
         groups: Vec<GroupSpec>,
         transport: Arc<dyn Transport>,
         config: DriverConfig,
-    ) -> Result<Driver, String> {
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
+    ) -> Result<Driver, ReplicationError> {
+        // raft-rs's own records go to `tracing`, each naming its group.
+        let logger = slog::Logger::root(TracingDrain, slog::o!());
         let mut opened = Vec::with_capacity(groups.len());
         for spec in groups {
-            let storage = store.group(spec.id).map_err(|e| e.to_string())?;
+            let raft_error = |action: &str, source: raft::Error| ReplicationError::Raft {
+                group: spec.id,
+                name: spec.name.clone(),
+                action: action.to_string(),
+                source: Arc::new(source),
+            };
+            let storage = store.group(spec.id)?;
             if storage.is_empty() {
-                storage.initialize(&store, &config.voters).map_err(|e| e.to_string())?;
+                storage.initialize(&store, &config.voters)?;
             }
             let machine = spec.machine.clone();
             // A machine snapshots what it applied, and it applies only
@@ -362,23 +382,26 @@ impl Driver {
             let applied = machine.applied_index();
             let mut hs = storage.hard_state();
             if hs.commit < applied {
-                let last = raft::Storage::last_index(&storage).map_err(|e| e.to_string())?;
+                let last = raft::Storage::last_index(&storage)
+                    .map_err(|e| raft_error("reading the last index of its log", e))?;
                 if applied > last {
-                    return Err(format!(
-                        "group {} ({}): the state machine applied up to {applied} but the log ends at {last}",
-                        spec.id, spec.name
-                    ));
+                    return Err(ReplicationError::AheadOfLog {
+                        group: spec.id,
+                        name: spec.name.clone(),
+                        applied,
+                        last,
+                    });
                 }
                 hs.commit = applied;
                 let mut batch = LogBatch::default();
-                storage.set_hard_state(&mut batch, &hs).map_err(|e| e.to_string())?;
-                store.write(&mut batch, true).map_err(|e| e.to_string())?;
+                storage.set_hard_state(&mut batch, &hs)?;
+                store.write(&mut batch, true)?;
             }
             let snap_machine = spec.machine.clone();
             storage.set_snapshot_provider(Arc::new(move |_request_index, _to| {
                 let (index, data) = snap_machine
                     .snapshot_data()
-                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(e.into())))?;
+                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(e)))?;
                 let mut snap = Snapshot::default();
                 snap.set_data(data.into());
                 snap.mut_metadata().index = index;
@@ -395,9 +418,9 @@ impl Driver {
                 check_quorum: true,
                 ..Config::default()
             };
-            raft_config.validate().map_err(|e| format!("group {}: {e}", spec.id))?;
-            let node = RawNode::new(&raft_config, storage, &logger)
-                .map_err(|e| format!("group {} ({}): cannot open raft node: {e}", spec.id, spec.name))?;
+            raft_config.validate().map_err(|e| raft_error("checking its raft configuration", e))?;
+            let node = RawNode::new(&raft_config, storage, &logger.new(slog::o!("group" => spec.id)))
+                .map_err(|e| raft_error("cannot open the raft node", e))?;
             opened.push(Group {
                 id: spec.id,
                 name: spec.name,
@@ -411,7 +434,12 @@ impl Driver {
         for g in &mut opened {
             let voters = g.node.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
             if voters.len() == 1 && voters[0] == config.node_id {
-                g.node.campaign().map_err(|e| format!("group {}: campaign: {e}", g.id))?;
+                g.node.campaign().map_err(|source| ReplicationError::Raft {
+                    group: g.id,
+                    name: g.name.clone(),
+                    action: "campaigning".into(),
+                    source: Arc::new(source),
+                })?;
             }
         }
         let (tx, rx) = channel::unbounded();
@@ -419,17 +447,21 @@ impl Driver {
             let (task_tx, task_rx) = channel::unbounded();
             let applier = Applier {
                 group: g.id,
+                name: g.name.clone(),
                 machine: g.machine.clone(),
                 policy: config.snapshot,
                 manifest: config.manifest.clone(),
-                halted: false,
+                halted: None,
                 since: Since::default(),
                 events: tx.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("apply-{}", g.id))
                 .spawn(move || applier.run(task_rx))
-                .map_err(|e| format!("cannot start the applier of group {}: {e}", g.id))?;
+                .map_err(|source| ReplicationError::Thread {
+                    thread: format!("the applier of group {}", g.id),
+                    source: Arc::new(source),
+                })?;
             g.applier = Some(task_tx);
             g.applier_thread = Some(thread);
         }
@@ -451,12 +483,15 @@ impl Driver {
                 };
                 state.run(rx, ready_tx);
             })
-            .map_err(|e| format!("cannot start the raft thread: {e}"))?;
+            .map_err(|source| ReplicationError::Thread {
+                thread: "the raft thread".into(),
+                source: Arc::new(source),
+            })?;
         // Wait for the replay of committed entries.
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err("the raft thread stopped during recovery".into()),
+            Err(_) => return Err(ReplicationError::RecoveryStopped),
         }
         Ok(Driver { tx, status, thread: parking_lot::Mutex::new(Some(thread)) })
     }
@@ -468,7 +503,7 @@ impl Driver {
         &self,
         group: u64,
         data: Vec<u8>,
-    ) -> impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<ApplyResult, ReplicationError>> + Send + 'static {
         self.propose_with(group, data, None)
     }
 
@@ -481,12 +516,12 @@ impl Driver {
         group: u64,
         data: Vec<u8>,
         local: Option<Box<dyn Any + Send>>,
-    ) -> impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<ApplyResult, ReplicationError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.send(Input::Propose { group, data, local, reply });
         async move {
-            sent.map_err(|_| ProposeError::Stopped)?;
-            rx.await.map_err(|_| ProposeError::Stopped)?
+            sent.map_err(|_| ReplicationError::ShuttingDown)?;
+            rx.await.map_err(|_| ReplicationError::ShuttingDown)?
         }
     }
 
@@ -533,7 +568,7 @@ impl Drop for Driver {
 struct Pending {
     group: u64,
     local: Option<Box<dyn Any + Send>>,
-    reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
+    reply: oneshot::Sender<Result<ApplyResult, ReplicationError>>,
 }
 
 impl Group {
@@ -551,11 +586,13 @@ impl Group {
 /// Applies one group's committed entries on its own thread.
 struct Applier {
     group: u64,
+    name: String,
     machine: Arc<dyn StateMachine>,
     policy: SnapshotPolicy,
     manifest: Option<Arc<Manifest>>,
-    /// Set once the machine refused an entry: nothing more is applied.
-    halted: bool,
+    /// Set once the machine refused an entry: nothing more is applied, and
+    /// every later proposal is refused with it.
+    halted: Option<ReplicationError>,
     /// What the log holds beyond the machine's last snapshot.
     since: Since,
     /// The loop's input, for progress reports.
@@ -590,23 +627,20 @@ impl Applier {
                 }
                 ApplyTask::Entries { entries, replies } => {
                     let Some(last) = entries.last().map(|e| e.index) else { continue };
-                    if self.halted {
+                    if let Some(halted) = &self.halted {
                         for (_, p) in replies {
-                            let _ = p.reply.send(Err(ProposeError::Storage(format!(
-                                "group {} stopped at an entry it cannot apply",
-                                self.group
-                            ))));
+                            let _ = p.reply.send(Err(halted.clone()));
                         }
                         continue;
                     }
-                    if let Some((index, reason)) = self.apply(entries, replies) {
-                        self.halted = true;
-                        let _ = self.events.send(Input::Halted { group: self.group, index, reason });
+                    if let Some(halted) = self.apply(entries, replies) {
+                        self.halted = Some(halted.clone());
+                        let _ = self.events.send(Input::Halted(halted));
                         continue;
                     }
                     let snapshot = self.policy.due(self.since).then(|| {
                         self.since = Since::default();
-                        take_snapshot(self.group, &*self.machine, self.manifest.as_deref())
+                        take_snapshot(self.group, &self.name, &*self.machine, self.manifest.as_deref())
                     });
                     let _ = self.events.send(Input::Applied { group: self.group, index: last, snapshot });
                 }
@@ -615,9 +649,9 @@ impl Applier {
     }
 
     /// Applies entries in log order and answers their proposers. Stops at
-    /// an entry the machine refuses ([`Halt`]) and returns its index and
-    /// why; it and every later entry stay unapplied, their proposers told.
-    fn apply(&mut self, entries: Vec<Entry>, replies: Vec<(u64, Pending)>) -> Option<(u64, String)> {
+    /// an entry the machine refuses ([`Halt`]) and returns why, naming the
+    /// entry; it and every later entry stay unapplied, their proposers told.
+    fn apply(&mut self, entries: Vec<Entry>, replies: Vec<(u64, Pending)>) -> Option<ReplicationError> {
         let mut replies = replies.into_iter().peekable();
         for e in &entries {
             let mut proposer = None;
@@ -633,25 +667,27 @@ impl Applier {
                 _ => None,
             };
             if let Some(halt) = result.as_ref().and_then(|r| r.downcast_ref::<Halt>()) {
-                let reason = halt.0.clone();
-                let refused = || {
-                    ProposeError::Storage(format!(
-                        "group {} stopped at entry {}: {reason}",
-                        self.group, e.index
-                    ))
+                let halted = ReplicationError::Halted {
+                    group: self.group,
+                    name: self.name.clone(),
+                    index: e.index,
+                    reason: halt.0.clone(),
                 };
                 for p in proposer.into_iter().chain(replies.map(|(_, p)| p)) {
-                    let _ = p.reply.send(Err(refused()));
+                    let _ = p.reply.send(Err(halted.clone()));
                 }
-                return Some((e.index, reason));
+                return Some(halted);
             }
             self.since.entries += 1;
             self.since.bytes += e.data.len() as u64;
             if let Some(p) = proposer {
-                let answer = result.ok_or_else(|| ProposeError::NotLeader {
+                // An entry without data under a proposal's id is not the
+                // proposal: raft-rs replaced it, under a new leader.
+                let answer = result.ok_or_else(|| ReplicationError::NotLeader {
                     group: p.group,
-                    name: String::new(),
-                    leader: 0,
+                    name: self.name.clone(),
+                    leader: None,
+                    leader_addr: None,
                 });
                 let _ = p.reply.send(answer);
             }
@@ -668,12 +704,17 @@ struct Loop {
     status: Arc<RwLock<Vec<GroupStatus>>>,
     pending: HashMap<u64, Pending>,
     next_proposal: u64,
-    /// Set once a log write failed: the node then refuses writes.
-    failed: Option<String>,
+    /// Set once a log write, a snapshot or an entry failed: the node then
+    /// refuses writes, with this as the cause.
+    failed: Option<Arc<ReplicationError>>,
 }
 
+/// Where the loop reports the end of the replay (or the failure that
+/// stopped it) to [`Driver::start`].
+type Recovery = std::sync::mpsc::Sender<Result<(), ReplicationError>>;
+
 impl Loop {
-    fn run(&mut self, rx: Receiver<Input>, ready_tx: std::sync::mpsc::Sender<Result<(), String>>) {
+    fn run(&mut self, rx: Receiver<Input>, ready_tx: Recovery) {
         let mut last_tick = Instant::now();
         let mut recovering = Some(ready_tx);
         loop {
@@ -707,7 +748,7 @@ impl Loop {
                 match input {
                     Input::Stop(checkpoint) => {
                         let tails = self.stop_appliers();
-                        self.fail_all(ProposeError::Stopped);
+                        self.fail_all(ReplicationError::ShuttingDown);
                         if let Some(report) = checkpoint {
                             let _ = report.send(self.snapshot_all(&tails));
                         }
@@ -719,11 +760,7 @@ impl Loop {
                         }
                     }
                     Input::Propose { group, data, local, reply } => self.propose(group, data, local, reply),
-                    Input::Halted { group, index, reason } => {
-                        let name = self.groups.iter().find(|g| g.id == group).map_or("", |g| g.name.as_str());
-                        let e = format!("group {group} ({name}) stopped at entry {index}: {reason}");
-                        self.fail(e, &mut recovering);
-                    }
+                    Input::Halted(e) => self.fail(e, &mut recovering),
                     Input::Applied { group, index, snapshot } => {
                         // A snapshot that could not be written (a full disk)
                         // costs only replay time: the log behind it stays,
@@ -736,9 +773,12 @@ impl Loop {
                                     .iter()
                                     .find(|g| g.id == group)
                                     .map_or("", |g| g.name.as_str());
-                                eprintln!(
-                                    "warning: group {group} ({name}): snapshot at entry {index} not written: {e}; \
-                                     the log keeps what it covers, and the next snapshot is tried later"
+                                tracing::warn!(
+                                    group,
+                                    name,
+                                    index,
+                                    error = %e,
+                                    "snapshot not written; the log keeps what it covers, and the next snapshot is tried later"
                                 );
                                 None
                             }
@@ -763,14 +803,17 @@ impl Loop {
         }
     }
 
-    /// A log write or a snapshot failed: the node refuses writes from now on.
-    fn fail(&mut self, e: String, recovering: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>) {
-        eprintln!("error: {e}; this node stops taking writes");
+    /// A log write, a snapshot or an entry failed: the node refuses writes
+    /// from now on. During the replay, the failure is what
+    /// [`Driver::start`] returns.
+    fn fail(&mut self, e: ReplicationError, recovering: &mut Option<Recovery>) {
+        tracing::error!(group = e.group(), error = %e, "this node stops taking writes");
         if let Some(tx) = recovering.take() {
             let _ = tx.send(Err(e.clone()));
         }
-        self.failed = Some(e.clone());
-        self.fail_all(ProposeError::Storage(e));
+        let cause = Arc::new(e);
+        self.failed = Some(cause.clone());
+        self.fail_all(ReplicationError::WritesStopped { cause });
     }
 
     /// Stops every applier once it has applied what it was handed (their
@@ -797,7 +840,7 @@ impl Loop {
     /// log and compacts behind it. Appliers must be stopped.
     fn snapshot_all(&mut self, tails: &HashMap<u64, Since>) -> Checkpoint {
         let mut checkpoint = Checkpoint::default();
-        let mut due: Vec<(u64, Arc<dyn StateMachine>)> = Vec::new();
+        let mut due: Vec<(u64, String, Arc<dyn StateMachine>)> = Vec::new();
         for g in &self.groups {
             if g.machine.applied_index() <= g.node.store().snapshot_meta().index {
                 continue;
@@ -805,21 +848,22 @@ impl Loop {
             let tail = tails.get(&g.id).copied().unwrap_or_default();
             let snapshot_bytes = std::fs::metadata(g.machine.snapshot_file()).map_or(0, |m| m.len());
             if worth_snapshot_at_stop(tail, snapshot_bytes) {
-                due.push((g.id, g.machine.clone()));
+                due.push((g.id, g.name.clone(), g.machine.clone()));
             } else {
                 checkpoint.left_to_replay += 1;
             }
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let manifest = self.config.manifest.as_deref();
-        let taken: parking_lot::Mutex<Vec<(u64, Result<u64, String>)>> = parking_lot::Mutex::new(Vec::new());
+        let taken: parking_lot::Mutex<Vec<(u64, Result<u64, ReplicationError>)>> =
+            parking_lot::Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..2 {
                 scope.spawn(|| {
-                    while let Some((id, machine)) =
+                    while let Some((id, name, machine)) =
                         due.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                     {
-                        let result = take_snapshot(*id, &**machine, manifest);
+                        let result = take_snapshot(*id, name, &**machine, manifest);
                         taken.lock().push((*id, result));
                     }
                 });
@@ -840,22 +884,21 @@ impl Loop {
         group: u64,
         data: Vec<u8>,
         local: Option<Box<dyn Any + Send>>,
-        reply: oneshot::Sender<Result<ApplyResult, ProposeError>>,
+        reply: oneshot::Sender<Result<ApplyResult, ReplicationError>>,
     ) {
-        if let Some(e) = &self.failed {
-            let _ = reply.send(Err(ProposeError::Storage(e.clone())));
+        if let Some(cause) = &self.failed {
+            let _ = reply.send(Err(ReplicationError::WritesStopped { cause: cause.clone() }));
             return;
         }
         let Some(g) = self.groups.iter_mut().find(|g| g.id == group) else {
-            let _ = reply.send(Err(ProposeError::NoSuchGroup(group)));
+            let _ = reply.send(Err(ReplicationError::NoSuchGroup { group }));
             return;
         };
         let id = self.next_proposal;
         self.next_proposal += 1;
-        let (name, leader) = (g.name.clone(), g.node.raft.leader_id);
-        let not_leader = || ProposeError::NotLeader { group, name: name.clone(), leader };
+        let not_leader = not_leader(g, &self.config.addresses);
         if g.node.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(not_leader()));
+            let _ = reply.send(Err(not_leader));
             return;
         }
         match g.node.propose(id.to_le_bytes().to_vec(), data) {
@@ -863,19 +906,19 @@ impl Loop {
                 self.pending.insert(id, Pending { group, local, reply });
             }
             Err(_) => {
-                let _ = reply.send(Err(not_leader()));
+                let _ = reply.send(Err(not_leader));
             }
         }
     }
 
-    fn fail_all(&mut self, error: ProposeError) {
+    fn fail_all(&mut self, error: ReplicationError) {
         for (_, p) in self.pending.drain() {
             let _ = p.reply.send(Err(error.clone()));
         }
     }
 
     /// One pass of the ready loop over every group.
-    fn handle_readies(&mut self) -> Result<(), String> {
+    fn handle_readies(&mut self) -> Result<(), ReplicationError> {
         let mut batch = LogBatch::default();
         let mut readies = Vec::new();
         for k in 0..self.groups.len() {
@@ -894,25 +937,30 @@ impl Loop {
                 g.wait_applier();
                 let snap = ready.snapshot().clone();
                 let meta = snap.get_metadata();
-                g.machine
-                    .restore(meta.index, snap.get_data())
-                    .map_err(|e| format!("group {} ({}): installing a snapshot: {e}", g.id, g.name))?;
-                g.node.store().apply_snapshot(&mut batch, &snap).map_err(|e| e.to_string())?;
+                g.machine.restore(meta.index, snap.get_data()).map_err(|source| {
+                    ReplicationError::InstallSnapshot {
+                        group: g.id,
+                        name: g.name.clone(),
+                        index: meta.index,
+                        source: source.into(),
+                    }
+                })?;
+                g.node.store().apply_snapshot(&mut batch, &snap)?;
                 installed = Some(meta.index);
             }
             let committed = ready.take_committed_entries();
             self.hand_over(k, committed)?;
             let g = &mut self.groups[k];
             if !ready.entries().is_empty() {
-                g.node.store().append(&mut batch, ready.entries()).map_err(|e| e.to_string())?;
+                g.node.store().append(&mut batch, ready.entries())?;
             }
             if let Some(hs) = ready.hs() {
-                g.node.store().set_hard_state(&mut batch, hs).map_err(|e| e.to_string())?;
+                g.node.store().set_hard_state(&mut batch, hs)?;
             }
             readies.push((k, ready, installed));
         }
         if !batch.is_empty() {
-            self.store.write(&mut batch, true).map_err(|e| format!("writing the raft log: {e}"))?;
+            self.store.write(&mut batch, true)?;
         }
         for (k, ready, installed) in readies {
             let g = &mut self.groups[k];
@@ -937,7 +985,7 @@ impl Loop {
     /// Hands committed entries of group `k` to its applier, with the
     /// proposers waiting on them. Configuration changes take effect here,
     /// in log order with the group's other configuration changes.
-    fn hand_over(&mut self, k: usize, entries: Vec<Entry>) -> Result<(), String> {
+    fn hand_over(&mut self, k: usize, entries: Vec<Entry>) -> Result<(), ReplicationError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -952,12 +1000,12 @@ impl Loop {
                     if p.group == self.groups[k].id {
                         replies.push((entry.index, p));
                     } else {
-                        let g = &self.groups[k];
-                        let _ = p.reply.send(Err(ProposeError::NotLeader {
-                            group: p.group,
-                            name: g.name.clone(),
-                            leader: g.node.raft.leader_id,
-                        }));
+                        // Not its group's entry: the proposal was lost.
+                        let lost = match self.groups.iter().find(|g| g.id == p.group) {
+                            Some(g) => not_leader(g, &self.config.addresses),
+                            None => ReplicationError::NoSuchGroup { group: p.group },
+                        };
+                        let _ = p.reply.send(Err(lost));
                     }
                 }
             }
@@ -966,7 +1014,7 @@ impl Loop {
         let sent = g.applier.as_ref().map(|a| a.send(ApplyTask::Entries { entries, replies }));
         match sent {
             Some(Ok(())) => Ok(()),
-            _ => Err(format!("group {} ({}): its applier stopped", g.id, g.name)),
+            _ => Err(ReplicationError::ApplierStopped { group: g.id, name: g.name.clone() }),
         }
     }
 
@@ -976,8 +1024,8 @@ impl Loop {
         &mut self,
         group: u64,
         index: u64,
-        snapshot: Option<Result<u64, String>>,
-    ) -> Result<(), String> {
+        snapshot: Option<Result<u64, ReplicationError>>,
+    ) -> Result<(), ReplicationError> {
         let Some(g) = self.groups.iter_mut().find(|g| g.id == group) else { return Ok(()) };
         // A snapshot installed since may have moved `applied` past this.
         if index > g.node.raft.raft_log.applied {
@@ -987,39 +1035,53 @@ impl Loop {
             manifest.record_applied(group, index);
         }
         let Some(snapshot) = snapshot else { return Ok(()) };
-        let index = snapshot.map_err(|e| format!("group {} ({}): snapshot: {e}", g.id, g.name))?;
+        let index = snapshot?;
         let store = g.node.store().clone();
         if index <= store.snapshot_meta().index {
             return Ok(());
         }
-        let term = raft::Storage::term(&store, index)
-            .map_err(|e| format!("group {}: term of {index}: {e}", g.id))?;
+        let term = raft::Storage::term(&store, index).map_err(|source| ReplicationError::Raft {
+            group: g.id,
+            name: g.name.clone(),
+            action: format!("reading the term of entry {index}"),
+            source: Arc::new(source),
+        })?;
         let mut meta = raft::eraftpb::SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(g.node.raft.prs().conf().to_conf_state());
         let mut batch = LogBatch::default();
-        store.set_snapshot_meta(&mut batch, &meta).map_err(|e| e.to_string())?;
-        self.store.write(&mut batch, true).map_err(|e| e.to_string())?;
+        store.set_snapshot_meta(&mut batch, &meta)?;
+        self.store.write(&mut batch, true)?;
         store.compact_to(index + 1);
-        self.store.purge().map_err(|e| e.to_string())?;
+        self.store.purge()?;
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, k: usize, entry: &Entry) -> Result<(), String> {
+    fn apply_conf_change(&mut self, k: usize, entry: &Entry) -> Result<(), ReplicationError> {
         use protobuf::Message as _;
         let g = &mut self.groups[k];
+        let bad = |source| ReplicationError::BadConfChange {
+            group: g.id,
+            index: entry.index,
+            source: Arc::new(source),
+        };
         let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
             let mut cc = ConfChange::default();
-            cc.merge_from_bytes(&entry.data).map_err(|e| format!("group {}: bad conf change: {e}", g.id))?;
+            cc.merge_from_bytes(&entry.data).map_err(bad)?;
             g.node.apply_conf_change(&cc)
         } else {
             let mut cc = ConfChangeV2::default();
-            cc.merge_from_bytes(&entry.data).map_err(|e| format!("group {}: bad conf change: {e}", g.id))?;
+            cc.merge_from_bytes(&entry.data).map_err(bad)?;
             g.node.apply_conf_change(&cc)
         }
-        .map_err(|e| format!("group {}: conf change: {e}", g.id))?;
+        .map_err(|source| ReplicationError::Raft {
+            group: g.id,
+            name: g.name.clone(),
+            action: format!("applying the configuration change of entry {}", entry.index),
+            source: Arc::new(source),
+        })?;
         let mut batch = LogBatch::default();
-        g.node.store().set_conf_state(&mut batch, &cs).map_err(|e| e.to_string())?;
-        self.store.write(&mut batch, true).map_err(|e| e.to_string())?;
+        g.node.store().set_conf_state(&mut batch, &cs)?;
+        self.store.write(&mut batch, true)?;
         Ok(())
     }
 

@@ -70,6 +70,15 @@ pub enum TailCut {
     Remove(PathBuf),
 }
 
+impl std::fmt::Display for TailCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TailCut::Truncate(path, len) => write!(f, "{} to {len} bytes", path.display()),
+            TailCut::Remove(path) => write!(f, "removing {}", path.display()),
+        }
+    }
+}
+
 impl TailCut {
     /// Makes the cut.
     pub fn apply(&self) -> std::io::Result<()> {

@@ -3,7 +3,11 @@
 
 pub mod codec;
 pub mod driver;
+pub mod error;
 pub mod log_check;
 pub mod manifest;
+pub mod raft_logger;
 pub mod shard_machine;
 pub mod storage;
+
+pub use error::ReplicationError;

@@ -25,9 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use super::codec;
 use super::driver::{ApplyResult, Halt, StateMachine};
+use super::error::MachineError;
 use crate::shard::{snapshot, ApplyOutcome, Command, Shard, ShardError};
 
 /// Commands applied under one hold of a shard's write lock.
@@ -35,6 +37,73 @@ pub const APPLY_CHUNK: usize = 256;
 
 /// Position of a step in the ingest pipeline: (catalog log index, step).
 pub type Tag = (u64, u32);
+
+/// Errors of a shard's state machine, each naming the shard and, where
+/// there is one, the log index.
+#[derive(Debug, Error)]
+pub enum ShardMachineError {
+    /// The shard's snapshot file cannot be read or is damaged (it names
+    /// the file, the byte offset and the problem).
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    /// A log entry this build cannot decode.
+    #[error("shard {shard} cannot decode entry {index}: {source}")]
+    Undecodable {
+        /// The shard.
+        shard: u32,
+        /// The entry's log index.
+        index: u64,
+        /// The decoder's error.
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+    /// The replication metadata (applied index, watermark) cannot be
+    /// encoded for a snapshot.
+    #[error("shard {shard}: encoding its replication metadata at index {index}: {source}")]
+    EncodeMetadata {
+        /// The shard.
+        shard: u32,
+        /// The applied index being recorded.
+        index: u64,
+        /// The encoder's error.
+        #[source]
+        source: bincode::error::EncodeError,
+    },
+    /// The snapshot file could not be written.
+    #[error("shard {shard}: writing its snapshot at index {index}: {source}")]
+    WriteSnapshot {
+        /// The shard.
+        shard: u32,
+        /// The index the snapshot covers.
+        index: u64,
+        /// The shard layer's error (it names the file).
+        #[source]
+        source: ShardError,
+    },
+    /// A snapshot received from the leader is damaged.
+    #[error("shard {shard}: the snapshot from the leader at index {index}: {source}")]
+    ReceivedSnapshot {
+        /// The shard.
+        shard: u32,
+        /// The index it covers.
+        index: u64,
+        /// The shard layer's error.
+        #[source]
+        source: ShardError,
+    },
+    /// A snapshot received from the leader has unreadable replication
+    /// metadata.
+    #[error("shard {shard}: the snapshot from the leader at index {index}: replication metadata: {source}")]
+    ReceivedMetadata {
+        /// The shard.
+        shard: u32,
+        /// The index it covers.
+        index: u64,
+        /// The decoder's error.
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+}
 
 /// One Raft entry of a shard group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,8 +139,8 @@ impl ShardProposal {
     }
 
     /// Decodes a log entry.
-    pub fn decode(data: &[u8]) -> Result<ShardProposal, String> {
-        codec::decode(data).map(|(p, _)| p).map_err(|e| format!("undecodable shard entry: {e}"))
+    pub fn decode(data: &[u8]) -> Result<ShardProposal, bincode::error::DecodeError> {
+        codec::decode(data).map(|(p, _)| p)
     }
 }
 
@@ -141,7 +210,7 @@ pub struct ShardMachine {
 impl ShardMachine {
     /// Opens shard `shard_id` from its snapshot in `dir` (a fresh shard when
     /// there is none). A corrupt snapshot is an error that names the file.
-    pub fn open(dir: &Path, shard_id: u32) -> Result<ShardMachine, ShardError> {
+    pub fn open(dir: &Path, shard_id: u32) -> Result<ShardMachine, ShardMachineError> {
         let path = dir.join(format!("shard-{shard_id:03}.snap"));
         let (shard, extra) = if path.exists() {
             let (shard, extra) = snapshot::read_with_extra(&path)?;
@@ -170,10 +239,12 @@ impl ShardMachine {
 
     /// Writes a bulk-built shard as the snapshot of a new data directory
     /// (nothing applied from the log yet).
-    pub fn install(dir: &Path, shard: &Shard) -> Result<(), ShardError> {
+    pub fn install(dir: &Path, shard: &Shard) -> Result<(), ShardMachineError> {
         let extra = Extra { applied_index: 0, watermark: (0, 0) };
-        let bytes = bincode::serde::encode_to_vec(&extra, bincode::config::standard()).unwrap_or_default();
+        let bytes = bincode::serde::encode_to_vec(&extra, bincode::config::standard())
+            .map_err(|source| ShardMachineError::EncodeMetadata { shard: shard.id, index: 0, source })?;
         snapshot::write_with_extra(shard, &dir.join(format!("shard-{:03}.snap", shard.id)), &bytes)
+            .map_err(|source| ShardMachineError::WriteSnapshot { shard: shard.id, index: 0, source })
     }
 
     /// Highest pipeline tag applied.
@@ -189,17 +260,19 @@ impl ShardMachine {
     /// Writes a snapshot now; returns the index it covers. Staged event
     /// rows are flushed first, under the write lock; the file is written
     /// under the read lock.
-    pub fn snapshot_now(&self) -> Result<u64, String> {
+    pub fn snapshot_now(&self) -> Result<u64, ShardMachineError> {
         let _writing = self.snapshot_lock.lock();
         let mut state = self.state.write();
         state.shard.flush_events();
         let state = parking_lot::RwLockWriteGuard::downgrade(state);
-        let extra = Extra { applied_index: state.applied_index, watermark: state.watermark };
-        let bytes =
-            bincode::serde::encode_to_vec(&extra, bincode::config::standard()).map_err(|e| e.to_string())?;
-        snapshot::write_with_extra(&state.shard, &self.path, &bytes).map_err(|e| e.to_string())?;
-        self.snapshot_index.store(state.applied_index, Ordering::Release);
-        Ok(state.applied_index)
+        let (shard, index) = (self.shard_id, state.applied_index);
+        let extra = Extra { applied_index: index, watermark: state.watermark };
+        let bytes = bincode::serde::encode_to_vec(&extra, bincode::config::standard())
+            .map_err(|source| ShardMachineError::EncodeMetadata { shard, index, source })?;
+        snapshot::write_with_extra(&state.shard, &self.path, &bytes)
+            .map_err(|source| ShardMachineError::WriteSnapshot { shard, index, source })?;
+        self.snapshot_index.store(index, Ordering::Release);
+        Ok(index)
     }
 }
 
@@ -211,22 +284,15 @@ impl ShardMachine {
     /// each command whole; nothing of it is acknowledged before all of it
     /// is applied. The snapshot lock is held throughout, so that a snapshot
     /// never holds part of an entry.
-    fn apply_commands(&self, index: u64, proposal: Result<(Tag, Tag, &[Command]), &str>) -> ApplyResult {
+    fn apply_commands(&self, index: u64, after: Tag, tag: Tag, commands: &[Command]) -> ApplyResult {
         let _entry = self.snapshot_lock.lock();
         let watermark = self.state.read().watermark;
-        let (tag, commands) = match proposal {
-            Ok((after, tag, commands)) if after <= watermark && watermark < tag => (tag, commands),
-            Ok((_, tag, _)) if tag <= watermark => {
-                return self.pass_over(index, ShardApplied { skipped: true, ..ShardApplied::default() })
-            }
-            Ok(_) => return self.pass_over(index, ShardApplied { gap: true, ..ShardApplied::default() }),
-            Err(e) => {
-                // Skipping an entry this build cannot read would leave this
-                // replica without writes that others may have applied: the
-                // group stops at it instead (see `Halt`).
-                return Box::new(Halt(format!("shard {} cannot decode entry {index}: {e}", self.shard_id)));
-            }
-        };
+        if tag <= watermark {
+            return self.pass_over(index, ShardApplied { skipped: true, ..ShardApplied::default() });
+        }
+        if after > watermark {
+            return self.pass_over(index, ShardApplied { gap: true, ..ShardApplied::default() });
+        }
         let mut outcome = ApplyOutcome::default();
         let mut rest = commands;
         loop {
@@ -264,21 +330,25 @@ impl ShardMachine {
 impl StateMachine for ShardMachine {
     fn apply(&self, index: u64, data: &[u8]) -> ApplyResult {
         // Decoded before the write lock: readers wait only for the apply.
-        let decoded = ShardProposal::decode(data);
-        self.apply_commands(
-            index,
-            decoded.as_ref().map(|p| (p.after, p.tag, p.commands.as_slice())).map_err(String::as_str),
-        )
+        match ShardProposal::decode(data) {
+            Ok(p) => self.apply_commands(index, p.after, p.tag, &p.commands),
+            // Skipping an entry this build cannot read would leave this
+            // replica without writes that others may have applied: the
+            // group stops at it instead (see `Halt`).
+            Err(source) => {
+                Box::new(Halt::new(ShardMachineError::Undecodable { shard: self.shard_id, index, source }))
+            }
+        }
     }
 
     fn apply_proposed(&self, index: u64, data: &[u8], local: Box<dyn std::any::Any + Send>) -> ApplyResult {
         let Ok(local) = local.downcast::<ProposedCommands>() else { return self.apply(index, data) };
         debug_assert_eq!(
-            ShardProposal::decode(data).map(|p| (p.after, p.tag, p.commands)),
-            Ok((local.after, local.tag, local.source.commands().to_vec())),
+            ShardProposal::decode(data).map(|p| (p.after, p.tag, p.commands)).ok(),
+            Some((local.after, local.tag, local.source.commands().to_vec())),
             "a proposer's commands differ from its entry"
         );
-        self.apply_commands(index, Ok((local.after, local.tag, local.source.commands())))
+        self.apply_commands(index, local.after, local.tag, local.source.commands())
     }
 
     fn idle(&self) {
@@ -291,25 +361,27 @@ impl StateMachine for ShardMachine {
         self.applied.load(Ordering::Acquire)
     }
 
-    fn snapshot(&self) -> Result<u64, String> {
-        self.snapshot_now()
+    fn snapshot(&self) -> Result<u64, MachineError> {
+        Ok(self.snapshot_now()?)
     }
 
     fn snapshot_file(&self) -> &Path {
         &self.path
     }
 
-    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
-        let (shard, extra) =
-            snapshot::decode_with_extra(data, "snapshot from the leader").map_err(|e| e.to_string())?;
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError> {
+        let id = self.shard_id;
+        let (shard, extra) = snapshot::decode_with_extra(data, "snapshot from the leader")
+            .map_err(|source| ShardMachineError::ReceivedSnapshot { shard: id, index, source })?;
         let extra: Extra = codec::decode(&extra)
             .map(|(e, _)| e)
-            .map_err(|e| format!("snapshot from the leader: replication metadata: {e}"))?;
+            .map_err(|source| ShardMachineError::ReceivedMetadata { shard: id, index, source })?;
         let mut state = self.state.write();
         *state = ShardState { shard, watermark: extra.watermark, applied_index: index };
         self.applied.store(index, Ordering::Release);
         drop(state);
-        self.snapshot_now().map(|_| ())
+        self.snapshot_now()?;
+        Ok(())
     }
 }
 
@@ -385,6 +457,18 @@ mod tests {
         let state = back.read_state();
         state.shard.validate().unwrap();
         assert_eq!(state.shard.events["buy"].who_in_window(0, 100 * day).len(), 4);
+    }
+
+    #[test]
+    fn an_undecodable_entry_halts_naming_the_shard_and_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = ShardMachine::open(dir.path(), 3).unwrap();
+        let r = m.apply(17, &[0xff; 9]);
+        let halt = r.downcast_ref::<Halt>().expect("a halt");
+        let reason = halt.0.downcast_ref::<ShardMachineError>().expect("a shard machine error");
+        assert!(matches!(reason, ShardMachineError::Undecodable { shard: 3, index: 17, .. }), "{reason:?}");
+        assert!(reason.to_string().starts_with("shard 3 cannot decode entry 17: "), "{reason}");
+        assert_eq!((m.applied_index(), m.watermark()), (0, (0, 0)), "nothing applied");
     }
 
     struct Held(Vec<Command>);

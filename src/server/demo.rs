@@ -98,8 +98,7 @@ pub fn build_data_dir(opts: &DemoOptions) -> Result<PathBuf> {
             bail!("profile {i} got id {} in the directory", r.profile);
         }
     }
-    CatalogMachine::install(&snapshots, opts.shards, demo::schema(), directory, 24)
-        .map_err(anyhow::Error::msg)?;
+    CatalogMachine::install(&snapshots, opts.shards, demo::schema(), directory, 24)?;
     for s in &shards {
         ShardMachine::install(&snapshots, s)?;
     }
@@ -140,7 +139,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     // A data directory the demo chose itself is removed when it ends.
     let _cleanup = opts.data_dir.is_none().then(|| RemoveOnDrop(dir.clone()));
     let config = NodeConfig { data_dir: dir, shards: opts.shards, ..config };
-    let node = Node::open(config).await.map_err(anyhow::Error::msg).context("opening the demo node")?;
+    let node = Node::open(config).await.context("opening the demo node")?;
     let now = cohort_datagen::DEFAULT_NOW_MS;
     println!("\nExample segments (now = {}, the dataset's own):\n", format_rfc3339_ms(now));
     for text in EXAMPLES {

@@ -3,8 +3,10 @@
 //!
 //! Errors carry the gRPC code that says what kind they are (a bad query is
 //! `INVALID_ARGUMENT` and its message names the position; an unknown profile
-//! `NOT_FOUND`; a shard that missed the deadline `DEADLINE_EXCEEDED`). A
-//! request's `grpc-timeout` becomes the planner's deadline.
+//! `NOT_FOUND`; a shard that missed the deadline `DEADLINE_EXCEEDED`; a
+//! write the node cannot commit now `UNAVAILABLE`), all given by
+//! [`super::status`]. A request's `grpc-timeout` becomes the planner's
+//! deadline.
 //!
 //! Every request passes [`GrpcAuthLayer`] first, which checks its API key
 //! against the role its method needs (see [`super::auth`]).
@@ -17,63 +19,22 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{ApiKeys, Caller, GrpcAuthLayer};
+use super::status::{status, ServerError};
 use super::tls::TlsIdentity;
-use crate::cluster::catalog::{parse_now, AdminError};
-use crate::ingest::{IngestError, IngestReport, RejectionRecord, Source};
+use crate::cluster::catalog::parse_now;
+use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::{format_rfc3339_ms, Value};
 use crate::node::{now_ms, Node, Role};
 use crate::proto::v1 as pb;
-use crate::query::QueryError;
+
+pub use super::status::MAX_STATUS_MESSAGE_BYTES;
 
 /// Largest gRPC message accepted (an ingest batch).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Most bytes of an error message sent back. The message travels in the
-/// `grpc-message` header, percent-encoded (up to three times as long), and
-/// clients refuse header lists past 16 KiB (tonic, grpc-go) or 8 KiB: a
-/// longer one makes the whole reply unreadable (`h2 protocol error`).
-/// Messages are short by construction (a query is quoted as an excerpt);
-/// this is the backstop for any that is not.
-pub const MAX_STATUS_MESSAGE_BYTES: usize = 2048;
-
-/// `message`, cut at a character boundary to at most
-/// [`MAX_STATUS_MESSAGE_BYTES`] bytes, with an ellipsis when cut.
-fn bounded(mut message: String) -> String {
-    if message.len() > MAX_STATUS_MESSAGE_BYTES {
-        let mut at = MAX_STATUS_MESSAGE_BYTES - '…'.len_utf8();
-        while !message.is_char_boundary(at) {
-            at -= 1;
-        }
-        message.truncate(at);
-        message.push('…');
-    }
-    message
-}
-
-fn query_status(e: QueryError) -> Status {
-    match e {
-        QueryError::Invalid(m) => Status::invalid_argument(bounded(m)),
-        QueryError::NotFound(m) => Status::not_found(bounded(m)),
-        QueryError::DeadlineExceeded(m) => Status::deadline_exceeded(bounded(m)),
-    }
-}
-
-pub(super) fn ingest_status(e: IngestError) -> Status {
-    match e {
-        IngestError::Unavailable(m) => Status::unavailable(bounded(m)),
-        IngestError::Storage(m) => Status::internal(bounded(m)),
-        IngestError::DiskFull(m) => Status::resource_exhausted(bounded(format!("disk full: {m}"))),
-    }
-}
-
-fn admin_status(e: AdminError) -> Status {
-    match e {
-        AdminError::Invalid(m) => Status::invalid_argument(bounded(m)),
-        AdminError::NotFound(m) => Status::not_found(bounded(m)),
-        AdminError::InUse(m) => Status::failed_precondition(bounded(m)),
-        AdminError::Exists(m) => Status::already_exists(bounded(m)),
-        AdminError::DiskFull(m) => Status::resource_exhausted(bounded(format!("disk full: {m}"))),
-    }
+/// A request field the door refuses, as a status.
+fn bad_request(message: impl Into<String>) -> Status {
+    status(ServerError::BadRequest(message.into()))
 }
 
 /// Most digits a `grpc-timeout` value may have (gRPC over HTTP/2:
@@ -120,13 +81,13 @@ fn deadline<T>(request: &Request<T>) -> Result<Option<Instant>, Status> {
     let Some(value) = request.metadata().get("grpc-timeout") else {
         return Ok(None);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| Status::invalid_argument("grpc-timeout is not ASCII text, so it is not a timeout"))?;
-    let timeout = parse_grpc_timeout(value).map_err(Status::invalid_argument)?;
-    Instant::now().checked_add(timeout).map(Some).ok_or_else(|| {
-        Status::invalid_argument(format!("grpc-timeout {value:?} lies past the end of the server's clock"))
-    })
+    let value =
+        value.to_str().map_err(|_| bad_request("grpc-timeout is not ASCII text, so it is not a timeout"))?;
+    let timeout = parse_grpc_timeout(value).map_err(bad_request)?;
+    Instant::now()
+        .checked_add(timeout)
+        .map(Some)
+        .ok_or_else(|| bad_request(format!("grpc-timeout {value:?} lies past the end of the server's clock")))
 }
 
 /// The door a batch came through: `cohort load` says so in the
@@ -139,7 +100,7 @@ fn source_of<T>(request: &Request<T>) -> Source {
 }
 
 fn now_of(text: &str) -> Result<i64, Status> {
-    parse_now(text, now_ms()).map_err(Status::invalid_argument)
+    parse_now(text, now_ms()).map_err(status)
 }
 
 fn time_text(ms: Option<i64>) -> String {
@@ -199,7 +160,7 @@ impl pb::ingest_server::Ingest for Services {
     ) -> Result<Response<pb::IngestReply>, Status> {
         let source = source_of(&request);
         let messages = request.into_inner().messages;
-        let report = self.node.ingest_text(messages, now_ms(), source).await.map_err(ingest_status)?;
+        let report = self.node.ingest_text(messages, now_ms(), source).await.map_err(status)?;
         Ok(Response::new(reply(&report, 0)))
     }
 
@@ -224,10 +185,9 @@ impl pb::query_server::Query for Services {
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         if r.expressions.is_empty() {
-            return Err(Status::invalid_argument("count: give at least one expression"));
+            return Err(bad_request("count: give at least one expression"));
         }
-        let (counts, universe) =
-            self.node.planner.count(&r.expressions, now, deadline).map_err(query_status)?;
+        let (counts, universe) = self.node.planner.count(&r.expressions, now, deadline).map_err(status)?;
         Ok(Response::new(pb::CountReply { counts, now: format_rfc3339_ms(now), universe }))
     }
 
@@ -235,7 +195,7 @@ impl pb::query_server::Query for Services {
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         let (profile_id, matches) =
-            self.node.planner.check(&r.profile, &r.expressions, now).map_err(query_status)?;
+            self.node.planner.check(&r.profile, &r.expressions, now).map_err(status)?;
         Ok(Response::new(pb::CheckReply { matches, now: format_rfc3339_ms(now), profile_id }))
     }
 
@@ -247,12 +207,12 @@ impl pb::query_server::Query for Services {
         let now = now_of(&r.now)?;
         let page_size = match r.page_size {
             0 => 1000,
-            n if n > 10_000 => return Err(Status::invalid_argument("page_size: at most 10000")),
+            n if n > 10_000 => return Err(bad_request("page_size: at most 10000")),
             n => n as usize,
         };
         // Check the expression before the stream starts, so that a bad one
         // is the call's error.
-        self.node.planner.compile(std::slice::from_ref(&r.expression), now).map_err(query_status)?;
+        self.node.planner.compile(std::slice::from_ref(&r.expression), now).map_err(status)?;
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -270,7 +230,7 @@ impl pb::query_server::Query for Services {
                 ) {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(query_status(e)));
+                        let _ = tx.blocking_send(Err(status(e)));
                         return;
                     }
                 };
@@ -306,11 +266,8 @@ impl pb::query_server::Query for Services {
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         let top = if r.top == 0 { 10 } else { r.top as usize };
-        let a = self
-            .node
-            .planner
-            .breakdown(&r.trait_name, &r.expression, top, now, deadline)
-            .map_err(query_status)?;
+        let a =
+            self.node.planner.breakdown(&r.trait_name, &r.expression, top, now, deadline).map_err(status)?;
         Ok(Response::new(pb::BreakdownReply {
             rows: a
                 .rows
@@ -332,7 +289,7 @@ impl pb::query_server::Query for Services {
     ) -> Result<Response<pb::Profile>, Status> {
         let r = request.into_inner();
         let recent = if r.recent_events == 0 { 20 } else { r.recent_events as usize };
-        let v = self.node.planner.profile(&r.profile, recent, now_ms()).map_err(query_status)?;
+        let v = self.node.planner.profile(&r.profile, recent, now_ms()).map_err(status)?;
         Ok(Response::new(pb::Profile {
             profile_id: v.profile,
             shard: v.shard,
@@ -398,9 +355,12 @@ impl pb::segments_server::Segments for Services {
         self.node
             .create_segment(r.name.clone(), r.expression, r.description, now_ms())
             .await
-            .map_err(admin_status)?;
+            .map_err(status)?;
         let state = self.node.catalog.state.read();
-        let s = state.segments.get(&r.name).ok_or_else(|| Status::internal("segment vanished"))?;
+        let s = state.segments.get(&r.name).ok_or_else(|| {
+            // Another request deleted it in between.
+            status(ServerError::NotFound(format!("saved segment {:?} was deleted as it was created", r.name)))
+        })?;
         Ok(Response::new(saved(s)))
     }
 
@@ -413,7 +373,7 @@ impl pb::segments_server::Segments for Services {
         let s = state
             .segments
             .get(&name)
-            .ok_or_else(|| Status::not_found(bounded(format!("no saved segment {name:?}"))))?;
+            .ok_or_else(|| status(ServerError::NotFound(format!("no saved segment {name:?}"))))?;
         Ok(Response::new(saved(s)))
     }
 
@@ -429,7 +389,7 @@ impl pb::segments_server::Segments for Services {
         &self,
         request: Request<pb::DeleteSegmentRequest>,
     ) -> Result<Response<pb::DeleteSegmentReply>, Status> {
-        self.node.delete_segment(request.into_inner().name).await.map_err(admin_status)?;
+        self.node.delete_segment(request.into_inner().name).await.map_err(status)?;
         Ok(Response::new(pb::DeleteSegmentReply {}))
     }
 }
@@ -449,7 +409,7 @@ fn schema_reply(node: &Node, request: &pb::GetSchemaRequest) -> Result<pb::Schem
     let from = match request.page_token.as_str() {
         "" => None,
         token => Some(crate::model::SchemaCursor::from_token(token).ok_or_else(|| {
-            Status::invalid_argument("page_token: not a token this node gave (pass next_page_token as it is)")
+            bad_request("page_token: not a token this node gave (pass next_page_token as it is)")
         })?),
     };
     let limit = match request.limit as usize {
@@ -496,9 +456,9 @@ impl pb::admin_server::Admin for Services {
         // auth layer is nobody.
         let admin = request.extensions().get::<Caller>().is_some_and(|c| c.may(Role::Admin));
         let node = self.node.clone();
-        let mut reply = tokio::task::spawn_blocking(move || status(&node))
+        let mut reply = tokio::task::spawn_blocking(move || node_status(&node))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| status(ServerError::Internal(format!("the status task failed: {e}"))))?;
         if !admin {
             reply.data_dir.clear();
         }
@@ -516,7 +476,7 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::ApplySchemaRequest>,
     ) -> Result<Response<pb::SchemaReply>, Status> {
-        self.node.apply_schema(request.into_inner().json).await.map_err(admin_status)?;
+        self.node.apply_schema(request.into_inner().json).await.map_err(status)?;
         Ok(Response::new(schema_reply(&self.node, &pb::GetSchemaRequest::default())?))
     }
 
@@ -566,7 +526,7 @@ impl pb::admin_server::Admin for Services {
     }
 }
 
-fn status(node: &Node) -> pb::StatusReply {
+fn node_status(node: &Node) -> pb::StatusReply {
     let groups = node.driver.status();
     let mut reply = pb::StatusReply {
         node_id: node.config.node_id,

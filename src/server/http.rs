@@ -85,6 +85,7 @@ use thiserror::Error;
 use tokio_stream::StreamExt;
 
 use super::auth::ApiKeys;
+use super::status::{code, ServerError};
 use crate::ingest::{IngestError, IngestReport, IngestSink, Source};
 use crate::node::Role;
 
@@ -226,8 +227,9 @@ impl HttpError {
     /// The status this error is answered with: 400 for a body that cannot be
     /// understood, 401 for a missing or unknown key, 403 for an API key of
     /// another role, 413 for the size limits, 415 for an
-    /// unknown encoding, 503 when the node cannot take writes now (SDKs
-    /// retry 5xx), 500 for storage failures.
+    /// unknown encoding, and for the sink's errors the HTTP status of the
+    /// gRPC code [`super::status::code`] gives them: 503 when the node cannot
+    /// take writes now (`UNAVAILABLE`: SDKs retry 5xx), 500 otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
             HttpError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -245,11 +247,13 @@ impl HttpError {
             HttpError::BodyTooLarge { .. } | HttpError::MessageTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            HttpError::Ingest(IngestError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            HttpError::Ingest(IngestError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
-            HttpError::Ingest(IngestError::Storage(_)) | HttpError::IngestTask(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            HttpError::Ingest(e) => match code(&ServerError::Ingest(e.clone())) {
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            HttpError::IngestTask(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -265,7 +269,11 @@ impl IntoResponse for HttpError {
             "code": status.canonical_reason().unwrap_or("error"),
             "message": self.to_string(),
         });
-        eprintln!("http: {} {}", status.as_u16(), self);
+        if status.is_server_error() {
+            tracing::warn!(door = "http", status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::info!(door = "http", status = status.as_u16(), error = %self, "request refused");
+        }
         let mut response = (status, JsonBody(body)).into_response();
         match status {
             StatusCode::UNAUTHORIZED => {
@@ -752,6 +760,7 @@ mod tests {
 
     use super::*;
     use crate::ingest::{BoxFuture, RejectionRecord};
+    use crate::replication::ReplicationError;
 
     /// One call the sink received.
     #[derive(Debug)]
@@ -1240,7 +1249,12 @@ mod tests {
     #[tokio::test]
     async fn sink_errors_map_to_503_and_500() {
         let app = router(
-            RecordingSink::answering(Err(IngestError::Unavailable("no leader for shard 3".into()))),
+            RecordingSink::answering(Err(IngestError::Replication(ReplicationError::NotLeader {
+                group: 5,
+                name: "shard 3".into(),
+                leader: None,
+                leader_addr: None,
+            }))),
             HttpConfig::default(),
         );
         let response =
@@ -1249,15 +1263,12 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let reply: Json = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(error_of(&reply), "unavailable: no leader for shard 3");
+        assert_eq!(error_of(&reply), "group 5 (shard 3) has no leader on this node (leader: unknown)");
 
-        let app = router(
-            RecordingSink::answering(Err(IngestError::Storage("disk full".into()))),
-            HttpConfig::default(),
-        );
+        let app = router(RecordingSink::answering(Err(IngestError::UnexpectedResult)), HttpConfig::default());
         let (status, reply) = send(app, post_json("/v1/batch", &json!({"batch": [{}]}))).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(error_of(&reply), "storage error: disk full");
+        assert_eq!(error_of(&reply), "the catalog answered an ingest entry with an unexpected result");
     }
 
     #[tokio::test]

@@ -32,7 +32,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
-use super::grpc::{ingest_status, reply, MAX_MESSAGE_BYTES};
+use super::grpc::{reply, MAX_MESSAGE_BYTES};
+use super::status::status;
 use crate::ingest::pipeline::MAX_ENTRY_MESSAGES;
 use crate::ingest::Source;
 use crate::node::{now_ms, Node};
@@ -152,7 +153,7 @@ where
             Read::Batch(messages, permit) => (messages, permit),
             Read::Broken(status) => {
                 let message = format!("the stream broke: {}; {}", status.message(), progress.so_far());
-                eprintln!("cohort: an IngestStream ended early: {message}");
+                tracing::warn!(reason = %message, "an IngestStream ended early");
                 return Err(Status::new(status.code(), message));
             }
         };
@@ -174,7 +175,7 @@ where
         }
         let n = messages.len() as u64;
         let report = node.ingest_text(messages, now_ms(), source).await.map_err(|e| {
-            let s = ingest_status(e);
+            let s = status(e);
             Status::new(s.code(), format!("{} ({})", s.message(), progress.so_far()))
         })?;
         drop(held);

@@ -10,6 +10,8 @@
 //! - [`demo`]: `cohort demo`, a node started on generated data.
 //! - [`auth`]: API keys and roles, checked on both doors.
 //! - [`tls`]: TLS for both doors from PEM files.
+//! - [`status`]: the one mapping from the layers' errors to gRPC codes
+//!   (and HTTP statuses).
 //!
 //! [`serve`] runs both doors over one node until Ctrl-C or SIGTERM. Before
 //! anything is opened, [`Security::prepare`] loads the keys and the TLS
@@ -23,6 +25,7 @@ pub mod demo;
 pub mod grpc;
 pub mod http;
 pub mod ingest_stream;
+pub mod status;
 pub mod tls;
 
 use std::sync::Arc;
@@ -36,7 +39,7 @@ use crate::node::{Node, NodeConfig};
 /// keys, TLS files and addresses are checked before the node is opened.
 pub async fn serve(config: NodeConfig) -> Result<()> {
     let security = Security::prepare(&config).await?;
-    let node = Node::open(config).await.map_err(anyhow::Error::msg).context("opening the node")?;
+    let node = Node::open(config).await.context("opening the node")?;
     serve_prepared(node, security).await
 }
 
@@ -230,7 +233,7 @@ async fn serve_prepared(node: Arc<Node>, security: Security) -> Result<()> {
         None => tokio::spawn(http::serve(http_listener, sink, http_config, http_shutdown)),
     };
     shutdown_signal().await;
-    eprintln!("cohort: shutting down");
+    tracing::info!("shutting down");
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = grpc.await;
@@ -240,10 +243,14 @@ async fn serve_prepared(node: Arc<Node>, security: Security) -> Result<()> {
     let started = std::time::Instant::now();
     let checkpoint = node.shutdown();
     for failed in &checkpoint.failed {
-        eprintln!("warning: {failed}; the log still holds it, and the next start replays it");
+        tracing::warn!(
+            group = failed.group(),
+            error = %failed,
+            "a snapshot at the stop failed; the log still holds it, and the next start replays it"
+        );
     }
-    eprintln!(
-        "cohort: stopped ({} groups snapshotted in {:.2} s, {} with a short log tail left to replay)",
+    tracing::info!(
+        "stopped ({} groups snapshotted in {:.2} s, {} with a short log tail left to replay)",
         checkpoint.written,
         started.elapsed().as_secs_f64(),
         checkpoint.left_to_replay

@@ -173,13 +173,17 @@ impl TlsListener {
                     Err(e) => {
                         // Out of file descriptors and the like: wait, as
                         // axum's own listener does, rather than spin.
-                        eprintln!("http: accepting a connection failed: {e}");
+                        tracing::warn!(door = "http", error = %e, "accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    eprintln!("http: {MAX_HANDSHAKES} TLS handshakes in progress; closed the connection from {addr}");
+                    tracing::warn!(
+                        door = "http",
+                        peer = %addr,
+                        "{MAX_HANDSHAKES} TLS handshakes in progress; closed the connection"
+                    );
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
@@ -190,9 +194,13 @@ impl TlsListener {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, addr)).await;
                         }
-                        Ok(Err(e)) => eprintln!("http: TLS handshake with {addr} failed: {e}"),
-                        Err(_) => eprintln!(
-                            "http: TLS handshake with {addr} not done within {} s; closed",
+                        Ok(Err(e)) => {
+                            tracing::info!(door = "http", peer = %addr, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::info!(
+                            door = "http",
+                            peer = %addr,
+                            "TLS handshake not done within {} s; closed",
                             HANDSHAKE_TIMEOUT.as_secs()
                         ),
                     }

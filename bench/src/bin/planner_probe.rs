@@ -54,7 +54,7 @@ async fn main() -> Result<(), String> {
         http_addr: "127.0.0.1:0".into(),
         ..NodeConfig::default()
     };
-    let node = Node::open(config).await?;
+    let node = Node::open(config).await.map_err(|e| e.to_string())?;
     let now = cohort_datagen::DEFAULT_NOW_MS;
     let planner = &node.planner;
     println!("{:<6} {:>10} {:>10}", "query", "p50 µs", "p99 µs");

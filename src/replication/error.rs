@@ -1,0 +1,260 @@
+//! The replication layer's errors: what the driver and its groups report,
+//! each naming the group (and the entry, node or file) it concerns.
+//!
+//! A [`ReplicationError`] is `Clone`: one failure of the log answers every
+//! proposal waiting on it, so the causes that are not `Clone` themselves
+//! (an I/O error, raft-rs's and raft-engine's errors) are shared behind an
+//! `Arc`.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::manifest::ManifestError;
+use super::storage::StorageError;
+
+/// What a state machine reports when it cannot write a snapshot or install
+/// one received from the leader. The machines live in the layers above
+/// (the catalog in `cluster`) and bring their own error types; the driver
+/// only passes them on, naming the group.
+pub type MachineError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A [`MachineError`] shared between the proposers it fails.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a replication call failed: a proposal, the start of the driver, or a
+/// step of its loop (which then stops the node taking writes).
+#[derive(Clone, Debug, Error)]
+pub enum ReplicationError {
+    /// This node is not the group's leader (or the group has none yet).
+    #[error("group {group} ({name}) has no leader on this node (leader: {})", leader_text(*.leader, .leader_addr.as_deref()))]
+    NotLeader {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The leader's Raft id, when this node knows one.
+        leader: Option<u64>,
+        /// The leader's client address, when this node knows it (a
+        /// single-node build knows no other node's address).
+        leader_addr: Option<String>,
+    },
+    /// No group of that id runs on this node.
+    #[error("no raft group {group} on this node")]
+    NoSuchGroup {
+        /// The group asked for.
+        group: u64,
+    },
+    /// The driver is stopping or has stopped.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// A group's state machine refused entry `index` (it cannot decode it,
+    /// or applying it would break an invariant): the group applies nothing
+    /// more, and the node stops taking writes.
+    #[error("group {group} ({name}) stopped at entry {index}: {reason}")]
+    Halted {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The refused entry.
+        index: u64,
+        /// The machine's reason.
+        #[source]
+        reason: SharedError,
+    },
+    /// An earlier failure of the log or of a snapshot stopped this node
+    /// taking writes; every proposal since is refused with it.
+    #[error("this node stopped taking writes: {cause}")]
+    WritesStopped {
+        /// The failure that stopped it.
+        #[source]
+        cause: Arc<ReplicationError>,
+    },
+    /// The raft log (raft-engine) could not be read or written.
+    #[error(transparent)]
+    Storage(Arc<StorageError>),
+    /// raft-rs refused an operation on a group.
+    #[error("group {group} ({name}): {action}: {source}")]
+    Raft {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// What was being done (`opening the raft node`, `campaigning`).
+        action: String,
+        /// raft-rs's error.
+        #[source]
+        source: Arc<raft::Error>,
+    },
+    /// A configuration change entry cannot be decoded.
+    #[error("group {group}: entry {index} is not a valid configuration change: {source}")]
+    BadConfChange {
+        /// The group.
+        group: u64,
+        /// The entry.
+        index: u64,
+        /// The decoder's error.
+        #[source]
+        source: Arc<protobuf::ProtobufError>,
+    },
+    /// A group's state machine could not write its snapshot.
+    #[error("group {group} ({name}): snapshot: {source}")]
+    Snapshot {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The machine's error.
+        #[source]
+        source: SharedError,
+    },
+    /// A group's state machine could not install a snapshot from the leader.
+    #[error("group {group} ({name}): installing a snapshot at index {index}: {source}")]
+    InstallSnapshot {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The index the snapshot covers.
+        index: u64,
+        /// The machine's error.
+        #[source]
+        source: SharedError,
+    },
+    /// A snapshot file could not be read back to send it to a follower.
+    #[error("{path}: {source}")]
+    SnapshotFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A snapshot was written but could not be recorded in the manifest
+    /// (so the log is not compacted behind it).
+    #[error("group {group}: recording its snapshot at index {index} in the manifest: {source}")]
+    Manifest {
+        /// The group.
+        group: u64,
+        /// The snapshot's index.
+        index: u64,
+        /// The manifest's error.
+        #[source]
+        source: Arc<ManifestError>,
+    },
+    /// The manifest's applied indexes could not be written (at a stop).
+    #[error("writing the manifest: {source}")]
+    WriteManifest {
+        /// The manifest's error.
+        #[source]
+        source: Arc<ManifestError>,
+    },
+    /// A state machine's snapshot covers entries the log does not hold.
+    #[error("group {group} ({name}): the state machine applied up to {applied} but the log ends at {last}")]
+    AheadOfLog {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// What the machine applied.
+        applied: u64,
+        /// The log's last index.
+        last: u64,
+    },
+    /// A group's applier thread is gone (it panicked).
+    #[error("group {group} ({name}): its applier stopped")]
+    ApplierStopped {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+    },
+    /// A thread of the driver could not be started.
+    #[error("cannot start {thread}: {source}")]
+    Thread {
+        /// Which thread (`the raft thread`, `the applier of group 3`).
+        thread: String,
+        /// The cause.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The raft thread ended before the committed log was replayed (it
+    /// panicked).
+    #[error("the raft thread stopped during recovery")]
+    RecoveryStopped,
+}
+
+impl From<StorageError> for ReplicationError {
+    fn from(e: StorageError) -> Self {
+        ReplicationError::Storage(Arc::new(e))
+    }
+}
+
+impl ReplicationError {
+    /// The group the error names, if it names one.
+    pub fn group(&self) -> Option<u64> {
+        match self {
+            ReplicationError::NotLeader { group, .. }
+            | ReplicationError::NoSuchGroup { group }
+            | ReplicationError::Halted { group, .. }
+            | ReplicationError::Raft { group, .. }
+            | ReplicationError::BadConfChange { group, .. }
+            | ReplicationError::Snapshot { group, .. }
+            | ReplicationError::InstallSnapshot { group, .. }
+            | ReplicationError::Manifest { group, .. }
+            | ReplicationError::AheadOfLog { group, .. }
+            | ReplicationError::ApplierStopped { group, .. } => Some(*group),
+            ReplicationError::WritesStopped { cause } => cause.group(),
+            ReplicationError::ShuttingDown
+            | ReplicationError::Storage(_)
+            | ReplicationError::SnapshotFile { .. }
+            | ReplicationError::WriteManifest { .. }
+            | ReplicationError::Thread { .. }
+            | ReplicationError::RecoveryStopped => None,
+        }
+    }
+
+    /// The leader's client address, when the error is "not leader" and the
+    /// address is known: a client retries there.
+    pub fn leader_addr(&self) -> Option<&str> {
+        match self {
+            ReplicationError::NotLeader { leader_addr, .. } => leader_addr.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The leader as a "not leader" error shows it.
+fn leader_text(leader: Option<u64>, addr: Option<&str>) -> String {
+    match (leader, addr) {
+        (Some(id), Some(addr)) => format!("node {id} at {addr}"),
+        (Some(id), None) => format!("node {id}"),
+        (None, _) => "unknown".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_not_leader_error_names_the_leader_when_known() {
+        let e = |leader, leader_addr: Option<&str>| ReplicationError::NotLeader {
+            group: 3,
+            name: "shard 1".into(),
+            leader,
+            leader_addr: leader_addr.map(String::from),
+        };
+        assert_eq!(
+            e(None, None).to_string(),
+            "group 3 (shard 1) has no leader on this node (leader: unknown)"
+        );
+        assert_eq!(
+            e(Some(2), Some("10.0.0.2:7070")).to_string(),
+            "group 3 (shard 1) has no leader on this node (leader: node 2 at 10.0.0.2:7070)"
+        );
+        assert_eq!(e(Some(2), Some("10.0.0.2:7070")).leader_addr(), Some("10.0.0.2:7070"));
+        assert_eq!(e(Some(2), None).group(), Some(3));
+    }
+}
