@@ -160,7 +160,10 @@ async fn with_the_guard_off_a_full_disk_stops_writes_until_a_restart_and_loses_n
     }
     let failed = failed.expect("a full disk fails a write");
     assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
-    assert!(failed.message().contains("stopped taking writes") && failed.message().contains("nospace"), "{failed:?}");
+    assert!(
+        failed.message().contains("stopped taking writes") && failed.message().contains("nospace"),
+        "{failed:?}"
+    );
     // Stopped until a restart, even with space freed.
     std::fs::remove_file(&ballast).unwrap();
     let again = s.ingest(identifies(1_000_000, 10)).await.expect_err("writes stay stopped");
