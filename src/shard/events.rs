@@ -576,6 +576,15 @@ impl EventTable {
         let mut bitmaps = Vec::new();
         let mut d = full_from;
         while d <= full_to {
+            // Days with no partition add nothing (a bucket is the union of
+            // its days): go to the next day that has one, so that the walk
+            // is bounded by the partitions, not by the window's width (a
+            // window over centuries, or days far apart in a damaged
+            // snapshot, took minutes).
+            match self.partitions.range(d..=full_to).next() {
+                Some((&next, _)) => d = next,
+                None => break,
+            }
             let mut step = 1;
             let mut bitmap = self.partitions.get(&d).map(|p| &p.who);
             for (level, width) in LEVEL_DAYS.iter().enumerate() {
