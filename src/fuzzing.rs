@@ -678,6 +678,9 @@ pub fn raft_log(base: &LogImage, scratch: &Path, data: &[u8]) {
     if !check.damage.is_empty() {
         return;
     }
+    for cut in &check.cuts {
+        cut.apply().expect("cutting the scratch log's torn tail");
+    }
     let Ok(store) = LogStore::open(&dir) else { return };
     let mut groups = Vec::new();
     for id in store.groups() {

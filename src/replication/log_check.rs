@@ -105,8 +105,8 @@ pub struct LogCheck {
     pub torn: Vec<LogDamage>,
     /// Anything else: the node must not start.
     pub damage: Vec<LogDamage>,
-    /// Cuts the node makes before the engine opens, for a torn tail across
-    /// a file switch (each also listed in `torn`).
+    /// Cuts the node makes before the engine opens: each torn record, and a
+    /// torn tail across a file switch (each also listed in `torn`).
     pub cuts: Vec<TailCut>,
 }
 
@@ -358,6 +358,10 @@ fn check_file(f: &LogFile, bytes: &[u8], last_of_queue: bool, check: &mut LogChe
                 let followed = valid_batch_after(bytes, at + 1, signature);
                 let found = damage(at, problem);
                 if last_of_queue && !followed {
+                    // Cut here rather than left to raft-engine, which reads
+                    // the torn header's length as it stands and reserves
+                    // that much (a garbage length asked for 4 GB).
+                    check.cuts.push(TailCut::Truncate(f.path.clone(), at as u64));
                     check.torn.push(found);
                 } else {
                     check.damage.push(LogDamage {
