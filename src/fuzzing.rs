@@ -685,6 +685,11 @@ pub fn raft_log(base: &LogImage, scratch: &Path, data: &[u8]) {
     let mut groups = Vec::new();
     for id in store.groups() {
         let Ok(group) = store.group(id) else { return };
+        // As `Driver::start`: a group with an entry the engine cannot read
+        // does not start.
+        if group.check_readable().is_err() {
+            return;
+        }
         let (Ok(first), Ok(last)) = (group.first_index(), group.last_index()) else { return };
         // The undamaged log holds a few dozen entries: a longer one is not
         // read whole.

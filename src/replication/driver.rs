@@ -19,7 +19,7 @@
 //! the log store and compacts the log behind it.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,16 +89,6 @@ pub trait StateMachine: Send + Sync + 'static {
     fn snapshot(&self) -> Result<u64, MachineError>;
     /// The file [`snapshot`](StateMachine::snapshot) writes.
     fn snapshot_file(&self) -> &std::path::Path;
-    /// A fresh snapshot as bytes, to send to a follower that fell behind.
-    fn snapshot_data(&self) -> Result<(u64, Vec<u8>), MachineError> {
-        let index = self.snapshot()?;
-        let path = self.snapshot_file();
-        let data = std::fs::read(path).map_err(|source| ReplicationError::SnapshotFile {
-            path: path.display().to_string(),
-            source: std::sync::Arc::new(source),
-        })?;
-        Ok((index, data))
-    }
     /// Replaces the state with a snapshot received from the leader.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError>;
 }
@@ -164,6 +154,57 @@ fn take_snapshot(
     Ok(index)
 }
 
+/// A group's snapshot for followers that fell behind the log. The loop
+/// never builds one itself: raft-rs asks the storage's provider, which
+/// answers "temporarily unavailable" and has a builder thread write a fresh
+/// snapshot (recorded in the manifest like any other) and read it back;
+/// raft-rs asks again at its next heartbeat and gets it.
+#[derive(Default)]
+struct Outgoing {
+    /// Held while the machine writes its snapshot file (the applier's
+    /// snapshots, a builder's, a snapshot installed from the leader) and
+    /// while a builder reads it back, so that a read never mixes two.
+    file: parking_lot::Mutex<()>,
+    slot: parking_lot::Mutex<OutgoingSlot>,
+}
+
+#[derive(Default)]
+struct OutgoingSlot {
+    /// The last snapshot built, with its term and conf state; dropped once
+    /// the log is compacted past it (a follower could not go on from it).
+    ready: Option<Snapshot>,
+    /// A builder is at work.
+    building: bool,
+}
+
+/// Writes a snapshot of `machine` for a follower (recorded in the
+/// manifest, so the log may be compacted behind it) and reads it back.
+fn build_outgoing(
+    group: u64,
+    name: &str,
+    machine: &dyn StateMachine,
+    outgoing: &Outgoing,
+    manifest: Option<&Manifest>,
+) -> Result<(u64, Vec<u8>), ReplicationError> {
+    let _file = outgoing.file.lock();
+    let index = take_snapshot(group, name, machine, manifest)?;
+    let path = machine.snapshot_file();
+    let data = std::fs::read(path).map_err(|source| ReplicationError::SnapshotFile {
+        path: path.display().to_string(),
+        source: Arc::new(source),
+    })?;
+    Ok((index, data))
+}
+
+/// How a snapshot sent to a follower ended, as the transport reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotReport {
+    /// The follower received it whole.
+    Finished,
+    /// It could not be delivered; raft-rs sends another later.
+    Failed,
+}
+
 /// Sends Raft messages to other nodes.
 pub trait Transport: Send + Sync + 'static {
     /// Sends messages of `group`; delivery is best effort (Raft retries).
@@ -219,6 +260,9 @@ pub struct DriverConfig {
     /// leader" error can say where the leader is. Empty on a single node,
     /// which knows no other.
     pub addresses: HashMap<u64, String>,
+    /// How long a proposal may wait for its entry to commit before it
+    /// fails with [`ReplicationError::ProposalTimeout`].
+    pub proposal_timeout: Duration,
 }
 
 impl Default for DriverConfig {
@@ -232,6 +276,7 @@ impl Default for DriverConfig {
             snapshot: SnapshotPolicy { entries: 5_000, bytes: 128 << 20 },
             manifest: None,
             addresses: HashMap::new(),
+            proposal_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -271,6 +316,32 @@ enum Input {
     Step {
         group: u64,
         message: Message,
+    },
+    /// A configuration change to propose, answered like a proposal.
+    ProposeConfChange {
+        group: u64,
+        change: ConfChangeV2,
+        reply: oneshot::Sender<Result<ApplyResult, ReplicationError>>,
+    },
+    /// The transport could not reach node `to` for `group`.
+    Unreachable {
+        group: u64,
+        to: u64,
+    },
+    /// The transport delivered (or failed to deliver) a snapshot to `to`.
+    SnapshotSent {
+        group: u64,
+        to: u64,
+        report: SnapshotReport,
+    },
+    /// raft-rs asked for a snapshot of `group` for a follower: build one.
+    BuildSnapshot {
+        group: u64,
+    },
+    /// A builder finished the snapshot of `group`.
+    SnapshotBuilt {
+        group: u64,
+        built: Result<(u64, Vec<u8>), ReplicationError>,
     },
     /// An applier applied its group's entries up to `index`, and took a
     /// snapshot if `snapshot` is set.
@@ -313,6 +384,16 @@ struct Group {
     name: String,
     node: RawNode<GroupStorage>,
     machine: Arc<dyn StateMachine>,
+    /// Proposals of this node waiting for their entries, by ascending
+    /// index. An entry answers a proposal only when both its index and its
+    /// term match: another leader's entry at the same index is not it.
+    proposals: VecDeque<Proposal>,
+    /// The conf state in effect from each index on (a configuration change's
+    /// entry, or a snapshot), from the one covering the last snapshot: a
+    /// snapshot carries the conf state at its own index.
+    confs: std::collections::BTreeMap<u64, raft::eraftpb::ConfState>,
+    /// Snapshots for followers.
+    outgoing: Arc<Outgoing>,
     /// The applier's queue; `None` once stopped.
     applier: Option<Sender<ApplyTask>>,
     /// Returns, once stopped, what the group's log holds beyond its last
@@ -361,6 +442,7 @@ impl Driver {
     ) -> Result<Driver, ReplicationError> {
         // raft-rs's own records go to `tracing`, each naming its group.
         let logger = slog::Logger::root(TracingDrain, slog::o!());
+        let (tx, rx) = channel::unbounded();
         let mut opened = Vec::with_capacity(groups.len());
         for spec in groups {
             let raft_error = |action: &str, source: raft::Error| ReplicationError::Raft {
@@ -370,6 +452,7 @@ impl Driver {
                 source: Arc::new(source),
             };
             let storage = store.group(spec.id)?;
+            storage.check_readable()?;
             if storage.is_empty() {
                 storage.initialize(&store, &config.voters)?;
             }
@@ -397,16 +480,20 @@ impl Driver {
                 storage.set_hard_state(&mut batch, &hs)?;
                 store.write(&mut batch, true)?;
             }
-            let snap_machine = spec.machine.clone();
-            storage.set_snapshot_provider(Arc::new(move |_request_index, _to| {
-                let (index, data) = snap_machine
-                    .snapshot_data()
-                    .map_err(|e| raft::Error::Store(raft::StorageError::Other(e)))?;
-                let mut snap = Snapshot::default();
-                snap.set_data(data.into());
-                snap.mut_metadata().index = index;
-                Ok(snap)
+            let outgoing = Arc::new(Outgoing::default());
+            let (provider_outgoing, events, group) = (outgoing.clone(), tx.clone(), spec.id);
+            storage.set_snapshot_provider(Arc::new(move |request_index, _to| {
+                let mut slot = provider_outgoing.slot.lock();
+                if let Some(snap) = slot.ready.as_ref().filter(|s| s.get_metadata().index >= request_index) {
+                    return Ok(snap.clone());
+                }
+                if !slot.building {
+                    slot.building = true;
+                    let _ = events.send(Input::BuildSnapshot { group });
+                }
+                Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
             }));
+            let confs = std::iter::once((storage.conf_index(), storage.conf_state())).collect();
             let raft_config = Config {
                 id: config.node_id,
                 election_tick: config.election_ticks,
@@ -426,6 +513,9 @@ impl Driver {
                 name: spec.name,
                 node,
                 machine,
+                proposals: VecDeque::new(),
+                confs,
+                outgoing,
                 applier: None,
                 applier_thread: None,
             });
@@ -442,7 +532,6 @@ impl Driver {
                 })?;
             }
         }
-        let (tx, rx) = channel::unbounded();
         for g in &mut opened {
             let (task_tx, task_rx) = channel::unbounded();
             let applier = Applier {
@@ -451,6 +540,7 @@ impl Driver {
                 machine: g.machine.clone(),
                 policy: config.snapshot,
                 manifest: config.manifest.clone(),
+                outgoing: g.outgoing.clone(),
                 halted: None,
                 since: Since::default(),
                 events: tx.clone(),
@@ -468,6 +558,7 @@ impl Driver {
         let status = Arc::new(RwLock::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let loop_status = status.clone();
+        let events = tx.clone();
         let thread = std::thread::Builder::new()
             .name("raft-driver".into())
             .spawn(move || {
@@ -477,8 +568,8 @@ impl Driver {
                     transport,
                     config,
                     status: loop_status,
-                    pending: HashMap::new(),
-                    next_proposal: 1,
+                    events,
+                    builders: Vec::new(),
                     failed: None,
                 };
                 state.run(rx, ready_tx);
@@ -530,6 +621,34 @@ impl Driver {
         let _ = self.tx.send(Input::Step { group, message });
     }
 
+    /// Proposes a configuration change to `group` (joint consensus when it
+    /// changes several voters at once); resolves once it is committed and
+    /// in effect on this node.
+    pub fn propose_conf_change(
+        &self,
+        group: u64,
+        change: ConfChangeV2,
+    ) -> impl std::future::Future<Output = Result<(), ReplicationError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Input::ProposeConfChange { group, change, reply });
+        async move {
+            sent.map_err(|_| ReplicationError::ShuttingDown)?;
+            rx.await.map_err(|_| ReplicationError::ShuttingDown)?.map(|_| ())
+        }
+    }
+
+    /// The transport could not reach node `to` with a message of `group`:
+    /// raft-rs stops streaming entries to it until it answers again.
+    pub fn report_unreachable(&self, group: u64, to: u64) {
+        let _ = self.tx.send(Input::Unreachable { group, to });
+    }
+
+    /// The transport delivered, or gave up on, a snapshot of `group` to
+    /// node `to`.
+    pub fn report_snapshot(&self, group: u64, to: u64, report: SnapshotReport) {
+        let _ = self.tx.send(Input::SnapshotSent { group, to, report });
+    }
+
     /// Every group's Raft state, as of the last loop turn.
     pub fn status(&self) -> Vec<GroupStatus> {
         self.status.read().clone()
@@ -566,9 +685,17 @@ impl Drop for Driver {
 }
 
 struct Pending {
-    group: u64,
     local: Option<Box<dyn Any + Send>>,
     reply: oneshot::Sender<Result<ApplyResult, ReplicationError>>,
+}
+
+/// A proposal appended to the leader's log at (`index`, `term`).
+struct Proposal {
+    index: u64,
+    term: u64,
+    /// When it was proposed, for the proposal timeout.
+    at: Instant,
+    pending: Pending,
 }
 
 impl Group {
@@ -590,6 +717,7 @@ struct Applier {
     machine: Arc<dyn StateMachine>,
     policy: SnapshotPolicy,
     manifest: Option<Arc<Manifest>>,
+    outgoing: Arc<Outgoing>,
     /// Set once the machine refused an entry: nothing more is applied, and
     /// every later proposal is refused with it.
     halted: Option<ReplicationError>,
@@ -640,6 +768,7 @@ impl Applier {
                     }
                     let snapshot = self.policy.due(self.since).then(|| {
                         self.since = Since::default();
+                        let _file = self.outgoing.file.lock();
                         take_snapshot(self.group, &self.name, &*self.machine, self.manifest.as_deref())
                     });
                     let _ = self.events.send(Input::Applied { group: self.group, index: last, snapshot });
@@ -681,15 +810,10 @@ impl Applier {
             self.since.entries += 1;
             self.since.bytes += e.data.len() as u64;
             if let Some(p) = proposer {
-                // An entry without data under a proposal's id is not the
-                // proposal: raft-rs replaced it, under a new leader.
-                let answer = result.ok_or_else(|| ReplicationError::NotLeader {
-                    group: p.group,
-                    name: self.name.clone(),
-                    leader: None,
-                    leader_addr: None,
-                });
-                let _ = p.reply.send(answer);
+                // A proposal matched by index and term is this very entry;
+                // an empty one (nothing to apply) is answered with `()`.
+                let answer: ApplyResult = result.unwrap_or_else(|| Box::new(()));
+                let _ = p.reply.send(Ok(answer));
             }
         }
         None
@@ -702,8 +826,10 @@ struct Loop {
     transport: Arc<dyn Transport>,
     config: DriverConfig,
     status: Arc<RwLock<Vec<GroupStatus>>>,
-    pending: HashMap<u64, Pending>,
-    next_proposal: u64,
+    /// The loop's own input, for the snapshot builders.
+    events: Sender<Input>,
+    /// Snapshot builder threads; joined at stop.
+    builders: Vec<std::thread::JoinHandle<()>>,
     /// Set once a log write, a snapshot or an entry failed: the node then
     /// refuses writes, with this as the cause.
     failed: Option<Arc<ReplicationError>>,
@@ -747,6 +873,9 @@ impl Loop {
             for input in inputs {
                 match input {
                     Input::Stop(checkpoint) => {
+                        for builder in self.builders.drain(..) {
+                            let _ = builder.join();
+                        }
                         let tails = self.stop_appliers();
                         self.fail_all(ReplicationError::ShuttingDown);
                         if let Some(report) = checkpoint {
@@ -760,6 +889,29 @@ impl Loop {
                         }
                     }
                     Input::Propose { group, data, local, reply } => self.propose(group, data, local, reply),
+                    Input::ProposeConfChange { group, change, reply } => {
+                        self.propose_conf_change(group, change, reply)
+                    }
+                    Input::Unreachable { group, to } => {
+                        if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
+                            g.node.report_unreachable(to);
+                        }
+                    }
+                    Input::SnapshotSent { group, to, report } => {
+                        if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
+                            let status = match report {
+                                SnapshotReport::Finished => raft::SnapshotStatus::Finish,
+                                SnapshotReport::Failed => raft::SnapshotStatus::Failure,
+                            };
+                            g.node.report_snapshot(to, status);
+                        }
+                    }
+                    Input::BuildSnapshot { group } => self.build_snapshot(group),
+                    Input::SnapshotBuilt { group, built } => {
+                        if let Err(e) = self.snapshot_built(group, built) {
+                            self.fail(e, &mut recovering);
+                        }
+                    }
                     Input::Halted(e) => self.fail(e, &mut recovering),
                     Input::Applied { group, index, snapshot } => {
                         // A snapshot that could not be written (a full disk)
@@ -799,6 +951,7 @@ impl Loop {
             if let Err(e) = self.handle_readies() {
                 self.fail(e, &mut recovering);
             }
+            self.expire_proposals();
             self.publish_status();
         }
     }
@@ -840,7 +993,7 @@ impl Loop {
     /// log and compacts behind it. Appliers must be stopped.
     fn snapshot_all(&mut self, tails: &HashMap<u64, Since>) -> Checkpoint {
         let mut checkpoint = Checkpoint::default();
-        let mut due: Vec<(u64, String, Arc<dyn StateMachine>)> = Vec::new();
+        let mut due: Vec<(u64, String, Arc<dyn StateMachine>, Arc<Outgoing>)> = Vec::new();
         for g in &self.groups {
             if g.machine.applied_index() <= g.node.store().snapshot_meta().index {
                 continue;
@@ -848,7 +1001,7 @@ impl Loop {
             let tail = tails.get(&g.id).copied().unwrap_or_default();
             let snapshot_bytes = std::fs::metadata(g.machine.snapshot_file()).map_or(0, |m| m.len());
             if worth_snapshot_at_stop(tail, snapshot_bytes) {
-                due.push((g.id, g.name.clone(), g.machine.clone()));
+                due.push((g.id, g.name.clone(), g.machine.clone(), g.outgoing.clone()));
             } else {
                 checkpoint.left_to_replay += 1;
             }
@@ -860,10 +1013,13 @@ impl Loop {
         std::thread::scope(|scope| {
             for _ in 0..2 {
                 scope.spawn(|| {
-                    while let Some((id, name, machine)) =
+                    while let Some((id, name, machine, outgoing)) =
                         due.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                     {
-                        let result = take_snapshot(*id, name, &**machine, manifest);
+                        let result = {
+                            let _file = outgoing.file.lock();
+                            take_snapshot(*id, name, &**machine, manifest)
+                        };
                         taken.lock().push((*id, result));
                     }
                 });
@@ -894,26 +1050,181 @@ impl Loop {
             let _ = reply.send(Err(ReplicationError::NoSuchGroup { group }));
             return;
         };
-        let id = self.next_proposal;
-        self.next_proposal += 1;
-        let not_leader = not_leader(g, &self.config.addresses);
         if g.node.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(not_leader));
+            let _ = reply.send(Err(not_leader(g, &self.config.addresses)));
             return;
         }
-        match g.node.propose(id.to_le_bytes().to_vec(), data) {
+        // A leader appends an accepted proposal to its log at once, in its
+        // current term: that (index, term) is what must commit.
+        match g.node.propose(Vec::new(), data) {
             Ok(()) => {
-                self.pending.insert(id, Pending { group, local, reply });
+                let (index, term) = (g.node.raft.raft_log.last_index(), g.node.raft.term);
+                g.proposals.push_back(Proposal {
+                    index,
+                    term,
+                    at: Instant::now(),
+                    pending: Pending { local, reply },
+                });
             }
             Err(_) => {
-                let _ = reply.send(Err(not_leader));
+                let _ = reply.send(Err(not_leader(g, &self.config.addresses)));
             }
         }
     }
 
+    fn propose_conf_change(
+        &mut self,
+        group: u64,
+        change: ConfChangeV2,
+        reply: oneshot::Sender<Result<ApplyResult, ReplicationError>>,
+    ) {
+        if let Some(cause) = &self.failed {
+            let _ = reply.send(Err(ReplicationError::WritesStopped { cause: cause.clone() }));
+            return;
+        }
+        let Some(g) = self.groups.iter_mut().find(|g| g.id == group) else {
+            let _ = reply.send(Err(ReplicationError::NoSuchGroup { group }));
+            return;
+        };
+        if g.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(not_leader(g, &self.config.addresses)));
+            return;
+        }
+        match g.node.propose_conf_change(Vec::new(), change) {
+            Ok(()) => {
+                let (index, term) = (g.node.raft.raft_log.last_index(), g.node.raft.term);
+                let pending = Pending { local: None, reply };
+                g.proposals.push_back(Proposal { index, term, at: Instant::now(), pending });
+            }
+            Err(source) => {
+                // raft-rs refuses a change while another is pending.
+                let _ = reply.send(Err(ReplicationError::Raft {
+                    group,
+                    name: g.name.clone(),
+                    action: "proposing a configuration change".into(),
+                    source: Arc::new(source),
+                }));
+            }
+        }
+    }
+
+    /// Starts a builder thread for a snapshot of `group` to send.
+    fn build_snapshot(&mut self, group: u64) {
+        let Some(g) = self.groups.iter().find(|g| g.id == group) else { return };
+        let (machine, outgoing, name) = (g.machine.clone(), g.outgoing.clone(), g.name.clone());
+        let (manifest, events) = (self.config.manifest.clone(), self.events.clone());
+        self.builders.retain(|b| !b.is_finished());
+        let spawned = std::thread::Builder::new().name(format!("snapshot-{group}")).spawn(move || {
+            let built = build_outgoing(group, &name, &*machine, &outgoing, manifest.as_deref());
+            let _ = events.send(Input::SnapshotBuilt { group, built });
+        });
+        match spawned {
+            Ok(thread) => self.builders.push(thread),
+            Err(e) => {
+                tracing::warn!(group, error = %e, "cannot start a snapshot builder; raft-rs will ask again");
+                g.outgoing.slot.lock().building = false;
+            }
+        }
+    }
+
+    /// A builder's snapshot is written and recorded: the log is compacted
+    /// behind it like behind any snapshot, and it is ready for raft-rs to
+    /// send, with its term and the conf state at its index.
+    fn snapshot_built(
+        &mut self,
+        group: u64,
+        built: Result<(u64, Vec<u8>), ReplicationError>,
+    ) -> Result<(), ReplicationError> {
+        let Some(k) = self.groups.iter().position(|g| g.id == group) else { return Ok(()) };
+        let (index, data) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::warn!(group, error = %e, "snapshot for a follower not built; raft-rs will ask again");
+                self.groups[k].outgoing.slot.lock().building = false;
+                return Ok(());
+            }
+        };
+        let meta = self.snapshot_meta_at(k, index)?;
+        self.record_snapshot(k, index)?;
+        let g = &self.groups[k];
+        let mut slot = g.outgoing.slot.lock();
+        slot.building = false;
+        match meta {
+            Some(meta) => {
+                let mut snap = Snapshot::default();
+                snap.set_data(data.into());
+                snap.set_metadata(meta);
+                slot.ready = Some(snap);
+            }
+            // Taken before the conf change the log starts with took
+            // effect (right after a restart): the next one will do.
+            None => tracing::debug!(group, index, "snapshot predates the known conf state; building another"),
+        }
+        Ok(())
+    }
+
+    /// The metadata of a snapshot of group `k` at `index`: the term of its
+    /// entry and the conf state in effect there (`None` when the index
+    /// lies before the oldest conf state this node knows).
+    fn snapshot_meta_at(
+        &self,
+        k: usize,
+        index: u64,
+    ) -> Result<Option<raft::eraftpb::SnapshotMetadata>, ReplicationError> {
+        let g = &self.groups[k];
+        let Some((_, conf)) = g.confs.range(..=index).next_back() else { return Ok(None) };
+        let term = raft::Storage::term(g.node.store(), index).map_err(|source| ReplicationError::Raft {
+            group: g.id,
+            name: g.name.clone(),
+            action: format!("reading the term of entry {index}"),
+            source: Arc::new(source),
+        })?;
+        let mut meta = raft::eraftpb::SnapshotMetadata { index, term, ..Default::default() };
+        meta.set_conf_state(conf.clone());
+        Ok(Some(meta))
+    }
+
     fn fail_all(&mut self, error: ReplicationError) {
-        for (_, p) in self.pending.drain() {
-            let _ = p.reply.send(Err(error.clone()));
+        for g in &mut self.groups {
+            for p in g.proposals.drain(..) {
+                let _ = p.pending.reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Fails the proposals whose outcome this node can no longer learn as
+    /// their leader: every one of a group that is no longer leader in the
+    /// term they were proposed in, and those older than the proposal
+    /// timeout. Both answers say the entry may still apply.
+    fn expire_proposals(&mut self) {
+        let timeout = self.config.proposal_timeout;
+        for g in &mut self.groups {
+            let Some(first) = g.proposals.front() else { continue };
+            let (state, term) = (g.node.raft.state, g.node.raft.term);
+            if state != StateRole::Leader || term != first.term {
+                let leader = Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+                let leader_addr = leader.and_then(|id| self.config.addresses.get(&id).cloned());
+                for p in g.proposals.drain(..) {
+                    let _ = p.pending.reply.send(Err(ReplicationError::LeadershipLost {
+                        group: g.id,
+                        name: g.name.clone(),
+                        index: p.index,
+                        term: p.term,
+                        leader,
+                        leader_addr: leader_addr.clone(),
+                    }));
+                }
+                continue;
+            }
+            while g.proposals.front().is_some_and(|p| p.at.elapsed() >= timeout) {
+                let Some(p) = g.proposals.pop_front() else { break };
+                let _ = p.pending.reply.send(Err(ReplicationError::ProposalTimeout {
+                    group: g.id,
+                    name: g.name.clone(),
+                    index: p.index,
+                    waited_ms: p.at.elapsed().as_millis() as u64,
+                }));
+            }
         }
     }
 
@@ -937,6 +1248,7 @@ impl Loop {
                 g.wait_applier();
                 let snap = ready.snapshot().clone();
                 let meta = snap.get_metadata();
+                let file = g.outgoing.file.lock();
                 g.machine.restore(meta.index, snap.get_data()).map_err(|source| {
                     ReplicationError::InstallSnapshot {
                         group: g.id,
@@ -945,7 +1257,21 @@ impl Loop {
                         source: source.into(),
                     }
                 })?;
+                // The machine wrote the snapshot as its own file: the
+                // manifest must know it before the log record says so.
+                if let Some(manifest) = &self.config.manifest {
+                    manifest.record_snapshot(g.id, g.machine.snapshot_file(), meta.index).map_err(
+                        |source| ReplicationError::Manifest {
+                            group: g.id,
+                            index: meta.index,
+                            source: Arc::new(source),
+                        },
+                    )?;
+                }
+                drop(file);
                 g.node.store().apply_snapshot(&mut batch, &snap)?;
+                g.confs = std::iter::once((meta.index, meta.get_conf_state().clone())).collect();
+                g.outgoing.slot.lock().ready = None;
                 installed = Some(meta.index);
             }
             let committed = ready.take_committed_entries();
@@ -994,19 +1320,24 @@ impl Loop {
             if matches!(entry.get_entry_type(), EntryType::EntryConfChange | EntryType::EntryConfChangeV2) {
                 self.apply_conf_change(k, entry)?;
             }
-            if entry.context.len() == 8 {
-                let id = u64::from_le_bytes(entry.context[..8].try_into().unwrap_or([0; 8]));
-                if let Some(p) = self.pending.remove(&id) {
-                    if p.group == self.groups[k].id {
-                        replies.push((entry.index, p));
-                    } else {
-                        // Not its group's entry: the proposal was lost.
-                        let lost = match self.groups.iter().find(|g| g.id == p.group) {
-                            Some(g) => not_leader(g, &self.config.addresses),
-                            None => ReplicationError::NoSuchGroup { group: p.group },
-                        };
-                        let _ = p.reply.send(Err(lost));
-                    }
+            let g = &mut self.groups[k];
+            // Committed entries come in index order: a proposal at or below
+            // this index is answered now, by this entry if the terms match;
+            // otherwise another leader's entry replaced it.
+            while g.proposals.front().is_some_and(|p| p.index <= entry.index) {
+                let Some(p) = g.proposals.pop_front() else { break };
+                if p.index == entry.index && p.term == entry.term {
+                    replies.push((entry.index, p.pending));
+                } else {
+                    let leader = Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+                    let _ = p.pending.reply.send(Err(ReplicationError::LeadershipLost {
+                        group: g.id,
+                        name: g.name.clone(),
+                        index: p.index,
+                        term: p.term,
+                        leader,
+                        leader_addr: leader.and_then(|id| self.config.addresses.get(&id).cloned()),
+                    }));
                 }
             }
         }
@@ -1036,29 +1367,63 @@ impl Loop {
         }
         let Some(snapshot) = snapshot else { return Ok(()) };
         let index = snapshot?;
-        let store = g.node.store().clone();
+        match self.groups.iter().position(|g| g.id == group) {
+            Some(k) => self.record_snapshot(k, index),
+            None => Ok(()),
+        }
+    }
+
+    /// A snapshot of group `k` at `index` is written and in the manifest:
+    /// the log store records it and compacts its log behind it.
+    fn record_snapshot(&mut self, k: usize, index: u64) -> Result<(), ReplicationError> {
+        let store = self.groups[k].node.store().clone();
         if index <= store.snapshot_meta().index {
             return Ok(());
         }
-        let term = raft::Storage::term(&store, index).map_err(|source| ReplicationError::Raft {
-            group: g.id,
-            name: g.name.clone(),
-            action: format!("reading the term of entry {index}"),
-            source: Arc::new(source),
-        })?;
-        let mut meta = raft::eraftpb::SnapshotMetadata { index, term, ..Default::default() };
-        meta.set_conf_state(g.node.raft.prs().conf().to_conf_state());
+        // The stored metadata's conf state is informational (a restart
+        // reads the current conf state): before the oldest known one, the
+        // current one stands in.
+        let meta = match self.snapshot_meta_at(k, index)? {
+            Some(meta) => meta,
+            None => {
+                let g = &self.groups[k];
+                let term = raft::Storage::term(&store, index).map_err(|source| ReplicationError::Raft {
+                    group: g.id,
+                    name: g.name.clone(),
+                    action: format!("reading the term of entry {index}"),
+                    source: Arc::new(source),
+                })?;
+                let mut meta = raft::eraftpb::SnapshotMetadata { index, term, ..Default::default() };
+                meta.set_conf_state(g.node.raft.prs().conf().to_conf_state());
+                meta
+            }
+        };
         let mut batch = LogBatch::default();
         store.set_snapshot_meta(&mut batch, &meta)?;
         self.store.write(&mut batch, true)?;
         store.compact_to(index + 1);
         self.store.purge()?;
+        let g = &mut self.groups[k];
+        // Conf states before the one in effect at the snapshot are history.
+        if let Some((&keep, _)) = g.confs.range(..=index).next_back() {
+            g.confs = g.confs.split_off(&keep);
+        }
+        // A follower could not go on from an older outgoing snapshot: the
+        // log after it is gone.
+        let mut slot = g.outgoing.slot.lock();
+        if slot.ready.as_ref().is_some_and(|s| s.get_metadata().index < index) {
+            slot.ready = None;
+        }
         Ok(())
     }
 
     fn apply_conf_change(&mut self, k: usize, entry: &Entry) -> Result<(), ReplicationError> {
         use protobuf::Message as _;
         let g = &mut self.groups[k];
+        // A replay hands over changes already in the stored conf state.
+        if entry.index <= g.node.store().conf_index() {
+            return Ok(());
+        }
         let bad = |source| ReplicationError::BadConfChange {
             group: g.id,
             index: entry.index,
@@ -1080,8 +1445,9 @@ impl Loop {
             source: Arc::new(source),
         })?;
         let mut batch = LogBatch::default();
-        g.node.store().set_conf_state(&mut batch, &cs)?;
+        g.node.store().set_conf_state(&mut batch, &cs, entry.index)?;
         self.store.write(&mut batch, true)?;
+        g.confs.insert(entry.index, cs);
         Ok(())
     }
 

@@ -39,6 +39,41 @@ pub enum ReplicationError {
         /// single-node build knows no other node's address).
         leader_addr: Option<String>,
     },
+    /// This node proposed entry `index` in `term` as the group's leader,
+    /// then lost the leadership before the entry committed. Another leader
+    /// may still commit it, or replace it: the outcome is unknown. A retry
+    /// is safe for messages with a `messageId` (they are deduplicated).
+    #[error("group {group} ({name}): leadership lost before entry {index} (term {term}) committed; it may or may not apply (leader now: {})", leader_text(*.leader, .leader_addr.as_deref()))]
+    LeadershipLost {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The proposed entry's index.
+        index: u64,
+        /// The term it was proposed in.
+        term: u64,
+        /// The leader's Raft id, when this node knows one.
+        leader: Option<u64>,
+        /// The leader's client address, when known.
+        leader_addr: Option<String>,
+    },
+    /// A proposal waited longer than the driver's proposal timeout for its
+    /// entry to commit (a leader that lost its quorum): the outcome is
+    /// unknown, as for [`LeadershipLost`](ReplicationError::LeadershipLost).
+    #[error(
+        "group {group} ({name}): entry {index} not committed after {waited_ms} ms; it may or may not apply"
+    )]
+    ProposalTimeout {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The proposed entry's index.
+        index: u64,
+        /// How long it waited.
+        waited_ms: u64,
+    },
     /// No group of that id runs on this node.
     #[error("no raft group {group} on this node")]
     NoSuchGroup {
@@ -196,6 +231,8 @@ impl ReplicationError {
     pub fn group(&self) -> Option<u64> {
         match self {
             ReplicationError::NotLeader { group, .. }
+            | ReplicationError::LeadershipLost { group, .. }
+            | ReplicationError::ProposalTimeout { group, .. }
             | ReplicationError::NoSuchGroup { group }
             | ReplicationError::Halted { group, .. }
             | ReplicationError::Raft { group, .. }
@@ -219,7 +256,8 @@ impl ReplicationError {
     /// address is known: a client retries there.
     pub fn leader_addr(&self) -> Option<&str> {
         match self {
-            ReplicationError::NotLeader { leader_addr, .. } => leader_addr.as_deref(),
+            ReplicationError::NotLeader { leader_addr, .. }
+            | ReplicationError::LeadershipLost { leader_addr, .. } => leader_addr.as_deref(),
             _ => None,
         }
     }

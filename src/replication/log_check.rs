@@ -270,7 +270,21 @@ fn read_batch(bytes: &[u8], at: usize, signature: Option<u32>) -> Result<usize, 
     let Some(batch) = bytes.get(at..at.saturating_add(len)) else {
         return Err(format!("the batch runs past the end of the file ({len} bytes)"));
     };
+    let items = &batch[footer..];
+    let (index, sum) = items.split_at(items.len() - CHECKSUM_LEN);
+    let expected = le_u32(sum) ^ signature.unwrap_or(0);
+    let actual = crc32fast::hash(index);
+    if expected != actual {
+        return Err(format!("the batch index's checksum is wrong (expected {expected}, found {actual})"));
+    }
+    // Neither checksum covers the compression byte of the header: flipped,
+    // it makes a sound block decode to other bytes than the index points
+    // into (raft-engine then fails to read an entry, or panics slicing it).
+    let indexed = indexed_entry_bytes(index)?;
     let entries = &batch[BATCH_HEADER_LEN..footer];
+    if entries.is_empty() && indexed > 0 {
+        return Err(format!("the batch index points into {indexed} bytes of entries, but it has none"));
+    }
     if !entries.is_empty() {
         if entries.len() <= CHECKSUM_LEN {
             return Err("the entries block is too short".into());
@@ -282,13 +296,131 @@ fn read_batch(bytes: &[u8], at: usize, signature: Option<u32>) -> Result<usize, 
                 "the entries block's checksum is wrong (expected {expected}, found {actual})"
             ));
         }
+        let decoded = if len_and_type as u8 == 1 { lz4_decompressed_len(data)? } else { data.len() };
+        if (decoded as u64) < indexed {
+            return Err(format!(
+                "the batch index points into {indexed} bytes of entries, but its entries block ({}) decodes to {decoded}",
+                if len_and_type as u8 == 1 { "marked LZ4-compressed" } else { "marked plain" }
+            ));
+        }
     }
-    let items = &batch[footer..];
-    let (data, sum) = items.split_at(items.len() - CHECKSUM_LEN);
-    let expected = le_u32(sum) ^ signature.unwrap_or(0);
-    let actual = crc32fast::hash(data);
-    if expected != actual {
-        return Err(format!("the batch index's checksum is wrong (expected {expected}, found {actual})"));
+    Ok(len)
+}
+
+/// LZ4 compresses at most 255 to 1: a block that claims more is damaged.
+const LZ4_MAX_RATIO: usize = 255;
+
+/// raft-engine's variable-length `u64` (LEB128, at most 10 bytes).
+fn read_var_u64(r: &mut &[u8]) -> Result<u64, String> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let Some((&b, rest)) = r.split_first() else { break };
+        *r = rest;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err("the batch index is cut short or holds a bad number".into())
+}
+
+fn read_u8(r: &mut &[u8]) -> Result<u8, String> {
+    let Some((&b, rest)) = r.split_first() else { return Err("the batch index is cut short".into()) };
+    *r = rest;
+    Ok(b)
+}
+
+fn skip(r: &mut &[u8], n: u64) -> Result<(), String> {
+    match usize::try_from(n).ok().filter(|&n| n <= r.len()) {
+        Some(n) => {
+            *r = &r[n..];
+            Ok(())
+        }
+        None => Err("the batch index is cut short".into()),
+    }
+}
+
+/// Walks a batch index (raft-engine's `LogItemBatch`, without its checksum)
+/// and returns how many bytes of decoded entries it points into: each
+/// `EntryIndexes` item lists the running end offset of its entries.
+fn indexed_entry_bytes(index: &[u8]) -> Result<u64, String> {
+    const TYPE_ENTRIES: u8 = 1;
+    const TYPE_COMMAND: u8 = 2;
+    const TYPE_KV: u8 = 3;
+    let r = &mut &index[..];
+    let mut end = 0u64;
+    for _ in 0..read_var_u64(r)? {
+        read_var_u64(r)?; // the group
+        match read_u8(r)? {
+            TYPE_ENTRIES => {
+                let count = read_var_u64(r)?;
+                if count > 0 {
+                    read_var_u64(r)?; // the first index
+                }
+                for _ in 0..count {
+                    let next = read_var_u64(r)?;
+                    if next < end || next > u64::from(u32::MAX) {
+                        return Err("the batch index's entry offsets are not in order".into());
+                    }
+                    end = next;
+                }
+            }
+            TYPE_COMMAND => match read_u8(r)? {
+                1 => {}
+                2 => {
+                    read_var_u64(r)?;
+                }
+                c => return Err(format!("the batch index names an unknown command {c}")),
+            },
+            TYPE_KV => {
+                let op = read_u8(r)?;
+                let key = read_var_u64(r)?;
+                skip(r, key)?;
+                match op {
+                    1 => {
+                        let value = read_var_u64(r)?;
+                        skip(r, value)?;
+                    }
+                    2 => {}
+                    op => return Err(format!("the batch index names an unknown key operation {op}")),
+                }
+            }
+            t => return Err(format!("the batch index names an unknown item type {t}")),
+        }
+    }
+    Ok(end)
+}
+
+/// The length `block` decompresses to as raft-engine reads it (its
+/// `util::lz4::decompress_block`): a little-endian `u32` length, then an
+/// LZ4 block of exactly that many bytes.
+fn lz4_decompressed_len(block: &[u8]) -> Result<usize, String> {
+    let Some((len, compressed)) = block.split_first_chunk::<4>() else {
+        return Err("the entries block is marked LZ4-compressed but is too short".into());
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    if compressed.is_empty() || len > compressed.len().saturating_mul(LZ4_MAX_RATIO) + 16 {
+        return Err(format!(
+            "the entries block is marked LZ4-compressed but its {} bytes claim {len}",
+            compressed.len()
+        ));
+    }
+    let mut out = vec![0u8; len];
+    let (Ok(src_len), Ok(dst_len)) = (i32::try_from(compressed.len()), i32::try_from(len)) else {
+        return Err(format!("the entries block is marked LZ4-compressed but claims {len} bytes"));
+    };
+    // SAFETY: LZ4_decompress_safe reads at most `src_len` bytes of
+    // `compressed` and writes at most `dst_len` bytes into `out`, which
+    // holds that many; it never reads or writes outside them, whatever the
+    // input.
+    let written = unsafe {
+        lz4_sys::LZ4_decompress_safe(compressed.as_ptr().cast(), out.as_mut_ptr().cast(), src_len, dst_len)
+    };
+    if written != dst_len {
+        return Err(format!(
+            "the entries block is marked LZ4-compressed but does not decompress ({} of {len} bytes)",
+            written.max(0)
+        ));
     }
     Ok(len)
 }
@@ -445,6 +577,73 @@ mod tests {
             damaged_somewhere += 1;
         }
         assert_eq!(damaged_somewhere, 6);
+    }
+
+    /// The offset and compression byte of every batch in `bytes`.
+    fn batches(bytes: &[u8]) -> Vec<(usize, u8)> {
+        let (mut at, _, _) = parse_header(bytes).unwrap();
+        let mut found = Vec::new();
+        while at + BATCH_HEADER_LEN <= bytes.len() {
+            let len_and_type = be_u64(&bytes[at..]);
+            let len = (len_and_type >> 8) as usize;
+            if len == 0 {
+                break;
+            }
+            found.push((at, len_and_type as u8));
+            at += len;
+        }
+        found
+    }
+
+    #[test]
+    fn a_flipped_compression_flag_is_found_by_the_check_or_by_reading_the_log() {
+        // Found by the raft_log fuzz target: the compression byte of a batch
+        // header is under no checksum; flipped, raft-engine opens the log
+        // and raft-rs panicked on the first read of the entry.
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 5);
+        {
+            // One batch large enough for raft-engine to compress it, then
+            // one more so that it is not the last record.
+            let store = LogStore::open(dir.path()).unwrap();
+            let g = store.group(7).unwrap();
+            for i in 6..=7u64 {
+                let mut batch = raft_engine::LogBatch::default();
+                let size = if i == 6 { 64 << 10 } else { 10 };
+                let e = Entry { index: i, term: 1, data: vec![b'x'; size].into(), ..Default::default() };
+                g.append(&mut batch, &[e]).unwrap();
+                store.write(&mut batch, true).unwrap();
+            }
+        }
+        let file = log_file(dir.path());
+        let clean = std::fs::read(&file).unwrap();
+        let found = batches(&clean);
+        let at = found.iter().position(|b| b.1 == 1).expect("a compressed batch");
+        // The batch before it holds entry 5 (a plain entries block).
+        let (plain, compressed) = (found[at - 1].0, found[at].0);
+        assert_eq!(found[at - 1].1, 0);
+        // Plain marked compressed: the check decompresses and names it.
+        let mut bytes = clean.clone();
+        bytes[plain + 7] = 1;
+        std::fs::write(&file, &bytes).unwrap();
+        let check = check_dir(dir.path()).unwrap();
+        assert_eq!(check.damage.len(), 1, "{check:?}");
+        assert_eq!(check.damage[0].offset as usize, plain, "{}", check.damage[0]);
+        assert!(check.damage[0].problem.contains("marked LZ4-compressed"), "{}", check.damage[0]);
+        // Compressed marked plain: its bytes are shorter than the entries
+        // the batch index points to (raft-engine panicked slicing them).
+        let mut bytes = clean.clone();
+        bytes[compressed + 7] = 0;
+        std::fs::write(&file, &bytes).unwrap();
+        let check = check_dir(dir.path()).unwrap();
+        assert_eq!(check.damage.len(), 1, "{check:?}");
+        assert_eq!(check.damage[0].offset as usize, compressed, "{}", check.damage[0]);
+        assert!(check.damage[0].problem.contains("marked plain"), "{}", check.damage[0]);
+        // Undamaged, every entry reads back.
+        std::fs::write(&file, &clean).unwrap();
+        assert!(check_dir(dir.path()).unwrap().damage.is_empty());
+        let store = LogStore::open(dir.path()).unwrap();
+        store.group(7).unwrap().check_readable().unwrap();
     }
 
     #[test]

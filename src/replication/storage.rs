@@ -16,6 +16,9 @@
 //!
 //! - `hard_state`: the [`HardState`] (term, vote, commit);
 //! - `conf_state`: the current [`ConfState`] (voters and learners);
+//! - `conf_index`: the index of the entry (or snapshot) that made it, as
+//!   the `index` of a [`SnapshotMetadata`] (0 for the founding one), so
+//!   that a replay does not apply a configuration change twice;
 //! - `snapshot_meta`: the [`SnapshotMetadata`] of the last snapshot that
 //!   covers the log (index, term, conf state at that index). Its index is the
 //!   group's "truncated index": the log proper starts at `index + 1`.
@@ -68,6 +71,8 @@ use thiserror::Error;
 const HARD_STATE_KEY: &[u8] = b"hard_state";
 /// Key of a group's current [`ConfState`].
 const CONF_STATE_KEY: &[u8] = b"conf_state";
+/// Key of the index at which the current [`ConfState`] took effect.
+const CONF_INDEX_KEY: &[u8] = b"conf_index";
 /// Key of the [`SnapshotMetadata`] of the snapshot that covers a group's
 /// compacted log prefix.
 const SNAPSHOT_META_KEY: &[u8] = b"snapshot_meta";
@@ -295,6 +300,7 @@ impl LogStore {
         Ok(GroupMeta {
             hard_state: self.load(group, HARD_STATE_KEY, "hard_state")?,
             conf_state: self.load(group, CONF_STATE_KEY, "conf_state")?,
+            conf_index: self.load::<SnapshotMetadata>(group, CONF_INDEX_KEY, "conf_index")?.index,
             snapshot: self.load(group, SNAPSHOT_META_KEY, "snapshot_meta")?,
             provider: None,
             recent: RecentEntries::default(),
@@ -321,6 +327,8 @@ struct GroupMeta {
     hard_state: HardState,
     /// The last conf state added to a batch.
     conf_state: ConfState,
+    /// The index at which `conf_state` took effect.
+    conf_index: u64,
     /// The snapshot covering the log up to and including `snapshot.index`
     /// (all zero when none).
     snapshot: SnapshotMetadata,
@@ -517,10 +525,18 @@ impl GroupStorage {
     }
 
     /// Adds the conf state to `batch` and makes it the group's current one
-    /// (after a configuration change has been applied).
-    pub fn set_conf_state(&self, batch: &mut LogBatch, cs: &ConfState) -> Result<(), StorageError> {
+    /// (after the configuration change of entry `index` has been applied).
+    pub fn set_conf_state(
+        &self,
+        batch: &mut LogBatch,
+        cs: &ConfState,
+        index: u64,
+    ) -> Result<(), StorageError> {
         self.put(batch, CONF_STATE_KEY, "conf_state", cs)?;
-        self.meta.write().conf_state = cs.clone();
+        self.put(batch, CONF_INDEX_KEY, "conf_index", &SnapshotMetadata { index, ..Default::default() })?;
+        let mut meta = self.meta.write();
+        meta.conf_state = cs.clone();
+        meta.conf_index = index;
         Ok(())
     }
 
@@ -592,6 +608,12 @@ impl GroupStorage {
         self.meta.read().conf_state.clone()
     }
 
+    /// The index of the entry (or snapshot) whose configuration change made
+    /// the current conf state; 0 for the founding configuration.
+    pub fn conf_index(&self) -> u64 {
+        self.meta.read().conf_index
+    }
+
     /// Drops the log entries below `index`, which must be covered by the
     /// stored snapshot (`index <= snapshot index + 1`).
     ///
@@ -641,6 +663,12 @@ impl GroupStorage {
         batch.add_command(self.group_id, Command::Compact { index: drop_below });
         self.put(batch, SNAPSHOT_META_KEY, "snapshot_meta", meta)?;
         self.put(batch, CONF_STATE_KEY, "conf_state", meta.get_conf_state())?;
+        self.put(
+            batch,
+            CONF_INDEX_KEY,
+            "conf_index",
+            &SnapshotMetadata { index: meta.index, ..Default::default() },
+        )?;
         let mut hs = self.meta.read().hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
@@ -648,8 +676,54 @@ impl GroupStorage {
         let mut view = self.meta.write();
         view.snapshot = meta.clone();
         view.conf_state = meta.get_conf_state().clone();
+        view.conf_index = meta.index;
         view.hard_state = hs;
         view.recent.clear();
+        Ok(())
+    }
+
+    /// Reads every entry of the group's log once, so that one raft-engine
+    /// cannot read stops the start with the group and the indexes named:
+    /// raft-rs panics on such a read. The file check before the engine
+    /// opens ([`log_check`](super::log_check)) cannot see all damage inside
+    /// a batch (a flipped compression flag, which no checksum covers, makes
+    /// a sound block undecodable).
+    pub fn check_readable(&self) -> Result<(), StorageError> {
+        const CHUNK: u64 = 1024;
+        let first = self.meta.read().snapshot.index + 1;
+        let Some(last) = self.engine.last_index(self.group_id) else { return Ok(()) };
+        let mut low = first;
+        let mut entries = Vec::new();
+        while low <= last {
+            let high = (low + CHUNK).min(last + 1);
+            entries.clear();
+            match self.engine.fetch_entries_to::<EntryCodec>(self.group_id, low, high, None, &mut entries) {
+                Ok(_) if entries.len() as u64 == high - low => {}
+                Ok(_) => {
+                    return Err(StorageError::Read {
+                        dir: self.dir.to_string(),
+                        group: self.group_id,
+                        low,
+                        high,
+                        source: raft_engine::Error::Corruption(format!(
+                            "{} of {} entries returned",
+                            entries.len(),
+                            high - low
+                        )),
+                    })
+                }
+                Err(source) => {
+                    return Err(StorageError::Read {
+                        dir: self.dir.to_string(),
+                        group: self.group_id,
+                        low,
+                        high,
+                        source,
+                    })
+                }
+            }
+            low = high;
+        }
         Ok(())
     }
 
@@ -971,7 +1045,7 @@ mod tests {
             ));
             let mut batch = LogBatch::default();
             g.set_hard_state(&mut batch, &hard_state(4, 2, 0)).unwrap();
-            g.set_conf_state(&mut batch, &cs).unwrap();
+            g.set_conf_state(&mut batch, &cs, 7).unwrap();
             store.write(&mut batch, true).unwrap();
         }
         let store = LogStore::open(dir.path()).unwrap();
@@ -979,6 +1053,7 @@ mod tests {
         let state = g.initial_state().unwrap();
         assert_eq!(state.hard_state, hard_state(4, 2, 0));
         assert_eq!(state.conf_state, cs);
+        assert_eq!(g.conf_index(), 7, "the index of the change that made the conf state");
         assert!(state.initialized());
         assert!(!g.is_empty());
         // A group the engine never saw is empty, and reading it writes nothing.

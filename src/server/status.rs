@@ -9,7 +9,7 @@
 //! | a saved segment that exists (`AdminError::Exists`) | `ALREADY_EXISTS` |
 //! | a saved segment in use (`AdminError::InUse`) | `FAILED_PRECONDITION` |
 //! | a shard past the deadline (`QueryError::DeadlineExceeded`) | `DEADLINE_EXCEEDED` |
-//! | not the leader, shutting down, a stopped group, a node that stopped taking writes, a lost step (`ReplicationError::{NotLeader, ShuttingDown, Halted, WritesStopped}`, `IngestError::{Gap, ShuttingDown}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
+//! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped}`, `IngestError::{Gap, ShuttingDown}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
 //! | the log, a snapshot, a thread, a bug (every other variant) | `INTERNAL` |
 //!
 //! A proposal that fails is never `INVALID_ARGUMENT`: the request was fine,
@@ -68,6 +68,8 @@ pub fn code(e: &ServerError) -> Code {
     fn replication(e: &ReplicationError) -> Code {
         match e {
             ReplicationError::NotLeader { .. }
+            | ReplicationError::LeadershipLost { .. }
+            | ReplicationError::ProposalTimeout { .. }
             | ReplicationError::ShuttingDown
             | ReplicationError::Halted { .. }
             | ReplicationError::WritesStopped { .. } => Code::Unavailable,

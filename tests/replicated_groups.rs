@@ -1,0 +1,309 @@
+//! Raft groups replicated on three drivers in one process, over an
+//! in-process network that can cut a node off: proposals are answered by
+//! their own entries only (matched by index and term) across a leader
+//! change, a proposal whose leader lost its quorum fails instead of
+//! waiting forever, and a follower that fell behind a compacted log
+//! catches up from a snapshot that carries its term and conf state.
+//!
+//! The network here is threads and channels, not yet the seeded,
+//! deterministic simulation the cluster issue asks for; the drivers, logs
+//! (raft-engine in temporary directories, with fsync) and raft-rs are the
+//! real ones.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cohort::replication::driver::{
+    ApplyResult, Driver, DriverConfig, GroupSpec, SnapshotPolicy, SnapshotReport, StateMachine, Transport,
+};
+use cohort::replication::error::MachineError;
+use cohort::replication::storage::LogStore;
+use cohort::replication::ReplicationError;
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::{Message, MessageType};
+
+const GROUP: u64 = 1;
+
+/// A list of `u64`s: each entry appends one. Its snapshot is the list.
+struct ListMachine {
+    path: PathBuf,
+    state: Mutex<(u64, Vec<u64>)>,
+    applied: AtomicU64,
+    restores: AtomicU64,
+}
+
+impl ListMachine {
+    fn new(dir: &Path) -> Arc<ListMachine> {
+        Arc::new(ListMachine {
+            path: dir.join("list.snap"),
+            state: Mutex::new((0, Vec::new())),
+            applied: AtomicU64::new(0),
+            restores: AtomicU64::new(0),
+        })
+    }
+
+    fn values(&self) -> Vec<u64> {
+        self.state.lock().1.clone()
+    }
+}
+
+fn encode(index: u64, values: &[u64]) -> Vec<u8> {
+    std::iter::once(index).chain(values.iter().copied()).flat_map(u64::to_le_bytes).collect()
+}
+
+fn decode(data: &[u8]) -> (u64, Vec<u64>) {
+    let mut words = data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()));
+    let index = words.next().unwrap_or(0);
+    (index, words.collect())
+}
+
+impl StateMachine for ListMachine {
+    fn apply(&self, index: u64, data: &[u8]) -> ApplyResult {
+        let value = u64::from_le_bytes(data.try_into().expect("an 8-byte value"));
+        let mut state = self.state.lock();
+        state.0 = index;
+        state.1.push(value);
+        self.applied.store(index, Ordering::Release);
+        Box::new(value)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn snapshot(&self) -> Result<u64, MachineError> {
+        let state = self.state.lock();
+        std::fs::write(&self.path, encode(state.0, &state.1))?;
+        Ok(state.0)
+    }
+
+    fn snapshot_file(&self) -> &Path {
+        &self.path
+    }
+
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError> {
+        let (at, values) = decode(data);
+        assert_eq!(at, index, "a snapshot's data and its metadata name the same index");
+        *self.state.lock() = (index, values);
+        self.applied.store(index, Ordering::Release);
+        self.restores.fetch_add(1, Ordering::Relaxed);
+        std::fs::write(&self.path, data)?;
+        Ok(())
+    }
+}
+
+/// Delivers messages between the drivers of one process; a cut-off node
+/// neither sends nor receives.
+#[derive(Default)]
+struct Net {
+    drivers: RwLock<HashMap<u64, Arc<Driver>>>,
+    cut: RwLock<HashSet<u64>>,
+    snapshots_sent: AtomicU64,
+}
+
+/// One node's end of the network.
+struct Port {
+    net: Arc<Net>,
+    from: u64,
+}
+
+impl Transport for Port {
+    fn send(&self, group: u64, messages: Vec<Message>) {
+        let drivers = self.net.drivers.read();
+        let cut = self.net.cut.read();
+        for m in messages {
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let to = m.to;
+            let delivered = !cut.contains(&self.from) && !cut.contains(&to) && drivers.contains_key(&to);
+            if delivered {
+                drivers[&to].step(group, m);
+            } else if let Some(me) = drivers.get(&self.from) {
+                me.report_unreachable(group, to);
+            }
+            if is_snapshot {
+                self.net.snapshots_sent.fetch_add(u64::from(delivered), Ordering::Relaxed);
+                if let Some(me) = drivers.get(&self.from) {
+                    let report = if delivered { SnapshotReport::Finished } else { SnapshotReport::Failed };
+                    me.report_snapshot(group, to, report);
+                }
+            }
+        }
+    }
+}
+
+struct Cluster {
+    net: Arc<Net>,
+    machines: HashMap<u64, Arc<ListMachine>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    fn start(snapshot_every: u64) -> Cluster {
+        let net = Arc::new(Net::default());
+        let mut machines = HashMap::new();
+        let mut dirs = Vec::new();
+        let mut starting = Vec::new();
+        for id in 1..=3u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let machine = ListMachine::new(dir.path());
+            machines.insert(id, machine.clone());
+            let store = Arc::new(LogStore::open(&dir.path().join("raft")).unwrap());
+            let config = DriverConfig {
+                node_id: id,
+                voters: vec![1, 2, 3],
+                tick: Duration::from_millis(20),
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                snapshot: SnapshotPolicy { entries: snapshot_every, bytes: u64::MAX },
+                proposal_timeout: Duration::from_secs(3),
+                ..DriverConfig::default()
+            };
+            let port = Arc::new(Port { net: net.clone(), from: id });
+            let groups = vec![GroupSpec { id: GROUP, name: "list".into(), machine }];
+            let net = net.clone();
+            starting.push(std::thread::spawn(move || {
+                let driver = Driver::start(store, groups, port, config).unwrap();
+                net.drivers.write().insert(id, Arc::new(driver));
+            }));
+            dirs.push(dir);
+        }
+        for t in starting {
+            t.join().unwrap();
+        }
+        Cluster { net, machines, _dirs: dirs }
+    }
+
+    fn driver(&self, id: u64) -> Arc<Driver> {
+        self.net.drivers.read()[&id].clone()
+    }
+
+    /// The node that leads the group in the highest term among the nodes
+    /// not cut off, once one does.
+    fn leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let cut = self.net.cut.read().clone();
+            let leader = (1..=3u64)
+                .filter(|id| !cut.contains(id))
+                .filter_map(|id| {
+                    let s = self.driver(id).status().into_iter().find(|g| g.id == GROUP)?;
+                    (s.role == "leader").then_some((s.term, id))
+                })
+                .max();
+            if let Some((_, id)) = leader {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no leader within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every machine holds the same values, and returns them.
+    fn converged(&self, within: Duration) -> Vec<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let lists: Vec<Vec<u64>> = (1..=3).map(|id| self.machines[&id].values()).collect();
+            if lists.windows(2).all(|w| w[0] == w[1]) {
+                return lists[0].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas differ after {within:?}: {:?}",
+                lists.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The drivers hold the network that holds them: stop them here.
+        let drivers = std::mem::take(&mut *self.net.drivers.write());
+        for driver in drivers.values() {
+            driver.stop();
+        }
+    }
+}
+
+fn propose(driver: &Driver, value: u64) -> impl std::future::Future<Output = Result<u64, ReplicationError>> {
+    let answer = driver.propose(GROUP, value.to_le_bytes().to_vec());
+    async move { answer.await.map(|r| *r.downcast::<u64>().expect("the machine's u64")) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_are_answered_by_their_own_entries_across_a_leader_change() {
+    let cluster = Cluster::start(1_000_000);
+    let first = cluster.leader(Duration::from_secs(10));
+    let mut acknowledged = Vec::new();
+    for v in 0..40u64 {
+        assert_eq!(propose(&cluster.driver(first), v).await.unwrap(), v);
+        acknowledged.push(v);
+    }
+    // Cut the leader off, and propose to it: nothing can commit there.
+    cluster.net.cut.write().insert(first);
+    let stranded: Vec<_> = (1000..1005u64).map(|v| propose(&cluster.driver(first), v)).collect();
+    // The others elect a leader and take more writes.
+    let second = cluster.leader(Duration::from_secs(10));
+    assert_ne!(second, first);
+    for v in 40..80u64 {
+        assert_eq!(propose(&cluster.driver(second), v).await.unwrap(), v);
+        acknowledged.push(v);
+    }
+    // The stranded proposals fail (leadership lost, or timed out) instead
+    // of waiting forever, and none is answered by another leader's entry.
+    for (v, answer) in (1000..).zip(stranded) {
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .unwrap_or_else(|_| panic!("the proposal of {v} to a cut-off leader was never answered"));
+        match answer {
+            Err(ReplicationError::LeadershipLost { .. } | ReplicationError::ProposalTimeout { .. }) => {}
+            other => panic!("the proposal of {v} to a cut-off leader was answered with {other:?}"),
+        }
+    }
+    // Healed, the old leader follows: its unreplicated entries are
+    // replaced, and every replica holds every acknowledged value once.
+    cluster.net.cut.write().clear();
+    for v in 80..90u64 {
+        let leader = cluster.leader(Duration::from_secs(10));
+        assert_eq!(propose(&cluster.driver(leader), v).await.unwrap(), v);
+        acknowledged.push(v);
+    }
+    let values = cluster.converged(Duration::from_secs(10));
+    assert_eq!(values, acknowledged, "every acknowledged value once, in order, and nothing else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot() {
+    let cluster = Cluster::start(10);
+    let leader = cluster.leader(Duration::from_secs(10));
+    let behind = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.net.cut.write().insert(behind);
+    let mut acknowledged = Vec::new();
+    for v in 0..60u64 {
+        let leader = cluster.leader(Duration::from_secs(10));
+        assert_eq!(propose(&cluster.driver(leader), v).await.unwrap(), v);
+        acknowledged.push(v);
+    }
+    // The leader snapshotted and compacted its log past what the cut-off
+    // follower has: only a snapshot can bring it back.
+    let leader = cluster.leader(Duration::from_secs(10));
+    let status = cluster.driver(leader).status().into_iter().find(|g| g.id == GROUP).unwrap();
+    assert!(status.first_index > 1, "the leader's log was compacted: {status:?}");
+    cluster.net.cut.write().clear();
+    let values = cluster.converged(Duration::from_secs(20));
+    assert_eq!(values, acknowledged);
+    assert!(
+        cluster.machines[&behind].restores.load(Ordering::Relaxed) >= 1,
+        "the follower installed a snapshot"
+    );
+    assert!(cluster.net.snapshots_sent.load(Ordering::Relaxed) >= 1);
+    // It takes part again: a write commits on it too.
+    let leader = cluster.leader(Duration::from_secs(10));
+    assert_eq!(propose(&cluster.driver(leader), 99).await.unwrap(), 99);
+    acknowledged.push(99);
+    assert_eq!(cluster.converged(Duration::from_secs(10)), acknowledged);
+}
