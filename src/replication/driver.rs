@@ -993,7 +993,9 @@ impl Loop {
     /// log and compacts behind it. Appliers must be stopped.
     fn snapshot_all(&mut self, tails: &HashMap<u64, Since>) -> Checkpoint {
         let mut checkpoint = Checkpoint::default();
-        let mut due: Vec<(u64, String, Arc<dyn StateMachine>, Arc<Outgoing>)> = Vec::new();
+        /// A group to snapshot: id, name, machine, snapshot-file lock.
+        type Due = (u64, String, Arc<dyn StateMachine>, Arc<Outgoing>);
+        let mut due: Vec<Due> = Vec::new();
         for g in &self.groups {
             if g.machine.applied_index() <= g.node.store().snapshot_meta().index {
                 continue;
