@@ -660,7 +660,32 @@ fn damage(base: &LogImage, data: &[u8]) -> Vec<(String, Option<Vec<u8>>)> {
 /// raft-rs node over it and the committed entries of its first `Ready`
 /// (as `Driver::start` does, also when an entry could not be read). Any
 /// step may refuse with an error; none may panic.
+///
+/// Returns only once the threads the engine started have exited:
+/// raft-engine recovers on a rayon pool, and dropping a rayon pool does not
+/// wait for its workers (rayon-rs/rayon#688), so LeakSanitizer, which
+/// checks right after each input, would otherwise now and then find a
+/// worker's buffers held by no live thread and report them as leaked.
 pub fn raft_log(base: &LogImage, scratch: &Path, data: &[u8]) {
+    let threads = thread_count();
+    open_damaged_log(base, scratch, data);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while thread_count() > threads && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The threads of this process (`Threads:` of `/proc/self/status`; 0 where
+/// it cannot be read, so that nothing waits).
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|n| n.trim().parse().ok())))
+        .flatten()
+        .unwrap_or(0)
+}
+
+fn open_damaged_log(base: &LogImage, scratch: &Path, data: &[u8]) {
     use raft::Storage as _;
     let dir = scratch.join("raft");
     if dir.exists() {
