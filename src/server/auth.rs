@@ -34,6 +34,7 @@ use thiserror::Error;
 use tonic::codegen::http;
 
 use crate::node::{ApiKeyConfig, Role};
+use crate::server::status::{status, ServerError};
 
 /// Why the API keys of a configuration cannot be used.
 #[derive(Debug, Error, PartialEq)]
@@ -277,23 +278,23 @@ pub fn check_grpc(
     };
     let role = match presented_api_key(headers) {
         Presented::Nothing => {
-            return Err(tonic::Status::unauthenticated(format!(
+            return Err(status(ServerError::Unauthenticated(format!(
                 "{path} needs an API key with the {needed} role: send it as `authorization: Bearer KEY` or `x-api-key: KEY` metadata (cohort: --api-key or COHORT_API_KEY)"
-            )))
+            ))))
         }
         Presented::Unreadable => {
-            return Err(tonic::Status::unauthenticated(
-                "the API key metadata is empty, or `authorization` and `x-api-key` disagree",
-            ))
+            return Err(status(ServerError::Unauthenticated(
+                "the API key metadata is empty, or `authorization` and `x-api-key` disagree".into(),
+            )))
         }
         Presented::Key(key) => keys.lookup(key).ok_or_else(|| {
-            tonic::Status::unauthenticated("invalid API key: this node has no such key")
+            status(ServerError::Unauthenticated("invalid API key: this node has no such key".into()))
         })?,
     };
     if !role.allows(needed) {
-        return Err(tonic::Status::permission_denied(format!(
+        return Err(status(ServerError::PermissionDenied(format!(
             "{path} needs an API key with the {needed} role (or admin); this key has the {role} role"
-        )));
+        ))));
     }
     Ok(Some(Caller::Key(role)))
 }

@@ -10,6 +10,7 @@
 //! | a saved segment in use (`AdminError::InUse`) | `FAILED_PRECONDITION` |
 //! | a shard past the deadline (`QueryError::DeadlineExceeded`) | `DEADLINE_EXCEEDED` |
 //! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped}`, `IngestError::{Gap, ShuttingDown}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
+//! | no API key or an unknown one, a key whose role does not allow the call ([`ServerError::Unauthenticated`], [`ServerError::PermissionDenied`]) | `UNAUTHENTICATED`, `PERMISSION_DENIED` |
 //! | the log, a snapshot, a thread, a bug (every other variant) | `INTERNAL` |
 //!
 //! A proposal that fails is never `INVALID_ARGUMENT`: the request was fine,
@@ -57,6 +58,12 @@ pub enum ServerError {
     /// Something the door looked up itself is not there.
     #[error("{0}")]
     NotFound(String),
+    /// No API key, or one this node does not have.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// An API key whose role does not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The door failed itself (a task that panicked).
     #[error("{0}")]
     Internal(String),
@@ -116,6 +123,8 @@ pub fn code(e: &ServerError) -> Code {
         ServerError::Replication(r) => replication(r),
         ServerError::BadRequest(_) => Code::InvalidArgument,
         ServerError::NotFound(_) => Code::NotFound,
+        ServerError::Unauthenticated(_) => Code::Unauthenticated,
+        ServerError::PermissionDenied(_) => Code::PermissionDenied,
         ServerError::Internal(_) => Code::Internal,
     }
 }
@@ -190,6 +199,26 @@ mod tests {
         vec![
             (not_leader(None), Code::Unavailable),
             (ReplicationError::ShuttingDown, Code::Unavailable),
+            (
+                ReplicationError::LeadershipLost {
+                    group: 2,
+                    name: "shard 0".into(),
+                    index: 9,
+                    term: 3,
+                    leader: None,
+                    leader_addr: None,
+                },
+                Code::Unavailable,
+            ),
+            (
+                ReplicationError::ProposalTimeout {
+                    group: 2,
+                    name: "shard 0".into(),
+                    index: 9,
+                    waited_ms: 10_000,
+                },
+                Code::Unavailable,
+            ),
             (
                 ReplicationError::Halted {
                     group: 2,
@@ -290,6 +319,8 @@ mod tests {
             (CatalogError::UnexpectedResult { index: 3 }.into(), Code::Internal),
             (ServerError::BadRequest("page_size".into()), Code::InvalidArgument),
             (ServerError::NotFound("no saved segment".into()), Code::NotFound),
+            (ServerError::Unauthenticated("no key".into()), Code::Unauthenticated),
+            (ServerError::PermissionDenied("read role".into()), Code::PermissionDenied),
             (ServerError::Internal("a task panicked".into()), Code::Internal),
         ];
         // A replication error maps alike on its own and inside an ingest
