@@ -1,4 +1,5 @@
-//! Compiles `proto/cohort/v1/*.proto` with the protoc shipped by
+//! Compiles `proto/cohort/v1/*.proto` (the public API) and
+//! `proto/cohort/internal/v1/*.proto` (between nodes) with the protoc shipped by
 //! `protoc-bin-vendored`, so no step relies on a protoc installed by hand.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -8,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("cohort_descriptor.bin"))
         .compile_protos(&["proto/cohort/v1/cohort.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_protos(&["proto/cohort/internal/v1/raft.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

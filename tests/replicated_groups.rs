@@ -27,9 +27,11 @@ use raft::eraftpb::{Message, MessageType};
 
 const GROUP: u64 = 1;
 
-/// A list of `u64`s: each entry appends one. Its snapshot is the list.
+/// A list of `u64`s: each entry appends one. Its snapshot is the list,
+/// then `ballast` zero bytes (to make a snapshot span several chunks).
 struct ListMachine {
     path: PathBuf,
+    ballast: usize,
     state: Mutex<(u64, Vec<u64>)>,
     applied: AtomicU64,
     restores: AtomicU64,
@@ -37,8 +39,13 @@ struct ListMachine {
 
 impl ListMachine {
     fn new(dir: &Path) -> Arc<ListMachine> {
+        ListMachine::with_ballast(dir, 0)
+    }
+
+    fn with_ballast(dir: &Path, ballast: usize) -> Arc<ListMachine> {
         Arc::new(ListMachine {
             path: dir.join("list.snap"),
+            ballast,
             state: Mutex::new((0, Vec::new())),
             applied: AtomicU64::new(0),
             restores: AtomicU64::new(0),
@@ -50,14 +57,21 @@ impl ListMachine {
     }
 }
 
-fn encode(index: u64, values: &[u64]) -> Vec<u8> {
-    std::iter::once(index).chain(values.iter().copied()).flat_map(u64::to_le_bytes).collect()
+fn encode(index: u64, values: &[u64], ballast: usize) -> Vec<u8> {
+    let mut data: Vec<u8> = [index, values.len() as u64]
+        .into_iter()
+        .chain(values.iter().copied())
+        .flat_map(u64::to_le_bytes)
+        .collect();
+    data.resize(data.len() + ballast, 0);
+    data
 }
 
 fn decode(data: &[u8]) -> (u64, Vec<u64>) {
     let mut words = data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()));
     let index = words.next().unwrap_or(0);
-    (index, words.collect())
+    let len = words.next().unwrap_or(0) as usize;
+    (index, words.take(len).collect())
 }
 
 impl StateMachine for ListMachine {
@@ -76,7 +90,7 @@ impl StateMachine for ListMachine {
 
     fn snapshot(&self) -> Result<u64, MachineError> {
         let state = self.state.lock();
-        std::fs::write(&self.path, encode(state.0, &state.1))?;
+        std::fs::write(&self.path, encode(state.0, &state.1, self.ballast))?;
         Ok(state.0)
     }
 
@@ -306,4 +320,163 @@ async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot() {
     assert_eq!(propose(&cluster.driver(leader), 99).await.unwrap(), 99);
     acknowledged.push(99);
     assert_eq!(cluster.converged(Duration::from_secs(10)), acknowledged);
+}
+
+/// A node of the gRPC cluster: its driver, machine and Raft server task.
+struct GrpcNode {
+    driver: Arc<Driver>,
+    machine: Arc<ListMachine>,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts node `id` of three, with its Raft service on `listener` and
+/// peers at `addresses`.
+async fn start_grpc_node(
+    id: u64,
+    listener: tokio::net::TcpListener,
+    addresses: &HashMap<u64, String>,
+    snapshot_every: u64,
+) -> GrpcNode {
+    use cohort::replication::transport::{GrpcTransport, RaftService};
+    let dir = tempfile::tempdir().unwrap();
+    // 12 MiB of snapshot: over the largest gRPC message either end takes,
+    // so it only arrives in chunks.
+    let machine = ListMachine::with_ballast(dir.path(), 12 << 20);
+    let store = Arc::new(LogStore::open(&dir.path().join("raft")).unwrap());
+    let slot: cohort::replication::transport::DriverSlot = Arc::default();
+    let server = {
+        let service = RaftService::new(id, slot.clone()).server();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let _ =
+                tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        })
+    };
+    let transport =
+        Arc::new(GrpcTransport::new(id, addresses.clone(), slot.clone(), tokio::runtime::Handle::current()));
+    let config = DriverConfig {
+        node_id: id,
+        voters: vec![1, 2, 3],
+        tick: Duration::from_millis(20),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        snapshot: SnapshotPolicy { entries: snapshot_every, bytes: u64::MAX },
+        proposal_timeout: Duration::from_secs(3),
+        ..DriverConfig::default()
+    };
+    let groups = vec![GroupSpec { id: GROUP, name: "list".into(), machine: machine.clone() }];
+    let driver = tokio::task::spawn_blocking(move || Driver::start(store, groups, transport, config))
+        .await
+        .unwrap()
+        .unwrap();
+    let driver = Arc::new(driver);
+    slot.set(Arc::downgrade(&driver)).unwrap();
+    GrpcNode { driver, machine, server, _dir: dir }
+}
+
+impl GrpcNode {
+    fn role(&self) -> Option<(u64, &'static str)> {
+        self.driver.status().into_iter().find(|g| g.id == GROUP).map(|g| (g.term, g.role))
+    }
+
+    /// Stops the node: its driver, then its Raft server.
+    fn kill(self) {
+        self.driver.stop();
+        self.server.abort();
+    }
+}
+
+async fn grpc_leader(nodes: &HashMap<u64, GrpcNode>, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let leader = nodes
+            .iter()
+            .filter_map(|(&id, n)| n.role().filter(|r| r.1 == "leader").map(|(term, _)| (term, id)))
+            .max();
+        if let Some((_, id)) = leader {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no leader within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn grpc_converged(nodes: &HashMap<u64, GrpcNode>, within: Duration) -> Vec<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let lists: Vec<Vec<u64>> = nodes.values().map(|n| n.machine.values()).collect();
+        if lists.windows(2).all(|w| w[0] == w[1]) {
+            return lists[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas differ after {within:?}: {:?}",
+            lists.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Proposes `value` to the current leader, again on another leader when
+/// the first answers that it is not (or no longer) one.
+async fn grpc_propose(nodes: &HashMap<u64, GrpcNode>, value: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = grpc_leader(nodes, Duration::from_secs(10)).await;
+        match propose(&nodes[&leader].driver, value).await {
+            Ok(v) => return v,
+            Err(ReplicationError::NotLeader { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("proposing {value}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_grpc_replicate_catch_up_from_a_chunked_snapshot_and_fail_over() {
+    let mut listeners = Vec::new();
+    let mut addresses = HashMap::new();
+    for id in 1..=3u64 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addresses.insert(id, listener.local_addr().unwrap().to_string());
+        listeners.push((id, listener));
+    }
+    // Nodes 1 and 2 start; node 3 is down (its port refuses connections),
+    // so their transports keep reconnecting to it.
+    let (_, third) = listeners.pop().unwrap();
+    let third_addr = third.local_addr().unwrap();
+    drop(third);
+    let mut nodes = HashMap::new();
+    for (id, listener) in listeners {
+        nodes.insert(id, start_grpc_node(id, listener, &addresses, 10).await);
+    }
+    let mut acknowledged = Vec::new();
+    // Snapshots every 10 entries compact the log past what node 3 could
+    // replay.
+    for v in 0..60u64 {
+        assert_eq!(grpc_propose(&nodes, v).await, v);
+        acknowledged.push(v);
+    }
+    let leader = grpc_leader(&nodes, Duration::from_secs(10)).await;
+    let status = nodes[&leader].driver.status().into_iter().find(|g| g.id == GROUP).unwrap();
+    assert!(status.first_index > 1, "the leader's log was compacted: {status:?}");
+    // Node 3 comes up on its address and catches up from a snapshot sent
+    // over the Snapshot stream (12 MiB: in 1 MiB chunks).
+    let listener = tokio::net::TcpListener::bind(third_addr).await.unwrap();
+    nodes.insert(3, start_grpc_node(3, listener, &addresses, 10).await);
+    assert_eq!(grpc_converged(&nodes, Duration::from_secs(20)).await, acknowledged);
+    assert!(nodes[&3].machine.restores.load(Ordering::Relaxed) >= 1, "node 3 installed a snapshot");
+    // The leader dies: the two others elect one and go on.
+    let leader = grpc_leader(&nodes, Duration::from_secs(10)).await;
+    nodes.remove(&leader).unwrap().kill();
+    for v in 60..80u64 {
+        assert_eq!(grpc_propose(&nodes, v).await, v);
+        acknowledged.push(v);
+    }
+    assert_eq!(grpc_converged(&nodes, Duration::from_secs(20)).await, acknowledged);
+    for (_, node) in nodes.drain() {
+        node.kill();
+    }
 }

@@ -9,5 +9,6 @@ pub mod manifest;
 pub mod raft_logger;
 pub mod shard_machine;
 pub mod storage;
+pub mod transport;
 
 pub use error::ReplicationError;

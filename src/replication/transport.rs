@@ -1,0 +1,375 @@
+//! Raft messages between nodes over gRPC (`cohort.internal.v1.Raft`,
+//! `proto/cohort/internal/v1/raft.proto`).
+//!
+//! [`GrpcTransport`] is the driver's [`Transport`] on a node with peers.
+//! The driver hands it messages on its own thread; each goes into the
+//! bounded queue of its destination node and never blocks the driver: a
+//! full queue drops the message (Raft sends it again) and reports the peer
+//! unreachable, so raft-rs stops streaming entries to it until it answers.
+//! One task per peer connects, with backoff from 50 ms to 5 s, and keeps a
+//! client stream open (`Send`), writing batches of up to
+//! [`MAX_BATCH_BYTES`] of messages for all groups. A snapshot goes on its
+//! own call (`Snapshot`), in chunks of [`SNAPSHOT_CHUNK_BYTES`], and its
+//! outcome goes back to the driver (`report_snapshot`).
+//!
+//! [`RaftService`] is the receiving end: it decodes each message (raft-rs's
+//! own protobuf encoding), checks that it is for this node, and steps it
+//! into the driver.
+//!
+//! Not here yet (cluster issue): mutual TLS between nodes. raft-rs 0.7
+//! decodes with rust-protobuf 2 (RUSTSEC-2024-0437), so until then the
+//! service must listen only where nothing but peers can reach it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+
+use super::driver::{Driver, SnapshotReport, Transport};
+use crate::proto::internal as pb;
+
+/// Messages waiting for one peer; more are dropped.
+pub const PEER_QUEUE: usize = 4096;
+/// Most bytes of messages in one batch on the stream.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Bytes of snapshot data in one chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest gRPC message either end accepts: a batch, or a chunk with the
+/// snapshot's message.
+pub const MAX_GRPC_MESSAGE: usize = MAX_BATCH_BYTES + (1 << 20);
+/// First wait before reconnecting to a peer; doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait before reconnecting.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where the transport reports to: the driver, once it has started (the
+/// transport exists before it).
+pub type DriverSlot = Arc<OnceLock<Weak<Driver>>>;
+
+fn driver_of(slot: &DriverSlot) -> Option<Arc<Driver>> {
+    slot.get().and_then(Weak::upgrade)
+}
+
+/// One message for a peer, encoded.
+struct Outbound {
+    group: u64,
+    bytes: Vec<u8>,
+}
+
+/// The Raft transport of a node with peers.
+pub struct GrpcTransport {
+    node_id: u64,
+    queues: HashMap<u64, mpsc::Sender<Outbound>>,
+    addresses: HashMap<u64, String>,
+    driver: DriverSlot,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GrpcTransport {
+    /// A transport from node `node_id` to `peers` (Raft id → `host:port` of
+    /// their Raft service), with one sending task each on `runtime`. Give
+    /// the driver to `driver` once it has started.
+    pub fn new(
+        node_id: u64,
+        peers: HashMap<u64, String>,
+        driver: DriverSlot,
+        runtime: tokio::runtime::Handle,
+    ) -> GrpcTransport {
+        let mut queues = HashMap::new();
+        for (&peer, addr) in &peers {
+            if peer == node_id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            runtime.spawn(run_peer(node_id, peer, addr.clone(), rx, driver.clone()));
+            queues.insert(peer, tx);
+        }
+        GrpcTransport { node_id, queues, addresses: peers, driver, runtime }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, group: u64, messages: Vec<Message>) {
+        for mut m in messages {
+            let to = m.to;
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                let Some(addr) = self.addresses.get(&to).cloned() else {
+                    tracing::warn!(group, to, "snapshot for an unknown node dropped");
+                    continue;
+                };
+                let data = m.mut_snapshot().take_data();
+                let (from, driver) = (self.node_id, self.driver.clone());
+                self.runtime.spawn(async move {
+                    let sent = send_snapshot(&addr, from, group, &m, &data).await;
+                    let report = match sent {
+                        Ok(()) => SnapshotReport::Finished,
+                        Err(e) => {
+                            tracing::warn!(group, to, error = %e, "snapshot not delivered; raft-rs sends another");
+                            SnapshotReport::Failed
+                        }
+                    };
+                    if let Some(d) = driver_of(&driver) {
+                        if report == SnapshotReport::Failed {
+                            d.report_unreachable(group, to);
+                        }
+                        d.report_snapshot(group, to, report);
+                    }
+                });
+                continue;
+            }
+            let Some(queue) = self.queues.get(&to) else {
+                tracing::warn!(group, to, "raft message for a node this one does not know dropped");
+                continue;
+            };
+            let bytes = match m.write_to_bytes() {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(group, to, error = %e, "cannot encode a raft message");
+                    continue;
+                }
+            };
+            if queue.try_send(Outbound { group, bytes }).is_err() {
+                if let Some(d) = driver_of(&self.driver) {
+                    d.report_unreachable(group, to);
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `addr`, waiting no longer than a second.
+async fn connect(addr: &str) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("{addr}: {e}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| format!("{addr}: {e}"))?;
+    Ok(pb::raft_client::RaftClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE))
+}
+
+/// Sends `peer`'s queue over one client stream at a time, reconnecting
+/// with backoff; while it is not connected, queued messages are dropped and
+/// their groups reported unreachable.
+async fn run_peer(
+    from: u64,
+    peer: u64,
+    addr: String,
+    mut queue: mpsc::Receiver<Outbound>,
+    driver: DriverSlot,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut client = match connect(&addr).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "cannot reach a peer; retrying");
+                if !drop_queued(&mut queue, peer, &driver) {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let (stream_tx, stream_rx) = mpsc::channel::<pb::RaftBatch>(16);
+        let call = tokio::spawn(async move { client.send(ReceiverStream::new(stream_rx)).await });
+        let mut connected = true;
+        while connected {
+            let Some(first) = queue.recv().await else { return };
+            let mut batch = pb::RaftBatch { from_node: from, messages: Vec::new() };
+            let mut bytes = first.bytes.len();
+            batch.messages.push(pb::GroupMessage { group: first.group, message: first.bytes });
+            while bytes < MAX_BATCH_BYTES {
+                let Ok(next) = queue.try_recv() else { break };
+                bytes += next.bytes.len();
+                batch.messages.push(pb::GroupMessage { group: next.group, message: next.bytes });
+            }
+            let groups: HashSet<u64> = batch.messages.iter().map(|m| m.group).collect();
+            if stream_tx.send(batch).await.is_err() {
+                // The call ended: the peer went away or refused the stream.
+                report_unreachable(&driver, peer, groups);
+                connected = false;
+            } else {
+                backoff = FIRST_BACKOFF;
+            }
+        }
+        if let Ok(Err(status)) = call.await {
+            tracing::debug!(peer, %status, "raft stream to a peer ended");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Drops what is queued for an unreachable peer and reports its groups;
+/// false once the transport is gone.
+fn drop_queued(queue: &mut mpsc::Receiver<Outbound>, peer: u64, driver: &DriverSlot) -> bool {
+    let mut groups = HashSet::new();
+    loop {
+        match queue.try_recv() {
+            Ok(m) => {
+                groups.insert(m.group);
+            }
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+    report_unreachable(driver, peer, groups);
+    true
+}
+
+fn report_unreachable(driver: &DriverSlot, peer: u64, groups: HashSet<u64>) {
+    if let Some(d) = driver_of(driver) {
+        for group in groups {
+            d.report_unreachable(group, peer);
+        }
+    }
+}
+
+/// Sends one snapshot on its own call: the message without its data, then
+/// the data in chunks.
+async fn send_snapshot(
+    addr: &str,
+    from: u64,
+    group: u64,
+    message: &Message,
+    data: &[u8],
+) -> Result<(), String> {
+    let mut client = connect(addr).await?;
+    let head = message.write_to_bytes().map_err(|e| format!("encoding the snapshot message: {e}"))?;
+    let mut chunks = vec![pb::SnapshotChunk {
+        from_node: from,
+        group,
+        message: head,
+        data_len: data.len() as u64,
+        data: Vec::new(),
+    }];
+    chunks.extend(
+        data.chunks(SNAPSHOT_CHUNK_BYTES)
+            .map(|c| pb::SnapshotChunk { data: c.to_vec(), ..Default::default() }),
+    );
+    let ack = client
+        .snapshot(tokio_stream::iter(chunks))
+        .await
+        .map_err(|status| format!("{addr}: {status}"))?
+        .into_inner();
+    if ack.received != data.len() as u64 {
+        return Err(format!("{addr} took {} of {} snapshot bytes", ack.received, data.len()));
+    }
+    Ok(())
+}
+
+/// Most bytes of snapshot data a receiver takes in one snapshot.
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
+
+/// The receiving end of the Raft service: steps what peers send into this
+/// node's driver.
+#[derive(Clone)]
+pub struct RaftService {
+    node_id: u64,
+    driver: DriverSlot,
+}
+
+impl RaftService {
+    /// The service of node `node_id`, stepping into the driver in `driver`
+    /// once it is there (messages before that are dropped: Raft retries).
+    pub fn new(node_id: u64, driver: DriverSlot) -> RaftService {
+        RaftService { node_id, driver }
+    }
+
+    /// The tonic server of this service, with its message bound.
+    pub fn server(self) -> pb::raft_server::RaftServer<RaftService> {
+        pb::raft_server::RaftServer::new(self)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE)
+    }
+
+    /// Decodes a peer's message and checks it is for this node.
+    fn decode(&self, from: u64, group: u64, bytes: &[u8]) -> Result<Message, tonic::Status> {
+        let m = Message::parse_from_bytes(bytes).map_err(|e| {
+            tonic::Status::invalid_argument(format!(
+                "group {group}: a raft message from node {from} does not decode: {e}"
+            ))
+        })?;
+        if m.to != self.node_id {
+            return Err(tonic::Status::invalid_argument(format!(
+                "group {group}: a raft message from node {from} for node {} reached node {}",
+                m.to, self.node_id
+            )));
+        }
+        Ok(m)
+    }
+}
+
+type Response<T> = Result<tonic::Response<T>, tonic::Status>;
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn send(&self, request: tonic::Request<tonic::Streaming<pb::RaftBatch>>) -> Response<pb::SendAck> {
+        let mut stream = request.into_inner();
+        let mut batches = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            batches += 1;
+            let Some(driver) = driver_of(&self.driver) else { continue };
+            for gm in batch.messages {
+                let m = self.decode(batch.from_node, gm.group, &gm.message)?;
+                driver.step(gm.group, m);
+            }
+        }
+        Ok(tonic::Response::new(pb::SendAck { batches }))
+    }
+
+    async fn snapshot(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::SnapshotChunk>>,
+    ) -> Response<pb::SnapshotAck> {
+        let mut stream = request.into_inner();
+        let Some(first) = stream.next().await else {
+            return Err(tonic::Status::invalid_argument("an empty snapshot stream"));
+        };
+        let first = first?;
+        let (from, group, len) = (first.from_node, first.group, first.data_len);
+        let mut m = self.decode(from, group, &first.message)?;
+        if m.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(tonic::Status::invalid_argument(format!(
+                "group {group}: the snapshot stream from node {from} does not start with a snapshot message"
+            )));
+        }
+        if len > MAX_SNAPSHOT_BYTES {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "group {group}: a snapshot of {len} bytes from node {from} is over the {MAX_SNAPSHOT_BYTES}-byte bound"
+            )));
+        }
+        let mut data = Vec::with_capacity(len.min(64 << 20) as usize);
+        data.extend_from_slice(&first.data);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (data.len() + chunk.data.len()) as u64 > len {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "group {group}: the snapshot from node {from} runs past its {len} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() as u64 != len {
+            return Err(tonic::Status::invalid_argument(format!(
+                "group {group}: the snapshot from node {from} ended after {} of {len} bytes",
+                data.len()
+            )));
+        }
+        let received = data.len() as u64;
+        m.mut_snapshot().set_data(data.into());
+        if let Some(driver) = driver_of(&self.driver) {
+            driver.step(group, m);
+        }
+        Ok(tonic::Response::new(pb::SnapshotAck { received }))
+    }
+}
