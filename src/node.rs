@@ -7,6 +7,7 @@
 //! answers. The doors in `server` call the node; the node knows nothing of
 //! gRPC or HTTP.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,12 +24,13 @@ use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
 use crate::model::SchemaLimits;
 use crate::query::Planner;
 use crate::replication::driver::{
-    Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, SnapshotPolicy, StateMachine,
+    Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, SnapshotPolicy, StateMachine, Transport,
 };
 use crate::replication::error::MachineError;
 use crate::replication::manifest::{Manifest, ManifestError, ManifestState};
 use crate::replication::shard_machine::{ShardMachine, ShardMachineError};
 use crate::replication::storage::{LogStore, StorageError};
+use crate::replication::transport::{DriverSlot, GrpcTransport, RaftService};
 use crate::replication::ReplicationError;
 
 /// Why a node could not be opened, or a stopped node's data directory
@@ -123,6 +125,13 @@ pub enum NodeError {
         #[source]
         source: MachineError,
     },
+    /// The `peers` of the configuration do not describe a cluster this
+    /// node is in.
+    #[error("the peers of the configuration: {problem}")]
+    Peers {
+        /// What is wrong.
+        problem: String,
+    },
     /// A worker thread or task panicked.
     #[error("{what} panicked")]
     Panicked {
@@ -197,6 +206,42 @@ pub struct NodeConfig {
     pub tls_key: Option<PathBuf>,
     /// Serve a non-loopback address even without API keys or without TLS.
     pub insecure: bool,
+    /// Listen address of the Raft service between nodes (used when
+    /// `peers` is set).
+    pub raft_addr: String,
+    /// Every node of the cluster, this one included (`[[peers]]` tables):
+    /// each group is replicated on all of them. Empty: a single node.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A node of the cluster as the others reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its Raft id (`node_id` in its own configuration).
+    pub id: u64,
+    /// Where its Raft service listens (its `raft_addr`).
+    pub raft_addr: String,
+    /// Where its gRPC door listens, for "not leader" answers.
+    pub grpc_addr: String,
+}
+
+impl std::str::FromStr for PeerConfig {
+    type Err = String;
+
+    /// `ID=RAFT_ADDR,GRPC_ADDR`, as `cohort serve --peer` takes it.
+    fn from_str(text: &str) -> Result<PeerConfig, String> {
+        let bad = || {
+            format!("{text:?} is not a peer: write ID=RAFT_ADDR,GRPC_ADDR (as 2=10.0.0.2:7170,10.0.0.2:7070)")
+        };
+        let (id, addrs) = text.split_once('=').ok_or_else(bad)?;
+        let (raft_addr, grpc_addr) = addrs.split_once(',').ok_or_else(bad)?;
+        let id: u64 = id.trim().parse().map_err(|_| bad())?;
+        if id == 0 || raft_addr.trim().is_empty() || grpc_addr.trim().is_empty() {
+            return Err(bad());
+        }
+        Ok(PeerConfig { id, raft_addr: raft_addr.trim().into(), grpc_addr: grpc_addr.trim().into() })
+    }
 }
 
 impl Default for NodeConfig {
@@ -226,6 +271,8 @@ impl Default for NodeConfig {
             tls_cert: None,
             tls_key: None,
             insecure: false,
+            raft_addr: "127.0.0.1:7170".into(),
+            peers: Vec::new(),
         }
     }
 }
@@ -335,19 +382,36 @@ impl Node {
                 machine: m.clone() as Arc<dyn StateMachine>,
             });
         }
+        let cluster = Cluster::from_config(&config)?;
         let driver_config = DriverConfig {
             node_id: config.node_id,
-            voters: vec![config.node_id],
+            voters: cluster.voters.clone(),
             snapshot: SnapshotPolicy { entries: config.snapshot_entries, bytes: config.snapshot_log_bytes },
             manifest: Some(manifest.clone()),
+            addresses: cluster.grpc_addrs.clone(),
             ..Default::default()
         };
-        let driver = tokio::task::spawn_blocking(move || {
-            Driver::start(store, groups, Arc::new(NoPeers), driver_config)
-        })
-        .await
-        .map_err(|_| NodeError::Panicked { what: "the start of the raft driver" })??;
+        let slot: DriverSlot = Arc::default();
+        let transport: Arc<dyn Transport> = if cluster.raft_addrs.is_empty() {
+            Arc::new(NoPeers)
+        } else {
+            serve_raft(&config, slot.clone()).await?;
+            Arc::new(GrpcTransport::new(
+                config.node_id,
+                cluster.raft_addrs.clone(),
+                slot.clone(),
+                tokio::runtime::Handle::current(),
+            ))
+        };
+        let driver =
+            tokio::task::spawn_blocking(move || Driver::start(store, groups, transport, driver_config))
+                .await
+                .map_err(|_| NodeError::Panicked { what: "the start of the raft driver" })??;
         let driver = Arc::new(driver);
+        let _ = slot.set(Arc::downgrade(&driver));
+        if !cluster.raft_addrs.is_empty() {
+            start_leader_colocation(&driver, config.shards);
+        }
         let pipeline = Pipeline::start(driver.clone(), catalog.clone(), shards.clone()).await?;
         let planner = Planner::new(catalog.clone(), shards.clone(), config.query_threads);
         manifest.flush()?;
@@ -378,6 +442,28 @@ impl Node {
         let wanted = self.config.schema_limits();
         let in_force = self.catalog.state.read().limits;
         if in_force == wanted {
+            return Ok(());
+        }
+        // In a cluster the catalog's leader sets the caps of its own
+        // configuration (the nodes of a cluster share one); a single node
+        // leads at once.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let leader = loop {
+            match self.driver.leader_of(CATALOG_GROUP) {
+                Some(leader) => break leader,
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                None => {
+                    tracing::warn!(
+                        "no catalog leader within 10 s; the schema caps of the configuration are not applied"
+                    );
+                    return Ok(());
+                }
+            }
+        };
+        if leader != self.config.node_id {
+            tracing::info!(leader, "the schema caps in force are the catalog leader's");
             return Ok(());
         }
         self.admin(CatalogCommand::SetLimits(wanted))
@@ -462,6 +548,95 @@ impl Node {
         }
         checkpoint
     }
+}
+
+/// The cluster a node's configuration describes.
+struct Cluster {
+    /// Every group's founding voters.
+    voters: Vec<u64>,
+    /// The other nodes' Raft services (empty on a single node).
+    raft_addrs: HashMap<u64, String>,
+    /// Every node's gRPC door, for "not leader" answers.
+    grpc_addrs: HashMap<u64, String>,
+}
+
+impl Cluster {
+    fn from_config(config: &NodeConfig) -> Result<Cluster, NodeError> {
+        if config.peers.is_empty() {
+            return Ok(Cluster {
+                voters: vec![config.node_id],
+                raft_addrs: HashMap::new(),
+                grpc_addrs: HashMap::new(),
+            });
+        }
+        let mut voters: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
+        voters.sort_unstable();
+        if voters.windows(2).any(|w| w[0] == w[1]) {
+            return Err(NodeError::Peers { problem: format!("a node id is listed twice ({voters:?})") });
+        }
+        if !voters.contains(&config.node_id) {
+            return Err(NodeError::Peers {
+                problem: format!(
+                    "this node ({}) is not among them ({voters:?}): list every node, this one included",
+                    config.node_id
+                ),
+            });
+        }
+        let others = config.peers.iter().filter(|p| p.id != config.node_id);
+        Ok(Cluster {
+            voters,
+            raft_addrs: others.map(|p| (p.id, p.raft_addr.clone())).collect(),
+            grpc_addrs: config.peers.iter().map(|p| (p.id, p.grpc_addr.clone())).collect(),
+        })
+    }
+}
+
+/// Binds the Raft service between nodes to `config.raft_addr` and serves
+/// it on a task; messages reach the driver once `slot` holds it.
+async fn serve_raft(config: &NodeConfig, slot: DriverSlot) -> Result<(), NodeError> {
+    let addr = config.raft_addr.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| NodeError::Io { path: format!("binding the Raft service to {addr}"), source })?;
+    let service = RaftService::new(config.node_id, slot).server();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        if let Err(e) =
+            tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await
+        {
+            tracing::error!(addr = %addr, error = %e, "the Raft service stopped");
+        }
+    });
+    Ok(())
+}
+
+/// How often a node hands the shard groups it leads to the catalog's
+/// leader.
+const COLOCATION_INTERVAL: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Keeps every shard group's leader on the catalog's leader, where the
+/// ingest stepper runs and proposes to them (until proposals are forwarded
+/// to remote leaders): each node hands the shard groups it leads to the
+/// catalog's leader when that is another node.
+fn start_leader_colocation(driver: &Arc<Driver>, shards: u32) {
+    let weak = Arc::downgrade(driver);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(COLOCATION_INTERVAL).await;
+            let Some(driver) = weak.upgrade() else { return };
+            let me = driver.node_id();
+            let Some(catalog_leader) = driver.leader_of(CATALOG_GROUP) else { continue };
+            if catalog_leader == me {
+                continue;
+            }
+            for s in 0..shards {
+                let group = shard_group(s);
+                if driver.leader_of(group) == Some(me) {
+                    driver.transfer_leader(group, catalog_leader);
+                }
+            }
+        }
+    });
 }
 
 /// How often the applied indexes are written to the manifest.

@@ -55,6 +55,15 @@ pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if args.insecure {
         config.insecure = true;
     }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if let Some(addr) = &args.raft_addr {
+        config.raft_addr = addr.clone();
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers.clone();
+    }
     Ok(config)
 }
 
@@ -827,6 +836,9 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             insecure: false,
+            node_id: None,
+            raft_addr: None,
+            peers: Vec::new(),
             log_level: crate::cli::logs::LogLevel::default(),
         }
     }

@@ -214,7 +214,7 @@ pub struct ServeArgs {
     /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
     /// snapshot_log_bytes, query_threads, max_traits, max_events,
     /// max_properties_per_event, max_properties, max_name_bytes, api_keys,
-    /// tls_cert, tls_key, insecure). Flags override it; COHORT_API_KEYS
+    /// tls_cert, tls_key, insecure, raft_addr, peers). Flags override it; COHORT_API_KEYS
     /// (`key:role,key:role`) adds API keys to the file's.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -240,6 +240,17 @@ pub struct ServeArgs {
     /// (refused otherwise).
     #[arg(long)]
     pub insecure: bool,
+    /// This node's Raft id in its cluster [default: 1].
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Listen address of the Raft service between nodes
+    /// [default: 127.0.0.1:7170].
+    #[arg(long, value_name = "ADDR")]
+    pub raft_addr: Option<String>,
+    /// A node of the cluster, this one included, as ID=RAFT_ADDR,GRPC_ADDR;
+    /// once per node. Every group is replicated on all of them.
+    #[arg(long = "peer", value_name = "ID=RAFT,GRPC")]
+    pub peers: Vec<crate::node::PeerConfig>,
     /// Log level on standard error: off, error, warn, info, debug, trace.
     /// RUST_LOG, when set, overrides it.
     #[arg(long, value_name = "LEVEL", default_value_t)]

@@ -23,6 +23,12 @@
 //! On start the stepper first drives whatever the catalog replay left in
 //! the outbox: the steps of entries that a crash interrupted. Shards skip
 //! steps at or below their watermark, so nothing is applied twice.
+//!
+//! On a node with peers, only the catalog's leader steps. Every replica's
+//! catalog fills its outbox as it applies; a node that does not lead pops
+//! the entries its own shards have applied (their watermarks show it), and
+//! one that becomes leader drives the rest from the front, skipping what
+//! the old leader already committed.
 
 use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
@@ -83,9 +89,19 @@ impl Pipeline {
             board: Mutex::new(Board::default()),
             slots: Arc::new(Semaphore::new(IN_FLIGHT_ENTRIES)),
         });
-        let stepper = Stepper { log: driver.clone(), catalog: catalog.clone(), shards, ready, board };
-        // Recovery: steps the replay regenerated.
-        stepper.drain().await?;
+        let node_id = driver.node_id();
+        let leader_of = driver.clone();
+        let leads: Leads = Arc::new(move || leader_of.leader_of(CATALOG_GROUP) == Some(node_id));
+        let stepper = Stepper { log: driver.clone(), catalog: catalog.clone(), shards, ready, board, leads };
+        // Recovery: the steps the replay regenerated, driven before serving
+        // when this node leads the catalog (a single node does at once).
+        let deadline = tokio::time::Instant::now() + LEADER_AT_START;
+        while !(stepper.leads)() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if (stepper.leads)() {
+            stepper.drain().await?;
+        }
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
         tokio::spawn(sequence(driver, jobs_rx, stepper.board.clone()));
         tokio::spawn(stepper.run());
@@ -251,8 +267,20 @@ impl ShardLog for Driver {
     }
 }
 
+/// Whether this node leads the catalog group now.
+type Leads = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How long a start waits to learn that this node leads the catalog before
+/// it serves (and leaves the recovery steps to the stepper's task).
+const LEADER_AT_START: Duration = Duration::from_secs(2);
+
+/// How often a stepper that does not lead looks again.
+const FOLLOWER_POLL: Duration = Duration::from_millis(100);
+
 struct Stepper {
     log: Arc<dyn ShardLog>,
+    /// Steps only while this says so.
+    leads: Leads,
     catalog: Arc<CatalogMachine>,
     shards: Arc<Vec<Arc<ShardMachine>>>,
     /// Signalled when the outbox gains an entry.
@@ -263,14 +291,47 @@ struct Stepper {
 impl Stepper {
     async fn run(self) {
         loop {
-            self.ready.notified().await;
+            if !(self.leads)() {
+                self.pop_applied();
+                let _ = tokio::time::timeout(FOLLOWER_POLL, self.ready.notified()).await;
+                continue;
+            }
             if let Err(e) = self.drain().await {
                 tracing::error!(error = %e, "ingest steps failed; retrying in 500 ms");
                 self.board.fail(&e);
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                self.ready.notify_one();
+                continue;
+            }
+            let _ = tokio::time::timeout(FOLLOWER_POLL, self.ready.notified()).await;
+        }
+    }
+
+    /// On a node that does not lead the catalog: pops the outbox entries
+    /// whose every step this node's shards have applied.
+    fn pop_applied(&self) {
+        loop {
+            let applied = {
+                let outbox = self.catalog.outbox.lock();
+                outbox.front().is_some_and(|entry| self.applied_here(&entry.steps))
+            };
+            if !applied {
+                return;
+            }
+            if let Some(done) = self.catalog.outbox.lock().pop_front() {
+                self.catalog.retire(done.steps);
             }
         }
+    }
+
+    /// Whether every step is at or below its shards' watermarks here.
+    fn applied_here(&self, steps: &[Step]) -> bool {
+        let at = |shard: u32, tag: Tag| self.shards.get(shard as usize).is_some_and(|s| s.watermark() >= tag);
+        steps.iter().all(|step| match step {
+            Step::Writes { tag, by_shard } => by_shard.keys().all(|&shard| at(shard, *tag)),
+            Step::Move { import_tag, remove_tag, from_shard, into_shard, .. } => {
+                at(*into_shard, *import_tag) && at(*from_shard, *remove_tag)
+            }
+        })
     }
 
     /// Drives the outbox until it is empty, popping each entry once its
@@ -526,6 +587,7 @@ mod tests {
 
         let stepper = Stepper {
             log: Arc::new(Losing { driver: driver.clone(), lose: Mutex::new(Some(shard_group(0))) }),
+            leads: Arc::new(|| true),
             catalog: catalog.clone(),
             shards: shards.clone(),
             ready: catalog.outbox_ready.clone(),

@@ -323,6 +323,11 @@ enum Input {
         change: ConfChangeV2,
         reply: oneshot::Sender<Result<ApplyResult, ReplicationError>>,
     },
+    /// Hand the leadership of `group` to node `to`.
+    TransferLeader {
+        group: u64,
+        to: u64,
+    },
     /// The transport could not reach node `to` for `group`.
     Unreachable {
         group: u64,
@@ -403,6 +408,7 @@ struct Group {
 
 /// The running driver. Dropping it stops the thread.
 pub struct Driver {
+    node_id: u64,
     tx: Sender<Input>,
     status: Arc<RwLock<Vec<GroupStatus>>>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -559,6 +565,7 @@ impl Driver {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let loop_status = status.clone();
         let events = tx.clone();
+        let node_id = config.node_id;
         let thread = std::thread::Builder::new()
             .name("raft-driver".into())
             .spawn(move || {
@@ -584,7 +591,7 @@ impl Driver {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(ReplicationError::RecoveryStopped),
         }
-        Ok(Driver { tx, status, thread: parking_lot::Mutex::new(Some(thread)) })
+        Ok(Driver { node_id, tx, status, thread: parking_lot::Mutex::new(Some(thread)) })
     }
 
     /// Proposes `data` to `group`. The proposal is queued at once (so calls
@@ -635,6 +642,29 @@ impl Driver {
             sent.map_err(|_| ReplicationError::ShuttingDown)?;
             rx.await.map_err(|_| ReplicationError::ShuttingDown)?.map(|_| ())
         }
+    }
+
+    /// Asks this node, if it leads `group`, to hand the leadership to node
+    /// `to` (raft-rs's leader transfer: `to` campaigns once its log is
+    /// current; proposals meanwhile are refused as "not leader").
+    pub fn transfer_leader(&self, group: u64, to: u64) {
+        let _ = self.tx.send(Input::TransferLeader { group, to });
+    }
+
+    /// The leader of `group` as this node knows it, as of the last loop
+    /// turn.
+    pub fn leader_of(&self, group: u64) -> Option<u64> {
+        self.status
+            .read()
+            .iter()
+            .find(|g| g.id == group)
+            .map(|g| g.leader)
+            .filter(|&id| id != raft::INVALID_ID)
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
     }
 
     /// The transport could not reach node `to` with a message of `group`:
@@ -891,6 +921,13 @@ impl Loop {
                     Input::Propose { group, data, local, reply } => self.propose(group, data, local, reply),
                     Input::ProposeConfChange { group, change, reply } => {
                         self.propose_conf_change(group, change, reply)
+                    }
+                    Input::TransferLeader { group, to } => {
+                        if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
+                            if g.node.raft.state == StateRole::Leader && to != g.node.raft.id {
+                                g.node.transfer_leader(to);
+                            }
+                        }
                     }
                     Input::Unreachable { group, to } => {
                         if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {

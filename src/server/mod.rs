@@ -119,6 +119,15 @@ impl Security {
                     fix: fix.join(" and "),
                 });
             }
+            if !config.peers.is_empty() && !is_loopback(&config.raft_addr).await {
+                return Err(SecurityError::Exposed {
+                    door: "Raft",
+                    addr: config.raft_addr.clone(),
+                    missing: "no mutual TLS between nodes (not built yet)".into(),
+                    risk: "send raft messages, which raft-rs decodes with rust-protobuf 2 (RUSTSEC-2024-0437), and take over the groups",
+                    fix: "a `raft_addr` only the other nodes can reach (a private network)".into(),
+                });
+            }
         }
         Ok(Security { keys, tls })
     }

@@ -39,6 +39,20 @@ impl Server {
     pub fn start_with_env(data_dir: &Path, shards: u32, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let grpc = format!("127.0.0.1:{}", free_port());
         let http = format!("127.0.0.1:{}", free_port());
+        Server::start_at(data_dir, shards, &grpc, &http, extra, env)
+    }
+
+    /// Starts `cohort serve` on `data_dir` with its doors on `grpc` and
+    /// `http`, and waits until it serves.
+    pub fn start_at(
+        data_dir: &Path,
+        shards: u32,
+        grpc: &str,
+        http: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let (grpc, http) = (grpc.to_string(), http.to_string());
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
