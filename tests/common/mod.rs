@@ -18,9 +18,10 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A running server process.
+/// A running server process; its gRPC client calls come from [`Client`].
 pub struct Server {
     pub child: Child,
+    pub client: Client,
     pub grpc: String,
     pub http: String,
     pub data_dir: PathBuf,
@@ -81,6 +82,7 @@ impl Server {
         }
         Server {
             child,
+            client: Client { grpc: grpc.clone() },
             grpc,
             http,
             data_dir: data_dir.to_path_buf(),
@@ -109,7 +111,22 @@ impl Server {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         Server::start(&self.data_dir, self.shards, &extra)
     }
+}
 
+impl std::ops::Deref for Server {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// The gRPC calls the tests make to a node at `grpc` (`host:port`).
+pub struct Client {
+    pub grpc: String,
+}
+
+impl Client {
     pub async fn channel(&self) -> Channel {
         let started = Instant::now();
         loop {
