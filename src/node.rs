@@ -30,7 +30,7 @@ use crate::replication::error::MachineError;
 use crate::replication::manifest::{Manifest, ManifestError, ManifestState};
 use crate::replication::shard_machine::{ShardMachine, ShardMachineError};
 use crate::replication::storage::{LogStore, StorageError};
-use crate::replication::transport::{DriverSlot, GrpcTransport, RaftService};
+use crate::replication::transport::{DriverSlot, GrpcTransport, PeerTls, PeerTlsError, RaftService};
 use crate::replication::ReplicationError;
 
 /// Why a node could not be opened, or a stopped node's data directory
@@ -132,6 +132,17 @@ pub enum NodeError {
         /// What is wrong.
         problem: String,
     },
+    /// The files of mutual TLS between nodes cannot be used.
+    #[error(transparent)]
+    PeerTls(#[from] PeerTlsError),
+    /// The Raft service cannot serve with the TLS files given.
+    #[error(
+        "the Raft service cannot use the peer TLS files (peer_tls_cert, peer_tls_key, peer_tls_ca): {reason}"
+    )]
+    PeerTlsSetup {
+        /// tonic's reason.
+        reason: String,
+    },
     /// A worker thread or task panicked.
     #[error("{what} panicked")]
     Panicked {
@@ -212,6 +223,14 @@ pub struct NodeConfig {
     /// Every node of the cluster, this one included (`[[peers]]` tables):
     /// each group is replicated on all of them. Empty: a single node.
     pub peers: Vec<PeerConfig>,
+    /// PEM certificate chain this node shows the other nodes (mutual TLS
+    /// on the Raft service; with `peer_tls_key` and `peer_tls_ca`).
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key of `peer_tls_cert`.
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM certificate of the CA that signs every node's `peer_tls_cert`:
+    /// only connections with a certificate it signed are served.
+    pub peer_tls_ca: Option<PathBuf>,
 }
 
 /// A node of the cluster as the others reach it.
@@ -273,11 +292,23 @@ impl Default for NodeConfig {
             insecure: false,
             raft_addr: "127.0.0.1:7170".into(),
             peers: Vec::new(),
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
         }
     }
 }
 
 impl NodeConfig {
+    /// The mutual TLS between nodes this configuration asks for, loaded.
+    pub fn peer_tls(&self) -> Result<Option<PeerTls>, PeerTlsError> {
+        PeerTls::from_config(
+            self.peer_tls_cert.as_deref(),
+            self.peer_tls_key.as_deref(),
+            self.peer_tls_ca.as_deref(),
+        )
+    }
+
     /// The caps on the schema's growth this configuration asks for.
     pub fn schema_limits(&self) -> SchemaLimits {
         SchemaLimits {
@@ -322,6 +353,7 @@ impl Node {
         if config.shards == 0 || config.shards > 4096 {
             return Err(NodeError::ShardCount { shards: config.shards });
         }
+        let peer_tls = config.peer_tls()?;
         let dir = &config.data_dir;
         let snapshots = dir.join("snapshots");
         let checked = datadir::check_files(dir).map_err(|p| NodeError::data_dir(&p))?;
@@ -395,12 +427,13 @@ impl Node {
         let transport: Arc<dyn Transport> = if cluster.raft_addrs.is_empty() {
             Arc::new(NoPeers)
         } else {
-            serve_raft(&config, slot.clone()).await?;
+            serve_raft(&config, peer_tls.as_ref(), slot.clone()).await?;
             Arc::new(GrpcTransport::new(
                 config.node_id,
                 cluster.raft_addrs.clone(),
                 slot.clone(),
                 tokio::runtime::Handle::current(),
+                peer_tls.clone(),
             ))
         };
         let driver =
@@ -592,18 +625,23 @@ impl Cluster {
 }
 
 /// Binds the Raft service between nodes to `config.raft_addr` and serves
-/// it on a task; messages reach the driver once `slot` holds it.
-async fn serve_raft(config: &NodeConfig, slot: DriverSlot) -> Result<(), NodeError> {
+/// it on a task (over mutual TLS when `tls` is set); messages reach the
+/// driver once `slot` holds it.
+async fn serve_raft(config: &NodeConfig, tls: Option<&PeerTls>, slot: DriverSlot) -> Result<(), NodeError> {
     let addr = config.raft_addr.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| NodeError::PeerTlsSetup { reason: format!("{e:?}") })?;
+    }
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|source| NodeError::Io { path: format!("binding the Raft service to {addr}"), source })?;
     let service = RaftService::new(config.node_id, slot).server();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
-        if let Err(e) =
-            tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await
-        {
+        if let Err(e) = builder.add_service(service).serve_with_incoming(incoming).await {
             tracing::error!(addr = %addr, error = %e, "the Raft service stopped");
         }
     });

@@ -353,8 +353,13 @@ async fn start_grpc_node(
                 tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         })
     };
-    let transport =
-        Arc::new(GrpcTransport::new(id, addresses.clone(), slot.clone(), tokio::runtime::Handle::current()));
+    let transport = Arc::new(GrpcTransport::new(
+        id,
+        addresses.clone(),
+        slot.clone(),
+        tokio::runtime::Handle::current(),
+        None,
+    ));
     let config = DriverConfig {
         node_id: id,
         voters: vec![1, 2, 3],

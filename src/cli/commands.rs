@@ -64,6 +64,15 @@ pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if !args.peers.is_empty() {
         config.peers = args.peers.clone();
     }
+    for (flag, key) in [
+        (&args.peer_tls_cert, &mut config.peer_tls_cert),
+        (&args.peer_tls_key, &mut config.peer_tls_key),
+        (&args.peer_tls_ca, &mut config.peer_tls_ca),
+    ] {
+        if let Some(path) = flag {
+            *key = Some(path.clone());
+        }
+    }
     Ok(config)
 }
 
@@ -839,6 +848,9 @@ mod tests {
             node_id: None,
             raft_addr: None,
             peers: Vec::new(),
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
             log_level: crate::cli::logs::LogLevel::default(),
         }
     }

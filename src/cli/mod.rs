@@ -214,7 +214,8 @@ pub struct ServeArgs {
     /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
     /// snapshot_log_bytes, query_threads, max_traits, max_events,
     /// max_properties_per_event, max_properties, max_name_bytes, api_keys,
-    /// tls_cert, tls_key, insecure, raft_addr, peers). Flags override it; COHORT_API_KEYS
+    /// tls_cert, tls_key, insecure, raft_addr, peers, peer_tls_cert,
+    /// peer_tls_key, peer_tls_ca). Flags override it; COHORT_API_KEYS
     /// (`key:role,key:role`) adds API keys to the file's.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -251,6 +252,17 @@ pub struct ServeArgs {
     /// once per node. Every group is replicated on all of them.
     #[arg(long = "peer", value_name = "ID=RAFT,GRPC")]
     pub peers: Vec<crate::node::PeerConfig>,
+    /// PEM certificate chain this node shows the other nodes: mutual TLS
+    /// on the Raft service, with --peer-tls-key and --peer-tls-ca.
+    #[arg(long, env = "COHORT_PEER_TLS_CERT", value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long, env = "COHORT_PEER_TLS_KEY", value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM certificate of the CA that signs every node's certificate; the
+    /// Raft service serves only connections with a certificate it signed.
+    #[arg(long, env = "COHORT_PEER_TLS_CA", value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
     /// Log level on standard error: off, error, warn, info, debug, trace.
     /// RUST_LOG, when set, overrides it.
     #[arg(long, value_name = "LEVEL", default_value_t)]

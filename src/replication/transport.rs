@@ -16,19 +16,28 @@
 //! own protobuf encoding), checks that it is for this node, and steps it
 //! into the driver.
 //!
-//! Not here yet (cluster issue): mutual TLS between nodes. raft-rs 0.7
-//! decodes with rust-protobuf 2 (RUSTSEC-2024-0437), so until then the
-//! service must listen only where nothing but peers can reach it.
+//! [`PeerTls`] is mutual TLS between nodes: with `peer_tls_cert`,
+//! `peer_tls_key` and `peer_tls_ca` set, the service takes only
+//! connections whose client certificate the cluster's CA signed, and every
+//! node connects with its own certificate, checking the peer's against the
+//! same CA. raft-rs 0.7 decodes with rust-protobuf 2 (RUSTSEC-2024-0437),
+//! so without it the service must listen only where nothing but peers can
+//! reach it (a non-loopback `raft_addr` is refused without `--insecure`).
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use super::driver::{Driver, SnapshotReport, Transport};
 use crate::proto::internal as pb;
@@ -46,6 +55,8 @@ pub const MAX_GRPC_MESSAGE: usize = MAX_BATCH_BYTES + (1 << 20);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait before reconnecting.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Least time between two warnings that a peer cannot be reached.
+const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where the transport reports to: the driver, once it has started (the
 /// transport exists before it).
@@ -53,6 +64,120 @@ pub type DriverSlot = Arc<OnceLock<Weak<Driver>>>;
 
 fn driver_of(slot: &DriverSlot) -> Option<Arc<Driver>> {
     slot.get().and_then(Weak::upgrade)
+}
+
+/// Why the files of mutual TLS between nodes cannot be used.
+#[derive(Debug, Error)]
+pub enum PeerTlsError {
+    /// Some of the three settings are given, not all.
+    #[error("mutual TLS between nodes needs peer_tls_cert, peer_tls_key and peer_tls_ca; {missing} is not set (config keys, or --peer-tls-cert, --peer-tls-key and --peer-tls-ca)")]
+    Incomplete {
+        /// The first setting missing.
+        missing: &'static str,
+    },
+    /// A file cannot be read.
+    #[error("cannot read {setting} {}: {source}", path.display())]
+    Read {
+        /// The setting (`peer_tls_cert`, ...).
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM certificate or key.
+    #[error("{setting} {} holds no usable PEM {what}: {reason}", path.display())]
+    Pem {
+        /// The setting.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// What the PEM reader said.
+        reason: String,
+    },
+}
+
+/// Mutual TLS between nodes: this node's certificate and key, and the CA
+/// that signs every node's certificate, as PEM.
+#[derive(Clone)]
+pub struct PeerTls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls(..)")
+    }
+}
+
+impl PeerTls {
+    /// Loads the three configured files: `None` when none is set, an error
+    /// when only some are or when one holds no PEM certificate (or key).
+    pub fn from_config(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        ca: Option<&Path>,
+    ) -> Result<Option<PeerTls>, PeerTlsError> {
+        let (cert, key, ca) = match (cert, key, ca) {
+            (None, None, None) => return Ok(None),
+            (Some(cert), Some(key), Some(ca)) => (cert, key, ca),
+            (None, ..) => return Err(PeerTlsError::Incomplete { missing: "peer_tls_cert" }),
+            (_, None, _) => return Err(PeerTlsError::Incomplete { missing: "peer_tls_key" }),
+            (.., None) => return Err(PeerTlsError::Incomplete { missing: "peer_tls_ca" }),
+        };
+        let read = |setting, path: &Path| {
+            std::fs::read(path).map_err(|source| PeerTlsError::Read {
+                setting,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let pem = |setting, path: &Path, what, reason: String| PeerTlsError::Pem {
+            setting,
+            path: path.to_path_buf(),
+            what,
+            reason,
+        };
+        let tls = PeerTls {
+            cert_pem: read("peer_tls_cert", cert)?,
+            key_pem: read("peer_tls_key", key)?,
+            ca_pem: read("peer_tls_ca", ca)?,
+        };
+        for (setting, path, bytes) in
+            [("peer_tls_cert", cert, &tls.cert_pem), ("peer_tls_ca", ca, &tls.ca_pem)]
+        {
+            let certs = CertificateDer::pem_slice_iter(bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pem(setting, path, "certificate", e.to_string()))?;
+            if certs.is_empty() {
+                return Err(pem(setting, path, "certificate", "no `BEGIN CERTIFICATE` section".into()));
+            }
+        }
+        PrivateKeyDer::from_pem_slice(&tls.key_pem)
+            .map_err(|e| pem("peer_tls_key", key, "private key", e.to_string()))?;
+        Ok(Some(tls))
+    }
+
+    /// The Raft service's TLS: this node's certificate, and a client
+    /// certificate signed by the CA required of every connection.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    /// A connection to a peer's Raft service: the peer's certificate
+    /// checked against the CA (for the address's host), this node's
+    /// certificate offered.
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
 }
 
 /// One message for a peer, encoded.
@@ -68,17 +193,20 @@ pub struct GrpcTransport {
     addresses: HashMap<u64, String>,
     driver: DriverSlot,
     runtime: tokio::runtime::Handle,
+    tls: Option<PeerTls>,
 }
 
 impl GrpcTransport {
     /// A transport from node `node_id` to `peers` (Raft id → `host:port` of
-    /// their Raft service), with one sending task each on `runtime`. Give
-    /// the driver to `driver` once it has started.
+    /// their Raft service), with one sending task each on `runtime`, over
+    /// mutual TLS when `tls` is set. Give the driver to `driver` once it
+    /// has started.
     pub fn new(
         node_id: u64,
         peers: HashMap<u64, String>,
         driver: DriverSlot,
         runtime: tokio::runtime::Handle,
+        tls: Option<PeerTls>,
     ) -> GrpcTransport {
         let mut queues = HashMap::new();
         for (&peer, addr) in &peers {
@@ -86,10 +214,10 @@ impl GrpcTransport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            runtime.spawn(run_peer(node_id, peer, addr.clone(), rx, driver.clone()));
+            runtime.spawn(run_peer(node_id, peer, addr.clone(), tls.clone(), rx, driver.clone()));
             queues.insert(peer, tx);
         }
-        GrpcTransport { node_id, queues, addresses: peers, driver, runtime }
+        GrpcTransport { node_id, queues, addresses: peers, driver, runtime, tls }
     }
 }
 
@@ -103,9 +231,9 @@ impl Transport for GrpcTransport {
                     continue;
                 };
                 let data = m.mut_snapshot().take_data();
-                let (from, driver) = (self.node_id, self.driver.clone());
+                let (from, driver, tls) = (self.node_id, self.driver.clone(), self.tls.clone());
                 self.runtime.spawn(async move {
-                    let sent = send_snapshot(&addr, from, group, &m, &data).await;
+                    let sent = send_snapshot(&addr, tls.as_ref(), from, group, &m, &data).await;
                     let report = match sent {
                         Ok(()) => SnapshotReport::Finished,
                         Err(e) => {
@@ -142,16 +270,37 @@ impl Transport for GrpcTransport {
     }
 }
 
-/// Connects to `addr`, waiting no longer than a second.
-async fn connect(addr: &str) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+/// Connects to the Raft service at `addr` (over mutual TLS when `tls` is
+/// set), waiting no longer than a second.
+pub async fn connect(
+    addr: &str,
+    tls: Option<&PeerTls>,
+) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("{addr}: {e}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| format!("{addr}: {e}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client()).map_err(|e| format!("{addr}: TLS: {e}"))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| format!("{addr}: {}", error_chain(&e)))?;
     Ok(pb::raft_client::RaftClient::new(channel)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE))
+}
+
+/// An error and its sources, as `outer: inner: innermost` (tonic's own
+/// text says only "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Sends `peer`'s queue over one client stream at a time, reconnecting
@@ -161,15 +310,32 @@ async fn run_peer(
     from: u64,
     peer: u64,
     addr: String,
+    tls: Option<PeerTls>,
     mut queue: mpsc::Receiver<Outbound>,
     driver: DriverSlot,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    // A peer that cannot be reached (a node down or still starting, a
+    // refused certificate) is said at `warn` at most once a minute, and
+    // at `debug` in between.
+    let mut warned: Option<std::time::Instant> = None;
+    let mut warn_now = move || {
+        let now = std::time::Instant::now();
+        let due = warned.is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL);
+        if due {
+            warned = Some(now);
+        }
+        due
+    };
     loop {
-        let mut client = match connect(&addr).await {
+        let mut client = match connect(&addr, tls.as_ref()).await {
             Ok(client) => client,
             Err(e) => {
-                tracing::debug!(peer, error = %e, "cannot reach a peer; retrying");
+                if warn_now() {
+                    tracing::warn!(peer, addr = %addr, error = %e, "cannot reach a peer; retrying with backoff");
+                } else {
+                    tracing::debug!(peer, error = %e, "cannot reach a peer; retrying");
+                }
                 if !drop_queued(&mut queue, peer, &driver) {
                     return;
                 }
@@ -201,7 +367,11 @@ async fn run_peer(
             }
         }
         if let Ok(Err(status)) = call.await {
-            tracing::debug!(peer, %status, "raft stream to a peer ended");
+            if warn_now() {
+                tracing::warn!(peer, addr = %addr, %status, "raft stream to a peer ended; reconnecting");
+            } else {
+                tracing::debug!(peer, %status, "raft stream to a peer ended");
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -237,12 +407,13 @@ fn report_unreachable(driver: &DriverSlot, peer: u64, groups: HashSet<u64>) {
 /// the data in chunks.
 async fn send_snapshot(
     addr: &str,
+    tls: Option<&PeerTls>,
     from: u64,
     group: u64,
     message: &Message,
     data: &[u8],
 ) -> Result<(), String> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(addr, tls).await?;
     let head = message.write_to_bytes().map_err(|e| format!("encoding the snapshot message: {e}"))?;
     let mut chunks = vec![pb::SnapshotChunk {
         from_node: from,

@@ -61,6 +61,9 @@ pub enum SecurityError {
     /// The TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The files of mutual TLS between nodes are unusable.
+    #[error(transparent)]
+    PeerTls(#[from] crate::replication::transport::PeerTlsError),
     /// A door on a non-loopback address without keys or TLS.
     #[error("refusing to serve {door} on {addr}, which is not a loopback address, with {missing}: anyone who can reach it could {risk}. Configure {fix}, or pass --insecure (config `insecure = true`) to serve it this way anyway")]
     Exposed {
@@ -85,6 +88,7 @@ impl Security {
     pub async fn prepare(config: &NodeConfig) -> Result<Security, SecurityError> {
         let keys = auth::ApiKeys::new(&config.api_keys)?;
         let tls = tls::TlsIdentity::from_config(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+        let peer_tls = config.peer_tls()?;
         if !config.insecure {
             let http_keyed = !keys.is_empty() || !config.write_keys.is_empty();
             for (door, addr, keyed, keys_name) in [
@@ -119,13 +123,13 @@ impl Security {
                     fix: fix.join(" and "),
                 });
             }
-            if !config.peers.is_empty() && !is_loopback(&config.raft_addr).await {
+            if !config.peers.is_empty() && peer_tls.is_none() && !is_loopback(&config.raft_addr).await {
                 return Err(SecurityError::Exposed {
                     door: "Raft",
                     addr: config.raft_addr.clone(),
-                    missing: "no mutual TLS between nodes (not built yet)".into(),
+                    missing: "no mutual TLS between nodes".into(),
                     risk: "send raft messages, which raft-rs decodes with rust-protobuf 2 (RUSTSEC-2024-0437), and take over the groups",
-                    fix: "a `raft_addr` only the other nodes can reach (a private network)".into(),
+                    fix: "`peer_tls_cert`, `peer_tls_key` and `peer_tls_ca` (or --peer-tls-cert, --peer-tls-key and --peer-tls-ca)".into(),
                 });
             }
         }
@@ -320,5 +324,40 @@ mod tests {
         let err = refusal(&http);
         assert!(err.contains("HTTP on 0.0.0.0:7071") && err.contains("no API keys or write keys"), "{err}");
         assert_eq!(refusal(&NodeConfig { write_keys: vec!["wk".into()], ..http }), "");
+    }
+
+    #[test]
+    fn a_raft_address_off_loopback_needs_peer_tls_unless_insecure() {
+        let peers = vec![crate::node::PeerConfig {
+            id: 1,
+            raft_addr: "0.0.0.0:7170".into(),
+            grpc_addr: "127.0.0.1:7070".into(),
+        }];
+        let cluster =
+            NodeConfig { raft_addr: "0.0.0.0:7170".into(), peers, ..config("127.0.0.1:0", "127.0.0.1:0") };
+        let err = refusal(&cluster);
+        assert!(err.contains("Raft on 0.0.0.0:7170") && err.contains("`peer_tls_ca`"), "{err}");
+        assert_eq!(refusal(&NodeConfig { insecure: true, ..cluster.clone() }), "");
+
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        let half = NodeConfig {
+            peer_tls_cert: Some(cert.clone()),
+            peer_tls_key: Some(key.clone()),
+            ..cluster.clone()
+        };
+        let err = refusal(&half);
+        assert!(err.contains("peer_tls_ca is not set"), "{err}");
+        let swapped =
+            NodeConfig { peer_tls_ca: Some(cert.clone()), peer_tls_key: Some(cert.clone()), ..half.clone() };
+        let err = refusal(&swapped);
+        assert!(
+            err.contains("peer_tls_key") && err.contains("c.pem") && err.contains("private key"),
+            "{err}"
+        );
+        assert_eq!(refusal(&NodeConfig { peer_tls_ca: Some(cert), ..half }), "");
     }
 }
