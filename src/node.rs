@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use serde_json::Value as Json;
 use thiserror::Error;
 
 use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogError, CatalogMachine, CatalogResult};
+use crate::cluster::forward::{ForwardService, Forwarder, LocalWrites, WritesSlot};
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::datadir::{self, DataDirMeta, DiskGuard};
 use crate::ingest::pipeline::Pipeline;
@@ -338,6 +339,9 @@ pub struct Node {
     /// Keeps client writes off a nearly full disk.
     pub disk: DiskGuard,
     pipeline: Pipeline,
+    /// Hands writes to the catalog's leader when it is another node (none
+    /// on a single node).
+    forwarder: Option<Forwarder>,
     /// When it started.
     pub started: Instant,
     /// How long opening took (replay included).
@@ -424,10 +428,11 @@ impl Node {
             ..Default::default()
         };
         let slot: DriverSlot = Arc::default();
+        let forwarded: WritesSlot = Arc::default();
         let transport: Arc<dyn Transport> = if cluster.raft_addrs.is_empty() {
             Arc::new(NoPeers)
         } else {
-            serve_raft(&config, peer_tls.as_ref(), slot.clone()).await?;
+            serve_raft(&config, peer_tls.as_ref(), slot.clone(), forwarded.clone()).await?;
             Arc::new(GrpcTransport::new(
                 config.node_id,
                 cluster.raft_addrs.clone(),
@@ -450,9 +455,12 @@ impl Node {
         manifest.flush()?;
         start_manifest_flusher(&manifest);
         let disk = DiskGuard::new(&config.data_dir, config.min_free_disk_bytes);
+        let forwarder = (!cluster.raft_addrs.is_empty())
+            .then(|| Forwarder::new(config.node_id, cluster.raft_addrs.clone(), peer_tls.clone()));
         let node = Arc::new(Node {
             manifest,
             disk,
+            forwarder,
             config,
             driver,
             catalog,
@@ -463,6 +471,7 @@ impl Node {
             open_secs: started.elapsed().as_secs_f64(),
             loaded_secs,
         });
+        let _ = forwarded.set(Arc::downgrade(&node) as Weak<dyn LocalWrites>);
         node.set_schema_limits().await?;
         Ok(node)
     }
@@ -499,7 +508,7 @@ impl Node {
             tracing::info!(leader, "the schema caps in force are the catalog leader's");
             return Ok(());
         }
-        self.admin(CatalogCommand::SetLimits(wanted))
+        self.admin_here(CatalogCommand::SetLimits(wanted))
             .await
             .map_err(|source| NodeError::SchemaCaps { source })?;
         let changed: Vec<String> = [
@@ -517,8 +526,39 @@ impl Node {
         Ok(())
     }
 
-    /// Ingests messages given as JSON text.
+    /// Ingests messages given as JSON text: here when this node leads the
+    /// catalog (or knows no other leader), else forwarded to the node that
+    /// does.
     pub async fn ingest_text(
+        &self,
+        messages: Vec<String>,
+        received_ms: i64,
+        source: Source,
+    ) -> Result<IngestReport, IngestError> {
+        let Some(forwarder) = &self.forwarder else {
+            return self.ingest_here(messages, received_ms, source).await;
+        };
+        if let Some(leader) = self.driver.leader_of(CATALOG_GROUP).filter(|&l| l != self.config.node_id) {
+            return forwarder.ingest(leader, messages, received_ms, source).await;
+        }
+        // This node leads, or knows no leader (then the pipeline says so).
+        // A catalog leadership that moved before the batch was proposed is
+        // a "not leader" of the catalog, refused before anything was
+        // appended: forward it then.
+        let kept = messages.clone();
+        match self.ingest_here(messages, received_ms, source).await {
+            Err(IngestError::Replication(ReplicationError::NotLeader {
+                group: CATALOG_GROUP,
+                leader: Some(leader),
+                ..
+            })) if leader != self.config.node_id => forwarder.ingest(leader, kept, received_ms, source).await,
+            answer => answer,
+        }
+    }
+
+    /// Ingests messages here, through this node's pipeline (a node that
+    /// does not lead the catalog answers "not leader").
+    async fn ingest_here(
         &self,
         messages: Vec<String>,
         received_ms: i64,
@@ -528,11 +568,57 @@ impl Node {
         self.pipeline.ingest(messages, received_ms, source).await
     }
 
-    /// Proposes an administrative change to the catalog: a proposal that
-    /// is not committed is a [`CatalogError::Replication`] (not leader,
-    /// shutting down, ...), one the catalog refuses a
-    /// [`CatalogError::Refused`].
+    /// Proposes an administrative change to the catalog, here when this
+    /// node leads it (or knows no other leader), else through the node
+    /// that does.
     async fn admin(&self, command: CatalogCommand) -> Result<(), CatalogError> {
+        let Some(forwarder) = &self.forwarder else {
+            return self.admin_here(command).await;
+        };
+        let leader = match self.driver.leader_of(CATALOG_GROUP).filter(|&l| l != self.config.node_id) {
+            Some(leader) => leader,
+            // As for ingest: a "not leader" of the catalog was refused
+            // before anything was appended.
+            None => match self.admin_here(command.clone()).await {
+                Err(CatalogError::Replication(ReplicationError::NotLeader {
+                    group: CATALOG_GROUP,
+                    leader: Some(leader),
+                    ..
+                })) if leader != self.config.node_id => leader,
+                answer => return answer,
+            },
+        };
+        let applied = forwarder.admin(leader, command).await?;
+        // Answer once this node's catalog holds the change, so that the
+        // caller reads it here (a change is small: this is a replication
+        // delay, bounded in case this node falls behind).
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while self.catalog_applied() < applied && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    /// The index of the last catalog entry this node applied (its state
+    /// includes it).
+    fn catalog_applied(&self) -> u64 {
+        self.catalog.applied_index()
+    }
+
+    /// Proposes an administrative change to the catalog here: a proposal
+    /// that is not committed is a [`CatalogError::Replication`] (not
+    /// leader, shutting down, ...), one the catalog refuses a
+    /// [`CatalogError::Refused`]. A segment is refused here when one of
+    /// its name exists, by the node that proposes it (whose catalog is
+    /// the leader's).
+    async fn admin_here(&self, command: CatalogCommand) -> Result<(), CatalogError> {
+        if let CatalogCommand::CreateSegment { name, .. } = &command {
+            if self.catalog.state.read().segments.contains_key(name) {
+                return Err(
+                    AdminError::Exists(format!("a saved segment {name:?} exists; delete it first")).into()
+                );
+            }
+        }
         self.disk.check().map_err(AdminError::DiskFull)?;
         let result = self.driver.propose(CATALOG_GROUP, command.encode()).await?;
         match result.downcast::<CatalogResult>().map(|r| *r) {
@@ -555,11 +641,6 @@ impl Node {
         description: String,
         now_ms: i64,
     ) -> Result<(), CatalogError> {
-        if self.catalog.state.read().segments.contains_key(&name) {
-            return Err(
-                AdminError::Exists(format!("a saved segment {name:?} exists; delete it first")).into()
-            );
-        }
         self.admin(CatalogCommand::CreateSegment { name, expression, description, now_ms }).await
     }
 
@@ -625,9 +706,15 @@ impl Cluster {
 }
 
 /// Binds the Raft service between nodes to `config.raft_addr` and serves
-/// it on a task (over mutual TLS when `tls` is set); messages reach the
-/// driver once `slot` holds it.
-async fn serve_raft(config: &NodeConfig, tls: Option<&PeerTls>, slot: DriverSlot) -> Result<(), NodeError> {
+/// it on a task (over mutual TLS when `tls` is set), with the Forward
+/// service beside it; messages reach the driver once `slot` holds it, and
+/// forwarded batches the node once `forwarded` does.
+async fn serve_raft(
+    config: &NodeConfig,
+    tls: Option<&PeerTls>,
+    slot: DriverSlot,
+    forwarded: WritesSlot,
+) -> Result<(), NodeError> {
     let addr = config.raft_addr.clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -639,9 +726,11 @@ async fn serve_raft(config: &NodeConfig, tls: Option<&PeerTls>, slot: DriverSlot
         .await
         .map_err(|source| NodeError::Io { path: format!("binding the Raft service to {addr}"), source })?;
     let service = RaftService::new(config.node_id, slot).server();
+    let forward = ForwardService::new(forwarded).server();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
-        if let Err(e) = builder.add_service(service).serve_with_incoming(incoming).await {
+        if let Err(e) = builder.add_service(service).add_service(forward).serve_with_incoming(incoming).await
+        {
             tracing::error!(addr = %addr, error = %e, "the Raft service stopped");
         }
     });
@@ -705,6 +794,24 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+impl LocalWrites for Node {
+    fn ingest_here(
+        &self,
+        messages: Vec<String>,
+        received_ms: i64,
+        source: Source,
+    ) -> BoxFuture<'_, Result<IngestReport, IngestError>> {
+        Box::pin(Node::ingest_here(self, messages, received_ms, source))
+    }
+
+    fn admin_here(&self, command: CatalogCommand) -> BoxFuture<'_, Result<u64, CatalogError>> {
+        Box::pin(async move {
+            Node::admin_here(self, command).await?;
+            Ok(self.catalog_applied())
+        })
+    }
 }
 
 impl IngestSink for Node {

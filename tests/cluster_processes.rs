@@ -1,8 +1,9 @@
 //! Three `cohort serve` processes as one cluster (`--node-id`, `--peer`):
 //! every group replicated on the three over the Raft service, ingest
-//! through whichever node leads, a kill -9 of the leader during the load,
-//! and a restart of the killed node, which catches up. Every acknowledged
-//! message is there once on every live node.
+//! through any node (a follower forwards it to the catalog's leader), a
+//! kill -9 of the leader during the load, and a restart of the killed
+//! node, which catches up. Every acknowledged message is there once on
+//! every live node.
 
 mod common;
 
@@ -10,7 +11,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Server};
+use cohort::proto::v1 as pb;
+use common::{free_port, http_request, Server};
 
 const SHARDS: u32 = 4;
 
@@ -32,6 +34,34 @@ fn start_node(id: u64, dir: &Path, all: &HashMap<u64, Addrs>) -> Server {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start_at(dir, SHARDS, &me.grpc, &me.http, &args, &[])
+}
+
+/// The catalog's leader as `node` sees it (0: none known).
+async fn catalog_leader(node: &Server) -> u64 {
+    let mut c = pb::admin_client::AdminClient::new(node.channel().await);
+    let status = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    status.groups.iter().find(|g| g.group_id == 1).map_or(0, |g| g.leader_id)
+}
+
+/// Starts the three nodes of `addrs` together (each waits for a quorum
+/// before it serves), with data under `root`.
+fn start_three(root: &Path, addrs: &HashMap<u64, Addrs>) -> HashMap<u64, Server> {
+    let starting: Vec<_> = (1..=3u64)
+        .map(|id| {
+            let (d, a) = (root.join(format!("node-{id}")), addrs.clone());
+            std::thread::spawn(move || (id, start_node(id, &d, &a)))
+        })
+        .collect();
+    starting.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn loopback_addrs() -> HashMap<u64, Addrs> {
+    (1..=3)
+        .map(|id| {
+            let port = || format!("127.0.0.1:{}", free_port());
+            (id, Addrs { grpc: port(), http: port(), raft: port() })
+        })
+        .collect()
 }
 
 fn batch(from: u64, n: u64) -> Vec<String> {
@@ -84,39 +114,31 @@ async fn all_count(nodes: &HashMap<u64, Server>, want: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_replicate_survive_a_killed_leader_and_catch_up_a_restarted_node() {
     let root = tempfile::tempdir().unwrap();
-    let addrs: HashMap<u64, Addrs> = (1..=3)
-        .map(|id| {
-            let port = || format!("127.0.0.1:{}", free_port());
-            (id, Addrs { grpc: port(), http: port(), raft: port() })
-        })
-        .collect();
+    let addrs = loopback_addrs();
     let dir = |id: u64| root.path().join(format!("node-{id}"));
-    // The three start together: each waits for a quorum before it serves.
-    let starting: Vec<_> = (1..=3u64)
-        .map(|id| {
-            let (d, a) = (dir(id), addrs.clone());
-            std::thread::spawn(move || (id, start_node(id, &d, &a)))
-        })
-        .collect();
-    let mut nodes: HashMap<u64, Server> = starting.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut nodes = start_three(root.path(), &addrs);
 
     let mut acknowledged = 0;
-    let mut leader = 0;
     for _ in 0..10 {
-        leader = ingest_anywhere(&nodes, batch(acknowledged, 50)).await;
+        ingest_anywhere(&nodes, batch(acknowledged, 50)).await;
         acknowledged += 50;
     }
     // Every node holds every acknowledged profile, followers included.
     all_count(&nodes, acknowledged).await;
 
-    // kill -9 the leader; the two others elect one and take the rest.
-    nodes.remove(&leader).unwrap().kill9();
-    let killed = leader;
+    // kill -9 the catalog's leader; the two others elect one and take
+    // the rest.
+    let killed = catalog_leader(&nodes[&1]).await;
+    assert_ne!(killed, 0, "no catalog leader known");
+    nodes.remove(&killed).unwrap().kill9();
     for _ in 0..10 {
-        leader = ingest_anywhere(&nodes, batch(acknowledged, 50)).await;
+        ingest_anywhere(&nodes, batch(acknowledged, 50)).await;
         acknowledged += 50;
     }
-    assert_ne!(leader, killed);
+    for node in nodes.values() {
+        let leader = catalog_leader(node).await;
+        assert!(leader != killed && leader != 0, "the catalog's leader is {leader}");
+    }
     all_count(&nodes, acknowledged).await;
 
     // The killed node comes back on its data directory and catches up.
@@ -127,5 +149,80 @@ async fn three_processes_replicate_survive_a_killed_leader_and_catch_up_a_restar
     for node in nodes.values() {
         let counts = node.count(&["plan = \"pro\""]).await;
         assert_eq!(counts, vec![acknowledged]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_takes_writes_and_a_follower_forwards_them_to_the_catalog_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs();
+    let nodes = start_three(root.path(), &addrs);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let leader = catalog_leader(&nodes[&1]).await;
+        if leader != 0 {
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "no catalog leader within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // gRPC to each node, the two followers included: every write is
+    // acknowledged, with the leader's report (a rejected field keeps its
+    // position in the caller's batch).
+    // (Message 3 of each batch names nobody: it is refused.)
+    let (mut written, mut profiles) = (0, 0);
+    for id in [1u64, 2, 3] {
+        let mut messages = batch(written, 20);
+        messages[3] = r#"{"type":"identify","messageId":"nobody","traits":{"plan":"pro"}}"#.into();
+        let reply = nodes[&id].ingest(messages).await.unwrap_or_else(|status| {
+            panic!("node {id} (the catalog's leader is {leader}) refused a write: {status}")
+        });
+        assert_eq!(reply.applied, 19, "node {id}: {reply:?}");
+        assert_eq!(reply.rejections.len(), 1, "node {id}: {reply:?}");
+        assert_eq!(reply.rejections[0].position, 3, "node {id}: {reply:?}");
+        written += 20;
+        profiles += 19;
+    }
+    // The Segment HTTP door of a follower forwards too.
+    let follower = [1u64, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    let body = format!(
+        r#"{{"batch":[{{"type":"identify","userId":"u{written}","messageId":"m{written}","traits":{{"plan":"pro"}}}}]}}"#
+    );
+    let (status, reply) =
+        http_request(&addrs[&follower].http, "POST", "/v1/batch", &[], &body).await.unwrap();
+    assert_eq!(status, 200, "HTTP on follower {follower}: {reply}");
+    profiles += 1;
+    all_count(&nodes, profiles).await;
+    for node in nodes.values() {
+        assert_eq!(node.count(&["plan = \"pro\""]).await, vec![profiles]);
+    }
+
+    // Schema and segment changes through a follower go to the leader too,
+    // which also refuses a second segment of the same name.
+    let channel = nodes[&follower].channel().await;
+    let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+    admin
+        .apply_schema(pb::ApplySchemaRequest { json: r#"{"traits":{"age":"number"}}"#.into() })
+        .await
+        .unwrap_or_else(|status| panic!("ApplySchema on follower {follower}: {status}"));
+    let mut segments = pb::segments_client::SegmentsClient::new(channel);
+    let create = || pb::CreateSegmentRequest {
+        name: "pros".into(),
+        expression: "plan = \"pro\"".into(),
+        description: String::new(),
+    };
+    segments
+        .create_segment(create())
+        .await
+        .unwrap_or_else(|status| panic!("CreateSegment on follower {follower}: {status}"));
+    let again = segments.create_segment(create()).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again}");
+    for (id, node) in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.try_count(&["IN SEGMENT \"pros\""]).await.ok() != Some(vec![profiles]) {
+            assert!(Instant::now() < deadline, "node {id} does not count the saved segment");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

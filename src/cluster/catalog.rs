@@ -310,6 +310,17 @@ pub enum CatalogError {
         /// The entry's log index (0 when unknown).
         index: u64,
     },
+    /// The change was forwarded to the catalog's leader, which (or whose
+    /// connection) answered with a failure: `code` is its gRPC code.
+    #[error("forwarded to node {leader}, which leads the catalog: {message}")]
+    Forwarded {
+        /// The leader it went to.
+        leader: u64,
+        /// The gRPC code of the answer.
+        code: i32,
+        /// Its message.
+        message: String,
+    },
 }
 
 /// Hashes a key that is already a 128-bit hash by taking its low 64

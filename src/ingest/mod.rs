@@ -99,6 +99,27 @@ pub enum IngestError {
     /// writes are taken again once space is freed.
     #[error("disk full: {0}")]
     DiskFull(String),
+    /// The batch was forwarded to the catalog's leader, which (or whose
+    /// connection) answered with a failure: `code` is its gRPC code, and
+    /// what was said of a retry holds as for this node's own answers.
+    #[error("forwarded to node {leader}, which leads the catalog: {message}")]
+    Forwarded {
+        /// The leader it went to.
+        leader: u64,
+        /// The gRPC code of the answer.
+        code: i32,
+        /// Its message.
+        message: String,
+    },
+    /// The batch could not be forwarded to the catalog's leader (nothing
+    /// was sent, or its answer does not decode).
+    #[error("cannot forward the batch to node {leader}, which leads the catalog: {reason}")]
+    ForwardFailed {
+        /// The leader.
+        leader: u64,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A boxed future, for object-safe async traits.

@@ -10,6 +10,7 @@
 //! | a saved segment in use (`AdminError::InUse`) | `FAILED_PRECONDITION` |
 //! | a shard past the deadline (`QueryError::DeadlineExceeded`) | `DEADLINE_EXCEEDED` |
 //! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped}`, `IngestError::{Gap, ShuttingDown}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
+//! | a batch or a change forwarded to the catalog's leader that failed there (`IngestError::Forwarded`, `CatalogError::Forwarded`) | the leader's code; `UNAVAILABLE` when it could not be sent (`IngestError::ForwardFailed`) |
 //! | no API key or an unknown one, a key whose role does not allow the call ([`ServerError::Unauthenticated`], [`ServerError::PermissionDenied`]) | `UNAUTHENTICATED`, `PERMISSION_DENIED` |
 //! | the log, a snapshot, a thread, a bug (every other variant) | `INTERNAL` |
 //!
@@ -103,6 +104,8 @@ pub fn code(e: &ServerError) -> Code {
         ServerError::Ingest(IngestError::Gap { .. } | IngestError::ShuttingDown) => Code::Unavailable,
         ServerError::Ingest(IngestError::ParseTask { .. } | IngestError::UnexpectedResult) => Code::Internal,
         ServerError::Ingest(IngestError::DiskFull(_)) => Code::ResourceExhausted,
+        ServerError::Ingest(IngestError::Forwarded { code, .. }) => Code::from_i32(*code),
+        ServerError::Ingest(IngestError::ForwardFailed { .. }) => Code::Unavailable,
         ServerError::Catalog(CatalogError::Refused(refused)) => match refused {
             AdminError::Invalid(_) => Code::InvalidArgument,
             AdminError::NotFound(_) => Code::NotFound,
@@ -112,6 +115,7 @@ pub fn code(e: &ServerError) -> Code {
         },
         ServerError::Catalog(CatalogError::BadTime { .. }) => Code::InvalidArgument,
         ServerError::Catalog(CatalogError::Replication(r)) => replication(r),
+        ServerError::Catalog(CatalogError::Forwarded { code, .. }) => Code::from_i32(*code),
         ServerError::Catalog(
             CatalogError::Io { .. }
             | CatalogError::Corrupt { .. }
@@ -293,6 +297,25 @@ mod tests {
             (IngestError::ShuttingDown.into(), Code::Unavailable),
             (IngestError::ParseTask { reason: "panicked".into() }.into(), Code::Internal),
             (IngestError::UnexpectedResult.into(), Code::Internal),
+            (
+                IngestError::Forwarded {
+                    leader: 2,
+                    code: Code::ResourceExhausted as i32,
+                    message: "disk full".into(),
+                }
+                .into(),
+                Code::ResourceExhausted,
+            ),
+            (IngestError::ForwardFailed { leader: 2, reason: "no address".into() }.into(), Code::Unavailable),
+            (
+                CatalogError::Forwarded {
+                    leader: 2,
+                    code: Code::AlreadyExists as i32,
+                    message: "exists".into(),
+                }
+                .into(),
+                Code::AlreadyExists,
+            ),
             (CatalogError::Refused(AdminError::Invalid("schema".into())).into(), Code::InvalidArgument),
             (CatalogError::Refused(AdminError::NotFound("no segment".into())).into(), Code::NotFound),
             (CatalogError::Refused(AdminError::InUse("used by".into())).into(), Code::FailedPrecondition),

@@ -1,0 +1,310 @@
+//! Client writes forwarded to the catalog's leader
+//! (`cohort.internal.v1.Forward`, `proto/cohort/internal/v1/raft.proto`).
+//!
+//! Only the catalog's leader sequences ingest and proposes changes to the
+//! schema and the saved segments, but a client may write to any node: a
+//! node that does not lead hands each batch its doors took to the node
+//! that does, with the door's receive time and source, and answers the
+//! client with the leader's report (or the leader's status); a schema or
+//! segment change goes the same way. Nothing forwarded is forwarded again:
+//! a node that is asked to sequence a write and does not lead answers
+//! UNAVAILABLE, and the node that forwarded it says so to its client, who
+//! retries.
+//!
+//! The service is served beside the Raft service, on `raft_addr`, under the
+//! same mutual TLS: only peers reach it, and a peer is trusted with what its
+//! door authenticated.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cluster::catalog::{CatalogCommand, CatalogError};
+use crate::ingest::{BoxFuture, IngestError, IngestReport, RejectionRecord, Source};
+use crate::proto::internal as pb;
+use crate::replication::transport::PeerTls;
+
+/// Longest a forwarded batch may take at the leader: its proposals time
+/// out well before (10 s), so past this the leader is gone.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes of a forwarded batch, either way (a batch of the largest
+/// door, the HTTP one, is 500 KiB; gRPC batches are bounded by gRPC's own
+/// 4 MiB on the public door).
+pub const MAX_FORWARD_BYTES: usize = 16 << 20;
+
+/// What sequences writes on the node that leads the catalog.
+pub trait LocalWrites: Send + Sync + 'static {
+    /// Ingests `messages` here, never forwarding them.
+    fn ingest_here(
+        &self,
+        messages: Vec<String>,
+        received_ms: i64,
+        source: Source,
+    ) -> BoxFuture<'_, Result<IngestReport, IngestError>>;
+
+    /// Proposes a schema or segment change here, never forwarding it;
+    /// returns the catalog's applied index once the change is applied.
+    fn admin_here(&self, command: CatalogCommand) -> BoxFuture<'_, Result<u64, CatalogError>>;
+}
+
+/// Where forwarded writes go on this node, once it is open.
+pub type WritesSlot = Arc<OnceLock<Weak<dyn LocalWrites>>>;
+
+/// Sends batches to other nodes' Forward service, over one lazily
+/// connected channel per node (mutual TLS when configured).
+pub struct Forwarder {
+    node_id: u64,
+    raft_addrs: HashMap<u64, String>,
+    tls: Option<PeerTls>,
+    channels: Mutex<HashMap<u64, Channel>>,
+}
+
+impl Forwarder {
+    /// A forwarder from node `node_id` to the nodes of `raft_addrs` (Raft
+    /// id → their `raft_addr`).
+    pub fn new(node_id: u64, raft_addrs: HashMap<u64, String>, tls: Option<PeerTls>) -> Forwarder {
+        Forwarder { node_id, raft_addrs, tls, channels: Mutex::default() }
+    }
+
+    fn channel(&self, leader: u64) -> Result<Channel, IngestError> {
+        if let Some(channel) = self.channels.lock().get(&leader) {
+            return Ok(channel.clone());
+        }
+        let unreachable = |reason: String| IngestError::ForwardFailed { leader, reason };
+        let addr = self
+            .raft_addrs
+            .get(&leader)
+            .ok_or_else(|| unreachable("no Raft address is configured for it".into()))?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| unreachable(format!("{addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint =
+                endpoint.tls_config(tls.client()).map_err(|e| unreachable(format!("{addr}: TLS: {e}")))?;
+        }
+        let channel = endpoint.connect_lazy();
+        self.channels.lock().insert(leader, channel.clone());
+        Ok(channel)
+    }
+
+    /// Hands `messages` to node `leader` and returns its report; a failed
+    /// call (the leader's status, or the connection's) comes back as
+    /// [`IngestError::Forwarded`] with its code.
+    pub async fn ingest(
+        &self,
+        leader: u64,
+        messages: Vec<String>,
+        received_ms: i64,
+        source: Source,
+    ) -> Result<IngestReport, IngestError> {
+        let mut client = pb::forward_client::ForwardClient::new(self.channel(leader)?)
+            .max_decoding_message_size(MAX_FORWARD_BYTES)
+            .max_encoding_message_size(MAX_FORWARD_BYTES);
+        let mut request = tonic::Request::new(pb::ForwardedIngest {
+            from_node: self.node_id,
+            messages,
+            received_ms,
+            source: source.name().into(),
+        });
+        request.set_timeout(FORWARD_TIMEOUT);
+        // The leader's own status, or the client's when it cannot be
+        // reached (UNAVAILABLE) or does not answer in time.
+        let reply = client.ingest(request).await.map_err(|status| IngestError::Forwarded {
+            leader,
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        })?;
+        from_proto(reply.into_inner()).map_err(|reason| IngestError::ForwardFailed { leader, reason })
+    }
+
+    /// Hands a schema or segment change to node `leader` and returns the
+    /// leader's catalog applied index once the change was applied; a
+    /// failed call comes back as [`CatalogError::Forwarded`] with its code.
+    pub async fn admin(&self, leader: u64, command: CatalogCommand) -> Result<u64, CatalogError> {
+        use pb::forwarded_admin::Change;
+        let change = match command {
+            CatalogCommand::ApplySchema(json) => Change::ApplySchema(json),
+            CatalogCommand::CreateSegment { name, expression, description, now_ms } => {
+                Change::CreateSegment(pb::ForwardedSegment { name, expression, description, now_ms })
+            }
+            CatalogCommand::DeleteSegment(name) => Change::DeleteSegment(name),
+            other => {
+                return Err(CatalogError::Forwarded {
+                    leader,
+                    code: tonic::Code::Internal as i32,
+                    message: format!("{other:?} is not a change a node forwards"),
+                })
+            }
+        };
+        let channel = self.channel(leader).map_err(|e| CatalogError::Forwarded {
+            leader,
+            code: tonic::Code::Unavailable as i32,
+            message: e.to_string(),
+        })?;
+        let mut client = pb::forward_client::ForwardClient::new(channel)
+            .max_decoding_message_size(MAX_FORWARD_BYTES)
+            .max_encoding_message_size(MAX_FORWARD_BYTES);
+        let mut request =
+            tonic::Request::new(pb::ForwardedAdmin { from_node: self.node_id, change: Some(change) });
+        request.set_timeout(FORWARD_TIMEOUT);
+        let reply = client.admin(request).await.map_err(|status| CatalogError::Forwarded {
+            leader,
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        })?;
+        Ok(reply.into_inner().catalog_applied)
+    }
+}
+
+/// The receiving end: sequences what other nodes forward.
+pub struct ForwardService {
+    target: WritesSlot,
+}
+
+impl ForwardService {
+    /// The service, handing batches to what `target` holds once the node
+    /// is open (UNAVAILABLE before).
+    pub fn new(target: WritesSlot) -> ForwardService {
+        ForwardService { target }
+    }
+
+    fn target(&self) -> Result<Arc<dyn LocalWrites>, tonic::Status> {
+        self.target
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| tonic::Status::unavailable("this node is still opening (or closing)"))
+    }
+
+    /// The tonic server of this service, with its message bound.
+    pub fn server(self) -> pb::forward_server::ForwardServer<ForwardService> {
+        pb::forward_server::ForwardServer::new(self)
+            .max_decoding_message_size(MAX_FORWARD_BYTES)
+            .max_encoding_message_size(MAX_FORWARD_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::forward_server::Forward for ForwardService {
+    async fn ingest(
+        &self,
+        request: tonic::Request<pb::ForwardedIngest>,
+    ) -> Result<tonic::Response<pb::ForwardedReport>, tonic::Status> {
+        let batch = request.into_inner();
+        let source = source_named(&batch.source).ok_or_else(|| {
+            tonic::Status::invalid_argument(format!(
+                "a batch forwarded by node {} names no door ({:?})",
+                batch.from_node, batch.source
+            ))
+        })?;
+        let report = self
+            .target()?
+            .ingest_here(batch.messages, batch.received_ms, source)
+            .await
+            .map_err(crate::server::status::status)?;
+        Ok(tonic::Response::new(to_proto(report)))
+    }
+
+    async fn admin(
+        &self,
+        request: tonic::Request<pb::ForwardedAdmin>,
+    ) -> Result<tonic::Response<pb::ForwardedAdminReply>, tonic::Status> {
+        use pb::forwarded_admin::Change;
+        let request = request.into_inner();
+        let command = match request.change {
+            Some(Change::ApplySchema(json)) => CatalogCommand::ApplySchema(json),
+            Some(Change::CreateSegment(s)) => CatalogCommand::CreateSegment {
+                name: s.name,
+                expression: s.expression,
+                description: s.description,
+                now_ms: s.now_ms,
+            },
+            Some(Change::DeleteSegment(name)) => CatalogCommand::DeleteSegment(name),
+            None => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "a change forwarded by node {} holds no change",
+                    request.from_node
+                )))
+            }
+        };
+        let catalog_applied =
+            self.target()?.admin_here(command).await.map_err(crate::server::status::status)?;
+        Ok(tonic::Response::new(pb::ForwardedAdminReply { catalog_applied }))
+    }
+}
+
+fn source_named(name: &str) -> Option<Source> {
+    [Source::Grpc, Source::Http, Source::Load].into_iter().find(|s| s.name() == name)
+}
+
+fn to_proto(report: IngestReport) -> pb::ForwardedReport {
+    pb::ForwardedReport {
+        applied: report.applied,
+        duplicates: report.duplicates,
+        rejections: report
+            .rejections
+            .into_iter()
+            .map(|r| pb::ForwardedRejection {
+                position: r.position,
+                field: r.field,
+                reason: r.reason,
+                message_id: r.message_id,
+                received_ms: r.received_ms,
+                source: r.source.name().into(),
+            })
+            .collect(),
+    }
+}
+
+fn from_proto(report: pb::ForwardedReport) -> Result<IngestReport, String> {
+    let rejections = report
+        .rejections
+        .into_iter()
+        .map(|r| {
+            let source = source_named(&r.source)
+                .ok_or_else(|| format!("the leader's report names no door ({:?})", r.source))?;
+            Ok(RejectionRecord {
+                position: r.position,
+                field: r.field,
+                reason: r.reason,
+                message_id: r.message_id,
+                received_ms: r.received_ms,
+                source,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(IngestReport { applied: report.applied, duplicates: report.duplicates, rejections })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_survives_the_trip_and_every_door_has_a_name() {
+        let report = IngestReport {
+            applied: 3,
+            duplicates: 1,
+            rejections: vec![RejectionRecord {
+                position: 2,
+                field: "traits.age".into(),
+                reason: "not a number".into(),
+                message_id: Some("m2".into()),
+                received_ms: 17,
+                source: Source::Http,
+            }],
+        };
+        assert_eq!(from_proto(to_proto(report.clone())).unwrap(), report);
+        for source in [Source::Grpc, Source::Http, Source::Load] {
+            assert_eq!(source_named(source.name()), Some(source));
+        }
+        let mut bad = to_proto(report);
+        bad.rejections[0].source = "smtp".into();
+        assert!(from_proto(bad).unwrap_err().contains("smtp"));
+    }
+}
