@@ -43,6 +43,16 @@ async fn catalog_leader(node: &Server) -> u64 {
     status.groups.iter().find(|g| g.group_id == 1).map_or(0, |g| g.leader_id)
 }
 
+/// `cohort cluster status --json` asked through `node`.
+fn cluster_status(node: &Server) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["--addr", &format!("http://{}", node.grpc), "--json", "--timeout", "3", "cluster", "status"])
+        .output()
+        .expect("run cohort");
+    assert!(out.status.success(), "cohort cluster status failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 /// Starts the three nodes of `addrs` together (each waits for a quorum
 /// before it serves), with data under `root`.
 fn start_three(root: &Path, addrs: &HashMap<u64, Addrs>) -> HashMap<u64, Server> {
@@ -140,6 +150,20 @@ async fn three_processes_replicate_survive_a_killed_leader_and_catch_up_a_restar
         assert!(leader != killed && leader != 0, "the catalog's leader is {leader}");
     }
     all_count(&nodes, acknowledged).await;
+    // `cohort cluster status` through a live node: the killed node is
+    // unreachable, the others up, and every group led by a live node.
+    let status = cluster_status(nodes.values().next().unwrap());
+    for n in status["nodes"].as_array().unwrap() {
+        let up = n["node_id"].as_u64() != Some(killed);
+        assert_eq!(n["reachable"].as_bool(), Some(up), "{status:#}");
+    }
+    let groups = status["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1 + SHARDS as usize, "{status:#}");
+    for g in groups {
+        let leader = g["leader_id"].as_u64().unwrap();
+        assert!(leader != 0 && leader != killed, "{status:#}");
+        assert_eq!(g["replicas"].as_array().unwrap().len(), 2, "{status:#}");
+    }
 
     // The killed node comes back on its data directory and catches up.
     let back = start_node(killed, &dir(killed), &addrs);
@@ -197,6 +221,16 @@ async fn every_node_takes_writes_and_a_follower_forwards_them_to_the_catalog_lea
     for node in nodes.values() {
         assert_eq!(node.count(&["plan = \"pro\""]).await, vec![profiles]);
     }
+
+    // `cohort cluster status` sees the three nodes up and the catalog's
+    // leader as Status does.
+    let status = cluster_status(&nodes[&follower]);
+    let up: Vec<bool> =
+        status["nodes"].as_array().unwrap().iter().map(|n| n["reachable"].as_bool().unwrap()).collect();
+    assert_eq!(up, vec![true; 3], "{status:#}");
+    assert_eq!(status["groups"][0]["name"], "catalog", "{status:#}");
+    assert_eq!(status["groups"][0]["leader_id"].as_u64(), Some(leader), "{status:#}");
+    assert_eq!(status["groups"][0]["replicas"].as_array().unwrap().len(), 3, "{status:#}");
 
     // Schema and segment changes through a follower go to the leader too,
     // which also refuses a second segment of the same name.

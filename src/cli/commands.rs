@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use serde_json::{json, Value as Json};
 
 use super::output::{self, Column, Out, Table};
-use super::{DemoArgs, MembersArgs, Node, SegmentCommand, ServeArgs};
+use super::{Access, DemoArgs, MembersArgs, Node, SegmentCommand, ServeArgs};
 use crate::node::NodeConfig;
 use crate::proto::v1 as pb;
 
@@ -732,6 +732,185 @@ pub async fn status(node: &Node, json: bool) -> anyhow::Result<()> {
             g.snapshot_index.to_string(),
             output::count(g.rows),
             output::bytes(g.memory_bytes),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table.render());
+    Out::text(&out)
+}
+
+/// `cohort cluster status`: the node of `node` names the cluster's nodes;
+/// each is asked for its state (within `timeout`, over the scheme and
+/// credentials of `node`), and the groups are shown across them.
+pub async fn cluster_status(
+    node: &Node,
+    access: &Access,
+    timeout: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let first = node.call(node.admin().status(node.request(pb::StatusRequest {}))).await?.into_inner();
+    let members: Vec<(u64, String)> = if first.nodes.is_empty() {
+        vec![(first.node_id, node.addr().to_string())]
+    } else {
+        first.nodes.iter().map(|n| (n.node_id, n.grpc_addr.clone())).collect()
+    };
+    let scheme = if node.addr().starts_with("https://") { "https://" } else { "http://" };
+    // Every node at once: a node that is down costs one timeout, not one
+    // each.
+    let mut asks = Vec::new();
+    for (id, addr) in members {
+        let addr = if addr.contains("://") { addr } else { format!("{scheme}{addr}") };
+        if id == first.node_id {
+            asks.push((id, addr, None));
+            continue;
+        }
+        let (target, access) = (addr.clone(), access.clone());
+        let task = tokio::spawn(async move {
+            let other = Node::connect(&target, timeout, &access).await?;
+            let reply = other.call(other.admin().status(other.request(pb::StatusRequest {}))).await?;
+            Ok::<_, anyhow::Error>(reply.into_inner())
+        });
+        asks.push((id, addr, Some(task)));
+    }
+    let mut answers: Vec<(u64, String, Result<pb::StatusReply, String>)> = Vec::new();
+    for (id, addr, task) in asks {
+        let answer = match task {
+            None => Ok(first.clone()),
+            Some(task) => match task.await {
+                Ok(answer) => answer.map_err(|e| format!("{e:#}")),
+                Err(e) => Err(format!("the call failed: {e}")),
+            },
+        };
+        answers.push((id, addr, answer));
+    }
+
+    // Groups by id, with each node's view of them.
+    let mut groups: std::collections::BTreeMap<u64, (String, Vec<(u64, pb::GroupStatus)>)> =
+        Default::default();
+    for (id, _, answer) in &answers {
+        if let Ok(reply) = answer {
+            for g in &reply.groups {
+                groups
+                    .entry(g.group_id)
+                    .or_insert_with(|| (g.name.clone(), Vec::new()))
+                    .1
+                    .push((*id, g.clone()));
+            }
+        }
+    }
+    // A group's leader and term are those of the highest term any node
+    // reports a leader in; its commit the highest any node reports.
+    let summary = |views: &[(u64, pb::GroupStatus)]| {
+        let leader = views
+            .iter()
+            .filter(|(_, g)| g.leader_id != 0)
+            .max_by_key(|(_, g)| g.term)
+            .map(|(_, g)| (g.leader_id, g.term));
+        let commit = views.iter().map(|(_, g)| g.commit_index).max().unwrap_or(0);
+        let slowest = views.iter().map(|(_, g)| g.applied_index).min().unwrap_or(0);
+        (leader, commit, commit.saturating_sub(slowest))
+    };
+    let led =
+        |id: u64| groups.values().filter(|(_, views)| summary(views).0.is_some_and(|(l, _)| l == id)).count();
+    if json {
+        return Out::json(&json!({
+            "asked": node.addr(),
+            "nodes": answers.iter().map(|(id, addr, answer)| match answer {
+                Ok(r) => json!({
+                    "node_id": id, "addr": addr, "reachable": true, "groups_led": led(*id),
+                    "profiles": r.profiles, "uptime_ms": r.uptime_ms, "version": r.version,
+                }),
+                Err(e) => json!({ "node_id": id, "addr": addr, "reachable": false, "error": e }),
+            }).collect::<Vec<_>>(),
+            "groups": groups.iter().map(|(gid, (name, views))| {
+                let (leader, commit, lag) = summary(views);
+                json!({
+                    "group_id": gid, "name": name,
+                    "leader_id": leader.map_or(0, |(l, _)| l), "term": leader.map_or(0, |(_, t)| t),
+                    "commit_index": commit, "lag": lag,
+                    "replicas": views.iter().map(|(id, g)| json!({
+                        "node_id": id, "role": g.role, "term": g.term, "applied_index": g.applied_index,
+                    })).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
+        }));
+    }
+    let reachable = answers.iter().filter(|(_, _, a)| a.is_ok()).count();
+    let mut out = format!(
+        "{} ({} reachable), asked through {}\n\n",
+        output::plural(answers.len() as u64, "node", "nodes"),
+        reachable,
+        node.addr()
+    );
+    let mut nodes = Table::new(vec![
+        Column::num("node"),
+        Column::text("address"),
+        Column::text("state"),
+        Column::num("leads"),
+        Column::num("profiles"),
+        Column::text("uptime"),
+    ]);
+    let mut down = Vec::new();
+    for (id, addr, answer) in &answers {
+        match answer {
+            Ok(r) => nodes.push(vec![
+                id.to_string(),
+                addr.clone(),
+                "up".into(),
+                led(*id).to_string(),
+                output::count(r.profiles),
+                output::duration_ms(r.uptime_ms),
+            ]),
+            Err(e) => {
+                nodes.push(vec![
+                    id.to_string(),
+                    addr.clone(),
+                    "unreachable".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
+                down.push(format!("node {id}: {e}"));
+            }
+        }
+    }
+    out.push_str(&nodes.render());
+    for line in &down {
+        out.push_str(&format!("  {line}\n"));
+    }
+    let ids: Vec<u64> = answers.iter().map(|(id, _, _)| *id).collect();
+    let mut table = Table::new(vec![
+        Column::num("group"),
+        Column::text("name"),
+        Column::num("leader"),
+        Column::num("term"),
+        Column::num("commit"),
+        Column::text(&format!(
+            "applied on {}",
+            ids.iter().map(|i| format!("n{i}")).collect::<Vec<_>>().join(" / ")
+        )),
+        Column::num("lag"),
+    ]);
+    for (gid, (name, views)) in &groups {
+        let (leader, commit, lag) = summary(views);
+        let applied = ids
+            .iter()
+            .map(|i| {
+                views
+                    .iter()
+                    .find(|(v, _)| v == i)
+                    .map_or("-".to_string(), |(_, g)| g.applied_index.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(" / ");
+        table.push(vec![
+            gid.to_string(),
+            name.clone(),
+            leader.map_or("none".into(), |(l, _)| l.to_string()),
+            leader.map_or("-".into(), |(_, t)| t.to_string()),
+            commit.to_string(),
+            applied,
+            lag.to_string(),
         ]);
     }
     out.push('\n');

@@ -191,6 +191,13 @@ pub enum ClientCommand {
     },
     /// Show the node's state: counters and its Raft groups.
     Status,
+    /// The cluster as a whole: every node's state and every group's
+    /// leader, term and replicas.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// List the latest rejected messages and fields, newest last.
     Rejected {
         /// How many to show.
@@ -359,6 +366,15 @@ pub enum SchemaCommand {
     },
 }
 
+/// `cohort cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Ask the node of --addr for the cluster's nodes, then each node for
+    /// its state: which are up, which node leads each group, and how far
+    /// each replica has applied.
+    Status,
+}
+
 /// `cohort segment ...`.
 #[derive(Debug, Subcommand)]
 pub enum SegmentCommand {
@@ -519,6 +535,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Profile { events, id } => commands::profile(&node, events, id, json).await,
         ClientCommand::Segment { command } => commands::segment(&node, command, json).await,
         ClientCommand::Status => commands::status(&node, json).await,
+        ClientCommand::Cluster { command: ClusterCommand::Status } => {
+            commands::cluster_status(&node, &access, timeout, json).await
+        }
         ClientCommand::Rejected { limit } => commands::rejected(&node, limit, json).await,
         ClientCommand::Merges { limit } => commands::merges(&node, limit, json).await,
     }

@@ -461,6 +461,9 @@ impl pb::admin_server::Admin for Services {
             .map_err(|e| status(ServerError::Internal(format!("the status task failed: {e}"))))?;
         if !admin {
             reply.data_dir.clear();
+            for n in &mut reply.nodes {
+                n.raft_addr.clear();
+            }
         }
         Ok(Response::new(reply))
     }
@@ -533,6 +536,16 @@ fn node_status(node: &Node) -> pb::StatusReply {
         version: env!("CARGO_PKG_VERSION").to_string(),
         data_dir: node.config.data_dir.display().to_string(),
         uptime_ms: node.started.elapsed().as_millis() as u64,
+        nodes: node
+            .config
+            .peers
+            .iter()
+            .map(|p| pb::ClusterNode {
+                node_id: p.id,
+                grpc_addr: p.grpc_addr.clone(),
+                raft_addr: p.raft_addr.clone(),
+            })
+            .collect(),
         ..Default::default()
     };
     {
