@@ -342,6 +342,8 @@ pub struct Node {
     /// Hands writes to the catalog's leader when it is another node (none
     /// on a single node).
     forwarder: Option<Forwarder>,
+    /// What carries Raft messages to the other nodes (its counters).
+    pub transport: Arc<dyn Transport>,
     /// When it started.
     pub started: Instant,
     /// How long opening took (replay included).
@@ -441,6 +443,7 @@ impl Node {
                 peer_tls.clone(),
             ))
         };
+        let raft_transport = transport.clone();
         let driver =
             tokio::task::spawn_blocking(move || Driver::start(store, groups, transport, driver_config))
                 .await
@@ -461,6 +464,7 @@ impl Node {
             manifest,
             disk,
             forwarder,
+            transport: raft_transport,
             config,
             driver,
             catalog,

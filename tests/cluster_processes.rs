@@ -231,6 +231,10 @@ async fn every_node_takes_writes_and_a_follower_forwards_them_to_the_catalog_lea
     assert_eq!(status["groups"][0]["name"], "catalog", "{status:#}");
     assert_eq!(status["groups"][0]["leader_id"].as_u64(), Some(leader), "{status:#}");
     assert_eq!(status["groups"][0]["replicas"].as_array().unwrap().len(), 3, "{status:#}");
+    // The leader counts what it sent the others.
+    let mut admin = pb::admin_client::AdminClient::new(nodes[&leader].channel().await);
+    let sent = admin.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(sent.raft_messages_sent > 0 && sent.raft_bytes_sent > sent.raft_messages_sent, "{sent:?}");
 
     // Schema and segment changes through a follower go to the leader too,
     // which also refuses a second segment of the same name.

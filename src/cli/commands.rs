@@ -673,6 +673,10 @@ pub async fn status(node: &Node, json: bool) -> anyhow::Result<()> {
             "messages_rejected": s.messages_rejected,
             "duplicates": s.duplicates,
             "merges": s.merges,
+            "raft_messages_sent": s.raft_messages_sent,
+            "raft_bytes_sent": s.raft_bytes_sent,
+            "raft_messages_dropped": s.raft_messages_dropped,
+            "snapshot_bytes_sent": s.snapshot_bytes_sent,
             "groups": s.groups.iter().map(|g| json!({
                 "group_id": g.group_id,
                 "name": g.name,
@@ -687,7 +691,7 @@ pub async fn status(node: &Node, json: bool) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
         }));
     }
-    let mut out = output::key_values(&[
+    let mut pairs = vec![
         ("node", format!("{} at {}", s.node_id, node.addr())),
         ("version", s.version.clone()),
         (
@@ -707,7 +711,30 @@ pub async fn status(node: &Node, json: bool) -> anyhow::Result<()> {
         ("rejections", output::count(s.messages_rejected)),
         ("duplicates", output::count(s.duplicates)),
         ("merges", output::count(s.merges)),
-    ]);
+    ];
+    if !s.nodes.is_empty() {
+        pairs.extend([
+            (
+                "peers",
+                s.nodes
+                    .iter()
+                    .map(|n| format!("{} at {}", n.node_id, n.grpc_addr))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            (
+                "raft sent",
+                format!(
+                    "{} messages, {} ({} dropped, to be sent again); snapshots {}",
+                    output::count(s.raft_messages_sent),
+                    output::bytes(s.raft_bytes_sent),
+                    output::count(s.raft_messages_dropped),
+                    output::bytes(s.snapshot_bytes_sent)
+                ),
+            ),
+        ]);
+    }
+    let mut out = output::key_values(&pairs);
     let mut table = Table::new(vec![
         Column::num("group"),
         Column::text("name"),

@@ -209,6 +209,27 @@ pub enum SnapshotReport {
 pub trait Transport: Send + Sync + 'static {
     /// Sends messages of `group`; delivery is best effort (Raft retries).
     fn send(&self, group: u64, messages: Vec<Message>);
+
+    /// What it has sent so far (nothing, for a transport that sends
+    /// nothing).
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
+    }
+}
+
+/// Counters of what a transport sent to other nodes since the node
+/// started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Raft messages handed to a peer's stream (snapshots apart).
+    pub messages: u64,
+    /// Their bytes as raft-rs encodes them (gRPC framing and TLS apart).
+    pub bytes: u64,
+    /// Messages dropped because a peer's queue was full or it was down
+    /// (Raft sends again).
+    pub dropped: u64,
+    /// Snapshot data bytes delivered to peers.
+    pub snapshot_bytes: u64,
 }
 
 /// The transport of a node that has no peers: a message for another node

@@ -26,6 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use super::driver::{Driver, SnapshotReport, Transport};
+use super::driver::{Driver, SnapshotReport, Traffic, Transport};
 use crate::proto::internal as pb;
 
 /// Messages waiting for one peer; more are dropped.
@@ -194,6 +195,16 @@ pub struct GrpcTransport {
     driver: DriverSlot,
     runtime: tokio::runtime::Handle,
     tls: Option<PeerTls>,
+    counters: Arc<Counters>,
+}
+
+/// [`Traffic`], as the sending tasks count it.
+#[derive(Default)]
+struct Counters {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    dropped: AtomicU64,
+    snapshot_bytes: AtomicU64,
 }
 
 impl GrpcTransport {
@@ -209,19 +220,37 @@ impl GrpcTransport {
         tls: Option<PeerTls>,
     ) -> GrpcTransport {
         let mut queues = HashMap::new();
+        let counters = Arc::new(Counters::default());
         for (&peer, addr) in &peers {
             if peer == node_id {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            runtime.spawn(run_peer(node_id, peer, addr.clone(), tls.clone(), rx, driver.clone()));
+            let sender = PeerSender {
+                from: node_id,
+                peer,
+                addr: addr.clone(),
+                tls: tls.clone(),
+                counters: counters.clone(),
+            };
+            runtime.spawn(run_peer(sender, rx, driver.clone()));
             queues.insert(peer, tx);
         }
-        GrpcTransport { node_id, queues, addresses: peers, driver, runtime, tls }
+        GrpcTransport { node_id, queues, addresses: peers, driver, runtime, tls, counters }
     }
 }
 
 impl Transport for GrpcTransport {
+    fn traffic(&self) -> Traffic {
+        let c = &self.counters;
+        Traffic {
+            messages: c.messages.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            snapshot_bytes: c.snapshot_bytes.load(Ordering::Relaxed),
+        }
+    }
+
     fn send(&self, group: u64, messages: Vec<Message>) {
         for mut m in messages {
             let to = m.to;
@@ -232,10 +261,14 @@ impl Transport for GrpcTransport {
                 };
                 let data = m.mut_snapshot().take_data();
                 let (from, driver, tls) = (self.node_id, self.driver.clone(), self.tls.clone());
+                let counters = self.counters.clone();
                 self.runtime.spawn(async move {
                     let sent = send_snapshot(&addr, tls.as_ref(), from, group, &m, &data).await;
                     let report = match sent {
-                        Ok(()) => SnapshotReport::Finished,
+                        Ok(()) => {
+                            counters.snapshot_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            SnapshotReport::Finished
+                        }
                         Err(e) => {
                             tracing::warn!(group, to, error = %e, "snapshot not delivered; raft-rs sends another");
                             SnapshotReport::Failed
@@ -262,6 +295,7 @@ impl Transport for GrpcTransport {
                 }
             };
             if queue.try_send(Outbound { group, bytes }).is_err() {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 if let Some(d) = driver_of(&self.driver) {
                     d.report_unreachable(group, to);
                 }
@@ -306,14 +340,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Sends `peer`'s queue over one client stream at a time, reconnecting
 /// with backoff; while it is not connected, queued messages are dropped and
 /// their groups reported unreachable.
-async fn run_peer(
+/// One peer as its sending task sees it.
+struct PeerSender {
     from: u64,
     peer: u64,
     addr: String,
     tls: Option<PeerTls>,
-    mut queue: mpsc::Receiver<Outbound>,
-    driver: DriverSlot,
-) {
+    counters: Arc<Counters>,
+}
+
+async fn run_peer(sender: PeerSender, mut queue: mpsc::Receiver<Outbound>, driver: DriverSlot) {
+    let PeerSender { from, peer, addr, tls, counters } = sender;
     let mut backoff = FIRST_BACKOFF;
     // A peer that cannot be reached (a node down or still starting, a
     // refused certificate) is said at `warn` at most once a minute, and
@@ -336,7 +373,7 @@ async fn run_peer(
                 } else {
                     tracing::debug!(peer, error = %e, "cannot reach a peer; retrying");
                 }
-                if !drop_queued(&mut queue, peer, &driver) {
+                if !drop_queued(&mut queue, peer, &driver, &counters) {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -358,11 +395,15 @@ async fn run_peer(
                 batch.messages.push(pb::GroupMessage { group: next.group, message: next.bytes });
             }
             let groups: HashSet<u64> = batch.messages.iter().map(|m| m.group).collect();
+            let count = batch.messages.len() as u64;
             if stream_tx.send(batch).await.is_err() {
                 // The call ended: the peer went away or refused the stream.
+                counters.dropped.fetch_add(count, Ordering::Relaxed);
                 report_unreachable(&driver, peer, groups);
                 connected = false;
             } else {
+                counters.messages.fetch_add(count, Ordering::Relaxed);
+                counters.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 backoff = FIRST_BACKOFF;
             }
         }
@@ -380,11 +421,17 @@ async fn run_peer(
 
 /// Drops what is queued for an unreachable peer and reports its groups;
 /// false once the transport is gone.
-fn drop_queued(queue: &mut mpsc::Receiver<Outbound>, peer: u64, driver: &DriverSlot) -> bool {
+fn drop_queued(
+    queue: &mut mpsc::Receiver<Outbound>,
+    peer: u64,
+    driver: &DriverSlot,
+    counters: &Counters,
+) -> bool {
     let mut groups = HashSet::new();
     loop {
         match queue.try_recv() {
             Ok(m) => {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
                 groups.insert(m.group);
             }
             Err(mpsc::error::TryRecvError::Empty) => break,

@@ -531,6 +531,7 @@ impl pb::admin_server::Admin for Services {
 
 fn node_status(node: &Node) -> pb::StatusReply {
     let groups = node.driver.status();
+    let traffic = node.transport.traffic();
     let mut reply = pb::StatusReply {
         node_id: node.config.node_id,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -546,6 +547,10 @@ fn node_status(node: &Node) -> pb::StatusReply {
                 raft_addr: p.raft_addr.clone(),
             })
             .collect(),
+        raft_messages_sent: traffic.messages,
+        raft_bytes_sent: traffic.bytes,
+        raft_messages_dropped: traffic.dropped,
+        snapshot_bytes_sent: traffic.snapshot_bytes,
         ..Default::default()
     };
     {
