@@ -653,6 +653,30 @@ impl Node {
         self.admin(CatalogCommand::DeleteSegment(name)).await
     }
 
+    /// Before a graceful stop: hands every group this node leads to
+    /// another voter, and waits (at most `within`) until it leads none, so
+    /// that a stopping node costs the cluster no election timeout. Returns
+    /// how many groups it still leads (0 on a single node, which has no
+    /// one to hand them to).
+    pub async fn hand_off_leadership(&self, within: std::time::Duration) -> usize {
+        if self.forwarder.is_none() {
+            return 0;
+        }
+        let me = self.config.node_id;
+        let deadline = Instant::now() + within;
+        loop {
+            let led: Vec<u64> =
+                self.driver.status().iter().filter(|g| g.leader == me).map(|g| g.id).collect();
+            if led.is_empty() || Instant::now() >= deadline {
+                return led.len();
+            }
+            for group in led {
+                self.driver.hand_off(group);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the Raft loop (pending proposals fail with "shutting down"),
     /// snapshots every group whose log tail would be slower to replay than
     /// its snapshot is to write (so that the next start loads snapshots
@@ -720,7 +744,9 @@ async fn serve_raft(
     forwarded: WritesSlot,
 ) -> Result<(), NodeError> {
     let addr = config.raft_addr.clone();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(crate::replication::transport::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::replication::transport::KEEPALIVE_TIMEOUT));
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls.server())

@@ -8,71 +8,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cohort::proto::v1 as pb;
-use common::{free_port, http_request, Server};
-
-const SHARDS: u32 = 4;
-
-/// The addresses of one node.
-#[derive(Clone)]
-struct Addrs {
-    grpc: String,
-    http: String,
-    raft: String,
-}
-
-fn start_node(id: u64, dir: &Path, all: &HashMap<u64, Addrs>) -> Server {
-    let me = &all[&id];
-    let mut args: Vec<String> =
-        vec!["--node-id".into(), id.to_string(), "--raft-addr".into(), me.raft.clone()];
-    for (peer, a) in all {
-        args.push("--peer".into());
-        args.push(format!("{peer}={},{}", a.raft, a.grpc));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start_at(dir, SHARDS, &me.grpc, &me.http, &args, &[])
-}
-
-/// The catalog's leader as `node` sees it (0: none known).
-async fn catalog_leader(node: &Server) -> u64 {
-    let mut c = pb::admin_client::AdminClient::new(node.channel().await);
-    let status = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
-    status.groups.iter().find(|g| g.group_id == 1).map_or(0, |g| g.leader_id)
-}
-
-/// `cohort cluster status --json` asked through `node`.
-fn cluster_status(node: &Server) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(["--addr", &format!("http://{}", node.grpc), "--json", "--timeout", "3", "cluster", "status"])
-        .output()
-        .expect("run cohort");
-    assert!(out.status.success(), "cohort cluster status failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON")
-}
-
-/// Starts the three nodes of `addrs` together (each waits for a quorum
-/// before it serves), with data under `root`.
-fn start_three(root: &Path, addrs: &HashMap<u64, Addrs>) -> HashMap<u64, Server> {
-    let starting: Vec<_> = (1..=3u64)
-        .map(|id| {
-            let (d, a) = (root.join(format!("node-{id}")), addrs.clone());
-            std::thread::spawn(move || (id, start_node(id, &d, &a)))
-        })
-        .collect();
-    starting.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
-fn loopback_addrs() -> HashMap<u64, Addrs> {
-    (1..=3)
-        .map(|id| {
-            let port = || format!("127.0.0.1:{}", free_port());
-            (id, Addrs { grpc: port(), http: port(), raft: port() })
-        })
-        .collect()
-}
+use common::cluster::{catalog_leader, cluster_status, loopback_addrs, start_node, start_three, SHARDS};
+use common::{http_request, Server};
 
 fn batch(from: u64, n: u64) -> Vec<String> {
     (from..from + n)

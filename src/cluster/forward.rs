@@ -25,11 +25,12 @@ use tonic::transport::{Channel, Endpoint};
 use crate::cluster::catalog::{CatalogCommand, CatalogError};
 use crate::ingest::{BoxFuture, IngestError, IngestReport, RejectionRecord, Source};
 use crate::proto::internal as pb;
-use crate::replication::transport::PeerTls;
+use crate::replication::transport::{PeerTls, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
 /// Longest a forwarded batch may take at the leader: its proposals time
-/// out well before (10 s), so past this the leader is gone.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// out before (10 s), so past this the leader is gone (a leader that stops
+/// answering altogether is found sooner, by the connection's keepalive).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// Most bytes of a forwarded batch, either way (a batch of the largest
 /// door, the HTTP one, is 500 KiB; gRPC batches are bounded by gRPC's own
@@ -83,7 +84,10 @@ impl Forwarder {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| unreachable(format!("{addr}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             endpoint =
                 endpoint.tls_config(tls.client()).map_err(|e| unreachable(format!("{addr}: TLS: {e}")))?;

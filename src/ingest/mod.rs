@@ -82,6 +82,17 @@ pub enum IngestError {
         /// The refused step's tag.
         tag: Tag,
     },
+    /// The batch is in the catalog's log (entry `index`, on a quorum), so
+    /// it is durable and will be applied, but its shard steps are not
+    /// applied yet and this call stopped waiting for them. Resending it is
+    /// safe when its messages carry `messageId`s (they are deduplicated).
+    #[error("the batch is committed (catalog entry {index}) but not applied yet: {reason}; the catalog's leader applies it, and resending it is deduplicated by messageId")]
+    StepsPending {
+        /// Its catalog entry.
+        index: u64,
+        /// Why the steps wait.
+        reason: String,
+    },
     /// The pipeline has stopped: the node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,

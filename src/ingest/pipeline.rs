@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
@@ -202,8 +202,8 @@ struct ReplyBoard {
 struct Board {
     /// Highest catalog index whose steps are all committed.
     done: u64,
-    /// Replies by their entry's catalog index.
-    waiting: BTreeMap<u64, Vec<(Reply, IngestReport)>>,
+    /// Replies by their entry's catalog index, with when they were posted.
+    waiting: BTreeMap<u64, (Instant, Vec<(Reply, IngestReport)>)>,
 }
 
 impl ReplyBoard {
@@ -212,7 +212,7 @@ impl ReplyBoard {
     fn post(&self, index: u64, replies: Vec<(Reply, IngestReport)>) {
         let mut board = self.board.lock();
         if index > board.done {
-            board.waiting.insert(index, replies);
+            board.waiting.insert(index, (Instant::now(), replies));
             return;
         }
         drop(board);
@@ -226,14 +226,30 @@ impl ReplyBoard {
         let later = board.waiting.split_off(&(index + 1));
         let ready = std::mem::replace(&mut board.waiting, later);
         drop(board);
-        self.answer(ready.into_values().collect(), Ok);
+        self.answer(ready.into_values().map(|(_, replies)| replies).collect(), Ok);
     }
 
-    /// The steps failed: every waiting call fails (it may be retried; the
-    /// steps are retried from the outbox and `messageId`s are deduplicated).
-    fn fail(&self, e: &IngestError) {
-        let waiting = std::mem::take(&mut self.board.lock().waiting);
-        self.answer(waiting.into_values().collect(), |_| Err(e.clone()));
+    /// Answers the calls whose entries are committed in the catalog but
+    /// whose steps are not all applied, when they have waited `patience`
+    /// or more (every one, for `None`), with [`IngestError::StepsPending`]:
+    /// their messages are durable and the catalog's leader applies them,
+    /// but this call cannot say when.
+    fn give_up(&self, patience: Option<Duration>, reason: &str) {
+        let now = Instant::now();
+        let expired: Vec<u64> = {
+            let board = self.board.lock();
+            board
+                .waiting
+                .iter()
+                .filter(|(_, (posted, _))| patience.is_none_or(|p| now.duration_since(*posted) >= p))
+                .map(|(&index, _)| index)
+                .collect()
+        };
+        for index in expired {
+            let Some((_, replies)) = self.board.lock().waiting.remove(&index) else { continue };
+            let e = IngestError::StepsPending { index, reason: reason.to_string() };
+            self.answer(vec![replies], |_| Err(e.clone()));
+        }
     }
 
     fn answer(
@@ -267,6 +283,11 @@ impl ShardLog for Driver {
     }
 }
 
+/// How long a call whose batch is committed waits for its steps while
+/// they fail (a shard group without a leader) before it is answered with
+/// [`IngestError::StepsPending`].
+const STEP_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Whether this node leads the catalog group now.
 type Leads = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -292,13 +313,18 @@ impl Stepper {
     async fn run(self) {
         loop {
             if !(self.leads)() {
+                // Calls that wait for steps this node will not drive.
+                self.board.give_up(None, "this node no longer leads the catalog");
                 self.pop_applied();
                 let _ = tokio::time::timeout(FOLLOWER_POLL, self.ready.notified()).await;
                 continue;
             }
             if let Err(e) = self.drain().await {
-                tracing::error!(error = %e, "ingest steps failed; retrying in 500 ms");
-                self.board.fail(&e);
+                tracing::warn!(error = %e, "ingest steps failed; retrying in 500 ms");
+                // A step fails while a shard group elects or moves its
+                // leader: the entries stay in the outbox and their calls
+                // keep waiting, for a while.
+                self.board.give_up(Some(STEP_PATIENCE), &e.to_string());
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }

@@ -349,6 +349,11 @@ enum Input {
         group: u64,
         to: u64,
     },
+    /// Hand the group's leadership, if this node holds it, to the voter
+    /// whose log is furthest along among those recently active.
+    HandOff {
+        group: u64,
+    },
     /// The transport could not reach node `to` for `group`.
     Unreachable {
         group: u64,
@@ -672,6 +677,14 @@ impl Driver {
         let _ = self.tx.send(Input::TransferLeader { group, to });
     }
 
+    /// Asks this node, if it leads `group`, to hand the leadership to the
+    /// voter whose log is furthest along among those recently active (a
+    /// graceful stop calls it, so that no election timeout passes with no
+    /// leader).
+    pub fn hand_off(&self, group: u64) {
+        let _ = self.tx.send(Input::HandOff { group });
+    }
+
     /// The leader of `group` as this node knows it, as of the last loop
     /// turn.
     pub fn leader_of(&self, group: u64) -> Option<u64> {
@@ -947,6 +960,24 @@ impl Loop {
                         if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
                             if g.node.raft.state == StateRole::Leader && to != g.node.raft.id {
                                 g.node.transfer_leader(to);
+                            }
+                        }
+                    }
+                    Input::HandOff { group } => {
+                        if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
+                            let raft = &g.node.raft;
+                            if raft.state == StateRole::Leader {
+                                let me = raft.id;
+                                let voters = raft.prs().conf().voters().ids();
+                                let best = raft
+                                    .prs()
+                                    .iter()
+                                    .filter(|(&id, p)| id != me && p.recent_active && voters.contains(id))
+                                    .max_by_key(|(_, p)| p.matched)
+                                    .map(|(&id, _)| id);
+                                if let Some(to) = best {
+                                    g.node.transfer_leader(to);
+                                }
                             }
                         }
                     }

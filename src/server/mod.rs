@@ -247,6 +247,16 @@ async fn serve_prepared(node: Arc<Node>, security: Security) -> Result<()> {
     };
     shutdown_signal().await;
     tracing::info!("shutting down");
+    // A cluster node first hands its leaderships over, doors still open
+    // (writes that reach it go on to the new leader), so that the others
+    // need not wait out an election timeout.
+    let still_led = node.hand_off_leadership(std::time::Duration::from_secs(3)).await;
+    if still_led > 0 {
+        tracing::warn!(
+            groups = still_led,
+            "could not hand every leadership over within 3 s; the others elect"
+        );
+    }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = grpc.await;

@@ -9,7 +9,7 @@
 //! | a saved segment that exists (`AdminError::Exists`) | `ALREADY_EXISTS` |
 //! | a saved segment in use (`AdminError::InUse`) | `FAILED_PRECONDITION` |
 //! | a shard past the deadline (`QueryError::DeadlineExceeded`) | `DEADLINE_EXCEEDED` |
-//! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped}`, `IngestError::{Gap, ShuttingDown}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
+//! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped}`, `IngestError::{Gap, ShuttingDown, StepsPending}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
 //! | a batch or a change forwarded to the catalog's leader that failed there (`IngestError::Forwarded`, `CatalogError::Forwarded`) | the leader's code; `UNAVAILABLE` when it could not be sent (`IngestError::ForwardFailed`) |
 //! | no API key or an unknown one, a key whose role does not allow the call ([`ServerError::Unauthenticated`], [`ServerError::PermissionDenied`]) | `UNAUTHENTICATED`, `PERMISSION_DENIED` |
 //! | the log, a snapshot, a thread, a bug (every other variant) | `INTERNAL` |
@@ -101,7 +101,9 @@ pub fn code(e: &ServerError) -> Code {
         ServerError::Query(QueryError::NotFound(_)) => Code::NotFound,
         ServerError::Query(QueryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
         ServerError::Ingest(IngestError::Replication(r)) => replication(r),
-        ServerError::Ingest(IngestError::Gap { .. } | IngestError::ShuttingDown) => Code::Unavailable,
+        ServerError::Ingest(
+            IngestError::Gap { .. } | IngestError::ShuttingDown | IngestError::StepsPending { .. },
+        ) => Code::Unavailable,
         ServerError::Ingest(IngestError::ParseTask { .. } | IngestError::UnexpectedResult) => Code::Internal,
         ServerError::Ingest(IngestError::DiskFull(_)) => Code::ResourceExhausted,
         ServerError::Ingest(IngestError::Forwarded { code, .. }) => Code::from_i32(*code),
@@ -295,6 +297,10 @@ mod tests {
             (QueryError::DeadlineExceeded("shard 3".into()).into(), Code::DeadlineExceeded),
             (IngestError::Gap { shard: 1, tag: (2, 0) }.into(), Code::Unavailable),
             (IngestError::ShuttingDown.into(), Code::Unavailable),
+            (
+                IngestError::StepsPending { index: 9, reason: "shard 1 has no leader".into() }.into(),
+                Code::Unavailable,
+            ),
             (IngestError::ParseTask { reason: "panicked".into() }.into(), Code::Internal),
             (IngestError::UnexpectedResult.into(), Code::Internal),
             (
