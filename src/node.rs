@@ -653,6 +653,44 @@ impl Node {
         self.admin(CatalogCommand::DeleteSegment(name)).await
     }
 
+    /// Waits until this node's replicas of the catalog and of every shard
+    /// have applied what their leaders had committed when it was called
+    /// (raft-rs ReadIndex, one request per group, all at once), so that a
+    /// read here sees every write acknowledged before it, whichever node
+    /// took the write. Nothing to wait for on a single node, whose groups
+    /// answer writes once applied.
+    pub async fn read_barrier(&self) -> Result<(), ReplicationError> {
+        if self.forwarder.is_none() {
+            return Ok(());
+        }
+        let groups: Vec<u64> =
+            std::iter::once(CATALOG_GROUP).chain((0..self.config.shards).map(shard_group)).collect();
+        // Every request is sent before the first answer is awaited.
+        let asks: Vec<_> = groups.iter().map(|&group| self.driver.read_index(group)).collect();
+        let deadline = Instant::now() + READ_WAIT;
+        for (group, ask) in groups.into_iter().zip(asks) {
+            let index = ask.await?;
+            loop {
+                // Raft's applied index: the machine has applied every
+                // entry up to it (empty ones included).
+                let (applied, name) = self
+                    .driver
+                    .status()
+                    .iter()
+                    .find(|g| g.id == group)
+                    .map_or((0, String::new()), |g| (g.applied, g.name.clone()));
+                if applied >= index {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(ReplicationError::ReadBehind { group, name, index, applied });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Before a graceful stop: hands every group this node leads to
     /// another voter, and waits (at most `within`) until it leads none, so
     /// that a stopping node costs the cluster no election timeout. Returns
@@ -766,6 +804,10 @@ async fn serve_raft(
     });
     Ok(())
 }
+
+/// Longest a read waits for this node's replicas to apply what their
+/// leaders had committed ([`Node::read_barrier`]).
+const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a node hands the shard groups it leads to the catalog's
 /// leader.

@@ -204,3 +204,33 @@ async fn every_node_takes_writes_and_a_follower_forwards_them_to_the_catalog_lea
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_written_through_one_node_is_read_at_once_on_another() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs();
+    let nodes = start_three(root.path(), &addrs);
+    // Warm up: the cluster has a leader and takes writes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes[&1].ingest(batch(1_000_000, 1)).await.is_err() {
+        assert!(Instant::now() < deadline, "no write taken within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each write goes to one node and is read back at once on the next,
+    // by GetProfile and Check: ReadIndex makes the reader wait until it
+    // has applied what the leader committed.
+    for i in 0..60u64 {
+        let (writer, reader) = (i % 3 + 1, (i + 1) % 3 + 1);
+        let message =
+            format!(r#"{{"type":"identify","userId":"r{i}","messageId":"r{i}","traits":{{"plan":"p{i}"}}}}"#);
+        let reply = nodes[&writer].ingest(vec![message]).await.unwrap();
+        assert_eq!(reply.applied, 1, "{reply:?}");
+        let profile = nodes[&reader]
+            .profile(&format!("r{i}"))
+            .await
+            .unwrap_or_else(|s| panic!("write {i} through node {writer}, GetProfile on node {reader}: {s}"));
+        assert_eq!(common::trait_of(&profile, "plan").as_deref(), Some(format!("\"p{i}\"").as_str()));
+        let check = nodes[&reader].check(&format!("r{i}"), &[&format!("plan = \"p{i}\"")]).await.unwrap();
+        assert_eq!(check.matches, vec![true], "write {i} through node {writer}, Check on node {reader}");
+    }
+}

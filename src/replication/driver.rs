@@ -349,6 +349,11 @@ enum Input {
         group: u64,
         to: u64,
     },
+    /// Learn the group's commit index from its leader (raft-rs ReadIndex).
+    ReadIndex {
+        group: u64,
+        reply: oneshot::Sender<Result<u64, ReplicationError>>,
+    },
     /// Hand the group's leadership, if this node holds it, to the voter
     /// whose log is furthest along among those recently active.
     HandOff {
@@ -419,6 +424,9 @@ struct Group {
     /// index. An entry answers a proposal only when both its index and its
     /// term match: another leader's entry at the same index is not it.
     proposals: VecDeque<Proposal>,
+    /// ReadIndex requests of this node waiting for their read state, by
+    /// their context (a number unique on this node).
+    reads: HashMap<u64, PendingRead>,
     /// The conf state in effect from each index on (a configuration change's
     /// entry, or a snapshot), from the one covering the last snapshot: a
     /// snapshot carries the conf state at its own index.
@@ -546,6 +554,7 @@ impl Driver {
                 node,
                 machine,
                 proposals: VecDeque::new(),
+                reads: HashMap::new(),
                 confs,
                 outgoing,
                 applier: None,
@@ -604,6 +613,7 @@ impl Driver {
                     events,
                     builders: Vec::new(),
                     failed: None,
+                    next_read: 0,
                 };
                 state.run(rx, ready_tx);
             })
@@ -675,6 +685,23 @@ impl Driver {
     /// current; proposals meanwhile are refused as "not leader").
     pub fn transfer_leader(&self, group: u64, to: u64) {
         let _ = self.tx.send(Input::TransferLeader { group, to });
+    }
+
+    /// The index up to which this node must have applied `group` for a
+    /// read here to see every write acknowledged before the call (raft-rs
+    /// ReadIndex: the leader confirms with a quorum's heartbeats that it
+    /// still leads, and answers its commit index). Fails when no leader
+    /// answers within the proposal timeout.
+    pub fn read_index(
+        &self,
+        group: u64,
+    ) -> impl std::future::Future<Output = Result<u64, ReplicationError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Input::ReadIndex { group, reply });
+        async move {
+            sent.map_err(|_| ReplicationError::ShuttingDown)?;
+            rx.await.map_err(|_| ReplicationError::ShuttingDown)?
+        }
     }
 
     /// Asks this node, if it leads `group`, to hand the leadership to the
@@ -772,6 +799,12 @@ impl Group {
             }
         }
     }
+}
+
+/// A ReadIndex request waiting for its read state.
+struct PendingRead {
+    at: Instant,
+    reply: oneshot::Sender<Result<u64, ReplicationError>>,
 }
 
 /// Applies one group's committed entries on its own thread.
@@ -897,6 +930,8 @@ struct Loop {
     /// Set once a log write, a snapshot or an entry failed: the node then
     /// refuses writes, with this as the cause.
     failed: Option<Arc<ReplicationError>>,
+    /// The context of the last ReadIndex request.
+    next_read: u64,
 }
 
 /// Where the loop reports the end of the replay (or the failure that
@@ -963,6 +998,7 @@ impl Loop {
                             }
                         }
                     }
+                    Input::ReadIndex { group, reply } => self.read_index(group, reply),
                     Input::HandOff { group } => {
                         if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
                             let raft = &g.node.raft;
@@ -1280,6 +1316,32 @@ impl Loop {
             for p in g.proposals.drain(..) {
                 let _ = p.pending.reply.send(Err(error.clone()));
             }
+            for (_, r) in g.reads.drain() {
+                let _ = r.reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Starts a ReadIndex request of `group`; its read state comes back in
+    /// a ready ([`Loop::answer_reads`]).
+    fn read_index(&mut self, group: u64, reply: oneshot::Sender<Result<u64, ReplicationError>>) {
+        let Some(g) = self.groups.iter_mut().find(|g| g.id == group) else {
+            let _ = reply.send(Err(ReplicationError::NoSuchGroup { group }));
+            return;
+        };
+        self.next_read += 1;
+        let ctx = self.next_read;
+        g.node.read_index(ctx.to_be_bytes().to_vec());
+        g.reads.insert(ctx, PendingRead { at: Instant::now(), reply });
+    }
+
+    /// Answers the ReadIndex requests whose read states came back.
+    fn answer_reads(g: &mut Group, states: &[raft::ReadState]) {
+        for state in states {
+            let Ok(ctx) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else { continue };
+            if let Some(r) = g.reads.remove(&u64::from_be_bytes(ctx)) {
+                let _ = r.reply.send(Ok(state.index));
+            }
         }
     }
 
@@ -1290,6 +1352,23 @@ impl Loop {
     fn expire_proposals(&mut self) {
         let timeout = self.config.proposal_timeout;
         for g in &mut self.groups {
+            // raft-rs drops a read request it cannot serve (no leader
+            // known): it fails here, after the timeout.
+            if !g.reads.is_empty() {
+                let expired: Vec<u64> =
+                    g.reads.iter().filter(|(_, r)| r.at.elapsed() >= timeout).map(|(&ctx, _)| ctx).collect();
+                for ctx in expired {
+                    if let Some(r) = g.reads.remove(&ctx) {
+                        let leader = Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+                        let _ = r.reply.send(Err(ReplicationError::NotLeader {
+                            group: g.id,
+                            name: g.name.clone(),
+                            leader,
+                            leader_addr: leader.and_then(|id| self.config.addresses.get(&id).cloned()),
+                        }));
+                    }
+                }
+            }
             let Some(first) = g.proposals.front() else { continue };
             let (state, term) = (g.node.raft.state, g.node.raft.term);
             if state != StateRole::Leader || term != first.term {
@@ -1331,6 +1410,9 @@ impl Loop {
             let g = &mut self.groups[k];
             if !ready.messages().is_empty() {
                 self.transport.send(g.id, ready.take_messages());
+            }
+            if !ready.read_states().is_empty() {
+                Loop::answer_reads(g, &ready.take_read_states());
             }
             let mut installed = None;
             if !ready.snapshot().is_empty() {

@@ -218,6 +218,20 @@ pub enum ReplicationError {
     /// panicked).
     #[error("the raft thread stopped during recovery")]
     RecoveryStopped,
+    /// A read on this node needs its replica of the group to have applied
+    /// entry `index`, and it has not within the wait: it is behind its
+    /// leader.
+    #[error("group {group} ({name}) on this node has applied {applied} of the {index} entries a read here needs; it is behind its leader (retry, or ask another node)")]
+    ReadBehind {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The index the read needs.
+        index: u64,
+        /// The index applied here.
+        applied: u64,
+    },
 }
 
 impl From<StorageError> for ReplicationError {
@@ -241,7 +255,8 @@ impl ReplicationError {
             | ReplicationError::InstallSnapshot { group, .. }
             | ReplicationError::Manifest { group, .. }
             | ReplicationError::AheadOfLog { group, .. }
-            | ReplicationError::ApplierStopped { group, .. } => Some(*group),
+            | ReplicationError::ApplierStopped { group, .. }
+            | ReplicationError::ReadBehind { group, .. } => Some(*group),
             ReplicationError::WritesStopped { cause } => cause.group(),
             ReplicationError::ShuttingDown
             | ReplicationError::Storage(_)

@@ -80,6 +80,7 @@ pub fn code(e: &ServerError) -> Code {
             | ReplicationError::ProposalTimeout { .. }
             | ReplicationError::ShuttingDown
             | ReplicationError::Halted { .. }
+            | ReplicationError::ReadBehind { .. }
             | ReplicationError::WritesStopped { .. } => Code::Unavailable,
             ReplicationError::NoSuchGroup { .. }
             | ReplicationError::Storage(_)
