@@ -708,8 +708,14 @@ impl Node {
             if led.is_empty() || Instant::now() >= deadline {
                 return led.len();
             }
-            for group in led {
-                self.driver.hand_off(group);
+            let asks: Vec<_> = led.iter().map(|&group| self.driver.hand_off(group)).collect();
+            let mut started = false;
+            for ask in asks {
+                started |= ask.await;
+            }
+            if !started {
+                // No other voter is active: nobody to hand them to.
+                return led.len();
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }

@@ -358,6 +358,9 @@ enum Input {
     /// whose log is furthest along among those recently active.
     HandOff {
         group: u64,
+        /// Whether a transfer started (false: no voter to hand it to, or
+        /// this node does not lead the group).
+        reply: oneshot::Sender<bool>,
     },
     /// The transport could not reach node `to` for `group`.
     Unreachable {
@@ -708,8 +711,11 @@ impl Driver {
     /// voter whose log is furthest along among those recently active (a
     /// graceful stop calls it, so that no election timeout passes with no
     /// leader).
-    pub fn hand_off(&self, group: u64) {
-        let _ = self.tx.send(Input::HandOff { group });
+    /// Resolves to whether a transfer started.
+    pub fn hand_off(&self, group: u64) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Input::HandOff { group, reply }).is_ok();
+        async move { sent && rx.await.unwrap_or(false) }
     }
 
     /// The leader of `group` as this node knows it, as of the last loop
@@ -999,7 +1005,8 @@ impl Loop {
                         }
                     }
                     Input::ReadIndex { group, reply } => self.read_index(group, reply),
-                    Input::HandOff { group } => {
+                    Input::HandOff { group, reply } => {
+                        let mut started = false;
                         if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
                             let raft = &g.node.raft;
                             if raft.state == StateRole::Leader {
@@ -1013,9 +1020,11 @@ impl Loop {
                                     .map(|(&id, _)| id);
                                 if let Some(to) = best {
                                     g.node.transfer_leader(to);
+                                    started = true;
                                 }
                             }
                         }
+                        let _ = reply.send(started);
                     }
                     Input::Unreachable { group, to } => {
                         if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
