@@ -29,7 +29,7 @@ use crate::replication::driver::{
 };
 use crate::replication::error::MachineError;
 use crate::replication::manifest::{Manifest, ManifestError, ManifestState};
-use crate::replication::shard_machine::{ShardMachine, ShardMachineError};
+use crate::replication::shard_machine::{ShardApplied, ShardMachine, ShardMachineError};
 use crate::replication::storage::{LogStore, StorageError};
 use crate::replication::transport::{DriverSlot, GrpcTransport, PeerTls, PeerTlsError, RaftService};
 use crate::replication::ReplicationError;
@@ -341,7 +341,7 @@ pub struct Node {
     pipeline: Pipeline,
     /// Hands writes to the catalog's leader when it is another node (none
     /// on a single node).
-    forwarder: Option<Forwarder>,
+    forwarder: Option<Arc<Forwarder>>,
     /// What carries Raft messages to the other nodes (its counters).
     pub transport: Arc<dyn Transport>,
     /// When it started.
@@ -451,15 +451,16 @@ impl Node {
         let driver = Arc::new(driver);
         let _ = slot.set(Arc::downgrade(&driver));
         if !cluster.raft_addrs.is_empty() {
-            start_leader_colocation(&driver, config.shards);
+            start_leader_spread(&driver, &cluster.voters, config.shards);
         }
-        let pipeline = Pipeline::start(driver.clone(), catalog.clone(), shards.clone()).await?;
+        let forwarder = (!cluster.raft_addrs.is_empty())
+            .then(|| Arc::new(Forwarder::new(config.node_id, cluster.raft_addrs.clone(), peer_tls.clone())));
+        let pipeline =
+            Pipeline::start(driver.clone(), forwarder.clone(), catalog.clone(), shards.clone()).await?;
         let planner = Planner::new(catalog.clone(), shards.clone(), config.query_threads);
         manifest.flush()?;
         start_manifest_flusher(&manifest);
         let disk = DiskGuard::new(&config.data_dir, config.min_free_disk_bytes);
-        let forwarder = (!cluster.raft_addrs.is_empty())
-            .then(|| Forwarder::new(config.node_id, cluster.raft_addrs.clone(), peer_tls.clone()));
         let node = Arc::new(Node {
             manifest,
             disk,
@@ -700,6 +701,8 @@ impl Node {
         if self.forwarder.is_none() {
             return 0;
         }
+        // The others must not hand leaderships back meanwhile.
+        self.driver.refuse_leadership();
         let me = self.config.node_id;
         let deadline = Instant::now() + within;
         loop {
@@ -815,29 +818,30 @@ async fn serve_raft(
 /// leaders had committed ([`Node::read_barrier`]).
 const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How often a node hands the shard groups it leads to the catalog's
-/// leader.
-const COLOCATION_INTERVAL: std::time::Duration = std::time::Duration::from_millis(300);
+/// How often a node hands the shard groups it leads to their preferred
+/// leaders.
+const SPREAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Keeps every shard group's leader on the catalog's leader, where the
-/// ingest stepper runs and proposes to them (until proposals are forwarded
-/// to remote leaders): each node hands the shard groups it leads to the
-/// catalog's leader when that is another node.
-fn start_leader_colocation(driver: &Arc<Driver>, shards: u32) {
+/// Spreads the shard groups' leaders over the nodes: shard `s` prefers
+/// the `s mod n`-th of the `n` voters (in id order), and a node that leads
+/// a shard group it is not preferred for hands it to the preferred node
+/// when that node is active (the driver transfers only to a voter that
+/// answered recently). The ingest stepper, on the catalog's leader,
+/// proposes to shard leaders on other nodes through their Forward service.
+fn start_leader_spread(driver: &Arc<Driver>, voters: &[u64], shards: u32) {
     let weak = Arc::downgrade(driver);
+    let mut voters = voters.to_vec();
+    voters.sort_unstable();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(COLOCATION_INTERVAL).await;
+            tokio::time::sleep(SPREAD_INTERVAL).await;
             let Some(driver) = weak.upgrade() else { return };
             let me = driver.node_id();
-            let Some(catalog_leader) = driver.leader_of(CATALOG_GROUP) else { continue };
-            if catalog_leader == me {
-                continue;
-            }
             for s in 0..shards {
                 let group = shard_group(s);
-                if driver.leader_of(group) == Some(me) {
-                    driver.transfer_leader(group, catalog_leader);
+                let preferred = voters[s as usize % voters.len()];
+                if preferred != me && driver.leader_of(group) == Some(me) {
+                    driver.transfer_leader(group, preferred);
                 }
             }
         }
@@ -882,6 +886,20 @@ impl LocalWrites for Node {
         source: Source,
     ) -> BoxFuture<'_, Result<IngestReport, IngestError>> {
         Box::pin(Node::ingest_here(self, messages, received_ms, source))
+    }
+
+    fn propose_here(
+        &self,
+        group: u64,
+        data: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>> {
+        Box::pin(async move {
+            if group == CATALOG_GROUP || group > shard_group(self.config.shards - 1) {
+                return Err(ReplicationError::NoSuchGroup { group });
+            }
+            let applied = self.driver.propose(group, data).await?;
+            Ok(applied.downcast::<ShardApplied>().map_or((false, false), |a| (a.skipped, a.gap)))
+        })
     }
 
     fn admin_here(&self, command: CatalogCommand) -> BoxFuture<'_, Result<u64, CatalogError>> {

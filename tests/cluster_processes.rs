@@ -162,6 +162,23 @@ async fn every_node_takes_writes_and_a_follower_forwards_them_to_the_catalog_lea
         assert_eq!(node.count(&["plan = \"pro\""]).await, vec![profiles]);
     }
 
+    // The shard groups' leaders spread over the three nodes (shard s
+    // prefers the s mod 3-th node), and the writes above went through
+    // the stepper's proposals to remote shard leaders.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = cluster_status(&nodes[&1]);
+        let leaders: Vec<u64> = status["groups"].as_array().unwrap()[1..]
+            .iter()
+            .map(|g| g["leader_id"].as_u64().unwrap())
+            .collect();
+        if leaders == [1, 2, 3, 1] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shard leaders are {leaders:?} after 15 s, not spread");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // `cohort cluster status` sees the three nodes up and the catalog's
     // leader as Status does.
     let status = cluster_status(&nodes[&follower]);

@@ -26,6 +26,7 @@ use crate::cluster::catalog::{CatalogCommand, CatalogError};
 use crate::ingest::{BoxFuture, IngestError, IngestReport, RejectionRecord, Source};
 use crate::proto::internal as pb;
 use crate::replication::transport::{PeerTls, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use crate::replication::ReplicationError;
 
 /// Longest a forwarded batch may take at the leader: its proposals time
 /// out before (10 s), so past this the leader is gone (a leader that stops
@@ -50,6 +51,14 @@ pub trait LocalWrites: Send + Sync + 'static {
     /// Proposes a schema or segment change here, never forwarding it;
     /// returns the catalog's applied index once the change is applied.
     fn admin_here(&self, command: CatalogCommand) -> BoxFuture<'_, Result<u64, CatalogError>>;
+
+    /// Proposes a pipeline step to shard group `group` here; returns
+    /// (skipped, gap) as its applier answered.
+    fn propose_here(
+        &self,
+        group: u64,
+        data: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>>;
 }
 
 /// Where forwarded writes go on this node, once it is open.
@@ -125,6 +134,31 @@ impl Forwarder {
             message: status.message().to_string(),
         })?;
         from_proto(reply.into_inner()).map_err(|reason| IngestError::ForwardFailed { leader, reason })
+    }
+
+    /// Proposes a pipeline step to shard group `group` at node `leader`,
+    /// which leads it; returns (skipped, gap) as its applier answered.
+    pub async fn propose(
+        &self,
+        leader: u64,
+        group: u64,
+        data: Vec<u8>,
+    ) -> Result<(bool, bool), ReplicationError> {
+        let remote = |code: tonic::Code, message: String| ReplicationError::Remote {
+            group,
+            leader,
+            code: code as i32,
+            message,
+        };
+        let channel = self.channel(leader).map_err(|e| remote(tonic::Code::Unavailable, e.to_string()))?;
+        let mut client = pb::forward_client::ForwardClient::new(channel)
+            .max_decoding_message_size(MAX_FORWARD_BYTES)
+            .max_encoding_message_size(MAX_FORWARD_BYTES);
+        let mut request = tonic::Request::new(pb::ForwardedProposal { from_node: self.node_id, group, data });
+        request.set_timeout(FORWARD_TIMEOUT);
+        let reply = client.propose(request).await.map_err(|s| remote(s.code(), s.message().to_string()))?;
+        let reply = reply.into_inner();
+        Ok((reply.skipped, reply.gap))
     }
 
     /// Hands a schema or segment change to node `leader` and returns the
@@ -239,6 +273,22 @@ impl pb::forward_server::Forward for ForwardService {
         let catalog_applied =
             self.target()?.admin_here(command).await.map_err(crate::server::status::status)?;
         Ok(tonic::Response::new(pb::ForwardedAdminReply { catalog_applied }))
+    }
+
+    async fn propose(
+        &self,
+        request: tonic::Request<pb::ForwardedProposal>,
+    ) -> Result<tonic::Response<pb::ForwardedProposalReply>, tonic::Status> {
+        let p = request.into_inner();
+        if p.group == crate::cluster::placement::CATALOG_GROUP {
+            return Err(tonic::Status::invalid_argument(format!(
+                "node {} sent a catalog entry as a pipeline step: only shard groups take them",
+                p.from_node
+            )));
+        }
+        let (skipped, gap) =
+            self.target()?.propose_here(p.group, p.data).await.map_err(crate::server::status::status)?;
+        Ok(tonic::Response::new(pb::ForwardedProposalReply { skipped, gap }))
     }
 }
 

@@ -45,6 +45,7 @@ use crate::cluster::catalog::{
     parse_message, CatalogCommand, CatalogMachine, CatalogResult, IngestJob, Outbox, ParsedIngest, ParsedJob,
     ParsedMessage, Step,
 };
+use crate::cluster::forward::Forwarder;
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::replication::driver::{ApplyResult, Driver};
 use crate::replication::shard_machine::{
@@ -81,6 +82,7 @@ impl Pipeline {
     /// Must be called inside a tokio runtime.
     pub async fn start(
         driver: Arc<Driver>,
+        forwarder: Option<Arc<Forwarder>>,
         catalog: Arc<CatalogMachine>,
         shards: Arc<Vec<Arc<ShardMachine>>>,
     ) -> Result<Pipeline, IngestError> {
@@ -92,7 +94,8 @@ impl Pipeline {
         let node_id = driver.node_id();
         let leader_of = driver.clone();
         let leads: Leads = Arc::new(move || leader_of.leader_of(CATALOG_GROUP) == Some(node_id));
-        let stepper = Stepper { log: driver.clone(), catalog: catalog.clone(), shards, ready, board, leads };
+        let log = Arc::new(RoutedLog { driver: driver.clone(), forwarder });
+        let stepper = Stepper { log, catalog: catalog.clone(), shards, ready, board, leads };
         // Recovery: the steps the replay regenerated, driven before serving
         // when this node leads the catalog (a single node does at once).
         let deadline = tokio::time::Instant::now() + LEADER_AT_START;
@@ -268,19 +271,77 @@ impl ReplyBoard {
 /// The committed answers of one entry's shard proposals.
 type Committed = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send>>;
 
-/// Where the stepper's shard proposals go: the driver. (A test wraps it to
-/// lose proposals on the way.)
+/// Where the stepper's shard proposals go: the driver, or the shard
+/// group's leader on another node. (A test wraps it to lose proposals on
+/// the way.)
 trait ShardLog: Send + Sync {
     fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer;
+
+    /// Resolves once this node's replica of `group` has applied what the
+    /// group had committed when called (at once when this node leads it:
+    /// its proposals are answered once applied here).
+    fn caught_up(&self, group: u64) -> Pin<Box<dyn Future<Output = Result<(), ReplicationError>> + Send>>;
 }
 
 /// The answer to one proposal: what applying it returned.
 type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ReplicationError>> + Send>>;
 
-impl ShardLog for Driver {
+/// The shard log of a node: proposals to the groups it leads go to its
+/// driver; proposals to a group led by another node go to that node's
+/// Forward service (no parsed commands travel: the leader decodes the
+/// entry).
+struct RoutedLog {
+    driver: Arc<Driver>,
+    forwarder: Option<Arc<Forwarder>>,
+}
+
+impl ShardLog for RoutedLog {
     fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer {
-        Box::pin(self.propose_with(group, data, local))
+        let me = self.driver.node_id();
+        if let (Some(forwarder), Some(leader)) =
+            (&self.forwarder, self.driver.leader_of(group).filter(|&l| l != me))
+        {
+            let forwarder = forwarder.clone();
+            return Box::pin(async move {
+                let (skipped, gap) = forwarder.propose(leader, group, data).await?;
+                Ok(Box::new(ShardApplied { skipped, gap, ..Default::default() }) as ApplyResult)
+            });
+        }
+        Box::pin(self.driver.propose_with(group, data, local))
     }
+
+    fn caught_up(&self, group: u64) -> Pin<Box<dyn Future<Output = Result<(), ReplicationError>> + Send>> {
+        caught_up(self.driver.clone(), group)
+    }
+}
+
+/// Resolves once `driver`'s replica of `group` has applied what the group
+/// had committed when called (ReadIndex), at once when it leads the group.
+fn caught_up(
+    driver: Arc<Driver>,
+    group: u64,
+) -> Pin<Box<dyn Future<Output = Result<(), ReplicationError>> + Send>> {
+    Box::pin(async move {
+        if driver.leader_of(group) == Some(driver.node_id()) {
+            return Ok(());
+        }
+        let index = driver.read_index(group).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (applied, name) = driver
+                .status()
+                .iter()
+                .find(|g| g.id == group)
+                .map_or((0, String::new()), |g| (g.applied, g.name.clone()));
+            if applied >= index {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ReplicationError::ReadBehind { group, name, index, applied });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
 }
 
 /// How long a call whose batch is committed waits for its steps while
@@ -449,6 +510,10 @@ impl Stepper {
                 }
                 Step::Move { import_tag, remove_tag, from, from_shard, into, into_shard } => {
                     let image = if *import_tag > chain[*into_shard as usize] {
+                        // The absorbed profile is read from this node's
+                        // replica of its shard, once that has applied every
+                        // step its leader committed (it may be another node).
+                        self.log.caught_up(shard_group(*from_shard)).await?;
                         self.shards[*from_shard as usize].read_state().shard.read_profile(*from)
                     } else {
                         None
@@ -557,7 +622,14 @@ mod tests {
                 };
                 return Box::pin(async move { Err(lost) });
             }
-            ShardLog::propose(&*self.driver, group, data, local)
+            Box::pin(self.driver.propose_with(group, data, local))
+        }
+
+        fn caught_up(
+            &self,
+            group: u64,
+        ) -> Pin<Box<dyn Future<Output = Result<(), ReplicationError>> + Send>> {
+            caught_up(self.driver.clone(), group)
         }
     }
 

@@ -449,6 +449,8 @@ pub struct Driver {
     tx: Sender<Input>,
     status: Arc<RwLock<Vec<GroupStatus>>>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by [`Driver::refuse_leadership`].
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 /// The "not leader" answer of group `g`, naming the leader it knows and,
@@ -630,7 +632,13 @@ impl Driver {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(ReplicationError::RecoveryStopped),
         }
-        Ok(Driver { node_id, tx, status, thread: parking_lot::Mutex::new(Some(thread)) })
+        Ok(Driver {
+            node_id,
+            tx,
+            status,
+            thread: parking_lot::Mutex::new(Some(thread)),
+            refusing: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Proposes `data` to `group`. The proposal is queued at once (so calls
@@ -662,9 +670,22 @@ impl Driver {
         }
     }
 
-    /// Hands a message from a peer to its group.
+    /// Hands a message from a peer to its group (but a leader transfer's
+    /// "campaign now" once this node refuses leaderships).
     pub fn step(&self, group: u64, message: Message) {
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow
+            && self.refusing.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let _ = self.tx.send(Input::Step { group, message });
+    }
+
+    /// From now on this node does not take leaderships handed to it (a
+    /// graceful stop: the others' leader transfers to it time out). It can
+    /// still win an election.
+    pub fn refuse_leadership(&self) {
+        self.refusing.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Proposes a configuration change to `group` (joint consensus when it
@@ -999,7 +1020,11 @@ impl Loop {
                     }
                     Input::TransferLeader { group, to } => {
                         if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
-                            if g.node.raft.state == StateRole::Leader && to != g.node.raft.id {
+                            // Only to a voter that answered recently: a
+                            // transfer to a node that is down stalls the
+                            // group's proposals until it times out.
+                            let active = g.node.raft.prs().get(to).is_some_and(|p| p.recent_active);
+                            if g.node.raft.state == StateRole::Leader && to != g.node.raft.id && active {
                                 g.node.transfer_leader(to);
                             }
                         }

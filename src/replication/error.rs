@@ -218,6 +218,19 @@ pub enum ReplicationError {
     /// panicked).
     #[error("the raft thread stopped during recovery")]
     RecoveryStopped,
+    /// A proposal sent to the group's leader on another node failed there
+    /// (or on the way): `code` is the gRPC code of the answer.
+    #[error("group {group}: the proposal sent to its leader, node {leader}, failed: {message}")]
+    Remote {
+        /// The group.
+        group: u64,
+        /// The node it went to.
+        leader: u64,
+        /// The gRPC code of the answer.
+        code: i32,
+        /// Its message.
+        message: String,
+    },
     /// A read on this node needs its replica of the group to have applied
     /// entry `index`, and it has not within the wait: it is behind its
     /// leader.
@@ -256,7 +269,8 @@ impl ReplicationError {
             | ReplicationError::Manifest { group, .. }
             | ReplicationError::AheadOfLog { group, .. }
             | ReplicationError::ApplierStopped { group, .. }
-            | ReplicationError::ReadBehind { group, .. } => Some(*group),
+            | ReplicationError::ReadBehind { group, .. }
+            | ReplicationError::Remote { group, .. } => Some(*group),
             ReplicationError::WritesStopped { cause } => cause.group(),
             ReplicationError::ShuttingDown
             | ReplicationError::Storage(_)

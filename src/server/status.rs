@@ -95,6 +95,7 @@ pub fn code(e: &ServerError) -> Code {
             | ReplicationError::ApplierStopped { .. }
             | ReplicationError::Thread { .. }
             | ReplicationError::RecoveryStopped => Code::Internal,
+            ReplicationError::Remote { code, .. } => Code::from_i32(*code),
         }
     }
     match e {
