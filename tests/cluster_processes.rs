@@ -251,3 +251,72 @@ async fn a_profile_written_through_one_node_is_read_at_once_on_another() {
         assert_eq!(check.matches, vec![true], "write {i} through node {writer}, Check on node {reader}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_profiles_merge_into_known_ones_across_shards_led_by_different_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs();
+    let nodes = start_three(root.path(), &addrs);
+    // Wait for the shard leaders to spread, so that merges move profiles
+    // between shards whose leaders are on different nodes.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while {
+        let status = cluster_status(&nodes[&1]);
+        let leaders: Vec<u64> = status["groups"].as_array().unwrap()[1..]
+            .iter()
+            .map(|g| g["leader_id"].as_u64().unwrap())
+            .collect();
+        leaders != [1, 2, 3, 1]
+    } {
+        assert!(Instant::now() < deadline, "the shard leaders do not spread");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // 60 visitors browse anonymously (two events each), then sign up: the
+    // identify links the anonymous id to a user id that lands on its own
+    // shard, so most merges move a profile to another shard, through
+    // whichever node takes the batch.
+    let t = |s: u32| format!("2026-10-01T00:00:{s:02}Z");
+    let mut browsing = Vec::new();
+    let mut signing_up = Vec::new();
+    for i in 0..60 {
+        for (k, event) in ["viewed", "added_to_cart"].iter().enumerate() {
+            browsing.push(format!(
+                r#"{{"type":"track","anonymousId":"anon-{i}","messageId":"e{i}-{k}","event":"{event}","timestamp":"{}"}}"#,
+                t(k as u32)
+            ));
+        }
+        signing_up.push(format!(
+            r#"{{"type":"identify","anonymousId":"anon-{i}","userId":"user-{i}","messageId":"s{i}","timestamp":"{}","traits":{{"plan":"pro"}}}}"#,
+            t(10)
+        ));
+    }
+    for (n, chunk) in browsing.chunks(30).enumerate() {
+        let reply = nodes[&(n as u64 % 3 + 1)].ingest(chunk.to_vec()).await.unwrap();
+        assert!(reply.rejections.is_empty(), "{reply:?}");
+    }
+    for (n, chunk) in signing_up.chunks(10).enumerate() {
+        let reply = nodes[&(n as u64 % 3 + 1)].ingest(chunk.to_vec()).await.unwrap();
+        assert!(reply.rejections.is_empty(), "{reply:?}");
+    }
+    // Every node: one profile per person, each with its trait and both of
+    // its anonymous events, found by either identifier.
+    for (id, node) in &nodes {
+        for i in [0, 17, 59] {
+            let profile = node.profile(&format!("user-{i}")).await.unwrap();
+            let by_anon = node.profile(&format!("anonymous_id:anon-{i}")).await.unwrap();
+            assert_eq!(profile.profile_id, by_anon.profile_id, "node {id}: person {i} is two profiles");
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let want = vec![60, 60, 60];
+        loop {
+            let counts = node
+                .count(&["plan = \"pro\"", "DID \"viewed\" AND DID \"added_to_cart\"", "user_id EXISTS"])
+                .await;
+            if counts == want && node.universe().await == 60 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} counts {counts:?} (want {want:?})");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
