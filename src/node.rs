@@ -544,7 +544,10 @@ impl Node {
             return self.ingest_here(messages, received_ms, source).await;
         };
         if let Some(leader) = self.driver.leader_of(CATALOG_GROUP).filter(|&l| l != self.config.node_id) {
-            return forwarder.ingest(leader, messages, received_ms, source).await;
+            let leader = self.reachable_leader(leader).await;
+            if leader != self.config.node_id {
+                return forwarder.ingest(leader, messages, received_ms, source).await;
+            }
         }
         // This node leads, or knows no leader (then the pipeline says so).
         // A catalog leadership that moved before the batch was proposed is
@@ -581,7 +584,7 @@ impl Node {
             return self.admin_here(command).await;
         };
         let leader = match self.driver.leader_of(CATALOG_GROUP).filter(|&l| l != self.config.node_id) {
-            Some(leader) => leader,
+            Some(leader) => self.reachable_leader(leader).await,
             // As for ingest: a "not leader" of the catalog was refused
             // before anything was appended.
             None => match self.admin_here(command.clone()).await {
@@ -593,6 +596,10 @@ impl Node {
                 answer => return answer,
             },
         };
+        if leader == self.config.node_id {
+            // The election while waiting made this node the leader.
+            return self.admin_here(command).await;
+        }
         let applied = forwarder.admin(leader, command).await?;
         // Answer once this node's catalog holds the change, so that the
         // caller reads it here (a change is small: this is a replication
@@ -602,6 +609,19 @@ impl Node {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         Ok(())
+    }
+
+    /// The catalog's leader to forward to: `leader`, unless this node's
+    /// connection to it is down (the leader died or is cut off), in which
+    /// case a write waits (at most [`LEADER_WAIT`]) for the election that
+    /// follows rather than failing at once; then whoever is known.
+    async fn reachable_leader(&self, mut leader: u64) -> u64 {
+        let deadline = Instant::now() + LEADER_WAIT;
+        while !self.transport.reachable(leader) && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            leader = self.driver.leader_of(CATALOG_GROUP).unwrap_or(leader);
+        }
+        leader
     }
 
     /// The index of the last catalog entry this node applied (its state
@@ -813,6 +833,10 @@ async fn serve_raft(
     });
     Ok(())
 }
+
+/// Longest a write waits, at a node that does not lead the catalog, for a
+/// leader it can reach ([`Node::reachable_leader`]): about an election.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Longest a read waits for this node's replicas to apply what their
 /// leaders had committed ([`Node::read_barrier`]).

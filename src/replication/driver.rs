@@ -215,6 +215,13 @@ pub trait Transport: Send + Sync + 'static {
     fn traffic(&self) -> Traffic {
         Traffic::default()
     }
+
+    /// Whether node `node` answered the last time it was tried (a
+    /// transport with no peers knows no better than yes).
+    fn reachable(&self, node: u64) -> bool {
+        let _ = node;
+        true
+    }
 }
 
 /// Counters of what a transport sent to other nodes since the node

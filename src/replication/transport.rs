@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -200,6 +200,8 @@ pub struct GrpcTransport {
     runtime: tokio::runtime::Handle,
     tls: Option<PeerTls>,
     counters: Arc<Counters>,
+    /// Per peer: whether its stream is connected.
+    connected: HashMap<u64, Arc<AtomicBool>>,
 }
 
 /// [`Traffic`], as the sending tasks count it.
@@ -224,27 +226,35 @@ impl GrpcTransport {
         tls: Option<PeerTls>,
     ) -> GrpcTransport {
         let mut queues = HashMap::new();
+        let mut connected = HashMap::new();
         let counters = Arc::new(Counters::default());
         for (&peer, addr) in &peers {
             if peer == node_id {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let up = Arc::new(AtomicBool::new(false));
+            connected.insert(peer, up.clone());
             let sender = PeerSender {
                 from: node_id,
                 peer,
                 addr: addr.clone(),
                 tls: tls.clone(),
                 counters: counters.clone(),
+                up,
             };
             runtime.spawn(run_peer(sender, rx, driver.clone()));
             queues.insert(peer, tx);
         }
-        GrpcTransport { node_id, queues, addresses: peers, driver, runtime, tls, counters }
+        GrpcTransport { node_id, queues, addresses: peers, driver, runtime, tls, counters, connected }
     }
 }
 
 impl Transport for GrpcTransport {
+    fn reachable(&self, node: u64) -> bool {
+        node == self.node_id || self.connected.get(&node).is_some_and(|up| up.load(Ordering::Relaxed))
+    }
+
     fn traffic(&self) -> Traffic {
         let c = &self.counters;
         Traffic {
@@ -357,10 +367,12 @@ struct PeerSender {
     addr: String,
     tls: Option<PeerTls>,
     counters: Arc<Counters>,
+    /// Set while the peer's stream is open.
+    up: Arc<AtomicBool>,
 }
 
 async fn run_peer(sender: PeerSender, mut queue: mpsc::Receiver<Outbound>, driver: DriverSlot) {
-    let PeerSender { from, peer, addr, tls, counters } = sender;
+    let PeerSender { from, peer, addr, tls, counters, up } = sender;
     let mut backoff = FIRST_BACKOFF;
     // A peer that cannot be reached (a node down or still starting, a
     // refused certificate) is said at `warn` at most once a minute, and
@@ -392,10 +404,18 @@ async fn run_peer(sender: PeerSender, mut queue: mpsc::Receiver<Outbound>, drive
             }
         };
         let (stream_tx, stream_rx) = mpsc::channel::<pb::RaftBatch>(16);
-        let call = tokio::spawn(async move { client.send(ReceiverStream::new(stream_rx)).await });
-        let mut connected = true;
-        while connected {
-            let Some(first) = queue.recv().await else { return };
+        let mut call = tokio::spawn(async move { client.send(ReceiverStream::new(stream_rx)).await });
+        up.store(true, Ordering::Relaxed);
+        // Until the call ends: noticed when it does (the peer closed it, or
+        // its keepalive went unanswered), not only at the next send.
+        let ended = loop {
+            let first = tokio::select! {
+                next = queue.recv() => match next {
+                    Some(first) => first,
+                    None => return,
+                },
+                ended = &mut call => break Some(ended),
+            };
             let mut batch = pb::RaftBatch { from_node: from, messages: Vec::new() };
             let mut bytes = first.bytes.len();
             batch.messages.push(pb::GroupMessage { group: first.group, message: first.bytes });
@@ -410,14 +430,18 @@ async fn run_peer(sender: PeerSender, mut queue: mpsc::Receiver<Outbound>, drive
                 // The call ended: the peer went away or refused the stream.
                 counters.dropped.fetch_add(count, Ordering::Relaxed);
                 report_unreachable(&driver, peer, groups);
-                connected = false;
-            } else {
-                counters.messages.fetch_add(count, Ordering::Relaxed);
-                counters.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                backoff = FIRST_BACKOFF;
+                break None;
             }
-        }
-        if let Ok(Err(status)) = call.await {
+            counters.messages.fetch_add(count, Ordering::Relaxed);
+            counters.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            backoff = FIRST_BACKOFF;
+        };
+        up.store(false, Ordering::Relaxed);
+        let ended = match ended {
+            Some(ended) => ended,
+            None => call.await,
+        };
+        if let Ok(Err(status)) = ended {
             if warn_now() {
                 tracing::warn!(peer, addr = %addr, %status, "raft stream to a peer ended; reconnecting");
             } else {
