@@ -224,6 +224,11 @@ pub struct NodeConfig {
     /// Every node of the cluster, this one included (`[[peers]]` tables):
     /// each group is replicated on all of them. Empty: a single node.
     pub peers: Vec<PeerConfig>,
+    /// Where the shard groups' leaders go: `catalog` (with the catalog's
+    /// leader, where the ingest stepper runs: its proposals are local) or
+    /// `spread` (shard `s` on the `s mod n`-th node; each step goes to its
+    /// leader over the Forward service).
+    pub shard_leaders: ShardLeaders,
     /// PEM certificate chain this node shows the other nodes (mutual TLS
     /// on the Raft service; with `peer_tls_key` and `peer_tls_ca`).
     pub peer_tls_cert: Option<PathBuf>,
@@ -232,6 +237,20 @@ pub struct NodeConfig {
     /// PEM certificate of the CA that signs every node's `peer_tls_cert`:
     /// only connections with a certificate it signed are served.
     pub peer_tls_ca: Option<PathBuf>,
+}
+
+/// Where the shard groups' leaders go in a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardLeaders {
+    /// With the catalog's leader. While every group has every node as a
+    /// voter, every node applies every entry anyway, and this saves the
+    /// stepper a network round trip per step.
+    #[default]
+    Catalog,
+    /// Spread over the nodes: shard `s` prefers the `s mod n`-th voter in
+    /// id order.
+    Spread,
 }
 
 /// A node of the cluster as the others reach it.
@@ -293,6 +312,7 @@ impl Default for NodeConfig {
             insecure: false,
             raft_addr: "127.0.0.1:7170".into(),
             peers: Vec::new(),
+            shard_leaders: ShardLeaders::Catalog,
             peer_tls_cert: None,
             peer_tls_key: None,
             peer_tls_ca: None,
@@ -451,7 +471,10 @@ impl Node {
         let driver = Arc::new(driver);
         let _ = slot.set(Arc::downgrade(&driver));
         if !cluster.raft_addrs.is_empty() {
-            start_leader_spread(&driver, &cluster.voters, config.shards);
+            match config.shard_leaders {
+                ShardLeaders::Catalog => start_leader_colocation(&driver, config.shards),
+                ShardLeaders::Spread => start_leader_spread(&driver, &cluster.voters, config.shards),
+            }
         }
         let forwarder = (!cluster.raft_addrs.is_empty())
             .then(|| Arc::new(Forwarder::new(config.node_id, cluster.raft_addrs.clone(), peer_tls.clone())));
@@ -842,8 +865,37 @@ const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// leaders had committed ([`Node::read_barrier`]).
 const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often a node hands the shard groups it leads to the catalog's
+/// leader.
+const COLOCATION_INTERVAL: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Keeps every shard group's leader on the catalog's leader, where the
+/// ingest stepper runs (`shard_leaders = "catalog"`): each node hands the
+/// shard groups it leads to the catalog's leader when that is another
+/// node. Until they move, the stepper proposes to them where they are.
+fn start_leader_colocation(driver: &Arc<Driver>, shards: u32) {
+    let weak = Arc::downgrade(driver);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(COLOCATION_INTERVAL).await;
+            let Some(driver) = weak.upgrade() else { return };
+            let me = driver.node_id();
+            let Some(catalog_leader) = driver.leader_of(CATALOG_GROUP) else { continue };
+            if catalog_leader == me {
+                continue;
+            }
+            for s in 0..shards {
+                let group = shard_group(s);
+                if driver.leader_of(group) == Some(me) {
+                    driver.transfer_leader(group, catalog_leader);
+                }
+            }
+        }
+    });
+}
+
 /// How often a node hands the shard groups it leads to their preferred
-/// leaders.
+/// leaders (`shard_leaders = "spread"`).
 const SPREAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Spreads the shard groups' leaders over the nodes: shard `s` prefers

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cohort::proto::v1 as pb;
-use common::cluster::{catalog_leader, cluster_status, loopback_addrs, start_node, start_three, SHARDS};
+use common::cluster::{
+    catalog_leader, cluster_status, loopback_addrs, start_node, start_three, start_three_with, SHARDS,
+};
 use common::{http_request, Server};
 
 fn batch(from: u64, n: u64) -> Vec<String> {
@@ -120,7 +122,7 @@ async fn three_processes_replicate_survive_a_killed_leader_and_catch_up_a_restar
 async fn every_node_takes_writes_and_a_follower_forwards_them_to_the_catalog_leader() {
     let root = tempfile::tempdir().unwrap();
     let addrs = loopback_addrs();
-    let nodes = start_three(root.path(), &addrs);
+    let nodes = start_three_with(root.path(), &addrs, &["--shard-leaders", "spread"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let leader = loop {
         let leader = catalog_leader(&nodes[&1]).await;
@@ -162,9 +164,10 @@ async fn every_node_takes_writes_and_a_follower_forwards_them_to_the_catalog_lea
         assert_eq!(node.count(&["plan = \"pro\""]).await, vec![profiles]);
     }
 
-    // The shard groups' leaders spread over the three nodes (shard s
-    // prefers the s mod 3-th node), and the writes above went through
-    // the stepper's proposals to remote shard leaders.
+    // With `--shard-leaders spread` the shard groups' leaders spread over
+    // the three nodes (shard s prefers the s mod 3-th node), and the
+    // writes above went through the stepper's proposals to remote shard
+    // leaders.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let status = cluster_status(&nodes[&1]);
@@ -233,6 +236,18 @@ async fn a_profile_written_through_one_node_is_read_at_once_on_another() {
         assert!(Instant::now() < deadline, "no write taken within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // By default the shard groups' leaders join the catalog's leader.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = cluster_status(&nodes[&1]);
+        let leaders: Vec<u64> =
+            status["groups"].as_array().unwrap().iter().map(|g| g["leader_id"].as_u64().unwrap()).collect();
+        if leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leaders are {leaders:?} after 15 s, not with the catalog's");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Each write goes to one node and is read back at once on the next,
     // by GetProfile and Check: ReadIndex makes the reader wait until it
     // has applied what the leader committed.
@@ -256,7 +271,7 @@ async fn a_profile_written_through_one_node_is_read_at_once_on_another() {
 async fn anonymous_profiles_merge_into_known_ones_across_shards_led_by_different_nodes() {
     let root = tempfile::tempdir().unwrap();
     let addrs = loopback_addrs();
-    let nodes = start_three(root.path(), &addrs);
+    let nodes = start_three_with(root.path(), &addrs, &["--shard-leaders", "spread"]);
     // Wait for the shard leaders to spread, so that merges move profiles
     // between shards whose leaders are on different nodes.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -64,6 +64,9 @@ pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if !args.peers.is_empty() {
         config.peers = args.peers.clone();
     }
+    if let Some(placement) = args.shard_leaders {
+        config.shard_leaders = placement;
+    }
     for (flag, key) in [
         (&args.peer_tls_cert, &mut config.peer_tls_cert),
         (&args.peer_tls_key, &mut config.peer_tls_key),
@@ -1054,6 +1057,7 @@ mod tests {
             node_id: None,
             raft_addr: None,
             peers: Vec::new(),
+            shard_leaders: None,
             peer_tls_cert: None,
             peer_tls_key: None,
             peer_tls_ca: None,

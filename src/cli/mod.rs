@@ -222,7 +222,7 @@ pub struct ServeArgs {
     /// snapshot_log_bytes, query_threads, max_traits, max_events,
     /// max_properties_per_event, max_properties, max_name_bytes, api_keys,
     /// tls_cert, tls_key, insecure, raft_addr, peers, peer_tls_cert,
-    /// peer_tls_key, peer_tls_ca). Flags override it; COHORT_API_KEYS
+    /// peer_tls_key, peer_tls_ca, shard_leaders). Flags override it; COHORT_API_KEYS
     /// (`key:role,key:role`) adds API keys to the file's.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -259,6 +259,10 @@ pub struct ServeArgs {
     /// once per node. Every group is replicated on all of them.
     #[arg(long = "peer", value_name = "ID=RAFT,GRPC")]
     pub peers: Vec<crate::node::PeerConfig>,
+    /// Where the shard groups' leaders go in a cluster: with the catalog's
+    /// leader, or spread over the nodes [default: catalog].
+    #[arg(long, value_enum, value_name = "PLACEMENT")]
+    pub shard_leaders: Option<crate::node::ShardLeaders>,
     /// PEM certificate chain this node shows the other nodes: mutual TLS
     /// on the Raft service, with --peer-tls-key and --peer-tls-ca.
     #[arg(long, env = "COHORT_PEER_TLS_CERT", value_name = "FILE")]

@@ -24,9 +24,15 @@ pub struct Addrs {
 /// Starts node `id` of `all` on `dir` and waits until it serves (it
 /// serves once a quorum is there: start nodes together).
 pub fn start_node(id: u64, dir: &Path, all: &HashMap<u64, Addrs>) -> Server {
+    start_node_with(id, dir, all, &[])
+}
+
+/// [`start_node`] with more `cohort serve` flags.
+pub fn start_node_with(id: u64, dir: &Path, all: &HashMap<u64, Addrs>, extra: &[&str]) -> Server {
     let me = &all[&id];
     let mut args: Vec<String> =
         vec!["--node-id".into(), id.to_string(), "--raft-addr".into(), me.raft.clone()];
+    args.extend(extra.iter().map(|a| a.to_string()));
     for (peer, a) in all {
         args.push("--peer".into());
         args.push(format!("{peer}={},{}", a.raft, a.grpc));
@@ -55,10 +61,19 @@ pub fn cluster_status(node: &Server) -> serde_json::Value {
 /// Starts the three nodes of `addrs` together (each waits for a quorum
 /// before it serves), with data in `root/node-ID`.
 pub fn start_three(root: &Path, addrs: &HashMap<u64, Addrs>) -> HashMap<u64, Server> {
+    start_three_with(root, addrs, &[])
+}
+
+/// [`start_three`] with more `cohort serve` flags for every node.
+pub fn start_three_with(root: &Path, addrs: &HashMap<u64, Addrs>, extra: &[&str]) -> HashMap<u64, Server> {
     let starting: Vec<_> = (1..=3u64)
         .map(|id| {
             let (d, a) = (root.join(format!("node-{id}")), addrs.clone());
-            std::thread::spawn(move || (id, start_node(id, &d, &a)))
+            let extra: Vec<String> = extra.iter().map(|e| e.to_string()).collect();
+            std::thread::spawn(move || {
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                (id, start_node_with(id, &d, &a, &extra))
+            })
         })
         .collect();
     starting.into_iter().map(|t| t.join().unwrap()).collect()
