@@ -127,11 +127,10 @@ impl Forwarder {
         });
         request.set_timeout(FORWARD_TIMEOUT);
         // The leader's own status, or the client's when it cannot be
-        // reached (UNAVAILABLE) or does not answer in time.
-        let reply = client.ingest(request).await.map_err(|status| IngestError::Forwarded {
-            leader,
-            code: status.code() as i32,
-            message: status.message().to_string(),
+        // reached or does not answer in time.
+        let reply = client.ingest(request).await.map_err(|status| {
+            let (code, message) = retryable(&status);
+            IngestError::Forwarded { leader, code, message }
         })?;
         from_proto(reply.into_inner()).map_err(|reason| IngestError::ForwardFailed { leader, reason })
     }
@@ -191,12 +190,30 @@ impl Forwarder {
         let mut request =
             tonic::Request::new(pb::ForwardedAdmin { from_node: self.node_id, change: Some(change) });
         request.set_timeout(FORWARD_TIMEOUT);
-        let reply = client.admin(request).await.map_err(|status| CatalogError::Forwarded {
-            leader,
-            code: status.code() as i32,
-            message: status.message().to_string(),
+        let reply = client.admin(request).await.map_err(|status| {
+            let (code, message) = retryable(&status);
+            CatalogError::Forwarded { leader, code, message }
         })?;
         Ok(reply.into_inner().catalog_applied)
+    }
+}
+
+/// The code and message a forwarded call's failure is answered with. A
+/// leader answers with the codes of the one mapping, never UNKNOWN or
+/// CANCELLED: those are this side's, a connection that broke with the
+/// call in flight (the leader died). That is UNAVAILABLE to the client,
+/// which may resend (the batch may have been applied; resending it is
+/// deduplicated by `messageId`).
+fn retryable(status: &tonic::Status) -> (i32, String) {
+    match status.code() {
+        tonic::Code::Unknown | tonic::Code::Cancelled => (
+            tonic::Code::Unavailable as i32,
+            format!(
+                "the connection to it broke with the call in flight ({}); the batch may or may not have been applied, and resending it is deduplicated by messageId",
+                status.message()
+            ),
+        ),
+        code => (code as i32, status.message().to_string()),
     }
 }
 
@@ -338,6 +355,17 @@ fn from_proto(report: pb::ForwardedReport) -> Result<IngestReport, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_unavailable_and_a_leaders_code_is_kept() {
+        let (code, message) = retryable(&tonic::Status::unknown("transport error"));
+        assert_eq!(code, tonic::Code::Unavailable as i32);
+        assert!(message.contains("transport error") && message.contains("deduplicated"), "{message}");
+        let (code, _) = retryable(&tonic::Status::cancelled("operation was canceled"));
+        assert_eq!(code, tonic::Code::Unavailable as i32);
+        let (code, message) = retryable(&tonic::Status::resource_exhausted("disk full"));
+        assert_eq!((code, message.as_str()), (tonic::Code::ResourceExhausted as i32, "disk full"));
+    }
 
     #[test]
     fn a_report_survives_the_trip_and_every_door_has_a_name() {
