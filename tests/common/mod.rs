@@ -15,9 +15,27 @@ use std::time::{Duration, Instant};
 use cohort::proto::v1 as pb;
 use tonic::transport::Channel;
 
-/// A free loopback port (bound then released).
+/// A free loopback port for a node to listen on, never the same twice in
+/// one test process. It is taken below the kernel's ephemeral range
+/// (32768–60999 by default): a port the kernel handed out for `:0` and
+/// that was released can be taken again at once as the source port of a
+/// test's outgoing connection, and the node's bind then fails with
+/// "address in use" (seen in CI). Each process starts at its own offset,
+/// so that two test processes rarely try the same ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free loopback port left in {LOW}..{}", LOW + SPAN);
+        let port = (LOW + (offset + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running server process; its gRPC client calls come from [`Client`].
