@@ -707,30 +707,13 @@ impl Node {
         if self.forwarder.is_none() {
             return Ok(());
         }
-        let groups: Vec<u64> =
-            std::iter::once(CATALOG_GROUP).chain((0..self.config.shards).map(shard_group)).collect();
         // Every request is sent before the first answer is awaited.
-        let asks: Vec<_> = groups.iter().map(|&group| self.driver.read_index(group)).collect();
-        let deadline = Instant::now() + READ_WAIT;
-        for (group, ask) in groups.into_iter().zip(asks) {
-            let index = ask.await?;
-            loop {
-                // Raft's applied index: the machine has applied every
-                // entry up to it (empty ones included).
-                let (applied, name) = self
-                    .driver
-                    .status()
-                    .iter()
-                    .find(|g| g.id == group)
-                    .map_or((0, String::new()), |g| (g.applied, g.name.clone()));
-                if applied >= index {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    return Err(ReplicationError::ReadBehind { group, name, index, applied });
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
+        let asks: Vec<_> = std::iter::once(CATALOG_GROUP)
+            .chain((0..self.config.shards).map(shard_group))
+            .map(|group| self.driver.read_barrier(group))
+            .collect();
+        for ask in asks {
+            ask.await?;
         }
         Ok(())
     }
@@ -860,10 +843,6 @@ async fn serve_raft(
 /// Longest a write waits, at a node that does not lead the catalog, for a
 /// leader it can reach ([`Node::reachable_leader`]): about an election.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Longest a read waits for this node's replicas to apply what their
-/// leaders had committed ([`Node::read_barrier`]).
-const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often a node hands the shard groups it leads to the catalog's
 /// leader.

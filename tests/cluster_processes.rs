@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use cohort::proto::v1 as pb;
 use common::cluster::{
-    catalog_leader, cluster_status, loopback_addrs, start_node, start_three, start_three_with, SHARDS,
+    catalog_leader, cluster_status, loopback_addrs, start_node, start_three, start_three_with,
+    wait_for_leaders, SHARDS,
 };
 use common::{http_request, Server};
 
@@ -168,19 +169,7 @@ async fn every_node_takes_writes_and_a_follower_forwards_them_to_the_catalog_lea
     // the three nodes (shard s prefers the s mod 3-th node), and the
     // writes above went through the stepper's proposals to remote shard
     // leaders.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = cluster_status(&nodes[&1]);
-        let leaders: Vec<u64> = status["groups"].as_array().unwrap()[1..]
-            .iter()
-            .map(|g| g["leader_id"].as_u64().unwrap())
-            .collect();
-        if leaders == [1, 2, 3, 1] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the shard leaders are {leaders:?} after 15 s, not spread");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_leaders(&nodes[&1], "the shard leaders are not spread", |l| l[1..] == [1, 2, 3, 1]).await;
 
     // `cohort cluster status` sees the three nodes up and the catalog's
     // leader as Status does.
@@ -237,17 +226,8 @@ async fn a_profile_written_through_one_node_is_read_at_once_on_another() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // By default the shard groups' leaders join the catalog's leader.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = cluster_status(&nodes[&1]);
-        let leaders: Vec<u64> =
-            status["groups"].as_array().unwrap().iter().map(|g| g["leader_id"].as_u64().unwrap()).collect();
-        if leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0]) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the leaders are {leaders:?} after 15 s, not with the catalog's");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_leaders(&nodes[&1], "not with the catalog's", |l| l[0] != 0 && l.iter().all(|&x| x == l[0]))
+        .await;
     // Each write goes to one node and is read back at once on the next,
     // by GetProfile and Check: ReadIndex makes the reader wait until it
     // has applied what the leader committed.
@@ -274,18 +254,7 @@ async fn anonymous_profiles_merge_into_known_ones_across_shards_led_by_different
     let nodes = start_three_with(root.path(), &addrs, &["--shard-leaders", "spread"]);
     // Wait for the shard leaders to spread, so that merges move profiles
     // between shards whose leaders are on different nodes.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while {
-        let status = cluster_status(&nodes[&1]);
-        let leaders: Vec<u64> = status["groups"].as_array().unwrap()[1..]
-            .iter()
-            .map(|g| g["leader_id"].as_u64().unwrap())
-            .collect();
-        leaders != [1, 2, 3, 1]
-    } {
-        assert!(Instant::now() < deadline, "the shard leaders do not spread");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_leaders(&nodes[&1], "the shard leaders do not spread", |l| l[1..] == [1, 2, 3, 1]).await;
     // 60 visitors browse anonymously (two events each), then sign up: the
     // identify links the anonymous id to a user id that lands on its own
     // shard, so most merges move a profile to another shard, through

@@ -325,22 +325,7 @@ fn caught_up(
         if driver.leader_of(group) == Some(driver.node_id()) {
             return Ok(());
         }
-        let index = driver.read_index(group).await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (applied, name) = driver
-                .status()
-                .iter()
-                .find(|g| g.id == group)
-                .map_or((0, String::new()), |g| (g.applied, g.name.clone()));
-            if applied >= index {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ReplicationError::ReadBehind { group, name, index, applied });
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        driver.read_barrier(group).await
     })
 }
 

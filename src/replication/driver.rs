@@ -218,8 +218,7 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Whether node `node` answered the last time it was tried (a
     /// transport with no peers knows no better than yes).
-    fn reachable(&self, node: u64) -> bool {
-        let _ = node;
+    fn reachable(&self, _node: u64) -> bool {
         true
     }
 }
@@ -356,10 +355,11 @@ enum Input {
         group: u64,
         to: u64,
     },
-    /// Learn the group's commit index from its leader (raft-rs ReadIndex).
+    /// Learn the group's commit index from its leader (raft-rs ReadIndex)
+    /// and answer once this node has applied that far.
     ReadIndex {
         group: u64,
-        reply: oneshot::Sender<Result<u64, ReplicationError>>,
+        reply: oneshot::Sender<Result<(), ReplicationError>>,
     },
     /// Hand the group's leadership, if this node holds it, to the voter
     /// whose log is furthest along among those recently active.
@@ -434,8 +434,9 @@ struct Group {
     /// index. An entry answers a proposal only when both its index and its
     /// term match: another leader's entry at the same index is not it.
     proposals: VecDeque<Proposal>,
-    /// ReadIndex requests of this node waiting for their read state, by
-    /// their context (a number unique on this node).
+    /// ReadIndex requests of this node waiting for their read state, then
+    /// for this node to apply that far, by their context (a number unique
+    /// on this node).
     reads: HashMap<u64, PendingRead>,
     /// The conf state in effect from each index on (a configuration change's
     /// entry, or a snapshot), from the one covering the last snapshot: a
@@ -718,15 +719,16 @@ impl Driver {
         let _ = self.tx.send(Input::TransferLeader { group, to });
     }
 
-    /// The index up to which this node must have applied `group` for a
-    /// read here to see every write acknowledged before the call (raft-rs
+    /// Resolves once this node has applied `group` far enough for a read
+    /// here to see every write acknowledged before the call (raft-rs
     /// ReadIndex: the leader confirms with a quorum's heartbeats that it
-    /// still leads, and answers its commit index). Fails when no leader
-    /// answers within the proposal timeout.
-    pub fn read_index(
+    /// still leads and answers its commit index; the loop answers once
+    /// this node's applied index reaches it). Fails when no leader answers,
+    /// or this node has not applied that far, within the proposal timeout.
+    pub fn read_barrier(
         &self,
         group: u64,
-    ) -> impl std::future::Future<Output = Result<u64, ReplicationError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), ReplicationError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.send(Input::ReadIndex { group, reply });
         async move {
@@ -835,10 +837,12 @@ impl Group {
     }
 }
 
-/// A ReadIndex request waiting for its read state.
+/// A ReadIndex request waiting for its read state (`index` unset), then
+/// for this node to apply through `index`.
 struct PendingRead {
     at: Instant,
-    reply: oneshot::Sender<Result<u64, ReplicationError>>,
+    index: Option<u64>,
+    reply: oneshot::Sender<Result<(), ReplicationError>>,
 }
 
 /// Applies one group's committed entries on its own thread.
@@ -1117,6 +1121,7 @@ impl Loop {
             if let Err(e) = self.handle_readies() {
                 self.fail(e, &mut recovering);
             }
+            self.settle_reads();
             self.expire_proposals();
             self.publish_status();
         }
@@ -1365,7 +1370,7 @@ impl Loop {
 
     /// Starts a ReadIndex request of `group`; its read state comes back in
     /// a ready ([`Loop::answer_reads`]).
-    fn read_index(&mut self, group: u64, reply: oneshot::Sender<Result<u64, ReplicationError>>) {
+    fn read_index(&mut self, group: u64, reply: oneshot::Sender<Result<(), ReplicationError>>) {
         let Some(g) = self.groups.iter_mut().find(|g| g.id == group) else {
             let _ = reply.send(Err(ReplicationError::NoSuchGroup { group }));
             return;
@@ -1373,15 +1378,38 @@ impl Loop {
         self.next_read += 1;
         let ctx = self.next_read;
         g.node.read_index(ctx.to_be_bytes().to_vec());
-        g.reads.insert(ctx, PendingRead { at: Instant::now(), reply });
+        g.reads.insert(ctx, PendingRead { at: Instant::now(), index: None, reply });
     }
 
-    /// Answers the ReadIndex requests whose read states came back.
+    /// Notes the read indexes of the ReadIndex requests whose read states
+    /// came back.
     fn answer_reads(g: &mut Group, states: &[raft::ReadState]) {
         for state in states {
             let Ok(ctx) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else { continue };
-            if let Some(r) = g.reads.remove(&u64::from_be_bytes(ctx)) {
-                let _ = r.reply.send(Ok(state.index));
+            if let Some(r) = g.reads.get_mut(&u64::from_be_bytes(ctx)) {
+                r.index = Some(state.index);
+            }
+        }
+    }
+
+    /// Answers the ReadIndex requests whose read index this node has
+    /// applied.
+    fn settle_reads(&mut self) {
+        for g in &mut self.groups {
+            if g.reads.is_empty() {
+                continue;
+            }
+            let applied = g.node.raft.raft_log.applied;
+            let done: Vec<u64> = g
+                .reads
+                .iter()
+                .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
+                .map(|(&c, _)| c)
+                .collect();
+            for ctx in done {
+                if let Some(r) = g.reads.remove(&ctx) {
+                    let _ = r.reply.send(Ok(()));
+                }
             }
         }
     }
@@ -1394,20 +1422,31 @@ impl Loop {
         let timeout = self.config.proposal_timeout;
         for g in &mut self.groups {
             // raft-rs drops a read request it cannot serve (no leader
-            // known): it fails here, after the timeout.
+            // known), and this node may lag: either fails here, after the
+            // timeout.
             if !g.reads.is_empty() {
                 let expired: Vec<u64> =
                     g.reads.iter().filter(|(_, r)| r.at.elapsed() >= timeout).map(|(&ctx, _)| ctx).collect();
                 for ctx in expired {
-                    if let Some(r) = g.reads.remove(&ctx) {
-                        let leader = Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID);
-                        let _ = r.reply.send(Err(ReplicationError::NotLeader {
+                    let Some(r) = g.reads.remove(&ctx) else { continue };
+                    let error = match r.index {
+                        Some(index) => ReplicationError::ReadBehind {
                             group: g.id,
                             name: g.name.clone(),
-                            leader,
-                            leader_addr: leader.and_then(|id| self.config.addresses.get(&id).cloned()),
-                        }));
-                    }
+                            index,
+                            applied: g.node.raft.raft_log.applied,
+                        },
+                        None => {
+                            let leader = Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+                            ReplicationError::NotLeader {
+                                group: g.id,
+                                name: g.name.clone(),
+                                leader,
+                                leader_addr: leader.and_then(|id| self.config.addresses.get(&id).cloned()),
+                            }
+                        }
+                    };
+                    let _ = r.reply.send(Err(error));
                 }
             }
             let Some(first) = g.proposals.front() else { continue };

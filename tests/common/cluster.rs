@@ -58,6 +58,23 @@ pub fn cluster_status(node: &Server) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
+/// Waits (at most 15 s) until the leaders of every group, catalog first,
+/// as `cohort cluster status` through `node` shows them, satisfy `placed`;
+/// fails with `what` and the leaders seen.
+pub async fn wait_for_leaders(node: &Server, what: &str, placed: impl Fn(&[u64]) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status = cluster_status(node);
+        let leaders: Vec<u64> =
+            status["groups"].as_array().unwrap().iter().map(|g| g["leader_id"].as_u64().unwrap()).collect();
+        if placed(&leaders) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the leaders are {leaders:?} after 15 s: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Starts the three nodes of `addrs` together (each waits for a quorum
 /// before it serves), with data in `root/node-ID`.
 pub fn start_three(root: &Path, addrs: &HashMap<u64, Addrs>) -> HashMap<u64, Server> {
