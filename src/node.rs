@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogError, CatalogMachine, CatalogResult};
 use crate::cluster::forward::{ForwardService, Forwarder, LocalWrites, WritesSlot};
+use crate::cluster::membership::{self, Member, MemberState, Members};
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::datadir::{self, DataDirMeta, DiskGuard};
 use crate::ingest::pipeline::Pipeline;
@@ -25,7 +26,7 @@ use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
 use crate::model::SchemaLimits;
 use crate::query::Planner;
 use crate::replication::driver::{
-    Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, SnapshotPolicy, StateMachine, Transport,
+    Addresses, Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, SnapshotPolicy, StateMachine, Transport,
 };
 use crate::replication::error::MachineError;
 use crate::replication::manifest::{Manifest, ManifestError, ManifestState};
@@ -133,6 +134,14 @@ pub enum NodeError {
         /// What is wrong.
         problem: String,
     },
+    /// A new node could not join the cluster through the member at `at`.
+    #[error("joining the cluster through {at}: {reason}")]
+    Join {
+        /// The Raft address asked (`join`).
+        at: String,
+        /// Why not (the member's answer, or why it could not be reached).
+        reason: String,
+    },
     /// The files of mutual TLS between nodes cannot be used.
     #[error(transparent)]
     PeerTls(#[from] PeerTlsError),
@@ -221,9 +230,16 @@ pub struct NodeConfig {
     /// Listen address of the Raft service between nodes (used when
     /// `peers` is set).
     pub raft_addr: String,
-    /// Every node of the cluster, this one included (`[[peers]]` tables):
-    /// each group is replicated on all of them. Empty: a single node.
+    /// Every founding node of the cluster, this one included
+    /// (`[[peers]]` tables): each group starts replicated on all of them.
+    /// Empty: a single node, or one that joins (`join`).
     pub peers: Vec<PeerConfig>,
+    /// The Raft address of a member of a running cluster, which a new
+    /// node (an empty data directory, no `peers`) asks to join: it is
+    /// added to the member table and every group's leader adds it as a
+    /// learner and then a voter. A node that already joined starts from
+    /// its data and needs it no more.
+    pub join: Option<String>,
     /// Where the shard groups' leaders go: `catalog` (with the catalog's
     /// leader, where the ingest stepper runs: its proposals are local) or
     /// `spread` (shard `s` on the `s mod n`-th node; each step goes to its
@@ -312,6 +328,7 @@ impl Default for NodeConfig {
             insecure: false,
             raft_addr: "127.0.0.1:7170".into(),
             peers: Vec::new(),
+            join: None,
             shard_leaders: ShardLeaders::Catalog,
             peer_tls_cert: None,
             peer_tls_key: None,
@@ -364,6 +381,9 @@ pub struct Node {
     forwarder: Option<Arc<Forwarder>>,
     /// What carries Raft messages to the other nodes (its counters).
     pub transport: Arc<dyn Transport>,
+    /// Every node's gRPC door, shared with the driver for "not leader"
+    /// answers; the membership task adds those of nodes that join.
+    addresses: Addresses,
     /// When it started.
     pub started: Instant,
     /// How long opening took (replay included).
@@ -411,6 +431,13 @@ impl Node {
             }
             _ => {}
         }
+        // A new node that joins asks before it writes anything, so that a
+        // refusal (another shard count, a taken id) leaves no directory
+        // behind that would hold it to this attempt.
+        let joined = match config.join.as_deref().filter(|_| checked.meta.is_none()) {
+            Some(at) => Some(join_cluster(&config, at, peer_tls.as_ref()).await?),
+            None => None,
+        };
         std::fs::create_dir_all(&snapshots)
             .map_err(|source| NodeError::Io { path: snapshots.display().to_string(), source })?;
         let store = Arc::new(LogStore::open(&dir.join("raft"))?);
@@ -440,18 +467,20 @@ impl Node {
                 machine: m.clone() as Arc<dyn StateMachine>,
             });
         }
-        let cluster = Cluster::from_config(&config)?;
+        let members = joined.unwrap_or_else(|| catalog.state.read().members.clone());
+        let cluster = Cluster::from_config(&config, &members)?;
+        let addresses: Addresses = Arc::new(parking_lot::RwLock::new(cluster.grpc_addrs.clone()));
         let driver_config = DriverConfig {
             node_id: config.node_id,
             voters: cluster.voters.clone(),
             snapshot: SnapshotPolicy { entries: config.snapshot_entries, bytes: config.snapshot_log_bytes },
             manifest: Some(manifest.clone()),
-            addresses: cluster.grpc_addrs.clone(),
+            addresses: addresses.clone(),
             ..Default::default()
         };
         let slot: DriverSlot = Arc::default();
         let forwarded: WritesSlot = Arc::default();
-        let transport: Arc<dyn Transport> = if cluster.raft_addrs.is_empty() {
+        let transport: Arc<dyn Transport> = if !cluster.clustered {
             Arc::new(NoPeers)
         } else {
             serve_raft(&config, peer_tls.as_ref(), slot.clone(), forwarded.clone()).await?;
@@ -470,13 +499,14 @@ impl Node {
                 .map_err(|_| NodeError::Panicked { what: "the start of the raft driver" })??;
         let driver = Arc::new(driver);
         let _ = slot.set(Arc::downgrade(&driver));
-        if !cluster.raft_addrs.is_empty() {
+        if cluster.clustered {
             match config.shard_leaders {
                 ShardLeaders::Catalog => start_leader_colocation(&driver, config.shards),
                 ShardLeaders::Spread => start_leader_spread(&driver, &cluster.voters, config.shards),
             }
         }
-        let forwarder = (!cluster.raft_addrs.is_empty())
+        let forwarder = cluster
+            .clustered
             .then(|| Arc::new(Forwarder::new(config.node_id, cluster.raft_addrs.clone(), peer_tls.clone())));
         let pipeline =
             Pipeline::start(driver.clone(), forwarder.clone(), catalog.clone(), shards.clone()).await?;
@@ -489,6 +519,7 @@ impl Node {
             disk,
             forwarder,
             transport: raft_transport,
+            addresses,
             config,
             driver,
             catalog,
@@ -500,6 +531,9 @@ impl Node {
             loaded_secs,
         });
         let _ = forwarded.set(Arc::downgrade(&node) as Weak<dyn LocalWrites>);
+        if cluster.clustered {
+            start_membership(&node);
+        }
         node.set_schema_limits().await?;
         Ok(node)
     }
@@ -697,6 +731,72 @@ impl Node {
         self.admin(CatalogCommand::DeleteSegment(name)).await
     }
 
+    /// Points the transport, the forwarder and the "not leader" answers
+    /// at every member's addresses.
+    fn learn_addresses(&self, members: &Members) {
+        for m in members.values().filter(|m| m.id != self.config.node_id) {
+            self.transport.set_peer(m.id, &m.raft_addr);
+            if let Some(f) = &self.forwarder {
+                f.set_addr(m.id, &m.raft_addr);
+            }
+            if self.addresses.read().get(&m.id) != Some(&m.grpc_addr) {
+                self.addresses.write().insert(m.id, m.grpc_addr.clone());
+            }
+        }
+    }
+
+    /// On the catalog's leader: records in the member table the founding
+    /// nodes (`peers`) it does not list yet. Returns whether all are.
+    async fn record_founders(&self, members: &Members) -> bool {
+        let mut all = true;
+        for p in self.config.peers.iter().filter(|p| !members.contains_key(&p.id)) {
+            let founder = Member {
+                id: p.id,
+                raft_addr: p.raft_addr.clone(),
+                grpc_addr: p.grpc_addr.clone(),
+                state: MemberState::Active,
+            };
+            if let Err(e) = self.admin_here(CatalogCommand::SetMember(founder)).await {
+                tracing::warn!(node = p.id, error = %e, "founding node not recorded in the member table yet");
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Adds a node to the member table or changes its addresses (an
+    /// `active` member), or marks it removed; every group's leader then
+    /// brings its configuration to the table. Answers once this node's
+    /// table has the change; [`Node::configurations`] shows when the
+    /// groups do.
+    pub async fn set_member(&self, member: Member) -> Result<(), CatalogError> {
+        let member = match member.state {
+            MemberState::Active => member,
+            MemberState::Removed => {
+                let known = self.catalog.state.read().members.get(&member.id).cloned();
+                Member { state: MemberState::Removed, ..known.unwrap_or(member) }
+            }
+        };
+        self.admin(CatalogCommand::SetMember(member)).await
+    }
+
+    /// The member table as this node's catalog has it.
+    pub fn members(&self) -> Vec<Member> {
+        self.catalog.state.read().members.values().cloned().collect()
+    }
+
+    /// Every group's configuration as this node has it (the catalog
+    /// first, then the shards in order).
+    pub async fn configurations(&self) -> Vec<(u64, crate::replication::driver::Membership)> {
+        let mut out = Vec::new();
+        for group in std::iter::once(CATALOG_GROUP).chain((0..self.config.shards).map(shard_group)) {
+            if let Some(m) = self.driver.membership(group).await {
+                out.push((group, m));
+            }
+        }
+        out
+    }
+
     /// Waits until this node's replicas of the catalog and of every shard
     /// have applied what their leaders had committed when it was called
     /// (raft-rs ReadIndex, one request per group, all at once), so that a
@@ -767,21 +867,33 @@ impl Node {
 
 /// The cluster a node's configuration describes.
 struct Cluster {
-    /// Every group's founding voters.
+    /// Whether this node is part of a cluster (founding peers, or a
+    /// join); false on a single node.
+    clustered: bool,
+    /// Every group's founding voters (none on a node that joins).
     voters: Vec<u64>,
-    /// The other nodes' Raft services (empty on a single node).
+    /// The other nodes' Raft services, as the configuration and the
+    /// member table have them.
     raft_addrs: HashMap<u64, String>,
     /// Every node's gRPC door, for "not leader" answers.
     grpc_addrs: HashMap<u64, String>,
 }
 
 impl Cluster {
-    fn from_config(config: &NodeConfig) -> Result<Cluster, NodeError> {
-        if config.peers.is_empty() {
+    /// From the configuration and the member table (`members`: the
+    /// catalog's, or the one a join was answered with).
+    fn from_config(config: &NodeConfig, members: &Members) -> Result<Cluster, NodeError> {
+        if config.peers.is_empty() && config.join.is_none() {
             return Ok(Cluster {
+                clustered: false,
                 voters: vec![config.node_id],
                 raft_addrs: HashMap::new(),
                 grpc_addrs: HashMap::new(),
+            });
+        }
+        if !config.peers.is_empty() && config.join.is_some() {
+            return Err(NodeError::Peers {
+                problem: "give the founding nodes (peers) or a node to join (join), not both".into(),
             });
         }
         let mut voters: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
@@ -789,7 +901,7 @@ impl Cluster {
         if voters.windows(2).any(|w| w[0] == w[1]) {
             return Err(NodeError::Peers { problem: format!("a node id is listed twice ({voters:?})") });
         }
-        if !voters.contains(&config.node_id) {
+        if !voters.is_empty() && !voters.contains(&config.node_id) {
             return Err(NodeError::Peers {
                 problem: format!(
                     "this node ({}) is not among them ({voters:?}): list every node, this one included",
@@ -797,13 +909,33 @@ impl Cluster {
                 ),
             });
         }
-        let others = config.peers.iter().filter(|p| p.id != config.node_id);
-        Ok(Cluster {
-            voters,
-            raft_addrs: others.map(|p| (p.id, p.raft_addr.clone())).collect(),
-            grpc_addrs: config.peers.iter().map(|p| (p.id, p.grpc_addr.clone())).collect(),
-        })
+        let mut raft_addrs: HashMap<u64, String> =
+            members.values().map(|m| (m.id, m.raft_addr.clone())).collect();
+        let mut grpc_addrs: HashMap<u64, String> =
+            members.values().map(|m| (m.id, m.grpc_addr.clone())).collect();
+        for p in &config.peers {
+            raft_addrs.insert(p.id, p.raft_addr.clone());
+            grpc_addrs.insert(p.id, p.grpc_addr.clone());
+        }
+        raft_addrs.remove(&config.node_id);
+        Ok(Cluster { clustered: true, voters, raft_addrs, grpc_addrs })
     }
+}
+
+/// Asks the member at `at` to add this node to the cluster; returns the
+/// member table it answered with.
+async fn join_cluster(config: &NodeConfig, at: &str, tls: Option<&PeerTls>) -> Result<Members, NodeError> {
+    let me = Member {
+        id: config.node_id,
+        raft_addr: config.raft_addr.clone(),
+        grpc_addr: config.grpc_addr.clone(),
+        state: MemberState::Active,
+    };
+    let table = crate::cluster::forward::ask_to_join(at, tls, &me, config.shards)
+        .await
+        .map_err(|reason| NodeError::Join { at: at.to_string(), reason })?;
+    tracing::info!(at, members = table.len(), "joined the cluster; its leaders add this node to every group");
+    Ok(table.into_iter().map(|m| (m.id, m)).collect())
 }
 
 /// Binds the Raft service between nodes to `config.raft_addr` and serves
@@ -838,6 +970,57 @@ async fn serve_raft(
         }
     });
     Ok(())
+}
+
+/// How often each node brings the groups it leads toward the member
+/// table, and learns the addresses of nodes that joined.
+const MEMBERSHIP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Runs the membership task of a node in a cluster
+/// ([`crate::cluster::membership`]): it keeps the transport, the
+/// forwarder and the "not leader" addresses in step with the member
+/// table; on the catalog's leader it records the founding nodes the table
+/// does not list yet; and for every group this node leads it takes the
+/// next step of [`membership::plan`].
+fn start_membership(node: &Arc<Node>) {
+    let weak = Arc::downgrade(node);
+    tokio::spawn(async move {
+        let mut recorded_founders = false;
+        loop {
+            tokio::time::sleep(MEMBERSHIP_INTERVAL).await;
+            let Some(node) = weak.upgrade() else { return };
+            let members = node.catalog.state.read().members.clone();
+            node.learn_addresses(&members);
+            let me = node.config.node_id;
+            if !recorded_founders && node.driver.leader_of(CATALOG_GROUP) == Some(me) {
+                recorded_founders = node.record_founders(&members).await;
+            }
+            if members.is_empty() {
+                continue;
+            }
+            for group in std::iter::once(CATALOG_GROUP).chain((0..node.config.shards).map(shard_group)) {
+                let Some(state) = node.driver.membership(group).await else { continue };
+                match membership::plan(me, &state, &members) {
+                    None => {}
+                    Some(membership::Step::Compact) => node.driver.compact_for_join(group),
+                    Some(membership::Step::HandOver(to)) => {
+                        tracing::info!(group, to, "this node is removed: handing the group's leadership over");
+                        node.driver.transfer_leader(group, to);
+                    }
+                    Some(membership::Step::Change(change)) => {
+                        let what = membership::describe(&change);
+                        let proposed = node.driver.propose_conf_change(group, change);
+                        tokio::spawn(async move {
+                            match proposed.await {
+                                Ok(()) => tracing::info!(group, change = %what, "configuration changed"),
+                                Err(e) => tracing::warn!(group, change = %what, error = %e, "configuration change not made; tried again"),
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Longest a write waits, at a node that does not lead the catalog, for a
@@ -961,6 +1144,28 @@ impl LocalWrites for Node {
         Box::pin(async move {
             Node::admin_here(self, command).await?;
             Ok(self.catalog_applied())
+        })
+    }
+
+    fn join(&self, member: Member, shards: u32) -> BoxFuture<'_, Result<Vec<Member>, CatalogError>> {
+        Box::pin(async move {
+            if shards != self.config.shards {
+                return Err(AdminError::Invalid(format!(
+                    "node {} has {shards} shards and this cluster {}: start it with --shards {}",
+                    member.id, self.config.shards, self.config.shards
+                ))
+                .into());
+            }
+            let taken = self.catalog.state.read().members.get(&member.id).cloned();
+            if let Some(known) = taken.filter(|k| k.state == MemberState::Active && k.raft_addr != member.raft_addr) {
+                return Err(AdminError::Exists(format!(
+                    "node {} is a member at {}; a new node takes a new id",
+                    known.id, known.raft_addr
+                ))
+                .into());
+            }
+            self.admin(CatalogCommand::SetMember(member)).await?;
+            Ok(self.catalog.state.read().members.values().cloned().collect())
         })
     }
 }

@@ -3,7 +3,11 @@
 //! their own entries only (matched by index and term) across a leader
 //! change, a proposal whose leader lost its quorum fails instead of
 //! waiting forever, and a follower that fell behind a compacted log
-//! catches up from a snapshot that carries its term and conf state.
+//! catches up from a snapshot that carries its term and conf state; a
+//! fourth node joins with no configuration, as a learner fed by a
+//! snapshot, is promoted and votes, and a removed leader hands over and
+//! leaves (the membership plan of `cluster::membership` driving the
+//! configuration changes).
 //!
 //! The network here is threads and channels, not yet the seeded,
 //! deterministic simulation the cluster issue asks for; the drivers, logs
@@ -84,6 +88,11 @@ impl StateMachine for ListMachine {
         Box::new(value)
     }
 
+    fn pass(&self, index: u64) {
+        self.state.lock().0 = index;
+        self.applied.store(index, Ordering::Release);
+    }
+
     fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
     }
@@ -155,6 +164,30 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Starts node `id` as a node that joins: its group has no
+    /// configuration until a leader adds it.
+    fn start_joiner(&mut self, id: u64, snapshot_every: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let machine = ListMachine::new(dir.path());
+        self.machines.insert(id, machine.clone());
+        let store = Arc::new(LogStore::open(&dir.path().join("raft")).unwrap());
+        let config = DriverConfig {
+            node_id: id,
+            voters: Vec::new(),
+            tick: Duration::from_millis(20),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot: SnapshotPolicy { entries: snapshot_every, bytes: u64::MAX },
+            proposal_timeout: Duration::from_secs(3),
+            ..DriverConfig::default()
+        };
+        let port = Arc::new(Port { net: self.net.clone(), from: id });
+        let groups = vec![GroupSpec { id: GROUP, name: "list".into(), machine }];
+        let driver = Driver::start(store, groups, port, config).unwrap();
+        self.net.drivers.write().insert(id, Arc::new(driver));
+        self._dirs.push(dir);
+    }
+
     fn start(snapshot_every: u64) -> Cluster {
         let net = Arc::new(Net::default());
         let mut machines = HashMap::new();
@@ -200,7 +233,9 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let cut = self.net.cut.read().clone();
-            let leader = (1..=3u64)
+            let ids: Vec<u64> = self.net.drivers.read().keys().copied().collect();
+            let leader = ids
+                .into_iter()
                 .filter(|id| !cut.contains(id))
                 .filter_map(|id| {
                     let s = self.driver(id).status().into_iter().find(|g| g.id == GROUP)?;
@@ -484,4 +519,91 @@ async fn three_nodes_over_grpc_replicate_catch_up_from_a_chunked_snapshot_and_fa
     for (_, node) in nodes.drain() {
         node.kill();
     }
+}
+
+/// Takes the membership plan's next step for the group on its leader
+/// until `done` holds for the leader's view of the group, proposing a
+/// value between steps (the group keeps taking writes throughout).
+async fn reconcile_until(
+    cluster: &Cluster,
+    members: &cohort::cluster::membership::Members,
+    acknowledged: &mut Vec<u64>,
+    next: &mut u64,
+    done: impl Fn(&cohort::replication::driver::Membership) -> bool,
+) {
+    use cohort::cluster::membership::{plan, Step};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = cluster.leader(Duration::from_secs(10));
+        let driver = cluster.driver(leader);
+        let state = driver.membership(GROUP).await.unwrap();
+        if state.leading && done(&state) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the configuration did not get there: {state:?}");
+        match plan(leader, &state, members) {
+            Some(Step::Compact) => driver.compact_for_join(GROUP),
+            Some(Step::Change(cc)) => {
+                let _ = driver.propose_conf_change(GROUP, cc).await;
+            }
+            Some(Step::HandOver(to)) => driver.transfer_leader(GROUP, to),
+            None => {}
+        }
+        if let Ok(v) = propose(&driver, *next).await {
+            assert_eq!(v, *next);
+            acknowledged.push(v);
+            *next += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the machines of `ids` hold the same values, and returns
+/// them.
+fn converged_on(cluster: &Cluster, ids: &[u64], within: Duration) -> Vec<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let lists: Vec<Vec<u64>> = ids.iter().map(|id| cluster.machines[id].values()).collect();
+        if lists.windows(2).all(|w| w[0] == w[1]) {
+            return lists[0].clone();
+        }
+        assert!(Instant::now() < deadline, "replicas {ids:?} differ: {:?}", lists.iter().map(Vec::len).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_as_a_learner_from_a_snapshot_votes_once_promoted_and_a_removed_leader_leaves() {
+    use cohort::cluster::membership::{Member, MemberState, Members};
+    // No snapshot by policy: the log starts at index 1, and the join must
+    // compact it first so that the new node gets a snapshot.
+    let mut cluster = Cluster::start(1_000_000);
+    let mut acknowledged = Vec::new();
+    let mut next = 0u64;
+    for _ in 0..30 {
+        let leader = cluster.leader(Duration::from_secs(10));
+        acknowledged.push(propose(&cluster.driver(leader), next).await.unwrap());
+        next += 1;
+    }
+    cluster.start_joiner(4, 1_000_000);
+    let member = |id: u64, state| Member { id, raft_addr: format!("n{id}"), grpc_addr: format!("g{id}"), state };
+    let mut members: Members = (1..=4).map(|id| (id, member(id, MemberState::Active))).collect();
+    reconcile_until(&cluster, &members, &mut acknowledged, &mut next, |m| m.voters == [1, 2, 3, 4]).await;
+    assert!(cluster.machines[&4].restores.load(Ordering::Relaxed) >= 1, "node 4 started from a snapshot");
+    assert_eq!(converged_on(&cluster, &[1, 2, 3, 4], Duration::from_secs(10)), acknowledged);
+
+    // The leader is removed: it hands over, then leaves every quorum.
+    let removed = cluster.leader(Duration::from_secs(10));
+    members.insert(removed, member(removed, MemberState::Removed));
+    let remaining: Vec<u64> = (1..=4).filter(|&id| id != removed).collect();
+    reconcile_until(&cluster, &members, &mut acknowledged, &mut next, |m| m.voters == remaining).await;
+    assert_ne!(cluster.leader(Duration::from_secs(10)), removed);
+    // Node 4 votes: with the removed node and one more cut off, two of the
+    // three voters left (node 4 among them) still commit.
+    let other = *remaining.iter().find(|&&id| id != 4 && id != cluster.leader(Duration::from_secs(10))).unwrap();
+    cluster.net.cut.write().extend([removed, other]);
+    let leader = cluster.leader(Duration::from_secs(10));
+    acknowledged.push(propose(&cluster.driver(leader), next).await.unwrap());
+    cluster.net.cut.write().clear();
+    assert_eq!(converged_on(&cluster, &remaining, Duration::from_secs(10)), acknowledged);
 }

@@ -64,6 +64,9 @@ pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if !args.peers.is_empty() {
         config.peers = args.peers.clone();
     }
+    if let Some(at) = &args.join {
+        config.join = Some(at.clone());
+    }
     if let Some(placement) = args.shard_leaders {
         config.shard_leaders = placement;
     }
@@ -1057,6 +1060,7 @@ mod tests {
             node_id: None,
             raft_addr: None,
             peers: Vec::new(),
+            join: None,
             shard_leaders: None,
             peer_tls_cert: None,
             peer_tls_key: None,

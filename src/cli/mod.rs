@@ -221,7 +221,7 @@ pub struct ServeArgs {
     /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
     /// snapshot_log_bytes, query_threads, max_traits, max_events,
     /// max_properties_per_event, max_properties, max_name_bytes, api_keys,
-    /// tls_cert, tls_key, insecure, raft_addr, peers, peer_tls_cert,
+    /// tls_cert, tls_key, insecure, raft_addr, peers, join, peer_tls_cert,
     /// peer_tls_key, peer_tls_ca, shard_leaders). Flags override it; COHORT_API_KEYS
     /// (`key:role,key:role`) adds API keys to the file's.
     #[arg(long, value_name = "FILE")]
@@ -259,6 +259,12 @@ pub struct ServeArgs {
     /// once per node. Every group is replicated on all of them.
     #[arg(long = "peer", value_name = "ID=RAFT,GRPC")]
     pub peers: Vec<crate::node::PeerConfig>,
+    /// Join a running cluster through the member whose Raft service is at
+    /// ADDR (a new node: empty data directory, a new --node-id, no
+    /// --peer). Every group's leader then adds this node, as a learner
+    /// until it has caught up, then as a voter.
+    #[arg(long, value_name = "ADDR", conflicts_with = "peers")]
+    pub join: Option<String>,
     /// Where the shard groups' leaders go in a cluster: with the catalog's
     /// leader, or spread over the nodes [default: catalog].
     #[arg(long, value_enum, value_name = "PLACEMENT")]

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::placement::shard_of;
+use super::membership::{check_change, Member, Members};
 use crate::identity::{Directory, MergeStep};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::message::Message;
@@ -122,6 +123,10 @@ pub enum CatalogCommand {
     /// differ from those in force, so that the caps are part of the log
     /// and every replay decides as the first application did.
     SetLimits(SchemaLimits),
+    /// Adds a node to the member table, changes its addresses, or marks it
+    /// removed ([`crate::cluster::membership`]: each group's leader then
+    /// brings the group's configuration to the table).
+    SetMember(Member),
 }
 
 impl CatalogCommand {
@@ -439,6 +444,11 @@ pub struct CatalogState {
     /// snapshots written before the caps existed still decode.
     #[serde(skip)]
     pub limits: SchemaLimits,
+    /// The cluster's nodes (empty on a single node and until a cluster's
+    /// first leader records its founders). Kept in the snapshot beside
+    /// the state, like `limits`.
+    #[serde(skip)]
+    pub members: Members,
 }
 
 impl Catalog for CatalogState {
@@ -819,11 +829,21 @@ struct SnapshotBody<'a> {
     state: &'a CatalogState,
     pending: &'a [(u64, &'a [Step])],
     limits: &'a SchemaLimits,
+    members: &'a Members,
 }
 
 /// [`SnapshotBody`] as read back (the same encoding).
 #[derive(Deserialize)]
 struct SnapshotBodyOwned {
+    state: CatalogState,
+    pending: Pending,
+    limits: SchemaLimits,
+    members: Members,
+}
+
+/// The body of a snapshot written before the member table existed.
+#[derive(Deserialize)]
+struct SnapshotBodyBeforeMembers {
     state: CatalogState,
     pending: Pending,
     limits: SchemaLimits,
@@ -856,7 +876,7 @@ fn write_snapshot_file(
     pending: &[(u64, &[Step])],
 ) -> Result<(), CatalogError> {
     let body = bincode::serde::encode_to_vec(
-        SnapshotBody { state, pending, limits: &state.limits },
+        SnapshotBody { state, pending, limits: &state.limits, members: &state.members },
         bincode::config::standard(),
     )
     .map_err(|source| CatalogError::Encode { index: state.applied_index, source })?;
@@ -913,9 +933,19 @@ fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), CatalogError> {
         Ok((b, used)) if used == body.len() => {
             let mut state = b.state;
             state.limits = b.limits;
+            state.members = b.members;
             Ok((state, b.pending))
         }
-        first => match codec::decode::<SnapshotBodyBeforeLimits>(body) {
+        first => match codec::decode::<SnapshotBodyBeforeMembers>(body) {
+            // Snapshots written before the member table existed: no
+            // members recorded (a single node, or founders not recorded
+            // yet).
+            Ok((b, used)) if used == body.len() => {
+                let mut state = b.state;
+                state.limits = b.limits;
+                Ok((state, b.pending))
+            }
+            _ => match codec::decode::<SnapshotBodyBeforeLimits>(body) {
             // Snapshots written before the caps existed hold the state and
             // the outbox; the caps stay the defaults until the node's
             // configuration sets them through the log.
@@ -928,6 +958,7 @@ fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), CatalogError> {
                     Err(e) => corrupt(32, &format!("catalog state: {e}")),
                     Ok(_) => corrupt(32, "catalog state: bytes left after the state"),
                 }),
+            },
             },
         },
     };
@@ -1007,12 +1038,26 @@ impl StateMachine for CatalogMachine {
                 self.state_at(index).limits = limits;
                 CatalogResult::Done(Ok(()))
             }
+            Ok((CatalogCommand::SetMember(member), _)) => {
+                let mut state = self.state_at(index);
+                CatalogResult::Done(match check_change(&state.members, &member) {
+                    Ok(()) => {
+                        state.members.insert(member.id, member);
+                        Ok(())
+                    }
+                    Err(why) => Err(AdminError::Invalid(why)),
+                })
+            }
         };
         Box::new(result)
     }
 
     fn idle(&self) {
         self.free_retired();
+    }
+
+    fn pass(&self, index: u64) {
+        drop(self.state_at(index));
     }
 
     fn applied_index(&self) -> u64 {

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::catalog::{CatalogCommand, CatalogError};
+use crate::cluster::membership::{Member, MemberState};
 use crate::ingest::{BoxFuture, IngestError, IngestReport, RejectionRecord, Source};
 use crate::proto::internal as pb;
 use crate::replication::transport::{PeerTls, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
@@ -59,6 +60,11 @@ pub trait LocalWrites: Send + Sync + 'static {
         group: u64,
         data: Vec<u8>,
     ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>>;
+
+    /// Records `member`, a node with `shards` shards that asks to join,
+    /// in the member table (through the catalog's leader, wherever it is)
+    /// and returns the table once this node's catalog has the change.
+    fn join(&self, member: Member, shards: u32) -> BoxFuture<'_, Result<Vec<Member>, CatalogError>>;
 }
 
 /// Where forwarded writes go on this node, once it is open.
@@ -68,7 +74,7 @@ pub type WritesSlot = Arc<OnceLock<Weak<dyn LocalWrites>>>;
 /// connected channel per node (mutual TLS when configured).
 pub struct Forwarder {
     node_id: u64,
-    raft_addrs: HashMap<u64, String>,
+    raft_addrs: parking_lot::RwLock<HashMap<u64, String>>,
     tls: Option<PeerTls>,
     channels: Mutex<HashMap<u64, Channel>>,
 }
@@ -77,7 +83,17 @@ impl Forwarder {
     /// A forwarder from node `node_id` to the nodes of `raft_addrs` (Raft
     /// id → their `raft_addr`).
     pub fn new(node_id: u64, raft_addrs: HashMap<u64, String>, tls: Option<PeerTls>) -> Forwarder {
-        Forwarder { node_id, raft_addrs, tls, channels: Mutex::default() }
+        Forwarder { node_id, raft_addrs: parking_lot::RwLock::new(raft_addrs), tls, channels: Mutex::default() }
+    }
+
+    /// Node `node`'s Raft service is at `raft_addr` from now on (a node
+    /// that joined or moved).
+    pub fn set_addr(&self, node: u64, raft_addr: &str) {
+        if node == self.node_id || self.raft_addrs.read().get(&node).is_some_and(|a| a == raft_addr) {
+            return;
+        }
+        self.raft_addrs.write().insert(node, raft_addr.to_string());
+        self.channels.lock().remove(&node);
     }
 
     fn channel(&self, leader: u64) -> Result<Channel, IngestError> {
@@ -87,7 +103,9 @@ impl Forwarder {
         let unreachable = |reason: String| IngestError::ForwardFailed { leader, reason };
         let addr = self
             .raft_addrs
+            .read()
             .get(&leader)
+            .cloned()
             .ok_or_else(|| unreachable("no Raft address is configured for it".into()))?;
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -171,6 +189,7 @@ impl Forwarder {
                 Change::CreateSegment(pb::ForwardedSegment { name, expression, description, now_ms })
             }
             CatalogCommand::DeleteSegment(name) => Change::DeleteSegment(name),
+            CatalogCommand::SetMember(member) => Change::SetMember(member_to_proto(&member)),
             other => {
                 return Err(CatalogError::Forwarded {
                     leader,
@@ -280,6 +299,9 @@ impl pb::forward_server::Forward for ForwardService {
                 now_ms: s.now_ms,
             },
             Some(Change::DeleteSegment(name)) => CatalogCommand::DeleteSegment(name),
+            Some(Change::SetMember(m)) => CatalogCommand::SetMember(member_from_proto(m).map_err(|why| {
+                tonic::Status::invalid_argument(format!("a member forwarded by node {}: {why}", request.from_node))
+            })?),
             None => {
                 return Err(tonic::Status::invalid_argument(format!(
                     "a change forwarded by node {} holds no change",
@@ -307,6 +329,69 @@ impl pb::forward_server::Forward for ForwardService {
             self.target()?.propose_here(p.group, p.data).await.map_err(crate::server::status::status)?;
         Ok(tonic::Response::new(pb::ForwardedProposalReply { skipped, gap }))
     }
+
+    async fn join(
+        &self,
+        request: tonic::Request<pb::JoinRequest>,
+    ) -> Result<tonic::Response<pb::JoinReply>, tonic::Status> {
+        let request = request.into_inner();
+        let member = request
+            .member
+            .ok_or_else(|| tonic::Status::invalid_argument("a join request names no node"))
+            .and_then(|m| member_from_proto(m).map_err(tonic::Status::invalid_argument))?;
+        if member.state != MemberState::Active {
+            return Err(tonic::Status::invalid_argument(format!(
+                "node {} asks to join as {:?}; a joining node is active",
+                member.id,
+                member.state.name()
+            )));
+        }
+        let members =
+            self.target()?.join(member, request.shards).await.map_err(crate::server::status::status)?;
+        Ok(tonic::Response::new(pb::JoinReply { members: members.iter().map(member_to_proto).collect() }))
+    }
+}
+
+/// Asks the node whose Raft service is at `addr` to add `member` (this
+/// node, with `shards` shards) to the cluster, and returns the member
+/// table (`Err`: what went wrong, with the answering node's words).
+pub async fn ask_to_join(
+    addr: &str,
+    tls: Option<&PeerTls>,
+    member: &Member,
+    shards: u32,
+) -> Result<Vec<Member>, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("{addr}: {e}"))?
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client()).map_err(|e| format!("{addr}: TLS: {e}"))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let mut client = pb::forward_client::ForwardClient::new(channel);
+    let mut request = tonic::Request::new(pb::JoinRequest { member: Some(member_to_proto(member)), shards });
+    request.set_timeout(FORWARD_TIMEOUT);
+    let reply = client.join(request).await.map_err(|s| format!("{addr} answered {:?}: {}", s.code(), s.message()))?;
+    reply.into_inner().members.into_iter().map(member_from_proto).collect()
+}
+
+fn member_to_proto(m: &Member) -> pb::ForwardedMember {
+    pb::ForwardedMember {
+        id: m.id,
+        raft_addr: m.raft_addr.clone(),
+        grpc_addr: m.grpc_addr.clone(),
+        state: m.state.name().into(),
+    }
+}
+
+fn member_from_proto(m: pb::ForwardedMember) -> Result<Member, String> {
+    let state = match m.state.as_str() {
+        "active" => MemberState::Active,
+        "removed" => MemberState::Removed,
+        other => return Err(format!("node {} has the state {other:?}: write active or removed", m.id)),
+    };
+    Ok(Member { id: m.id, raft_addr: m.raft_addr, grpc_addr: m.grpc_addr, state })
 }
 
 fn source_named(name: &str) -> Option<Source> {

@@ -5,4 +5,5 @@
 
 pub mod catalog;
 pub mod forward;
+pub mod membership;
 pub mod placement;

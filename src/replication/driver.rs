@@ -78,8 +78,15 @@ pub trait StateMachine: Send + Sync + 'static {
     /// [`IDLE_AFTER`]: a moment to finish deferred work (a shard adds its
     /// staged event rows to its bitmaps). Must not change what readers see.
     fn idle(&self) {}
+    /// An entry with nothing for the machine (a leader's empty entry, a
+    /// configuration change) was applied at `index`: raise the applied
+    /// index to it without changing the state, so that a snapshot taken
+    /// next covers it (a snapshot for a new learner must be taken after
+    /// the change that added it, or the learner refuses it).
+    fn pass(&self, index: u64);
     /// The index of the last entry reflected in the state (restored from the
-    /// snapshot the machine was opened from, then advanced by `apply`).
+    /// snapshot the machine was opened from, then advanced by `apply` and
+    /// `pass`).
     fn applied_index(&self) -> u64;
     /// Writes a snapshot of the current state to [`snapshot_file`] and
     /// returns the index it covers. The driver calls it when its
@@ -196,6 +203,48 @@ fn build_outgoing(
     Ok((index, data))
 }
 
+/// A group's [`Membership`] as its raft node has it.
+fn membership_of(g: &Group) -> Membership {
+    let raft = &g.node.raft;
+    let conf = raft.prs().conf().to_conf_state();
+    let leading = raft.state == StateRole::Leader;
+    let sorted = |ids: &[u64]| {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids
+    };
+    Membership {
+        leading,
+        voters: sorted(&conf.voters),
+        learners: sorted(&conf.learners),
+        voters_outgoing: sorted(&conf.voters_outgoing),
+        change_pending: raft.pending_conf_index > raft.raft_log.applied,
+        commit: raft.raft_log.committed,
+        snapshot_index: g.node.store().snapshot_meta().index,
+        progress: if leading {
+            raft.prs()
+                .iter()
+                .map(|(&node, p)| ReplicaProgress {
+                    node,
+                    matched: p.matched,
+                    replicating: p.state == raft::ProgressState::Replicate,
+                    recent_active: p.recent_active,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Whether `node` is a voter or a learner of `conf` (either side of a
+/// joint configuration).
+fn conf_holds(conf: &raft::eraftpb::ConfState, node: u64) -> bool {
+    [&conf.voters, &conf.learners, &conf.voters_outgoing, &conf.learners_next]
+        .iter()
+        .any(|ids| ids.contains(&node))
+}
+
 /// How a snapshot sent to a follower ended, as the transport reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotReport {
@@ -221,6 +270,11 @@ pub trait Transport: Send + Sync + 'static {
     fn reachable(&self, _node: u64) -> bool {
         true
     }
+
+    /// Where node `node`'s Raft service is from now on (a node that
+    /// joined, or one that moved); a transport that sends nothing ignores
+    /// it.
+    fn set_peer(&self, _node: u64, _raft_addr: &str) {}
 }
 
 /// Counters of what a transport sent to other nodes since the node
@@ -254,6 +308,48 @@ impl Transport for NoPeers {
     }
 }
 
+/// The client (gRPC) address of each node by Raft id, shared with the
+/// node, which adds those of nodes that join.
+pub type Addresses = Arc<RwLock<HashMap<u64, String>>>;
+
+/// A group's configuration as this node has it, and, when this node
+/// leads the group, how far each replica has its log.
+#[derive(Clone, Debug, Default)]
+pub struct Membership {
+    /// Whether this node leads the group.
+    pub leading: bool,
+    /// Voters (of the incoming side of a joint configuration).
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// Voters of the outgoing side while a joint configuration is in
+    /// effect (empty otherwise).
+    pub voters_outgoing: Vec<u64>,
+    /// Whether a configuration change was proposed and is not applied
+    /// yet (raft-rs takes one at a time).
+    pub change_pending: bool,
+    /// The commit index.
+    pub commit: u64,
+    /// The index of this node's latest snapshot (0: the log starts at 1).
+    pub snapshot_index: u64,
+    /// On the leader: each replica's progress.
+    pub progress: Vec<ReplicaProgress>,
+}
+
+/// How far one replica has the leader's log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplicaProgress {
+    /// Its node.
+    pub node: u64,
+    /// The highest index known to be in its log.
+    pub matched: u64,
+    /// Whether entries stream to it (neither probing nor waiting for a
+    /// snapshot).
+    pub replicating: bool,
+    /// Whether it answered within the last election timeout.
+    pub recent_active: bool,
+}
+
 /// One group to drive.
 pub struct GroupSpec {
     /// Raft group id (also the raft-engine region id).
@@ -269,7 +365,8 @@ pub struct GroupSpec {
 pub struct DriverConfig {
     /// This node's raft id.
     pub node_id: u64,
-    /// The voters of a brand-new group.
+    /// The voters of a brand-new group (none on a node that joins a
+    /// running cluster: its groups wait for a leader to add them).
     pub voters: Vec<u64>,
     /// Interval of a Raft tick.
     pub tick: Duration,
@@ -285,8 +382,8 @@ pub struct DriverConfig {
     pub manifest: Option<Arc<Manifest>>,
     /// The client (gRPC) address of each node by Raft id, so that a "not
     /// leader" error can say where the leader is. Empty on a single node,
-    /// which knows no other.
-    pub addresses: HashMap<u64, String>,
+    /// which knows no other; a node learns those of nodes that join.
+    pub addresses: Addresses,
     /// How long a proposal may wait for its entry to commit before it
     /// fails with [`ReplicationError::ProposalTimeout`].
     pub proposal_timeout: Duration,
@@ -302,7 +399,7 @@ impl Default for DriverConfig {
             heartbeat_ticks: 3,
             snapshot: SnapshotPolicy { entries: 5_000, bytes: 128 << 20 },
             manifest: None,
-            addresses: HashMap::new(),
+            addresses: Addresses::default(),
             proposal_timeout: Duration::from_secs(10),
         }
     }
@@ -349,6 +446,17 @@ enum Input {
         group: u64,
         change: ConfChangeV2,
         reply: oneshot::Sender<Result<ApplyResult, ReplicationError>>,
+    },
+    /// Answer with the group's configuration and its replicas' progress.
+    Membership {
+        group: u64,
+        reply: oneshot::Sender<Option<Membership>>,
+    },
+    /// Take a snapshot of `group` and compact its log behind it, unless
+    /// the log already starts after index 1 (a node that joins must get a
+    /// snapshot, not the log from its start).
+    CompactForJoin {
+        group: u64,
     },
     /// Hand the leadership of `group` to node `to`.
     TransferLeader {
@@ -506,7 +614,10 @@ impl Driver {
             };
             let storage = store.group(spec.id)?;
             storage.check_readable()?;
-            if storage.is_empty() {
+            // A node that joins a running cluster starts its groups with
+            // no configuration: it is nobody's voter until a leader adds it
+            // and sends it a snapshot.
+            if storage.is_empty() && !config.voters.is_empty() {
                 storage.initialize(&store, &config.voters)?;
             }
             let machine = spec.machine.clone();
@@ -535,9 +646,16 @@ impl Driver {
             }
             let outgoing = Arc::new(Outgoing::default());
             let (provider_outgoing, events, group) = (outgoing.clone(), tx.clone(), spec.id);
-            storage.set_snapshot_provider(Arc::new(move |request_index, _to| {
+            storage.set_snapshot_provider(Arc::new(move |request_index, to| {
                 let mut slot = provider_outgoing.slot.lock();
-                if let Some(snap) = slot.ready.as_ref().filter(|s| s.get_metadata().index >= request_index) {
+                // A snapshot from before `to` joined the configuration would
+                // be refused by it (raft-rs restores only a snapshot whose
+                // conf state holds the node): build a newer one.
+                if let Some(snap) = slot
+                    .ready
+                    .as_ref()
+                    .filter(|s| s.get_metadata().index >= request_index && conf_holds(s.get_metadata().get_conf_state(), to))
+                {
                     return Ok(snap.clone());
                 }
                 if !slot.building {
@@ -710,6 +828,23 @@ impl Driver {
             sent.map_err(|_| ReplicationError::ShuttingDown)?;
             rx.await.map_err(|_| ReplicationError::ShuttingDown)?.map(|_| ())
         }
+    }
+
+    /// The configuration of `group` as this node has it, with its
+    /// replicas' progress when this node leads it (`None`: no such group,
+    /// or the driver stopped).
+    pub fn membership(&self, group: u64) -> impl std::future::Future<Output = Option<Membership>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Input::Membership { group, reply }).is_ok();
+        async move { if sent { rx.await.ok().flatten() } else { None } }
+    }
+
+    /// Has `group` take a snapshot and compact its log behind it if its
+    /// log still starts at index 1, so that a node added to it gets a
+    /// snapshot (with the configuration) rather than the log from its
+    /// start; [`Membership::snapshot_index`] says when it is done.
+    pub fn compact_for_join(&self, group: u64) {
+        let _ = self.tx.send(Input::CompactForJoin { group });
     }
 
     /// Asks this node, if it leads `group`, to hand the leadership to node
@@ -928,7 +1063,10 @@ impl Applier {
                     Some(local) => self.machine.apply_proposed(e.index, &e.data, local),
                     None => self.machine.apply(e.index, &e.data),
                 }),
-                _ => None,
+                _ => {
+                    self.machine.pass(e.index);
+                    None
+                }
             };
             if let Some(halt) = result.as_ref().and_then(|r| r.downcast_ref::<Halt>()) {
                 let halted = ReplicationError::Halted {
@@ -1022,6 +1160,21 @@ impl Loop {
                     }
                     Input::Step { group, message } => {
                         if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
+                            // A group this node joins holds no configuration
+                            // with it until a snapshot brings one: entries from the
+                            // log's start would build it from the changes
+                            // alone, without the founding voters (the node
+                            // could then elect itself). The leader sends a
+                            // snapshot once its log is compacted (the
+                            // membership reconciler sees to that).
+                            if message.get_msg_type() == raft::eraftpb::MessageType::MsgAppend
+                                && message.index == 0
+                                && !message.entries.is_empty()
+                                && !conf_holds(&g.node.raft.prs().conf().to_conf_state(), g.node.raft.id)
+                            {
+                                tracing::debug!(group, from = message.from, "log from its start refused before a snapshot");
+                                continue;
+                            }
                             let _ = g.node.step(message);
                         }
                     }
@@ -1041,6 +1194,20 @@ impl Loop {
                         }
                     }
                     Input::ReadIndex { group, reply } => self.read_index(group, reply),
+                    Input::Membership { group, reply } => {
+                        let _ = reply.send(self.groups.iter().find(|g| g.id == group).map(membership_of));
+                    }
+                    Input::CompactForJoin { group } => {
+                        if let Some(g) = self.groups.iter().find(|g| g.id == group) {
+                            let start = g.node.store().snapshot_meta().index == 0;
+                            let mut slot = g.outgoing.slot.lock();
+                            if start && !slot.building && g.node.raft.raft_log.applied > 0 {
+                                slot.building = true;
+                                drop(slot);
+                                self.build_snapshot(group);
+                            }
+                        }
+                    }
                     Input::HandOff { group, reply } => {
                         let mut started = false;
                         if let Some(g) = self.groups.iter_mut().find(|g| g.id == group) {
@@ -1224,7 +1391,7 @@ impl Loop {
             return;
         };
         if g.node.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(not_leader(g, &self.config.addresses)));
+            let _ = reply.send(Err(not_leader(g, &self.config.addresses.read())));
             return;
         }
         // A leader appends an accepted proposal to its log at once, in its
@@ -1240,7 +1407,7 @@ impl Loop {
                 });
             }
             Err(_) => {
-                let _ = reply.send(Err(not_leader(g, &self.config.addresses)));
+                let _ = reply.send(Err(not_leader(g, &self.config.addresses.read())));
             }
         }
     }
@@ -1260,7 +1427,7 @@ impl Loop {
             return;
         };
         if g.node.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(not_leader(g, &self.config.addresses)));
+            let _ = reply.send(Err(not_leader(g, &self.config.addresses.read())));
             return;
         }
         match g.node.propose_conf_change(Vec::new(), change) {
@@ -1442,7 +1609,7 @@ impl Loop {
                                 group: g.id,
                                 name: g.name.clone(),
                                 leader,
-                                leader_addr: leader.and_then(|id| self.config.addresses.get(&id).cloned()),
+                                leader_addr: leader.and_then(|id| self.config.addresses.read().get(&id).cloned()),
                             }
                         }
                     };
@@ -1453,7 +1620,7 @@ impl Loop {
             let (state, term) = (g.node.raft.state, g.node.raft.term);
             if state != StateRole::Leader || term != first.term {
                 let leader = Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID);
-                let leader_addr = leader.and_then(|id| self.config.addresses.get(&id).cloned());
+                let leader_addr = leader.and_then(|id| self.config.addresses.read().get(&id).cloned());
                 for p in g.proposals.drain(..) {
                     let _ = p.pending.reply.send(Err(ReplicationError::LeadershipLost {
                         group: g.id,
@@ -1589,7 +1756,7 @@ impl Loop {
                         index: p.index,
                         term: p.term,
                         leader,
-                        leader_addr: leader.and_then(|id| self.config.addresses.get(&id).cloned()),
+                        leader_addr: leader.and_then(|id| self.config.addresses.read().get(&id).cloned()),
                     }));
                 }
             }

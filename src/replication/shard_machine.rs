@@ -357,6 +357,11 @@ impl StateMachine for ShardMachine {
         }
     }
 
+    fn pass(&self, index: u64) {
+        self.state.write().applied_index = index;
+        self.applied.store(index, Ordering::Release);
+    }
+
     fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
     }

@@ -194,14 +194,21 @@ struct Outbound {
 /// The Raft transport of a node with peers.
 pub struct GrpcTransport {
     node_id: u64,
-    queues: HashMap<u64, mpsc::Sender<Outbound>>,
-    addresses: HashMap<u64, String>,
+    /// Per peer: its queue, address and connection flag. A node that
+    /// joins is added while the transport runs ([`Transport::set_peer`]).
+    peers: parking_lot::RwLock<HashMap<u64, Peer>>,
     driver: DriverSlot,
     runtime: tokio::runtime::Handle,
     tls: Option<PeerTls>,
     counters: Arc<Counters>,
-    /// Per peer: whether its stream is connected.
-    connected: HashMap<u64, Arc<AtomicBool>>,
+}
+
+/// One peer's end of the transport.
+struct Peer {
+    queue: mpsc::Sender<Outbound>,
+    addr: String,
+    /// Whether its stream is connected.
+    up: Arc<AtomicBool>,
 }
 
 /// [`Traffic`], as the sending tasks count it.
@@ -225,34 +232,53 @@ impl GrpcTransport {
         runtime: tokio::runtime::Handle,
         tls: Option<PeerTls>,
     ) -> GrpcTransport {
-        let mut queues = HashMap::new();
-        let mut connected = HashMap::new();
-        let counters = Arc::new(Counters::default());
-        for (&peer, addr) in &peers {
-            if peer == node_id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            let up = Arc::new(AtomicBool::new(false));
-            connected.insert(peer, up.clone());
-            let sender = PeerSender {
-                from: node_id,
-                peer,
-                addr: addr.clone(),
-                tls: tls.clone(),
-                counters: counters.clone(),
-                up,
-            };
-            runtime.spawn(run_peer(sender, rx, driver.clone()));
-            queues.insert(peer, tx);
+        let transport = GrpcTransport {
+            node_id,
+            peers: parking_lot::RwLock::default(),
+            driver,
+            runtime,
+            tls,
+            counters: Arc::new(Counters::default()),
+        };
+        for (peer, addr) in peers {
+            transport.set_peer(peer, &addr);
         }
-        GrpcTransport { node_id, queues, addresses: peers, driver, runtime, tls, counters, connected }
+        transport
+    }
+
+    /// A peer's queue, address and flag, with its sending task started.
+    fn start_peer(&self, peer: u64, addr: &str) -> Peer {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let up = Arc::new(AtomicBool::new(false));
+        let sender = PeerSender {
+            from: self.node_id,
+            peer,
+            addr: addr.to_string(),
+            tls: self.tls.clone(),
+            counters: self.counters.clone(),
+            up: up.clone(),
+        };
+        self.runtime.spawn(run_peer(sender, rx, self.driver.clone()));
+        Peer { queue: tx, addr: addr.to_string(), up }
     }
 }
 
 impl Transport for GrpcTransport {
     fn reachable(&self, node: u64) -> bool {
-        node == self.node_id || self.connected.get(&node).is_some_and(|up| up.load(Ordering::Relaxed))
+        node == self.node_id || self.peers.read().get(&node).is_some_and(|p| p.up.load(Ordering::Relaxed))
+    }
+
+    fn set_peer(&self, node: u64, raft_addr: &str) {
+        if node == self.node_id {
+            return;
+        }
+        if self.peers.read().get(&node).is_some_and(|p| p.addr == raft_addr) {
+            return;
+        }
+        // A new address replaces the peer's queue; its old sending task
+        // ends once the queue it reads is dropped.
+        let peer = self.start_peer(node, raft_addr);
+        self.peers.write().insert(node, peer);
     }
 
     fn traffic(&self) -> Traffic {
@@ -269,7 +295,7 @@ impl Transport for GrpcTransport {
         for mut m in messages {
             let to = m.to;
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                let Some(addr) = self.addresses.get(&to).cloned() else {
+                let Some(addr) = self.peers.read().get(&to).map(|p| p.addr.clone()) else {
                     tracing::warn!(group, to, "snapshot for an unknown node dropped");
                     continue;
                 };
@@ -297,7 +323,8 @@ impl Transport for GrpcTransport {
                 });
                 continue;
             }
-            let Some(queue) = self.queues.get(&to) else {
+            let peers = self.peers.read();
+            let Some(queue) = peers.get(&to).map(|p| &p.queue) else {
                 tracing::warn!(group, to, "raft message for a node this one does not know dropped");
                 continue;
             };
