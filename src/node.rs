@@ -600,24 +600,31 @@ impl Node {
         let Some(forwarder) = &self.forwarder else {
             return self.ingest_here(messages, received_ms, source).await;
         };
-        if let Some(leader) = self.driver.leader_of(CATALOG_GROUP).filter(|&l| l != self.config.node_id) {
-            let leader = self.reachable_leader(leader).await;
-            if leader != self.config.node_id {
-                return forwarder.ingest(leader, messages, received_ms, source).await;
+        // A batch refused before anything was appended (the catalog's
+        // leadership moving: an election, a hand-over, a removal) goes
+        // again to whichever node leads, for about an election, so that a
+        // leader change costs the client a delay rather than an error.
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let me = self.config.node_id;
+            let leader = match self.driver.leader_of(CATALOG_GROUP).filter(|&l| l != me) {
+                Some(leader) => self.reachable_leader(leader).await,
+                // This node leads, or knows no leader (then the pipeline
+                // says so).
+                None => me,
+            };
+            let answer = if leader == me {
+                self.ingest_here(messages.clone(), received_ms, source).await
+            } else {
+                forwarder.ingest(leader, messages.clone(), received_ms, source).await
+            };
+            match answer {
+                Err(e) if e.nothing_appended() && Instant::now() < deadline => {
+                    tracing::debug!(leader, error = %e, "batch refused before it was appended; sending it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                answer => return answer,
             }
-        }
-        // This node leads, or knows no leader (then the pipeline says so).
-        // A catalog leadership that moved before the batch was proposed is
-        // a "not leader" of the catalog, refused before anything was
-        // appended: forward it then.
-        let kept = messages.clone();
-        match self.ingest_here(messages, received_ms, source).await {
-            Err(IngestError::Replication(ReplicationError::NotLeader {
-                group: CATALOG_GROUP,
-                leader: Some(leader),
-                ..
-            })) if leader != self.config.node_id => forwarder.ingest(leader, kept, received_ms, source).await,
-            answer => answer,
         }
     }
 
@@ -778,6 +785,11 @@ impl Node {
             }
         };
         self.admin(CatalogCommand::SetMember(member)).await
+    }
+
+    /// Whether this node is part of a cluster (founding peers or a join).
+    pub fn is_clustered(&self) -> bool {
+        self.forwarder.is_some()
     }
 
     /// The member table as this node's catalog has it.
@@ -1004,7 +1016,11 @@ fn start_membership(node: &Arc<Node>) {
                     None => {}
                     Some(membership::Step::Compact) => node.driver.compact_for_join(group),
                     Some(membership::Step::HandOver(to)) => {
-                        tracing::info!(group, to, "this node is removed: handing the group's leadership over");
+                        tracing::info!(
+                            group,
+                            to,
+                            "this node is removed: handing the group's leadership over"
+                        );
                         node.driver.transfer_leader(group, to);
                     }
                     Some(membership::Step::Change(change)) => {
@@ -1013,7 +1029,9 @@ fn start_membership(node: &Arc<Node>) {
                         tokio::spawn(async move {
                             match proposed.await {
                                 Ok(()) => tracing::info!(group, change = %what, "configuration changed"),
-                                Err(e) => tracing::warn!(group, change = %what, error = %e, "configuration change not made; tried again"),
+                                Err(e) => {
+                                    tracing::warn!(group, change = %what, error = %e, "configuration change not made; tried again")
+                                }
                             }
                         });
                     }
@@ -1157,7 +1175,9 @@ impl LocalWrites for Node {
                 .into());
             }
             let taken = self.catalog.state.read().members.get(&member.id).cloned();
-            if let Some(known) = taken.filter(|k| k.state == MemberState::Active && k.raft_addr != member.raft_addr) {
+            if let Some(known) =
+                taken.filter(|k| k.state == MemberState::Active && k.raft_addr != member.raft_addr)
+            {
                 return Err(AdminError::Exists(format!(
                     "node {} is a member at {}; a new node takes a new id",
                     known.id, known.raft_addr

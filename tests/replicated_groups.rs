@@ -567,7 +567,11 @@ fn converged_on(cluster: &Cluster, ids: &[u64], within: Duration) -> Vec<u64> {
         if lists.windows(2).all(|w| w[0] == w[1]) {
             return lists[0].clone();
         }
-        assert!(Instant::now() < deadline, "replicas {ids:?} differ: {:?}", lists.iter().map(Vec::len).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "replicas {ids:?} differ: {:?}",
+            lists.iter().map(Vec::len).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -586,7 +590,8 @@ async fn a_node_joins_as_a_learner_from_a_snapshot_votes_once_promoted_and_a_rem
         next += 1;
     }
     cluster.start_joiner(4, 1_000_000);
-    let member = |id: u64, state| Member { id, raft_addr: format!("n{id}"), grpc_addr: format!("g{id}"), state };
+    let member =
+        |id: u64, state| Member { id, raft_addr: format!("n{id}"), grpc_addr: format!("g{id}"), state };
     let mut members: Members = (1..=4).map(|id| (id, member(id, MemberState::Active))).collect();
     reconcile_until(&cluster, &members, &mut acknowledged, &mut next, |m| m.voters == [1, 2, 3, 4]).await;
     assert!(cluster.machines[&4].restores.load(Ordering::Relaxed) >= 1, "node 4 started from a snapshot");
@@ -600,7 +605,8 @@ async fn a_node_joins_as_a_learner_from_a_snapshot_votes_once_promoted_and_a_rem
     assert_ne!(cluster.leader(Duration::from_secs(10)), removed);
     // Node 4 votes: with the removed node and one more cut off, two of the
     // three voters left (node 4 among them) still commit.
-    let other = *remaining.iter().find(|&&id| id != 4 && id != cluster.leader(Duration::from_secs(10))).unwrap();
+    let other =
+        *remaining.iter().find(|&&id| id != 4 && id != cluster.leader(Duration::from_secs(10))).unwrap();
     cluster.net.cut.write().extend([removed, other]);
     let leader = cluster.leader(Duration::from_secs(10));
     acknowledged.push(propose(&cluster.driver(leader), next).await.unwrap());

@@ -845,22 +845,39 @@ pub async fn cluster_status(
     };
     let led =
         |id: u64| groups.values().filter(|(_, views)| summary(views).0.is_some_and(|(l, _)| l == id)).count();
+    // A group's configuration as its leader has it (else as the first
+    // node that answered).
+    let conf = |views: &[(u64, pb::GroupStatus)]| {
+        let leader = summary(views).0.map(|(l, _)| l);
+        views
+            .iter()
+            .find(|(id, _)| Some(*id) == leader)
+            .or(views.first())
+            .map(|(_, g)| (g.voters.clone(), g.learners.clone()))
+            .unwrap_or_default()
+    };
+    let member_state =
+        |id: u64| first.nodes.iter().find(|n| n.node_id == id).map_or(String::new(), |n| n.state.clone());
     if json {
         return Out::json(&json!({
             "asked": node.addr(),
             "nodes": answers.iter().map(|(id, addr, answer)| match answer {
                 Ok(r) => json!({
                     "node_id": id, "addr": addr, "reachable": true, "groups_led": led(*id),
+                    "member": member_state(*id),
                     "profiles": r.profiles, "uptime_ms": r.uptime_ms, "version": r.version,
                 }),
-                Err(e) => json!({ "node_id": id, "addr": addr, "reachable": false, "error": e }),
+                Err(e) => json!({
+                    "node_id": id, "addr": addr, "reachable": false, "member": member_state(*id), "error": e,
+                }),
             }).collect::<Vec<_>>(),
             "groups": groups.iter().map(|(gid, (name, views))| {
                 let (leader, commit, lag) = summary(views);
+                let (voters, learners) = conf(views);
                 json!({
                     "group_id": gid, "name": name,
                     "leader_id": leader.map_or(0, |(l, _)| l), "term": leader.map_or(0, |(_, t)| t),
-                    "commit_index": commit, "lag": lag,
+                    "commit_index": commit, "lag": lag, "voters": voters, "learners": learners,
                     "replicas": views.iter().map(|(id, g)| json!({
                         "node_id": id, "role": g.role, "term": g.term, "applied_index": g.applied_index,
                     })).collect::<Vec<_>>(),
@@ -879,6 +896,7 @@ pub async fn cluster_status(
         Column::num("node"),
         Column::text("address"),
         Column::text("state"),
+        Column::text("member"),
         Column::num("leads"),
         Column::num("profiles"),
         Column::text("uptime"),
@@ -890,6 +908,7 @@ pub async fn cluster_status(
                 id.to_string(),
                 addr.clone(),
                 "up".into(),
+                member_state(*id),
                 led(*id).to_string(),
                 output::count(r.profiles),
                 output::duration_ms(r.uptime_ms),
@@ -899,6 +918,7 @@ pub async fn cluster_status(
                     id.to_string(),
                     addr.clone(),
                     "unreachable".into(),
+                    member_state(*id),
                     "-".into(),
                     "-".into(),
                     "-".into(),
@@ -923,9 +943,17 @@ pub async fn cluster_status(
             ids.iter().map(|i| format!("n{i}")).collect::<Vec<_>>().join(" / ")
         )),
         Column::num("lag"),
+        Column::text("voters (+learners)"),
     ]);
     for (gid, (name, views)) in &groups {
         let (leader, commit, lag) = summary(views);
+        let (voters, learners) = conf(views);
+        let ids_text = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let configuration = if learners.is_empty() {
+            ids_text(&voters)
+        } else {
+            format!("{} +{}", ids_text(&voters), ids_text(&learners))
+        };
         let applied = ids
             .iter()
             .map(|i| {
@@ -944,11 +972,84 @@ pub async fn cluster_status(
             commit.to_string(),
             applied,
             lag.to_string(),
+            configuration,
         ]);
     }
     out.push('\n');
     out.push_str(&table.render());
     Out::text(&out)
+}
+
+/// How long `cohort cluster add-node` and `remove-node` wait for every
+/// group to take the change.
+const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `cohort cluster add-node` (`remove: false`) and `remove-node`: changes
+/// the member table through the node asked, then waits until every group
+/// of that node's view has the node as a voter (added) or has it no more
+/// (removed).
+pub async fn cluster_set_member(
+    node: &Node,
+    node_id: u64,
+    raft_addr: String,
+    grpc_addr: String,
+    remove: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let request = node.request(pb::SetMemberRequest { node_id, raft_addr, grpc_addr, remove });
+    node.call(node.admin().set_member(request)).await?;
+    let what = if remove { "removed from" } else { "added to" };
+    if !json {
+        eprintln!("node {node_id} {what} the member table; waiting for every group to follow");
+    }
+    let deadline = started + MEMBERSHIP_WAIT;
+    let mut last_line = String::new();
+    loop {
+        let status = node.call(node.admin().status(node.request(pb::StatusRequest {}))).await?.into_inner();
+        let pending: Vec<String> = status
+            .groups
+            .iter()
+            .filter(|g| {
+                if remove {
+                    g.voters.contains(&node_id) || g.learners.contains(&node_id)
+                } else {
+                    !g.voters.contains(&node_id)
+                }
+            })
+            .map(|g| g.name.clone())
+            .collect();
+        if pending.is_empty() {
+            let secs = started.elapsed().as_secs_f64();
+            if json {
+                return Out::json(&json!({
+                    "node_id": node_id, "removed": remove, "groups": status.groups.len(), "seconds": secs,
+                }));
+            }
+            let next = if remove { "; it can be stopped" } else { "" };
+            return Out::text(&format!(
+                "node {node_id} {what} all {} groups in {secs:.1} s{next}
+",
+                status.groups.len()
+            ));
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "after {} s, {} of {} groups still {} node {node_id}: {} (the change goes on; `cohort cluster status` shows it)",
+                MEMBERSHIP_WAIT.as_secs(),
+                pending.len(),
+                status.groups.len(),
+                if remove { "hold" } else { "do not have as a voter" },
+                pending.join(", ")
+            );
+        }
+        let line = format!("{} of {} groups to go", pending.len(), status.groups.len());
+        if !json && line != last_line {
+            eprintln!("  {line}");
+            last_line = line;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// `cohort rejected`.

@@ -101,7 +101,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: gRPC and Segment-compatible HTTP doors over a data
     /// directory (default ./cohort-data), until Ctrl-C or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a node loaded with generated profiles and events, print example
     /// segments, and keep serving (unless --no-serve).
     Demo(DemoArgs),
@@ -383,6 +383,27 @@ pub enum ClusterCommand {
     /// its state: which are up, which node leads each group, and how far
     /// each replica has applied.
     Status,
+    /// Add a node to the cluster (the node itself starts with `cohort
+    /// serve --join`, which does the same): every group's leader adds it
+    /// as a learner, then promotes it to voter once it has caught up.
+    /// Waits until every group has it as a voter.
+    AddNode {
+        /// Its node id (never used before in this cluster).
+        node_id: u64,
+        /// Its Raft service address.
+        #[arg(long, value_name = "ADDR")]
+        raft_addr: String,
+        /// Its gRPC address.
+        #[arg(long, value_name = "ADDR")]
+        grpc_addr: String,
+    },
+    /// Remove a node from the cluster: every group it leads hands its
+    /// leadership to another voter first, then every group removes it.
+    /// Waits until no group holds it; then stop the node.
+    RemoveNode {
+        /// Its node id.
+        node_id: u64,
+    },
 }
 
 /// `cohort segment ...`.
@@ -498,7 +519,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Serve(args) => {
             logs::init(args.log_level)?;
-            return commands::serve(args).await;
+            return commands::serve(*args).await;
         }
         Command::Demo(args) => {
             logs::init(args.log_level)?;
@@ -547,6 +568,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Status => commands::status(&node, json).await,
         ClientCommand::Cluster { command: ClusterCommand::Status } => {
             commands::cluster_status(&node, &access, timeout, json).await
+        }
+        ClientCommand::Cluster { command: ClusterCommand::AddNode { node_id, raft_addr, grpc_addr } } => {
+            commands::cluster_set_member(&node, node_id, raft_addr, grpc_addr, false, json).await
+        }
+        ClientCommand::Cluster { command: ClusterCommand::RemoveNode { node_id } } => {
+            commands::cluster_set_member(&node, node_id, String::new(), String::new(), true, json).await
         }
         ClientCommand::Rejected { limit } => commands::rejected(&node, limit, json).await,
         ClientCommand::Merges { limit } => commands::merges(&node, limit, json).await,

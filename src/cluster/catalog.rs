@@ -26,8 +26,8 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::placement::shard_of;
 use super::membership::{check_change, Member, Members};
+use super::placement::shard_of;
 use crate::identity::{Directory, MergeStep};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::message::Message;
@@ -946,19 +946,19 @@ fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), CatalogError> {
                 Ok((state, b.pending))
             }
             _ => match codec::decode::<SnapshotBodyBeforeLimits>(body) {
-            // Snapshots written before the caps existed hold the state and
-            // the outbox; the caps stay the defaults until the node's
-            // configuration sets them through the log.
-            Ok((b, used)) if used == body.len() => Ok((b.state, b.pending)),
-            // Snapshots written before the outbox was kept hold the state
-            // alone (their outbox was empty by construction).
-            _ => match codec::decode::<CatalogState>(body) {
-                Ok((state, used)) if used == body.len() => Ok((state, Vec::new())),
-                _ => Err(match first {
-                    Err(e) => corrupt(32, &format!("catalog state: {e}")),
-                    Ok(_) => corrupt(32, "catalog state: bytes left after the state"),
-                }),
-            },
+                // Snapshots written before the caps existed hold the state and
+                // the outbox; the caps stay the defaults until the node's
+                // configuration sets them through the log.
+                Ok((b, used)) if used == body.len() => Ok((b.state, b.pending)),
+                // Snapshots written before the outbox was kept hold the state
+                // alone (their outbox was empty by construction).
+                _ => match codec::decode::<CatalogState>(body) {
+                    Ok((state, used)) if used == body.len() => Ok((state, Vec::new())),
+                    _ => Err(match first {
+                        Err(e) => corrupt(32, &format!("catalog state: {e}")),
+                        Ok(_) => corrupt(32, "catalog state: bytes left after the state"),
+                    }),
+                },
             },
         },
     };

@@ -39,6 +39,10 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(12);
 /// 4 MiB on the public door).
 pub const MAX_FORWARD_BYTES: usize = 16 << 20;
 
+/// The trailer of a Forward.Ingest failure that refused the batch before
+/// anything was appended (see [`IngestError::nothing_appended`]).
+const NOTHING_APPENDED: &str = "x-cohort-nothing-appended";
+
 /// What sequences writes on the node that leads the catalog.
 pub trait LocalWrites: Send + Sync + 'static {
     /// Ingests `messages` here, never forwarding them.
@@ -83,7 +87,12 @@ impl Forwarder {
     /// A forwarder from node `node_id` to the nodes of `raft_addrs` (Raft
     /// id → their `raft_addr`).
     pub fn new(node_id: u64, raft_addrs: HashMap<u64, String>, tls: Option<PeerTls>) -> Forwarder {
-        Forwarder { node_id, raft_addrs: parking_lot::RwLock::new(raft_addrs), tls, channels: Mutex::default() }
+        Forwarder {
+            node_id,
+            raft_addrs: parking_lot::RwLock::new(raft_addrs),
+            tls,
+            channels: Mutex::default(),
+        }
     }
 
     /// Node `node`'s Raft service is at `raft_addr` from now on (a node
@@ -147,8 +156,9 @@ impl Forwarder {
         // The leader's own status, or the client's when it cannot be
         // reached or does not answer in time.
         let reply = client.ingest(request).await.map_err(|status| {
+            let nothing_appended = status.metadata().get(NOTHING_APPENDED).is_some();
             let (code, message) = retryable(&status);
-            IngestError::Forwarded { leader, code, message }
+            IngestError::Forwarded { leader, code, message, nothing_appended }
         })?;
         from_proto(reply.into_inner()).map_err(|reason| IngestError::ForwardFailed { leader, reason })
     }
@@ -276,11 +286,17 @@ impl pb::forward_server::Forward for ForwardService {
                 batch.from_node, batch.source
             ))
         })?;
-        let report = self
-            .target()?
-            .ingest_here(batch.messages, batch.received_ms, source)
-            .await
-            .map_err(crate::server::status::status)?;
+        let report =
+            self.target()?.ingest_here(batch.messages, batch.received_ms, source).await.map_err(|e| {
+                let refused = e.nothing_appended();
+                let mut status = crate::server::status::status(e);
+                if refused {
+                    status
+                        .metadata_mut()
+                        .insert(NOTHING_APPENDED, tonic::metadata::MetadataValue::from_static("1"));
+                }
+                status
+            })?;
         Ok(tonic::Response::new(to_proto(report)))
     }
 
@@ -300,7 +316,10 @@ impl pb::forward_server::Forward for ForwardService {
             },
             Some(Change::DeleteSegment(name)) => CatalogCommand::DeleteSegment(name),
             Some(Change::SetMember(m)) => CatalogCommand::SetMember(member_from_proto(m).map_err(|why| {
-                tonic::Status::invalid_argument(format!("a member forwarded by node {}: {why}", request.from_node))
+                tonic::Status::invalid_argument(format!(
+                    "a member forwarded by node {}: {why}",
+                    request.from_node
+                ))
             })?),
             None => {
                 return Err(tonic::Status::invalid_argument(format!(
@@ -372,7 +391,8 @@ pub async fn ask_to_join(
     let mut client = pb::forward_client::ForwardClient::new(channel);
     let mut request = tonic::Request::new(pb::JoinRequest { member: Some(member_to_proto(member)), shards });
     request.set_timeout(FORWARD_TIMEOUT);
-    let reply = client.join(request).await.map_err(|s| format!("{addr} answered {:?}: {}", s.code(), s.message()))?;
+    let reply =
+        client.join(request).await.map_err(|s| format!("{addr} answered {:?}: {}", s.code(), s.message()))?;
     reply.into_inner().members.into_iter().map(member_from_proto).collect()
 }
 

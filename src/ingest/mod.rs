@@ -121,6 +121,10 @@ pub enum IngestError {
         code: i32,
         /// Its message.
         message: String,
+        /// The leader refused the batch before anything was appended (it
+        /// no longer led the catalog, or was handing it over): sending it
+        /// again, to whichever node leads now, is safe.
+        nothing_appended: bool,
     },
     /// The batch could not be forwarded to the catalog's leader (nothing
     /// was sent, or its answer does not decode).
@@ -131,6 +135,22 @@ pub enum IngestError {
         /// Why.
         reason: String,
     },
+}
+
+impl IngestError {
+    /// Whether the batch was refused before anything of it was appended
+    /// to the catalog's log: this node (or the leader it was forwarded
+    /// to) did not lead the catalog, or was handing it over. Sending it
+    /// again, to whichever node leads now, cannot apply it twice.
+    pub fn nothing_appended(&self) -> bool {
+        match self {
+            IngestError::Replication(ReplicationError::NotLeader { group, .. }) => {
+                *group == crate::cluster::placement::CATALOG_GROUP
+            }
+            IngestError::Forwarded { nothing_appended, .. } => *nothing_appended,
+            _ => false,
+        }
+    }
 }
 
 /// A boxed future, for object-safe async traits.

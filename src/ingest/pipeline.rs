@@ -359,9 +359,18 @@ impl Stepper {
     async fn run(self) {
         loop {
             if !(self.leads)() {
-                // Calls that wait for steps this node will not drive.
-                self.board.give_up(None, "this node no longer leads the catalog");
-                self.pop_applied();
+                // Calls whose entries are committed wait for the new
+                // leader to drive their steps: each is answered once this
+                // node's shards have applied them (its report is what the
+                // catalog computed here, as everywhere), or after the
+                // same patience as on the leader.
+                if let Some(index) = self.pop_applied() {
+                    self.board.done(index);
+                }
+                self.board.give_up(
+                    Some(STEP_PATIENCE),
+                    "this node no longer leads the catalog, and the new leader's steps for the batch have not reached this node yet",
+                );
                 let _ = tokio::time::timeout(FOLLOWER_POLL, self.ready.notified()).await;
                 continue;
             }
@@ -380,16 +389,19 @@ impl Stepper {
 
     /// On a node that does not lead the catalog: pops the outbox entries
     /// whose every step this node's shards have applied.
-    fn pop_applied(&self) {
+    /// Returns the catalog index of the last entry popped.
+    fn pop_applied(&self) -> Option<u64> {
+        let mut last = None;
         loop {
             let applied = {
                 let outbox = self.catalog.outbox.lock();
                 outbox.front().is_some_and(|entry| self.applied_here(&entry.steps))
             };
             if !applied {
-                return;
+                return last;
             }
             if let Some(done) = self.catalog.outbox.lock().pop_front() {
+                last = Some(done.index);
                 self.catalog.retire(done.steps);
             }
         }

@@ -428,6 +428,10 @@ pub struct GroupStatus {
     pub first_index: u64,
     /// Last index in the log.
     pub last_index: u64,
+    /// Voters of the group's configuration as this node has it.
+    pub voters: Vec<u64>,
+    /// Its learners.
+    pub learners: Vec<u64>,
 }
 
 enum Input {
@@ -651,11 +655,10 @@ impl Driver {
                 // A snapshot from before `to` joined the configuration would
                 // be refused by it (raft-rs restores only a snapshot whose
                 // conf state holds the node): build a newer one.
-                if let Some(snap) = slot
-                    .ready
-                    .as_ref()
-                    .filter(|s| s.get_metadata().index >= request_index && conf_holds(s.get_metadata().get_conf_state(), to))
-                {
+                if let Some(snap) = slot.ready.as_ref().filter(|s| {
+                    s.get_metadata().index >= request_index
+                        && conf_holds(s.get_metadata().get_conf_state(), to)
+                }) {
                     return Ok(snap.clone());
                 }
                 if !slot.building {
@@ -833,10 +836,19 @@ impl Driver {
     /// The configuration of `group` as this node has it, with its
     /// replicas' progress when this node leads it (`None`: no such group,
     /// or the driver stopped).
-    pub fn membership(&self, group: u64) -> impl std::future::Future<Output = Option<Membership>> + Send + 'static {
+    pub fn membership(
+        &self,
+        group: u64,
+    ) -> impl std::future::Future<Output = Option<Membership>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.send(Input::Membership { group, reply }).is_ok();
-        async move { if sent { rx.await.ok().flatten() } else { None } }
+        async move {
+            if sent {
+                rx.await.ok().flatten()
+            } else {
+                None
+            }
+        }
     }
 
     /// Has `group` take a snapshot and compact its log behind it if its
@@ -1172,7 +1184,11 @@ impl Loop {
                                 && !message.entries.is_empty()
                                 && !conf_holds(&g.node.raft.prs().conf().to_conf_state(), g.node.raft.id)
                             {
-                                tracing::debug!(group, from = message.from, "log from its start refused before a snapshot");
+                                tracing::debug!(
+                                    group,
+                                    from = message.from,
+                                    "log from its start refused before a snapshot"
+                                );
                                 continue;
                             }
                             let _ = g.node.step(message);
@@ -1609,7 +1625,8 @@ impl Loop {
                                 group: g.id,
                                 name: g.name.clone(),
                                 leader,
-                                leader_addr: leader.and_then(|id| self.config.addresses.read().get(&id).cloned()),
+                                leader_addr: leader
+                                    .and_then(|id| self.config.addresses.read().get(&id).cloned()),
                             }
                         }
                     };
@@ -1890,6 +1907,8 @@ impl Loop {
                     snapshot_index: snap.index,
                     first_index: snap.index + 1,
                     last_index: r.raft_log.last_index(),
+                    voters: g.confs.values().next_back().map(|c| c.voters.clone()).unwrap_or_default(),
+                    learners: g.confs.values().next_back().map(|c| c.learners.clone()).unwrap_or_default(),
                 }
             })
             .collect();

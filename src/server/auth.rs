@@ -249,6 +249,7 @@ pub const GRPC_METHODS: &[(&str, Role)] = &[
     ("/cohort.v1.Admin/ApplySchema", Role::Admin),
     ("/cohort.v1.Admin/ListRejected", Role::Admin),
     ("/cohort.v1.Admin/ListMerges", Role::Admin),
+    ("/cohort.v1.Admin/SetMember", Role::Admin),
 ];
 
 /// The services that need no key: health checks and reflection.

@@ -22,6 +22,7 @@ use super::auth::{ApiKeys, Caller, GrpcAuthLayer};
 use super::status::{status, ServerError};
 use super::tls::TlsIdentity;
 use crate::cluster::catalog::parse_now;
+use crate::cluster::membership::{Member, MemberState};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::{format_rfc3339_ms, Value};
 use crate::node::{now_ms, Node, Role};
@@ -530,6 +531,59 @@ impl pb::admin_server::Admin for Services {
             total: state.totals.merges,
         }))
     }
+
+    async fn set_member(
+        &self,
+        request: Request<pb::SetMemberRequest>,
+    ) -> Result<Response<pb::SetMemberReply>, Status> {
+        let r = request.into_inner();
+        let member = Member {
+            id: r.node_id,
+            raft_addr: r.raft_addr,
+            grpc_addr: r.grpc_addr,
+            state: if r.remove { MemberState::Removed } else { MemberState::Active },
+        };
+        if !self.node.is_clustered() {
+            return Err(status(ServerError::BadRequest(
+                "this node runs alone (no --peer, no --join): it has no member table to change".into(),
+            )));
+        }
+        self.node.set_member(member).await.map_err(|e| status(ServerError::from(e)))?;
+        Ok(Response::new(pb::SetMemberReply {
+            members: self.node.members().iter().map(member_node).collect(),
+        }))
+    }
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
+}
+
+/// The member table, and the founding nodes it does not list yet.
+fn cluster_nodes(node: &Node) -> Vec<pb::ClusterNode> {
+    let members = node.members();
+    let mut nodes: Vec<pb::ClusterNode> = members.iter().map(member_node).collect();
+    for p in node.config.peers.iter().filter(|p| !members.iter().any(|m| m.id == p.id)) {
+        nodes.push(pb::ClusterNode {
+            node_id: p.id,
+            grpc_addr: p.grpc_addr.clone(),
+            raft_addr: p.raft_addr.clone(),
+            state: String::new(),
+        });
+    }
+    nodes.sort_by_key(|n| n.node_id);
+    nodes
+}
+
+fn member_node(m: &Member) -> pb::ClusterNode {
+    pb::ClusterNode {
+        node_id: m.id,
+        grpc_addr: m.grpc_addr.clone(),
+        raft_addr: m.raft_addr.clone(),
+        state: m.state.name().to_string(),
+    }
 }
 
 fn node_status(node: &Node) -> pb::StatusReply {
@@ -540,16 +594,7 @@ fn node_status(node: &Node) -> pb::StatusReply {
         version: env!("CARGO_PKG_VERSION").to_string(),
         data_dir: node.config.data_dir.display().to_string(),
         uptime_ms: node.started.elapsed().as_millis() as u64,
-        nodes: node
-            .config
-            .peers
-            .iter()
-            .map(|p| pb::ClusterNode {
-                node_id: p.id,
-                grpc_addr: p.grpc_addr.clone(),
-                raft_addr: p.raft_addr.clone(),
-            })
-            .collect(),
+        nodes: cluster_nodes(node),
         raft_messages_sent: traffic.messages,
         raft_bytes_sent: traffic.bytes,
         raft_messages_dropped: traffic.dropped,
@@ -574,6 +619,8 @@ fn node_status(node: &Node) -> pb::StatusReply {
             leader_id: g.leader,
             role: g.role.to_string(),
             snapshot_index: g.snapshot_index,
+            voters: sorted(&g.voters),
+            learners: sorted(&g.learners),
             ..Default::default()
         };
         if let Some(shard) = g.id.checked_sub(2).and_then(|s| node.shards.get(s as usize)) {

@@ -310,6 +310,7 @@ mod tests {
                     leader: 2,
                     code: Code::ResourceExhausted as i32,
                     message: "disk full".into(),
+                    nothing_appended: false,
                 }
                 .into(),
                 Code::ResourceExhausted,
