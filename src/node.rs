@@ -809,25 +809,32 @@ impl Node {
         out
     }
 
-    /// Waits until this node's replicas of the catalog and of every shard
-    /// have applied what their leaders had committed when it was called
-    /// (raft-rs ReadIndex, one request per group, all at once), so that a
-    /// read here sees every write acknowledged before it, whichever node
-    /// took the write. Nothing to wait for on a single node, whose groups
-    /// answer writes once applied.
-    pub async fn read_barrier(&self) -> Result<(), ReplicationError> {
+    /// Waits until this node has applied what the leaders had committed
+    /// when it was called, in the groups a read of the profile `address`
+    /// names needs: the catalog (its identity directory) and the
+    /// profile's shard (raft-rs ReadIndex), so that the read sees every
+    /// write acknowledged before it, whichever node took the write. The
+    /// shard is known from this node's directory before the catalog's
+    /// answer, so both requests usually go at once; a profile this node
+    /// did not know yet (or that moved with a merge) costs a second
+    /// request for its shard. Nothing to wait for on a single node, whose
+    /// groups answer writes once applied.
+    pub async fn read_barrier(&self, address: &str) -> Result<(), ReplicationError> {
         if self.forwarder.is_none() {
             return Ok(());
         }
-        // Every request is sent before the first answer is awaited.
-        let asks: Vec<_> = std::iter::once(CATALOG_GROUP)
-            .chain((0..self.config.shards).map(shard_group))
-            .map(|group| self.driver.read_barrier(group))
-            .collect();
-        for ask in asks {
-            ask.await?;
+        let shard_now = || self.planner.locate(address).ok().map(|(_, shard)| shard);
+        let catalog = self.driver.read_barrier(CATALOG_GROUP);
+        let guessed = shard_now();
+        let shard = guessed.map(|s| self.driver.read_barrier(shard_group(s)));
+        catalog.await?;
+        if let Some(shard) = shard {
+            shard.await?;
         }
-        Ok(())
+        match shard_now() {
+            Some(s) if Some(s) != guessed => self.driver.read_barrier(shard_group(s)).await,
+            _ => Ok(()),
+        }
     }
 
     /// Before a graceful stop: hands every group this node leads to
