@@ -14,109 +14,23 @@
 //! (raft-engine in temporary directories, with fsync) and raft-rs are the
 //! real ones.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cohort::replication::driver::{
-    ApplyResult, Driver, DriverConfig, GroupSpec, SnapshotPolicy, SnapshotReport, StateMachine, Transport,
+    Driver, DriverConfig, GroupSpec, SnapshotPolicy, SnapshotReport, Transport,
 };
-use cohort::replication::error::MachineError;
 use cohort::replication::storage::LogStore;
 use cohort::replication::ReplicationError;
-use parking_lot::{Mutex, RwLock};
+use common::list_machine::ListMachine;
+use parking_lot::RwLock;
 use raft::eraftpb::{Message, MessageType};
 
 const GROUP: u64 = 1;
-
-/// A list of `u64`s: each entry appends one. Its snapshot is the list,
-/// then `ballast` zero bytes (to make a snapshot span several chunks).
-struct ListMachine {
-    path: PathBuf,
-    ballast: usize,
-    state: Mutex<(u64, Vec<u64>)>,
-    applied: AtomicU64,
-    restores: AtomicU64,
-}
-
-impl ListMachine {
-    fn new(dir: &Path) -> Arc<ListMachine> {
-        ListMachine::with_ballast(dir, 0)
-    }
-
-    fn with_ballast(dir: &Path, ballast: usize) -> Arc<ListMachine> {
-        Arc::new(ListMachine {
-            path: dir.join("list.snap"),
-            ballast,
-            state: Mutex::new((0, Vec::new())),
-            applied: AtomicU64::new(0),
-            restores: AtomicU64::new(0),
-        })
-    }
-
-    fn values(&self) -> Vec<u64> {
-        self.state.lock().1.clone()
-    }
-}
-
-fn encode(index: u64, values: &[u64], ballast: usize) -> Vec<u8> {
-    let mut data: Vec<u8> = [index, values.len() as u64]
-        .into_iter()
-        .chain(values.iter().copied())
-        .flat_map(u64::to_le_bytes)
-        .collect();
-    data.resize(data.len() + ballast, 0);
-    data
-}
-
-fn decode(data: &[u8]) -> (u64, Vec<u64>) {
-    let mut words = data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()));
-    let index = words.next().unwrap_or(0);
-    let len = words.next().unwrap_or(0) as usize;
-    (index, words.take(len).collect())
-}
-
-impl StateMachine for ListMachine {
-    fn apply(&self, index: u64, data: &[u8]) -> ApplyResult {
-        let value = u64::from_le_bytes(data.try_into().expect("an 8-byte value"));
-        let mut state = self.state.lock();
-        state.0 = index;
-        state.1.push(value);
-        self.applied.store(index, Ordering::Release);
-        Box::new(value)
-    }
-
-    fn pass(&self, index: u64) {
-        self.state.lock().0 = index;
-        self.applied.store(index, Ordering::Release);
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-
-    fn snapshot(&self) -> Result<u64, MachineError> {
-        let state = self.state.lock();
-        std::fs::write(&self.path, encode(state.0, &state.1, self.ballast))?;
-        Ok(state.0)
-    }
-
-    fn snapshot_file(&self) -> &Path {
-        &self.path
-    }
-
-    fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError> {
-        let (at, values) = decode(data);
-        assert_eq!(at, index, "a snapshot's data and its metadata name the same index");
-        *self.state.lock() = (index, values);
-        self.applied.store(index, Ordering::Release);
-        self.restores.fetch_add(1, Ordering::Relaxed);
-        std::fs::write(&self.path, data)?;
-        Ok(())
-    }
-}
 
 /// Delivers messages between the drivers of one process; a cut-off node
 /// neither sends nor receives.

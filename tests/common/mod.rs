@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod list_machine;
 pub mod load;
 
 use std::io::{BufRead, BufReader};
