@@ -39,6 +39,9 @@ struct Net {
     drivers: RwLock<HashMap<u64, Arc<Driver>>>,
     cut: RwLock<HashSet<u64>>,
     snapshots_sent: AtomicU64,
+    /// Report a delivered snapshot this late (the gRPC transport reports
+    /// once its call returns, often after the receiver's answer arrived).
+    snapshot_report_delay: RwLock<Option<Duration>>,
 }
 
 /// One node's end of the network.
@@ -64,7 +67,16 @@ impl Transport for Port {
                 self.net.snapshots_sent.fetch_add(u64::from(delivered), Ordering::Relaxed);
                 if let Some(me) = drivers.get(&self.from) {
                     let report = if delivered { SnapshotReport::Finished } else { SnapshotReport::Failed };
-                    me.report_snapshot(group, to, report);
+                    match *self.net.snapshot_report_delay.read() {
+                        Some(delay) => {
+                            let me = me.clone();
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                me.report_snapshot(group, to, report);
+                            });
+                        }
+                        None => me.report_snapshot(group, to, report),
+                    }
                 }
             }
         }
@@ -437,14 +449,16 @@ async fn three_nodes_over_grpc_replicate_catch_up_from_a_chunked_snapshot_and_fa
 
 /// Takes the membership plan's next step for the group on its leader
 /// until `done` holds for the leader's view of the group, proposing a
-/// value between steps (the group keeps taking writes throughout).
+/// value between steps (the group keeps taking writes throughout) unless
+/// `next` is `None` (a quiet group).
 async fn reconcile_until(
     cluster: &Cluster,
     members: &cohort::cluster::membership::Members,
     acknowledged: &mut Vec<u64>,
-    next: &mut u64,
+    next: Option<&mut u64>,
     done: impl Fn(&cohort::replication::driver::Membership) -> bool,
 ) {
+    let mut next = next;
     use cohort::cluster::membership::{plan, Step};
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -463,10 +477,12 @@ async fn reconcile_until(
             Some(Step::HandOver(to)) => driver.transfer_leader(GROUP, to),
             None => {}
         }
-        if let Ok(v) = propose(&driver, *next).await {
-            assert_eq!(v, *next);
-            acknowledged.push(v);
-            *next += 1;
+        if let Some(next) = next.as_deref_mut() {
+            if let Ok(v) = propose(&driver, *next).await {
+                assert_eq!(v, *next);
+                acknowledged.push(v);
+                *next += 1;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -507,7 +523,8 @@ async fn a_node_joins_as_a_learner_from_a_snapshot_votes_once_promoted_and_a_rem
     let member =
         |id: u64, state| Member { id, raft_addr: format!("n{id}"), grpc_addr: format!("g{id}"), state };
     let mut members: Members = (1..=4).map(|id| (id, member(id, MemberState::Active))).collect();
-    reconcile_until(&cluster, &members, &mut acknowledged, &mut next, |m| m.voters == [1, 2, 3, 4]).await;
+    reconcile_until(&cluster, &members, &mut acknowledged, Some(&mut next), |m| m.voters == [1, 2, 3, 4])
+        .await;
     assert!(cluster.machines[&4].restores.load(Ordering::Relaxed) >= 1, "node 4 started from a snapshot");
     assert_eq!(converged_on(&cluster, &[1, 2, 3, 4], Duration::from_secs(10)), acknowledged);
 
@@ -515,7 +532,7 @@ async fn a_node_joins_as_a_learner_from_a_snapshot_votes_once_promoted_and_a_rem
     let removed = cluster.leader(Duration::from_secs(10));
     members.insert(removed, member(removed, MemberState::Removed));
     let remaining: Vec<u64> = (1..=4).filter(|&id| id != removed).collect();
-    reconcile_until(&cluster, &members, &mut acknowledged, &mut next, |m| m.voters == remaining).await;
+    reconcile_until(&cluster, &members, &mut acknowledged, Some(&mut next), |m| m.voters == remaining).await;
     assert_ne!(cluster.leader(Duration::from_secs(10)), removed);
     // Node 4 votes: with the removed node and one more cut off, two of the
     // three voters left (node 4 among them) still commit.
@@ -526,4 +543,30 @@ async fn a_node_joins_as_a_learner_from_a_snapshot_votes_once_promoted_and_a_rem
     acknowledged.push(propose(&cluster.driver(leader), next).await.unwrap());
     cluster.net.cut.write().clear();
     assert_eq!(converged_on(&cluster, &remaining, Duration::from_secs(10)), acknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_a_quiet_group_and_is_promoted_without_waiting_for_a_write() {
+    use cohort::cluster::membership::{Member, MemberState, Members};
+    let mut cluster = Cluster::start(1_000_000);
+    let mut acknowledged = Vec::new();
+    for v in 0..5u64 {
+        let leader = cluster.leader(Duration::from_secs(10));
+        acknowledged.push(propose(&cluster.driver(leader), v).await.unwrap());
+    }
+    // Reported after the learner's answer, as over gRPC: raft-rs then
+    // leaves the learner probing.
+    *cluster.net.snapshot_report_delay.write() = Some(Duration::from_millis(100));
+    cluster.start_joiner(4, 1_000_000);
+    let member = |id: u64| Member {
+        id,
+        raft_addr: format!("n{id}"),
+        grpc_addr: format!("g{id}"),
+        state: MemberState::Active,
+    };
+    let members: Members = (1..=4).map(|id| (id, member(id))).collect();
+    // No write while it joins: after its snapshot, raft-rs only probes the
+    // learner, and the plan must see that it has the whole log.
+    reconcile_until(&cluster, &members, &mut acknowledged, None, |m| m.voters == [1, 2, 3, 4]).await;
+    assert_eq!(converged_on(&cluster, &[1, 2, 3, 4], Duration::from_secs(10)), acknowledged);
 }

@@ -13,9 +13,9 @@
 //!    once the leader's log no longer starts at index 1 (so the learner is
 //!    sent a snapshot with the configuration, never the log from its
 //!    start);
-//! 2. a learner that has caught up (entries stream to it and it is within
-//!    [`CAUGHT_UP_LAG`] entries of the commit index) is promoted to voter
-//!    with a ConfChangeV2;
+//! 2. a learner that has caught up (it has the whole committed log, or
+//!    entries stream to it and it is within [`CAUGHT_UP_LAG`] entries of
+//!    the commit index) is promoted to voter with a ConfChangeV2;
 //! 3. a removed member leaves the group: first its leadership, if it
 //!    leads, goes to another voter; then a ConfChangeV2 removes it.
 //!
@@ -151,8 +151,13 @@ pub fn plan(me: u64, group: &Membership, members: &Members) -> Option<Step> {
         return Some(Step::Change(change(ConfChangeType::RemoveNode, gone)));
     }
     if let Some(learner) = group.learners.iter().copied().find(|&id| active(id)) {
+        // Caught up: entries stream to it and it is close behind, or it
+        // has everything (a quiet group: after its snapshot raft-rs probes
+        // a learner until the next entry, which may be long in coming).
         let caught_up = group.progress.iter().any(|p| {
-            p.node == learner && p.replicating && p.matched + CAUGHT_UP_LAG >= group.commit && p.matched > 0
+            p.node == learner
+                && p.matched > 0
+                && (p.matched >= group.commit || (p.replicating && p.matched + CAUGHT_UP_LAG >= group.commit))
         });
         return caught_up.then(|| Step::Change(change(ConfChangeType::AddNode, learner)));
     }
@@ -243,6 +248,10 @@ mod tests {
         assert_eq!(plan(1, &streaming_far_behind, &members), None);
         let caught_up = led(&[1, 2, 3], &[4], vec![progress(4, 4_990, true)]);
         assert_eq!(plan(1, &caught_up, &members), Some(Step::Change(change(ConfChangeType::AddNode, 4))));
+        // A quiet group: the learner has its snapshot, which is the whole
+        // log, and raft-rs probes it until the next entry.
+        let quiet = led(&[1, 2, 3], &[4], vec![progress(4, 5_000, false)]);
+        assert_eq!(plan(1, &quiet, &members), Some(Step::Change(change(ConfChangeType::AddNode, 4))));
     }
 
     #[test]
