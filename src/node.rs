@@ -207,6 +207,13 @@ pub struct NodeConfig {
     pub snapshot_log_bytes: u64,
     /// Threads that answer queries.
     pub query_threads: usize,
+    /// How stale, in milliseconds, a count, breakdown or members page may
+    /// read on a node of a cluster: each group's replica must have been
+    /// confirmed current by its leader (ReadIndex, renewed in the
+    /// background every quarter of the bound) within it, or the read
+    /// first waits for a confirmation, and fails naming the group when
+    /// none comes within the bound. The reply says the staleness it met.
+    pub read_staleness_ms: u64,
     /// Most traits the schema holds (new names beyond are refused).
     pub max_traits: usize,
     /// Most event names the schema holds.
@@ -329,6 +336,7 @@ impl Default for NodeConfig {
             raft_addr: "127.0.0.1:7170".into(),
             peers: Vec::new(),
             join: None,
+            read_staleness_ms: 1000,
             shard_leaders: ShardLeaders::Catalog,
             peer_tls_cert: None,
             peer_tls_key: None,
@@ -384,6 +392,8 @@ pub struct Node {
     /// Every node's gRPC door, shared with the driver for "not leader"
     /// answers; the membership task adds those of nodes that join.
     addresses: Addresses,
+    /// When each group's replica was last confirmed current.
+    freshness: Freshness,
     /// When it started.
     pub started: Instant,
     /// How long opening took (replay included).
@@ -520,6 +530,7 @@ impl Node {
             forwarder,
             transport: raft_transport,
             addresses,
+            freshness: Freshness::new(config.shards),
             config,
             driver,
             catalog,
@@ -533,6 +544,7 @@ impl Node {
         let _ = forwarded.set(Arc::downgrade(&node) as Weak<dyn LocalWrites>);
         if cluster.clustered {
             start_membership(&node);
+            start_freshness(&node);
         }
         node.set_schema_limits().await?;
         Ok(node)
@@ -837,6 +849,52 @@ impl Node {
         }
     }
 
+    /// Before a count, breakdown or members page: makes sure every group's
+    /// replica here was confirmed current by its leader within the
+    /// staleness bound (`read_staleness_ms`), waiting (at most the bound)
+    /// for a fresh confirmation of those that were not; returns the
+    /// staleness met, in milliseconds (0 on a single node, whose groups
+    /// are their own leaders). A group no leader confirms within the
+    /// bound fails the read, named ([`ReplicationError::TooStale`]).
+    pub async fn bounded_staleness(&self) -> Result<u64, ReplicationError> {
+        if self.forwarder.is_none() {
+            return Ok(0);
+        }
+        let bound = self.config.read_staleness_ms;
+        let groups = std::iter::once(CATALOG_GROUP).chain((0..self.config.shards).map(shard_group));
+        let now = self.freshness.now_ms();
+        let mut met = 0;
+        let mut stale = Vec::new();
+        for group in groups {
+            match self.freshness.age_ms(group, now) {
+                Some(age) if age <= bound => met = met.max(age),
+                age => stale.push((group, age, self.driver.read_barrier(group))),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(bound);
+        for (group, age, barrier) in stale {
+            let cause = match tokio::time::timeout_at(deadline, barrier).await {
+                Ok(Ok(())) => {
+                    self.freshness.confirmed(group, now);
+                    met = met.max(self.freshness.now_ms().saturating_sub(now));
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {bound} ms"),
+            };
+            let name =
+                if group == CATALOG_GROUP { "catalog".to_string() } else { format!("shard {}", group - 2) };
+            return Err(ReplicationError::TooStale {
+                group,
+                name,
+                bound_ms: bound,
+                age: age.map_or("never".into(), |a| format!("{a} ms")),
+                cause,
+            });
+        }
+        Ok(met)
+    }
+
     /// Before a graceful stop: hands every group this node leads to
     /// another voter, and waits (at most `within`) until it leads none, so
     /// that a stopping node costs the cluster no election timeout. Returns
@@ -989,6 +1047,71 @@ async fn serve_raft(
         }
     });
     Ok(())
+}
+
+/// When each group's replica on this node was last confirmed current:
+/// per group (the catalog, then the shards), the time a ReadIndex that
+/// completed was asked, in milliseconds since `origin`, plus one (0:
+/// never). Applied indexes only grow, so a replica confirmed at `t` holds
+/// everything committed before `t`.
+struct Freshness {
+    origin: Instant,
+    asked_ms: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl Freshness {
+    fn new(shards: u32) -> Freshness {
+        Freshness {
+            origin: Instant::now(),
+            asked_ms: (0..=shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// The slot of group `group`.
+    fn slot(group: u64) -> usize {
+        (group - CATALOG_GROUP) as usize
+    }
+
+    fn confirmed(&self, group: u64, asked_ms: u64) {
+        if let Some(a) = self.asked_ms.get(Freshness::slot(group)) {
+            a.fetch_max(asked_ms + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// How long ago group `group` was confirmed current (`None`: never).
+    fn age_ms(&self, group: u64, now_ms: u64) -> Option<u64> {
+        let asked = self.asked_ms.get(Freshness::slot(group))?.load(std::sync::atomic::Ordering::Relaxed);
+        (asked > 0).then(|| now_ms.saturating_sub(asked - 1))
+    }
+}
+
+/// Renews every group's confirmation (a ReadIndex) every quarter of the
+/// staleness bound, so that bounded reads rarely wait.
+fn start_freshness(node: &Arc<Node>) {
+    let weak = Arc::downgrade(node);
+    let every = std::time::Duration::from_millis((node.config.read_staleness_ms / 4).clamp(25, 1000));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(node) = weak.upgrade() else { return };
+            for group in std::iter::once(CATALOG_GROUP).chain((0..node.config.shards).map(shard_group)) {
+                let asked = node.freshness.now_ms();
+                let barrier = node.driver.read_barrier(group);
+                let weak = Arc::downgrade(&node);
+                tokio::spawn(async move {
+                    if barrier.await.is_ok() {
+                        if let Some(node) = weak.upgrade() {
+                            node.freshness.confirmed(group, asked);
+                        }
+                    }
+                });
+            }
+        }
+    });
 }
 
 /// How often each node brings the groups it leads toward the member

@@ -5,7 +5,8 @@
 //! restart on its data (a join with another shard count or a taken id
 //! is refused and writes nothing); then the catalog's
 //! leader is removed (`cohort cluster remove-node`): it hands its groups
-//! over, leaves every group, is stopped, and the three left keep taking
+//! over, leaves every group, stops answering counts once past the
+//! staleness bound, is stopped, and the three left keep taking
 //! writes; last, a fifth node joins a quiet cluster. Not one write or read
 //! sent to a member fails during any move, and every acknowledged batch is
 //! on every node once.
@@ -257,6 +258,17 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
     let confs = configurations(&nodes[&staying[0]]);
     assert!(confs.iter().all(|(voters, learners)| voters == &staying && learners.is_empty()), "{confs:?}");
     let mut gone = nodes.remove(&removed).unwrap();
+    // The removed node hears from no leader any more: past the staleness
+    // bound its counts fail instead of answering from what it last had.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        match gone.try_count(&["plan = \"pro\""]).await {
+            Err(status) => break status,
+            Ok(_) => assert!(Instant::now() < deadline, "the removed node still counts after 10 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refusal.message().contains("staleness bound"), "{refusal:?}");
     gone.terminate();
     assert_ne!(catalog_leader(&nodes[&staying[0]]).await, removed);
 

@@ -304,3 +304,66 @@ async fn anonymous_profiles_merge_into_known_ones_across_shards_led_by_different
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_meets_the_staleness_bound_or_fails_naming_the_group() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs = loopback_addrs();
+    let nodes = start_three(root.path(), &addrs);
+    ingest_anywhere(&nodes, batch(0, 50)).await;
+    all_count(&nodes, 50).await;
+    // A follower's count says how stale its replicas were: within the
+    // default bound of 1 s.
+    let leader = catalog_leader(&nodes[&1]).await;
+    let follower = (1..=3u64).find(|&id| id != leader).unwrap();
+    let mut q = pb::query_client::QueryClient::new(nodes[&follower].channel().await);
+    let count = |q: &mut pb::query_client::QueryClient<tonic::transport::Channel>| {
+        let mut q = q.clone();
+        async move {
+            q.count(pb::CountRequest { expressions: vec!["plan = \"pro\"".into()], now: String::new() }).await
+        }
+    };
+    let reply = count(&mut q).await.unwrap().into_inner();
+    assert_eq!(reply.counts, vec![50]);
+    assert!(reply.staleness_ms <= 1000, "{reply:?}");
+    // The two others stop: nobody confirms the follower's replicas any
+    // more, and past the bound its counts fail, naming a group, instead
+    // of answering from data of unknown age.
+    let others: Vec<u64> = (1..=3).filter(|&id| id != follower).collect();
+    let pids: Vec<String> = others.iter().map(|id| nodes[id].child.id().to_string()).collect();
+    for pid in &pids {
+        assert!(std::process::Command::new("kill").args(["-STOP", pid]).status().unwrap().success());
+    }
+    let stopped = Instant::now();
+    let refused = loop {
+        match count(&mut q).await {
+            Err(status) => break status,
+            Ok(reply) => assert!(reply.into_inner().staleness_ms <= 1000),
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(10), "a cut-off follower still counts after 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for pid in &pids {
+        assert!(std::process::Command::new("kill").args(["-CONT", pid]).status().unwrap().success());
+    }
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("staleness bound of 1000 ms") && refused.message().contains("group "),
+        "{refused:?}"
+    );
+    eprintln!(
+        "cluster_processes: a cut-off follower refused counts {:.1} s after the others stopped: {}",
+        stopped.elapsed().as_secs_f64(),
+        refused.message()
+    );
+    // Back together, it counts again within the bound.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(reply) = count(&mut q).await {
+            assert!(reply.into_inner().staleness_ms <= 1000);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower does not count again after the others resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -67,6 +67,9 @@ pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(at) = &args.join {
         config.join = Some(at.clone());
     }
+    if let Some(ms) = args.read_staleness_ms {
+        config.read_staleness_ms = ms;
+    }
     if let Some(placement) = args.shard_leaders {
         config.shard_leaders = placement;
     }
@@ -295,6 +298,7 @@ pub async fn count(
             "now": reply.now,
             "universe": reply.universe,
             "elapsed_ms": took.as_secs_f64() * 1e3,
+            "staleness_ms": reply.staleness_ms,
             "counts": expressions.iter().zip(&reply.counts)
                 .map(|(e, c)| json!({ "expression": e, "count": c }))
                 .collect::<Vec<_>>(),
@@ -305,8 +309,14 @@ pub async fn count(
         table.push(vec![output::count(*c), output::share(*c, reply.universe), e.clone()]);
     }
     let mut out = table.render();
+    // A cluster's replicas read were confirmed current this long before.
+    let staleness = if reply.staleness_ms > 0 {
+        format!(", replicas current as of {} ms before", reply.staleness_ms)
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "\nuniverse {} profiles, now {}, answered in {}\n",
+        "\nuniverse {} profiles, now {}, answered in {}{staleness}\n",
         output::count(reply.universe),
         reply.now,
         output::elapsed(took)
@@ -1162,6 +1172,7 @@ mod tests {
             raft_addr: None,
             peers: Vec::new(),
             join: None,
+            read_staleness_ms: None,
             shard_leaders: None,
             peer_tls_cert: None,
             peer_tls_key: None,

@@ -219,7 +219,7 @@ pub struct ServeArgs {
     /// node_id, shards, grpc_addr, http_addr, write_keys,
     /// max_message_bytes, max_batch_bytes, http_header_timeout_ms,
     /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
-    /// snapshot_log_bytes, query_threads, max_traits, max_events,
+    /// snapshot_log_bytes, query_threads, read_staleness_ms, max_traits, max_events,
     /// max_properties_per_event, max_properties, max_name_bytes, api_keys,
     /// tls_cert, tls_key, insecure, raft_addr, peers, join, peer_tls_cert,
     /// peer_tls_key, peer_tls_ca, shard_leaders). Flags override it; COHORT_API_KEYS
@@ -265,6 +265,10 @@ pub struct ServeArgs {
     /// until it has caught up, then as a voter.
     #[arg(long, value_name = "ADDR", conflicts_with = "peers")]
     pub join: Option<String>,
+    /// In a cluster: how stale (milliseconds) a count, breakdown or
+    /// members page may read [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub read_staleness_ms: Option<u64>,
     /// Where the shard groups' leaders go in a cluster: with the catalog's
     /// leader, or spread over the nodes [default: catalog].
     #[arg(long, value_enum, value_name = "PLACEMENT")]

@@ -245,6 +245,22 @@ pub enum ReplicationError {
         /// The index applied here.
         applied: u64,
     },
+    /// A read that takes a staleness bound found this node's replica of
+    /// the group last confirmed current longer ago than the bound, and no
+    /// leader confirmed it within the bound.
+    #[error("group {group} ({name}) on this node was last confirmed current {age} ago, more than the staleness bound of {bound_ms} ms, and its leader did not confirm it within the bound ({cause}); retry, or ask another node")]
+    TooStale {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// The bound, milliseconds.
+        bound_ms: u64,
+        /// How long ago, as text (`never` before the first confirmation).
+        age: String,
+        /// Why the confirmation failed.
+        cause: String,
+    },
 }
 
 impl From<StorageError> for ReplicationError {
@@ -270,6 +286,7 @@ impl ReplicationError {
             | ReplicationError::AheadOfLog { group, .. }
             | ReplicationError::ApplierStopped { group, .. }
             | ReplicationError::ReadBehind { group, .. }
+            | ReplicationError::TooStale { group, .. }
             | ReplicationError::Remote { group, .. } => Some(*group),
             ReplicationError::WritesStopped { cause } => cause.group(),
             ReplicationError::ShuttingDown

@@ -188,8 +188,9 @@ impl pb::query_server::Query for Services {
         if r.expressions.is_empty() {
             return Err(bad_request("count: give at least one expression"));
         }
+        let staleness_ms = self.node.bounded_staleness().await.map_err(status)?;
         let (counts, universe) = self.node.planner.count(&r.expressions, now, deadline).map_err(status)?;
-        Ok(Response::new(pb::CountReply { counts, now: format_rfc3339_ms(now), universe }))
+        Ok(Response::new(pb::CountReply { counts, now: format_rfc3339_ms(now), universe, staleness_ms }))
     }
 
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {
@@ -216,6 +217,7 @@ impl pb::query_server::Query for Services {
         // Check the expression before the stream starts, so that a bad one
         // is the call's error.
         self.node.planner.compile(std::slice::from_ref(&r.expression), now).map_err(status)?;
+        let staleness_ms = self.node.bounded_staleness().await.map_err(status)?;
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -252,6 +254,7 @@ impl pb::query_server::Query for Services {
                         })
                         .collect(),
                     cursor: page.cursor.unwrap_or_default(),
+                    staleness_ms,
                 };
                 if tx.blocking_send(Ok(out)).is_err() || done {
                     return;
@@ -269,6 +272,7 @@ impl pb::query_server::Query for Services {
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         let top = if r.top == 0 { 10 } else { r.top as usize };
+        let staleness_ms = self.node.bounded_staleness().await.map_err(status)?;
         let a =
             self.node.planner.breakdown(&r.trait_name, &r.expression, top, now, deadline).map_err(status)?;
         Ok(Response::new(pb::BreakdownReply {
@@ -283,6 +287,7 @@ impl pb::query_server::Query for Services {
             missing: a.missing,
             total: a.total,
             now: format_rfc3339_ms(now),
+            staleness_ms,
         }))
     }
 

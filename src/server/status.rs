@@ -9,7 +9,7 @@
 //! | a saved segment that exists (`AdminError::Exists`) | `ALREADY_EXISTS` |
 //! | a saved segment in use (`AdminError::InUse`) | `FAILED_PRECONDITION` |
 //! | a shard past the deadline (`QueryError::DeadlineExceeded`) | `DEADLINE_EXCEEDED` |
-//! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped}`, `IngestError::{Gap, ShuttingDown, StepsPending}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
+//! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a replica behind its leader or past the staleness bound, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped, ReadBehind, TooStale}`, `IngestError::{Gap, ShuttingDown, StepsPending}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
 //! | a batch or a change forwarded to the catalog's leader that failed there (`IngestError::Forwarded`, `CatalogError::Forwarded`) | the leader's code; `UNAVAILABLE` when it could not be sent (`IngestError::ForwardFailed`) |
 //! | no API key or an unknown one, a key whose role does not allow the call ([`ServerError::Unauthenticated`], [`ServerError::PermissionDenied`]) | `UNAUTHENTICATED`, `PERMISSION_DENIED` |
 //! | the log, a snapshot, a thread, a bug (every other variant) | `INTERNAL` |
@@ -81,6 +81,7 @@ pub fn code(e: &ServerError) -> Code {
             | ReplicationError::ShuttingDown
             | ReplicationError::Halted { .. }
             | ReplicationError::ReadBehind { .. }
+            | ReplicationError::TooStale { .. }
             | ReplicationError::WritesStopped { .. } => Code::Unavailable,
             ReplicationError::NoSuchGroup { .. }
             | ReplicationError::Storage(_)
@@ -207,6 +208,16 @@ mod tests {
         vec![
             (not_leader(None), Code::Unavailable),
             (ReplicationError::ShuttingDown, Code::Unavailable),
+            (
+                ReplicationError::TooStale {
+                    group: 3,
+                    name: "shard 1".into(),
+                    bound_ms: 1000,
+                    age: "2.5 s".into(),
+                    cause: "no leader".into(),
+                },
+                Code::Unavailable,
+            ),
             (
                 ReplicationError::LeadershipLost {
                     group: 2,
