@@ -1002,6 +1002,19 @@ impl Cluster {
 /// Asks the member at `at` to add this node to the cluster; returns the
 /// member table it answered with.
 async fn join_cluster(config: &NodeConfig, at: &str, tls: Option<&PeerTls>) -> Result<Members, NodeError> {
+    // Once the join is recorded the leaders make this node a voter within
+    // a second: a node that then fails to listen would count against
+    // every quorum. So its addresses are tried first.
+    for (key, addr) in
+        [("raft_addr", &config.raft_addr), ("grpc_addr", &config.grpc_addr), ("http_addr", &config.http_addr)]
+    {
+        if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
+            return Err(NodeError::Join {
+                at: at.to_string(),
+                reason: format!("this node cannot listen on {addr} ({key}): {e}; nothing was asked"),
+            });
+        }
+    }
     let me = Member {
         id: config.node_id,
         raft_addr: config.raft_addr.clone(),
