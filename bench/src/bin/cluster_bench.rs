@@ -26,7 +26,24 @@
 //!    runs), against the single node, the cluster's catalog leader and a
 //!    follower, once the nodes have fallen quiet after the ingest; every
 //!    target must give the same answers.
-//! 4. **Failover**, `--rounds` times on the cluster of (c): find the
+//! 4. **Join and removal of a fourth node** on the cluster of (c), unless
+//!    `--no-join`. The same load in three windows: Counts of the latency
+//!    queries back to back on a follower of the catalog, and a light writer
+//!    (batches of `--failover-batch` identifies of new users, each batch
+//!    with its own `jn_batch` value, `--join-write-interval-ms` apart)
+//!    through the three members in turn. First `--join-secs` of steady
+//!    state; then node 4 is started with `--join` (through the other
+//!    follower's Raft address, an empty data directory), timed until its
+//!    gRPC door answers Status and until every member's Status has it as a
+//!    voter (not a learner) in every group, with the snapshot bytes sent
+//!    meanwhile; the load stops, every node must apply every group and
+//!    node 4 must count what the members count; last, with the load again,
+//!    `Admin.SetMember { remove: true }` of node 4, timed until no group in
+//!    any member's Status holds it, then kill -9 of node 4 and one more
+//!    second of load. Count latency, failed Counts and failed writes are
+//!    reported per window; every acknowledged batch must be counted
+//!    exactly on every node at the end.
+//! 5. **Failover**, `--rounds` times on the cluster of (c): find the
 //!    catalog's leader (`Admin.Status`), start a writer that sends batches
 //!    of `--failover-batch` identifies to the two other nodes in turn (each
 //!    call with a `--call-timeout-ms` timeout, a failed batch is sent again
@@ -69,7 +86,10 @@ use clap::Parser;
 use cohort::proto::v1::admin_client::AdminClient;
 use cohort::proto::v1::ingest_client::IngestClient;
 use cohort::proto::v1::query_client::QueryClient;
-use cohort::proto::v1::{ApplySchemaRequest, CountRequest, IngestBatchRequest, StatusReply, StatusRequest};
+use cohort::proto::v1::{
+    ApplySchemaRequest, CountRequest, GroupStatus, IngestBatchRequest, SetMemberRequest, StatusReply,
+    StatusRequest,
+};
 use cohort_bench::stats::percentile;
 use cohort_bench::sysinfo;
 use cohort_datagen::{format_rfc3339_ms, Config, DEFAULT_NOW_MS};
@@ -94,7 +114,8 @@ const QUERIES: [(&str, &str); 4] = [
 const PROBE_QUERY: &str = r#"plan = "pro""#;
 
 /// A single node beside a three-node cluster: durable ingest, bytes
-/// between nodes, Count latency on leader and follower, and failover.
+/// between nodes, Count latency on leader and follower, the join and
+/// removal of a fourth node, and failover.
 #[derive(Parser, Debug)]
 #[command(version, about, args_override_self = true)]
 struct Args {
@@ -143,6 +164,19 @@ struct Args {
     /// this many seconds.
     #[arg(long, default_value_t = 60)]
     round_timeout_secs: u64,
+    /// Skip the join and removal of a fourth node.
+    #[arg(long)]
+    no_join: bool,
+    /// Steady state before the join (Counts and writes, no change), s.
+    #[arg(long, default_value_t = 10)]
+    join_secs: u64,
+    /// Pause after each acknowledged batch of the join phase's writer, ms.
+    #[arg(long, default_value_t = 50)]
+    join_write_interval_ms: u64,
+    /// Give up on the join phase (a node not serving, a group not changed,
+    /// no convergence) after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    join_timeout_secs: u64,
     /// Parent of the temporary directory of data and logs (default: the
     /// system's temporary directory).
     #[arg(long, value_name = "DIR")]
@@ -166,6 +200,19 @@ struct NodeSpec {
     raft: String,
     dir: PathBuf,
     log: PathBuf,
+}
+
+/// Node `id` of deployment `name` under `root`, on `ports` (gRPC, HTTP,
+/// Raft).
+fn node_spec(root: &Path, name: &str, id: u64, ports: &[u16]) -> NodeSpec {
+    NodeSpec {
+        id,
+        grpc: format!("127.0.0.1:{}", ports[0]),
+        http: format!("127.0.0.1:{}", ports[1]),
+        raft: format!("127.0.0.1:{}", ports[2]),
+        dir: root.join(format!("{name}-node-{id}")),
+        log: root.join(format!("{name}-node-{id}.log")),
+    }
 }
 
 /// `count` free loopback ports, all bound at once so that they differ,
@@ -194,7 +241,11 @@ fn cpu_secs_of(pid: u32) -> f64 {
 struct Fleet {
     name: String,
     cohort: PathBuf,
+    root: PathBuf,
     shards: u32,
+    /// The founding nodes, `specs[..founders]` (started with `--peer`);
+    /// the specs after them are nodes that join (`--join`).
+    founders: usize,
     specs: Vec<NodeSpec>,
     children: BTreeMap<u64, Child>,
 }
@@ -207,24 +258,43 @@ impl Fleet {
         let specs = (1..=nodes)
             .map(|id| {
                 let i = 3 * (id - 1) as usize;
-                let dir = root.join(format!("{name}-node-{id}"));
-                NodeSpec {
-                    id,
-                    grpc: format!("127.0.0.1:{}", ports[i]),
-                    http: format!("127.0.0.1:{}", ports[i + 1]),
-                    raft: format!("127.0.0.1:{}", ports[i + 2]),
-                    log: root.join(format!("{name}-node-{id}.log")),
-                    dir,
-                }
+                node_spec(root, name, id, &ports[i..i + 3])
             })
             .collect();
         Ok(Fleet {
             name: name.to_string(),
             cohort: cohort.to_path_buf(),
+            root: root.to_path_buf(),
             shards,
+            founders: nodes as usize,
             specs,
             children: BTreeMap::new(),
         })
+    }
+
+    /// Plans the next node, which will join the running fleet (fresh
+    /// loopback ports, a new data directory), and starts it with `--join
+    /// via` (a member's Raft address); returns its id.
+    fn spawn_joining(&mut self, via: &str) -> Result<u64, String> {
+        let id = self.specs.len() as u64 + 1;
+        let ports = free_ports(3)?;
+        self.specs.push(node_spec(&self.root, &self.name, id, &ports));
+        self.start(id, Some(via))?;
+        Ok(id)
+    }
+
+    /// Forgets node `id`, the last joined one, once it is stopped (it was
+    /// removed from the cluster): the fleet is its founders and the other
+    /// joined nodes again.
+    fn forget(&mut self, id: u64) -> Result<(), String> {
+        if self.children.contains_key(&id) || self.specs.last().map(|s| s.id) != Some(id) {
+            return Err(format!("node {id} is still running or not the last joined node"));
+        }
+        if (id as usize) <= self.founders {
+            return Err(format!("node {id} is a founding node"));
+        }
+        self.specs.pop();
+        Ok(())
     }
 
     fn spec(&self, id: u64) -> &NodeSpec {
@@ -246,6 +316,13 @@ impl Fleet {
 
     /// Spawns node `id` (on its data directory; its log is appended to).
     fn spawn(&mut self, id: u64) -> Result<(), String> {
+        self.start(id, None)
+    }
+
+    /// Spawns node `id`: a founding node with every founder as `--peer`
+    /// (none on a single node), or with `join` a node that joins through
+    /// that Raft address.
+    fn start(&mut self, id: u64, join: Option<&str>) -> Result<(), String> {
         let spec = self.spec(id).clone();
         let log = File::options()
             .create(true)
@@ -259,9 +336,11 @@ impl Fleet {
             .arg(&spec.dir)
             .args(["--grpc-addr", &spec.grpc, "--http-addr", &spec.http])
             .args(["--shards", &self.shards.to_string()]);
-        if self.specs.len() > 1 {
+        if let Some(via) = join {
+            cmd.args(["--node-id", &id.to_string(), "--raft-addr", &spec.raft, "--join", via]);
+        } else if self.founders > 1 {
             cmd.args(["--node-id", &id.to_string(), "--raft-addr", &spec.raft]);
-            for p in &self.specs {
+            for p in &self.specs[..self.founders] {
                 cmd.arg("--peer").arg(format!("{}={},{}", p.id, p.raft, p.grpc));
             }
         }
@@ -783,25 +862,35 @@ fn lock(log: &Shared) -> std::sync::MutexGuard<'_, RoundLog> {
     log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The failover writer's messages of batch `b`: identifies of new users
-/// `fo{b}-{k}`, each with the batch's own `fo_batch` value.
-fn failover_batch(b: u64, size: usize, round: usize) -> Vec<String> {
+/// A writer's messages of batch `b`: identifies of new users
+/// `{prefix}{b}-{k}`, each with the batch's own `{prefix}_batch` value
+/// (`fo` for the failover writer, [`JOIN_PREFIX`] for the join phase's).
+fn writer_batch(prefix: &str, b: u64, size: usize, round: usize) -> Vec<String> {
     (0..size)
         .map(|k| {
             format!(
-                r#"{{"type":"identify","messageId":"fo-m{b}-{k}","userId":"fo{b}-{k}","timestamp":"2026-10-31T12:00:00.000Z","traits":{{"fo_batch":"b{b}","fo_round":{round}}}}}"#
+                r#"{{"type":"identify","messageId":"{prefix}-m{b}-{k}","userId":"{prefix}{b}-{k}","timestamp":"2026-10-31T12:00:00.000Z","traits":{{"{prefix}_batch":"b{b}","{prefix}_round":{round}}}}}"#
             )
         })
         .collect()
 }
 
+/// The failover writer's prefix of user ids, message ids and traits.
+const FAILOVER_PREFIX: &str = "fo";
+
 struct WriterCfg {
+    /// Each call goes to the next of these, in turn.
     targets: Vec<(u64, IngestClient<Channel>)>,
     next_batch: Arc<AtomicU64>,
+    /// See [`writer_batch`].
+    prefix: &'static str,
     size: usize,
     round: usize,
     timeout: Duration,
+    /// After a failed call.
     pause: Duration,
+    /// After an acknowledged batch (0: the next one at once).
+    interval: Duration,
     stop: Arc<AtomicBool>,
     abort: Arc<AtomicBool>,
     log: Shared,
@@ -813,13 +902,14 @@ async fn writer(mut w: WriterCfg) {
     let mut turn = 0usize;
     while !w.stop.load(Ordering::SeqCst) {
         let b = w.next_batch.fetch_add(1, Ordering::SeqCst);
-        let messages = failover_batch(b, w.size, w.round);
+        let messages = writer_batch(w.prefix, b, w.size, w.round);
         let first_sent = Instant::now();
         loop {
             if w.abort.load(Ordering::SeqCst) {
                 return;
             }
-            let (node, client) = &mut w.targets[turn % 2];
+            let slot = turn % w.targets.len();
+            let (node, client) = &mut w.targets[slot];
             let node = *node;
             turn += 1;
             let start = Instant::now();
@@ -840,6 +930,9 @@ async fn writer(mut w: WriterCfg) {
             match result {
                 Ok(duplicates) => {
                     lock(&w.log).acks.push((b, start, end, node, duplicates, first_sent));
+                    if !w.interval.is_zero() {
+                        tokio::time::sleep(w.interval).await;
+                    }
                     break;
                 }
                 Err(e) => {
@@ -978,10 +1071,12 @@ async fn failover_round(
     let w = WriterCfg {
         targets,
         next_batch: next_batch.clone(),
+        prefix: FAILOVER_PREFIX,
         size: args.failover_batch,
         round,
         timeout,
         pause: Duration::from_millis(args.retry_pause_ms),
+        interval: Duration::ZERO,
         stop: stop.clone(),
         abort: Arc::clone(&abort),
         log: log.clone(),
@@ -1137,10 +1232,12 @@ async fn failover_round(
     Ok(r)
 }
 
-/// The final check of the failover writes on one node: every acknowledged
-/// batch counts `size` profiles, and `fo_batch EXISTS` counts them all.
+/// The final check of a writer's batches on one node: every acknowledged
+/// batch counts `size` profiles, and `{prefix}_batch EXISTS` counts them
+/// all.
 async fn check_acknowledged(
     addr: &str,
+    prefix: &str,
     acked: &[u64],
     size: usize,
     now: &str,
@@ -1148,7 +1245,7 @@ async fn check_acknowledged(
     let mut q = QueryClient::new(connect(addr).await?);
     let mut problems = Vec::new();
     for chunk in acked.chunks(200) {
-        let exprs: Vec<String> = chunk.iter().map(|b| format!(r#"fo_batch = "b{b}""#)).collect();
+        let exprs: Vec<String> = chunk.iter().map(|b| format!(r#"{prefix}_batch = "b{b}""#)).collect();
         let refs: Vec<&str> = exprs.iter().map(String::as_str).collect();
         let counts = count(&mut q, &refs, now).await?;
         for (b, c) in chunk.iter().zip(counts) {
@@ -1157,8 +1254,564 @@ async fn check_acknowledged(
             }
         }
     }
-    let total = count(&mut q, &["fo_batch EXISTS"], now).await?[0];
+    let total = count(&mut q, &[&format!("{prefix}_batch EXISTS")], now).await?[0];
     Ok((total, problems))
+}
+
+// ---------------------------------------------------------------- join
+
+/// The join phase writer's prefix of user ids, message ids and traits.
+const JOIN_PREFIX: &str = "jn";
+
+/// Counts the expressions of [`QUERIES`] in turn on node `node`, back to
+/// back, until `stop`. An answer other than `expected` (the ingest's
+/// counts: the writers' users have none of those traits) is logged as a
+/// failed Count; after a failure the next call waits 5 ms.
+async fn count_loop(
+    node: u64,
+    mut q: QueryClient<Channel>,
+    timeout: Duration,
+    now: String,
+    expected: Vec<u64>,
+    stop: Arc<AtomicBool>,
+    log: Shared,
+) {
+    let mut k = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let (name, expr) = QUERIES[k % QUERIES.len()];
+        let want = expected[k % QUERIES.len()];
+        k += 1;
+        let start = Instant::now();
+        let failure = match tokio::time::timeout(timeout, count(&mut q, &[expr], &now)).await {
+            Ok(Ok(got)) if got.first() == Some(&want) => None,
+            Ok(Ok(got)) => Some(format!("wrong answer to {name}: {got:?}, expected [{want}]")),
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("timed out".to_string()),
+        };
+        match failure {
+            None => lock(&log).counts.push((node, start, Instant::now())),
+            Some(e) => {
+                lock(&log).count_failures.push((node, start, e));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// The load of the join phase: Counts back to back on one member
+/// ([`count_loop`]) and a [`writer`] through the members in turn, both
+/// logging into one [`RoundLog`].
+struct Load {
+    stop: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<()>,
+    counter: tokio::task::JoinHandle<()>,
+    log: Shared,
+}
+
+impl Load {
+    /// Starts the Count loop on `count_node` and the writer through
+    /// `members`; the writer numbers its batches from `next_batch`.
+    fn start(
+        fleet: &Fleet,
+        args: &Args,
+        members: &[u64],
+        count_node: u64,
+        next_batch: &Arc<AtomicU64>,
+        now: &str,
+        expected: &[u64],
+    ) -> Load {
+        let timeout = Duration::from_millis(args.call_timeout_ms);
+        let log: Shared = Arc::default();
+        let (stop, abort) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let targets = members
+            .iter()
+            .map(|&id| (id, IngestClient::new(endpoint(&fleet.addr(id), timeout).connect_lazy())))
+            .collect();
+        let w = WriterCfg {
+            targets,
+            next_batch: next_batch.clone(),
+            prefix: JOIN_PREFIX,
+            size: args.failover_batch,
+            round: 0,
+            timeout,
+            pause: Duration::from_millis(args.retry_pause_ms),
+            interval: Duration::from_millis(args.join_write_interval_ms),
+            stop: stop.clone(),
+            abort: abort.clone(),
+            log: log.clone(),
+        };
+        let writer = tokio::spawn(writer(w));
+        let q = QueryClient::new(endpoint(&fleet.addr(count_node), timeout).connect_lazy());
+        let counter = tokio::spawn(count_loop(
+            count_node,
+            q,
+            timeout,
+            now.to_string(),
+            expected.to_vec(),
+            stop.clone(),
+            log.clone(),
+        ));
+        Load { stop, abort, writer, counter, log }
+    }
+
+    /// Stops the load and returns what it saw. The writer's batch in flight
+    /// is sent until it is acknowledged, for at most `give_up`; a batch
+    /// given up is logged as a failed write.
+    async fn stop(self, give_up: Duration) -> RoundLog {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.counter.await;
+        let mut writer = self.writer;
+        if tokio::time::timeout(give_up, &mut writer).await.is_err() {
+            self.abort.store(true, Ordering::SeqCst);
+            let _ = writer.await;
+            let now = Instant::now();
+            lock(&self.log).write_failures.push((
+                now,
+                now,
+                0,
+                format!("the writer gave up on its last batch, unacknowledged after {give_up:?}"),
+            ));
+        }
+        std::mem::take(&mut *lock(&self.log))
+    }
+}
+
+/// The load's figures over one window of the join phase: the calls sent
+/// from `from` to `to`.
+struct LoadWindow {
+    label: &'static str,
+    length: Duration,
+    /// Latency of each answered Count, ns.
+    count_ns: Vec<u64>,
+    /// Failed Counts and failed write calls, by kind ([`error_kind`]).
+    failed_counts: BTreeMap<String, usize>,
+    failed_writes: BTreeMap<String, usize>,
+    /// Batches acknowledged (their last call sent in the window).
+    acked_batches: usize,
+}
+
+impl LoadWindow {
+    fn of(log: &RoundLog, label: &'static str, from: Instant, to: Instant) -> LoadWindow {
+        let inside = |t: Instant| t >= from && t < to;
+        let mut failed_counts: BTreeMap<String, usize> = BTreeMap::new();
+        for f in log.count_failures.iter().filter(|f| inside(f.1)) {
+            eprintln!("[join] {label}: failed Count on n{}: {}", f.0, f.2);
+            *failed_counts.entry(error_kind(&f.2)).or_default() += 1;
+        }
+        let mut failed_writes: BTreeMap<String, usize> = BTreeMap::new();
+        for f in log.write_failures.iter().filter(|f| inside(f.0)) {
+            eprintln!("[join] {label}: failed write call to n{}: {}", f.2, f.3);
+            *failed_writes.entry(error_kind(&f.3)).or_default() += 1;
+        }
+        LoadWindow {
+            label,
+            length: to - from,
+            count_ns: log
+                .counts
+                .iter()
+                .filter(|c| inside(c.1))
+                .map(|c| (c.2 - c.1).as_nanos() as u64)
+                .collect(),
+            failed_counts,
+            failed_writes,
+            acked_batches: log.acks.iter().filter(|a| inside(a.1)).count(),
+        }
+    }
+
+    fn failed_counts(&self) -> usize {
+        self.failed_counts.values().sum()
+    }
+
+    fn failed_writes(&self) -> usize {
+        self.failed_writes.values().sum()
+    }
+}
+
+/// The join phase's figures.
+struct JoinRun {
+    /// The catalog's leader when the phase began, the follower the Counts
+    /// went to, the follower node `joiner` joined through.
+    leader: u64,
+    count_node: u64,
+    joined_through: u64,
+    joiner: u64,
+    /// `profiles` of the leader's Status before the join.
+    profiles: u64,
+    /// Once node `joiner` counted what the members count: (node,
+    /// `profiles`, `memory_bytes`) of each node's Status.
+    data: Vec<(u64, u64, u64)>,
+    /// Steady state, the join, the removal, after it.
+    windows: Vec<LoadWindow>,
+    /// From the spawn until node `joiner`'s gRPC door answers Status.
+    serving: Duration,
+    /// From the spawn until every group in every member's Status has it as
+    /// a learner or a voter, and until it has it as a voter and not a
+    /// learner.
+    in_every_group: Duration,
+    voter_everywhere: Duration,
+    /// Sums over the nodes of `snapshot_bytes_sent` and `raft_bytes_sent`,
+    /// from before the spawn until the join's load stopped.
+    snapshot_bytes: u64,
+    raft_bytes: u64,
+    /// After the join's load stopped, until every node applied every
+    /// group, then until the joiner counted what the members count.
+    caught_up: Duration,
+    same_counts: Duration,
+    /// From `SetMember { remove }` until its reply, until no group in any
+    /// member's Status holds the node, and, after its kill and the load,
+    /// until the three nodes converged.
+    remove_answered: Duration,
+    removed_everywhere: Duration,
+    converged_after: Duration,
+    /// Groups led per node before the removal and at the end.
+    leaders_joined: String,
+    leaders_after: String,
+}
+
+/// The Counts of the final check of the join phase: the latency queries,
+/// the identified profiles and the join writer's users.
+fn join_check_expressions() -> Vec<String> {
+    let mut exprs: Vec<String> = QUERIES.iter().map(|q| q.1.to_string()).collect();
+    exprs.push("user_id EXISTS".into());
+    exprs.push(format!("{JOIN_PREFIX}_batch EXISTS"));
+    exprs
+}
+
+/// The Status of each of `members`, if each answers with every group;
+/// `Err` says which did not.
+async fn member_groups(fleet: &Fleet, members: &[u64]) -> Result<Vec<(u64, StatusReply)>, String> {
+    let groups = fleet.shards as usize + 1;
+    let mut out = Vec::new();
+    for &m in members {
+        let reply = status(&fleet.addr(m), Duration::from_secs(1)).await.map_err(|e| format!("n{m}: {e}"))?;
+        if reply.groups.len() != groups {
+            return Err(format!("n{m} reports {} groups, not {groups}", reply.groups.len()));
+        }
+        out.push((m, reply));
+    }
+    Ok(out)
+}
+
+/// Whether every group in each of `replies` satisfies `holds`; `Err` names
+/// the first that does not, with its voters and learners.
+fn every_group(replies: &[(u64, StatusReply)], holds: impl Fn(&GroupStatus) -> bool) -> Result<(), String> {
+    for (m, reply) in replies {
+        if let Some(g) = reply.groups.iter().find(|g| !holds(g)) {
+            return Err(format!("n{m} {}: voters {:?}, learners {:?}", g.name, g.voters, g.learners));
+        }
+    }
+    Ok(())
+}
+
+/// Polls, every 20 ms from `spawned` on, whether node `joiner` serves (its
+/// gRPC door answers Status) and how far every member's Status has it;
+/// returns, each as the first time since `spawned` it was seen, (serving,
+/// in every group as a learner or voter, a voter and not a learner in
+/// every group), once all three were seen.
+async fn wait_joined(
+    fleet: &mut Fleet,
+    members: &[u64],
+    joiner: u64,
+    spawned: Instant,
+    give_up: Duration,
+) -> Result<(Duration, Duration, Duration), String> {
+    let joiner_addr = fleet.addr(joiner);
+    let (mut serving, mut in_every_group, mut voter_everywhere) = (None, None, None);
+    loop {
+        fleet.check_alive(joiner)?;
+        if serving.is_none() && status(&joiner_addr, Duration::from_millis(500)).await.is_ok() {
+            serving = Some(spawned.elapsed());
+        }
+        let looked = member_groups(fleet, members).await;
+        let at = spawned.elapsed();
+        let pending = match looked {
+            Ok(replies) => {
+                let present = |g: &GroupStatus| g.voters.contains(&joiner) || g.learners.contains(&joiner);
+                if in_every_group.is_none() && every_group(&replies, present).is_ok() {
+                    in_every_group = Some(at);
+                }
+                let voter = |g: &GroupStatus| g.voters.contains(&joiner) && !g.learners.contains(&joiner);
+                let voted = every_group(&replies, voter);
+                if voter_everywhere.is_none() && voted.is_ok() {
+                    voter_everywhere = Some(at);
+                }
+                match (voted, serving, in_every_group.or(voter_everywhere), voter_everywhere) {
+                    (_, Some(s), Some(i), Some(v)) => return Ok((s, i, v)),
+                    (Ok(()), _, _, _) => format!("n{joiner} does not answer Status"),
+                    (Err(e), _, _, _) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if at > give_up {
+            return Err(format!(
+                "[{}] node {joiner} not a voter of every group within {give_up:?} (serving after {serving:?}; \
+                 pending: {pending}); end of its log:\n{}",
+                fleet.name,
+                fleet.log_tail(joiner, 30)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls every member's Status every 20 ms until no group holds node
+/// `removed` (as a voter or a learner); returns the time since `from`.
+async fn wait_removed(
+    fleet: &Fleet,
+    members: &[u64],
+    removed: u64,
+    from: Instant,
+    give_up: Duration,
+) -> Result<Duration, String> {
+    loop {
+        let looked = member_groups(fleet, members).await;
+        let at = from.elapsed();
+        let gone = |g: &GroupStatus| !g.voters.contains(&removed) && !g.learners.contains(&removed);
+        let pending = match looked.and_then(|replies| every_group(&replies, gone)) {
+            Ok(()) => return Ok(at),
+            Err(e) => e,
+        };
+        if at > give_up {
+            return Err(format!(
+                "[{}] node {removed} still in a group {give_up:?} after its removal: {pending}",
+                fleet.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Counts [`join_check_expressions`] on every node of the fleet until all
+/// give the answers of `reference`, at most `give_up`; returns the time
+/// waited and the answers.
+async fn wait_same_counts(
+    fleet: &Fleet,
+    reference: u64,
+    now: &str,
+    give_up: Duration,
+) -> Result<(Duration, Vec<u64>), String> {
+    let start = Instant::now();
+    let exprs = join_check_expressions();
+    let refs: Vec<&str> = exprs.iter().map(String::as_str).collect();
+    loop {
+        let mut answers = BTreeMap::new();
+        for id in fleet.ids() {
+            let mut q = QueryClient::new(connect(&fleet.addr(id)).await?);
+            answers.insert(id, count(&mut q, &refs, now).await.map_err(|e| format!("node {id}: {e}"))?);
+        }
+        let want = answers[&reference].clone();
+        if answers.values().all(|a| *a == want) {
+            return Ok((start.elapsed(), want));
+        }
+        if start.elapsed() > give_up {
+            return Err(format!(
+                "[{}] the nodes still count differently after {give_up:?} ({exprs:?}): {answers:?}",
+                fleet.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `Admin.SetMember { node_id, remove: true }` on `addr`.
+async fn remove_member(addr: &str, node_id: u64, timeout: Duration) -> Result<(), String> {
+    let call = async {
+        let mut admin = AdminClient::new(connect(addr).await?);
+        let request =
+            SetMemberRequest { node_id, raft_addr: String::new(), grpc_addr: String::new(), remove: true };
+        admin.set_member(request).await.map(|_| ()).map_err(|s| format!("SetMember on {addr}: {s}"))
+    };
+    tokio::time::timeout(timeout, call).await.map_err(|_| format!("SetMember on {addr}: timed out"))?
+}
+
+/// The join and removal of a fourth node on the running three-node
+/// `fleet`, under load (see the module's documentation, 4). `universe`
+/// holds the ingest's answers to [`QUERIES`]; what is checked is added to
+/// `checks`, what is wrong to `failures`.
+async fn join_phase(
+    fleet: &mut Fleet,
+    args: &Args,
+    now: &str,
+    universe: &[u64],
+    checks: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) -> Result<JoinRun, String> {
+    let give_up = Duration::from_secs(args.join_timeout_secs);
+    let warm_up = Duration::from_millis(200);
+    let members = fleet.ids();
+    wait_converged(fleet, give_up).await?;
+    let leader = catalog_leader(fleet, give_up).await?;
+    let followers: Vec<u64> = members.iter().copied().filter(|&id| id != leader).collect();
+    let (count_node, joined_through) = (followers[0], followers[followers.len() - 1]);
+    let next_batch = Arc::new(AtomicU64::new(0));
+    let mut acked: Vec<u64> = Vec::new();
+    let mut windows = Vec::new();
+    eprintln!(
+        "[join] catalog leader n{leader}; Counts on n{count_node}; {} s of steady state",
+        args.join_secs
+    );
+
+    // Steady state.
+    let load = Load::start(fleet, args, &members, count_node, &next_batch, now, universe);
+    tokio::time::sleep(warm_up).await;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.join_secs)).await;
+    let to = Instant::now();
+    let log = load.stop(give_up).await;
+    acked.extend(log.acks.iter().map(|a| a.0));
+    windows.push(LoadWindow::of(&log, "steady state", from, to));
+
+    // The join.
+    let before = statuses(fleet).await?;
+    let profiles = before[&leader].profiles;
+    let load = Load::start(fleet, args, &members, count_node, &next_batch, now, universe);
+    tokio::time::sleep(warm_up).await;
+    let via = fleet.spec(joined_through).raft.clone();
+    let spawned = Instant::now();
+    let spawn = fleet.spawn_joining(&via);
+    let waited = match spawn {
+        Ok(joiner) => {
+            eprintln!("[join] node {joiner} started with --join {via} (n{joined_through}'s Raft address)");
+            wait_joined(fleet, &members, joiner, spawned, give_up).await.map(|w| (joiner, w))
+        }
+        Err(e) => Err(e),
+    };
+    let log = load.stop(give_up).await;
+    acked.extend(log.acks.iter().map(|a| a.0));
+    let (joiner, (serving, in_every_group, voter_everywhere)) = waited?;
+    let joiner_addr = fleet.addr(joiner);
+    windows.push(LoadWindow::of(&log, "during the join", spawned, spawned + serving.max(voter_everywhere)));
+    let after = statuses(fleet).await?;
+    let sum = |m: &BTreeMap<u64, StatusReply>, f: fn(&StatusReply) -> u64| m.values().map(f).sum::<u64>();
+    let snapshot_bytes = sum(&after, |s| s.snapshot_bytes_sent) - sum(&before, |s| s.snapshot_bytes_sent);
+    let raft_bytes = sum(&after, |s| s.raft_bytes_sent) - sum(&before, |s| s.raft_bytes_sent);
+    eprintln!(
+        "[join] n{joiner} serving after {:.0} ms, in every group after {:.0} ms, a voter in every group after \
+         {:.0} ms; {:.1} MB of snapshots sent",
+        ms(serving),
+        ms(in_every_group),
+        ms(voter_everywhere),
+        snapshot_bytes as f64 / 1e6
+    );
+
+    // Node 4 settles and counts what the members count.
+    let caught_up = wait_converged(fleet, give_up).await?;
+    let (same_counts, answers) = wait_same_counts(fleet, leader, now, give_up).await?;
+    let joined = statuses(fleet).await?;
+    let leaders_joined = leaders_of(&joined);
+    let data: Vec<(u64, u64, u64)> = joined.iter().map(|(id, s)| (*id, s.profiles, s.memory_bytes)).collect();
+    let expected_users = (acked.len() * args.failover_batch) as u64;
+    let (total, problems) =
+        check_acknowledged(&joiner_addr, JOIN_PREFIX, &acked, args.failover_batch, now).await?;
+    checks.push(format!(
+        "Node n{joiner} once joined counts what the members count ({:?} for the latency queries, {} identified \
+         profiles, {} join-writer users); {} of {} acknowledged batches count their {} profiles on it, \
+         `{JOIN_PREFIX}_batch EXISTS` {} (expected {}).",
+        &answers[..QUERIES.len()],
+        thousands(answers[QUERIES.len()]),
+        thousands(answers[QUERIES.len() + 1]),
+        acked.len() - problems.len(),
+        acked.len(),
+        args.failover_batch,
+        thousands(total),
+        thousands(expected_users)
+    ));
+    if answers[..QUERIES.len()] != *universe || !problems.is_empty() || total != expected_users {
+        failures.push(format!(
+            "node n{joiner} after its join: latency queries {:?} (ingest {universe:?}); {} of {} batches wrong \
+             (first: {:?}); {JOIN_PREFIX}_batch EXISTS {total}, expected {expected_users}",
+            &answers[..QUERIES.len()],
+            problems.len(),
+            acked.len(),
+            problems.iter().take(5).collect::<Vec<_>>()
+        ));
+    }
+
+    // The removal, then the kill of the removed node.
+    let load = Load::start(fleet, args, &members, count_node, &next_batch, now, universe);
+    tokio::time::sleep(warm_up).await;
+    let asked = catalog_leader(fleet, give_up).await?;
+    let asked = if members.contains(&asked) { asked } else { leader };
+    let removing = Instant::now();
+    let removed = remove_member(&fleet.addr(asked), joiner, give_up).await;
+    let remove_answered = removing.elapsed();
+    let waited = match removed {
+        Ok(()) => wait_removed(fleet, &members, joiner, removing, give_up).await,
+        Err(e) => Err(e),
+    };
+    let killed = fleet.kill9(joiner).and_then(|()| fleet.forget(joiner));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let end = Instant::now();
+    let log = load.stop(give_up).await;
+    acked.extend(log.acks.iter().map(|a| a.0));
+    let removed_everywhere = waited?;
+    killed?;
+    windows.push(LoadWindow::of(&log, "during the removal", removing, removing + removed_everywhere));
+    windows.push(LoadWindow::of(
+        &log,
+        "then kill -9 of the removed node and 1 s",
+        removing + removed_everywhere,
+        end,
+    ));
+    eprintln!(
+        "[join] SetMember(remove n{joiner}) on n{asked} answered after {:.0} ms, no group holds n{joiner} after {:.0} ms",
+        ms(remove_answered),
+        ms(removed_everywhere)
+    );
+    let converged_after = wait_converged(fleet, give_up).await?;
+    let leaders_after = leaders_of(&statuses(fleet).await?);
+
+    // Every acknowledged batch of the phase on every member.
+    let expected_users = (acked.len() * args.failover_batch) as u64;
+    for id in fleet.ids() {
+        let (total, problems) =
+            check_acknowledged(&fleet.addr(id), JOIN_PREFIX, &acked, args.failover_batch, now).await?;
+        let mut q = QueryClient::new(connect(&fleet.addr(id)).await?);
+        let exprs: Vec<&str> = QUERIES.iter().map(|q| q.1).collect();
+        let again = count(&mut q, &exprs, now).await?;
+        checks.push(format!(
+            "Node n{id} after the removal of n{joiner}: {} of {} acknowledged join-phase batches count their {} \
+             profiles, `{JOIN_PREFIX}_batch EXISTS` counts {} (expected {}), the ingest's counts {}.",
+            acked.len() - problems.len(),
+            acked.len(),
+            args.failover_batch,
+            thousands(total),
+            thousands(expected_users),
+            if again == universe { "unchanged".to_string() } else { format!("now {again:?}, were {universe:?}") }
+        ));
+        if !problems.is_empty() || total != expected_users || again != universe {
+            failures.push(format!(
+                "node n{id} after the join phase: {} of {} batches wrong (first: {:?}); {JOIN_PREFIX}_batch \
+                 EXISTS {total}, expected {expected_users}; ingest counts {again:?} vs {universe:?}",
+                problems.len(),
+                acked.len(),
+                problems.iter().take(5).collect::<Vec<_>>()
+            ));
+        }
+    }
+    Ok(JoinRun {
+        leader,
+        count_node,
+        joined_through,
+        joiner,
+        profiles,
+        data,
+        windows,
+        serving,
+        in_every_group,
+        voter_everywhere,
+        snapshot_bytes,
+        raft_bytes,
+        caught_up,
+        same_counts,
+        remove_answered,
+        removed_everywhere,
+        converged_after,
+        leaders_joined,
+        leaders_after,
+    })
 }
 
 // ---------------------------------------------------------------- report
@@ -1201,11 +1854,153 @@ struct Report<'a> {
     /// How long the single node, then the cluster, took to fall quiet
     /// before the Count latency.
     quiet: Vec<Duration>,
+    /// The join and removal of a fourth node (none with `--no-join`).
+    join: Option<JoinRun>,
     rounds: Vec<Round>,
     acked_batches: usize,
     checks: Vec<String>,
     failures: Vec<String>,
     total_secs: f64,
+}
+
+/// A latency in ns as µs under a millisecond, else as ms.
+fn latency(ns: u64) -> String {
+    if ns < 1_000_000 {
+        format!("{:.0} µs", ns as f64 / 1e3)
+    } else {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    }
+}
+
+/// The section of the join and removal of a fourth node.
+fn render_join(a: &Args, j: &JoinRun, w: &mut impl FnMut(String)) {
+    w("### Join and removal of a fourth node\n".into());
+    w(format!(
+        "On the cluster above, after the Count latency, the catalog's leader n{leader}: three windows of the same \
+         load. `Query.Count` back to back on the follower n{count} (one client; the {queries} queries of the \
+         latency table in turn, one a call, each with a {timeout} ms timeout; an answer other than the ingest's \
+         counts as failed) and a writer sending batches of {batch} identifies of new users (their own `{p}_batch` \
+         value) to n1, n2, n3 in turn, {interval} ms after each acknowledged batch, a failed call sent again at \
+         once to the next node (same `messageId`s). **Steady state:** {steady} s. **Join:** node {joiner} is \
+         started with `cohort serve --join` and the Raft address of n{via} (an empty data directory, {shards} \
+         shards); the window ends when it serves and the Status of every member (polled every 20 ms) has \
+         n{joiner} as a voter, not a learner, in all {groups} groups. Then the load stops, the bench waits \
+         until every node applied every group, and until n{joiner} counts what the members count. \
+         **Removal:** with the load again, \
+         `Admin.SetMember {{ node_id: {joiner}, remove: true }}` to the catalog's leader; the window ends when no \
+         group in any member's Status holds n{joiner} as a voter or a learner; then kill -9 of node {joiner} and \
+         1 s more of the load (last column). Times are from the spawn, and from the `SetMember` call.\n",
+        leader = j.leader,
+        count = j.count_node,
+        queries = QUERIES.len(),
+        timeout = a.call_timeout_ms,
+        batch = a.failover_batch,
+        p = JOIN_PREFIX,
+        interval = a.join_write_interval_ms,
+        steady = a.join_secs,
+        joiner = j.joiner,
+        via = j.joined_through,
+        shards = a.shards,
+        groups = a.shards + 1,
+    ));
+    let data = j
+        .data
+        .iter()
+        .map(|(id, profiles, memory)| {
+            format!("n{id} {} / {:.1} MB", thousands(*profiles), *memory as f64 / 1e6)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n = j.joiner;
+    w("| join and removal of a fourth node | |".into());
+    w("|---|---:|".into());
+    let at = |d: Duration| format!("{:.0} ms", ms(d));
+    let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1e6);
+    let rows: Vec<(String, String)> = vec![
+        (
+            "profiles in the cluster (`profiles` of the leader's Status before the join)".into(),
+            thousands(j.profiles),
+        ),
+        (format!("data per node once n{n} counts the same (Status: `profiles` / `memory_bytes`)"), data),
+        (format!("node {n} started → its gRPC door answers `Admin.Status`"), at(j.serving)),
+        (format!("→ every group has n{n} (learner or voter) in every member's Status"), at(j.in_every_group)),
+        (
+            format!("→ every group has n{n} as a voter, not a learner, in every member's Status"),
+            format!("**{}**", at(j.voter_everywhere)),
+        ),
+        (
+            "snapshot bytes sent (`snapshot_bytes_sent` summed over the nodes, from before the spawn until \
+             the load stopped)"
+                .into(),
+            mb(j.snapshot_bytes),
+        ),
+        (
+            "Raft bytes sent meanwhile (`raft_bytes_sent`, the writer's traffic included)".into(),
+            mb(j.raft_bytes),
+        ),
+        ("then, load stopped: every node applied every group".into(), at(j.caught_up)),
+        (
+            format!(
+                "then n{n} counts what the members count (latency queries, `user_id EXISTS`, \
+                 `{JOIN_PREFIX}_batch EXISTS`)"
+            ),
+            at(j.same_counts),
+        ),
+        (format!("groups led once n{n} joined"), j.leaders_joined.clone()),
+        (format!("removal: `SetMember {{ remove }}` of n{n} answered"), at(j.remove_answered)),
+        (
+            format!("removal: → no group in any member's Status holds n{n}"),
+            format!("**{}**", at(j.removed_everywhere)),
+        ),
+        (format!("after the kill of n{n}: the three nodes converged (load stopped)"), at(j.converged_after)),
+        ("groups led at the end".into(), j.leaders_after.clone()),
+    ];
+    for (what, figure) in rows {
+        w(format!("| {what} | {figure} |"));
+    }
+    w(String::new());
+    let mut header = format!("| load on n{} and the writer |", j.count_node);
+    let mut rule = "|---|".to_string();
+    for x in &j.windows {
+        header.push_str(&format!(" {} |", x.label));
+        rule.push_str("---:|");
+    }
+    w(header);
+    w(rule);
+    let row = |name: &str, cell: &dyn Fn(&LoadWindow) -> String| {
+        let mut line = format!("| {name} |");
+        for x in &j.windows {
+            line.push_str(&format!(" {} |", cell(x)));
+        }
+        line
+    };
+    w(row("window", &|x| format!("{:.2} s", x.length.as_secs_f64())));
+    w(row("answered Counts", &|x| thousands(x.count_ns.len() as u64)));
+    w(row("Count p50", &|x| latency(percentile(&x.count_ns, 50.0))));
+    w(row("Count p99", &|x| format!("**{}**", latency(percentile(&x.count_ns, 99.0)))));
+    w(row("Count max", &|x| latency(x.count_ns.iter().max().copied().unwrap_or(0))));
+    w(row("failed Counts", &|x| x.failed_counts().to_string()));
+    w(row("acknowledged write batches", &|x| thousands(x.acked_batches as u64)));
+    w(row("failed write calls", &|x| x.failed_writes().to_string()));
+    w(String::new());
+    let failed: Vec<(&str, &str, &String, &usize)> = j
+        .windows
+        .iter()
+        .flat_map(|x| {
+            let counts = x.failed_counts.iter().map(move |(k, n)| (x.label, "Count", k, n));
+            counts.chain(x.failed_writes.iter().map(move |(k, n)| (x.label, "write", k, n)))
+        })
+        .collect();
+    if failed.is_empty() {
+        w("No Count and no write call failed in any window.\n".into());
+    } else {
+        w("| window | call | answer (numbers as N) | calls |".into());
+        w("|---|---|---|---:|".into());
+        for (label, call, kind, n) in failed {
+            w(format!("| {label} | {call} | `{}` | {n} |", kind.replace('|', "\\|").replace('`', "'")));
+        }
+        w(String::new());
+    }
 }
 
 fn render(r: &Report) -> String {
@@ -1348,6 +2143,9 @@ fn render(r: &Report) -> String {
         w(row);
     }
     w(String::new());
+    if let Some(j) = &r.join {
+        render_join(a, j, &mut w);
+    }
     if !r.rounds.is_empty() {
         w("### Failover\n".into());
         w(format!(
@@ -1564,6 +2362,21 @@ async fn run(args: &Args, root: &Path, data: &Dataset, report: &mut Report<'_>) 
         "Every Count of the latency table gave the same answer on the single node, the leader and the follower: {universe:?}."
     ));
 
+    // The join and removal of a fourth node.
+    if !args.no_join {
+        let (mut checks, mut failures) = (Vec::new(), Vec::new());
+        let outcome = join_phase(&mut cluster, args, &now, &universe, &mut checks, &mut failures).await;
+        report.checks.append(&mut checks);
+        report.failures.append(&mut failures);
+        match outcome {
+            Ok(j) => report.join = Some(j),
+            Err(e) => {
+                report.failures.push(e.clone());
+                return Err(e);
+            }
+        }
+    }
+
     // Failover.
     let next_batch = Arc::new(AtomicU64::new(0));
     let mut acked: Vec<u64> = Vec::new();
@@ -1588,7 +2401,8 @@ async fn run(args: &Args, root: &Path, data: &Dataset, report: &mut Report<'_>) 
         }
         for id in cluster.ids() {
             let (total, problems) =
-                check_acknowledged(&cluster.addr(id), &acked, args.failover_batch, &now).await?;
+                check_acknowledged(&cluster.addr(id), FAILOVER_PREFIX, &acked, args.failover_batch, &now)
+                    .await?;
             let mut q = QueryClient::new(connect(&cluster.addr(id)).await?);
             let exprs: Vec<&str> = QUERIES.iter().map(|q| q.1).collect();
             let again = count(&mut q, &exprs, &now).await?;
@@ -1660,6 +2474,7 @@ fn main() {
         query_leader: 0,
         query_follower: 0,
         quiet: Vec::new(),
+        join: None,
         rounds: Vec::new(),
         acked_batches: 0,
         checks: Vec::new(),
