@@ -98,8 +98,13 @@ impl Pipeline {
         let stepper = Stepper { log, catalog: catalog.clone(), shards, ready, board, leads };
         // Recovery: the steps the replay regenerated, driven before serving
         // when this node leads the catalog (a single node does at once).
+        // Once another node is known to lead it, that node drives them: a
+        // follower that restarts or joins serves without waiting more.
         let deadline = tokio::time::Instant::now() + LEADER_AT_START;
-        while !(stepper.leads)() && tokio::time::Instant::now() < deadline {
+        while !(stepper.leads)()
+            && driver.leader_of(CATALOG_GROUP).is_none()
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if (stepper.leads)() {
