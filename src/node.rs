@@ -851,18 +851,24 @@ impl Node {
 
     /// Before a count, breakdown or members page: makes sure every group's
     /// replica here was confirmed current by its leader within the
-    /// staleness bound (`read_staleness_ms`), waiting (at most the bound)
-    /// for a fresh confirmation of those that were not; returns the
-    /// staleness met, in milliseconds (0 on a single node, whose groups
-    /// are their own leaders). A group no leader confirms within the
-    /// bound fails the read, named ([`ReplicationError::TooStale`]).
-    pub async fn bounded_staleness(&self) -> Result<u64, ReplicationError> {
+    /// staleness bound (`requested_ms`, or `read_staleness_ms` for 0),
+    /// waiting (at most the bound, and no later than `deadline`) for a
+    /// fresh confirmation of those that were not; returns the staleness
+    /// met, in milliseconds (0 on a single node, whose groups are their
+    /// own leaders). A group no leader confirms in time fails the read,
+    /// named ([`ReplicationError::TooStale`]).
+    pub async fn bounded_staleness(
+        &self,
+        requested_ms: u64,
+        deadline: Option<Instant>,
+    ) -> Result<u64, ReplicationError> {
         if self.forwarder.is_none() {
             return Ok(0);
         }
-        let bound = self.config.read_staleness_ms;
+        let bound = if requested_ms == 0 { self.config.read_staleness_ms } else { requested_ms };
         let groups = std::iter::once(CATALOG_GROUP).chain((0..self.config.shards).map(shard_group));
         let now = self.freshness.now_ms();
+        let asked_at = Instant::now();
         let mut met = 0;
         let mut stale = Vec::new();
         for group in groups {
@@ -871,16 +877,22 @@ impl Node {
                 age => stale.push((group, age, self.driver.read_barrier(group))),
             }
         }
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(bound);
+        // The wait ends with the bound, or a little before the caller's
+        // deadline, so that the caller hears why.
+        let mut until = Instant::now() + std::time::Duration::from_millis(bound);
+        if let Some(d) = deadline {
+            until = until.min(d.checked_sub(std::time::Duration::from_millis(20)).unwrap_or(d));
+        }
+        let until = tokio::time::Instant::from_std(until);
         for (group, age, barrier) in stale {
-            let cause = match tokio::time::timeout_at(deadline, barrier).await {
+            let cause = match tokio::time::timeout_at(until, barrier).await {
                 Ok(Ok(())) => {
                     self.freshness.confirmed(group, now);
                     met = met.max(self.freshness.now_ms().saturating_sub(now));
                     continue;
                 }
                 Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {bound} ms"),
+                Err(_) => format!("no answer within {} ms", (Instant::now() - asked_at).as_millis()),
             };
             let name =
                 if group == CATALOG_GROUP { "catalog".to_string() } else { format!("shard {}", group - 2) };

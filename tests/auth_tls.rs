@@ -88,7 +88,11 @@ async fn call(channel: &Channel, method: &str, key: Key<'_>, n: usize) -> Result
         }
         "Query/Count" => query
             .count(with_key(
-                pb::CountRequest { expressions: vec!["user_id EXISTS".into()], now: String::new() },
+                pb::CountRequest {
+                    expressions: vec!["user_id EXISTS".into()],
+                    now: String::new(),
+                    max_staleness_ms: 0,
+                },
                 key,
             ))
             .await
@@ -215,7 +219,11 @@ async fn every_grpc_method_needs_a_key_with_its_role() {
     let mut query = pb::query_client::QueryClient::new(channel.clone());
     let reply = query
         .count(with_key(
-            pb::CountRequest { expressions: vec![r#"plan = "pro""#.into()], now: String::new() },
+            pb::CountRequest {
+                expressions: vec![r#"plan = "pro""#.into()],
+                now: String::new(),
+                max_staleness_ms: 0,
+            },
             Key::Bearer(READ_KEY),
         ))
         .await
@@ -514,7 +522,11 @@ async fn tls_on_both_doors_with_a_certificate_made_here() {
     assert!(count.is_ok(), "{count:?}");
     let mut query = pb::query_client::QueryClient::new(channel);
     let reply = query
-        .count(pb::CountRequest { expressions: vec!["user_id EXISTS".into()], now: String::new() })
+        .count(pb::CountRequest {
+            expressions: vec!["user_id EXISTS".into()],
+            now: String::new(),
+            max_staleness_ms: 0,
+        })
         .await
         .unwrap()
         .into_inner();

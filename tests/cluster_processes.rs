@@ -320,7 +320,12 @@ async fn a_count_meets_the_staleness_bound_or_fails_naming_the_group() {
     let count = |q: &mut pb::query_client::QueryClient<tonic::transport::Channel>| {
         let mut q = q.clone();
         async move {
-            q.count(pb::CountRequest { expressions: vec!["plan = \"pro\"".into()], now: String::new() }).await
+            q.count(pb::CountRequest {
+                expressions: vec!["plan = \"pro\"".into()],
+                now: String::new(),
+                max_staleness_ms: 0,
+            })
+            .await
         }
     };
     let reply = count(&mut q).await.unwrap().into_inner();
@@ -343,6 +348,20 @@ async fn a_count_meets_the_staleness_bound_or_fails_naming_the_group() {
         assert!(stopped.elapsed() < Duration::from_secs(10), "a cut-off follower still counts after 10 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // A call that accepts older data still gets its answer, and says how
+    // old.
+    let relaxed = q
+        .clone()
+        .count(pb::CountRequest {
+            expressions: vec!["plan = \"pro\"".into()],
+            now: String::new(),
+            max_staleness_ms: 600_000,
+        })
+        .await
+        .expect("a count that accepts 10 minutes of staleness")
+        .into_inner();
+    assert_eq!(relaxed.counts, vec![50]);
+    assert!(relaxed.staleness_ms > 1000, "{relaxed:?}");
     for pid in &pids {
         assert!(std::process::Command::new("kill").args(["-CONT", pid]).status().unwrap().success());
     }

@@ -39,7 +39,8 @@ async fn a_grpc_timeout_past_the_clock_is_invalid_argument_not_a_panic() {
         .await
         .unwrap();
     let mut q = pb::query_client::QueryClient::new(s.channel().await);
-    let count = || pb::CountRequest { expressions: vec!["ALL".into()], now: String::new() };
+    let count =
+        || pb::CountRequest { expressions: vec!["ALL".into()], now: String::new(), max_staleness_ms: 0 };
     for timeout in ["18446744073709551615S", "9999999999999H", "123456789S", "12x"] {
         let e = q.count(with_timeout(count(), timeout)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "count, {timeout}: {e:?}");
@@ -98,7 +99,11 @@ async fn a_long_bad_query_gets_a_short_invalid_argument() {
         let text = long_bad_query(chars);
         let end = text.chars().count() + 1;
         let e = q
-            .count(pb::CountRequest { expressions: vec![text.clone()], now: String::new() })
+            .count(pb::CountRequest {
+                expressions: vec![text.clone()],
+                now: String::new(),
+                max_staleness_ms: 0,
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{chars} chars: {:?}", e.code());
@@ -120,7 +125,11 @@ async fn a_long_bad_query_gets_a_short_invalid_argument() {
         // A name that long is unknown, and said briefly.
         let name = "x".repeat(chars);
         let e = q
-            .count(pb::CountRequest { expressions: vec![format!("{name} = 1")], now: String::new() })
+            .count(pb::CountRequest {
+                expressions: vec![format!("{name} = 1")],
+                now: String::new(),
+                max_staleness_ms: 0,
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
@@ -149,7 +158,11 @@ async fn a_long_bad_query_gets_a_short_invalid_argument() {
     // A query past the Query service's 64 MiB request limit is refused
     // cleanly too.
     let e = q
-        .count(pb::CountRequest { expressions: vec![long_bad_query(65 << 20)], now: String::new() })
+        .count(pb::CountRequest {
+            expressions: vec![long_bad_query(65 << 20)],
+            now: String::new(),
+            max_staleness_ms: 0,
+        })
         .await
         .unwrap_err();
     assert!(
@@ -159,7 +172,10 @@ async fn a_long_bad_query_gets_a_short_invalid_argument() {
         e.message()
     );
     // And the node still answers.
-    let r = q.count(pb::CountRequest { expressions: vec!["ALL".into()], now: String::new() }).await.unwrap();
+    let r = q
+        .count(pb::CountRequest { expressions: vec!["ALL".into()], now: String::new(), max_staleness_ms: 0 })
+        .await
+        .unwrap();
     assert_eq!(r.into_inner().counts, vec![1]);
 }
 

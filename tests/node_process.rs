@@ -433,6 +433,7 @@ async fn members_pages_cover_every_member_once_and_saved_segments_work() {
                     cursor: cursor.clone(),
                     limit,
                     now: String::new(),
+                    max_staleness_ms: 0,
                 })
                 .await
                 .unwrap()

@@ -261,6 +261,7 @@ async fn a_served_node_answers_over_nested_shared_segments() {
             expression: top.clone(),
             top: 5,
             now: String::new(),
+            max_staleness_ms: 0,
         })
         .await
         .unwrap()
@@ -274,6 +275,7 @@ async fn a_served_node_answers_over_nested_shared_segments() {
             cursor: String::new(),
             limit: 0,
             now: String::new(),
+            max_staleness_ms: 0,
         })
         .await
         .unwrap()

@@ -280,8 +280,11 @@ pub async fn count(
     expressions: Vec<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let request =
-        node.request(pb::CountRequest { expressions: expressions.clone(), now: now.unwrap_or_default() });
+    let request = node.request(pb::CountRequest {
+        expressions: expressions.clone(),
+        now: now.unwrap_or_default(),
+        max_staleness_ms: 0,
+    });
     let started = Instant::now();
     let reply = node.call(node.query().count(request)).await.map_err(|e| about_one(e, &expressions))?;
     let took = started.elapsed();
@@ -405,6 +408,7 @@ pub async fn members(node: &Node, args: MembersArgs, json: bool) -> anyhow::Resu
         cursor: args.cursor.clone().unwrap_or_default(),
         limit: args.limit,
         now: args.now.clone().unwrap_or_default(),
+        max_staleness_ms: 0,
     });
     let mut client = node.query();
     let mut stream =
@@ -485,6 +489,7 @@ pub async fn breakdown(
         expression: expression.clone(),
         top,
         now: now.unwrap_or_default(),
+        max_staleness_ms: 0,
     });
     let reply =
         node.call(node.query().breakdown(request)).await.map_err(|e| e.about(&expression))?.into_inner();

@@ -188,7 +188,7 @@ impl pb::query_server::Query for Services {
         if r.expressions.is_empty() {
             return Err(bad_request("count: give at least one expression"));
         }
-        let staleness_ms = self.node.bounded_staleness().await.map_err(status)?;
+        let staleness_ms = self.node.bounded_staleness(r.max_staleness_ms, deadline).await.map_err(status)?;
         let (counts, universe) = self.node.planner.count(&r.expressions, now, deadline).map_err(status)?;
         Ok(Response::new(pb::CountReply { counts, now: format_rfc3339_ms(now), universe, staleness_ms }))
     }
@@ -217,7 +217,7 @@ impl pb::query_server::Query for Services {
         // Check the expression before the stream starts, so that a bad one
         // is the call's error.
         self.node.planner.compile(std::slice::from_ref(&r.expression), now).map_err(status)?;
-        let staleness_ms = self.node.bounded_staleness().await.map_err(status)?;
+        let staleness_ms = self.node.bounded_staleness(r.max_staleness_ms, deadline).await.map_err(status)?;
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -272,7 +272,7 @@ impl pb::query_server::Query for Services {
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         let top = if r.top == 0 { 10 } else { r.top as usize };
-        let staleness_ms = self.node.bounded_staleness().await.map_err(status)?;
+        let staleness_ms = self.node.bounded_staleness(r.max_staleness_ms, deadline).await.map_err(status)?;
         let a =
             self.node.planner.breakdown(&r.trait_name, &r.expression, top, now, deadline).map_err(status)?;
         Ok(Response::new(pb::BreakdownReply {

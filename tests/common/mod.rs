@@ -178,6 +178,7 @@ impl Client {
             .count(pb::CountRequest {
                 expressions: exprs.iter().map(|s| s.to_string()).collect(),
                 now: "2026-11-01T00:00:00Z".into(),
+                max_staleness_ms: 0,
             })
             .await?;
         Ok(r.into_inner().counts)
@@ -186,7 +187,11 @@ impl Client {
     pub async fn universe(&self) -> u64 {
         let mut c = pb::query_client::QueryClient::new(self.channel().await);
         let r = c
-            .count(pb::CountRequest { expressions: vec!["user_id EXISTS".into()], now: String::new() })
+            .count(pb::CountRequest {
+                expressions: vec!["user_id EXISTS".into()],
+                now: String::new(),
+                max_staleness_ms: 0,
+            })
             .await
             .unwrap();
         r.into_inner().universe

@@ -453,8 +453,11 @@ async fn status(addr: &str, timeout: Duration) -> Result<StatusReply, String> {
 
 /// The Count of `expressions` at `now` on a connected client.
 async fn count(q: &mut QueryClient<Channel>, expressions: &[&str], now: &str) -> Result<Vec<u64>, String> {
-    let request =
-        CountRequest { expressions: expressions.iter().map(|e| e.to_string()).collect(), now: now.into() };
+    let request = CountRequest {
+        expressions: expressions.iter().map(|e| e.to_string()).collect(),
+        now: now.into(),
+        max_staleness_ms: 0,
+    };
     Ok(q.count(request).await.map_err(|s| format!("Count: {s}"))?.into_inner().counts)
 }
 

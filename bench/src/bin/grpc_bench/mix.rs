@@ -124,7 +124,11 @@ pub async fn run_one(
     match q.kind {
         Kind::Count => {
             let r = client
-                .count(CountRequest { expressions: vec![q.text.to_string()], now: now.to_string() })
+                .count(CountRequest {
+                    expressions: vec![q.text.to_string()],
+                    now: now.to_string(),
+                    max_staleness_ms: 0,
+                })
                 .await
                 .map_err(|s| status("Count", s))?
                 .into_inner();
@@ -160,6 +164,7 @@ pub async fn run_one(
                     expression: q.text.to_string(),
                     top: top as u32,
                     now: now.to_string(),
+                    max_staleness_ms: 0,
                 })
                 .await
                 .map_err(|s| status("Breakdown", s))?
@@ -181,6 +186,7 @@ pub async fn run_one(
                     cursor: String::new(),
                     limit: limit as u64,
                     now: now.to_string(),
+                    max_staleness_ms: 0,
                 })
                 .await
                 .map_err(|s| status("Members", s))?

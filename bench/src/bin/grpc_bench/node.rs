@@ -232,7 +232,11 @@ async fn probe(addr: &str, now: &str) -> Result<(), String> {
     }
     let mut query = QueryClient::new(channel);
     query
-        .count(CountRequest { expressions: vec!["user_id EXISTS".into()], now: now.into() })
+        .count(CountRequest {
+            expressions: vec!["user_id EXISTS".into()],
+            now: now.into(),
+            max_staleness_ms: 0,
+        })
         .await
         .map_err(|s| format!("count: {s}"))?;
     Ok(())
