@@ -559,3 +559,22 @@ async fn a_node_joins_a_quiet_group_and_is_promoted_without_waiting_for_a_write(
     reconcile_until(&cluster, &members, &mut acknowledged, None, |m| m.voters == [1, 2, 3, 4]).await;
     assert_eq!(converged_on(&cluster, &[1, 2, 3, 4], Duration::from_secs(10)), acknowledged);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_index_requests_of_different_followers_are_each_answered() {
+    let cluster = Cluster::start(1_000_000);
+    let leader = cluster.leader(Duration::from_secs(10));
+    assert_eq!(propose(&cluster.driver(leader), 1).await.unwrap(), 1);
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    // Rounds of reads sent at once from both followers: each node numbers
+    // its requests from 1, and the leader holds pending reads by context.
+    for round in 0..20 {
+        let reads: Vec<_> = followers.iter().map(|&id| cluster.driver(id).read_barrier(GROUP)).collect();
+        for (id, read) in followers.iter().zip(reads) {
+            tokio::time::timeout(Duration::from_secs(2), read)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the read of node {id} was never answered"))
+                .unwrap_or_else(|e| panic!("round {round}: the read of node {id} failed: {e}"));
+        }
+    }
+}

@@ -237,6 +237,27 @@ fn membership_of(g: &Group) -> Membership {
     }
 }
 
+/// The context of this node's ReadIndex request number `n`: the node id
+/// and the number. A leader keeps its pending reads by context and takes a
+/// second request with a context it holds as the same request, so the
+/// contexts of different nodes must differ (a counter alone collided
+/// across nodes, and the later request was never answered).
+fn read_context(node: u64, n: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&node.to_be_bytes());
+    ctx.extend_from_slice(&n.to_be_bytes());
+    ctx
+}
+
+/// The request number of a ReadIndex context of node `me`'s
+/// ([`read_context`]); `None` for another node's or a malformed one.
+fn read_context_of(me: u64, ctx: &[u8]) -> Option<u64> {
+    let (node, n) = ctx.split_at_checked(8)?;
+    let node = u64::from_be_bytes(node.try_into().ok()?);
+    let n = u64::from_be_bytes(n.try_into().ok()?);
+    (node == me).then_some(n)
+}
+
 /// Whether `node` is a voter or a learner of `conf` (either side of a
 /// joint configuration).
 fn conf_holds(conf: &raft::eraftpb::ConfState, node: u64) -> bool {
@@ -1560,16 +1581,16 @@ impl Loop {
         };
         self.next_read += 1;
         let ctx = self.next_read;
-        g.node.read_index(ctx.to_be_bytes().to_vec());
+        g.node.read_index(read_context(self.config.node_id, ctx));
         g.reads.insert(ctx, PendingRead { at: Instant::now(), index: None, reply });
     }
 
     /// Notes the read indexes of the ReadIndex requests whose read states
     /// came back.
-    fn answer_reads(g: &mut Group, states: &[raft::ReadState]) {
+    fn answer_reads(g: &mut Group, me: u64, states: &[raft::ReadState]) {
         for state in states {
-            let Ok(ctx) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else { continue };
-            if let Some(r) = g.reads.get_mut(&u64::from_be_bytes(ctx)) {
+            let Some(ctx) = read_context_of(me, &state.request_ctx) else { continue };
+            if let Some(r) = g.reads.get_mut(&ctx) {
                 r.index = Some(state.index);
             }
         }
@@ -1676,7 +1697,7 @@ impl Loop {
                 self.transport.send(g.id, ready.take_messages());
             }
             if !ready.read_states().is_empty() {
-                Loop::answer_reads(g, &ready.take_read_states());
+                Loop::answer_reads(g, self.config.node_id, &ready.take_read_states());
             }
             let mut installed = None;
             if !ready.snapshot().is_empty() {
@@ -1919,6 +1940,14 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_contexts_of_different_nodes_differ_and_come_back_to_their_node() {
+        assert_ne!(read_context(1, 7), read_context(2, 7));
+        assert_eq!(read_context_of(1, &read_context(1, 7)), Some(7));
+        assert_eq!(read_context_of(2, &read_context(1, 7)), None);
+        assert_eq!(read_context_of(1, &7u64.to_be_bytes()), None);
+    }
 
     #[test]
     fn a_stop_snapshots_a_group_only_when_its_tail_is_slower_to_replay() {
