@@ -1917,6 +1917,8 @@ impl Loop {
                 let r = &g.node.raft;
                 let store = g.node.store();
                 let snap = store.snapshot_meta();
+                // The configuration in effect: the newest one kept.
+                let conf = g.confs.values().next_back();
                 GroupStatus {
                     id: g.id,
                     name: g.name.clone(),
@@ -1928,8 +1930,8 @@ impl Loop {
                     snapshot_index: snap.index,
                     first_index: snap.index + 1,
                     last_index: r.raft_log.last_index(),
-                    voters: g.confs.values().next_back().map(|c| c.voters.clone()).unwrap_or_default(),
-                    learners: g.confs.values().next_back().map(|c| c.learners.clone()).unwrap_or_default(),
+                    voters: conf.map(|c| c.voters.clone()).unwrap_or_default(),
+                    learners: conf.map(|c| c.learners.clone()).unwrap_or_default(),
                 }
             })
             .collect();
