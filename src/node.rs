@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use thiserror::Error;
 
+mod reads;
+pub use reads::{BrokenDown, Counted};
+
 use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogError, CatalogMachine, CatalogResult};
 use crate::cluster::forward::{ForwardService, Forwarder, LocalWrites, WritesSlot};
 use crate::cluster::membership::{self, Member, MemberState, Members};
@@ -24,6 +27,7 @@ use crate::datadir::{self, DataDirMeta, DiskGuard};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
 use crate::model::SchemaLimits;
+use crate::query::remote::Latencies;
 use crate::query::Planner;
 use crate::replication::driver::{
     Addresses, Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, SnapshotPolicy, StateMachine, Transport,
@@ -394,6 +398,8 @@ pub struct Node {
     addresses: Addresses,
     /// When each group's replica was last confirmed current.
     freshness: Freshness,
+    /// How fast the other nodes answer reads of their replicas.
+    latencies: Arc<Latencies>,
     /// When it started.
     pub started: Instant,
     /// How long opening took (replay included).
@@ -531,6 +537,7 @@ impl Node {
             transport: raft_transport,
             addresses,
             freshness: Freshness::new(config.shards),
+            latencies: Arc::default(),
             config,
             driver,
             catalog,
@@ -847,64 +854,6 @@ impl Node {
             Some(s) if Some(s) != guessed => self.driver.read_barrier(shard_group(s)).await,
             _ => Ok(()),
         }
-    }
-
-    /// Before a count, breakdown or members page: makes sure every group's
-    /// replica here was confirmed current by its leader within the
-    /// staleness bound (`requested_ms`, or `read_staleness_ms` for 0),
-    /// waiting (at most the bound, and no later than `deadline`) for a
-    /// fresh confirmation of those that were not; returns the staleness
-    /// met, in milliseconds (0 on a single node, whose groups are their
-    /// own leaders). A group no leader confirms in time fails the read,
-    /// named ([`ReplicationError::TooStale`]).
-    pub async fn bounded_staleness(
-        &self,
-        requested_ms: u64,
-        deadline: Option<Instant>,
-    ) -> Result<u64, ReplicationError> {
-        if self.forwarder.is_none() {
-            return Ok(0);
-        }
-        let bound = if requested_ms == 0 { self.config.read_staleness_ms } else { requested_ms };
-        let groups = std::iter::once(CATALOG_GROUP).chain((0..self.config.shards).map(shard_group));
-        let now = self.freshness.now_ms();
-        let asked_at = Instant::now();
-        let mut met = 0;
-        let mut stale = Vec::new();
-        for group in groups {
-            match self.freshness.age_ms(group, now) {
-                Some(age) if age <= bound => met = met.max(age),
-                age => stale.push((group, age, self.driver.read_barrier(group))),
-            }
-        }
-        // The wait ends with the bound, or a little before the caller's
-        // deadline, so that the caller hears why.
-        let mut until = Instant::now() + std::time::Duration::from_millis(bound);
-        if let Some(d) = deadline {
-            until = until.min(d.checked_sub(std::time::Duration::from_millis(20)).unwrap_or(d));
-        }
-        let until = tokio::time::Instant::from_std(until);
-        for (group, age, barrier) in stale {
-            let cause = match tokio::time::timeout_at(until, barrier).await {
-                Ok(Ok(())) => {
-                    self.freshness.confirmed(group, now);
-                    met = met.max(self.freshness.now_ms().saturating_sub(now));
-                    continue;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {} ms", (Instant::now() - asked_at).as_millis()),
-            };
-            let name =
-                if group == CATALOG_GROUP { "catalog".to_string() } else { format!("shard {}", group - 2) };
-            return Err(ReplicationError::TooStale {
-                group,
-                name,
-                bound_ms: bound,
-                age: age.map_or("never".into(), |a| format!("{a} ms")),
-                cause,
-            });
-        }
-        Ok(met)
     }
 
     /// Before a graceful stop: hands every group this node leads to
@@ -1317,6 +1266,16 @@ impl LocalWrites for Node {
         Box::pin(async move {
             Node::admin_here(self, command).await?;
             Ok(self.catalog_applied())
+        })
+    }
+
+    fn read_here(
+        &self,
+        request: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'_, Result<Vec<u8>, tonic::Status>> {
+        Box::pin(async move {
+            Node::read_here(self, request, deadline).await.map_err(crate::server::status::status)
         })
     }
 

@@ -92,6 +92,7 @@ async fn call(channel: &Channel, method: &str, key: Key<'_>, n: usize) -> Result
                     expressions: vec!["user_id EXISTS".into()],
                     now: String::new(),
                     max_staleness_ms: 0,
+                    allow_partial: false,
                 },
                 key,
             ))
@@ -223,6 +224,7 @@ async fn every_grpc_method_needs_a_key_with_its_role() {
                 expressions: vec![r#"plan = "pro""#.into()],
                 now: String::new(),
                 max_staleness_ms: 0,
+                allow_partial: false,
             },
             Key::Bearer(READ_KEY),
         ))
@@ -526,6 +528,7 @@ async fn tls_on_both_doors_with_a_certificate_made_here() {
             expressions: vec!["user_id EXISTS".into()],
             now: String::new(),
             max_staleness_ms: 0,
+            allow_partial: false,
         })
         .await
         .unwrap()

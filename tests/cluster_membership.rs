@@ -29,7 +29,8 @@ fn start_reader(addrs: Vec<String>, stop: Arc<AtomicBool>) -> tokio::task::JoinH
     tokio::spawn(async move {
         let (mut answered, mut failed) = (0u64, Vec::new());
         let mut at = 0usize;
-        while !stop.load(Ordering::Relaxed) {
+        // At least 10 counts a phase, however short its writes were.
+        while !stop.load(Ordering::Relaxed) || answered + (failed.len() as u64) < 10 {
             let client = common::Client { grpc: addrs[at % addrs.len()].clone() };
             match tokio::time::timeout(Duration::from_secs(3), client.try_count(&["plan = \"pro\""])).await {
                 Ok(Ok(_)) => answered += 1,

@@ -538,7 +538,13 @@ async fn tally(id: u64, n: usize) -> Result<Tally, String> {
     expressions.extend((0..n).map(|k| format!(r#"batch = "b{k}""#)));
     let call = async {
         let mut c = pb::query_client::QueryClient::new(client(id).channel().await);
-        c.count(pb::CountRequest { expressions, now: String::new(), max_staleness_ms: 0 }).await
+        c.count(pb::CountRequest {
+            expressions,
+            now: String::new(),
+            max_staleness_ms: 0,
+            allow_partial: false,
+        })
+        .await
     };
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(reply)) => {

@@ -324,6 +324,7 @@ async fn a_count_meets_the_staleness_bound_or_fails_naming_the_group() {
                 expressions: vec!["plan = \"pro\"".into()],
                 now: String::new(),
                 max_staleness_ms: 0,
+                allow_partial: false,
             })
             .await
         }
@@ -356,6 +357,7 @@ async fn a_count_meets_the_staleness_bound_or_fails_naming_the_group() {
             expressions: vec!["plan = \"pro\"".into()],
             now: String::new(),
             max_staleness_ms: 600_000,
+            allow_partial: false,
         })
         .await
         .expect("a count that accepts 10 minutes of staleness")

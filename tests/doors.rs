@@ -39,8 +39,12 @@ async fn a_grpc_timeout_past_the_clock_is_invalid_argument_not_a_panic() {
         .await
         .unwrap();
     let mut q = pb::query_client::QueryClient::new(s.channel().await);
-    let count =
-        || pb::CountRequest { expressions: vec!["ALL".into()], now: String::new(), max_staleness_ms: 0 };
+    let count = || pb::CountRequest {
+        expressions: vec!["ALL".into()],
+        now: String::new(),
+        max_staleness_ms: 0,
+        allow_partial: false,
+    };
     for timeout in ["18446744073709551615S", "9999999999999H", "123456789S", "12x"] {
         let e = q.count(with_timeout(count(), timeout)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "count, {timeout}: {e:?}");
@@ -103,6 +107,7 @@ async fn a_long_bad_query_gets_a_short_invalid_argument() {
                 expressions: vec![text.clone()],
                 now: String::new(),
                 max_staleness_ms: 0,
+                allow_partial: false,
             })
             .await
             .unwrap_err();
@@ -129,6 +134,7 @@ async fn a_long_bad_query_gets_a_short_invalid_argument() {
                 expressions: vec![format!("{name} = 1")],
                 now: String::new(),
                 max_staleness_ms: 0,
+                allow_partial: false,
             })
             .await
             .unwrap_err();
@@ -162,6 +168,7 @@ async fn a_long_bad_query_gets_a_short_invalid_argument() {
             expressions: vec![long_bad_query(65 << 20)],
             now: String::new(),
             max_staleness_ms: 0,
+            allow_partial: false,
         })
         .await
         .unwrap_err();
@@ -173,7 +180,12 @@ async fn a_long_bad_query_gets_a_short_invalid_argument() {
     );
     // And the node still answers.
     let r = q
-        .count(pb::CountRequest { expressions: vec!["ALL".into()], now: String::new(), max_staleness_ms: 0 })
+        .count(pb::CountRequest {
+            expressions: vec!["ALL".into()],
+            now: String::new(),
+            max_staleness_ms: 0,
+            allow_partial: false,
+        })
         .await
         .unwrap();
     assert_eq!(r.into_inner().counts, vec![1]);

@@ -262,6 +262,7 @@ async fn a_served_node_answers_over_nested_shared_segments() {
             top: 5,
             now: String::new(),
             max_staleness_ms: 0,
+            allow_partial: false,
         })
         .await
         .unwrap()

@@ -277,6 +277,7 @@ fn print_schema(reply: &pb::SchemaReply, json: bool) -> anyhow::Result<()> {
 pub async fn count(
     node: &Node,
     now: Option<String>,
+    partial: bool,
     expressions: Vec<String>,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -284,6 +285,7 @@ pub async fn count(
         expressions: expressions.clone(),
         now: now.unwrap_or_default(),
         max_staleness_ms: 0,
+        allow_partial: partial,
     });
     let started = Instant::now();
     let reply = node.call(node.query().count(request)).await.map_err(|e| about_one(e, &expressions))?;
@@ -302,6 +304,7 @@ pub async fn count(
             "universe": reply.universe,
             "elapsed_ms": took.as_secs_f64() * 1e3,
             "staleness_ms": reply.staleness_ms,
+            "missing_shards": missing_json(&reply.missing_shards),
             "counts": expressions.iter().zip(&reply.counts)
                 .map(|(e, c)| json!({ "expression": e, "count": c }))
                 .collect::<Vec<_>>(),
@@ -324,7 +327,18 @@ pub async fn count(
         reply.now,
         output::elapsed(took)
     ));
+    out.push_str(&missing_text(&reply.missing_shards));
     Out::text(&out)
+}
+
+/// The shards a partial answer left out, for `--json`.
+fn missing_json(missing: &[pb::MissingShard]) -> serde_json::Value {
+    missing.iter().map(|m| json!({ "shard": m.shard, "reason": m.reason })).collect()
+}
+
+/// The shards a partial answer left out, a line each (nothing when none).
+fn missing_text(missing: &[pb::MissingShard]) -> String {
+    missing.iter().map(|m| format!("partial: shard {} left out: {}\n", m.shard, m.reason)).collect()
 }
 
 /// Attaches the expression a query error is about, so that the position the
@@ -479,6 +493,7 @@ pub async fn members(node: &Node, args: MembersArgs, json: bool) -> anyhow::Resu
 pub async fn breakdown(
     node: &Node,
     top: u32,
+    partial: bool,
     now: Option<String>,
     trait_name: String,
     expression: String,
@@ -490,6 +505,7 @@ pub async fn breakdown(
         top,
         now: now.unwrap_or_default(),
         max_staleness_ms: 0,
+        allow_partial: partial,
     });
     let reply =
         node.call(node.query().breakdown(request)).await.map_err(|e| e.about(&expression))?.into_inner();
@@ -503,6 +519,7 @@ pub async fn breakdown(
                 .collect::<Vec<_>>(),
             "missing": reply.missing,
             "total": reply.total,
+            "missing_shards": missing_json(&reply.missing_shards),
         }));
     }
     // Shares are of all members; the rows need not add up to the total (a
@@ -523,6 +540,7 @@ pub async fn breakdown(
     table.push(vec!["(total)".into(), output::count(reply.total), output::share(reply.total, reply.total)]);
     let mut out = table.render();
     out.push_str(&format!("\nnow {}\n", reply.now));
+    out.push_str(&missing_text(&reply.missing_shards));
     Out::text(&out)
 }
 

@@ -143,6 +143,10 @@ pub enum ClientCommand {
         /// The query time, RFC 3339 (default: the node's clock).
         #[arg(long, value_parser = parse_now)]
         now: Option<String>,
+        /// In a cluster: answer from the shards that can, listing those
+        /// that cannot, rather than failing.
+        #[arg(long)]
+        partial: bool,
         /// Segment expressions, or `segment:NAME` for a saved segment.
         #[arg(required = true, value_name = "EXPR")]
         expressions: Vec<String>,
@@ -165,6 +169,10 @@ pub enum ClientCommand {
         /// How many values, the most frequent first.
         #[arg(long, default_value_t = 10)]
         top: u32,
+        /// In a cluster: answer from the shards that can, listing those
+        /// that cannot, rather than failing.
+        #[arg(long)]
+        partial: bool,
         /// The query time, RFC 3339 (default: the node's clock).
         #[arg(long, value_parser = parse_now)]
         now: Option<String>,
@@ -559,13 +567,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Schema { command: SchemaCommand::Apply { file } } => {
             commands::schema_apply(&node, &file, json).await
         }
-        ClientCommand::Count { now, expressions } => commands::count(&node, now, expressions, json).await,
+        ClientCommand::Count { now, partial, expressions } => {
+            commands::count(&node, now, partial, expressions, json).await
+        }
         ClientCommand::Check { now, id, expressions } => {
             commands::check(&node, now, id, expressions, json).await
         }
         ClientCommand::Members(args) => commands::members(&node, args, json).await,
-        ClientCommand::Breakdown { top, now, trait_name, expression } => {
-            commands::breakdown(&node, top, now, trait_name, expression, json).await
+        ClientCommand::Breakdown { top, partial, now, trait_name, expression } => {
+            commands::breakdown(&node, top, partial, now, trait_name, expression, json).await
         }
         ClientCommand::Profile { events, id } => commands::profile(&node, events, id, json).await,
         ClientCommand::Segment { command } => commands::segment(&node, command, json).await,

@@ -65,6 +65,16 @@ pub trait LocalWrites: Send + Sync + 'static {
         data: Vec<u8>,
     ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>>;
 
+    /// Answers a read of shards held here for another node
+    /// (`Forward.Read`): the request's bytes, this node's replicas of
+    /// those shards held to its staleness bound; the reply's bytes, or
+    /// the status to answer.
+    fn read_here(
+        &self,
+        request: Vec<u8>,
+        deadline: Option<std::time::Instant>,
+    ) -> BoxFuture<'_, Result<Vec<u8>, tonic::Status>>;
+
     /// Records `member`, a node with `shards` shards that asks to join,
     /// in the member table (through the catalog's leader, wherever it is)
     /// and returns the table once this node's catalog has the change.
@@ -186,6 +196,33 @@ impl Forwarder {
         let reply = client.propose(request).await.map_err(|s| remote(s.code(), s.message().to_string()))?;
         let reply = reply.into_inner();
         Ok((reply.skipped, reply.gap))
+    }
+
+    /// Asks node `node` to read shards it holds (`request`, a
+    /// [`ReadRequest`](crate::query::remote::ReadRequest)'s bytes) and
+    /// returns its reply's bytes, or what went wrong (with the node's
+    /// status when it answered). The call ends at `deadline`.
+    pub async fn read(
+        &self,
+        node: u64,
+        request: Vec<u8>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<u8>, String> {
+        let channel = self.channel(node).map_err(|e| e.to_string())?;
+        let mut client = pb::forward_client::ForwardClient::new(channel)
+            .max_decoding_message_size(MAX_FORWARD_BYTES)
+            .max_encoding_message_size(MAX_FORWARD_BYTES);
+        let mut call = tonic::Request::new(pb::ShardRead { from_node: self.node_id, request });
+        let timeout = deadline
+            .map(|d| d.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or(FORWARD_TIMEOUT)
+            .min(FORWARD_TIMEOUT);
+        if timeout.is_zero() {
+            return Err("the deadline passed before the call".into());
+        }
+        call.set_timeout(timeout);
+        let reply = client.read(call).await.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        Ok(reply.into_inner().reply)
     }
 
     /// Hands a schema or segment change to node `leader` and returns the
@@ -347,6 +384,16 @@ impl pb::forward_server::Forward for ForwardService {
         let (skipped, gap) =
             self.target()?.propose_here(p.group, p.data).await.map_err(crate::server::status::status)?;
         Ok(tonic::Response::new(pb::ForwardedProposalReply { skipped, gap }))
+    }
+
+    async fn read(
+        &self,
+        request: tonic::Request<pb::ShardRead>,
+    ) -> Result<tonic::Response<pb::ShardReadReply>, tonic::Status> {
+        let deadline = crate::server::grpc::deadline(&request)?;
+        let read = request.into_inner();
+        let reply = self.target()?.read_here(read.request, deadline).await?;
+        Ok(tonic::Response::new(pb::ShardReadReply { reply }))
     }
 
     async fn join(

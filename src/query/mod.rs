@@ -7,6 +7,7 @@
 //! can join it over internal gRPC.
 
 pub mod fanout;
+pub mod remote;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use std::time::Instant;
 use thiserror::Error;
 
 use self::fanout::{FanOut, FanOutError};
+use self::remote::{ShardAnswer, ShardQuery};
 
 use crate::cluster::catalog::{parse_address, CatalogMachine, SavedSegment};
 use crate::cluster::placement::shard_of;
@@ -36,6 +38,10 @@ pub enum QueryError {
     /// The deadline passed before every shard answered.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// A shard that no replica could answer (this node's, within the
+    /// staleness bound, or another node's), named with each one's reason.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A shard as the planner reads it.
@@ -51,7 +57,7 @@ impl ShardReader for ShardMachine {
 }
 
 /// A member in a page.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MemberRow {
     /// Profile id.
     pub profile: ProfileId,
@@ -152,22 +158,43 @@ impl Planner {
         })
     }
 
-    /// Runs `f` on every shard in parallel, failing past the deadline.
-    fn fan_out<R: Send + 'static>(
+    /// The number of shards.
+    pub fn shard_count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// Answers `query` over `conds` on this node's replicas of `shards`,
+    /// in parallel, failing past the deadline (naming the shards that had
+    /// not answered).
+    pub fn answer_local(
         &self,
+        shards: &[u32],
+        query: &Arc<ShardQuery>,
+        conds: &Arc<Vec<Cond>>,
         deadline: Option<Instant>,
-        f: impl Fn(&Shard) -> R + Send + Sync + 'static,
-    ) -> Result<Vec<R>, QueryError> {
-        let shards = self.shards.clone();
-        self.pool.run(shards.len(), deadline, move |i| shards[i].read(|s| f(s))).map_err(|e| match e {
-            FanOutError::Deadline(missing) => {
-                let missing: Vec<String> = missing.iter().map(usize::to_string).collect();
-                QueryError::DeadlineExceeded(format!(
-                    "shard(s) {} did not answer in time",
-                    missing.join(", ")
-                ))
-            }
-        })
+    ) -> Result<Vec<(u32, ShardAnswer)>, QueryError> {
+        let list: Arc<Vec<u32>> = Arc::new(shards.to_vec());
+        let (all, asked, query, conds) = (self.shards.clone(), list.clone(), query.clone(), conds.clone());
+        let answers = self
+            .pool
+            .run(list.len(), deadline, move |i| {
+                all[asked[i] as usize].read(|s| remote::answer(s, &query, &conds))
+            })
+            .map_err(|e| match e {
+                FanOutError::Deadline(missing) => {
+                    let missing: Vec<String> = missing.iter().map(|&i| list[i].to_string()).collect();
+                    QueryError::DeadlineExceeded(format!(
+                        "shard(s) {} did not answer in time",
+                        missing.join(", ")
+                    ))
+                }
+            })?;
+        Ok(list.iter().copied().zip(answers).collect())
+    }
+
+    /// Every shard, in order.
+    fn every_shard(&self) -> Vec<u32> {
+        (0..self.shard_count()).collect()
     }
 
     /// Counts of each expression, and the universe.
@@ -178,19 +205,9 @@ impl Planner {
         deadline: Option<Instant>,
     ) -> Result<(Vec<u64>, u64), QueryError> {
         let conds = Arc::new(self.compile(texts, now_ms)?);
-        let per_shard = self.fan_out(deadline, move |s| {
-            let counts = s.count_all(&conds);
-            (counts, s.len())
-        })?;
-        let mut totals = vec![0u64; texts.len()];
-        let mut universe = 0;
-        for (counts, len) in per_shard {
-            universe += len;
-            for (t, c) in totals.iter_mut().zip(counts) {
-                *t += c;
-            }
-        }
-        Ok((totals, universe))
+        let answers =
+            self.answer_local(&self.every_shard(), &Arc::new(ShardQuery::Count), &conds, deadline)?;
+        merge_counts(texts.len(), answers.into_iter().map(|(_, a)| a))
     }
 
     /// The profile an address names, and its shard.
@@ -219,7 +236,8 @@ impl Planner {
         Ok((profile, matches))
     }
 
-    /// One page of members after `cursor` (`shard:row`).
+    /// One page of members after `cursor` (`shard:row`), from this
+    /// node's replicas.
     pub fn members(
         &self,
         text: &str,
@@ -229,7 +247,24 @@ impl Planner {
         now_ms: i64,
         deadline: Option<Instant>,
     ) -> Result<MembersPage, QueryError> {
-        let cond = self.compile(&[text.to_string()], now_ms)?.remove(0);
+        let cond = Arc::new(self.compile(&[text.to_string()], now_ms)?);
+        self.members_with(cursor, limit, deadline, |shard, after, want| {
+            let query = ShardQuery::Members { after, limit: want as u32, traits: traits.to_vec() };
+            Ok(self.shards[shard as usize].read(|s| remote::answer(s, &query, &cond)))
+        })
+    }
+
+    /// One page of members after `cursor` (`shard:row`), each shard's rows
+    /// from `fetch(shard, after, want)`, which answers
+    /// [`ShardQuery::Members`] for it (from this node's replica or
+    /// another's).
+    pub fn members_with(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        deadline: Option<Instant>,
+        mut fetch: impl FnMut(u32, Option<Row>, usize) -> Result<ShardAnswer, QueryError>,
+    ) -> Result<MembersPage, QueryError> {
         // A cursor is `shard:row` (resume after that row) or `shard:`
         // (start of that shard).
         let (mut shard, mut after) = match cursor.filter(|c| !c.is_empty()) {
@@ -243,25 +278,17 @@ impl Planner {
             }
         };
         let mut page = MembersPage::default();
-        // Each shard is asked for one row more than the page still needs,
-        // so a cursor is returned only when members remain.
+        // Each shard is asked for one row more than the page still needs
+        // (`more`), so a cursor is returned only when members remain.
         while shard < self.shards.len() {
             if deadline.is_some_and(|d| Instant::now() > d) {
                 return Err(QueryError::DeadlineExceeded(format!("members: stopped at shard {shard}")));
             }
             let want = limit - page.members.len();
-            let mut rows = self.shards[shard].read(|s| {
-                let rows = s.members(&cond, after, want + 1);
-                rows.iter()
-                    .take(want)
-                    .map(|&r| (r, member(s, r, traits)))
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .chain(rows.get(want).map(|&r| (r, MemberRow::default())))
-                    .collect::<Vec<_>>()
-            });
-            if rows.len() > want {
-                rows.truncate(want);
+            let ShardAnswer::Members { rows, more } = fetch(shard as u32, after, want)? else {
+                return Err(unexpected(shard as u32, "members"));
+            };
+            if more {
                 page.cursor = Some(match rows.last() {
                     Some((r, _)) => format!("{shard}:{r}"),
                     // The page was already full: resume at this shard.
@@ -292,24 +319,10 @@ impl Planner {
                 return Err(QueryError::NotFound(format!("no trait {:?}", shorten(name))));
             }
         }
-        let cond = Arc::new(self.compile(&[text.to_string()], now_ms)?.remove(0));
-        let owned = name.to_string();
-        let per_shard = self
-            .fan_out(deadline, move |s| s.breakdown_with_total(&cond, &owned).map_err(|e| e.to_string()))?;
-        let mut merged: std::collections::BTreeMap<String, u64> = Default::default();
-        let mut total = 0;
-        for answer in per_shard {
-            let (rows, n) = answer.map_err(QueryError::Invalid)?;
-            total += n;
-            for (v, c) in rows {
-                *merged.entry(v).or_default() += c;
-            }
-        }
-        let with_value: u64 = merged.values().sum();
-        let rows = top_n(merged.into_iter().collect(), top);
-        // List traits count a member once per element, so "missing" is
-        // only meaningful for single-valued traits.
-        Ok(BreakdownAnswer { rows, missing: total.saturating_sub(with_value), total })
+        let conds = Arc::new(self.compile(&[text.to_string()], now_ms)?);
+        let query = Arc::new(ShardQuery::Breakdown { trait_name: name.to_string() });
+        let answers = self.answer_local(&self.every_shard(), &query, &conds, deadline)?;
+        merge_breakdown(answers, top)
     }
 
     /// Everything about one profile, with its saved segments (compiled
@@ -346,6 +359,56 @@ impl Planner {
             })
         })
     }
+}
+
+/// The error of a shard that answered another query than it was asked.
+fn unexpected(shard: u32, asked: &str) -> QueryError {
+    QueryError::Unavailable(format!("shard {shard} answered another query than the {asked} it was asked"))
+}
+
+/// The counts of `n` expressions, and the universe, from every shard's
+/// [`ShardAnswer::Count`].
+pub fn merge_counts(
+    n: usize,
+    answers: impl IntoIterator<Item = ShardAnswer>,
+) -> Result<(Vec<u64>, u64), QueryError> {
+    let mut totals = vec![0u64; n];
+    let mut universe = 0;
+    for answer in answers {
+        let ShardAnswer::Count { counts, universe: len } = answer else {
+            return Err(QueryError::Unavailable(
+                "a shard answered another query than the count it was asked".into(),
+            ));
+        };
+        universe += len;
+        for (t, c) in totals.iter_mut().zip(counts) {
+            *t += c;
+        }
+    }
+    Ok((totals, universe))
+}
+
+/// The top `top` values and the totals of a breakdown from every shard's
+/// [`ShardAnswer::Breakdown`].
+pub fn merge_breakdown(
+    answers: impl IntoIterator<Item = (u32, ShardAnswer)>,
+    top: usize,
+) -> Result<BreakdownAnswer, QueryError> {
+    let mut merged: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut total = 0;
+    for (shard, answer) in answers {
+        let ShardAnswer::Breakdown(answer) = answer else { return Err(unexpected(shard, "breakdown")) };
+        let (rows, n) = answer.map_err(QueryError::Invalid)?;
+        total += n;
+        for (v, c) in rows {
+            *merged.entry(v).or_default() += c;
+        }
+    }
+    let with_value: u64 = merged.values().sum();
+    let rows = top_n(merged.into_iter().collect(), top);
+    // List traits count a member once per element, so "missing" is
+    // only meaningful for single-valued traits.
+    Ok(BreakdownAnswer { rows, missing: total.saturating_sub(with_value), total })
 }
 
 fn member(s: &Shard, row: Row, traits: &[String]) -> MemberRow {

@@ -77,7 +77,7 @@ pub fn node_key(node: &Arc<SegmentNode>) -> usize {
 }
 
 /// What a leaf tests.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Field {
     /// A stored trait (or, inside a filter, an event property) and its type.
     Trait {
@@ -96,7 +96,7 @@ pub enum Field {
 
 /// A test on one field. Every test but `Not` of it is false for a profile
 /// that does not have the field.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum LeafTest {
     /// The field has a value.
     Exists,
@@ -122,7 +122,7 @@ pub enum LeafTest {
 }
 
 /// A leaf: a field and a test.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Leaf {
     /// What is tested.
     pub field: Field,

@@ -13,6 +13,7 @@ pub mod cond;
 pub mod error;
 pub mod lexer;
 pub mod parser;
+pub mod wire;
 
 pub use check::{
     check, check_save, compile, compile_many, references, Catalog, CheckContext, NoSegments,

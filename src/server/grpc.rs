@@ -78,7 +78,12 @@ pub fn parse_grpc_timeout(value: &str) -> Result<Duration, String> {
 /// The request's deadline from its `grpc-timeout` header: `None` without
 /// one, INVALID_ARGUMENT for a value that is not a timeout or that lies
 /// past what the clock can represent.
-fn deadline<T>(request: &Request<T>) -> Result<Option<Instant>, Status> {
+/// The shards a partial answer left out, as the reply lists them.
+fn missing_to_proto(missing: Vec<(u32, String)>) -> Vec<pb::MissingShard> {
+    missing.into_iter().map(|(shard, reason)| pb::MissingShard { shard, reason }).collect()
+}
+
+pub(crate) fn deadline<T>(request: &Request<T>) -> Result<Option<Instant>, Status> {
     let Some(value) = request.metadata().get("grpc-timeout") else {
         return Ok(None);
     };
@@ -188,9 +193,18 @@ impl pb::query_server::Query for Services {
         if r.expressions.is_empty() {
             return Err(bad_request("count: give at least one expression"));
         }
-        let staleness_ms = self.node.bounded_staleness(r.max_staleness_ms, deadline).await.map_err(status)?;
-        let (counts, universe) = self.node.planner.count(&r.expressions, now, deadline).map_err(status)?;
-        Ok(Response::new(pb::CountReply { counts, now: format_rfc3339_ms(now), universe, staleness_ms }))
+        let c = self
+            .node
+            .count(&r.expressions, now, r.max_staleness_ms, r.allow_partial, deadline)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CountReply {
+            counts: c.counts,
+            now: format_rfc3339_ms(now),
+            universe: c.universe,
+            staleness_ms: c.staleness_ms,
+            missing_shards: missing_to_proto(c.missing),
+        }))
     }
 
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {
@@ -217,20 +231,23 @@ impl pb::query_server::Query for Services {
         // Check the expression before the stream starts, so that a bad one
         // is the call's error.
         self.node.planner.compile(std::slice::from_ref(&r.expression), now).map_err(status)?;
-        let staleness_ms = self.node.bounded_staleness(r.max_staleness_ms, deadline).await.map_err(status)?;
+        let catalog_met = self.node.members_start(r.max_staleness_ms, deadline).await.map_err(status)?;
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut cursor = (!r.cursor.is_empty()).then(|| r.cursor.clone());
             let mut sent = 0u64;
             loop {
                 let want = if r.limit == 0 { page_size } else { page_size.min((r.limit - sent) as usize) };
-                let page = match node.planner.members(
+                let (page, met) = match node.members_page(
+                    &runtime,
                     &r.expression,
                     &r.traits,
                     cursor.as_deref(),
                     want,
                     now,
+                    r.max_staleness_ms,
                     deadline,
                 ) {
                     Ok(p) => p,
@@ -254,7 +271,7 @@ impl pb::query_server::Query for Services {
                         })
                         .collect(),
                     cursor: page.cursor.unwrap_or_default(),
-                    staleness_ms,
+                    staleness_ms: met.max(catalog_met),
                 };
                 if tx.blocking_send(Ok(out)).is_err() || done {
                     return;
@@ -272,9 +289,12 @@ impl pb::query_server::Query for Services {
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         let top = if r.top == 0 { 10 } else { r.top as usize };
-        let staleness_ms = self.node.bounded_staleness(r.max_staleness_ms, deadline).await.map_err(status)?;
-        let a =
-            self.node.planner.breakdown(&r.trait_name, &r.expression, top, now, deadline).map_err(status)?;
+        let b = self
+            .node
+            .breakdown(&r.trait_name, &r.expression, top, now, r.max_staleness_ms, r.allow_partial, deadline)
+            .await
+            .map_err(status)?;
+        let (a, staleness_ms, missing_shards) = (b.answer, b.staleness_ms, missing_to_proto(b.missing));
         Ok(Response::new(pb::BreakdownReply {
             rows: a
                 .rows
@@ -288,6 +308,7 @@ impl pb::query_server::Query for Services {
             total: a.total,
             now: format_rfc3339_ms(now),
             staleness_ms,
+            missing_shards,
         }))
     }
 

@@ -9,6 +9,7 @@
 //! | a saved segment that exists (`AdminError::Exists`) | `ALREADY_EXISTS` |
 //! | a saved segment in use (`AdminError::InUse`) | `FAILED_PRECONDITION` |
 //! | a shard past the deadline (`QueryError::DeadlineExceeded`) | `DEADLINE_EXCEEDED` |
+//! | a shard that no replica could answer, here or on another node (`QueryError::Unavailable`) | `UNAVAILABLE` |
 //! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a replica behind its leader or past the staleness bound, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped, ReadBehind, TooStale}`, `IngestError::{Gap, ShuttingDown, StepsPending}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
 //! | a batch or a change forwarded to the catalog's leader that failed there (`IngestError::Forwarded`, `CatalogError::Forwarded`) | the leader's code; `UNAVAILABLE` when it could not be sent (`IngestError::ForwardFailed`) |
 //! | no API key or an unknown one, a key whose role does not allow the call ([`ServerError::Unauthenticated`], [`ServerError::PermissionDenied`]) | `UNAUTHENTICATED`, `PERMISSION_DENIED` |
@@ -103,6 +104,7 @@ pub fn code(e: &ServerError) -> Code {
         ServerError::Query(QueryError::Invalid(_)) => Code::InvalidArgument,
         ServerError::Query(QueryError::NotFound(_)) => Code::NotFound,
         ServerError::Query(QueryError::DeadlineExceeded(_)) => Code::DeadlineExceeded,
+        ServerError::Query(QueryError::Unavailable(_)) => Code::Unavailable,
         ServerError::Ingest(IngestError::Replication(r)) => replication(r),
         ServerError::Ingest(
             IngestError::Gap { .. } | IngestError::ShuttingDown | IngestError::StepsPending { .. },
@@ -308,6 +310,7 @@ mod tests {
             (QueryError::Invalid("at position 3".into()).into(), Code::InvalidArgument),
             (QueryError::NotFound("no profile".into()).into(), Code::NotFound),
             (QueryError::DeadlineExceeded("shard 3".into()).into(), Code::DeadlineExceeded),
+            (QueryError::Unavailable("shard 3".into()).into(), Code::Unavailable),
             (IngestError::Gap { shard: 1, tag: (2, 0) }.into(), Code::Unavailable),
             (IngestError::ShuttingDown.into(), Code::Unavailable),
             (

@@ -179,6 +179,7 @@ impl Client {
                 expressions: exprs.iter().map(|s| s.to_string()).collect(),
                 now: "2026-11-01T00:00:00Z".into(),
                 max_staleness_ms: 0,
+                allow_partial: false,
             })
             .await?;
         Ok(r.into_inner().counts)
@@ -191,6 +192,7 @@ impl Client {
                 expressions: vec!["user_id EXISTS".into()],
                 now: String::new(),
                 max_staleness_ms: 0,
+                allow_partial: false,
             })
             .await
             .unwrap();

@@ -456,7 +456,7 @@ async fn count(q: &mut QueryClient<Channel>, expressions: &[&str], now: &str) ->
     let request = CountRequest {
         expressions: expressions.iter().map(|e| e.to_string()).collect(),
         now: now.into(),
-        max_staleness_ms: 0,
+        ..CountRequest::default()
     };
     Ok(q.count(request).await.map_err(|s| format!("Count: {s}"))?.into_inner().counts)
 }

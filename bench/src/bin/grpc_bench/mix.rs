@@ -128,6 +128,7 @@ pub async fn run_one(
                     expressions: vec![q.text.to_string()],
                     now: now.to_string(),
                     max_staleness_ms: 0,
+                    allow_partial: false,
                 })
                 .await
                 .map_err(|s| status("Count", s))?
@@ -165,6 +166,7 @@ pub async fn run_one(
                     top: top as u32,
                     now: now.to_string(),
                     max_staleness_ms: 0,
+                    allow_partial: false,
                 })
                 .await
                 .map_err(|s| status("Breakdown", s))?

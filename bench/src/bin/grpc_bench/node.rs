@@ -236,6 +236,7 @@ async fn probe(addr: &str, now: &str) -> Result<(), String> {
             expressions: vec!["user_id EXISTS".into()],
             now: now.into(),
             max_staleness_ms: 0,
+            allow_partial: false,
         })
         .await
         .map_err(|s| format!("count: {s}"))?;

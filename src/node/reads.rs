@@ -1,0 +1,493 @@
+//! Counts, breakdowns and member pages on a node of a cluster: each shard
+//! read from this node's replica when it is within the staleness bound,
+//! else from a replica on another node (`Forward.Read`,
+//! [`query::remote`](crate::query::remote)), and the answers merged.
+//!
+//! The catalog (schema and saved segments) must be within the bound here:
+//! the query is compiled once, on this node, and the compiled conditions
+//! go to the other replicas as they are. A shard whose replica here is
+//! stale is asked of the other nodes that hold it, hedged; meanwhile this
+//! node asks its leader to confirm its own replica (ReadIndex), and a
+//! shard no other node answered is read here once that confirmation comes,
+//! within the bound. A shard that neither gives fails the query, named, or
+//! is listed as missing when the call accepts partial results.
+//!
+//! On a single node every group is its own leader: everything is read
+//! here, at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Node;
+use crate::cluster::placement::{shard_group, CATALOG_GROUP};
+use crate::ingest::BoxFuture;
+use crate::query::remote::{gather, Gathered, ReadReply, ReadRequest, Replicas, ShardAnswer, ShardQuery};
+use crate::query::{merge_breakdown, merge_counts, BreakdownAnswer, MembersPage, QueryError};
+use crate::replication::ReplicationError;
+use crate::segment::wire::{decode_conds, encode_conds};
+use crate::segment::Cond;
+use crate::server::status::ServerError;
+
+/// A count's answer on a node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counted {
+    /// One count per expression.
+    pub counts: Vec<u64>,
+    /// Profiles in the universe (of the shards answered).
+    pub universe: u64,
+    /// The staleness met, milliseconds.
+    pub staleness_ms: u64,
+    /// (shard, why) of the shards left out of a partial answer.
+    pub missing: Vec<(u32, String)>,
+}
+
+/// A breakdown's answer on a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrokenDown {
+    /// The breakdown of the shards answered.
+    pub answer: BreakdownAnswer,
+    /// The staleness met, milliseconds.
+    pub staleness_ms: u64,
+    /// (shard, why) of the shards left out of a partial answer.
+    pub missing: Vec<(u32, String)>,
+}
+
+/// The replicas on the other nodes, as this node knows them.
+struct PeerReplicas {
+    node: Arc<Node>,
+}
+
+impl Replicas for PeerReplicas {
+    fn candidates(&self, shard: u32) -> Vec<u64> {
+        let group = shard_group(shard);
+        let me = self.node.config.node_id;
+        let active = |id: u64| {
+            self.node
+                .catalog
+                .state
+                .read()
+                .members
+                .get(&id)
+                .is_none_or(|m| m.state == crate::cluster::membership::MemberState::Active)
+        };
+        self.node
+            .driver
+            .status()
+            .into_iter()
+            .find(|g| g.id == group)
+            .map(|g| g.voters.into_iter().chain(g.learners).filter(|&n| n != me && active(n)).collect())
+            .unwrap_or_default()
+    }
+
+    fn read(
+        &self,
+        node: u64,
+        request: ReadRequest,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'static, Result<ReadReply, String>> {
+        let forwarder = self.node.forwarder.clone();
+        Box::pin(async move {
+            let forwarder = forwarder.ok_or("this node forwards nothing: it is not in a cluster")?;
+            let bytes = forwarder.read(node, request.encode(), deadline).await?;
+            ReadReply::decode(&bytes)
+        })
+    }
+}
+
+/// A shard's local confirmation, asked when the read began.
+type Confirmation = (u32, BoxFuture<'static, Result<(), ReplicationError>>);
+
+impl Node {
+    /// The staleness bound of a call that asks for `requested_ms` (0: the
+    /// node's `read_staleness_ms`).
+    fn bound_of(&self, requested_ms: u64) -> u64 {
+        if requested_ms == 0 {
+            self.config.read_staleness_ms
+        } else {
+            requested_ms
+        }
+    }
+
+    /// The shards whose replica here was confirmed within `bound`, the
+    /// others, and the largest age among the first.
+    fn split_by_freshness(&self, bound: u64) -> (Vec<u32>, Vec<u32>, u64) {
+        let now = self.freshness.now_ms();
+        let (mut fresh, mut stale, mut met) = (Vec::new(), Vec::new(), 0);
+        for shard in 0..self.config.shards {
+            match self.freshness.age_ms(shard_group(shard), now) {
+                Some(age) if age <= bound => {
+                    fresh.push(shard);
+                    met = met.max(age);
+                }
+                _ => stale.push(shard),
+            }
+        }
+        (fresh, stale, met)
+    }
+
+    /// Asks the leaders of `shards` to confirm this node's replicas
+    /// (ReadIndex); each future resolves once confirmed, and records it.
+    fn ask_confirmations(self: &Arc<Self>, shards: &[u32]) -> Vec<Confirmation> {
+        let now = self.freshness.now_ms();
+        shards
+            .iter()
+            .map(|&shard| {
+                let barrier = self.driver.read_barrier(shard_group(shard));
+                let node = Arc::downgrade(self);
+                let confirmed: BoxFuture<'static, Result<(), ReplicationError>> = Box::pin(async move {
+                    barrier.await?;
+                    if let Some(node) = node.upgrade() {
+                        node.freshness.confirmed(shard_group(shard), now);
+                    }
+                    Ok(())
+                });
+                (shard, confirmed)
+            })
+            .collect()
+    }
+
+    /// Waits for `confirmations` (until `bound` after `asked_at`, and a
+    /// little before `deadline`): the shards confirmed, and the others
+    /// with the reason.
+    async fn await_confirmations(
+        &self,
+        confirmations: Vec<Confirmation>,
+        bound: u64,
+        asked_at: Instant,
+        deadline: Option<Instant>,
+    ) -> (Vec<u32>, Vec<(u32, String)>) {
+        let until = wait_until(asked_at, bound, deadline);
+        let (mut confirmed, mut failed) = (Vec::new(), Vec::new());
+        for (shard, confirmation) in confirmations {
+            match tokio::time::timeout_at(until, confirmation).await {
+                Ok(Ok(())) => confirmed.push(shard),
+                Ok(Err(e)) => failed.push((shard, e.to_string())),
+                Err(_) => failed.push((
+                    shard,
+                    format!("no leader confirmed it within {} ms", (Instant::now() - asked_at).as_millis()),
+                )),
+            }
+        }
+        (confirmed, failed)
+    }
+
+    /// Reads `query` over `conds` from every shard: here for those within
+    /// the bound, elsewhere for the others (falling back on this node's
+    /// replica once its leader confirms it). Returns the answers, the
+    /// staleness met and the shards no replica answered.
+    async fn read_shards(
+        self: &Arc<Self>,
+        query: ShardQuery,
+        conds: &Arc<Vec<Cond>>,
+        bound: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<(u32, ShardAnswer)>, u64, Vec<(u32, String)>), QueryError> {
+        let (fresh, stale, mut met) = self.split_by_freshness(bound);
+        let asked_at = Instant::now();
+        let confirmations = self.ask_confirmations(&stale);
+        let elsewhere = (!stale.is_empty()).then(|| {
+            let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
+            let wire = Arc::new(encode_conds(conds));
+            let (latencies, stale, query) = (self.latencies.clone(), stale.clone(), query.clone());
+            // The other replicas are asked for no more than the bound.
+            let within = wait_until(asked_at, bound, deadline).into_std();
+            tokio::spawn(gather(replicas, latencies, stale, query, wire, bound, Some(within)))
+        });
+        let query = Arc::new(query);
+        let mut answers = self.planner.answer_local(&fresh, &query, conds, deadline)?;
+        let Some(elsewhere) = elsewhere else { return Ok((answers, met, Vec::new())) };
+        let gathered: Gathered = elsewhere.await.unwrap_or_else(|e| Gathered {
+            missing: stale.iter().map(|&s| (s, format!("the read task failed: {e}"))).collect(),
+            ..Gathered::default()
+        });
+        met = met.max(gathered.staleness_ms);
+        answers.extend(gathered.answers);
+        if gathered.missing.is_empty() {
+            return Ok((answers, met, Vec::new()));
+        }
+        // What no other replica answered, from here once confirmed.
+        let wanted: Vec<u32> = gathered.missing.iter().map(|(s, _)| *s).collect();
+        let confirmations = confirmations.into_iter().filter(|(s, _)| wanted.contains(s)).collect();
+        let (confirmed, failed) = self.await_confirmations(confirmations, bound, asked_at, deadline).await;
+        if !confirmed.is_empty() {
+            met = met.max(asked_at.elapsed().as_millis() as u64);
+            answers.extend(self.planner.answer_local(&confirmed, &query, conds, deadline)?);
+        }
+        let missing = gathered
+            .missing
+            .into_iter()
+            .filter(|(s, _)| !confirmed.contains(s))
+            .map(|(s, elsewhere)| {
+                let here = failed.iter().find(|(f, _)| *f == s).map_or("not confirmed", |(_, why)| why.as_str());
+                let age = self
+                    .freshness
+                    .age_ms(shard_group(s), self.freshness.now_ms())
+                    .map_or("never".to_string(), |a| format!("{a} ms ago"));
+                (
+                    s,
+                    format!(
+                        "shard {s}: this node's replica was last confirmed current {age}, past the staleness bound of {bound} ms ({here}); elsewhere: {elsewhere}"
+                    ),
+                )
+            })
+            .collect();
+        answers.sort_by_key(|(s, _)| *s);
+        Ok((answers, met, missing))
+    }
+
+    /// Counts of each expression on the cluster, and the universe, within
+    /// the staleness bound (`max_staleness_ms`, 0: the node's); with
+    /// `partial`, a shard that no replica answers is left out and listed
+    /// rather than failing the call.
+    pub async fn count(
+        self: &Arc<Self>,
+        texts: &[String],
+        now_ms: i64,
+        max_staleness_ms: u64,
+        partial: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Counted, ServerError> {
+        if self.forwarder.is_none() {
+            let (counts, universe) = self.planner.count(texts, now_ms, deadline)?;
+            return Ok(Counted { counts, universe, ..Counted::default() });
+        }
+        let bound = self.bound_of(max_staleness_ms);
+        let catalog_met = self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?;
+        let conds = Arc::new(self.planner.compile(texts, now_ms)?);
+        let (answers, met, missing) = self.read_shards(ShardQuery::Count, &conds, bound, deadline).await?;
+        refuse_missing(&missing, partial)?;
+        let (counts, universe) = merge_counts(texts.len(), answers.into_iter().map(|(_, a)| a))?;
+        Ok(Counted { counts, universe, staleness_ms: met.max(catalog_met), missing })
+    }
+
+    /// Counts per value of `name` among the members of `text`, top `top`,
+    /// as [`count`](Node::count) reads them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn breakdown(
+        self: &Arc<Self>,
+        name: &str,
+        text: &str,
+        top: usize,
+        now_ms: i64,
+        max_staleness_ms: u64,
+        partial: bool,
+        deadline: Option<Instant>,
+    ) -> Result<BrokenDown, ServerError> {
+        if self.forwarder.is_none() {
+            let answer = self.planner.breakdown(name, text, top, now_ms, deadline)?;
+            return Ok(BrokenDown { answer, staleness_ms: 0, missing: Vec::new() });
+        }
+        let bound = self.bound_of(max_staleness_ms);
+        let catalog_met = self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?;
+        if self.catalog.state.read().schema.trait_type(name).is_none() {
+            return Err(
+                QueryError::NotFound(format!("no trait {:?}", crate::segment::error::shorten(name))).into()
+            );
+        }
+        let conds = Arc::new(self.planner.compile(&[text.to_string()], now_ms)?);
+        let query = ShardQuery::Breakdown { trait_name: name.to_string() };
+        let (answers, met, missing) = self.read_shards(query, &conds, bound, deadline).await?;
+        refuse_missing(&missing, partial)?;
+        let answer = merge_breakdown(answers, top)?;
+        Ok(BrokenDown { answer, staleness_ms: met.max(catalog_met), missing })
+    }
+
+    /// Before a members stream: the catalog within the bound; returns the
+    /// staleness it met.
+    pub async fn members_start(
+        &self,
+        max_staleness_ms: u64,
+        deadline: Option<Instant>,
+    ) -> Result<u64, ServerError> {
+        if self.forwarder.is_none() {
+            return Ok(0);
+        }
+        Ok(self.confirm_groups(&[CATALOG_GROUP], self.bound_of(max_staleness_ms), deadline).await?)
+    }
+
+    /// One page of members after `cursor`, each shard read as
+    /// [`count`](Node::count) reads it (never partial: a page with a hole
+    /// would resume past members it never gave). Blocks: call it from a
+    /// blocking thread of the runtime `runtime`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn members_page(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        text: &str,
+        traits: &[String],
+        cursor: Option<&str>,
+        limit: usize,
+        now_ms: i64,
+        max_staleness_ms: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(MembersPage, u64), ServerError> {
+        if self.forwarder.is_none() {
+            return Ok((self.planner.members(text, traits, cursor, limit, now_ms, deadline)?, 0));
+        }
+        let bound = self.bound_of(max_staleness_ms);
+        let conds = Arc::new(self.planner.compile(&[text.to_string()], now_ms)?);
+        let mut met = 0;
+        let page = self.planner.members_with(cursor, limit, deadline, |shard, after, want| {
+            let query = ShardQuery::Members { after, limit: want as u32, traits: traits.to_vec() };
+            let now = self.freshness.now_ms();
+            match self.freshness.age_ms(shard_group(shard), now) {
+                Some(age) if age <= bound => {
+                    met = met.max(age);
+                    let mut answers =
+                        self.planner.answer_local(&[shard], &Arc::new(query), &conds, deadline)?;
+                    Ok(answers.remove(0).1)
+                }
+                _ => {
+                    let node = self.clone();
+                    let conds = conds.clone();
+                    let (answers, shard_met, missing) = runtime.block_on(async move {
+                        node.read_shards_of(&[shard], query, &conds, bound, deadline).await
+                    })?;
+                    met = met.max(shard_met);
+                    refuse_missing(&missing, false)?;
+                    answers
+                        .into_iter()
+                        .next()
+                        .map(|(_, a)| a)
+                        .ok_or_else(|| QueryError::Unavailable(format!("shard {shard} gave no answer")))
+                }
+            }
+        })?;
+        Ok((page, met))
+    }
+
+    /// [`read_shards`](Node::read_shards) of only `shards`, all taken as
+    /// stale here.
+    async fn read_shards_of(
+        self: &Arc<Self>,
+        shards: &[u32],
+        query: ShardQuery,
+        conds: &Arc<Vec<Cond>>,
+        bound: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<(u32, ShardAnswer)>, u64, Vec<(u32, String)>), QueryError> {
+        let asked_at = Instant::now();
+        let confirmations = self.ask_confirmations(shards);
+        let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
+        let within = wait_until(asked_at, bound, deadline).into_std();
+        let wire = Arc::new(encode_conds(conds));
+        let gathered = gather(
+            replicas,
+            self.latencies.clone(),
+            shards.to_vec(),
+            query.clone(),
+            wire,
+            bound,
+            Some(within),
+        )
+        .await;
+        let mut answers = gathered.answers;
+        let wanted: Vec<u32> = gathered.missing.iter().map(|(s, _)| *s).collect();
+        let confirmations = confirmations.into_iter().filter(|(s, _)| wanted.contains(s)).collect();
+        let (confirmed, _) = self.await_confirmations(confirmations, bound, asked_at, deadline).await;
+        if !confirmed.is_empty() {
+            answers.extend(self.planner.answer_local(&confirmed, &Arc::new(query), conds, deadline)?);
+        }
+        let missing = gathered.missing.into_iter().filter(|(s, _)| !confirmed.contains(s)).collect();
+        Ok((answers, gathered.staleness_ms, missing))
+    }
+
+    /// Answers another node's read of shards held here (`Forward.Read`):
+    /// this node's replicas of them confirmed within the request's bound
+    /// (never asked of a third node), then evaluated.
+    pub(crate) async fn read_here(
+        &self,
+        bytes: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>, ServerError> {
+        let request = ReadRequest::decode(&bytes).map_err(QueryError::Invalid)?;
+        let conds = decode_conds(&request.conds).map_err(QueryError::Invalid)?;
+        if let Some(&bad) = request.shards.iter().find(|&&s| s >= self.config.shards) {
+            return Err(QueryError::NotFound(format!(
+                "no shard {bad}: this node has {} shards",
+                self.config.shards
+            ))
+            .into());
+        }
+        let bound = self.bound_of(request.max_staleness_ms);
+        let groups: Vec<u64> = request.shards.iter().map(|&s| shard_group(s)).collect();
+        let staleness_ms = self.confirm_groups(&groups, bound, deadline).await?;
+        let answers = self.planner.answer_local(
+            &request.shards,
+            &Arc::new(request.query),
+            &Arc::new(conds),
+            deadline,
+        )?;
+        Ok(ReadReply { answers, staleness_ms }.encode())
+    }
+
+    /// Makes sure this node's replicas of `groups` were confirmed current
+    /// by their leaders within `bound` ms, waiting (at most the bound, and
+    /// no later than `deadline`) for a fresh confirmation of those that
+    /// were not; returns the staleness met. A group no leader confirms in
+    /// time fails, named ([`ReplicationError::TooStale`]).
+    pub(crate) async fn confirm_groups(
+        &self,
+        groups: &[u64],
+        bound: u64,
+        deadline: Option<Instant>,
+    ) -> Result<u64, ReplicationError> {
+        let now = self.freshness.now_ms();
+        let asked_at = Instant::now();
+        let mut met = 0;
+        let mut stale = Vec::new();
+        for &group in groups {
+            match self.freshness.age_ms(group, now) {
+                Some(age) if age <= bound => met = met.max(age),
+                age => stale.push((group, age, self.driver.read_barrier(group))),
+            }
+        }
+        let until = wait_until(asked_at, bound, deadline);
+        for (group, age, barrier) in stale {
+            let cause = match tokio::time::timeout_at(until, barrier).await {
+                Ok(Ok(())) => {
+                    self.freshness.confirmed(group, now);
+                    met = met.max(self.freshness.now_ms().saturating_sub(now));
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {} ms", (Instant::now() - asked_at).as_millis()),
+            };
+            let name =
+                if group == CATALOG_GROUP { "catalog".to_string() } else { format!("shard {}", group - 2) };
+            return Err(ReplicationError::TooStale {
+                group,
+                name,
+                bound_ms: bound,
+                age: age.map_or("never".into(), |a| format!("{a} ms")),
+                cause,
+            });
+        }
+        Ok(met)
+    }
+}
+
+/// When a wait that began at `asked_at` ends: with the bound, or a little
+/// before the caller's deadline, so that the caller hears why.
+fn wait_until(asked_at: Instant, bound: u64, deadline: Option<Instant>) -> tokio::time::Instant {
+    let mut until = asked_at + Duration::from_millis(bound);
+    if let Some(d) = deadline {
+        until = until.min(d.checked_sub(Duration::from_millis(20)).unwrap_or(d));
+    }
+    tokio::time::Instant::from_std(until)
+}
+
+/// Fails a read that misses shards, naming them, unless it accepts a
+/// partial answer.
+fn refuse_missing(missing: &[(u32, String)], partial: bool) -> Result<(), QueryError> {
+    if missing.is_empty() || partial {
+        return Ok(());
+    }
+    let names: Vec<String> = missing.iter().map(|(s, _)| s.to_string()).collect();
+    let why: Vec<&str> = missing.iter().map(|(_, w)| w.as_str()).collect();
+    Err(QueryError::Unavailable(format!(
+        "no replica of shard(s) {} answered within the staleness bound (ask for partial results to count the others): {}",
+        names.join(", "),
+        why.join(" | ")
+    )))
+}
