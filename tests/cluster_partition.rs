@@ -28,6 +28,9 @@
 //!   writes sent to it (a minority has no quorum), applies none of them
 //!   locally, and the two others elect a leader and take writes within
 //!   30 s (pre-vote and check-quorum);
+//! - a node cut off from one shard's leader only (shard leaders spread)
+//!   still answers counts, breakdowns and members within the staleness
+//!   bound, reading that shard from a replica on another node;
 //! - a follower cut off while some 300 batches go on falls behind the
 //!   leader's compacted log (`snapshot_entries = 4`, and more entries than
 //!   raft-rs keeps in flight to it) and, healed, catches up by restoring
@@ -860,6 +863,176 @@ async fn a_cut_off_follower_falls_behind_the_leaders_snapshots_and_catches_up() 
          catalog leader {leader} before, {leader_after} after; {} profiles; {:.1} s in all\n{}",
         restored.len(),
         caught_up_in.as_secs_f64(),
+        tallies[0].1.pro,
+        t0.elapsed().as_secs_f64(),
+        ledger.summary()
+    );
+}
+
+/// Every group as node `id` sees it.
+async fn groups(id: u64) -> Result<Vec<pb::GroupStatus>, String> {
+    let call = async {
+        let mut c = pb::admin_client::AdminClient::new(client(id).channel().await);
+        c.status(pb::StatusRequest {}).await
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner().groups),
+        Ok(Err(status)) => Err(format!("node {id}: {status}")),
+        Err(_) => Err(format!("node {id}: no status within {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// Waits (at most `within`) until the three nodes agree on every group's
+/// leader and some node that does not lead the catalog leads a shard;
+/// returns (that node, the shards it leads, the catalog's leader).
+async fn a_shard_leader_apart_from_the_catalog(within: Duration) -> (u64, Vec<u32>, u64) {
+    let started = Instant::now();
+    loop {
+        let mut views = Vec::new();
+        for id in ALL {
+            views.push(groups(id).await);
+        }
+        if let [Ok(first), ..] = &views[..] {
+            let agreed = views.iter().all(|v| {
+                v.as_ref().is_ok_and(|g| {
+                    g.iter()
+                        .map(|x| (x.group_id, x.leader_id))
+                        .eq(first.iter().map(|x| (x.group_id, x.leader_id)))
+                })
+            });
+            let catalog = first.iter().find(|g| g.group_id == CATALOG_GROUP).map_or(0, |g| g.leader_id);
+            if agreed && catalog != 0 {
+                for id in ALL.into_iter().filter(|&id| id != catalog) {
+                    let led: Vec<u32> = first
+                        .iter()
+                        .filter(|g| g.group_id != CATALOG_GROUP && g.leader_id == id)
+                        .map(|g| (g.group_id - 2) as u32)
+                        .collect();
+                    if !led.is_empty() {
+                        return (id, led, catalog);
+                    }
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < within,
+            "no node but the catalog's leader leads a shard after {within:?}: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_a_shards_leader_reads_that_shard_from_another_node() {
+    let Some(mut lab) = Lab::open_or_skip('c') else { return };
+    let t0 = Instant::now();
+    // Shard leaders spread over the nodes, so that one link can cut a
+    // node off from a shard's leader and not from the catalog's.
+    lab.start(Some("shard_leaders = \"spread\"\n")).await;
+    let ledger = Ledger::default();
+    for _ in 0..4 {
+        ledger.write_any(&ALL, Phase::Before, Duration::from_secs(30)).await;
+    }
+    let (a, led, catalog) = a_shard_leader_apart_from_the_catalog(Duration::from_secs(30)).await;
+    let c = ALL.into_iter().find(|&id| id != a && id != catalog).unwrap();
+    converge(&ledger, Duration::from_secs(30)).await;
+
+    // Cut c off from a only: c still reaches the catalog's leader.
+    let ns = lab.netns(c);
+    let ip = node_ip(a);
+    must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &ip, "-j", "DROP"]);
+    must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
+    let cut = Instant::now();
+    // Past the 1 s bound, c's replicas of a's shards are no longer
+    // confirmed: a cannot answer c's ReadIndex.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Writes go on through c (to the catalog's leader) while it is cut.
+    for _ in 0..3 {
+        ledger.write_any(&[c], Phase::Connected, Duration::from_secs(30)).await;
+    }
+    let n = ledger.attempts().len();
+    // c answers, reading a's shards from the catalog's leader: the same
+    // counts as the connected nodes, the batches just written included.
+    let mut answered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let on_c = loop {
+        let on_c = tally(c, n).await;
+        let on_catalog = tally(catalog, n).await.unwrap();
+        match on_c {
+            Ok(t) if t == on_catalog => break t,
+            other => answered.push(format!("{other:?} (the catalog's leader: {on_catalog:?})")),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {c}, cut off from node {a} (leader of shard(s) {led:?}), never counted what node {catalog} counts: {:?}",
+            &answered[answered.len().saturating_sub(3)..]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let acked = ledger.attempts().iter().filter(|x| x.outcome == Outcome::Acked).count() as u64;
+    assert!(on_c.pro >= acked * BATCH, "node {c} counts {} for {acked} acknowledged batches", on_c.pro);
+    // Its own replicas of those shards are still unconfirmed, so the
+    // answer came from another node: the call met the bound anyway.
+    let mut q = pb::query_client::QueryClient::new(client(c).channel().await);
+    let reply = q
+        .count(pb::CountRequest {
+            expressions: vec![r#"plan = "pro""#.into()],
+            now: String::new(),
+            max_staleness_ms: 0,
+            allow_partial: true,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("node {c}: {s}"))
+        .into_inner();
+    assert!(reply.missing_shards.is_empty(), "node {c} left shards out: {:?}", reply.missing_shards);
+    assert!(reply.staleness_ms <= 1000, "node {c} met a staleness of {} ms", reply.staleness_ms);
+    assert_eq!(reply.counts, vec![on_c.pro]);
+    // A breakdown and a members stream read the same way.
+    let breakdown = q
+        .breakdown(pb::BreakdownRequest {
+            trait_name: "plan".into(),
+            expression: "ALL".into(),
+            top: 3,
+            now: String::new(),
+            max_staleness_ms: 0,
+            allow_partial: false,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("node {c}: breakdown: {s}"))
+        .into_inner();
+    assert_eq!(breakdown.total, on_c.universe);
+    let mut stream = q
+        .members(pb::MembersRequest {
+            expression: r#"plan = "pro""#.into(),
+            page_size: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("node {c}: members: {s}"))
+        .into_inner();
+    let mut listed = std::collections::HashSet::new();
+    while let Some(page) = stream.message().await.unwrap_or_else(|s| panic!("node {c}: members page: {s}")) {
+        for m in page.members {
+            assert!(listed.insert(m.user_id.clone()), "node {c} listed {} twice", m.user_id);
+        }
+    }
+    assert_eq!(listed.len() as u64, on_c.pro, "node {c} listed other members than it counts");
+    // While the cut lasted, c could not confirm a's shards itself.
+    let own = groups(c).await.unwrap();
+    let behind: Vec<String> = own
+        .iter()
+        .filter(|g| led.contains(&((g.group_id as u32).wrapping_sub(2))))
+        .map(|g| format!("{}: applied {}", g.name, g.applied_index))
+        .collect();
+    let cut_for = cut.elapsed();
+
+    lab.heal(c);
+    let tallies = converge(&ledger, Duration::from_secs(30)).await;
+    eprintln!(
+        "cluster_partition: node {c} cut off from node {a} (leader of shard(s) {led:?}; the catalog led by node {catalog}) \
+         answered counts, a breakdown and {} members from other replicas for {:.1} s ({behind:?}); {} profiles; {:.1} s in all\n{}",
+        listed.len(),
+        cut_for.as_secs_f64(),
         tallies[0].1.pro,
         t0.elapsed().as_secs_f64(),
         ledger.summary()
