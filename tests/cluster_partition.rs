@@ -837,8 +837,25 @@ async fn a_cut_off_follower_falls_behind_the_leaders_snapshots_and_catches_up() 
     let refused = tally(f, ledger.attempts().len()).await.unwrap_err();
     assert!(refused.contains("staleness bound"), "node {f}, cut off, answered: {refused}");
 
+    let target = catalog_status(agreed_leader(&connected, Duration::from_secs(5)).await.unwrap_or(leader))
+        .await
+        .unwrap()
+        .commit_index;
     lab.heal(f);
     let healed = Instant::now();
+    // Caught up means its own replica: its counts alone would not say,
+    // since a node reads stale replicas from the other nodes.
+    loop {
+        let applied = catalog_status(f).await.map_or(0, |g| g.applied_index);
+        if applied >= target {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(30),
+            "node {f} applied its catalog to {applied} of {target} in 30 s after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     converge(&ledger, Duration::from_secs(30)).await;
     let caught_up_in = healed.elapsed();
     // raft-rs logs each snapshot a follower restores at `info`, under the
@@ -1033,6 +1050,88 @@ async fn a_node_cut_off_from_a_shards_leader_reads_that_shard_from_another_node(
          answered counts, a breakdown and {} members from other replicas for {:.1} s ({behind:?}); {} profiles; {:.1} s in all\n{}",
         listed.len(),
         cut_for.as_secs_f64(),
+        tallies[0].1.pro,
+        t0.elapsed().as_secs_f64(),
+        ledger.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_catalogs_leader_has_another_node_compile_and_answer() {
+    let Some(mut lab) = Lab::open_or_skip('d') else { return };
+    let t0 = Instant::now();
+    // The default placement of leaders: every shard's with the catalog's.
+    lab.start(None).await;
+    let ledger = Ledger::default();
+    for _ in 0..3 {
+        ledger.write_any(&ALL, Phase::Before, Duration::from_secs(30)).await;
+    }
+    let leader = agreed_leader(&ALL, Duration::from_secs(10)).await.unwrap();
+    let c = ALL.into_iter().find(|&id| id != leader).unwrap();
+    let b = ALL.into_iter().find(|&id| id != leader && id != c).unwrap();
+    converge(&ledger, Duration::from_secs(30)).await;
+
+    let ns = lab.netns(c);
+    let ip = node_ip(leader);
+    must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &ip, "-j", "DROP"]);
+    must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
+    // Past the bound, nothing on c is confirmed: not its catalog, not a
+    // shard. Writes go on through b.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for _ in 0..3 {
+        ledger.write_any(&[b], Phase::Connected, Duration::from_secs(30)).await;
+    }
+    let n = ledger.attempts().len();
+    let mut answered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let on_c = loop {
+        let on_c = tally(c, n).await;
+        let on_b = tally(b, n).await.unwrap();
+        match on_c {
+            Ok(t) if t == on_b => break t,
+            other => answered.push(format!("{other:?} (node {b}: {on_b:?})")),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {c}, cut off from node {leader} (the catalog's and every shard's leader), never counted what node {b} counts: {:?}",
+            &answered[answered.len().saturating_sub(3)..]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let acked = ledger.attempts().iter().filter(|x| x.outcome == Outcome::Acked).count() as u64;
+    assert_eq!(on_c.pro, acked * BATCH, "node {c} counts {} for {acked} acknowledged batches", on_c.pro);
+    let mut q = pb::query_client::QueryClient::new(client(c).channel().await);
+    let breakdown = q
+        .breakdown(pb::BreakdownRequest {
+            trait_name: "plan".into(),
+            expression: "ALL".into(),
+            top: 3,
+            now: String::new(),
+            max_staleness_ms: 0,
+            allow_partial: false,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("node {c}: breakdown: {s}"))
+        .into_inner();
+    assert_eq!(breakdown.total, on_c.universe);
+    assert!(breakdown.staleness_ms <= 1000, "node {c} met a staleness of {} ms", breakdown.staleness_ms);
+    // An expression that does not compile is still the caller's error.
+    let bad = q
+        .count(pb::CountRequest {
+            expressions: vec!["plan = ".into()],
+            now: String::new(),
+            max_staleness_ms: 0,
+            allow_partial: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+
+    lab.heal(c);
+    let tallies = converge(&ledger, Duration::from_secs(30)).await;
+    eprintln!(
+        "cluster_partition: node {c} cut off from the leader {leader} counted through node {b}'s catalog and replicas; \
+         {} profiles; {:.1} s in all\n{}",
         tallies[0].1.pro,
         t0.elapsed().as_secs_f64(),
         ledger.summary()

@@ -187,11 +187,17 @@ impl Node {
         let confirmations = self.ask_confirmations(&stale);
         let elsewhere = (!stale.is_empty()).then(|| {
             let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
-            let wire = Arc::new(encode_conds(conds));
-            let (latencies, stale, query) = (self.latencies.clone(), stale.clone(), query.clone());
+            let template = ReadRequest {
+                shards: Vec::new(),
+                query: query.clone(),
+                conds: encode_conds(conds),
+                max_staleness_ms: bound,
+                texts: None,
+            };
+            let (latencies, stale) = (self.latencies.clone(), stale.clone());
             // The other replicas are asked for no more than the bound.
             let within = wait_until(asked_at, bound, deadline).into_std();
-            tokio::spawn(gather(replicas, latencies, stale, query, wire, bound, Some(within)))
+            tokio::spawn(gather(replicas, latencies, stale, template, Some(within)))
         });
         let query = Arc::new(query);
         let mut answers = self.planner.answer_local(&fresh, &query, conds, deadline)?;
@@ -235,6 +241,50 @@ impl Node {
         Ok((answers, met, missing))
     }
 
+    /// When this node's catalog is past the bound (a node cut off from the
+    /// catalog's leader, which by default leads every shard too): asks
+    /// the other nodes to compile `texts` against their catalogs, which
+    /// they confirm within the bound, and to answer `query` for every
+    /// shard. `None` when the catalog here is within the bound or some
+    /// shard went unanswered (the caller then waits for this node's own
+    /// catalog); an error for a syntax error.
+    async fn read_with_catalog_elsewhere(
+        self: &Arc<Self>,
+        query: ShardQuery,
+        texts: &[String],
+        now_ms: i64,
+        bound: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Option<(Vec<(u32, ShardAnswer)>, u64)>, QueryError> {
+        let age = self.freshness.age_ms(CATALOG_GROUP, self.freshness.now_ms());
+        if age.is_some_and(|a| a <= bound) {
+            return Ok(None);
+        }
+        // A syntax error is the caller's whatever the catalog; a name this
+        // catalog does not know yet may be known to a current one.
+        self.planner.check_syntax(texts)?;
+        let asked_at = Instant::now();
+        let template = ReadRequest {
+            shards: Vec::new(),
+            query,
+            conds: Vec::new(),
+            max_staleness_ms: bound,
+            texts: Some((texts.to_vec(), now_ms)),
+        };
+        let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
+        let within = wait_until(asked_at, bound, deadline).into_std();
+        let every: Vec<u32> = (0..self.config.shards).collect();
+        let gathered = gather(replicas, self.latencies.clone(), every, template, Some(within)).await;
+        if !gathered.missing.is_empty() {
+            tracing::debug!(
+                missing = ?gathered.missing,
+                "with this node's catalog stale, no other node answered every shard"
+            );
+            return Ok(None);
+        }
+        Ok(Some((gathered.answers, gathered.staleness_ms)))
+    }
+
     /// Counts of each expression on the cluster, and the universe, within
     /// the staleness bound (`max_staleness_ms`, 0: the node's); with
     /// `partial`, a shard that no replica answers is left out and listed
@@ -252,6 +302,12 @@ impl Node {
             return Ok(Counted { counts, universe, ..Counted::default() });
         }
         let bound = self.bound_of(max_staleness_ms);
+        if let Some((answers, met)) =
+            self.read_with_catalog_elsewhere(ShardQuery::Count, texts, now_ms, bound, deadline).await?
+        {
+            let (counts, universe) = merge_counts(texts.len(), answers.into_iter().map(|(_, a)| a))?;
+            return Ok(Counted { counts, universe, staleness_ms: met, missing: Vec::new() });
+        }
         let catalog_met = self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?;
         let conds = Arc::new(self.planner.compile(texts, now_ms)?);
         let (answers, met, missing) = self.read_shards(ShardQuery::Count, &conds, bound, deadline).await?;
@@ -278,14 +334,21 @@ impl Node {
             return Ok(BrokenDown { answer, staleness_ms: 0, missing: Vec::new() });
         }
         let bound = self.bound_of(max_staleness_ms);
+        let query = ShardQuery::Breakdown { trait_name: name.to_string() };
+        let texts = [text.to_string()];
+        if let Some((answers, met)) =
+            self.read_with_catalog_elsewhere(query.clone(), &texts, now_ms, bound, deadline).await?
+        {
+            let answer = merge_breakdown(answers, top)?;
+            return Ok(BrokenDown { answer, staleness_ms: met, missing: Vec::new() });
+        }
         let catalog_met = self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?;
         if self.catalog.state.read().schema.trait_type(name).is_none() {
             return Err(
                 QueryError::NotFound(format!("no trait {:?}", crate::segment::error::shorten(name))).into()
             );
         }
-        let conds = Arc::new(self.planner.compile(&[text.to_string()], now_ms)?);
-        let query = ShardQuery::Breakdown { trait_name: name.to_string() };
+        let conds = Arc::new(self.planner.compile(&texts, now_ms)?);
         let (answers, met, missing) = self.read_shards(query, &conds, bound, deadline).await?;
         refuse_missing(&missing, partial)?;
         let answer = merge_breakdown(answers, top)?;
@@ -370,17 +433,15 @@ impl Node {
         let confirmations = self.ask_confirmations(shards);
         let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
         let within = wait_until(asked_at, bound, deadline).into_std();
-        let wire = Arc::new(encode_conds(conds));
-        let gathered = gather(
-            replicas,
-            self.latencies.clone(),
-            shards.to_vec(),
-            query.clone(),
-            wire,
-            bound,
-            Some(within),
-        )
-        .await;
+        let template = ReadRequest {
+            shards: Vec::new(),
+            query: query.clone(),
+            conds: encode_conds(conds),
+            max_staleness_ms: bound,
+            texts: None,
+        };
+        let gathered =
+            gather(replicas, self.latencies.clone(), shards.to_vec(), template, Some(within)).await;
         let mut answers = gathered.answers;
         let wanted: Vec<u32> = gathered.missing.iter().map(|(s, _)| *s).collect();
         let confirmations = confirmations.into_iter().filter(|(s, _)| wanted.contains(s)).collect();
@@ -401,7 +462,6 @@ impl Node {
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, ServerError> {
         let request = ReadRequest::decode(&bytes).map_err(QueryError::Invalid)?;
-        let conds = decode_conds(&request.conds).map_err(QueryError::Invalid)?;
         if let Some(&bad) = request.shards.iter().find(|&&s| s >= self.config.shards) {
             return Err(QueryError::NotFound(format!(
                 "no shard {bad}: this node has {} shards",
@@ -410,8 +470,16 @@ impl Node {
             .into());
         }
         let bound = self.bound_of(request.max_staleness_ms);
-        let groups: Vec<u64> = request.shards.iter().map(|&s| shard_group(s)).collect();
+        let mut groups: Vec<u64> = request.shards.iter().map(|&s| shard_group(s)).collect();
+        if request.texts.is_some() {
+            // Compiled here: against this node's catalog, within the bound.
+            groups.insert(0, CATALOG_GROUP);
+        }
         let staleness_ms = self.confirm_groups(&groups, bound, deadline).await?;
+        let conds = match &request.texts {
+            Some((texts, now_ms)) => self.planner.compile(texts, *now_ms)?,
+            None => decode_conds(&request.conds).map_err(QueryError::Invalid)?,
+        };
         let answers = self.planner.answer_local(
             &request.shards,
             &Arc::new(request.query),

@@ -158,6 +158,15 @@ impl Planner {
         })
     }
 
+    /// Parses the expressions without checking them against the catalog:
+    /// a syntax error, which no catalog can make right.
+    pub fn check_syntax(&self, texts: &[String]) -> Result<(), QueryError> {
+        for t in texts {
+            crate::segment::parse(&expand(t)).map_err(|e| invalid(t, e))?;
+        }
+        Ok(())
+    }
+
     /// The number of shards.
     pub fn shard_count(&self) -> u32 {
         self.shards.len() as u32

@@ -107,10 +107,15 @@ pub struct ReadRequest {
     pub shards: Vec<u32>,
     /// What each is asked.
     pub query: ShardQuery,
-    /// The compiled conditions.
+    /// The compiled conditions (empty when `texts` is set).
     pub conds: Vec<u8>,
     /// The bound, milliseconds (0: the answering node's own).
     pub max_staleness_ms: u64,
+    /// Set by a node whose own catalog is past the bound: the expressions
+    /// and the query time, for the node asked to compile against its
+    /// catalog (which it confirms within the bound first) instead of
+    /// taking `conds`.
+    pub texts: Option<(Vec<String>, i64)>,
 }
 
 /// The answer to a [`ReadRequest`]: one per shard asked, and the staleness
@@ -349,13 +354,12 @@ pub struct Gathered {
 
 /// Asks replicas on other nodes for `shards`: the shards whose replicas
 /// are on the same nodes go in one call, hedged across those nodes.
+/// `template` is the request with no shards.
 pub async fn gather(
     replicas: Arc<dyn Replicas>,
     latencies: Arc<Latencies>,
     shards: Vec<u32>,
-    query: ShardQuery,
-    conds: Arc<Vec<u8>>,
-    max_staleness_ms: u64,
+    template: ReadRequest,
     deadline: Option<Instant>,
 ) -> Gathered {
     // Shards by the nodes that hold them, best first.
@@ -376,12 +380,7 @@ pub async fn gather(
             continue;
         }
         latencies.order(&mut nodes);
-        let request = ReadRequest {
-            shards: shards.clone(),
-            query: query.clone(),
-            conds: conds.to_vec(),
-            max_staleness_ms,
-        };
+        let request = ReadRequest { shards: shards.clone(), ..template.clone() };
         let replicas = replicas.clone();
         let latencies = latencies.clone();
         calls.spawn(async move {
@@ -455,6 +454,7 @@ mod tests {
             query: ShardQuery::Members { after: Some(7), limit: 10, traits: vec!["plan".into()] },
             conds: vec![1, 2, 3],
             max_staleness_ms: 1000,
+            texts: Some((vec!["ALL".into()], 17)),
         };
         assert_eq!(ReadRequest::decode(&request.encode()).unwrap(), request);
         let reply = ReadReply {
@@ -617,9 +617,14 @@ mod tests {
             calls: Mutex::default(),
         });
         let latencies = Arc::new(Latencies::default());
-        let g =
-            gather(table.clone(), latencies, vec![0, 1, 2, 3], ShardQuery::Count, Arc::new(vec![]), 0, None)
-                .await;
+        let template = ReadRequest {
+            shards: vec![],
+            query: ShardQuery::Count,
+            conds: vec![],
+            max_staleness_ms: 0,
+            texts: None,
+        };
+        let g = gather(table.clone(), latencies, vec![0, 1, 2, 3], template, None).await;
         let mut answered: Vec<u32> = g.answers.iter().map(|(s, _)| *s).collect();
         answered.sort_unstable();
         assert_eq!(answered, vec![0, 1]);
