@@ -419,6 +419,8 @@ impl Node {
         let dir = &config.data_dir;
         let snapshots = dir.join("snapshots");
         let checked = datadir::check_files(dir).map_err(|p| NodeError::data_dir(&p))?;
+        // Snapshots in transfer when the node stopped are sent again.
+        crate::replication::snapshot_file::clear_transfers(&snapshots.join("transfer"));
         for torn in &checked.log.torn {
             tracing::warn!(file = %torn, "a torn last record (a crash in the middle of a write); it is cut");
         }
@@ -619,6 +621,7 @@ impl Node {
         let Some(forwarder) = &self.forwarder else {
             return self.ingest_here(messages, received_ms, source).await;
         };
+        self.refuse_if_removed()?;
         // A batch refused before anything was appended (the catalog's
         // leadership moving: an election, a hand-over, a removal) goes
         // again to whichever node leads, for about an election, so that a
@@ -842,6 +845,7 @@ impl Node {
         if self.forwarder.is_none() {
             return Ok(());
         }
+        self.refuse_if_removed()?;
         let shard_now = || self.planner.locate(address).ok().map(|(_, shard)| shard);
         let catalog = self.driver.read_barrier(CATALOG_GROUP);
         let guessed = shard_now();
@@ -1011,7 +1015,8 @@ async fn serve_raft(
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|source| NodeError::Io { path: format!("binding the Raft service to {addr}"), source })?;
-    let service = RaftService::new(config.node_id, slot).server();
+    let transfer = config.data_dir.join("snapshots").join("transfer");
+    let service = RaftService::new(config.node_id, slot, transfer).server();
     let forward = ForwardService::new(forwarded).server();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {

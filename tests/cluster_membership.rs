@@ -259,8 +259,9 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
     let confs = configurations(&nodes[&staying[0]]);
     assert!(confs.iter().all(|(voters, learners)| voters == &staying && learners.is_empty()), "{confs:?}");
     let mut gone = nodes.remove(&removed).unwrap();
-    // The removed node hears from no leader any more: past the staleness
-    // bound its counts fail instead of answering from what it last had.
+    // The removed node knows it: its counts fail (rather than answer from
+    // what it last had, or from the members' replicas), and so do its
+    // writes.
     let deadline = Instant::now() + Duration::from_secs(10);
     let refusal = loop {
         match gone.try_count(&["plan = \"pro\""]).await {
@@ -269,7 +270,20 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(refusal.message().contains("staleness bound"), "{refusal:?}");
+    assert!(
+        refusal.message().contains(&format!("node {removed} was removed from the cluster")),
+        "{refusal:?}"
+    );
+    let refused = gone
+        .ingest(vec![
+            r#"{"type":"identify","userId":"late","messageId":"late-1","timestamp":"2026-10-01T00:00:00Z"}"#
+                .to_string(),
+        ])
+        .await;
+    assert!(
+        refused.as_ref().is_err_and(|s| s.message().contains("was removed from the cluster")),
+        "a write to the removed node: {refused:?}"
+    );
     gone.terminate();
     assert_ne!(catalog_leader(&nodes[&staying[0]]).await, removed);
 

@@ -39,6 +39,9 @@ struct Net {
     drivers: RwLock<HashMap<u64, Arc<Driver>>>,
     cut: RwLock<HashSet<u64>>,
     snapshots_sent: AtomicU64,
+    /// Snapshot messages the drivers handed over with their bytes inline
+    /// rather than a reference to a file (none should be).
+    snapshots_inline: AtomicU64,
     /// Report a delivered snapshot this late (the gRPC transport reports
     /// once its call returns, often after the receiver's answer arrived).
     snapshot_report_delay: RwLock<Option<Duration>>,
@@ -54,8 +57,17 @@ impl Transport for Port {
     fn send(&self, group: u64, messages: Vec<Message>) {
         let drivers = self.net.drivers.read();
         let cut = self.net.cut.read();
-        for m in messages {
+        for mut m in messages {
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            if is_snapshot
+                && cohort::replication::snapshot_file::SnapshotFile::from_data(m.get_snapshot().get_data())
+                    .is_none()
+            {
+                self.net.snapshots_inline.fetch_add(1, Ordering::Relaxed);
+            }
+            // In memory: the snapshot's bytes, not a file the sender's next
+            // snapshot would replace.
+            cohort::replication::snapshot_file::inline(&mut m).expect("read the snapshot to send");
             let to = m.to;
             let delivered = !cut.contains(&self.from) && !cut.contains(&to) && drivers.contains_key(&to);
             if delivered {
@@ -265,6 +277,9 @@ async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot() {
         "the follower installed a snapshot"
     );
     assert!(cluster.net.snapshots_sent.load(Ordering::Relaxed) >= 1);
+    // The driver handed each snapshot over as a reference to its file,
+    // for the transport to stream: not its bytes in the message.
+    assert_eq!(cluster.net.snapshots_inline.load(Ordering::Relaxed), 0);
     // It takes part again: a write commits on it too.
     let leader = cluster.leader(Duration::from_secs(10));
     assert_eq!(propose(&cluster.driver(leader), 99).await.unwrap(), 99);
@@ -296,7 +311,7 @@ async fn start_grpc_node(
     let store = Arc::new(LogStore::open(&dir.path().join("raft")).unwrap());
     let slot: cohort::replication::transport::DriverSlot = Arc::default();
     let server = {
-        let service = RaftService::new(id, slot.clone()).server();
+        let service = RaftService::new(id, slot.clone(), dir.path().join(format!("transfer-{id}"))).server();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
             let _ =
@@ -423,6 +438,12 @@ async fn three_nodes_over_grpc_replicate_catch_up_from_a_chunked_snapshot_and_fa
     nodes.insert(3, start_grpc_node(3, listener, &addresses, 10).await);
     assert_eq!(grpc_converged(&nodes, Duration::from_secs(20)).await, acknowledged);
     assert!(nodes[&3].machine.restores.load(Ordering::Relaxed) >= 1, "node 3 installed a snapshot");
+    // It came in as a file, streamed a chunk at a time, that the restore
+    // took: nothing is left in transfer.
+    let transfer = nodes[&3]._dir.path().join("transfer-3");
+    assert!(transfer.is_dir(), "node 3 received into {}", transfer.display());
+    let left: Vec<_> = std::fs::read_dir(&transfer).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left in transfer: {left:?}");
     // The leader dies: the two others elect one and go on.
     let leader = grpc_leader(&nodes, Duration::from_secs(10)).await;
     nodes.remove(&leader).unwrap().kill();

@@ -193,9 +193,12 @@ struct Port {
 
 impl Transport for Port {
     fn send(&self, group: u64, messages: Vec<Message>) {
-        for m in messages {
+        for mut m in messages {
             let to = m.to;
             let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            // In memory: the snapshot's bytes, not a file the sender's next
+            // snapshot would replace.
+            cohort::replication::snapshot_file::inline(&mut m).expect("read the snapshot to send");
             let (drop, dup, delay, dup_delay) = {
                 let mut rng = self.net.rng.lock();
                 // A snapshot is not dropped on the way: its transfer fails

@@ -1088,6 +1088,18 @@ impl StateMachine for CatalogMachine {
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
         Ok(())
     }
+
+    fn restore_file(&self, index: u64, path: &Path) -> Result<(), MachineError> {
+        let (mut state, pending) = read_snapshot(path)?;
+        state.applied_index = index;
+        *self.state.write() = state;
+        self.applied.store(index, Ordering::Release);
+        *self.outbox.lock() =
+            pending.into_iter().map(|(index, steps)| Outbox { index, steps: Arc::new(steps) }).collect();
+        crate::replication::snapshot_file::move_into_place(path, &self.path)
+            .map_err(|source| CatalogError::Io { path: self.path.display().to_string(), source })?;
+        Ok(())
+    }
 }
 
 /// Parses a `now` argument: empty → `default_ms`, else RFC 3339.

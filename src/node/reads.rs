@@ -98,6 +98,24 @@ impl Replicas for PeerReplicas {
 type Confirmation = (u32, BoxFuture<'static, Result<(), ReplicationError>>);
 
 impl Node {
+    /// Refuses a read on a node that its member table says was removed:
+    /// no group counts it, and answering from the other nodes would hide
+    /// from its clients that they talk to a node that is gone.
+    pub(crate) fn refuse_if_removed(&self) -> Result<(), ReplicationError> {
+        let me = self.config.node_id;
+        let removed = self
+            .catalog
+            .state
+            .read()
+            .members
+            .get(&me)
+            .is_some_and(|m| m.state == crate::cluster::membership::MemberState::Removed);
+        if removed {
+            return Err(ReplicationError::Removed { node: me });
+        }
+        Ok(())
+    }
+
     /// The staleness bound of a call that asks for `requested_ms` (0: the
     /// node's `read_staleness_ms`).
     fn bound_of(&self, requested_ms: u64) -> u64 {
@@ -301,6 +319,7 @@ impl Node {
             let (counts, universe) = self.planner.count(texts, now_ms, deadline)?;
             return Ok(Counted { counts, universe, ..Counted::default() });
         }
+        self.refuse_if_removed()?;
         let bound = self.bound_of(max_staleness_ms);
         if let Some((answers, met)) =
             self.read_with_catalog_elsewhere(ShardQuery::Count, texts, now_ms, bound, deadline).await?
@@ -333,6 +352,7 @@ impl Node {
             let answer = self.planner.breakdown(name, text, top, now_ms, deadline)?;
             return Ok(BrokenDown { answer, staleness_ms: 0, missing: Vec::new() });
         }
+        self.refuse_if_removed()?;
         let bound = self.bound_of(max_staleness_ms);
         let query = ShardQuery::Breakdown { trait_name: name.to_string() };
         let texts = [text.to_string()];
@@ -365,6 +385,7 @@ impl Node {
         if self.forwarder.is_none() {
             return Ok(0);
         }
+        self.refuse_if_removed()?;
         Ok(self.confirm_groups(&[CATALOG_GROUP], self.bound_of(max_staleness_ms), deadline).await?)
     }
 
@@ -461,6 +482,7 @@ impl Node {
         bytes: Vec<u8>,
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, ServerError> {
+        self.refuse_if_removed()?;
         let request = ReadRequest::decode(&bytes).map_err(QueryError::Invalid)?;
         if let Some(&bad) = request.shards.iter().find(|&&s| s >= self.config.shards) {
             return Err(QueryError::NotFound(format!(

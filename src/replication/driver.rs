@@ -18,6 +18,7 @@
 //! the [`SnapshotPolicy`] says so; the loop then records each snapshot in
 //! the log store and compacts the log behind it.
 
+use super::snapshot_file::{self, SnapshotFile};
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -98,6 +99,14 @@ pub trait StateMachine: Send + Sync + 'static {
     fn snapshot_file(&self) -> &std::path::Path;
     /// Replaces the state with a snapshot received from the leader.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError>;
+    /// Replaces the state with a snapshot received from the leader into
+    /// the file `path` (synced), which the machine may take as its own
+    /// snapshot file (and move); by default it is read and passed to
+    /// [`restore`](StateMachine::restore).
+    fn restore_file(&self, index: u64, path: &std::path::Path) -> Result<(), MachineError> {
+        let data = std::fs::read(path)?;
+        self.restore(index, &data)
+    }
 }
 
 /// What a group's log holds beyond its last snapshot.
@@ -196,11 +205,12 @@ fn build_outgoing(
     let _file = outgoing.file.lock();
     let index = take_snapshot(group, name, machine, manifest)?;
     let path = machine.snapshot_file();
-    let data = std::fs::read(path).map_err(|source| ReplicationError::SnapshotFile {
-        path: path.display().to_string(),
-        source: Arc::new(source),
+    // A reference to a link of the file, not its bytes: the transport
+    // streams it (`snapshot_file`).
+    let file = snapshot_file::outgoing(path, group, index).map_err(|source| {
+        ReplicationError::SnapshotFile { path: path.display().to_string(), source: Arc::new(source) }
     })?;
-    Ok((index, data))
+    Ok((index, file.to_data()))
 }
 
 /// A group's [`Membership`] as its raft node has it.
@@ -1212,7 +1222,24 @@ impl Loop {
                                 );
                                 continue;
                             }
+                            // A snapshot received into a file that raft-rs
+                            // does not take (one it has already, a
+                            // duplicate) is no longer needed.
+                            let received = (message.get_msg_type()
+                                == raft::eraftpb::MessageType::MsgSnapshot)
+                                .then(|| SnapshotFile::from_data(message.get_snapshot().get_data()))
+                                .flatten();
                             let _ = g.node.step(message);
+                            if let Some(received) = received {
+                                let unstable = &g.node.raft.raft_log.unstable.snapshot;
+                                let taken = unstable.as_ref().is_some_and(|s| {
+                                    SnapshotFile::from_data(s.get_data())
+                                        .is_some_and(|f| f.path == received.path)
+                                });
+                                if !taken {
+                                    let _ = std::fs::remove_file(&received.path);
+                                }
+                            }
                         }
                     }
                     Input::Propose { group, data, local, reply } => self.propose(group, data, local, reply),
@@ -1707,13 +1734,20 @@ impl Loop {
                 let snap = ready.snapshot().clone();
                 let meta = snap.get_metadata();
                 let file = g.outgoing.file.lock();
-                g.machine.restore(meta.index, snap.get_data()).map_err(|source| {
-                    ReplicationError::InstallSnapshot {
-                        group: g.id,
-                        name: g.name.clone(),
-                        index: meta.index,
-                        source: source.into(),
+                let restored = match SnapshotFile::from_data(snap.get_data()) {
+                    Some(received) => {
+                        let restored = g.machine.restore_file(meta.index, &received.path);
+                        // Moved into place, or no longer needed.
+                        let _ = std::fs::remove_file(&received.path);
+                        restored
                     }
+                    None => g.machine.restore(meta.index, snap.get_data()),
+                };
+                restored.map_err(|source| ReplicationError::InstallSnapshot {
+                    group: g.id,
+                    name: g.name.clone(),
+                    index: meta.index,
+                    source: source.into(),
                 })?;
                 // The machine wrote the snapshot as its own file: the
                 // manifest must know it before the log record says so.

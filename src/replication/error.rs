@@ -261,6 +261,14 @@ pub enum ReplicationError {
         /// Why the confirmation failed.
         cause: String,
     },
+    /// This node was removed from the cluster (its member table says so):
+    /// it answers no read and takes no write, since no group counts it
+    /// any more.
+    #[error("node {node} was removed from the cluster and answers no reads or writes; ask another member (cohort cluster status lists them), and stop this node")]
+    Removed {
+        /// This node.
+        node: u64,
+    },
 }
 
 impl From<StorageError> for ReplicationError {
@@ -290,6 +298,7 @@ impl ReplicationError {
             | ReplicationError::Remote { group, .. } => Some(*group),
             ReplicationError::WritesStopped { cause } => cause.group(),
             ReplicationError::ShuttingDown
+            | ReplicationError::Removed { .. }
             | ReplicationError::Storage(_)
             | ReplicationError::SnapshotFile { .. }
             | ReplicationError::WriteManifest { .. }

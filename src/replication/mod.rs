@@ -8,6 +8,7 @@ pub mod log_check;
 pub mod manifest;
 pub mod raft_logger;
 pub mod shard_machine;
+pub mod snapshot_file;
 pub mod storage;
 pub mod transport;
 

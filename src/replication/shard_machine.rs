@@ -388,6 +388,30 @@ impl StateMachine for ShardMachine {
         self.snapshot_now()?;
         Ok(())
     }
+
+    fn restore_file(&self, index: u64, path: &Path) -> Result<(), MachineError> {
+        let id = self.shard_id;
+        let (shard, extra) = snapshot::read_with_extra(path)
+            .map_err(|source| ShardMachineError::ReceivedSnapshot { shard: id, index, source })?;
+        let extra: Extra = codec::decode(&extra)
+            .map(|(e, _)| e)
+            .map_err(|source| ShardMachineError::ReceivedMetadata { shard: id, index, source })?;
+        let _writing = self.snapshot_lock.lock();
+        let mut state = self.state.write();
+        *state = ShardState { shard, watermark: extra.watermark, applied_index: index };
+        self.applied.store(index, Ordering::Release);
+        drop(state);
+        if extra.applied_index == index {
+            // The leader's file is this state at this index: it becomes
+            // this shard's snapshot as it is.
+            crate::replication::snapshot_file::move_into_place(path, &self.path)?;
+            self.snapshot_index.store(index, Ordering::Release);
+        } else {
+            drop(_writing);
+            self.snapshot_now()?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

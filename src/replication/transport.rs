@@ -41,6 +41,7 @@ use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use super::driver::{Driver, SnapshotReport, Traffic, Transport};
+use super::snapshot_file::{self, SnapshotFile};
 use crate::proto::internal as pb;
 
 /// Messages waiting for one peer; more are dropped.
@@ -305,8 +306,8 @@ impl Transport for GrpcTransport {
                 self.runtime.spawn(async move {
                     let sent = send_snapshot(&addr, tls.as_ref(), from, group, &m, &data).await;
                     let report = match sent {
-                        Ok(()) => {
-                            counters.snapshot_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        Ok(len) => {
+                            counters.snapshot_bytes.fetch_add(len, Ordering::Relaxed);
                             SnapshotReport::Finished
                         }
                         Err(e) => {
@@ -512,7 +513,9 @@ fn report_unreachable(driver: &DriverSlot, peer: u64, groups: HashSet<u64>) {
 }
 
 /// Sends one snapshot on its own call: the message without its data, then
-/// the data in chunks.
+/// the data in chunks, read from the file `data` refers to
+/// ([`SnapshotFile`]) as they go, or taken from `data` itself. Returns the
+/// bytes sent.
 async fn send_snapshot(
     addr: &str,
     tls: Option<&PeerTls>,
@@ -520,29 +523,124 @@ async fn send_snapshot(
     group: u64,
     message: &Message,
     data: &[u8],
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let mut client = connect(addr, tls).await?;
     let head = message.write_to_bytes().map_err(|e| format!("encoding the snapshot message: {e}"))?;
-    let mut chunks = vec![pb::SnapshotChunk {
+    let head = |len: u64| pb::SnapshotChunk {
         from_node: from,
         group,
         message: head,
-        data_len: data.len() as u64,
+        data_len: len,
         data: Vec::new(),
-    }];
-    chunks.extend(
-        data.chunks(SNAPSHOT_CHUNK_BYTES)
-            .map(|c| pb::SnapshotChunk { data: c.to_vec(), ..Default::default() }),
-    );
-    let ack = client
-        .snapshot(tokio_stream::iter(chunks))
-        .await
-        .map_err(|status| format!("{addr}: {status}"))?
-        .into_inner();
-    if ack.received != data.len() as u64 {
-        return Err(format!("{addr} took {} of {} snapshot bytes", ack.received, data.len()));
+    };
+    let len = match SnapshotFile::from_data(data) {
+        Some(file) => {
+            let mut reader = tokio::fs::File::open(&file.path)
+                .await
+                .map_err(|e| format!("opening the snapshot file {}: {e}", file.path.display()))?;
+            let len = file.len;
+            // A reader task a few chunks ahead of the call: at most that
+            // many are in memory, whatever the snapshot's size. A short
+            // read ends the stream, and the receiver's count says so.
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let _ = tx.send(head(len)).await;
+            let path = file.path.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                loop {
+                    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                    let mut filled = 0;
+                    while filled < buf.len() {
+                        match reader.read(&mut buf[filled..]).await {
+                            Ok(0) => break,
+                            Ok(n) => filled += n,
+                            Err(e) => {
+                                tracing::warn!(path = %path.display(), error = %e, "reading a snapshot to send");
+                                return;
+                            }
+                        }
+                    }
+                    if filled == 0 {
+                        return;
+                    }
+                    buf.truncate(filled);
+                    if tx.send(pb::SnapshotChunk { data: buf, ..Default::default() }).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let chunks = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let ack =
+                client.snapshot(chunks).await.map_err(|status| format!("{addr}: {status}"))?.into_inner();
+            if ack.received != len {
+                return Err(format!("{addr} took {} of {len} snapshot bytes", ack.received));
+            }
+            len
+        }
+        None => {
+            let len = data.len() as u64;
+            let mut chunks = vec![head(len)];
+            chunks.extend(
+                data.chunks(SNAPSHOT_CHUNK_BYTES)
+                    .map(|c| pb::SnapshotChunk { data: c.to_vec(), ..Default::default() }),
+            );
+            let ack = client
+                .snapshot(tokio_stream::iter(chunks))
+                .await
+                .map_err(|status| format!("{addr}: {status}"))?
+                .into_inner();
+            if ack.received != len {
+                return Err(format!("{addr} took {} of {len} snapshot bytes", ack.received));
+            }
+            len
+        }
+    };
+    Ok(len)
+}
+
+/// Why a snapshot stream was not received whole.
+enum Received {
+    Stream(tonic::Status),
+    Io(std::io::Error),
+    Past,
+    Short(u64),
+}
+
+/// Writes a snapshot's chunks (the first one's data `first`, then the
+/// stream's) into the file `path` and syncs it; returns the bytes written,
+/// which must be `len`.
+async fn receive_into(
+    path: &Path,
+    first: Vec<u8>,
+    stream: &mut tonic::Streaming<pb::SnapshotChunk>,
+    len: u64,
+) -> Result<u64, Received> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(Received::Io)?;
     }
-    Ok(())
+    let mut file = tokio::fs::File::create(path).await.map_err(Received::Io)?;
+    let mut written = 0u64;
+    let mut next = Some(first);
+    loop {
+        let data = match next.take() {
+            Some(d) => d,
+            None => match stream.next().await {
+                Some(chunk) => chunk.map_err(Received::Stream)?.data,
+                None => break,
+            },
+        };
+        if written + data.len() as u64 > len {
+            return Err(Received::Past);
+        }
+        file.write_all(&data).await.map_err(Received::Io)?;
+        written += data.len() as u64;
+    }
+    if written != len {
+        return Err(Received::Short(written));
+    }
+    file.sync_all().await.map_err(Received::Io)?;
+    Ok(written)
 }
 
 /// Most bytes of snapshot data a receiver takes in one snapshot.
@@ -554,13 +652,16 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
 pub struct RaftService {
     node_id: u64,
     driver: DriverSlot,
+    /// Where received snapshots are written.
+    transfer_dir: PathBuf,
 }
 
 impl RaftService {
     /// The service of node `node_id`, stepping into the driver in `driver`
-    /// once it is there (messages before that are dropped: Raft retries).
-    pub fn new(node_id: u64, driver: DriverSlot) -> RaftService {
-        RaftService { node_id, driver }
+    /// once it is there (messages before that are dropped: Raft retries),
+    /// writing the snapshots it receives into `transfer_dir`.
+    pub fn new(node_id: u64, driver: DriverSlot, transfer_dir: PathBuf) -> RaftService {
+        RaftService { node_id, driver, transfer_dir }
     }
 
     /// The tonic server of this service, with its message bound.
@@ -627,27 +728,36 @@ impl pb::raft_server::Raft for RaftService {
                 "group {group}: a snapshot of {len} bytes from node {from} is over the {MAX_SNAPSHOT_BYTES}-byte bound"
             )));
         }
-        let mut data = Vec::with_capacity(len.min(64 << 20) as usize);
-        data.extend_from_slice(&first.data);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if (data.len() + chunk.data.len()) as u64 > len {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "group {group}: the snapshot from node {from} runs past its {len} bytes"
-                )));
+        // Into a file, a chunk at a time, synced before the driver sees
+        // the message; a stream that fails leaves no file behind.
+        let path = snapshot_file::incoming_path(&self.transfer_dir, group, from);
+        let written = receive_into(&path, first.data, &mut stream, len).await;
+        let received = match written {
+            Ok(received) => received,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(match e {
+                    Received::Stream(status) => status,
+                    Received::Io(e) => tonic::Status::resource_exhausted(format!(
+                        "group {group}: writing the snapshot from node {from} to {}: {e}",
+                        path.display()
+                    )),
+                    Received::Past => tonic::Status::invalid_argument(format!(
+                        "group {group}: the snapshot from node {from} runs past its {len} bytes"
+                    )),
+                    Received::Short(n) => tonic::Status::invalid_argument(format!(
+                        "group {group}: the snapshot from node {from} ended after {n} of {len} bytes"
+                    )),
+                });
             }
-            data.extend_from_slice(&chunk.data);
-        }
-        if data.len() as u64 != len {
-            return Err(tonic::Status::invalid_argument(format!(
-                "group {group}: the snapshot from node {from} ended after {} of {len} bytes",
-                data.len()
-            )));
-        }
-        let received = data.len() as u64;
-        m.mut_snapshot().set_data(data.into());
-        if let Some(driver) = driver_of(&self.driver) {
-            driver.step(group, m);
+        };
+        m.mut_snapshot().set_data(SnapshotFile { path: path.clone(), len }.to_data().into());
+        match driver_of(&self.driver) {
+            Some(driver) => driver.step(group, m),
+            // Not open yet: the leader sends it again.
+            None => {
+                let _ = tokio::fs::remove_file(&path).await;
+            }
         }
         Ok(tonic::Response::new(pb::SnapshotAck { received }))
     }

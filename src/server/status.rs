@@ -10,7 +10,7 @@
 //! | a saved segment in use (`AdminError::InUse`) | `FAILED_PRECONDITION` |
 //! | a shard past the deadline (`QueryError::DeadlineExceeded`) | `DEADLINE_EXCEEDED` |
 //! | a shard that no replica could answer, here or on another node (`QueryError::Unavailable`) | `UNAVAILABLE` |
-//! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a replica behind its leader or past the staleness bound, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped, ReadBehind, TooStale}`, `IngestError::{Gap, ShuttingDown, StepsPending}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
+//! | not the leader, leadership lost or a proposal timed out before commit (outcome unknown), shutting down, a stopped group, a node that stopped taking writes, a replica behind its leader or past the staleness bound, a node removed from the cluster, a lost step (`ReplicationError::{NotLeader, LeadershipLost, ProposalTimeout, ShuttingDown, Halted, WritesStopped, ReadBehind, TooStale, Removed}`, `IngestError::{Gap, ShuttingDown, StepsPending}`) | `UNAVAILABLE`, with the leader's address in `x-cohort-leader` when known |
 //! | a batch or a change forwarded to the catalog's leader that failed there (`IngestError::Forwarded`, `CatalogError::Forwarded`) | the leader's code; `UNAVAILABLE` when it could not be sent (`IngestError::ForwardFailed`) |
 //! | no API key or an unknown one, a key whose role does not allow the call ([`ServerError::Unauthenticated`], [`ServerError::PermissionDenied`]) | `UNAUTHENTICATED`, `PERMISSION_DENIED` |
 //! | the log, a snapshot, a thread, a bug (every other variant) | `INTERNAL` |
@@ -83,6 +83,7 @@ pub fn code(e: &ServerError) -> Code {
             | ReplicationError::Halted { .. }
             | ReplicationError::ReadBehind { .. }
             | ReplicationError::TooStale { .. }
+            | ReplicationError::Removed { .. }
             | ReplicationError::WritesStopped { .. } => Code::Unavailable,
             ReplicationError::NoSuchGroup { .. }
             | ReplicationError::Storage(_)
