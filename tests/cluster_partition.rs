@@ -1034,6 +1034,38 @@ async fn a_node_cut_off_from_a_shards_leader_reads_that_shard_from_another_node(
         }
     }
     assert_eq!(listed.len() as u64, on_c.pro, "node {c} listed other members than it counts");
+    // `bench/remote_reads.sh` times counts here, in a release build: on c
+    // (a's shards read from another node) against the catalog's leader
+    // (every shard read where it is asked). Printed, never asserted.
+    if let Some(rounds) = std::env::var("COHORT_READ_ROUNDS").ok().and_then(|r| r.parse::<usize>().ok()) {
+        let mut on_leader = pb::query_client::QueryClient::new(client(catalog).channel().await);
+        let timed = |label: &str, times: &mut Vec<Duration>| {
+            times.sort();
+            let at = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
+            format!("{label}: p50 {:?}, p99 {:?}, max {:?}", at(50), at(99), times[times.len() - 1])
+        };
+        let count = |e: &str| pb::CountRequest {
+            expressions: vec![e.to_string()],
+            now: String::new(),
+            max_staleness_ms: 0,
+            allow_partial: false,
+        };
+        let (mut remote, mut local) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let t = Instant::now();
+            q.count(count(r#"plan = "pro""#)).await.unwrap();
+            remote.push(t.elapsed());
+            let t = Instant::now();
+            on_leader.count(count(r#"plan = "pro""#)).await.unwrap();
+            local.push(t.elapsed());
+        }
+        eprintln!(
+            "cluster_partition: {rounds} counts, {} of {SHARDS} shards read from another node: {}; all shards where asked: {}",
+            led.len(),
+            timed("remote", &mut remote),
+            timed("local", &mut local)
+        );
+    }
     // While the cut lasted, c could not confirm a's shards itself.
     let own = groups(c).await.unwrap();
     let behind: Vec<String> = own

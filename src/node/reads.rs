@@ -193,14 +193,18 @@ impl Node {
     /// the bound, elsewhere for the others (falling back on this node's
     /// replica once its leader confirms it). Returns the answers, the
     /// staleness met and the shards no replica answered.
+    ///
+    /// `split` is (the shards to read here, the others, the staleness the
+    /// first met): [`split_by_freshness`](Node::split_by_freshness).
     async fn read_shards(
         self: &Arc<Self>,
+        split: (Vec<u32>, Vec<u32>, u64),
         query: ShardQuery,
         conds: &Arc<Vec<Cond>>,
         bound: u64,
         deadline: Option<Instant>,
     ) -> Result<(Vec<(u32, ShardAnswer)>, u64, Vec<(u32, String)>), QueryError> {
-        let (fresh, stale, mut met) = self.split_by_freshness(bound);
+        let (fresh, stale, mut met) = split;
         let asked_at = Instant::now();
         let confirmations = self.ask_confirmations(&stale);
         let elsewhere = (!stale.is_empty()).then(|| {
@@ -329,7 +333,9 @@ impl Node {
         }
         let catalog_met = self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?;
         let conds = Arc::new(self.planner.compile(texts, now_ms)?);
-        let (answers, met, missing) = self.read_shards(ShardQuery::Count, &conds, bound, deadline).await?;
+        let split = self.split_by_freshness(bound);
+        let (answers, met, missing) =
+            self.read_shards(split, ShardQuery::Count, &conds, bound, deadline).await?;
         refuse_missing(&missing, partial)?;
         let (counts, universe) = merge_counts(texts.len(), answers.into_iter().map(|(_, a)| a))?;
         Ok(Counted { counts, universe, staleness_ms: met.max(catalog_met), missing })
@@ -369,7 +375,8 @@ impl Node {
             );
         }
         let conds = Arc::new(self.planner.compile(&texts, now_ms)?);
-        let (answers, met, missing) = self.read_shards(query, &conds, bound, deadline).await?;
+        let split = self.split_by_freshness(bound);
+        let (answers, met, missing) = self.read_shards(split, query, &conds, bound, deadline).await?;
         refuse_missing(&missing, partial)?;
         let answer = merge_breakdown(answers, top)?;
         Ok(BrokenDown { answer, staleness_ms: met.max(catalog_met), missing })
@@ -425,7 +432,7 @@ impl Node {
                     let node = self.clone();
                     let conds = conds.clone();
                     let (answers, shard_met, missing) = runtime.block_on(async move {
-                        node.read_shards_of(&[shard], query, &conds, bound, deadline).await
+                        node.read_shards((Vec::new(), vec![shard], 0), query, &conds, bound, deadline).await
                     })?;
                     met = met.max(shard_met);
                     refuse_missing(&missing, false)?;
@@ -438,40 +445,6 @@ impl Node {
             }
         })?;
         Ok((page, met))
-    }
-
-    /// [`read_shards`](Node::read_shards) of only `shards`, all taken as
-    /// stale here.
-    async fn read_shards_of(
-        self: &Arc<Self>,
-        shards: &[u32],
-        query: ShardQuery,
-        conds: &Arc<Vec<Cond>>,
-        bound: u64,
-        deadline: Option<Instant>,
-    ) -> Result<(Vec<(u32, ShardAnswer)>, u64, Vec<(u32, String)>), QueryError> {
-        let asked_at = Instant::now();
-        let confirmations = self.ask_confirmations(shards);
-        let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
-        let within = wait_until(asked_at, bound, deadline).into_std();
-        let template = ReadRequest {
-            shards: Vec::new(),
-            query: query.clone(),
-            conds: encode_conds(conds),
-            max_staleness_ms: bound,
-            texts: None,
-        };
-        let gathered =
-            gather(replicas, self.latencies.clone(), shards.to_vec(), template, Some(within)).await;
-        let mut answers = gathered.answers;
-        let wanted: Vec<u32> = gathered.missing.iter().map(|(s, _)| *s).collect();
-        let confirmations = confirmations.into_iter().filter(|(s, _)| wanted.contains(s)).collect();
-        let (confirmed, _) = self.await_confirmations(confirmations, bound, asked_at, deadline).await;
-        if !confirmed.is_empty() {
-            answers.extend(self.planner.answer_local(&confirmed, &Arc::new(query), conds, deadline)?);
-        }
-        let missing = gathered.missing.into_iter().filter(|(s, _)| !confirmed.contains(s)).collect();
-        Ok((answers, gathered.staleness_ms, missing))
     }
 
     /// Answers another node's read of shards held here (`Forward.Read`):
