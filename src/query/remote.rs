@@ -195,7 +195,8 @@ struct NodeLatency {
     failed_at: Option<Instant>,
 }
 
-/// Per node: latest latencies, calls in flight, the latest failure.
+/// Per node: latest latencies, calls in flight, the latest failure (or
+/// call that lost to a hedge).
 #[derive(Default)]
 pub struct Latencies {
     nodes: Mutex<HashMap<u64, NodeLatency>>,
@@ -245,21 +246,29 @@ impl Latencies {
 
     fn begin(self: &Arc<Self>, node: u64) -> InFlight {
         self.nodes.lock().entry(node).or_default().in_flight += 1;
-        InFlight { latencies: self.clone(), node, started: tokio::time::Instant::now() }
+        InFlight {
+            latencies: self.clone(),
+            node,
+            started: tokio::time::Instant::now(),
+            done: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 }
 
 /// A call in flight to a node; dropped (finished or cancelled), it is no
-/// longer counted.
+/// longer counted. One cancelled before it finished lost to a hedge: it
+/// counts as a failure, so that the slow node goes last for a while.
 struct InFlight {
     latencies: Arc<Latencies>,
     node: u64,
     /// Tokio's clock, which the tests pause.
     started: tokio::time::Instant,
+    done: std::sync::atomic::AtomicBool,
 }
 
 impl InFlight {
     fn finished(&self, ok: bool) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut nodes = self.latencies.nodes.lock();
         let l = nodes.entry(self.node).or_default();
         if ok {
@@ -275,8 +284,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let lost = !self.done.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(l) = self.latencies.nodes.lock().get_mut(&self.node) {
             l.in_flight = l.in_flight.saturating_sub(1);
+            if lost {
+                l.failed_at = Some(Instant::now());
+            }
         }
     }
 }
@@ -509,9 +522,13 @@ mod tests {
         // Hedged after the default delay: node 1 has no history yet.
         assert_eq!(called[1], (2, DEFAULT_HEDGE_DELAY));
         assert_eq!(started.elapsed(), DEFAULT_HEDGE_DELAY + Duration::from_millis(3));
-        // The cancelled call is no longer in flight.
+        // The cancelled call is no longer in flight, and the node that lost
+        // to the hedge goes last for a while.
         tokio::task::yield_now().await;
         assert_eq!(latencies.nodes.lock()[&1].in_flight, 0);
+        let mut order = vec![1, 2];
+        latencies.order(&mut order);
+        assert_eq!(order, vec![2, 1]);
     }
 
     #[tokio::test(start_paused = true)]
