@@ -1175,11 +1175,50 @@ async fn a_node_cut_off_from_the_catalogs_leader_has_another_node_compile_and_an
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+    // One person's reads read their writes: a batch acknowledged through
+    // b is in c's Check and GetProfile at once, though c's own ReadIndex
+    // cannot pass (it cannot reach the leader); another member answers.
+    let (_, _) = ledger.write_any(&[b], Phase::Connected, Duration::from_secs(30)).await;
+    let k = ledger.attempts().len() - 1;
+    let person = format!("u{k}-7");
+    let started = Instant::now();
+    let check = q
+        .check(pb::CheckRequest {
+            profile: person.clone(),
+            expressions: vec![format!(r#"batch = "b{k}""#), r#"plan = "free""#.into()],
+            now: String::new(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("node {c}: check {person}: {s}"))
+        .into_inner();
+    assert_eq!(check.matches, vec![true, false], "node {c}: check {person}");
+    let profile = q
+        .get_profile(pb::GetProfileRequest { profile: person.clone(), recent_events: 0 })
+        .await
+        .unwrap_or_else(|s| panic!("node {c}: profile {person}: {s}"))
+        .into_inner();
+    assert!(
+        profile.traits.iter().any(|t| t.name == "batch" && t.value == format!(r#""b{k}""#)),
+        "node {c}: profile {person}: {:?}",
+        profile.traits
+    );
+    let person_reads = started.elapsed();
+    // An unknown person is still NOT_FOUND, as the member asked says.
+    let unknown = q
+        .check(pb::CheckRequest {
+            profile: "nobody-here".into(),
+            expressions: vec!["ALL".into()],
+            now: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown}");
 
     lab.heal(c);
     let tallies = converge(&ledger, Duration::from_secs(30)).await;
     eprintln!(
-        "cluster_partition: node {c} cut off from the leader {leader} counted through node {b}'s catalog and replicas; \
+        "cluster_partition: node {c} cut off from the leader {leader} counted through node {b}'s catalog and replicas, \
+         and read a person written through node {b} at once ({person_reads:?} for a Check and a GetProfile); \
          {} profiles; {:.1} s in all\n{}",
         tallies[0].1.pro,
         t0.elapsed().as_secs_f64(),

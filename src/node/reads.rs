@@ -95,7 +95,9 @@ impl Replicas for PeerReplicas {
 }
 
 /// A shard's local confirmation, asked when the read began.
-type Confirmation = (u32, BoxFuture<'static, Result<(), ReplicationError>>);
+/// It runs as its own task, so that it is recorded when it comes even if
+/// the read was answered elsewhere and never waits for it.
+type Confirmation = (u32, tokio::task::JoinHandle<Result<(), ReplicationError>>);
 
 impl Node {
     /// Refuses a read on a node that its member table says was removed:
@@ -152,7 +154,7 @@ impl Node {
             .map(|&shard| {
                 let barrier = self.driver.read_barrier(shard_group(shard));
                 let node = Arc::downgrade(self);
-                let confirmed: BoxFuture<'static, Result<(), ReplicationError>> = Box::pin(async move {
+                let confirmed = tokio::spawn(async move {
                     barrier.await?;
                     if let Some(node) = node.upgrade() {
                         node.freshness.confirmed(shard_group(shard), now);
@@ -178,8 +180,9 @@ impl Node {
         let (mut confirmed, mut failed) = (Vec::new(), Vec::new());
         for (shard, confirmation) in confirmations {
             match tokio::time::timeout_at(until, confirmation).await {
-                Ok(Ok(())) => confirmed.push(shard),
-                Ok(Err(e)) => failed.push((shard, e.to_string())),
+                Ok(Ok(Ok(()))) => confirmed.push(shard),
+                Ok(Ok(Err(e))) => failed.push((shard, e.to_string())),
+                Ok(Err(e)) => failed.push((shard, format!("the confirmation's task failed: {e}"))),
                 Err(_) => failed.push((
                     shard,
                     format!("no leader confirmed it within {} ms", (Instant::now() - asked_at).as_millis()),
@@ -457,6 +460,10 @@ impl Node {
     ) -> Result<Vec<u8>, ServerError> {
         self.refuse_if_removed()?;
         let request = ReadRequest::decode(&bytes).map_err(QueryError::Invalid)?;
+        if let ShardQuery::Check { .. } | ShardQuery::Profile { .. } = request.query {
+            let answer = self.person_here(&request.query).await?;
+            return Ok(ReadReply { answers: vec![(0, answer)], staleness_ms: 0 }.encode());
+        }
         if let Some(&bad) = request.shards.iter().find(|&&s| s >= self.config.shards) {
             return Err(QueryError::NotFound(format!(
                 "no shard {bad}: this node has {} shards",
@@ -482,6 +489,133 @@ impl Node {
             deadline,
         )?;
         Ok(ReadReply { answers, staleness_ms }.encode())
+    }
+
+    /// A person's read (`ShardQuery::Check` or `Profile`) here, after this
+    /// node's ReadIndex: the caller's errors (a bad expression, an unknown
+    /// profile) come back as [`ShardAnswer::Refused`].
+    async fn person_here(&self, query: &ShardQuery) -> Result<ShardAnswer, ServerError> {
+        let address = match query {
+            ShardQuery::Check { address, .. } | ShardQuery::Profile { address, .. } => address,
+            _ => return Err(QueryError::Invalid("not a person's read".into()).into()),
+        };
+        self.read_barrier(address).await?;
+        let answer = match query {
+            ShardQuery::Check { address, texts, now_ms } => self
+                .planner
+                .check(address, texts, *now_ms)
+                .map(|(profile, matches)| ShardAnswer::Check { profile, matches }),
+            ShardQuery::Profile { address, recent, now_ms } => self
+                .planner
+                .profile(address, *recent as usize, *now_ms)
+                .map(|v| ShardAnswer::Profile(Box::new(v))),
+            _ => unreachable!("matched above"),
+        };
+        Ok(match answer {
+            Ok(a) => a,
+            Err(QueryError::NotFound(message)) => ShardAnswer::Refused { not_found: true, message },
+            Err(QueryError::Invalid(message)) => ShardAnswer::Refused { not_found: false, message },
+            Err(e) => return Err(e.into()),
+        })
+    }
+
+    /// One person's read on a node of a cluster, reading its writes: here
+    /// once this node's ReadIndex passes (`None`: read here); when it has
+    /// not passed within [`LOCAL_FIRST`], another member is asked too
+    /// (hedged across the members) and the first to answer wins. A node
+    /// cut off from the catalog's leader, whose ReadIndex cannot pass,
+    /// thus answers from a member that can.
+    async fn person_elsewhere_if_slow(
+        self: &Arc<Self>,
+        address: &str,
+        query: ShardQuery,
+        deadline: Option<Instant>,
+    ) -> Result<Option<ShardAnswer>, ServerError> {
+        self.refuse_if_removed()?;
+        let here = self.read_barrier(address);
+        tokio::pin!(here);
+        tokio::select! {
+            passed = &mut here => return passed.map(|()| None).map_err(Into::into),
+            _ = tokio::time::sleep(LOCAL_FIRST) => {}
+        }
+        let me = self.config.node_id;
+        let mut members: Vec<u64> = self
+            .catalog
+            .state
+            .read()
+            .members
+            .values()
+            .filter(|m| m.id != me && m.state == crate::cluster::membership::MemberState::Active)
+            .map(|m| m.id)
+            .collect();
+        if members.is_empty() {
+            return here.await.map(|()| None).map_err(Into::into);
+        }
+        self.latencies.order(&mut members);
+        let replicas = PeerReplicas { node: self.clone() };
+        let request =
+            ReadRequest { shards: Vec::new(), query, conds: Vec::new(), max_staleness_ms: 0, texts: None };
+        let elsewhere = crate::query::remote::hedged(&members, &self.latencies, |node| {
+            replicas.read(node, request.clone(), deadline)
+        });
+        tokio::pin!(elsewhere);
+        tokio::select! {
+            passed = &mut here => match passed {
+                Ok(()) => Ok(None),
+                Err(e) => match elsewhere.await {
+                    Ok((_, reply)) => Ok(reply.answers.into_iter().next().map(|(_, a)| a)),
+                    Err(_) => Err(e.into()),
+                },
+            },
+            answered = &mut elsewhere => match answered {
+                Ok((_, reply)) => Ok(reply.answers.into_iter().next().map(|(_, a)| a)),
+                Err(failures) => {
+                    tracing::debug!(?failures, "no other member answered a person's read");
+                    here.await.map(|()| None).map_err(Into::into)
+                }
+            },
+        }
+    }
+
+    /// `Check`: one profile's membership in each expression, reading its
+    /// writes (here, or through another member when this node cannot
+    /// confirm its replicas).
+    pub async fn check(
+        self: &Arc<Self>,
+        address: &str,
+        texts: &[String],
+        now_ms: i64,
+        deadline: Option<Instant>,
+    ) -> Result<(u64, Vec<bool>), ServerError> {
+        if self.forwarder.is_some() {
+            let query = ShardQuery::Check { address: address.to_string(), texts: texts.to_vec(), now_ms };
+            match self.person_elsewhere_if_slow(address, query, deadline).await? {
+                None => {}
+                Some(ShardAnswer::Check { profile, matches }) => return Ok((profile, matches)),
+                Some(other) => return Err(refused(other)),
+            }
+        }
+        Ok(self.planner.check(address, texts, now_ms)?)
+    }
+
+    /// `GetProfile`: everything about one profile, read as
+    /// [`check`](Node::check) reads it.
+    pub async fn profile(
+        self: &Arc<Self>,
+        address: &str,
+        recent: usize,
+        now_ms: i64,
+        deadline: Option<Instant>,
+    ) -> Result<crate::query::ProfileView, ServerError> {
+        if self.forwarder.is_some() {
+            let query = ShardQuery::Profile { address: address.to_string(), recent: recent as u32, now_ms };
+            match self.person_elsewhere_if_slow(address, query, deadline).await? {
+                None => {}
+                Some(ShardAnswer::Profile(view)) => return Ok(*view),
+                Some(other) => return Err(refused(other)),
+            }
+        }
+        Ok(self.planner.profile(address, recent, now_ms)?)
     }
 
     /// Makes sure this node's replicas of `groups` were confirmed current
@@ -527,6 +661,21 @@ impl Node {
             });
         }
         Ok(met)
+    }
+}
+
+/// How long a person's read waits for this node's own ReadIndex before it
+/// asks another member too (a ReadIndex is one heartbeat round: a few
+/// milliseconds when the leader is reachable).
+pub const LOCAL_FIRST: Duration = Duration::from_millis(50);
+
+/// The error a person's read elsewhere answered with (or a wrong answer).
+fn refused(answer: ShardAnswer) -> ServerError {
+    match answer {
+        ShardAnswer::Refused { not_found: true, message } => QueryError::NotFound(message).into(),
+        ShardAnswer::Refused { not_found: false, message } => QueryError::Invalid(message).into(),
+        _ => QueryError::Unavailable("another member answered a person's read with another answer".into())
+            .into(),
     }
 }
 

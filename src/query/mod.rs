@@ -79,7 +79,7 @@ pub struct MembersPage {
 }
 
 /// Everything about one profile.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProfileView {
     /// Profile id.
     pub profile: ProfileId,

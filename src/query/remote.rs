@@ -55,6 +55,26 @@ pub enum ShardQuery {
         /// The traits to return.
         traits: Vec<String>,
     },
+    /// Not a shard's: one person's membership in each expression, read
+    /// by the node asked after its own ReadIndex (read-your-writes), for
+    /// a node that cannot confirm its replicas. Sent with no shards.
+    Check {
+        /// The profile's address.
+        address: String,
+        /// The expressions.
+        texts: Vec<String>,
+        /// The query time.
+        now_ms: i64,
+    },
+    /// Likewise, everything about one person.
+    Profile {
+        /// The profile's address.
+        address: String,
+        /// How many of the latest events.
+        recent: u32,
+        /// The time its saved segments are evaluated at.
+        now_ms: i64,
+    },
 }
 
 /// What one shard answers.
@@ -77,6 +97,25 @@ pub enum ShardAnswer {
         /// More rows match after the last one.
         more: bool,
     },
+    /// [`ShardQuery::Check`]: the profile and one answer per expression.
+    Check {
+        /// The profile.
+        profile: u64,
+        /// Its membership in each expression.
+        matches: Vec<bool>,
+    },
+    /// [`ShardQuery::Profile`].
+    Profile(Box<super::ProfileView>),
+    /// A person's read the node asked answered with the caller's error (a
+    /// bad expression, an unknown profile): what the caller answers too,
+    /// rather than a reason to ask another node.
+    Refused {
+        /// Whether it is an unknown profile, trait or segment (else a bad
+        /// expression).
+        not_found: bool,
+        /// The message.
+        message: String,
+    },
 }
 
 /// Answers `query` over `conds` on `shard`: the same code for a replica on
@@ -95,6 +134,10 @@ pub fn answer(shard: &Shard, query: &ShardQuery, conds: &[Cond]) -> ShardAnswer 
             let rows = rows.into_iter().take(limit).map(|r| (r, super::member(shard, r, traits))).collect();
             ShardAnswer::Members { rows, more }
         }
+        ShardQuery::Check { .. } | ShardQuery::Profile { .. } => ShardAnswer::Refused {
+            not_found: false,
+            message: "a person's read is answered by the planner, not by one shard".into(),
+        },
     }
 }
 

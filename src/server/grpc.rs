@@ -208,12 +208,12 @@ impl pb::query_server::Query for Services {
     }
 
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {
+        let deadline = deadline(&request)?;
         let r = request.into_inner();
         let now = now_of(&r.now)?;
         // One person's answer reads its writes, whichever node took them.
-        self.node.read_barrier(&r.profile).await.map_err(status)?;
         let (profile_id, matches) =
-            self.node.planner.check(&r.profile, &r.expressions, now).map_err(status)?;
+            self.node.check(&r.profile, &r.expressions, now, deadline).await.map_err(status)?;
         Ok(Response::new(pb::CheckReply { matches, now: format_rfc3339_ms(now), profile_id }))
     }
 
@@ -316,10 +316,10 @@ impl pb::query_server::Query for Services {
         &self,
         request: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::Profile>, Status> {
+        let deadline = deadline(&request)?;
         let r = request.into_inner();
         let recent = if r.recent_events == 0 { 20 } else { r.recent_events as usize };
-        self.node.read_barrier(&r.profile).await.map_err(status)?;
-        let v = self.node.planner.profile(&r.profile, recent, now_ms()).map_err(status)?;
+        let v = self.node.profile(&r.profile, recent, now_ms(), deadline).await.map_err(status)?;
         Ok(Response::new(pb::Profile {
             profile_id: v.profile,
             shard: v.shard,
