@@ -1164,6 +1164,24 @@ async fn a_node_cut_off_from_the_catalogs_leader_has_another_node_compile_and_an
         .into_inner();
     assert_eq!(breakdown.total, on_c.universe);
     assert!(breakdown.staleness_ms <= 1000, "node {c} met a staleness of {} ms", breakdown.staleness_ms);
+    // So is a members stream, page by page.
+    let mut stream = q
+        .members(pb::MembersRequest {
+            expression: r#"plan = "pro""#.into(),
+            page_size: 11,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("node {c}: members: {s}"))
+        .into_inner();
+    let mut listed = std::collections::HashSet::new();
+    while let Some(page) = stream.message().await.unwrap_or_else(|s| panic!("node {c}: members page: {s}")) {
+        assert!(page.staleness_ms <= 1000, "node {c}: a page met {} ms", page.staleness_ms);
+        for m in page.members {
+            assert!(listed.insert(m.user_id.clone()), "node {c} listed {} twice", m.user_id);
+        }
+    }
+    assert_eq!(listed.len() as u64, on_c.pro, "node {c} listed other members than it counts");
     // An expression that does not compile is still the caller's error.
     let bad = q
         .count(pb::CountRequest {

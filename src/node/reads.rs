@@ -385,7 +385,8 @@ impl Node {
         Ok(BrokenDown { answer, staleness_ms: met.max(catalog_met), missing })
     }
 
-    /// Before a members stream: the catalog within the bound; returns the
+    /// Before a members stream: the catalog within the bound (or, when it
+    /// is not, other members to read the pages from); returns the
     /// staleness it met.
     pub async fn members_start(
         &self,
@@ -396,7 +397,42 @@ impl Node {
             return Ok(0);
         }
         self.refuse_if_removed()?;
-        Ok(self.confirm_groups(&[CATALOG_GROUP], self.bound_of(max_staleness_ms), deadline).await?)
+        let bound = self.bound_of(max_staleness_ms);
+        if !self.catalog_within(bound) && self.has_other_members() {
+            // The pages are compiled and read elsewhere
+            // ([`members_page`](Node::members_page)).
+            return Ok(0);
+        }
+        Ok(self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?)
+    }
+
+    /// True when this node's catalog was confirmed within `bound`.
+    fn catalog_within(&self, bound: u64) -> bool {
+        self.freshness.age_ms(CATALOG_GROUP, self.freshness.now_ms()).is_some_and(|a| a <= bound)
+    }
+
+    /// True when another node can answer for this one.
+    fn has_other_members(&self) -> bool {
+        !self.other_members().is_empty()
+    }
+
+    /// The other nodes that can answer reads: the active members of the
+    /// member table, and the catalog group's other replicas (the founders
+    /// are in the group before the table lists them); never one the
+    /// table says was removed.
+    fn other_members(&self) -> Vec<u64> {
+        use crate::cluster::membership::MemberState;
+        let me = self.config.node_id;
+        let state = self.catalog.state.read();
+        let mut nodes: Vec<u64> =
+            state.members.values().filter(|m| m.state == MemberState::Active).map(|m| m.id).collect();
+        if let Some(g) = self.driver.status().into_iter().find(|g| g.id == CATALOG_GROUP) {
+            nodes.extend(g.voters.iter().chain(&g.learners));
+        }
+        nodes.retain(|&n| n != me && state.members.get(&n).is_none_or(|m| m.state == MemberState::Active));
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
     }
 
     /// One page of members after `cursor`, each shard read as
@@ -420,10 +456,44 @@ impl Node {
         }
         let bound = self.bound_of(max_staleness_ms);
         let conds = Arc::new(self.planner.compile(&[text.to_string()], now_ms)?);
+        // With this node's catalog past the bound, every shard's rows come
+        // from another node, which compiles the text against its own.
+        let catalog_elsewhere = !self.catalog_within(bound) && self.has_other_members();
         let mut met = 0;
         let page = self.planner.members_with(cursor, limit, deadline, |shard, after, want| {
             let query = ShardQuery::Members { after, limit: want as u32, traits: traits.to_vec() };
             let now = self.freshness.now_ms();
+            if catalog_elsewhere {
+                let template = ReadRequest {
+                    shards: Vec::new(),
+                    query,
+                    conds: Vec::new(),
+                    max_staleness_ms: bound,
+                    texts: Some((vec![text.to_string()], now_ms)),
+                };
+                let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
+                let within = wait_until(Instant::now(), bound, deadline).into_std();
+                let gathered = runtime.block_on(gather(
+                    replicas,
+                    self.latencies.clone(),
+                    vec![shard],
+                    template,
+                    Some(within),
+                ));
+                met = met.max(gathered.staleness_ms);
+                let missing: Vec<(u32, String)> = gathered
+                    .missing
+                    .into_iter()
+                    .map(|(s, why)| (s, format!("shard {s}, this node's catalog past the bound: {why}")))
+                    .collect();
+                refuse_missing(&missing, false)?;
+                return gathered
+                    .answers
+                    .into_iter()
+                    .next()
+                    .map(|(_, a)| a)
+                    .ok_or_else(|| QueryError::Unavailable(format!("shard {shard} gave no answer")));
+            }
             match self.freshness.age_ms(shard_group(shard), now) {
                 Some(age) if age <= bound => {
                     met = met.max(age);
@@ -538,16 +608,7 @@ impl Node {
             passed = &mut here => return passed.map(|()| None).map_err(Into::into),
             _ = tokio::time::sleep(LOCAL_FIRST) => {}
         }
-        let me = self.config.node_id;
-        let mut members: Vec<u64> = self
-            .catalog
-            .state
-            .read()
-            .members
-            .values()
-            .filter(|m| m.id != me && m.state == crate::cluster::membership::MemberState::Active)
-            .map(|m| m.id)
-            .collect();
+        let mut members = self.other_members();
         if members.is_empty() {
             return here.await.map(|()| None).map_err(Into::into);
         }
