@@ -353,6 +353,15 @@ impl Lab {
         }
     }
 
+    /// Cuts node `id` off from node `peer` only (both directions, in
+    /// `id`'s namespace); healed by [`heal`](Lab::heal) of `id`.
+    fn cut_link(&self, id: u64, peer: u64) {
+        let ns = self.netns(id);
+        let ip = node_ip(peer);
+        must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &ip, "-j", "DROP"]);
+        must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
+    }
+
     fn heal(&self, id: u64) {
         let ns = self.netns(id);
         must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-F", "INPUT"]);
@@ -886,6 +895,67 @@ async fn a_cut_off_follower_falls_behind_the_leaders_snapshots_and_catches_up() 
     );
 }
 
+/// Waits (at most 20 s) until node `id` counts what node `like` counts for
+/// batches 0..n; returns the tally. `why` says how `id` is cut off.
+async fn counts_as(id: u64, like: u64, n: usize, why: &str) -> Tally {
+    let mut answered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mine = tally(id, n).await;
+        let theirs = tally(like, n).await.unwrap();
+        match mine {
+            Ok(t) if t == theirs => return t,
+            other => answered.push(format!("{other:?} (node {like}: {theirs:?})")),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id}, {why}, never counted what node {like} counts: {:?}",
+            &answered[answered.len().saturating_sub(3)..]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Node `id`'s breakdown of `plan` over everyone (its top 3).
+async fn breakdown_of_plan(
+    q: &mut pb::query_client::QueryClient<tonic::transport::Channel>,
+    id: u64,
+) -> pb::BreakdownReply {
+    q.breakdown(pb::BreakdownRequest {
+        trait_name: "plan".into(),
+        expression: "ALL".into(),
+        top: 3,
+        now: String::new(),
+        max_staleness_ms: 0,
+        allow_partial: false,
+    })
+    .await
+    .unwrap_or_else(|s| panic!("node {id}: breakdown: {s}"))
+    .into_inner()
+}
+
+/// The user ids of `plan = "pro"` node `id` lists, in pages of
+/// `page_size`; each at most once, and every page within the bound.
+async fn pro_members(
+    q: &mut pb::query_client::QueryClient<tonic::transport::Channel>,
+    id: u64,
+    page_size: u32,
+) -> std::collections::HashSet<String> {
+    let mut stream = q
+        .members(pb::MembersRequest { expression: r#"plan = "pro""#.into(), page_size, ..Default::default() })
+        .await
+        .unwrap_or_else(|s| panic!("node {id}: members: {s}"))
+        .into_inner();
+    let mut listed = std::collections::HashSet::new();
+    while let Some(page) = stream.message().await.unwrap_or_else(|s| panic!("node {id}: members page: {s}")) {
+        assert!(page.staleness_ms <= 1000, "node {id}: a page met {} ms", page.staleness_ms);
+        for m in page.members {
+            assert!(listed.insert(m.user_id.clone()), "node {id} listed {} twice", m.user_id);
+        }
+    }
+    listed
+}
+
 /// Every group as node `id` sees it.
 async fn groups(id: u64) -> Result<Vec<pb::GroupStatus>, String> {
     let call = async {
@@ -955,10 +1025,7 @@ async fn a_node_cut_off_from_a_shards_leader_reads_that_shard_from_another_node(
     converge(&ledger, Duration::from_secs(30)).await;
 
     // Cut c off from a only: c still reaches the catalog's leader.
-    let ns = lab.netns(c);
-    let ip = node_ip(a);
-    must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &ip, "-j", "DROP"]);
-    must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
+    lab.cut_link(c, a);
     let cut = Instant::now();
     // Past the 1 s bound, c's replicas of a's shards are no longer
     // confirmed: a cannot answer c's ReadIndex.
@@ -970,22 +1037,7 @@ async fn a_node_cut_off_from_a_shards_leader_reads_that_shard_from_another_node(
     let n = ledger.attempts().len();
     // c answers, reading a's shards from the catalog's leader: the same
     // counts as the connected nodes, the batches just written included.
-    let mut answered = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let on_c = loop {
-        let on_c = tally(c, n).await;
-        let on_catalog = tally(catalog, n).await.unwrap();
-        match on_c {
-            Ok(t) if t == on_catalog => break t,
-            other => answered.push(format!("{other:?} (the catalog's leader: {on_catalog:?})")),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {c}, cut off from node {a} (leader of shard(s) {led:?}), never counted what node {catalog} counts: {:?}",
-            &answered[answered.len().saturating_sub(3)..]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let on_c = counts_as(c, catalog, n, &format!("cut off from node {a} (leader of shard(s) {led:?})")).await;
     let acked = ledger.attempts().iter().filter(|x| x.outcome == Outcome::Acked).count() as u64;
     assert!(on_c.pro >= acked * BATCH, "node {c} counts {} for {acked} acknowledged batches", on_c.pro);
     // Its own replicas of those shards are still unconfirmed, so the
@@ -1005,34 +1057,9 @@ async fn a_node_cut_off_from_a_shards_leader_reads_that_shard_from_another_node(
     assert!(reply.staleness_ms <= 1000, "node {c} met a staleness of {} ms", reply.staleness_ms);
     assert_eq!(reply.counts, vec![on_c.pro]);
     // A breakdown and a members stream read the same way.
-    let breakdown = q
-        .breakdown(pb::BreakdownRequest {
-            trait_name: "plan".into(),
-            expression: "ALL".into(),
-            top: 3,
-            now: String::new(),
-            max_staleness_ms: 0,
-            allow_partial: false,
-        })
-        .await
-        .unwrap_or_else(|s| panic!("node {c}: breakdown: {s}"))
-        .into_inner();
+    let breakdown = breakdown_of_plan(&mut q, c).await;
     assert_eq!(breakdown.total, on_c.universe);
-    let mut stream = q
-        .members(pb::MembersRequest {
-            expression: r#"plan = "pro""#.into(),
-            page_size: 7,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|s| panic!("node {c}: members: {s}"))
-        .into_inner();
-    let mut listed = std::collections::HashSet::new();
-    while let Some(page) = stream.message().await.unwrap_or_else(|s| panic!("node {c}: members page: {s}")) {
-        for m in page.members {
-            assert!(listed.insert(m.user_id.clone()), "node {c} listed {} twice", m.user_id);
-        }
-    }
+    let listed = pro_members(&mut q, c, 7).await;
     assert_eq!(listed.len() as u64, on_c.pro, "node {c} listed other members than it counts");
     // `bench/remote_reads.sh` times counts here, in a release build: on c
     // (a's shards read from another node) against the catalog's leader
@@ -1120,10 +1147,7 @@ async fn a_node_cut_off_from_the_catalogs_leader_has_another_node_compile_and_an
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let ns = lab.netns(c);
-    let ip = node_ip(leader);
-    must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "INPUT", "-s", &ip, "-j", "DROP"]);
-    must(&["ip", "netns", "exec", &ns, "iptables", "-w", "-A", "OUTPUT", "-d", &ip, "-j", "DROP"]);
+    lab.cut_link(c, leader);
     // Past the bound, nothing on c is confirmed: not its catalog, not a
     // shard. Writes go on through b.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -1131,56 +1155,17 @@ async fn a_node_cut_off_from_the_catalogs_leader_has_another_node_compile_and_an
         ledger.write_any(&[b], Phase::Connected, Duration::from_secs(30)).await;
     }
     let n = ledger.attempts().len();
-    let mut answered = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let on_c = loop {
-        let on_c = tally(c, n).await;
-        let on_b = tally(b, n).await.unwrap();
-        match on_c {
-            Ok(t) if t == on_b => break t,
-            other => answered.push(format!("{other:?} (node {b}: {on_b:?})")),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {c}, cut off from node {leader} (the catalog's and every shard's leader), never counted what node {b} counts: {:?}",
-            &answered[answered.len().saturating_sub(3)..]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let on_c =
+        counts_as(c, b, n, &format!("cut off from node {leader} (the catalog's and every shard's leader)"))
+            .await;
     let acked = ledger.attempts().iter().filter(|x| x.outcome == Outcome::Acked).count() as u64;
     assert_eq!(on_c.pro, acked * BATCH, "node {c} counts {} for {acked} acknowledged batches", on_c.pro);
     let mut q = pb::query_client::QueryClient::new(client(c).channel().await);
-    let breakdown = q
-        .breakdown(pb::BreakdownRequest {
-            trait_name: "plan".into(),
-            expression: "ALL".into(),
-            top: 3,
-            now: String::new(),
-            max_staleness_ms: 0,
-            allow_partial: false,
-        })
-        .await
-        .unwrap_or_else(|s| panic!("node {c}: breakdown: {s}"))
-        .into_inner();
+    let breakdown = breakdown_of_plan(&mut q, c).await;
     assert_eq!(breakdown.total, on_c.universe);
     assert!(breakdown.staleness_ms <= 1000, "node {c} met a staleness of {} ms", breakdown.staleness_ms);
     // So is a members stream, page by page.
-    let mut stream = q
-        .members(pb::MembersRequest {
-            expression: r#"plan = "pro""#.into(),
-            page_size: 11,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|s| panic!("node {c}: members: {s}"))
-        .into_inner();
-    let mut listed = std::collections::HashSet::new();
-    while let Some(page) = stream.message().await.unwrap_or_else(|s| panic!("node {c}: members page: {s}")) {
-        assert!(page.staleness_ms <= 1000, "node {c}: a page met {} ms", page.staleness_ms);
-        for m in page.members {
-            assert!(listed.insert(m.user_id.clone()), "node {c} listed {} twice", m.user_id);
-        }
-    }
+    let listed = pro_members(&mut q, c, 11).await;
     assert_eq!(listed.len() as u64, on_c.pro, "node {c} listed other members than it counts");
     // An expression that does not compile is still the caller's error.
     let bad = q

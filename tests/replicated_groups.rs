@@ -442,8 +442,17 @@ async fn three_nodes_over_grpc_replicate_catch_up_from_a_chunked_snapshot_and_fa
     // took: nothing is left in transfer.
     let transfer = nodes[&3]._dir.path().join("transfer-3");
     assert!(transfer.is_dir(), "node 3 received into {}", transfer.display());
-    let left: Vec<_> = std::fs::read_dir(&transfer).unwrap().flatten().map(|e| e.path()).collect();
-    assert!(left.is_empty(), "left in transfer: {left:?}");
+    // (A second copy raft-rs sent meanwhile may still be on its way in:
+    // it is removed once stepped.)
+    let emptied = Instant::now();
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&transfer).unwrap().flatten().map(|e| e.path()).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(emptied.elapsed() < Duration::from_secs(5), "left in transfer: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The leader dies: the two others elect one and go on.
     let leader = grpc_leader(&nodes, Duration::from_secs(10)).await;
     nodes.remove(&leader).unwrap().kill();

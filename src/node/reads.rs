@@ -310,6 +310,40 @@ impl Node {
         Ok(Some((gathered.answers, gathered.staleness_ms)))
     }
 
+    /// Reads `query` over `texts` from every shard of the cluster, within
+    /// the bound `max_staleness_ms` (0: the node's): compiled here and
+    /// read here or elsewhere ([`read_shards`](Node::read_shards)) when
+    /// this node's catalog is within the bound (`check` then looks at it
+    /// first), else compiled and answered by another node. Returns every
+    /// shard's answer, the staleness met and, with `partial`, the shards
+    /// left out (without it, a missing shard fails the read).
+    #[allow(clippy::too_many_arguments)]
+    async fn read_everywhere(
+        self: &Arc<Self>,
+        query: ShardQuery,
+        texts: &[String],
+        now_ms: i64,
+        max_staleness_ms: u64,
+        partial: bool,
+        deadline: Option<Instant>,
+        check: impl FnOnce(&crate::cluster::catalog::CatalogState) -> Result<(), QueryError>,
+    ) -> Result<(Vec<(u32, ShardAnswer)>, u64, Vec<(u32, String)>), ServerError> {
+        self.refuse_if_removed()?;
+        let bound = self.bound_of(max_staleness_ms);
+        if let Some((answers, met)) =
+            self.read_with_catalog_elsewhere(query.clone(), texts, now_ms, bound, deadline).await?
+        {
+            return Ok((answers, met, Vec::new()));
+        }
+        let catalog_met = self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?;
+        check(&self.catalog.state.read())?;
+        let conds = Arc::new(self.planner.compile(texts, now_ms)?);
+        let split = self.split_by_freshness(bound);
+        let (answers, met, missing) = self.read_shards(split, query, &conds, bound, deadline).await?;
+        refuse_missing(&missing, partial)?;
+        Ok((answers, met.max(catalog_met), missing))
+    }
+
     /// Counts of each expression on the cluster, and the universe, within
     /// the staleness bound (`max_staleness_ms`, 0: the node's); with
     /// `partial`, a shard that no replica answers is left out and listed
@@ -326,22 +360,19 @@ impl Node {
             let (counts, universe) = self.planner.count(texts, now_ms, deadline)?;
             return Ok(Counted { counts, universe, ..Counted::default() });
         }
-        self.refuse_if_removed()?;
-        let bound = self.bound_of(max_staleness_ms);
-        if let Some((answers, met)) =
-            self.read_with_catalog_elsewhere(ShardQuery::Count, texts, now_ms, bound, deadline).await?
-        {
-            let (counts, universe) = merge_counts(texts.len(), answers.into_iter().map(|(_, a)| a))?;
-            return Ok(Counted { counts, universe, staleness_ms: met, missing: Vec::new() });
-        }
-        let catalog_met = self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?;
-        let conds = Arc::new(self.planner.compile(texts, now_ms)?);
-        let split = self.split_by_freshness(bound);
-        let (answers, met, missing) =
-            self.read_shards(split, ShardQuery::Count, &conds, bound, deadline).await?;
-        refuse_missing(&missing, partial)?;
+        let (answers, staleness_ms, missing) = self
+            .read_everywhere(
+                ShardQuery::Count,
+                texts,
+                now_ms,
+                max_staleness_ms,
+                partial,
+                deadline,
+                |_| Ok(()),
+            )
+            .await?;
         let (counts, universe) = merge_counts(texts.len(), answers.into_iter().map(|(_, a)| a))?;
-        Ok(Counted { counts, universe, staleness_ms: met.max(catalog_met), missing })
+        Ok(Counted { counts, universe, staleness_ms, missing })
     }
 
     /// Counts per value of `name` among the members of `text`, top `top`,
@@ -361,28 +392,16 @@ impl Node {
             let answer = self.planner.breakdown(name, text, top, now_ms, deadline)?;
             return Ok(BrokenDown { answer, staleness_ms: 0, missing: Vec::new() });
         }
-        self.refuse_if_removed()?;
-        let bound = self.bound_of(max_staleness_ms);
         let query = ShardQuery::Breakdown { trait_name: name.to_string() };
+        let known = |state: &crate::cluster::catalog::CatalogState| match state.schema.trait_type(name) {
+            Some(_) => Ok(()),
+            None => Err(QueryError::NotFound(format!("no trait {:?}", crate::segment::error::shorten(name)))),
+        };
         let texts = [text.to_string()];
-        if let Some((answers, met)) =
-            self.read_with_catalog_elsewhere(query.clone(), &texts, now_ms, bound, deadline).await?
-        {
-            let answer = merge_breakdown(answers, top)?;
-            return Ok(BrokenDown { answer, staleness_ms: met, missing: Vec::new() });
-        }
-        let catalog_met = self.confirm_groups(&[CATALOG_GROUP], bound, deadline).await?;
-        if self.catalog.state.read().schema.trait_type(name).is_none() {
-            return Err(
-                QueryError::NotFound(format!("no trait {:?}", crate::segment::error::shorten(name))).into()
-            );
-        }
-        let conds = Arc::new(self.planner.compile(&texts, now_ms)?);
-        let split = self.split_by_freshness(bound);
-        let (answers, met, missing) = self.read_shards(split, query, &conds, bound, deadline).await?;
-        refuse_missing(&missing, partial)?;
+        let (answers, staleness_ms, missing) =
+            self.read_everywhere(query, &texts, now_ms, max_staleness_ms, partial, deadline, known).await?;
         let answer = merge_breakdown(answers, top)?;
-        Ok(BrokenDown { answer, staleness_ms: met.max(catalog_met), missing })
+        Ok(BrokenDown { answer, staleness_ms, missing })
     }
 
     /// Before a members stream: the catalog within the bound (or, when it

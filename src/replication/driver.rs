@@ -587,6 +587,10 @@ struct Group {
     confs: std::collections::BTreeMap<u64, raft::eraftpb::ConfState>,
     /// Snapshots for followers.
     outgoing: Arc<Outgoing>,
+    /// The file of the received snapshot raft-rs holds to install, if
+    /// any: one that a newer snapshot replaces before it is installed is
+    /// removed.
+    received: Option<std::path::PathBuf>,
     /// The applier's queue; `None` once stopped.
     applier: Option<Sender<ApplyTask>>,
     /// Returns, once stopped, what the group's log holds beyond its last
@@ -722,6 +726,7 @@ impl Driver {
                 reads: HashMap::new(),
                 confs,
                 outgoing,
+                received: None,
                 applier: None,
                 applier_thread: None,
             });
@@ -1238,6 +1243,8 @@ impl Loop {
                                 });
                                 if !taken {
                                     let _ = std::fs::remove_file(&received.path);
+                                } else if let Some(older) = g.received.replace(received.path) {
+                                    let _ = std::fs::remove_file(older);
                                 }
                             }
                         }
@@ -1739,6 +1746,9 @@ impl Loop {
                         let restored = g.machine.restore_file(meta.index, &received.path);
                         // Moved into place, or no longer needed.
                         let _ = std::fs::remove_file(&received.path);
+                        if g.received.as_ref() == Some(&received.path) {
+                            g.received = None;
+                        }
                         restored
                     }
                     None => g.machine.restore(meta.index, snap.get_data()),
