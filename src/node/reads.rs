@@ -3,14 +3,21 @@
 //! else from a replica on another node (`Forward.Read`,
 //! [`query::remote`](crate::query::remote)), and the answers merged.
 //!
-//! The catalog (schema and saved segments) must be within the bound here:
-//! the query is compiled once, on this node, and the compiled conditions
-//! go to the other replicas as they are. A shard whose replica here is
-//! stale is asked of the other nodes that hold it, hedged; meanwhile this
-//! node asks its leader to confirm its own replica (ReadIndex), and a
-//! shard no other node answered is read here once that confirmation comes,
-//! within the bound. A shard that neither gives fails the query, named, or
-//! is listed as missing when the call accepts partial results.
+//! When this node's catalog (schema and saved segments) is within the
+//! bound, the query is compiled once, here, and the compiled conditions go
+//! to the other replicas as they are. A shard whose replica here is stale
+//! is asked of the other nodes that hold it, hedged; meanwhile this node
+//! asks its leader to confirm its own replica (ReadIndex), and a shard no
+//! other node answered is read here once that confirmation comes, within
+//! the bound. A shard that neither gives fails the query, named, or is
+//! listed as missing when the call accepts partial results.
+//!
+//! When this node's catalog is past the bound (it is cut off from the
+//! catalog's leader), the expressions go as text to another node, which
+//! confirms its own catalog and replicas, compiles and answers every
+//! shard. One person's reads (`Check`, `GetProfile`) go to another member
+//! when this node's ReadIndex has not passed within [`LOCAL_FIRST`]. A
+//! node its member table says was removed answers none of these.
 //!
 //! On a single node every group is its own leader: everything is read
 //! here, at once.
