@@ -8,11 +8,11 @@
 //! shared nodes come first, in an order where a node refers only to nodes
 //! before it, and every reference is the node's index. Each condition
 //! (a query's roots and each node's body) is written in postfix order, a
-//! flat list of [`Op`]s, so that decoding never recurses: a hostile or
+//! flat list of ops, so that decoding never recurses: a hostile or
 //! damaged input can neither overflow the stack nor build a tree deeper
 //! than [`MAX_WIRE_DEPTH`] (which the evaluator and `Drop` would then
 //! recurse through). The bytes are bincode through
-//! [`codec`](crate::replication::codec), whose decoding is held to the
+//! [`codec`], whose decoding is held to the
 //! size of its input.
 
 use std::collections::HashMap;
