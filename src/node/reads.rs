@@ -591,21 +591,20 @@ impl Node {
     /// node's ReadIndex: the caller's errors (a bad expression, an unknown
     /// profile) come back as [`ShardAnswer::Refused`].
     async fn person_here(&self, query: &ShardQuery) -> Result<ShardAnswer, ServerError> {
-        let address = match query {
-            ShardQuery::Check { address, .. } | ShardQuery::Profile { address, .. } => address,
-            _ => return Err(QueryError::Invalid("not a person's read".into()).into()),
-        };
-        self.read_barrier(address).await?;
         let answer = match query {
-            ShardQuery::Check { address, texts, now_ms } => self
-                .planner
-                .check(address, texts, *now_ms)
-                .map(|(profile, matches)| ShardAnswer::Check { profile, matches }),
-            ShardQuery::Profile { address, recent, now_ms } => self
-                .planner
-                .profile(address, *recent as usize, *now_ms)
-                .map(|v| ShardAnswer::Profile(Box::new(v))),
-            _ => unreachable!("matched above"),
+            ShardQuery::Check { address, texts, now_ms } => {
+                self.read_barrier(address).await?;
+                self.planner
+                    .check(address, texts, *now_ms)
+                    .map(|(profile, matches)| ShardAnswer::Check { profile, matches })
+            }
+            ShardQuery::Profile { address, recent, now_ms } => {
+                self.read_barrier(address).await?;
+                self.planner
+                    .profile(address, *recent as usize, *now_ms)
+                    .map(|v| ShardAnswer::Profile(Box::new(v)))
+            }
+            _ => return Err(QueryError::Invalid("not a person's read".into()).into()),
         };
         Ok(match answer {
             Ok(a) => a,

@@ -419,6 +419,7 @@ pub async fn gather(
     deadline: Option<Instant>,
 ) -> Gathered {
     // Shards by the nodes that hold them, best first.
+    let asked = shards.clone();
     let mut by_nodes: BTreeMap<Vec<u64>, Vec<u32>> = BTreeMap::new();
     for shard in shards {
         let mut nodes = replicas.candidates(shard);
@@ -486,6 +487,13 @@ pub async fn gather(
                     gathered.missing.push((s, why.join("; ")));
                 }
             }
+        }
+    }
+    // A call whose task failed (it panicked) answered nothing: its shards
+    // are missing, never silently left out of the merge.
+    for s in asked {
+        if !gathered.answers.iter().any(|(a, _)| *a == s) && !gathered.missing.iter().any(|(m, _)| *m == s) {
+            gathered.missing.push((s, "the read of it failed on this node (its task stopped)".into()));
         }
     }
     gathered.missing.sort_by_key(|(s, _)| *s);
@@ -666,6 +674,46 @@ mod tests {
                     .collect();
                 Ok(ReadReply { answers, staleness_ms: node * 100 })
             })
+        }
+    }
+
+    /// Replicas whose every read panics: in the call itself (`at_once`),
+    /// or in the future it returns.
+    struct Panicking {
+        at_once: bool,
+    }
+
+    impl Replicas for Panicking {
+        fn candidates(&self, _shard: u32) -> Vec<u64> {
+            vec![2]
+        }
+
+        fn read(
+            &self,
+            _node: u64,
+            _request: ReadRequest,
+            _deadline: Option<Instant>,
+        ) -> BoxFuture<'static, Result<ReadReply, String>> {
+            assert!(!self.at_once, "a read that panics at once");
+            boxed(async { panic!("a read that panics later") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_whose_task_fails_leaves_its_shards_missing_not_left_out() {
+        for at_once in [true, false] {
+            let template = ReadRequest {
+                shards: vec![],
+                query: ShardQuery::Count,
+                conds: vec![],
+                max_staleness_ms: 0,
+                texts: None,
+            };
+            let replicas = Arc::new(Panicking { at_once });
+            let g = gather(replicas, Arc::new(Latencies::default()), vec![1, 2], template, None).await;
+            assert!(g.answers.is_empty());
+            let missing: Vec<u32> = g.missing.iter().map(|(s, _)| *s).collect();
+            assert_eq!(missing, vec![1, 2], "at once: {at_once}: {:?}", g.missing);
         }
     }
 
