@@ -31,7 +31,7 @@ use crate::ingest::BoxFuture;
 use crate::query::remote::{gather, Gathered, ReadReply, ReadRequest, Replicas, ShardAnswer, ShardQuery};
 use crate::query::{merge_breakdown, merge_counts, BreakdownAnswer, MembersPage, QueryError};
 use crate::replication::ReplicationError;
-use crate::segment::wire::{decode_conds, encode_conds};
+use crate::segment::wire::decode_conds;
 use crate::segment::Cond;
 use crate::server::status::ServerError;
 
@@ -219,13 +219,7 @@ impl Node {
         let confirmations = self.ask_confirmations(&stale);
         let elsewhere = (!stale.is_empty()).then(|| {
             let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
-            let template = ReadRequest {
-                shards: Vec::new(),
-                query: query.clone(),
-                conds: encode_conds(conds),
-                max_staleness_ms: bound,
-                texts: None,
-            };
+            let template = ReadRequest::compiled(query.clone(), conds, bound);
             let (latencies, stale) = (self.latencies.clone(), stale.clone());
             // The other replicas are asked for no more than the bound.
             let within = wait_until(asked_at, bound, deadline).into_std();
@@ -296,13 +290,7 @@ impl Node {
         // catalog does not know yet may be known to a current one.
         self.planner.check_syntax(texts)?;
         let asked_at = Instant::now();
-        let template = ReadRequest {
-            shards: Vec::new(),
-            query,
-            conds: Vec::new(),
-            max_staleness_ms: bound,
-            texts: Some((texts.to_vec(), now_ms)),
-        };
+        let template = ReadRequest::texts(query, texts.to_vec(), now_ms, bound);
         let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
         let within = wait_until(asked_at, bound, deadline).into_std();
         let every: Vec<u32> = (0..self.config.shards).collect();
@@ -490,13 +478,7 @@ impl Node {
             let query = ShardQuery::Members { after, limit: want as u32, traits: traits.to_vec() };
             let now = self.freshness.now_ms();
             if catalog_elsewhere {
-                let template = ReadRequest {
-                    shards: Vec::new(),
-                    query,
-                    conds: Vec::new(),
-                    max_staleness_ms: bound,
-                    texts: Some((vec![text.to_string()], now_ms)),
-                };
+                let template = ReadRequest::texts(query, vec![text.to_string()], now_ms, bound);
                 let replicas: Arc<dyn Replicas> = Arc::new(PeerReplicas { node: self.clone() });
                 let within = wait_until(Instant::now(), bound, deadline).into_std();
                 let gathered = runtime.block_on(gather(
@@ -639,8 +621,7 @@ impl Node {
         }
         self.latencies.order(&mut members);
         let replicas = PeerReplicas { node: self.clone() };
-        let request =
-            ReadRequest { shards: Vec::new(), query, conds: Vec::new(), max_staleness_ms: 0, texts: None };
+        let request = ReadRequest::compiled(query, &[], 0);
         let elsewhere = crate::query::remote::hedged(&members, &self.latencies, |node| {
             replicas.read(node, request.clone(), deadline)
         });

@@ -172,6 +172,25 @@ pub struct ReadReply {
 }
 
 impl ReadRequest {
+    /// A read of `query` over compiled `conds` within `bound` ms, with no
+    /// shards yet ([`gather`] fills them in).
+    pub fn compiled(query: ShardQuery, conds: &[Cond], bound: u64) -> ReadRequest {
+        let conds = crate::segment::wire::encode_conds(conds);
+        ReadRequest { shards: Vec::new(), query, conds, max_staleness_ms: bound, texts: None }
+    }
+
+    /// A read of `query` over `texts` at `now_ms` for the node asked to
+    /// compile, within `bound` ms, with no shards yet.
+    pub fn texts(query: ShardQuery, texts: Vec<String>, now_ms: i64, bound: u64) -> ReadRequest {
+        ReadRequest {
+            shards: Vec::new(),
+            query,
+            conds: Vec::new(),
+            max_staleness_ms: bound,
+            texts: Some((texts, now_ms)),
+        }
+    }
+
     /// Its bytes.
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self).expect("bincode encodes a read into a Vec")
@@ -702,13 +721,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_whose_task_fails_leaves_its_shards_missing_not_left_out() {
         for at_once in [true, false] {
-            let template = ReadRequest {
-                shards: vec![],
-                query: ShardQuery::Count,
-                conds: vec![],
-                max_staleness_ms: 0,
-                texts: None,
-            };
+            let template = ReadRequest::compiled(ShardQuery::Count, &[], 0);
             let replicas = Arc::new(Panicking { at_once });
             let g = gather(replicas, Arc::new(Latencies::default()), vec![1, 2], template, None).await;
             assert!(g.answers.is_empty());
@@ -725,13 +738,7 @@ mod tests {
             calls: Mutex::default(),
         });
         let latencies = Arc::new(Latencies::default());
-        let template = ReadRequest {
-            shards: vec![],
-            query: ShardQuery::Count,
-            conds: vec![],
-            max_staleness_ms: 0,
-            texts: None,
-        };
+        let template = ReadRequest::compiled(ShardQuery::Count, &[], 0);
         let g = gather(table.clone(), latencies, vec![0, 1, 2, 3], template, None).await;
         let mut answered: Vec<u32> = g.answers.iter().map(|(s, _)| *s).collect();
         answered.sort_unstable();
