@@ -22,7 +22,7 @@ pub use reads::{BrokenDown, Counted};
 use crate::cluster::catalog::{AdminError, CatalogCommand, CatalogError, CatalogMachine, CatalogResult};
 use crate::cluster::forward::{ForwardService, Forwarder, LocalWrites, WritesSlot};
 use crate::cluster::membership::{self, Member, MemberState, Members};
-use crate::cluster::placement::{shard_group, CATALOG_GROUP};
+use crate::cluster::placement::{all_groups, shard_group, Placement, CATALOG_GROUP};
 use crate::datadir::{self, DataDirMeta, DiskGuard};
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::{BoxFuture, IngestError, IngestReport, IngestSink, Source};
@@ -218,6 +218,10 @@ pub struct NodeConfig {
     /// first waits for a confirmation, and fails naming the group when
     /// none comes within the bound. The reply says the staleness it met.
     pub read_staleness_ms: u64,
+    /// Voters of each group in a cluster (every node when there are
+    /// fewer): set from the configuration of the cluster's first catalog
+    /// leader, then kept in the catalog ([`crate::cluster::placement`]).
+    pub replication_factor: u32,
     /// Most traits the schema holds (new names beyond are refused).
     pub max_traits: usize,
     /// Most event names the schema holds.
@@ -341,6 +345,7 @@ impl Default for NodeConfig {
             peers: Vec::new(),
             join: None,
             read_staleness_ms: 1000,
+            replication_factor: crate::cluster::placement::DEFAULT_REPLICATION_FACTOR,
             shard_leaders: ShardLeaders::Catalog,
             peer_tls_cert: None,
             peer_tls_key: None,
@@ -520,7 +525,7 @@ impl Node {
         if cluster.clustered {
             match config.shard_leaders {
                 ShardLeaders::Catalog => start_leader_colocation(&driver, config.shards),
-                ShardLeaders::Spread => start_leader_spread(&driver, &cluster.voters, config.shards),
+                ShardLeaders::Spread => start_leader_spread(&driver, config.shards),
             }
         }
         let forwarder = cluster
@@ -776,9 +781,17 @@ impl Node {
 
     /// On the catalog's leader: records in the member table the founding
     /// nodes (`peers`) it does not list yet. Returns whether all are.
-    async fn record_founders(&self, members: &Members) -> bool {
+    async fn record_founders(&self, members: &Members, placement: &Placement) -> bool {
         let mut all = true;
-        for p in self.config.peers.iter().filter(|p| !members.contains_key(&p.id)) {
+        if placement.replication_factor == 0 {
+            let factor = CatalogCommand::SetReplicationFactor(self.config.replication_factor);
+            if let Err(e) = self.admin_here(factor).await {
+                tracing::warn!(error = %e, "replication factor not recorded yet");
+                all = false;
+            }
+        }
+        let unrecorded: Vec<_> = self.config.peers.iter().filter(|p| !members.contains_key(&p.id)).collect();
+        for p in &unrecorded {
             let founder = Member {
                 id: p.id,
                 raft_addr: p.raft_addr.clone(),
@@ -790,7 +803,34 @@ impl Node {
                 all = false;
             }
         }
+        // More founders than voters per group: the ones recorded last got
+        // no replica; spread the groups over all of them.
+        let factor = self.catalog.state.read().placement.factor();
+        if all && !unrecorded.is_empty() && self.config.peers.len() > factor {
+            if let Err(e) = self.admin_here(CatalogCommand::Rebalance).await {
+                tracing::warn!(error = %e, "the founders' placement is not rebalanced yet");
+                all = false;
+            }
+        }
         all
+    }
+
+    /// Moves one group's replica from node `from` to node `to` (the
+    /// group's leader then adds `to` as a learner and, once it has caught
+    /// up, swaps it in for `from` in one joint configuration change).
+    pub async fn move_replica(&self, group: u64, from: u64, to: u64) -> Result<(), CatalogError> {
+        self.admin(CatalogCommand::MoveReplica(crate::cluster::placement::ReplicaMove { group, from, to }))
+            .await
+    }
+
+    /// Evens the replicas over the active members.
+    pub async fn rebalance(&self) -> Result<(), CatalogError> {
+        self.admin(CatalogCommand::Rebalance).await
+    }
+
+    /// The placement as this node's catalog has it.
+    pub fn placement(&self) -> Placement {
+        self.catalog.state.read().placement.clone()
     }
 
     /// Adds a node to the member table or changes its addresses (an
@@ -847,15 +887,27 @@ impl Node {
         }
         self.refuse_if_removed()?;
         let shard_now = || self.planner.locate(address).ok().map(|(_, shard)| shard);
+        let held = |shard: u32| {
+            if self.holds_shard(shard) {
+                return Ok(shard);
+            }
+            let group = shard_group(shard);
+            Err(ReplicationError::NoReplica {
+                group,
+                name: format!("shard {shard}"),
+                node: self.config.node_id,
+                replicas: self.replicas_of(group),
+            })
+        };
         let catalog = self.driver.read_barrier(CATALOG_GROUP);
         let guessed = shard_now();
-        let shard = guessed.map(|s| self.driver.read_barrier(shard_group(s)));
+        let shard = guessed.map(held).transpose()?.map(|s| self.driver.read_barrier(shard_group(s)));
         catalog.await?;
         if let Some(shard) = shard {
             shard.await?;
         }
         match shard_now() {
-            Some(s) if Some(s) != guessed => self.driver.read_barrier(shard_group(s)).await,
+            Some(s) if Some(s) != guessed => self.driver.read_barrier(shard_group(held(s)?)).await,
             _ => Ok(()),
         }
     }
@@ -1077,7 +1129,7 @@ fn start_freshness(node: &Arc<Node>) {
         loop {
             tokio::time::sleep(every).await;
             let Some(node) = weak.upgrade() else { return };
-            for group in std::iter::once(CATALOG_GROUP).chain((0..node.config.shards).map(shard_group)) {
+            for group in all_groups(node.config.shards).into_iter().filter(|&g| node.driver.holds(g)) {
                 let asked = node.freshness.now_ms();
                 let barrier = node.driver.read_barrier(group);
                 let weak = Arc::downgrade(&node);
@@ -1110,25 +1162,30 @@ fn start_membership(node: &Arc<Node>) {
         loop {
             tokio::time::sleep(MEMBERSHIP_INTERVAL).await;
             let Some(node) = weak.upgrade() else { return };
-            let members = node.catalog.state.read().members.clone();
+            let (members, placement) = {
+                let state = node.catalog.state.read();
+                (state.members.clone(), state.placement.clone())
+            };
             node.learn_addresses(&members);
             let me = node.config.node_id;
             if !recorded_founders && node.driver.leader_of(CATALOG_GROUP) == Some(me) {
-                recorded_founders = node.record_founders(&members).await;
+                recorded_founders = node.record_founders(&members, &placement).await;
             }
             if members.is_empty() {
                 continue;
             }
-            for group in std::iter::once(CATALOG_GROUP).chain((0..node.config.shards).map(shard_group)) {
+            for group in all_groups(node.config.shards) {
                 let Some(state) = node.driver.membership(group).await else { continue };
-                match membership::plan(me, &state, &members) {
+                let wanted =
+                    membership::Wanted::of(placement.wanted(group), &members, group == CATALOG_GROUP);
+                match membership::plan(me, &state, &members, &wanted) {
                     None => {}
                     Some(membership::Step::Compact) => node.driver.compact_for_join(group),
                     Some(membership::Step::HandOver(to)) => {
                         tracing::info!(
                             group,
                             to,
-                            "this node is removed: handing the group's leadership over"
+                            "this node leaves the group (removed, or its replica placed elsewhere): handing the group's leadership over"
                         );
                         node.driver.transfer_leader(group, to);
                     }
@@ -1173,9 +1230,14 @@ fn start_leader_colocation(driver: &Arc<Driver>, shards: u32) {
             if catalog_leader == me {
                 continue;
             }
+            let status = driver.status();
             for s in 0..shards {
                 let group = shard_group(s);
-                if driver.leader_of(group) == Some(me) {
+                // Only where the catalog's leader holds a replica: the
+                // other groups keep their leaders, and the stepper
+                // proposes to them over the Forward service.
+                let votes_there = status.iter().any(|g| g.id == group && g.voters.contains(&catalog_leader));
+                if driver.leader_of(group) == Some(me) && votes_there {
                     driver.transfer_leader(group, catalog_leader);
                 }
             }
@@ -1188,22 +1250,24 @@ fn start_leader_colocation(driver: &Arc<Driver>, shards: u32) {
 const SPREAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Spreads the shard groups' leaders over the nodes: shard `s` prefers
-/// the `s mod n`-th of the `n` voters (in id order), and a node that leads
+/// the `s mod n`-th of its group's `n` voters (in id order), and a node that leads
 /// a shard group it is not preferred for hands it to the preferred node
 /// when that node is active (the driver transfers only to a voter that
 /// answered recently). The ingest stepper, on the catalog's leader,
 /// proposes to shard leaders on other nodes through their Forward service.
-fn start_leader_spread(driver: &Arc<Driver>, voters: &[u64], shards: u32) {
+fn start_leader_spread(driver: &Arc<Driver>, shards: u32) {
     let weak = Arc::downgrade(driver);
-    let mut voters = voters.to_vec();
-    voters.sort_unstable();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(SPREAD_INTERVAL).await;
             let Some(driver) = weak.upgrade() else { return };
             let me = driver.node_id();
+            let status = driver.status();
             for s in 0..shards {
                 let group = shard_group(s);
+                let Some(g) = status.iter().find(|g| g.id == group && !g.voters.is_empty()) else { continue };
+                let mut voters = g.voters.clone();
+                voters.sort_unstable();
                 let preferred = voters[s as usize % voters.len()];
                 if preferred != me && driver.leader_of(group) == Some(me) {
                     driver.transfer_leader(group, preferred);

@@ -1,15 +1,18 @@
-//! Membership under load, with real `cohort serve` processes: a fourth
-//! node joins a three-node cluster (`--join`) while a writer and a reader
-//! keep going, every group adds it as a learner from a snapshot and
-//! promotes it, and it answers what the others answer, also after a
-//! restart on its data (a join with another shard count or a taken id
-//! is refused and writes nothing); then the catalog's
-//! leader is removed (`cohort cluster remove-node`): it hands its groups
-//! over, leaves every group, stops answering counts once past the
-//! staleness bound, is stopped, and the three left keep taking
-//! writes; last, a fifth node joins a quiet cluster. Not one write or read
-//! sent to a member fails during any move, and every acknowledged batch is
-//! on every node once.
+//! Membership and placement under load, with real `cohort serve`
+//! processes (replication factor 3): a fourth node joins a three-node
+//! cluster (`--join`) while a writer and a reader keep going; it follows
+//! the catalog as a learner and holds no shard, yet answers what the
+//! others answer, also after a restart on its data (a join with another
+//! shard count or a taken id is refused and writes nothing). Then one
+//! shard's replica moves to it (`cohort cluster move-replica`: learner,
+//! snapshot, one joint change) and `cohort cluster rebalance` gives it
+//! its share, under load, reads going to all four nodes. Then the
+//! catalog's leader is removed (`cohort cluster remove-node`): its
+//! replicas move to the others, it hands its groups over, stops answering
+//! counts, is stopped, and the three left keep taking writes; last, a
+//! fifth node joins a quiet cluster and a rebalance gives it its share.
+//! Not one write or read sent to a member fails during any move, and
+//! every acknowledged batch is counted once on every node.
 
 mod common;
 
@@ -44,18 +47,71 @@ fn start_reader(addrs: Vec<String>, stop: Arc<AtomicBool>) -> tokio::task::JoinH
     })
 }
 
-/// The voters and learners of every group as `cohort cluster status`
-/// through `node` shows them.
-fn configurations(node: &Server) -> Vec<(Vec<u64>, Vec<u64>)> {
+/// One group as `cohort cluster status` shows it.
+#[derive(Debug)]
+struct Conf {
+    group: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    placed: Vec<u64>,
+}
+
+/// Every group as `cohort cluster status` through `node` shows it.
+fn configurations(node: &Server) -> Vec<Conf> {
     let ids = |v: &serde_json::Value| -> Vec<u64> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+        let mut ids: Vec<u64> = v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        ids.sort_unstable();
+        ids
     };
     cluster_status(node)["groups"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| (ids(&g["voters"]), ids(&g["learners"])))
+        .map(|g| Conf {
+            group: g["group_id"].as_u64().unwrap(),
+            voters: ids(&g["voters"]),
+            learners: ids(&g["learners"]),
+            placed: ids(&g["placed"]),
+        })
         .collect()
+}
+
+/// Whether every group has its placement: 3 voters (or every member of
+/// `members` when fewer), the catalog's other members of `members` as its
+/// learners, no learner in a shard group.
+fn placed(confs: &[Conf], members: &[u64]) -> bool {
+    confs.iter().all(|c| {
+        let learners: Vec<u64> = if c.group == 1 {
+            members.iter().copied().filter(|id| !c.voters.contains(id)).collect()
+        } else {
+            Vec::new()
+        };
+        c.voters == c.placed && c.voters.len() == members.len().min(3) && c.learners == learners
+    })
+}
+
+/// Waits (at most `secs`) until [`placed`].
+async fn wait_placed(node: &Server, members: &[u64], secs: u64, what: &str) -> Vec<Conf> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let confs = tokio::task::block_in_place(|| configurations(node));
+        if placed(&confs, members) {
+            return confs;
+        }
+        assert!(Instant::now() < deadline, "{what}: not placed after {secs} s: {confs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Voters per node over every group.
+fn voters_per_node(confs: &[Conf]) -> std::collections::BTreeMap<u64, usize> {
+    let mut load = std::collections::BTreeMap::new();
+    for c in confs {
+        for &id in &c.voters {
+            *load.entry(id).or_default() += 1;
+        }
+    }
+    load
 }
 
 /// Runs `cohort` with `args` against `node`; returns its standard output.
@@ -109,7 +165,8 @@ async fn under_load<F: std::future::Future<Output = ()>>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_no_failed_request() {
+async fn a_fourth_node_joins_takes_a_moved_replica_and_its_share_and_the_catalog_leader_is_removed_under_load_with_no_failed_request(
+) {
     let root = tempfile::tempdir().unwrap();
     let addrs = loopback_addrs();
     let mut nodes = start_three(root.path(), &addrs);
@@ -126,7 +183,8 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
     settled(&nodes).await;
 
     // Node 4 joins through node 2's Raft address while writes and counts
-    // go to the three members.
+    // go to the three members: it follows the catalog, and every shard
+    // group keeps its three voters.
     let mut all = addrs.clone();
     let port = || format!("127.0.0.1:{}", free_port());
     all.insert(4, Addrs { grpc: port(), http: port(), raft: port() });
@@ -154,18 +212,9 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
             .await
             .unwrap();
             *slot.lock() = Some(started);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let confs = tokio::task::block_in_place(|| configurations(&observer));
-                if confs.iter().all(|(voters, learners)| voters == &[1, 2, 3, 4] && learners.is_empty()) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "node 4 is not a voter of every group after 60 s: {confs:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let confs = wait_placed(&observer, &[1, 2, 3, 4], 60, "the join of node 4").await;
+            assert_eq!(confs[0].learners, vec![4], "node 4 follows the catalog: {confs:?}");
+            assert!(confs.iter().all(|c| c.voters == [1, 2, 3]), "{confs:?}");
         },
     )
     .await;
@@ -179,11 +228,15 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
         .map(|n| (n["node_id"].as_u64().unwrap(), n["member"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(members, (1..=4).map(|id| (id, "active".to_string())).collect::<Vec<_>>());
+    assert_eq!(status["replication_factor"], 3);
     let total = settled(&nodes).await;
-    assert_eq!(total, seen.lock().acknowledged.len() as u64 * BATCH, "node 4 counts what the others count");
+    assert_eq!(
+        total,
+        seen.lock().acknowledged.len() as u64 * BATCH,
+        "node 4, with no shard, counts what the others count"
+    );
 
-    // Node 4 restarts on its data (`--join` is not asked again) and is a
-    // voter of every group again.
+    // Node 4 restarts on its data (`--join` is not asked again).
     let mut four = nodes.remove(&4).unwrap();
     four.terminate();
     let a = &all[&4];
@@ -197,8 +250,7 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
     );
     nodes.insert(4, four);
     assert_eq!(settled(&nodes).await, total, "node 4 restarted on its data");
-    let confs = configurations(&nodes[&4]);
-    assert!(confs.iter().all(|(voters, _)| voters == &[1, 2, 3, 4]), "{confs:?}");
+    wait_placed(&nodes[&4], &[1, 2, 3, 4], 30, "node 4 restarted").await;
 
     // A join the cluster cannot take is refused, saying why, and leaves
     // no data directory behind.
@@ -235,6 +287,106 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
     let e = refused("2", &SHARDS.to_string(), "a taken id");
     assert!(e.contains("node 2 is a member at"), "{e}");
 
+    // Shard 0's replica on the node that does not lead the catalog moves
+    // to node 4, under load, reads going to all four nodes.
+    let catalog_leader_now = catalog_leader(&nodes[&1]).await;
+    let from = (1..=3).find(|&id| id != catalog_leader_now).unwrap();
+    let asked = nodes.remove(&1).unwrap();
+    let from_text = from.to_string();
+    let next = under_load(
+        "a replica move to node 4",
+        next,
+        grpc(&[1, 2, 3], &all),
+        grpc(&[1, 2, 3, 4], &all),
+        seen.clone(),
+        async {
+            let out = tokio::task::block_in_place(|| {
+                cohort(&asked, &["cluster", "move-replica", "0", &from_text, "4"])
+            });
+            assert!(out.contains(&format!("replica moved from node {from} to node 4")), "{out}");
+        },
+    )
+    .await;
+    nodes.insert(1, asked);
+    let confs = wait_placed(&nodes[&1], &[1, 2, 3, 4], 30, "the move").await;
+    let shard0 = confs.iter().find(|c| c.group == 2).unwrap();
+    assert!(shard0.voters.contains(&4) && !shard0.voters.contains(&from), "{confs:?}");
+    // A move the placement cannot take is refused, saying why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args([
+            "--addr",
+            &format!("http://{}", nodes[&1].grpc),
+            "cluster",
+            "move-replica",
+            "0",
+            &from_text,
+            "4",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("group 2 already has a replica on node 4"), "{stderr}");
+
+    // A rebalance gives node 4 its share, under load.
+    let asked = nodes.remove(&2).unwrap();
+    let next = under_load(
+        "the rebalance onto node 4",
+        next,
+        grpc(&[1, 2, 3], &all),
+        grpc(&[1, 2, 3, 4], &all),
+        seen.clone(),
+        async {
+            let out = tokio::task::block_in_place(|| cohort(&asked, &["cluster", "rebalance"]));
+            assert!(out.contains("replica moves made"), "{out}");
+        },
+    )
+    .await;
+    nodes.insert(2, asked);
+    let confs = wait_placed(&nodes[&2], &[1, 2, 3, 4], 30, "the rebalance").await;
+    let load = voters_per_node(&confs);
+    // (SHARDS + 1) groups of 3 voters over 4 nodes.
+    let share = (SHARDS as usize + 1) * 3 / 4;
+    assert!(load.values().all(|&n| n == share || n == share + 1), "{load:?}");
+    let total = settled(&nodes).await;
+    assert_eq!(total, seen.lock().acknowledged.len() as u64 * BATCH, "node 4 counts what the others count");
+
+    // Merges across shards, some of whose absorbed profiles live on
+    // shards the catalog's leader (where the pipeline steps) holds no
+    // replica of: they are exported by a node that holds one.
+    let stepper = catalog_leader(&nodes[&1]).await;
+    let lacks: Vec<u64> =
+        confs.iter().filter(|c| c.group > 1 && !c.voters.contains(&stepper)).map(|c| c.group).collect();
+    assert!(!lacks.is_empty(), "node {stepper} holds every shard: {confs:?}");
+    const MERGES: usize = 60;
+    let phases: [fn(usize) -> String; 3] = [
+        |k| {
+            format!(
+                r#"{{"type":"identify","userId":"buyer-{k}","messageId":"buyer-{k}","traits":{{"plan":"merged"}}}}"#
+            )
+        },
+        |k| {
+            format!(
+                r#"{{"type":"track","anonymousId":"anon-{k}","event":"browse","messageId":"browse-{k}"}}"#
+            )
+        },
+        |k| {
+            format!(
+                r#"{{"type":"alias","previousId":"anon-{k}","userId":"buyer-{k}","messageId":"alias-{k}"}}"#
+            )
+        },
+    ];
+    for (p, phase) in phases.iter().enumerate() {
+        let through = &all[&[1, 3, 4][p]].grpc;
+        let reply = common::load::ingest_once(through, (0..MERGES).map(phase).collect()).await;
+        assert_eq!(reply.map(|r| r.applied), Ok(MERGES as u64), "merge phase {p} through {through}");
+    }
+    for (id, node) in &nodes {
+        let counts = node.count(&["plan = \"merged\" AND DID \"browse\"", "DID \"browse\""]).await;
+        assert_eq!(counts, vec![MERGES as u64; 2], "node {id}: every browse merged into its buyer");
+    }
+    let merged = settled(&nodes).await;
+    assert_eq!(merged, total, "the merges left the other profiles as they were");
+
     // The catalog's leader is removed through another node, under load
     // through the three that stay.
     let removed = catalog_leader(&nodes[&4]).await;
@@ -256,8 +408,8 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
     )
     .await;
     nodes.insert(staying[0], asked);
-    let confs = configurations(&nodes[&staying[0]]);
-    assert!(confs.iter().all(|(voters, learners)| voters == &staying && learners.is_empty()), "{confs:?}");
+    let confs = wait_placed(&nodes[&staying[0]], &staying, 30, "the removal").await;
+    assert!(confs.iter().all(|c| c.voters == staying), "{confs:?}");
     let mut gone = nodes.remove(&removed).unwrap();
     // The removed node knows it: its counts fail (rather than answer from
     // what it last had, or from the members' replicas), and so do its
@@ -308,9 +460,10 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
             assert_eq!(c, BATCH, "node {id}: acknowledged batch {k} counts {c}");
         }
     }
-    // Node 5 joins with no write going on: every group is quiet, and each
-    // promotes it once it has the whole log (raft-rs only probes a learner
-    // after its snapshot until the next entry).
+    // Node 5 joins with no write going on: the quiet catalog takes it as
+    // a learner from a snapshot, and a rebalance then moves replicas to it
+    // in quiet groups, each promoted once it has the whole log (raft-rs
+    // only probes a learner after its snapshot until the next entry).
     let five = Addrs { grpc: port(), http: port(), raft: port() };
     let node5 = Server::start_at(
         &root.path().join("node-5"),
@@ -320,24 +473,18 @@ async fn a_fourth_node_joins_and_the_catalog_leader_is_removed_under_load_with_n
         &["--node-id", "5", "--raft-addr", &five.raft, "--join", &all[&staying[0]].raft],
         &[],
     );
-    let mut expected = staying.clone();
-    expected.push(5);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let confs = configurations(&nodes[&staying[0]]);
-        if confs.iter().all(|(voters, learners)| voters == &expected && learners.is_empty()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 5 is not a voter of every quiet group after 30 s: {confs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut members = staying.clone();
+    members.push(5);
+    wait_placed(&nodes[&staying[0]], &members, 30, "the join of node 5 to a quiet cluster").await;
+    let out = tokio::task::block_in_place(|| cohort(&nodes[&staying[0]], &["cluster", "rebalance"]));
+    assert!(out.contains("replica moves made"), "{out}");
+    let confs = wait_placed(&nodes[&staying[0]], &members, 30, "a quiet rebalance").await;
+    let load = voters_per_node(&confs);
+    assert!(load.values().all(|&n| n == share || n == share + 1), "{load:?}");
     nodes.insert(5, node5);
     assert_eq!(settled(&nodes).await, total, "node 5 counts what the others count");
     eprintln!(
-        "cluster_membership: {} batches acknowledged, none failed, {} profiles on each of nodes {staying:?}",
+        "cluster_membership: {} batches acknowledged, none failed, {} profiles counted on each of nodes {members:?}",
         seen.acknowledged.len(),
         total
     );

@@ -478,7 +478,7 @@ async fn reconcile_until(
     done: impl Fn(&cohort::replication::driver::Membership) -> bool,
 ) {
     let mut next = next;
-    use cohort::cluster::membership::{plan, Step};
+    use cohort::cluster::membership::{plan, Step, Wanted};
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let leader = cluster.leader(Duration::from_secs(10));
@@ -488,7 +488,7 @@ async fn reconcile_until(
             return;
         }
         assert!(Instant::now() < deadline, "the configuration did not get there: {state:?}");
-        match plan(leader, &state, members) {
+        match plan(leader, &state, members, &Wanted::of(None, members, false)) {
             Some(Step::Compact) => driver.compact_for_join(GROUP),
             Some(Step::Change(cc)) => {
                 let _ = driver.propose_conf_change(GROUP, cc).await;

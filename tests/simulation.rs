@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cohort::cluster::membership::{plan, Member, MemberState, Members, Step};
+use cohort::cluster::membership::{plan, Member, MemberState, Members, Step, Wanted};
 use cohort::replication::driver::{
     Driver, DriverConfig, GroupSpec, SnapshotPolicy, SnapshotReport, Transport,
 };
@@ -410,7 +410,7 @@ async fn reconciler(sim: Arc<Sim>, stop: Arc<AtomicBool>) {
         let Some(driver) = sim.driver(leader) else { continue };
         let Some(state) = driver.membership(GROUP).await else { continue };
         let members = sim.members.read().clone();
-        match plan(leader, &state, &members) {
+        match plan(leader, &state, &members, &Wanted::of(None, &members, false)) {
             Some(Step::Compact) => driver.compact_for_join(GROUP),
             Some(Step::Change(cc)) => {
                 let what = cohort::cluster::membership::describe(&cc);

@@ -70,6 +70,9 @@ pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(ms) = args.read_staleness_ms {
         config.read_staleness_ms = ms;
     }
+    if let Some(n) = args.replication_factor {
+        config.replication_factor = n;
+    }
     if let Some(placement) = args.shard_leaders {
         config.shard_leaders = placement;
     }
@@ -814,6 +817,74 @@ pub async fn cluster_status(
     timeout: std::time::Duration,
     json: bool,
 ) -> anyhow::Result<()> {
+    let (first, answers) = statuses(node, access, timeout).await?;
+    let groups = group_views(&answers);
+    // A group's leader and term are those of the highest term any node
+    // reports a leader in; its commit the highest any node reports; its
+    // lag that of the slowest replica it has.
+    let summary = |views: &[(u64, pb::GroupStatus)]| {
+        let (leader, commit) = leader_and_commit(views);
+        let (voters, learners) = leader_conf(views);
+        let slowest = views
+            .iter()
+            .filter(|(id, _)| voters.contains(id) || learners.contains(id))
+            .map(|(_, g)| g.applied_index)
+            .min()
+            .unwrap_or(0);
+        (leader, commit, commit.saturating_sub(slowest))
+    };
+    let led =
+        |id: u64| groups.values().filter(|(_, views)| summary(views).0.is_some_and(|(l, _)| l == id)).count();
+    let conf = |views: &[(u64, pb::GroupStatus)]| leader_conf(views);
+    let member_state =
+        |id: u64| first.nodes.iter().find(|n| n.node_id == id).map_or(String::new(), |n| n.state.clone());
+    if json {
+        return Out::json(&json!({
+            "asked": node.addr(),
+            "replication_factor": first.replication_factor,
+            "nodes": answers.iter().map(|(id, addr, answer)| match answer {
+                Ok(r) => json!({
+                    "node_id": id, "addr": addr, "reachable": true, "groups_led": led(*id),
+                    "member": member_state(*id),
+                    "profiles": r.profiles, "uptime_ms": r.uptime_ms, "version": r.version,
+                }),
+                Err(e) => json!({
+                    "node_id": id, "addr": addr, "reachable": false, "member": member_state(*id), "error": e,
+                }),
+            }).collect::<Vec<_>>(),
+            "groups": groups.iter().map(|(gid, (name, views))| {
+                let (leader, commit, lag) = summary(views);
+                let (voters, learners) = conf(views);
+                json!({
+                    "group_id": gid, "name": name,
+                    "leader_id": leader.map_or(0, |(l, _)| l), "term": leader.map_or(0, |(_, t)| t),
+                    "commit_index": commit, "lag": lag, "voters": voters, "learners": learners,
+                    "placed": placed_of(views),
+                    "replicas": views.iter().map(|(id, g)| json!({
+                        "node_id": id, "role": g.role, "term": g.term, "applied_index": g.applied_index,
+                    })).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
+        }));
+    }
+    render_cluster_status(node, &first, &answers, &groups, summary, led, member_state)
+}
+
+/// Every group's view from each node that answered: (name, [(node,
+/// its status of the group)]) by group id.
+type GroupViews = std::collections::BTreeMap<u64, (String, Vec<(u64, pb::GroupStatus)>)>;
+
+/// Each node's answer to Status: (node, address, reply or why not).
+type NodeAnswers = Vec<(u64, String, Result<pb::StatusReply, String>)>;
+
+/// Asks the node of `node` for the cluster's nodes, then each of them
+/// (at once: a node that is down costs one timeout, not one each) for
+/// its status.
+async fn statuses(
+    node: &Node,
+    access: &Access,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(pb::StatusReply, NodeAnswers)> {
     let first = node.call(node.admin().status(node.request(pb::StatusRequest {}))).await?.into_inner();
     let members: Vec<(u64, String)> = if first.nodes.is_empty() {
         vec![(first.node_id, node.addr().to_string())]
@@ -849,11 +920,13 @@ pub async fn cluster_status(
         };
         answers.push((id, addr, answer));
     }
+    Ok((first, answers))
+}
 
-    // Groups by id, with each node's view of them.
-    let mut groups: std::collections::BTreeMap<u64, (String, Vec<(u64, pb::GroupStatus)>)> =
-        Default::default();
-    for (id, _, answer) in &answers {
+/// The groups by id, with each node's view of them.
+fn group_views(answers: &NodeAnswers) -> GroupViews {
+    let mut groups = GroupViews::default();
+    for (id, _, answer) in answers {
         if let Ok(reply) = answer {
             for g in &reply.groups {
                 groups
@@ -864,63 +937,85 @@ pub async fn cluster_status(
             }
         }
     }
-    // A group's leader and term are those of the highest term any node
-    // reports a leader in; its commit the highest any node reports.
-    let summary = |views: &[(u64, pb::GroupStatus)]| {
-        let leader = views
-            .iter()
-            .filter(|(_, g)| g.leader_id != 0)
-            .max_by_key(|(_, g)| g.term)
-            .map(|(_, g)| (g.leader_id, g.term));
-        let commit = views.iter().map(|(_, g)| g.commit_index).max().unwrap_or(0);
-        let slowest = views.iter().map(|(_, g)| g.applied_index).min().unwrap_or(0);
-        (leader, commit, commit.saturating_sub(slowest))
-    };
-    let led =
-        |id: u64| groups.values().filter(|(_, views)| summary(views).0.is_some_and(|(l, _)| l == id)).count();
-    // A group's configuration as its leader has it (else as the first
-    // node that answered).
-    let conf = |views: &[(u64, pb::GroupStatus)]| {
-        let leader = summary(views).0.map(|(l, _)| l);
-        views
-            .iter()
-            .find(|(id, _)| Some(*id) == leader)
-            .or(views.first())
-            .map(|(_, g)| (g.voters.clone(), g.learners.clone()))
-            .unwrap_or_default()
-    };
-    let member_state =
-        |id: u64| first.nodes.iter().find(|n| n.node_id == id).map_or(String::new(), |n| n.state.clone());
-    if json {
-        return Out::json(&json!({
-            "asked": node.addr(),
-            "nodes": answers.iter().map(|(id, addr, answer)| match answer {
-                Ok(r) => json!({
-                    "node_id": id, "addr": addr, "reachable": true, "groups_led": led(*id),
-                    "member": member_state(*id),
-                    "profiles": r.profiles, "uptime_ms": r.uptime_ms, "version": r.version,
-                }),
-                Err(e) => json!({
-                    "node_id": id, "addr": addr, "reachable": false, "member": member_state(*id), "error": e,
-                }),
-            }).collect::<Vec<_>>(),
-            "groups": groups.iter().map(|(gid, (name, views))| {
-                let (leader, commit, lag) = summary(views);
-                let (voters, learners) = conf(views);
-                json!({
-                    "group_id": gid, "name": name,
-                    "leader_id": leader.map_or(0, |(l, _)| l), "term": leader.map_or(0, |(_, t)| t),
-                    "commit_index": commit, "lag": lag, "voters": voters, "learners": learners,
-                    "replicas": views.iter().map(|(id, g)| json!({
-                        "node_id": id, "role": g.role, "term": g.term, "applied_index": g.applied_index,
-                    })).collect::<Vec<_>>(),
-                })
-            }).collect::<Vec<_>>(),
-        }));
+    groups
+}
+
+/// A group's (leader, term): those of the highest term any node reports
+/// a leader in; and its commit index, the highest any node reports.
+fn leader_and_commit(views: &[(u64, pb::GroupStatus)]) -> (Option<(u64, u64)>, u64) {
+    let leader = views
+        .iter()
+        .filter(|(_, g)| g.leader_id != 0)
+        .max_by_key(|(_, g)| g.term)
+        .map(|(_, g)| (g.leader_id, g.term));
+    (leader, views.iter().map(|(_, g)| g.commit_index).max().unwrap_or(0))
+}
+
+/// A group's (voters, learners) as its leader has them (else as the node
+/// with the highest commit index has them: a node that holds no replica
+/// has an empty or old configuration).
+fn leader_conf(views: &[(u64, pb::GroupStatus)]) -> (Vec<u64>, Vec<u64>) {
+    let leader = leader_and_commit(views).0.map(|(l, _)| l);
+    views
+        .iter()
+        .find(|(id, _)| Some(*id) == leader)
+        .or(views.iter().max_by_key(|(_, g)| g.commit_index))
+        .map(|(_, g)| (g.voters.clone(), g.learners.clone()))
+        .unwrap_or_default()
+}
+
+/// The voters the placement wants for a group, as the node with the
+/// highest applied catalog has it (every node reports the same
+/// placement once it has applied the same catalog).
+fn placed_of(views: &[(u64, pb::GroupStatus)]) -> Vec<u64> {
+    views.iter().find(|(_, g)| !g.placed.is_empty()).map(|(_, g)| g.placed.clone()).unwrap_or_default()
+}
+
+/// The groups whose configuration (as their leader has it) is not their
+/// placement yet, with what each has and wants; `members` are the
+/// active members (the catalog's non-voters among them follow it as
+/// learners).
+fn unplaced(groups: &GroupViews, members: &[u64]) -> Vec<String> {
+    let mut pending = Vec::new();
+    for (gid, (name, views)) in groups {
+        let placed = placed_of(views);
+        if placed.is_empty() {
+            continue;
+        }
+        let (mut voters, mut learners) = leader_conf(views);
+        voters.sort_unstable();
+        learners.sort_unstable();
+        let mut want_learners: Vec<u64> = if *gid == crate::cluster::placement::CATALOG_GROUP {
+            members.iter().copied().filter(|id| !placed.contains(id)).collect()
+        } else {
+            Vec::new()
+        };
+        want_learners.sort_unstable();
+        if voters != placed || learners != want_learners {
+            pending.push(format!("{name} has {voters:?}+{learners:?}, wants {placed:?}+{want_learners:?}"));
+        }
     }
+    pending
+}
+
+/// `cohort cluster status` as text.
+fn render_cluster_status(
+    node: &Node,
+    first: &pb::StatusReply,
+    answers: &NodeAnswers,
+    groups: &GroupViews,
+    summary: impl Fn(&[(u64, pb::GroupStatus)]) -> (Option<(u64, u64)>, u64, u64),
+    led: impl Fn(u64) -> usize,
+    member_state: impl Fn(u64) -> String,
+) -> anyhow::Result<()> {
+    let conf = leader_conf;
     let reachable = answers.iter().filter(|(_, _, a)| a.is_ok()).count();
+    let factor = match first.replication_factor {
+        0 => String::new(),
+        n => format!("; {} per group", output::plural(n as u64, "voter", "voters")),
+    };
     let mut out = format!(
-        "{} ({} reachable), asked through {}\n\n",
+        "{} ({} reachable), asked through {}{factor}\n\n",
         output::plural(answers.len() as u64, "node", "nodes"),
         reachable,
         node.addr()
@@ -935,7 +1030,7 @@ pub async fn cluster_status(
         Column::text("uptime"),
     ]);
     let mut down = Vec::new();
-    for (id, addr, answer) in &answers {
+    for (id, addr, answer) in answers {
         match answer {
             Ok(r) => nodes.push(vec![
                 id.to_string(),
@@ -978,15 +1073,21 @@ pub async fn cluster_status(
         Column::num("lag"),
         Column::text("voters (+learners)"),
     ]);
-    for (gid, (name, views)) in &groups {
+    for (gid, (name, views)) in groups {
         let (leader, commit, lag) = summary(views);
         let (voters, learners) = conf(views);
         let ids_text = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-        let configuration = if learners.is_empty() {
+        let mut configuration = if learners.is_empty() {
             ids_text(&voters)
         } else {
             format!("{} +{}", ids_text(&voters), ids_text(&learners))
         };
+        let placed = placed_of(views);
+        let mut sorted_voters = voters.clone();
+        sorted_voters.sort_unstable();
+        if !placed.is_empty() && placed != sorted_voters {
+            configuration.push_str(&format!(" (moving to {})", ids_text(&placed)));
+        }
         let applied = ids
             .iter()
             .map(|i| {
@@ -1013,16 +1114,19 @@ pub async fn cluster_status(
     Out::text(&out)
 }
 
-/// How long `cohort cluster add-node` and `remove-node` wait for every
-/// group to take the change.
+/// How long `cohort cluster add-node`, `remove-node`, `move-replica` and
+/// `rebalance` wait for every group to take the change.
 const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `cohort cluster add-node` (`remove: false`) and `remove-node`: changes
 /// the member table through the node asked, then waits until every group
-/// of that node's view has the node as a voter (added) or has it no more
-/// (removed).
+/// matches the placement (each group's configuration as its leader has
+/// it), and the node is in the catalog (added) or in no group (removed).
+#[allow(clippy::too_many_arguments)]
 pub async fn cluster_set_member(
     node: &Node,
+    access: &Access,
+    timeout: std::time::Duration,
     node_id: u64,
     raft_addr: String,
     grpc_addr: String,
@@ -1036,47 +1140,157 @@ pub async fn cluster_set_member(
     if !json {
         eprintln!("node {node_id} {what} the member table; waiting for every group to follow");
     }
+    let holds = |views: &[(u64, pb::GroupStatus)]| {
+        let (voters, learners) = leader_conf(views);
+        voters.contains(&node_id) || learners.contains(&node_id)
+    };
+    let (groups, secs) = wait_until_placed(node, access, timeout, json, started, |groups| {
+        groups
+            .values()
+            .filter(|(name, views)| if remove { holds(views) } else { name == "catalog" && !holds(views) })
+            .map(|(name, _)| {
+                format!("{name} {} node {node_id}", if remove { "still holds" } else { "lacks" })
+            })
+            .collect()
+    })
+    .await?;
+    let voter_of = groups.values().filter(|(_, views)| leader_conf(views).0.contains(&node_id)).count();
+    if json {
+        return Out::json(&json!({
+            "node_id": node_id, "removed": remove, "groups": groups.len(), "voter_of": voter_of, "seconds": secs,
+        }));
+    }
+    if remove {
+        return Out::text(&format!(
+            "node {node_id} removed from all {} groups in {secs:.1} s; it can be stopped\n",
+            groups.len()
+        ));
+    }
+    Out::text(&format!(
+        "node {node_id} added in {secs:.1} s: it follows the catalog and holds {} of {} groups as a voter (`cohort cluster rebalance` gives it its share)\n",
+        voter_of,
+        groups.len()
+    ))
+}
+
+/// `cohort cluster move-replica GROUP FROM TO`: moves one replica, then
+/// waits until every group matches the placement.
+#[allow(clippy::too_many_arguments)]
+pub async fn cluster_move_replica(
+    node: &Node,
+    access: &Access,
+    timeout: std::time::Duration,
+    group: &str,
+    from: u64,
+    to: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let group_id = parse_group(group)?;
+    let started = std::time::Instant::now();
+    let request = node.request(pb::MoveReplicaRequest { group_id, from_node: from, to_node: to });
+    node.call(node.admin().move_replica(request)).await?;
+    if !json {
+        eprintln!(
+            "group {group_id}: replica moving from node {from} to node {to}; waiting for the group to follow"
+        );
+    }
+    let (_, secs) = wait_until_placed(node, access, timeout, json, started, |_| Vec::new()).await?;
+    if json {
+        return Out::json(&json!({ "group_id": group_id, "from": from, "to": to, "seconds": secs }));
+    }
+    Out::text(&format!("group {group_id}: replica moved from node {from} to node {to} in {secs:.1} s\n"))
+}
+
+/// `cohort cluster rebalance`: evens the replicas over the nodes, then
+/// waits until every group matches the placement.
+pub async fn cluster_rebalance(
+    node: &Node,
+    access: &Access,
+    timeout: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let reply = node.call(node.admin().rebalance(node.request(pb::RebalanceRequest {}))).await?.into_inner();
+    if !json {
+        eprintln!(
+            "{} planned; waiting for the groups to follow",
+            output::plural(reply.moves.len() as u64, "replica move", "replica moves")
+        );
+        for m in &reply.moves {
+            eprintln!("  group {}: node {} -> node {}", m.group_id, m.from_node, m.to_node);
+        }
+    }
+    let (groups, secs) = wait_until_placed(node, access, timeout, json, started, |_| Vec::new()).await?;
+    let mut load: std::collections::BTreeMap<u64, usize> = Default::default();
+    for (_, views) in groups.values() {
+        for id in leader_conf(views).0 {
+            *load.entry(id).or_default() += 1;
+        }
+    }
+    if json {
+        return Out::json(&json!({
+            "moves": reply.moves.iter().map(|m| json!({
+                "group_id": m.group_id, "from": m.from_node, "to": m.to_node,
+            })).collect::<Vec<_>>(),
+            "voters_per_node": load,
+            "seconds": secs,
+        }));
+    }
+    let spread: Vec<String> = load.iter().map(|(id, n)| format!("node {id}: {n}")).collect();
+    Out::text(&format!(
+        "{} made in {secs:.1} s; voters per node: {}\n",
+        output::plural(reply.moves.len() as u64, "replica move", "replica moves"),
+        spread.join(", ")
+    ))
+}
+
+/// `catalog`, a shard number, or `group:N` as a Raft group id.
+fn parse_group(text: &str) -> anyhow::Result<u64> {
+    use crate::cluster::placement::{shard_group, CATALOG_GROUP};
+    if text == "catalog" {
+        return Ok(CATALOG_GROUP);
+    }
+    if let Some(id) = text.strip_prefix("group:") {
+        return id.parse().map_err(|_| anyhow::anyhow!("{text:?}: write group:N with N a Raft group id"));
+    }
+    text.parse::<u32>().map(shard_group).map_err(|_| {
+        anyhow::anyhow!("{text:?} is not a shard: write a shard number (0, 1, ...), `catalog`, or group:N")
+    })
+}
+
+/// Waits (at most [`MEMBERSHIP_WAIT`]) until every group's configuration,
+/// as its leader has it, is its placement and `also` finds nothing
+/// pending; prints progress unless `json`. Returns the groups as last
+/// seen and the seconds since `started`.
+async fn wait_until_placed(
+    node: &Node,
+    access: &Access,
+    timeout: std::time::Duration,
+    json: bool,
+    started: std::time::Instant,
+    also: impl Fn(&GroupViews) -> Vec<String>,
+) -> anyhow::Result<(GroupViews, f64)> {
     let deadline = started + MEMBERSHIP_WAIT;
     let mut last_line = String::new();
     loop {
-        let status = node.call(node.admin().status(node.request(pb::StatusRequest {}))).await?.into_inner();
-        let pending: Vec<String> = status
-            .groups
-            .iter()
-            .filter(|g| {
-                if remove {
-                    g.voters.contains(&node_id) || g.learners.contains(&node_id)
-                } else {
-                    !g.voters.contains(&node_id)
-                }
-            })
-            .map(|g| g.name.clone())
-            .collect();
+        let (first, answers) = statuses(node, access, timeout).await?;
+        let groups = group_views(&answers);
+        let active: Vec<u64> =
+            first.nodes.iter().filter(|n| n.state == "active").map(|n| n.node_id).collect();
+        let mut pending = unplaced(&groups, &active);
+        pending.extend(also(&groups));
         if pending.is_empty() {
-            let secs = started.elapsed().as_secs_f64();
-            if json {
-                return Out::json(&json!({
-                    "node_id": node_id, "removed": remove, "groups": status.groups.len(), "seconds": secs,
-                }));
-            }
-            let next = if remove { "; it can be stopped" } else { "" };
-            return Out::text(&format!(
-                "node {node_id} {what} all {} groups in {secs:.1} s{next}
-",
-                status.groups.len()
-            ));
+            return Ok((groups, started.elapsed().as_secs_f64()));
         }
         if std::time::Instant::now() >= deadline {
             anyhow::bail!(
-                "after {} s, {} of {} groups still {} node {node_id}: {} (the change goes on; `cohort cluster status` shows it)",
+                "after {} s, {} still to go: {} (the change goes on; `cohort cluster status` shows it)",
                 MEMBERSHIP_WAIT.as_secs(),
                 pending.len(),
-                status.groups.len(),
-                if remove { "hold" } else { "do not have as a voter" },
-                pending.join(", ")
+                pending.join("; ")
             );
         }
-        let line = format!("{} of {} groups to go", pending.len(), status.groups.len());
+        let line = format!("{} to go", pending.len());
         if !json && line != last_line {
             eprintln!("  {line}");
             last_line = line;
@@ -1196,6 +1410,7 @@ mod tests {
             peers: Vec::new(),
             join: None,
             read_staleness_ms: None,
+            replication_factor: None,
             shard_leaders: None,
             peer_tls_cert: None,
             peer_tls_key: None,

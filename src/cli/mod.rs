@@ -227,7 +227,7 @@ pub struct ServeArgs {
     /// node_id, shards, grpc_addr, http_addr, write_keys,
     /// max_message_bytes, max_batch_bytes, http_header_timeout_ms,
     /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
-    /// snapshot_log_bytes, query_threads, read_staleness_ms, max_traits, max_events,
+    /// snapshot_log_bytes, query_threads, read_staleness_ms, replication_factor, max_traits, max_events,
     /// max_properties_per_event, max_properties, max_name_bytes, api_keys,
     /// tls_cert, tls_key, insecure, raft_addr, peers, join, peer_tls_cert,
     /// peer_tls_key, peer_tls_ca, shard_leaders). Flags override it; COHORT_API_KEYS
@@ -264,7 +264,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub raft_addr: Option<String>,
     /// A node of the cluster, this one included, as ID=RAFT_ADDR,GRPC_ADDR;
-    /// once per node. Every group is replicated on all of them.
+    /// once per node. Every group is replicated on --replication-factor of
+    /// them.
     #[arg(long = "peer", value_name = "ID=RAFT,GRPC")]
     pub peers: Vec<crate::node::PeerConfig>,
     /// Join a running cluster through the member whose Raft service is at
@@ -277,6 +278,11 @@ pub struct ServeArgs {
     /// members page may read [default: 1000].
     #[arg(long, value_name = "MS")]
     pub read_staleness_ms: Option<u64>,
+    /// Voters of each group when this node founds a cluster (every node
+    /// when there are fewer); the cluster keeps the first leader's
+    /// [default: 3].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub replication_factor: Option<u32>,
     /// Where the shard groups' leaders go in a cluster: with the catalog's
     /// leader, or spread over the nodes [default: catalog].
     #[arg(long, value_enum, value_name = "PLACEMENT")]
@@ -396,9 +402,10 @@ pub enum ClusterCommand {
     /// each replica has applied.
     Status,
     /// Add a node to the cluster (the node itself starts with `cohort
-    /// serve --join`, which does the same): every group's leader adds it
-    /// as a learner, then promotes it to voter once it has caught up.
-    /// Waits until every group has it as a voter.
+    /// serve --join`, which does the same): it follows the catalog as a
+    /// learner, and takes the replicas of groups short of the replication
+    /// factor; `rebalance` then gives it its share. Waits until every
+    /// group matches the placement.
     AddNode {
         /// Its node id (never used before in this cluster).
         node_id: u64,
@@ -409,13 +416,32 @@ pub enum ClusterCommand {
         #[arg(long, value_name = "ADDR")]
         grpc_addr: String,
     },
-    /// Remove a node from the cluster: every group it leads hands its
-    /// leadership to another voter first, then every group removes it.
-    /// Waits until no group holds it; then stop the node.
+    /// Remove a node from the cluster: each of its replicas moves to the
+    /// node with the fewest (a learner that catches up, then swapped in),
+    /// every group it leads hands its leadership over first. Waits until
+    /// no group holds it; then stop the node.
     RemoveNode {
         /// Its node id.
         node_id: u64,
     },
+    /// Move one group's replica from node FROM to node TO: TO joins as a
+    /// learner, catches up from a snapshot and the log, then one joint
+    /// configuration change makes it a voter and removes FROM. Reads and
+    /// writes go on meanwhile. Waits until every group matches the
+    /// placement.
+    MoveReplica {
+        /// The shard (0, 1, ...), `catalog`, or group:N.
+        shard: String,
+        /// The node that gives its replica up.
+        from: u64,
+        /// The node that takes it.
+        to: u64,
+    },
+    /// Even the replicas over the nodes (after an add-node): the placement
+    /// moves replicas from the node with the most to the node with the
+    /// fewest until no two differ by more than one, and each group moves
+    /// as `move-replica` does. Waits until every group matches.
+    Rebalance,
 }
 
 /// `cohort segment ...`.
@@ -584,10 +610,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::cluster_status(&node, &access, timeout, json).await
         }
         ClientCommand::Cluster { command: ClusterCommand::AddNode { node_id, raft_addr, grpc_addr } } => {
-            commands::cluster_set_member(&node, node_id, raft_addr, grpc_addr, false, json).await
+            commands::cluster_set_member(&node, &access, timeout, node_id, raft_addr, grpc_addr, false, json)
+                .await
         }
         ClientCommand::Cluster { command: ClusterCommand::RemoveNode { node_id } } => {
-            commands::cluster_set_member(&node, node_id, String::new(), String::new(), true, json).await
+            let none = String::new();
+            commands::cluster_set_member(&node, &access, timeout, node_id, none.clone(), none, true, json)
+                .await
+        }
+        ClientCommand::Cluster { command: ClusterCommand::MoveReplica { shard, from, to } } => {
+            commands::cluster_move_replica(&node, &access, timeout, &shard, from, to, json).await
+        }
+        ClientCommand::Cluster { command: ClusterCommand::Rebalance } => {
+            commands::cluster_rebalance(&node, &access, timeout, json).await
         }
         ClientCommand::Rejected { limit } => commands::rejected(&node, limit, json).await,
         ClientCommand::Merges { limit } => commands::merges(&node, limit, json).await,

@@ -26,8 +26,8 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::membership::{check_change, Member, Members};
-use super::placement::shard_of;
+use super::membership::{check_change, Member, MemberState, Members};
+use super::placement::{all_groups, shard_of, Placement, ReplicaMove};
 use crate::identity::{Directory, MergeStep};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::message::Message;
@@ -127,6 +127,21 @@ pub enum CatalogCommand {
     /// removed ([`crate::cluster::membership`]: each group's leader then
     /// brings the group's configuration to the table).
     SetMember(Member),
+    /// Sets the replication factor and places every group on it
+    /// ([`Placement::fill`]); proposed by a cluster's first leader from
+    /// its configuration (`replication_factor`).
+    SetReplicationFactor(u32),
+    /// Moves one group's replica from one node to another
+    /// (`cohort cluster move-replica`).
+    MoveReplica(ReplicaMove),
+    /// Evens the replicas over the active members (`cohort cluster
+    /// rebalance`, [`Placement::rebalance`]).
+    Rebalance,
+    /// The catalog's leader has committed the shard steps of every entry
+    /// up to this index: the other replicas drop them from their outbox
+    /// (they cannot see it from their own shards when they hold no
+    /// replica of some of them).
+    Stepped(u64),
 }
 
 impl CatalogCommand {
@@ -449,6 +464,11 @@ pub struct CatalogState {
     /// the state, like `limits`.
     #[serde(skip)]
     pub members: Members,
+    /// Where every group's replicas should be (empty until a cluster's
+    /// first leader records its founders). Kept beside the state, like
+    /// `members`.
+    #[serde(skip)]
+    pub placement: Placement,
 }
 
 impl Catalog for CatalogState {
@@ -458,6 +478,20 @@ impl Catalog for CatalogState {
 }
 
 impl CatalogState {
+    /// The ids of the active members, in order.
+    pub fn active_members(&self) -> Vec<u64> {
+        self.members.values().filter(|m| m.state == MemberState::Active).map(|m| m.id).collect()
+    }
+
+    /// Brings the placement to the member table and the replication
+    /// factor (nothing on a node with no member table).
+    fn place(&mut self) {
+        let active = self.active_members();
+        if !active.is_empty() {
+            self.placement.fill(&active, &all_groups(self.shards));
+        }
+    }
+
     /// The profile an address (`user_id:V`, `anonymous_id:V`, or a bare
     /// user id) names.
     pub fn lookup(&self, address: &str) -> Option<ProfileId> {
@@ -752,6 +786,8 @@ pub struct CatalogMachine {
     /// Steps of entries the pipeline is done with, freed on this machine's
     /// applier thread (see [`CatalogMachine::retire`]).
     retired: Mutex<Vec<Arc<Vec<Step>>>>,
+    /// The highest index a [`CatalogCommand::Stepped`] applied here named.
+    pub stepped: AtomicU64,
 }
 
 const MAGIC: &[u8; 8] = b"COHORTCT";
@@ -790,6 +826,7 @@ impl CatalogMachine {
             ),
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
             retired: Mutex::new(Vec::new()),
+            stepped: AtomicU64::new(0),
         })
     }
 
@@ -830,11 +867,22 @@ struct SnapshotBody<'a> {
     pending: &'a [(u64, &'a [Step])],
     limits: &'a SchemaLimits,
     members: &'a Members,
+    placement: &'a Placement,
 }
 
 /// [`SnapshotBody`] as read back (the same encoding).
 #[derive(Deserialize)]
 struct SnapshotBodyOwned {
+    state: CatalogState,
+    pending: Pending,
+    limits: SchemaLimits,
+    members: Members,
+    placement: Placement,
+}
+
+/// The body of a snapshot written before placement existed.
+#[derive(Deserialize)]
+struct SnapshotBodyBeforePlacement {
     state: CatalogState,
     pending: Pending,
     limits: SchemaLimits,
@@ -876,7 +924,13 @@ fn write_snapshot_file(
     pending: &[(u64, &[Step])],
 ) -> Result<(), CatalogError> {
     let body = bincode::serde::encode_to_vec(
-        SnapshotBody { state, pending, limits: &state.limits, members: &state.members },
+        SnapshotBody {
+            state,
+            pending,
+            limits: &state.limits,
+            members: &state.members,
+            placement: &state.placement,
+        },
         bincode::config::standard(),
     )
     .map_err(|source| CatalogError::Encode { index: state.applied_index, source })?;
@@ -934,30 +988,42 @@ fn read_snapshot(path: &Path) -> Result<(CatalogState, Pending), CatalogError> {
             let mut state = b.state;
             state.limits = b.limits;
             state.members = b.members;
+            state.placement = b.placement;
             Ok((state, b.pending))
         }
-        first => match codec::decode::<SnapshotBodyBeforeMembers>(body) {
-            // Snapshots written before the member table existed: no
-            // members recorded (a single node, or founders not recorded
-            // yet).
+        first => match codec::decode::<SnapshotBodyBeforePlacement>(body) {
+            // Snapshots written before placement existed: every group
+            // wants every active member until the next change of the
+            // member table places them.
             Ok((b, used)) if used == body.len() => {
                 let mut state = b.state;
                 state.limits = b.limits;
+                state.members = b.members;
                 Ok((state, b.pending))
             }
-            _ => match codec::decode::<SnapshotBodyBeforeLimits>(body) {
-                // Snapshots written before the caps existed hold the state and
-                // the outbox; the caps stay the defaults until the node's
-                // configuration sets them through the log.
-                Ok((b, used)) if used == body.len() => Ok((b.state, b.pending)),
-                // Snapshots written before the outbox was kept hold the state
-                // alone (their outbox was empty by construction).
-                _ => match codec::decode::<CatalogState>(body) {
-                    Ok((state, used)) if used == body.len() => Ok((state, Vec::new())),
-                    _ => Err(match first {
-                        Err(e) => corrupt(32, &format!("catalog state: {e}")),
-                        Ok(_) => corrupt(32, "catalog state: bytes left after the state"),
-                    }),
+            _ => match codec::decode::<SnapshotBodyBeforeMembers>(body) {
+                // Snapshots written before the member table existed: no
+                // members recorded (a single node, or founders not recorded
+                // yet).
+                Ok((b, used)) if used == body.len() => {
+                    let mut state = b.state;
+                    state.limits = b.limits;
+                    Ok((state, b.pending))
+                }
+                _ => match codec::decode::<SnapshotBodyBeforeLimits>(body) {
+                    // Snapshots written before the caps existed hold the state and
+                    // the outbox; the caps stay the defaults until the node's
+                    // configuration sets them through the log.
+                    Ok((b, used)) if used == body.len() => Ok((b.state, b.pending)),
+                    // Snapshots written before the outbox was kept hold the state
+                    // alone (their outbox was empty by construction).
+                    _ => match codec::decode::<CatalogState>(body) {
+                        Ok((state, used)) if used == body.len() => Ok((state, Vec::new())),
+                        _ => Err(match first {
+                            Err(e) => corrupt(32, &format!("catalog state: {e}")),
+                            Ok(_) => corrupt(32, "catalog state: bytes left after the state"),
+                        }),
+                    },
                 },
             },
         },
@@ -1043,10 +1109,48 @@ impl StateMachine for CatalogMachine {
                 CatalogResult::Done(match check_change(&state.members, &member) {
                     Ok(()) => {
                         state.members.insert(member.id, member);
+                        state.place();
                         Ok(())
                     }
                     Err(why) => Err(AdminError::Invalid(why)),
                 })
+            }
+            Ok((CatalogCommand::SetReplicationFactor(factor), _)) => {
+                let mut state = self.state_at(index);
+                CatalogResult::Done(if factor == 0 {
+                    Err(AdminError::Invalid("a replication factor is at least 1".into()))
+                } else {
+                    state.placement.replication_factor = factor;
+                    state.place();
+                    Ok(())
+                })
+            }
+            Ok((CatalogCommand::MoveReplica(mv), _)) => {
+                let mut state = self.state_at(index);
+                let active = state.active_members();
+                CatalogResult::Done(state.placement.move_replica(mv, &active).map_err(AdminError::Invalid))
+            }
+            Ok((CatalogCommand::Stepped(through), _)) => {
+                drop(self.state_at(index));
+                self.stepped.fetch_max(through, Ordering::AcqRel);
+                let mut outbox = self.outbox.lock();
+                while outbox.front().is_some_and(|e| e.index <= through) {
+                    if let Some(done) = outbox.pop_front() {
+                        self.retired.lock().push(done.steps);
+                    }
+                }
+                drop(outbox);
+                self.outbox_ready.notify_one();
+                CatalogResult::Done(Ok(()))
+            }
+            Ok((CatalogCommand::Rebalance, _)) => {
+                let mut state = self.state_at(index);
+                let (active, groups) = (state.active_members(), all_groups(state.shards));
+                let moves = state.placement.rebalance(&active, &groups);
+                if !moves.is_empty() {
+                    tracing::info!(moves = moves.len(), "placement rebalanced");
+                }
+                CatalogResult::Done(Ok(()))
             }
         };
         Box::new(result)

@@ -237,6 +237,10 @@ impl Forwarder {
             }
             CatalogCommand::DeleteSegment(name) => Change::DeleteSegment(name),
             CatalogCommand::SetMember(member) => Change::SetMember(member_to_proto(&member)),
+            CatalogCommand::MoveReplica(m) => {
+                Change::MoveReplica(pb::ForwardedMove { group: m.group, from_node: m.from, to_node: m.to })
+            }
+            CatalogCommand::Rebalance => Change::Rebalance(true),
             other => {
                 return Err(CatalogError::Forwarded {
                     leader,
@@ -352,6 +356,14 @@ impl pb::forward_server::Forward for ForwardService {
                 now_ms: s.now_ms,
             },
             Some(Change::DeleteSegment(name)) => CatalogCommand::DeleteSegment(name),
+            Some(Change::MoveReplica(m)) => {
+                CatalogCommand::MoveReplica(crate::cluster::placement::ReplicaMove {
+                    group: m.group,
+                    from: m.from_node,
+                    to: m.to_node,
+                })
+            }
+            Some(Change::Rebalance(_)) => CatalogCommand::Rebalance,
             Some(Change::SetMember(m)) => CatalogCommand::SetMember(member_from_proto(m).map_err(|why| {
                 tonic::Status::invalid_argument(format!(
                     "a member forwarded by node {}: {why}",

@@ -120,37 +120,80 @@ pub enum Step {
     HandOver(u64),
 }
 
+/// The replicas a group should have: its wanted voters (from the
+/// [`crate::cluster::placement::Placement`]) and the nodes that follow it
+/// as learners (the catalog's other active members; none for a shard).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// Nodes that should vote.
+    pub voters: Vec<u64>,
+    /// Nodes that should follow the log without voting.
+    pub learners: Vec<u64>,
+}
+
+impl Wanted {
+    /// What the group wants: the placement's voters for it (every active
+    /// member when the placement has no entry for the group, as a cluster
+    /// formed before placement had it), and, when `learners_follow` (the
+    /// catalog), every other active member as a learner.
+    pub fn of(placed: Option<&[u64]>, members: &Members, learners_follow: bool) -> Wanted {
+        let active: Vec<u64> =
+            members.values().filter(|m| m.state == MemberState::Active).map(|m| m.id).collect();
+        let voters: Vec<u64> = match placed {
+            Some(placed) => placed.iter().copied().filter(|id| active.contains(id)).collect(),
+            None => active.clone(),
+        };
+        let learners = if learners_follow {
+            active.iter().copied().filter(|id| !voters.contains(id)).collect()
+        } else {
+            Vec::new()
+        };
+        Wanted { voters, learners }
+    }
+}
+
 /// The next step for a group this node (`me`) leads, whose configuration
-/// and replicas' progress are `group`; `None` when it matches the table
-/// (or a change is pending, or the members' table is empty).
-pub fn plan(me: u64, group: &Membership, members: &Members) -> Option<Step> {
-    if !group.leading || group.change_pending || !group.voters_outgoing.is_empty() {
+/// and replicas' progress are `group`, toward `wanted`; `None` when it is
+/// there (or a change is pending, or the member table is empty).
+///
+/// In order:
+/// 1. a removed member that leads hands its leadership over;
+/// 2. a wanted voter that is a learner and has caught up is promoted; if
+///    a voter is displaced (not wanted, and not this node), the same
+///    ConfChangeV2 removes or demotes it, a joint configuration that
+///    raft-rs leaves by itself (a move: the group never has fewer voters
+///    than it wants);
+/// 3. a wanted node not in the group joins as a learner (after a
+///    compaction, so that it is sent a snapshot);
+/// 4. once every wanted voter votes, a displaced voter leaves: this node
+///    hands its leadership over first; a catalog voter that should follow
+///    is demoted to learner; any other is removed;
+/// 5. a learner nobody wants is removed.
+///
+/// Members the table does not list (founders not recorded yet) are never
+/// removed, and the last voter never leaves.
+pub fn plan(me: u64, group: &Membership, members: &Members, wanted: &Wanted) -> Option<Step> {
+    if !group.leading || group.change_pending || !group.voters_outgoing.is_empty() || members.is_empty() {
         return None;
     }
     let in_group = |id: u64| group.voters.contains(&id) || group.learners.contains(&id);
-    let active = |id: u64| members.get(&id).is_some_and(|m| m.state == MemberState::Active);
+    let listed = |id: u64| members.contains_key(&id);
     let removed = |id: u64| members.get(&id).is_some_and(|m| m.state == MemberState::Removed);
-    // Removals first: a node on its way out should not take part in the
-    // quorum of the additions.
-    if let Some(&gone) = group.voters.iter().chain(&group.learners).find(|&&id| removed(id)) {
-        if gone == me {
-            let to = group
-                .progress
-                .iter()
-                .filter(|p| {
-                    p.node != me && group.voters.contains(&p.node) && p.recent_active && !removed(p.node)
-                })
-                .max_by_key(|p| p.matched)
-                .map(|p| p.node)?;
-            return Some(Step::HandOver(to));
-        }
-        // Never the last voter.
-        if group.voters.len() == 1 && group.voters[0] == gone {
-            return None;
-        }
-        return Some(Step::Change(change(ConfChangeType::RemoveNode, gone)));
+    let displaced = |id: u64| listed(id) && !wanted.voters.contains(&id);
+    let hand_over = || {
+        group
+            .progress
+            .iter()
+            .filter(|p| p.node != me && group.voters.contains(&p.node) && p.recent_active && !removed(p.node))
+            .max_by_key(|p| (wanted.voters.contains(&p.node), p.matched))
+            .map(|p| Step::HandOver(p.node))
+    };
+    // 1. A node on its way out should not lead the changes that follow.
+    if removed(me) && group.voters.contains(&me) {
+        return hand_over();
     }
-    if let Some(learner) = group.learners.iter().copied().find(|&id| active(id)) {
+    // 2. A caught-up learner that should vote.
+    if let Some(learner) = group.learners.iter().copied().find(|id| wanted.voters.contains(id)) {
         // Caught up: entries stream to it and it is close behind, or it
         // has everything (a quiet group: after its snapshot raft-rs probes
         // a learner until the next entry, which may be long in coming).
@@ -159,27 +202,72 @@ pub fn plan(me: u64, group: &Membership, members: &Members) -> Option<Step> {
                 && p.matched > 0
                 && (p.matched >= group.commit || (p.replicating && p.matched + CAUGHT_UP_LAG >= group.commit))
         });
-        return caught_up.then(|| Step::Change(change(ConfChangeType::AddNode, learner)));
+        if !caught_up {
+            return None;
+        }
+        let out = group.voters.iter().copied().find(|&id| id != me && displaced(id));
+        let mut changes = vec![single(ConfChangeType::AddNode, learner)];
+        if let Some(out) = out {
+            changes.push(leave(out, wanted));
+        }
+        return Some(Step::Change(conf_change(changes)));
     }
-    if let Some(new) = members.values().find(|m| m.state == MemberState::Active && !in_group(m.id)) {
+    // 3. A wanted node that is not in the group yet.
+    if let Some(new) = wanted.voters.iter().chain(&wanted.learners).copied().find(|&id| !in_group(id)) {
         if group.snapshot_index == 0 {
             return Some(Step::Compact);
         }
-        return Some(Step::Change(change(ConfChangeType::AddLearnerNode, new.id)));
+        return Some(Step::Change(change(ConfChangeType::AddLearnerNode, new)));
+    }
+    // 4. Every wanted voter votes: the displaced voters go.
+    if let Some(out) = group.voters.iter().copied().find(|&id| displaced(id)) {
+        if out == me {
+            return hand_over();
+        }
+        if group.voters.len() == 1 {
+            return None;
+        }
+        return Some(Step::Change(conf_change(vec![leave(out, wanted)])));
+    }
+    // 5. Learners nobody wants.
+    if let Some(out) = group.learners.iter().copied().find(|&id| listed(id) && !wanted.learners.contains(&id))
+    {
+        return Some(Step::Change(change(ConfChangeType::RemoveNode, out)));
     }
     None
+}
+
+/// How a displaced voter leaves: demoted to learner when it should follow
+/// the log, else removed.
+fn leave(node: u64, wanted: &Wanted) -> ConfChangeSingle {
+    if wanted.learners.contains(&node) {
+        single(ConfChangeType::AddLearnerNode, node)
+    } else {
+        single(ConfChangeType::RemoveNode, node)
+    }
+}
+
+fn single(kind: ConfChangeType, node: u64) -> ConfChangeSingle {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = node;
+    single
+}
+
+/// A ConfChangeV2 of these changes: one is applied at once; several go
+/// through a joint configuration that raft-rs leaves by itself once it is
+/// committed (`Auto`).
+fn conf_change(changes: Vec<ConfChangeSingle>) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    cc.set_transition(ConfChangeTransition::Auto);
+    cc.set_changes(changes.into());
+    cc
 }
 
 /// A ConfChangeV2 of one change (raft-rs applies it without a joint
 /// configuration: one voter more or less keeps every quorum overlapping).
 fn change(kind: ConfChangeType, node: u64) -> ConfChangeV2 {
-    let mut single = ConfChangeSingle::default();
-    single.set_change_type(kind);
-    single.node_id = node;
-    let mut cc = ConfChangeV2::default();
-    cc.set_transition(ConfChangeTransition::Auto);
-    cc.set_changes(vec![single].into());
-    cc
+    conf_change(vec![single(kind, node)])
 }
 
 /// What a change does, for logs: `add learner 4`, `promote 4`, `remove 2`.
@@ -229,39 +317,135 @@ mod tests {
 
     use MemberState::{Active, Removed};
 
+    /// Every active member a voter (a group the placement has no entry
+    /// for).
+    fn every(members: &Members) -> Wanted {
+        Wanted::of(None, members, false)
+    }
+
+    fn joint(changes: &[(ConfChangeType, u64)]) -> Step {
+        Step::Change(conf_change(changes.iter().map(|&(k, n)| single(k, n)).collect()))
+    }
+
+    #[test]
+    fn a_move_adds_a_learner_then_swaps_it_in_for_the_displaced_voter_in_one_joint_change() {
+        let members = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
+        let wanted = Wanted::of(Some(&[1, 2, 4]), &members, false);
+        let group = led(&[1, 2, 3], &[], vec![]);
+        assert_eq!(
+            plan(1, &group, &members, &wanted),
+            Some(Step::Change(change(ConfChangeType::AddLearnerNode, 4)))
+        );
+        let catching_up = led(&[1, 2, 3], &[4], vec![progress(4, 10, false)]);
+        assert_eq!(plan(1, &catching_up, &members, &wanted), None, "3 keeps voting meanwhile");
+        let caught_up = led(&[1, 2, 3], &[4], vec![progress(4, 5_000, true)]);
+        assert_eq!(
+            plan(1, &caught_up, &members, &wanted),
+            Some(joint(&[(ConfChangeType::AddNode, 4), (ConfChangeType::RemoveNode, 3)]))
+        );
+        let mut joint_config = led(&[1, 2, 4], &[], vec![]);
+        joint_config.voters_outgoing = vec![1, 2, 3];
+        assert_eq!(plan(1, &joint_config, &members, &wanted), None, "raft-rs leaves the joint configuration");
+        assert_eq!(plan(1, &led(&[1, 2, 4], &[], vec![]), &members, &wanted), None, "done");
+    }
+
+    #[test]
+    fn a_displaced_leader_hands_over_and_a_promotion_never_removes_the_leader() {
+        let members = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
+        let wanted = Wanted::of(Some(&[2, 3, 4]), &members, false);
+        let caught_up = led(&[1, 2, 3], &[4], vec![progress(4, 5_000, true)]);
+        assert_eq!(
+            plan(1, &caught_up, &members, &wanted),
+            Some(Step::Change(change(ConfChangeType::AddNode, 4))),
+            "promoted alone: the leader does not remove itself"
+        );
+        let group = led(
+            &[1, 2, 3, 4],
+            &[],
+            vec![progress(2, 4_000, true), progress(3, 4_900, true), progress(4, 4_950, true)],
+        );
+        assert_eq!(plan(1, &group, &members, &wanted), Some(Step::HandOver(4)));
+        let group = led(&[2, 3, 4, 1], &[], vec![]);
+        assert_eq!(
+            plan(2, &group, &members, &wanted),
+            Some(Step::Change(change(ConfChangeType::RemoveNode, 1))),
+            "the new leader removes it"
+        );
+    }
+
+    #[test]
+    fn the_catalogs_other_members_follow_as_learners_and_a_displaced_voter_is_demoted() {
+        let members = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
+        let wanted = Wanted::of(Some(&[1, 2, 3]), &members, true);
+        assert_eq!(wanted.learners, vec![4]);
+        let group = led(&[1, 2, 3], &[], vec![]);
+        assert_eq!(
+            plan(1, &group, &members, &wanted),
+            Some(Step::Change(change(ConfChangeType::AddLearnerNode, 4)))
+        );
+        assert_eq!(plan(1, &led(&[1, 2, 3], &[4], vec![progress(4, 5_000, true)]), &members, &wanted), None);
+        let moved = Wanted::of(Some(&[1, 2, 4]), &members, true);
+        assert_eq!(
+            plan(1, &led(&[1, 2, 3], &[4], vec![progress(4, 5_000, true)]), &members, &moved),
+            Some(joint(&[(ConfChangeType::AddNode, 4), (ConfChangeType::AddLearnerNode, 3)]))
+        );
+        // A shard group: a learner nobody wants is removed.
+        let shard = Wanted::of(Some(&[1, 2, 3]), &members, false);
+        assert_eq!(
+            plan(1, &led(&[1, 2, 3], &[4], vec![]), &members, &shard),
+            Some(Step::Change(change(ConfChangeType::RemoveNode, 4)))
+        );
+    }
+
     #[test]
     fn a_new_member_joins_as_a_learner_after_the_log_is_compacted() {
         let members = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
         let mut group = led(&[1, 2, 3], &[], vec![]);
         group.snapshot_index = 0;
-        assert_eq!(plan(1, &group, &members), Some(Step::Compact));
+        assert_eq!(plan(1, &group, &members, &every(&members)), Some(Step::Compact));
         group.snapshot_index = 10;
-        assert_eq!(plan(1, &group, &members), Some(Step::Change(change(ConfChangeType::AddLearnerNode, 4))));
+        assert_eq!(
+            plan(1, &group, &members, &every(&members)),
+            Some(Step::Change(change(ConfChangeType::AddLearnerNode, 4)))
+        );
     }
 
     #[test]
     fn a_learner_is_promoted_only_once_it_has_caught_up() {
         let members = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
         let behind = led(&[1, 2, 3], &[4], vec![progress(4, 10, false)]);
-        assert_eq!(plan(1, &behind, &members), None, "waiting for its snapshot");
+        assert_eq!(plan(1, &behind, &members, &every(&members)), None, "waiting for its snapshot");
         let streaming_far_behind = led(&[1, 2, 3], &[4], vec![progress(4, 3_000, true)]);
-        assert_eq!(plan(1, &streaming_far_behind, &members), None);
+        assert_eq!(plan(1, &streaming_far_behind, &members, &every(&members)), None);
         let caught_up = led(&[1, 2, 3], &[4], vec![progress(4, 4_990, true)]);
-        assert_eq!(plan(1, &caught_up, &members), Some(Step::Change(change(ConfChangeType::AddNode, 4))));
+        assert_eq!(
+            plan(1, &caught_up, &members, &every(&members)),
+            Some(Step::Change(change(ConfChangeType::AddNode, 4)))
+        );
         // A quiet group: the learner has its snapshot, which is the whole
         // log, and raft-rs probes it until the next entry.
         let quiet = led(&[1, 2, 3], &[4], vec![progress(4, 5_000, false)]);
-        assert_eq!(plan(1, &quiet, &members), Some(Step::Change(change(ConfChangeType::AddNode, 4))));
+        assert_eq!(
+            plan(1, &quiet, &members, &every(&members)),
+            Some(Step::Change(change(ConfChangeType::AddNode, 4)))
+        );
     }
 
     #[test]
     fn a_removed_member_leaves_and_a_removed_leader_hands_over_first() {
         let members = table(&[(1, Active), (2, Removed), (3, Active)]);
         let group = led(&[1, 2, 3], &[], vec![progress(2, 5_000, true), progress(3, 4_000, true)]);
-        assert_eq!(plan(1, &group, &members), Some(Step::Change(change(ConfChangeType::RemoveNode, 2))));
+        assert_eq!(
+            plan(1, &group, &members, &every(&members)),
+            Some(Step::Change(change(ConfChangeType::RemoveNode, 2)))
+        );
         let members = table(&[(1, Removed), (2, Active), (3, Active)]);
         let group = led(&[1, 2, 3], &[], vec![progress(2, 4_000, true), progress(3, 4_900, true)]);
-        assert_eq!(plan(1, &group, &members), Some(Step::HandOver(3)), "to the voter furthest along");
+        assert_eq!(
+            plan(1, &group, &members, &every(&members)),
+            Some(Step::HandOver(3)),
+            "to the voter furthest along"
+        );
     }
 
     #[test]
@@ -269,15 +453,16 @@ mod tests {
         let members = table(&[(1, Active), (2, Active), (3, Active), (4, Active)]);
         let mut group = led(&[1, 2, 3], &[], vec![]);
         group.change_pending = true;
-        assert_eq!(plan(1, &group, &members), None);
+        assert_eq!(plan(1, &group, &members, &every(&members)), None);
         group.change_pending = false;
         group.leading = false;
-        assert_eq!(plan(1, &group, &members), None);
+        assert_eq!(plan(1, &group, &members, &every(&members)), None);
         let in_sync = led(&[1, 2, 3, 4], &[], vec![]);
-        assert_eq!(plan(1, &in_sync, &members), None);
+        assert_eq!(plan(1, &in_sync, &members, &every(&members)), None);
         // Founders the table does not list stay.
+        let three = table(&[(1, Active), (2, Active), (3, Active)]);
         let unlisted = led(&[1, 2, 3, 9], &[], vec![]);
-        assert_eq!(plan(1, &unlisted, &table(&[(1, Active), (2, Active), (3, Active)])), None);
+        assert_eq!(plan(1, &unlisted, &three, &every(&three)), None);
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! A profile lives on the shard chosen by a hash of its id, for its whole
 //! life (a merge moves the absorbed profile's data to the survivor's
 //! shard). Raft group 1 is the catalog; shard `s` is group `s + 2`.
+//! Which nodes hold each group's replicas is the [`Placement`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::shard::ProfileId;
 
@@ -20,6 +25,196 @@ pub fn shard_of(profile: ProfileId, shards: u32) -> u32 {
     ((profile.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % shards.max(1) as u64) as u32
 }
 
+/// The replication factor of a cluster whose founders set none: three
+/// voters per group, or every node when there are fewer.
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+
+/// Where every group's replicas should be: the wanted voters of the
+/// catalog and of each shard group, kept in the catalog (replicated, in
+/// its snapshot) and changed only by its log, so that every node reads
+/// the same placement at the same index. Each group's leader brings the
+/// group's configuration to it ([`crate::cluster::membership::plan`]).
+///
+/// The catalog's other active members follow its log as learners (they
+/// need the member table, the schema and the saved segments to compile a
+/// query); a shard group has no replica outside its wanted voters.
+///
+/// The rules, all deterministic (ties go to the lower node id):
+/// - a group short of the factor (a young cluster, or a node removed)
+///   takes the active node with the fewest replicas that it lacks;
+/// - a removed node is replaced in every group that had it;
+/// - a new node takes no replica until a group is short or an operator
+///   asks for a rebalance or a move;
+/// - a rebalance moves one replica at a time from the node with the most
+///   to the node with the fewest, until no two nodes differ by more than
+///   one (the catalog counts as a group like the shards).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Voters per group; 0 until the cluster's first leader sets it
+    /// (then [`DEFAULT_REPLICATION_FACTOR`] is used).
+    pub replication_factor: u32,
+    /// Wanted voters by group id, in the order they were placed.
+    pub groups: BTreeMap<u64, Vec<u64>>,
+}
+
+/// One replica moved by [`Placement::rebalance`] or asked for by an
+/// operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMove {
+    /// The group.
+    pub group: u64,
+    /// The node that gives its replica up.
+    pub from: u64,
+    /// The node that takes it.
+    pub to: u64,
+}
+
+impl Placement {
+    /// The replication factor in force.
+    pub fn factor(&self) -> usize {
+        match self.replication_factor {
+            0 => DEFAULT_REPLICATION_FACTOR as usize,
+            n => n as usize,
+        }
+    }
+
+    /// The wanted voters of `group`; `None` when the placement has no
+    /// entry for it (a cluster formed before placement was recorded: then
+    /// every active member is wanted, as it was).
+    pub fn wanted(&self, group: u64) -> Option<&[u64]> {
+        self.groups.get(&group).map(Vec::as_slice)
+    }
+
+    /// Replicas wanted on each of `active` (0 for a node with none).
+    pub fn load(&self, active: &[u64]) -> BTreeMap<u64, usize> {
+        let mut load: BTreeMap<u64, usize> = active.iter().map(|&id| (id, 0)).collect();
+        for voters in self.groups.values() {
+            for id in voters {
+                if let Some(n) = load.get_mut(id) {
+                    *n += 1;
+                }
+            }
+        }
+        load
+    }
+
+    /// Brings every one of `groups` to the factor with `active` nodes:
+    /// a group short of it takes the least loaded nodes it lacks, one with
+    /// too many gives up its most loaded. Nodes not in `active` are
+    /// dropped first.
+    pub fn fill(&mut self, active: &[u64], groups: &[u64]) {
+        let want = self.factor().min(active.len());
+        for &group in groups {
+            let mut voters = self.groups.get(&group).cloned().unwrap_or_default();
+            voters.retain(|id| active.contains(id));
+            self.groups.insert(group, voters);
+        }
+        for &group in groups {
+            loop {
+                let voters = &self.groups[&group];
+                if voters.len() == want {
+                    break;
+                }
+                let load = self.load(active);
+                if voters.len() < want {
+                    let Some(to) = least_loaded(&load, |id| !voters.contains(&id)) else { break };
+                    if let Some(v) = self.groups.get_mut(&group) {
+                        v.push(to);
+                    }
+                } else {
+                    let Some(from) = most_loaded(&load, |id| voters.contains(&id)) else { break };
+                    if let Some(v) = self.groups.get_mut(&group) {
+                        v.retain(|&id| id != from);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves `group`'s replica from `from` to `to`, in place (so that the
+    /// group keeps its order); `Err` says why it cannot.
+    pub fn move_replica(&mut self, mv: ReplicaMove, active: &[u64]) -> Result<(), String> {
+        let ReplicaMove { group, from, to } = mv;
+        let voters = self.groups.get_mut(&group).ok_or_else(|| format!("group {group} is not placed"))?;
+        if !active.contains(&to) {
+            return Err(format!("node {to} is not an active member of the cluster"));
+        }
+        if voters.contains(&to) {
+            return Err(format!("group {group} already has a replica on node {to}"));
+        }
+        let at = voters
+            .iter()
+            .position(|&id| id == from)
+            .ok_or_else(|| format!("group {group} has no replica on node {from} (it has {voters:?})"))?;
+        voters[at] = to;
+        Ok(())
+    }
+
+    /// Fills every group, then moves replicas from the most loaded active
+    /// node to the least loaded until no two differ by more than one;
+    /// returns the moves, in order.
+    pub fn rebalance(&mut self, active: &[u64], groups: &[u64]) -> Vec<ReplicaMove> {
+        self.fill(active, groups);
+        let mut moves = Vec::new();
+        loop {
+            let load = self.load(active);
+            let (Some(from), Some(to)) = (most_loaded(&load, |_| true), least_loaded(&load, |_| true)) else {
+                break;
+            };
+            if load[&from] <= load[&to] + 1 {
+                break;
+            }
+            let Some(&group) = groups.iter().find(|g| {
+                let voters = &self.groups[*g];
+                voters.contains(&from) && !voters.contains(&to)
+            }) else {
+                break;
+            };
+            let mv = ReplicaMove { group, from, to };
+            if self.move_replica(mv, active).is_err() {
+                break;
+            }
+            moves.push(mv);
+        }
+        moves
+    }
+}
+
+impl Placement {
+    /// The replicas that moved from this placement to `after`: for each
+    /// group, the nodes it lost paired with the nodes it gained.
+    pub fn moves_to(&self, after: &Placement) -> Vec<ReplicaMove> {
+        let mut moves = Vec::new();
+        for (&group, now) in &after.groups {
+            let before = self.groups.get(&group).cloned().unwrap_or_default();
+            let lost = before.iter().filter(|id| !now.contains(id));
+            let gained = now.iter().filter(|id| !before.contains(id));
+            for (&from, &to) in lost.zip(gained) {
+                moves.push(ReplicaMove { group, from, to });
+            }
+        }
+        moves
+    }
+}
+
+/// The node with the fewest replicas among those `eligible` takes (the
+/// lower id on a tie).
+fn least_loaded(load: &BTreeMap<u64, usize>, eligible: impl Fn(u64) -> bool) -> Option<u64> {
+    load.iter().filter(|(&id, _)| eligible(id)).min_by_key(|(&id, &n)| (n, id)).map(|(&id, _)| id)
+}
+
+/// The node with the most replicas among those `eligible` takes (the
+/// higher id on a tie).
+fn most_loaded(load: &BTreeMap<u64, usize>, eligible: impl Fn(u64) -> bool) -> Option<u64> {
+    load.iter().filter(|(&id, _)| eligible(id)).max_by_key(|(&id, &n)| (n, id)).map(|(&id, _)| id)
+}
+
+/// Every group of a cluster of `shards` shards: the catalog, then the
+/// shards in order.
+pub fn all_groups(shards: u32) -> Vec<u64> {
+    std::iter::once(CATALOG_GROUP).chain((0..shards).map(shard_group)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +227,90 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| (700..1300).contains(&n)), "{seen:?}");
         assert_eq!(shard_group(0), 2);
+    }
+
+    fn placed(groups: &[u64], active: &[u64], factor: u32) -> Placement {
+        let mut p = Placement { replication_factor: factor, ..Placement::default() };
+        p.fill(active, groups);
+        p
+    }
+
+    #[test]
+    fn a_young_cluster_places_every_group_on_the_factor_and_a_new_node_takes_nothing() {
+        let groups = all_groups(8);
+        let mut p = placed(&groups, &[1], 0);
+        assert!(p.groups.values().all(|v| v == &[1]), "one node: every group on it");
+        p.fill(&[1, 2], &groups);
+        p.fill(&[1, 2, 3], &groups);
+        assert!(p.groups.values().all(|v| v.len() == 3));
+        let before = p.clone();
+        p.fill(&[1, 2, 3, 4], &groups);
+        assert_eq!(p, before, "a fourth node waits for a rebalance or a move");
+        assert_eq!(p.load(&[1, 2, 3, 4])[&4], 0);
+    }
+
+    #[test]
+    fn a_rebalance_evens_the_load_with_the_fewest_moves_and_keeps_the_factor() {
+        let groups = all_groups(8);
+        let mut p = placed(&groups, &[1, 2, 3], 3);
+        let active = [1, 2, 3, 4];
+        let moves = p.rebalance(&active, &groups);
+        let load = p.load(&active);
+        // 9 groups × 3 replicas over 4 nodes: 7, 7, 7, 6 (each move takes
+        // one from the fullest to the emptiest).
+        assert_eq!(load.values().sum::<usize>(), 27);
+        assert!(load.values().all(|&n| n == 6 || n == 7), "{load:?}");
+        assert_eq!(moves.len(), load[&4], "every move went to the new node: {moves:?}");
+        assert!(moves.iter().all(|m| m.to == 4));
+        assert!(p.groups.values().all(|v| v.len() == 3 && !has_duplicates(v)));
+        assert_eq!(p.rebalance(&active, &groups), vec![], "a balanced placement stays");
+    }
+
+    #[test]
+    fn a_removed_node_is_replaced_by_the_least_loaded_and_a_shrunk_cluster_keeps_what_it_can() {
+        let groups = all_groups(8);
+        let mut p = placed(&groups, &[1, 2, 3], 3);
+        p.rebalance(&[1, 2, 3, 4], &groups);
+        p.fill(&[1, 2, 4], &groups);
+        assert!(p.groups.values().all(|v| v.len() == 3 && !v.contains(&3)), "{p:?}");
+        p.fill(&[1, 4], &groups);
+        assert!(p.groups.values().all(|v| v.len() == 2 && !v.contains(&2)), "{p:?}");
+    }
+
+    #[test]
+    fn a_move_is_checked_and_keeps_the_groups_order() {
+        let groups = all_groups(2);
+        let mut p = placed(&groups, &[1, 2, 3, 4], 3);
+        let g = shard_group(1);
+        let had = p.groups[&g].clone();
+        let absent = *[1, 2, 3, 4].iter().find(|id| !had.contains(id)).unwrap();
+        let active = [1, 2, 3, 4];
+        let err = |mv| p.clone().move_replica(mv, &active).unwrap_err();
+        assert!(err(ReplicaMove { group: 99, from: had[0], to: absent }).contains("not placed"));
+        assert!(err(ReplicaMove { group: g, from: absent, to: had[0] }).contains("already has a replica"));
+        assert!(err(ReplicaMove { group: g, from: had[0], to: 7 }).contains("not an active member"));
+        let other = *[1, 2, 3, 4].iter().find(|id| !had.contains(id) && **id != absent).unwrap_or(&9);
+        if other != 9 {
+            assert!(err(ReplicaMove { group: g, from: other, to: absent }).contains("has no replica"));
+        }
+        p.move_replica(ReplicaMove { group: g, from: had[1], to: absent }, &active).unwrap();
+        assert_eq!(p.groups[&g], vec![had[0], absent, had[2]]);
+    }
+
+    #[test]
+    fn a_lower_factor_shrinks_groups_from_their_most_loaded_nodes() {
+        let groups = all_groups(4);
+        let mut p = placed(&groups, &[1, 2, 3], 3);
+        p.replication_factor = 1;
+        p.fill(&[1, 2, 3], &groups);
+        let load = p.load(&[1, 2, 3]);
+        assert!(p.groups.values().all(|v| v.len() == 1));
+        assert!(load.values().all(|&n| n <= 2), "{load:?}");
+    }
+
+    fn has_duplicates(v: &[u64]) -> bool {
+        let mut s = v.to_vec();
+        s.sort_unstable();
+        s.windows(2).any(|w| w[0] == w[1])
     }
 }

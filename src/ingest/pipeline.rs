@@ -52,7 +52,7 @@ use crate::replication::shard_machine::{
     CommandSource, ProposedCommands, ShardApplied, ShardMachine, ShardProposal, Tag,
 };
 use crate::replication::ReplicationError;
-use crate::shard::Command;
+use crate::shard::{Command, ProfileId, ProfileImage};
 
 /// Messages gathered into one catalog entry at most.
 pub const MAX_ENTRY_MESSAGES: usize = 20_000;
@@ -94,7 +94,13 @@ impl Pipeline {
         let node_id = driver.node_id();
         let leader_of = driver.clone();
         let leads: Leads = Arc::new(move || leader_of.leader_of(CATALOG_GROUP) == Some(node_id));
-        let log = Arc::new(RoutedLog { driver: driver.clone(), forwarder });
+        let log = Arc::new(RoutedLog {
+            driver: driver.clone(),
+            forwarder: forwarder.clone(),
+            catalog: catalog.clone(),
+            shards: shards.clone(),
+            hints: Arc::default(),
+        });
         let stepper = Stepper { log, catalog: catalog.clone(), shards, ready, board, leads };
         // Recovery: the steps the replay regenerated, driven before serving
         // when this node leads the catalog (a single node does at once).
@@ -111,6 +117,9 @@ impl Pipeline {
             stepper.drain().await?;
         }
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
+        if forwarder.is_some() {
+            tokio::spawn(record_stepped(driver.clone(), stepper.board.clone(), stepper.leads.clone()));
+        }
         tokio::spawn(sequence(driver, jobs_rx, stepper.board.clone()));
         tokio::spawn(stepper.run());
         Ok(Pipeline { jobs: jobs_tx })
@@ -198,6 +207,32 @@ async fn sequence(driver: Arc<Driver>, mut jobs: mpsc::Receiver<Job>, board: Arc
     }
 }
 
+/// How often the catalog's leader records how far it has stepped.
+const STEPPED_INTERVAL: Duration = Duration::from_secs(1);
+
+/// On the catalog's leader of a cluster: records in the catalog's log,
+/// once a second when it moved, the highest entry whose steps are all
+/// committed ([`CatalogCommand::Stepped`]), so that every replica drops
+/// those entries from its outbox, including a node that holds no replica
+/// of some of their shards and so cannot tell from its own.
+async fn record_stepped(driver: Arc<Driver>, board: Arc<ReplyBoard>, leads: Leads) {
+    let mut recorded = 0;
+    loop {
+        tokio::time::sleep(STEPPED_INTERVAL).await;
+        if Arc::strong_count(&board) == 1 {
+            return;
+        }
+        let done = board.board.lock().done;
+        if !leads() || done <= recorded {
+            continue;
+        }
+        match driver.propose(CATALOG_GROUP, CatalogCommand::Stepped(done).encode()).await {
+            Ok(_) => recorded = done,
+            Err(e) => tracing::debug!(error = %e, "the stepped index is not recorded yet"),
+        }
+    }
+}
+
 /// Replies to ingest calls whose entries are applied, waiting for the
 /// entries' steps to be committed. Each entry holds one of the sequencer's
 /// slots until it is answered.
@@ -282,11 +317,15 @@ type Committed = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send>>;
 trait ShardLog: Send + Sync {
     fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer;
 
-    /// Resolves once this node's replica of `group` has applied what the
-    /// group had committed when called (at once when this node leads it:
-    /// its proposals are answered once applied here).
-    fn caught_up(&self, group: u64) -> Pin<Box<dyn Future<Output = Result<(), ReplicationError>> + Send>>;
+    /// The image of `profile` on `shard` after every write committed to
+    /// the shard before the call (a merge's export): read from this
+    /// node's replica once it has caught up, or from a node that holds one
+    /// after its ReadIndex. `None` when the shard does not hold it.
+    fn export(&self, shard: u32, profile: ProfileId) -> Exported;
 }
+
+/// The answer to [`ShardLog::export`].
+type Exported = Pin<Box<dyn Future<Output = Result<Option<ProfileImage>, ReplicationError>> + Send>>;
 
 /// The answer to one proposal: what applying it returned.
 type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ReplicationError>> + Send>>;
@@ -294,29 +333,125 @@ type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ReplicationError>>
 /// The shard log of a node: proposals to the groups it leads go to its
 /// driver; proposals to a group led by another node go to that node's
 /// Forward service (no parsed commands travel: the leader decodes the
-/// entry).
+/// entry). For a group this node holds no replica of (the placement puts
+/// it elsewhere), the leader is not known here: the proposal goes to the
+/// node that last took one, else to each of the group's wanted replicas
+/// in turn until one leads it (the others refuse before appending).
 struct RoutedLog {
     driver: Arc<Driver>,
     forwarder: Option<Arc<Forwarder>>,
+    catalog: Arc<CatalogMachine>,
+    shards: Arc<Vec<Arc<ShardMachine>>>,
+    /// The node that last took a proposal of a group not held here.
+    hints: Arc<Mutex<BTreeMap<u64, u64>>>,
+}
+
+impl RoutedLog {
+    /// The nodes to try for a group this node holds no replica of: the
+    /// last one that took a proposal, then the placement's.
+    fn candidates(&self, group: u64) -> Vec<u64> {
+        let me = self.driver.node_id();
+        let mut nodes: Vec<u64> = self.hints.lock().get(&group).copied().into_iter().collect();
+        let state = self.catalog.state.read();
+        match state.placement.wanted(group) {
+            Some(wanted) => nodes.extend(wanted),
+            None => nodes.extend(state.active_members()),
+        }
+        drop(state);
+        let mut seen = Vec::new();
+        nodes.retain(|&n| {
+            n != me && !seen.contains(&n) && {
+                seen.push(n);
+                true
+            }
+        });
+        nodes
+    }
 }
 
 impl ShardLog for RoutedLog {
     fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer {
         let me = self.driver.node_id();
-        if let (Some(forwarder), Some(leader)) =
-            (&self.forwarder, self.driver.leader_of(group).filter(|&l| l != me))
-        {
-            let forwarder = forwarder.clone();
+        let Some(forwarder) = self.forwarder.clone() else {
+            return Box::pin(self.driver.propose_with(group, data, local));
+        };
+        if let Some(leader) = self.driver.leader_of(group).filter(|&l| l != me) {
             return Box::pin(async move {
                 let (skipped, gap) = forwarder.propose(leader, group, data).await?;
                 Ok(Box::new(ShardApplied { skipped, gap, ..Default::default() }) as ApplyResult)
             });
         }
-        Box::pin(self.driver.propose_with(group, data, local))
+        if self.driver.holds(group) {
+            return Box::pin(self.driver.propose_with(group, data, local));
+        }
+        let candidates = self.candidates(group);
+        let hints = self.hints.clone();
+        Box::pin(async move {
+            let mut last = ReplicationError::NoReplica {
+                group,
+                name: format!("shard {}", group - 2),
+                node: me,
+                replicas: vec![],
+            };
+            for node in candidates {
+                match forwarder.propose(node, group, data.clone()).await {
+                    Ok((skipped, gap)) => {
+                        hints.lock().insert(group, node);
+                        return Ok(
+                            Box::new(ShardApplied { skipped, gap, ..Default::default() }) as ApplyResult
+                        );
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            hints.lock().remove(&group);
+            Err(last)
+        })
     }
 
-    fn caught_up(&self, group: u64) -> Pin<Box<dyn Future<Output = Result<(), ReplicationError>> + Send>> {
-        caught_up(self.driver.clone(), group)
+    fn export(&self, shard: u32, profile: ProfileId) -> Exported {
+        let group = shard_group(shard);
+        let local = self.shards.get(shard as usize).cloned();
+        let Some(forwarder) = self.forwarder.clone().filter(|_| !self.driver.holds(group)) else {
+            // This node's replica, once it has applied every step its
+            // leader committed (it may be another node).
+            let caught_up = caught_up(self.driver.clone(), group);
+            return Box::pin(async move {
+                caught_up.await?;
+                Ok(local.and_then(|m| m.read_state().shard.read_profile(profile)))
+            });
+        };
+        let candidates = self.candidates(group);
+        Box::pin(async move {
+            let request = crate::query::remote::ReadRequest::compiled(
+                crate::query::remote::ShardQuery::Export { profile },
+                &[],
+                0,
+            );
+            let request = crate::query::remote::ReadRequest { shards: vec![shard], ..request };
+            let mut failures = Vec::new();
+            for node in candidates {
+                let read = forwarder.read(node, request.encode(), None).await;
+                match read.and_then(|bytes| crate::query::remote::ReadReply::decode(&bytes)) {
+                    Ok(reply) => match reply.answers.into_iter().next() {
+                        Some((_, crate::query::remote::ShardAnswer::Image(image))) => {
+                            return Ok(image.map(|b| *b))
+                        }
+                        other => failures.push(format!("node {node}: answered {other:?}")),
+                    },
+                    Err(e) => failures.push(format!("node {node}: {e}")),
+                }
+            }
+            Err(ReplicationError::Remote {
+                group,
+                leader: 0,
+                code: tonic::Code::Unavailable as i32,
+                message: format!(
+                    "no replica of shard {shard} exported profile {profile}: {}",
+                    failures.join("; ")
+                ),
+            })
+        })
     }
 }
 
@@ -369,7 +504,10 @@ impl Stepper {
                 // node's shards have applied them (its report is what the
                 // catalog computed here, as everywhere), or after the
                 // same patience as on the leader.
-                if let Some(index) = self.pop_applied() {
+                let stepped = self.catalog.stepped.load(std::sync::atomic::Ordering::Acquire);
+                if let Some(index) =
+                    self.pop_applied().into_iter().chain((stepped > 0).then_some(stepped)).max()
+                {
                     self.board.done(index);
                 }
                 self.board.give_up(
@@ -432,12 +570,19 @@ impl Stepper {
         let mut chain: Vec<Tag> = self.shards.iter().map(|s| s.watermark()).collect();
         // Entries at the outbox's front whose writes are proposed.
         let mut in_flight: VecDeque<(u64, Committed)> = VecDeque::new();
+        // The index of the last entry taken (entries are found by index:
+        // a `Stepped` entry the old leader wrote may pop the front while
+        // this runs).
+        let mut taken = 0;
         loop {
             while in_flight.len() < IN_FLIGHT_ENTRIES {
-                let Some(entry) = self.catalog.outbox.lock().get(in_flight.len()).cloned() else { break };
+                let next = self.catalog.outbox.lock().iter().find(|e| e.index > taken).cloned();
+                let Some(entry) = next else { break };
                 if !entry.steps.iter().any(|s| matches!(s, Step::Move { .. })) {
+                    taken = entry.index;
                     in_flight.push_back((entry.index, self.propose_writes(&entry.steps, &mut chain)));
                 } else if in_flight.is_empty() {
+                    taken = entry.index;
                     self.drive_in_order(&entry, &mut chain).await?;
                     self.finish(entry.index);
                 } else {
@@ -465,17 +610,16 @@ impl Stepper {
         }
     }
 
-    /// Entry `index`, the outbox's front, is committed.
+    /// Entry `index`, the outbox's front, is committed (it and anything
+    /// before it leave the outbox).
     fn finish(&self, index: u64) {
-        let popped = self.catalog.outbox.lock().pop_front();
-        debug_assert_eq!(
-            popped.as_ref().map(|o| o.index),
-            Some(index),
-            "the stepper finished an entry out of order"
-        );
-        if let Some(done) = popped {
-            self.catalog.retire(done.steps);
+        let mut outbox = self.catalog.outbox.lock();
+        while outbox.front().is_some_and(|o| o.index <= index) {
+            if let Some(done) = outbox.pop_front() {
+                self.catalog.retire(done.steps);
+            }
         }
+        drop(outbox);
         self.board.done(index);
     }
 
@@ -512,11 +656,10 @@ impl Stepper {
                 }
                 Step::Move { import_tag, remove_tag, from, from_shard, into, into_shard } => {
                     let image = if *import_tag > chain[*into_shard as usize] {
-                        // The absorbed profile is read from this node's
-                        // replica of its shard, once that has applied every
-                        // step its leader committed (it may be another node).
-                        self.log.caught_up(shard_group(*from_shard)).await?;
-                        self.shards[*from_shard as usize].read_state().shard.read_profile(*from)
+                        // The absorbed profile as its shard holds it after
+                        // every earlier step (nothing else writes to it
+                        // meanwhile: the stepper waits for this merge).
+                        self.log.export(*from_shard, *from).await?
                     } else {
                         None
                     };
@@ -610,6 +753,7 @@ mod tests {
     /// reaches the log (as a leader change may drop it).
     struct Losing {
         driver: Arc<Driver>,
+        shards: Arc<Vec<Arc<ShardMachine>>>,
         lose: Mutex<Option<u64>>,
     }
 
@@ -627,11 +771,9 @@ mod tests {
             Box::pin(self.driver.propose_with(group, data, local))
         }
 
-        fn caught_up(
-            &self,
-            group: u64,
-        ) -> Pin<Box<dyn Future<Output = Result<(), ReplicationError>> + Send>> {
-            caught_up(self.driver.clone(), group)
+        fn export(&self, shard: u32, profile: ProfileId) -> Exported {
+            let image = self.shards[shard as usize].read_state().shard.read_profile(profile);
+            Box::pin(async move { Ok(image) })
         }
     }
 
@@ -686,7 +828,11 @@ mod tests {
         };
 
         let stepper = Stepper {
-            log: Arc::new(Losing { driver: driver.clone(), lose: Mutex::new(Some(shard_group(0))) }),
+            log: Arc::new(Losing {
+                driver: driver.clone(),
+                shards: shards.clone(),
+                lose: Mutex::new(Some(shard_group(0))),
+            }),
             leads: Arc::new(|| true),
             catalog: catalog.clone(),
             shards: shards.clone(),

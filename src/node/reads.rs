@@ -77,13 +77,9 @@ impl Replicas for PeerReplicas {
                 .get(&id)
                 .is_none_or(|m| m.state == crate::cluster::membership::MemberState::Active)
         };
-        self.node
-            .driver
-            .status()
-            .into_iter()
-            .find(|g| g.id == group)
-            .map(|g| g.voters.into_iter().chain(g.learners).filter(|&n| n != me && active(n)).collect())
-            .unwrap_or_default()
+        let mut nodes = self.node.replicas_of(group);
+        nodes.retain(|&n| n != me && active(n));
+        nodes
     }
 
     fn read(
@@ -141,7 +137,8 @@ impl Node {
         let now = self.freshness.now_ms();
         let (mut fresh, mut stale, mut met) = (Vec::new(), Vec::new(), 0);
         for shard in 0..self.config.shards {
-            match self.freshness.age_ms(shard_group(shard), now) {
+            let age = self.freshness.age_ms(shard_group(shard), now).filter(|_| self.holds_shard(shard));
+            match age {
                 Some(age) if age <= bound => {
                     fresh.push(shard);
                     met = met.max(age);
@@ -152,12 +149,37 @@ impl Node {
         (fresh, stale, met)
     }
 
+    /// Whether this node holds a replica of `shard` (always on a single
+    /// node).
+    pub(crate) fn holds_shard(&self, shard: u32) -> bool {
+        self.forwarder.is_none() || self.driver.holds(shard_group(shard))
+    }
+
+    /// The nodes that hold `group`, as this node knows: the group's
+    /// configuration here (current when this node is in it) and the
+    /// placement's wanted voters (every active member when it has no entry
+    /// for the group).
+    pub(crate) fn replicas_of(&self, group: u64) -> Vec<u64> {
+        let mut nodes = self.driver.replicas_of(group);
+        let state = self.catalog.state.read();
+        match state.placement.wanted(group) {
+            Some(wanted) => nodes.extend(wanted),
+            None => nodes.extend(state.active_members()),
+        }
+        drop(state);
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
     /// Asks the leaders of `shards` to confirm this node's replicas
     /// (ReadIndex); each future resolves once confirmed, and records it.
+    /// Shards this node holds no replica of are left out.
     fn ask_confirmations(self: &Arc<Self>, shards: &[u32]) -> Vec<Confirmation> {
         let now = self.freshness.now_ms();
         shards
             .iter()
+            .filter(|&&shard| self.holds_shard(shard))
             .map(|&shard| {
                 let barrier = self.driver.read_barrier(shard_group(shard));
                 let node = Arc::downgrade(self);
@@ -250,6 +272,9 @@ impl Node {
             .into_iter()
             .filter(|(s, _)| !confirmed.contains(s))
             .map(|(s, elsewhere)| {
+                if !self.holds_shard(s) {
+                    return (s, format!("shard {s}: this node holds no replica of it; elsewhere: {elsewhere}"));
+                }
                 let here = failed.iter().find(|(f, _)| *f == s).map_or("not confirmed", |(_, why)| why.as_str());
                 let age = self
                     .freshness
@@ -502,7 +527,7 @@ impl Node {
                     .map(|(_, a)| a)
                     .ok_or_else(|| QueryError::Unavailable(format!("shard {shard} gave no answer")));
             }
-            match self.freshness.age_ms(shard_group(shard), now) {
+            match self.freshness.age_ms(shard_group(shard), now).filter(|_| self.holds_shard(shard)) {
                 Some(age) if age <= bound => {
                     met = met.max(age);
                     let mut answers =
@@ -548,6 +573,30 @@ impl Node {
                 self.config.shards
             ))
             .into());
+        }
+        if let Some(&absent) = request.shards.iter().find(|&&s| !self.holds_shard(s)) {
+            let group = shard_group(absent);
+            return Err(ReplicationError::NoReplica {
+                group,
+                name: format!("shard {absent}"),
+                node: self.config.node_id,
+                replicas: self.replicas_of(group),
+            }
+            .into());
+        }
+        if let ShardQuery::Export { .. } = request.query {
+            // After every write committed before the call: a fresh
+            // ReadIndex, never a recent confirmation.
+            for &shard in &request.shards {
+                self.driver.read_barrier(shard_group(shard)).await?;
+            }
+            let answers = self.planner.answer_local(
+                &request.shards,
+                &Arc::new(request.query),
+                &Arc::new(Vec::new()),
+                deadline,
+            )?;
+            return Ok(ReadReply { answers, staleness_ms: 0 }.encode());
         }
         let bound = self.bound_of(request.max_staleness_ms);
         let mut groups: Vec<u64> = request.shards.iter().map(|&s| shard_group(s)).collect();
@@ -611,21 +660,45 @@ impl Node {
         self.refuse_if_removed()?;
         let here = self.read_barrier(address);
         tokio::pin!(here);
+        // Set when this node holds no replica of the person's shard: then
+        // only another node can answer.
+        let mut not_here = None;
         tokio::select! {
-            passed = &mut here => return passed.map(|()| None).map_err(Into::into),
+            passed = &mut here => match passed {
+                Err(e @ ReplicationError::NoReplica { .. }) => not_here = Some(e),
+                passed => return passed.map(|()| None).map_err(Into::into),
+            },
             _ = tokio::time::sleep(LOCAL_FIRST) => {}
         }
         let mut members = self.other_members();
         if members.is_empty() {
-            return here.await.map(|()| None).map_err(Into::into);
+            return match not_here {
+                Some(e) => Err(e.into()),
+                None => here.await.map(|()| None).map_err(Into::into),
+            };
         }
         self.latencies.order(&mut members);
+        // The nodes that hold the person's shard first (the others fail
+        // at once, and the hedge moves on).
+        if let Ok((_, shard)) = self.planner.locate(address) {
+            let holders = self.replicas_of(shard_group(shard));
+            members.sort_by_key(|n| !holders.contains(n));
+        }
         let replicas = PeerReplicas { node: self.clone() };
         let request = ReadRequest::compiled(query, &[], 0);
         let elsewhere = crate::query::remote::hedged(&members, &self.latencies, |node| {
             replicas.read(node, request.clone(), deadline)
         });
         tokio::pin!(elsewhere);
+        if let Some(e) = not_here {
+            return match elsewhere.await {
+                Ok((_, reply)) => Ok(reply.answers.into_iter().next().map(|(_, a)| a)),
+                Err(failures) => {
+                    tracing::debug!(?failures, "no other member answered a person's read");
+                    Err(e.into())
+                }
+            };
+        }
         tokio::select! {
             passed = &mut here => match passed {
                 Ok(()) => Ok(None),

@@ -75,6 +75,13 @@ pub enum ShardQuery {
         /// The time its saved segments are evaluated at.
         now_ms: i64,
     },
+    /// For the ingest pipeline's cross-shard merge: everything the one
+    /// shard asked holds of a profile, after a fresh ReadIndex of that
+    /// shard there (every write the pipeline committed before is in it).
+    Export {
+        /// The profile.
+        profile: crate::shard::ProfileId,
+    },
 }
 
 /// What one shard answers.
@@ -106,6 +113,9 @@ pub enum ShardAnswer {
     },
     /// [`ShardQuery::Profile`].
     Profile(Box<super::ProfileView>),
+    /// [`ShardQuery::Export`]: the profile's image (`None`: not on the
+    /// shard).
+    Image(Option<Box<crate::shard::ProfileImage>>),
     /// A person's read the node asked answered with the caller's error (a
     /// bad expression, an unknown profile): what the caller answers too,
     /// rather than a reason to ask another node.
@@ -134,6 +144,7 @@ pub fn answer(shard: &Shard, query: &ShardQuery, conds: &[Cond]) -> ShardAnswer 
             let rows = rows.into_iter().take(limit).map(|r| (r, super::member(shard, r, traits))).collect();
             ShardAnswer::Members { rows, more }
         }
+        ShardQuery::Export { profile } => ShardAnswer::Image(shard.read_profile(*profile).map(Box::new)),
         ShardQuery::Check { .. } | ShardQuery::Profile { .. } => ShardAnswer::Refused {
             not_found: false,
             message: "a person's read is answered by the planner, not by one shard".into(),

@@ -942,6 +942,27 @@ impl Driver {
             .filter(|&id| id != raft::INVALID_ID)
     }
 
+    /// Whether this node is a voter or a learner of `group`, as of the
+    /// last loop turn (a node the placement puts elsewhere has the group
+    /// open but empty, with no configuration).
+    pub fn holds(&self, group: u64) -> bool {
+        self.status
+            .read()
+            .iter()
+            .find(|g| g.id == group)
+            .is_some_and(|g| g.voters.contains(&self.node_id) || g.learners.contains(&self.node_id))
+    }
+
+    /// The voters and learners of `group` as this node has them.
+    pub fn replicas_of(&self, group: u64) -> Vec<u64> {
+        self.status
+            .read()
+            .iter()
+            .find(|g| g.id == group)
+            .map(|g| g.voters.iter().chain(&g.learners).copied().collect())
+            .unwrap_or_default()
+    }
+
     /// This node's Raft id.
     pub fn node_id(&self) -> u64 {
         self.node_id

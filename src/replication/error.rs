@@ -269,6 +269,21 @@ pub enum ReplicationError {
         /// This node.
         node: u64,
     },
+    /// This node holds no replica of the group (the placement puts it on
+    /// other nodes): a read of it here must go to one of them.
+    #[error(
+        "node {node} holds no replica of group {group} ({name}); its replicas are on nodes {replicas:?}"
+    )]
+    NoReplica {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// This node.
+        node: u64,
+        /// The nodes that hold it, as this node knows.
+        replicas: Vec<u64>,
+    },
 }
 
 impl From<StorageError> for ReplicationError {
@@ -295,7 +310,8 @@ impl ReplicationError {
             | ReplicationError::ApplierStopped { group, .. }
             | ReplicationError::ReadBehind { group, .. }
             | ReplicationError::TooStale { group, .. }
-            | ReplicationError::Remote { group, .. } => Some(*group),
+            | ReplicationError::Remote { group, .. }
+            | ReplicationError::NoReplica { group, .. } => Some(*group),
             ReplicationError::WritesStopped { cause } => cause.group(),
             ReplicationError::ShuttingDown
             | ReplicationError::Removed { .. }

@@ -250,6 +250,8 @@ pub const GRPC_METHODS: &[(&str, Role)] = &[
     ("/cohort.v1.Admin/ListRejected", Role::Admin),
     ("/cohort.v1.Admin/ListMerges", Role::Admin),
     ("/cohort.v1.Admin/SetMember", Role::Admin),
+    ("/cohort.v1.Admin/MoveReplica", Role::Admin),
+    ("/cohort.v1.Admin/Rebalance", Role::Admin),
 ];
 
 /// The services that need no key: health checks and reflection.

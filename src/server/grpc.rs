@@ -23,6 +23,7 @@ use super::status::{status, ServerError};
 use super::tls::TlsIdentity;
 use crate::cluster::catalog::parse_now;
 use crate::cluster::membership::{Member, MemberState};
+use crate::cluster::placement::{Placement, ReplicaMove};
 use crate::ingest::{IngestReport, RejectionRecord, Source};
 use crate::model::{format_rfc3339_ms, Value};
 use crate::node::{now_ms, Node, Role};
@@ -579,6 +580,57 @@ impl pb::admin_server::Admin for Services {
             members: self.node.members().iter().map(member_node).collect(),
         }))
     }
+
+    async fn move_replica(
+        &self,
+        request: Request<pb::MoveReplicaRequest>,
+    ) -> Result<Response<pb::PlacementReply>, Status> {
+        let r = request.into_inner();
+        self.refuse_alone()?;
+        self.node
+            .move_replica(r.group_id, r.from_node, r.to_node)
+            .await
+            .map_err(|e| status(ServerError::from(e)))?;
+        let moved = ReplicaMove { group: r.group_id, from: r.from_node, to: r.to_node };
+        Ok(Response::new(placement_reply(&self.node.placement(), &[moved])))
+    }
+
+    async fn rebalance(
+        &self,
+        _request: Request<pb::RebalanceRequest>,
+    ) -> Result<Response<pb::PlacementReply>, Status> {
+        self.refuse_alone()?;
+        let before = self.node.placement();
+        self.node.rebalance().await.map_err(|e| status(ServerError::from(e)))?;
+        let after = self.node.placement();
+        Ok(Response::new(placement_reply(&after, &before.moves_to(&after))))
+    }
+}
+
+impl Services {
+    /// Refuses a cluster operation on a node that runs alone.
+    fn refuse_alone(&self) -> Result<(), Status> {
+        if self.node.is_clustered() {
+            return Ok(());
+        }
+        Err(status(ServerError::BadRequest(
+            "this node runs alone (no --peer, no --join): it has no placement to change".into(),
+        )))
+    }
+}
+
+fn placement_reply(placement: &Placement, moves: &[ReplicaMove]) -> pb::PlacementReply {
+    pb::PlacementReply {
+        moves: moves
+            .iter()
+            .map(|m| pb::ReplicaMove { group_id: m.group, from_node: m.from, to_node: m.to })
+            .collect(),
+        groups: placement
+            .groups
+            .iter()
+            .map(|(&group_id, voters)| pb::GroupPlacement { group_id, voters: voters.clone() })
+            .collect(),
+    }
 }
 
 fn sorted(ids: &[u64]) -> Vec<u64> {
@@ -615,6 +667,7 @@ fn member_node(m: &Member) -> pb::ClusterNode {
 fn node_status(node: &Node) -> pb::StatusReply {
     let groups = node.driver.status();
     let traffic = node.transport.traffic();
+    let placement = node.placement();
     let mut reply = pb::StatusReply {
         node_id: node.config.node_id,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -625,6 +678,7 @@ fn node_status(node: &Node) -> pb::StatusReply {
         raft_bytes_sent: traffic.bytes,
         raft_messages_dropped: traffic.dropped,
         snapshot_bytes_sent: traffic.snapshot_bytes,
+        replication_factor: if node.is_clustered() { placement.factor() as u32 } else { 0 },
         ..Default::default()
     };
     {
@@ -647,15 +701,22 @@ fn node_status(node: &Node) -> pb::StatusReply {
             snapshot_index: g.snapshot_index,
             voters: sorted(&g.voters),
             learners: sorted(&g.learners),
+            placed: placement.wanted(g.id).map(sorted).unwrap_or_default(),
             ..Default::default()
         };
+        let held = g.voters.contains(&node.config.node_id) || g.learners.contains(&node.config.node_id);
         if let Some(shard) = g.id.checked_sub(2).and_then(|s| node.shards.get(s as usize)) {
             let state = shard.read_state();
             let (traits, events) = state.shard.heap_bytes();
             out.rows = state.shard.len();
             out.memory_bytes = (traits + events) as u64;
-            reply.profiles += out.rows;
-            reply.events += state.shard.events.values().map(|t| t.total).sum::<u64>();
+            // What this node holds: a replica the placement moved away is
+            // not counted (its data is not reclaimed yet: it stays in
+            // memory and on disk, and counts in `memory_bytes`).
+            if held || !node.is_clustered() {
+                reply.profiles += out.rows;
+                reply.events += state.shard.events.values().map(|t| t.total).sum::<u64>();
+            }
             reply.memory_bytes += out.memory_bytes;
         } else {
             out.rows = node.catalog.state.read().directory.profiles();

@@ -84,6 +84,7 @@ pub fn code(e: &ServerError) -> Code {
             | ReplicationError::ReadBehind { .. }
             | ReplicationError::TooStale { .. }
             | ReplicationError::Removed { .. }
+            | ReplicationError::NoReplica { .. }
             | ReplicationError::WritesStopped { .. } => Code::Unavailable,
             ReplicationError::NoSuchGroup { .. }
             | ReplicationError::Storage(_)
