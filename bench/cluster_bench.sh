@@ -3,11 +3,13 @@
 # processes on loopback: durable ingest (single node, cluster with the
 # clients on every node, cluster with every client on the leader), bytes
 # between nodes per message, Count latency on the single node, the leader
-# and a follower, the join (`cohort serve --join`) and removal
-# (`Admin.SetMember`) of a fourth node under a Count and write load (time to
-# serve, to voter in every group, snapshot bytes, Count p50/p99/max steady
-# vs during the join vs during the removal, failed calls), and kill -9
-# failover rounds of the catalog's leader.
+# and a follower, the join (`cohort serve --join`: a learner of the
+# catalog), rebalance (`Admin.Rebalance`) and removal (`Admin.SetMember`) of
+# a fourth node under a Count and write load (time to serve, to the catalog
+# group, until every group is placed after the rebalance, replica moves,
+# groups the fourth node votes in, snapshot bytes, Count p50/p99/max steady
+# vs during the join vs during the rebalance vs during the removal, failed
+# calls), and kill -9 failover rounds of the catalog's leader.
 #
 #   bench/cluster_bench.sh                                   # the run of record → bench/RESULTS.md (about 5 minutes)
 #   bench/cluster_bench.sh --profiles 1000 --rounds 3        # a smoke test, no RESULTS.md (about 45 s)

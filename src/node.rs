@@ -524,8 +524,8 @@ impl Node {
         let _ = slot.set(Arc::downgrade(&driver));
         if cluster.clustered {
             match config.shard_leaders {
-                ShardLeaders::Catalog => start_leader_colocation(&driver, config.shards),
-                ShardLeaders::Spread => start_leader_spread(&driver, config.shards),
+                ShardLeaders::Catalog => start_leader_colocation(&driver, &catalog, config.shards),
+                ShardLeaders::Spread => start_leader_spread(&driver, &catalog, config.shards),
             }
         }
         let forwarder = cluster
@@ -1182,6 +1182,10 @@ fn start_membership(node: &Arc<Node>) {
                     None => {}
                     Some(membership::Step::Compact) => node.driver.compact_for_join(group),
                     Some(membership::Step::HandOver(to)) => {
+                        if group == CATALOG_GROUP && !node.pipeline.drained_for_hand_over() {
+                            // Every batch this node took is stepped first.
+                            continue;
+                        }
                         tracing::info!(
                             group,
                             to,
@@ -1219,8 +1223,9 @@ const COLOCATION_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// ingest stepper runs (`shard_leaders = "catalog"`): each node hands the
 /// shard groups it leads to the catalog's leader when that is another
 /// node. Until they move, the stepper proposes to them where they are.
-fn start_leader_colocation(driver: &Arc<Driver>, shards: u32) {
+fn start_leader_colocation(driver: &Arc<Driver>, catalog: &Arc<CatalogMachine>, shards: u32) {
     let weak = Arc::downgrade(driver);
+    let catalog = Arc::downgrade(catalog);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(COLOCATION_INTERVAL).await;
@@ -1231,12 +1236,17 @@ fn start_leader_colocation(driver: &Arc<Driver>, shards: u32) {
                 continue;
             }
             let status = driver.status();
+            let Some(placement) = catalog.upgrade().map(|c| c.state.read().placement.clone()) else { return };
             for s in 0..shards {
                 let group = shard_group(s);
-                // Only where the catalog's leader holds a replica: the
-                // other groups keep their leaders, and the stepper
-                // proposes to them over the Forward service.
-                let votes_there = status.iter().any(|g| g.id == group && g.voters.contains(&catalog_leader));
+                // Only where the catalog's leader holds a replica that
+                // stays (never back to a voter on its way out, which has
+                // just handed the group over): the other groups keep
+                // their leaders, and the stepper proposes to them over
+                // the Forward service.
+                let stays = placement.wanted(group).is_none_or(|w| w.contains(&catalog_leader));
+                let votes_there =
+                    stays && status.iter().any(|g| g.id == group && g.voters.contains(&catalog_leader));
                 if driver.leader_of(group) == Some(me) && votes_there {
                     driver.transfer_leader(group, catalog_leader);
                 }
@@ -1250,23 +1260,35 @@ fn start_leader_colocation(driver: &Arc<Driver>, shards: u32) {
 const SPREAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Spreads the shard groups' leaders over the nodes: shard `s` prefers
-/// the `s mod n`-th of its group's `n` voters (in id order), and a node that leads
+/// the `s mod n`-th of its group's `n` voters that the placement keeps (in id order), and a node that leads
 /// a shard group it is not preferred for hands it to the preferred node
 /// when that node is active (the driver transfers only to a voter that
 /// answered recently). The ingest stepper, on the catalog's leader,
 /// proposes to shard leaders on other nodes through their Forward service.
-fn start_leader_spread(driver: &Arc<Driver>, shards: u32) {
+fn start_leader_spread(driver: &Arc<Driver>, catalog: &Arc<CatalogMachine>, shards: u32) {
     let weak = Arc::downgrade(driver);
+    let catalog = Arc::downgrade(catalog);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(SPREAD_INTERVAL).await;
             let Some(driver) = weak.upgrade() else { return };
+            let Some(placement) = catalog.upgrade().map(|c| c.state.read().placement.clone()) else { return };
             let me = driver.node_id();
             let status = driver.status();
             for s in 0..shards {
                 let group = shard_group(s);
                 let Some(g) = status.iter().find(|g| g.id == group && !g.voters.is_empty()) else { continue };
-                let mut voters = g.voters.clone();
+                // Among the voters that stay (a voter on its way out has
+                // just handed the group over).
+                let mut voters: Vec<u64> = g
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|id| placement.wanted(group).is_none_or(|w| w.contains(id)))
+                    .collect();
+                if voters.is_empty() {
+                    continue;
+                }
                 voters.sort_unstable();
                 let preferred = voters[s as usize % voters.len()];
                 if preferred != me && driver.leader_of(group) == Some(me) {

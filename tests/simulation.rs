@@ -7,14 +7,19 @@
 //! drops, duplicates, delays and so reorders messages, cuts links and
 //! whole nodes off, while a seeded schedule crashes nodes (the driver
 //! stops with no snapshot and starts again from its directory), a fourth
-//! node joins through the membership plan (learner from a snapshot, then
-//! voter) and a node is removed. Writers propose unique values to the
+//! node joins the member table, the group's replica moves between nodes
+//! through the placement and the membership plan (a learner from a
+//! snapshot, then one joint configuration change that promotes it and
+//! removes the old voter), and a node is removed (its replica moves to
+//! the node without one). The group keeps 3 voters (the replication
+//! factor). Writers propose unique values to the
 //! leader (and sometimes to a follower); readers read a replica after a
 //! ReadIndex barrier. After healing, the history is checked:
 //!
 //! - every acknowledged value is applied exactly once, no value twice, and
 //!   no value refused as "not leader" at all;
-//! - every remaining replica holds the same list;
+//! - every replica the placement wants holds the same list, and the
+//!   group's voters are those replicas;
 //! - reads are linearizable: the list is the log, so each read must be a
 //!   prefix of the final list, hold every value acknowledged before it
 //!   started, and be no shorter than any read that ended before it
@@ -36,6 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cohort::cluster::membership::{plan, Member, MemberState, Members, Step, Wanted};
+use cohort::cluster::placement::{Placement, ReplicaMove};
 use cohort::replication::driver::{
     Driver, DriverConfig, GroupSpec, SnapshotPolicy, SnapshotReport, Transport,
 };
@@ -251,6 +257,8 @@ struct Sim {
     net: Arc<SimNet>,
     nodes: Mutex<BTreeMap<u64, SimNode>>,
     members: RwLock<Members>,
+    /// Where the group's 3 voters should be.
+    placement: RwLock<Placement>,
     outcomes: Mutex<HashMap<u64, Outcome>>,
     reads: Mutex<Vec<Read>>,
     log: Mutex<Vec<String>>,
@@ -267,6 +275,11 @@ impl Sim {
             net: SimNet::new(seed),
             nodes: Mutex::default(),
             members: RwLock::new((1..=3).map(|id| (id, member(id, MemberState::Active))).collect()),
+            placement: RwLock::new({
+                let mut p = Placement { replication_factor: 3, ..Placement::default() };
+                p.fill(&[1, 2, 3], &[GROUP]);
+                p
+            }),
             outcomes: Mutex::default(),
             reads: Mutex::default(),
             log: Mutex::default(),
@@ -344,6 +357,20 @@ impl Sim {
     fn active(&self) -> Vec<u64> {
         self.members.read().values().filter(|m| m.state == MemberState::Active).map(|m| m.id).collect()
     }
+
+    /// The group's wanted voters, in id order.
+    fn wanted(&self) -> Vec<u64> {
+        let mut wanted = self.placement.read().wanted(GROUP).map(<[u64]>::to_vec).unwrap_or_default();
+        wanted.sort_unstable();
+        wanted
+    }
+
+    /// Brings the placement to the member table (a removed node's replica
+    /// goes to a node without one).
+    fn place(&self) {
+        let active = self.active();
+        self.placement.write().fill(&active, &[GROUP]);
+    }
 }
 
 /// Proposes values until `stop`: mostly to the leader, sometimes to any
@@ -410,7 +437,8 @@ async fn reconciler(sim: Arc<Sim>, stop: Arc<AtomicBool>) {
         let Some(driver) = sim.driver(leader) else { continue };
         let Some(state) = driver.membership(GROUP).await else { continue };
         let members = sim.members.read().clone();
-        match plan(leader, &state, &members, &Wanted::of(None, &members, false)) {
+        let wanted = Wanted::of(sim.placement.read().wanted(GROUP), &members, false);
+        match plan(leader, &state, &members, &wanted) {
             Some(Step::Compact) => driver.compact_for_join(GROUP),
             Some(Step::Change(cc)) => {
                 let what = cohort::cluster::membership::describe(&cc);
@@ -433,7 +461,7 @@ async fn faults(sim: Arc<Sim>, steps: usize) {
     for step in 0..steps {
         tokio::time::sleep(Duration::from_millis(100 + rng.below(250))).await;
         let active = sim.active();
-        match rng.below(7) {
+        match rng.below(8) {
             0 | 1 => {
                 // Cut one node off both ways, or one link one way.
                 let a = active[rng.below(active.len() as u64) as usize];
@@ -468,6 +496,7 @@ async fn faults(sim: Arc<Sim>, steps: usize) {
             }
             5 if !joined => {
                 sim.members.write().insert(4, member(4, MemberState::Active));
+                sim.place();
                 sim.start(4, &[]);
                 joined = true;
                 sim.note(format!("{step}: node 4 joins"));
@@ -475,8 +504,23 @@ async fn faults(sim: Arc<Sim>, steps: usize) {
             6 if joined && !removed && crashed.is_none() => {
                 let a = active[rng.below(active.len() as u64) as usize];
                 sim.members.write().insert(a, member(a, MemberState::Removed));
+                sim.place();
                 removed = true;
-                sim.note(format!("{step}: node {a} removed"));
+                sim.note(format!("{step}: node {a} removed (voters to be {:?})", sim.wanted()));
+            }
+            7 => {
+                // A replica moves to a node without one, if there is one.
+                let wanted = sim.wanted();
+                let spare: Vec<u64> = active.iter().copied().filter(|id| !wanted.contains(id)).collect();
+                if !spare.is_empty() {
+                    let from = wanted[rng.below(wanted.len() as u64) as usize];
+                    let to = spare[rng.below(spare.len() as u64) as usize];
+                    let moved =
+                        sim.placement.write().move_replica(ReplicaMove { group: GROUP, from, to }, &active);
+                    if moved.is_ok() {
+                        sim.note(format!("{step}: replica moves from node {from} to node {to}"));
+                    }
+                }
             }
             _ => {}
         }
@@ -500,12 +544,12 @@ fn founders_of(a: u64) -> &'static [u64] {
     }
 }
 
-/// Waits until the members that are up hold one list and the group's
-/// configuration is the member table; returns the list.
+/// Waits until the wanted replicas hold one list and the group's
+/// configuration is the placement; returns the list.
 async fn settle(sim: &Sim) -> Vec<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let active = sim.active();
+        let active = sim.wanted();
         let lists: Vec<(u64, Vec<u64>)> = active
             .iter()
             .filter_map(|id| {

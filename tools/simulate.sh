@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the fault simulation (tests/simulation.rs) over many seeds, in a
 # release build: every seed crashes, cuts off, joins and removes nodes on
-# its own schedule over a network that drops, duplicates and reorders,
+# its own schedule (and moves the group's replicas between them) over a
+# network that drops, duplicates and reorders,
 # then checks the history (nothing acknowledged lost, nothing applied
 # twice, linearizable reads). A failure prints its seed; replay it with
 # COHORT_SIM_SEED=S cargo test --release --test simulation -- --nocapture

@@ -1493,4 +1493,59 @@ mod tests {
         assert_eq!(anonymous_cell(&ids[..2]), "a1, a2");
         assert_eq!(anonymous_cell(&ids), "a1, a2, a3 (+2)");
     }
+
+    fn view(
+        group: u64,
+        voters: &[u64],
+        learners: &[u64],
+        placed: &[u64],
+        leader: u64,
+    ) -> (u64, pb::GroupStatus) {
+        (
+            leader,
+            pb::GroupStatus {
+                group_id: group,
+                name: if group == 1 { "catalog".into() } else { format!("shard {}", group - 2) },
+                leader_id: leader,
+                term: 2,
+                voters: voters.to_vec(),
+                learners: learners.to_vec(),
+                placed: placed.to_vec(),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_group_is_placed_when_its_leaders_configuration_is_its_placement() {
+        let mut groups = GroupViews::default();
+        groups.insert(1, ("catalog".into(), vec![view(1, &[1, 2, 3], &[4], &[1, 2, 3], 1)]));
+        groups.insert(2, ("shard 0".into(), vec![view(2, &[1, 2, 3], &[], &[1, 2, 3], 2)]));
+        assert!(unplaced(&groups, &[1, 2, 3, 4]).is_empty());
+        // A move under way: the leader's view has the learner, and a node
+        // outside the group reports an empty configuration that does not
+        // count.
+        groups.insert(
+            3,
+            (
+                "shard 1".into(),
+                vec![view(3, &[1, 2, 3], &[4], &[1, 2, 4], 3), view(3, &[], &[], &[1, 2, 4], 0)],
+            ),
+        );
+        let pending = unplaced(&groups, &[1, 2, 3, 4]);
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert!(pending[0].starts_with("shard 1 has [1, 2, 3]+[4], wants [1, 2, 4]"), "{pending:?}");
+        // The catalog misses its learner.
+        groups.insert(1, ("catalog".into(), vec![view(1, &[1, 2, 3], &[], &[1, 2, 3], 1)]));
+        assert_eq!(unplaced(&groups, &[1, 2, 3, 4]).len(), 2);
+    }
+
+    #[test]
+    fn a_shard_is_named_by_number_catalog_or_group_id() {
+        assert_eq!(parse_group("catalog").unwrap(), 1);
+        assert_eq!(parse_group("0").unwrap(), 2);
+        assert_eq!(parse_group("group:5").unwrap(), 5);
+        let e = parse_group("shard-x").unwrap_err().to_string();
+        assert!(e.contains("is not a shard"), "{e}");
+    }
 }

@@ -75,7 +75,21 @@ struct Job {
 #[derive(Clone)]
 pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
+    board: Arc<ReplyBoard>,
+    catalog: Arc<CatalogMachine>,
+    /// Set while this node drains before handing the catalog over: when
+    /// the drain began, and when it was last asked for.
+    draining: Arc<Mutex<Option<(Instant, Instant)>>>,
 }
+
+/// Longest a catalog leader drains before it hands the catalog over
+/// anyway.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long after the last [`Pipeline::drained_for_hand_over`] new
+/// batches are still turned away (the hand-over is asked again every few
+/// hundred milliseconds while it is due).
+const DRAIN_HOLD: Duration = Duration::from_secs(2);
 
 impl Pipeline {
     /// Starts the pipeline; it first finishes the steps left by a crash.
@@ -121,8 +135,10 @@ impl Pipeline {
             tokio::spawn(record_stepped(driver.clone(), stepper.board.clone(), stepper.leads.clone()));
         }
         tokio::spawn(sequence(driver, jobs_rx, stepper.board.clone()));
+        let stepper_board = stepper.board.clone();
+        let catalog = stepper.catalog.clone();
         tokio::spawn(stepper.run());
-        Ok(Pipeline { jobs: jobs_tx })
+        Ok(Pipeline { jobs: jobs_tx, board: stepper_board, catalog, draining: Arc::default() })
     }
 
     /// Ingests messages (JSON text) and returns once they are durable.
@@ -134,6 +150,16 @@ impl Pipeline {
     ) -> Result<IngestReport, IngestError> {
         if messages.is_empty() {
             return Ok(IngestReport::default());
+        }
+        if self.draining.lock().is_some_and(|(_, last)| last.elapsed() < DRAIN_HOLD) {
+            // Turned away before anything is appended: the caller (or the
+            // node that forwarded it) sends it to the next leader.
+            return Err(IngestError::Replication(ReplicationError::NotLeader {
+                group: CATALOG_GROUP,
+                name: "catalog".into(),
+                leader: None,
+                leader_addr: None,
+            }));
         }
         // Parsing needs no state: it runs here, in parallel across the
         // doors' requests and off the async workers, rather than in the
@@ -150,6 +176,32 @@ impl Pipeline {
             .await
             .map_err(|_| IngestError::ShuttingDown)?;
         rx.await.map_err(|_| IngestError::ShuttingDown)?
+    }
+}
+
+impl Pipeline {
+    /// Before this node hands the catalog's leadership over (it leaves the
+    /// group): turns new batches away and reports whether every batch it
+    /// took is answered, its entry stepped. A former leader removed from
+    /// the catalog would otherwise never hear that the new leader stepped
+    /// the entries it had committed, and its callers would wait in vain.
+    /// True as well once the drain has lasted [`DRAIN_PATIENCE`].
+    pub fn drained_for_hand_over(&self) -> bool {
+        let since = {
+            let mut draining = self.draining.lock();
+            let now = Instant::now();
+            let since = match *draining {
+                Some((since, last)) if last.elapsed() < DRAIN_HOLD => since,
+                _ => now,
+            };
+            *draining = Some((since, now));
+            since
+        };
+        let idle = self.board.slots.available_permits() == IN_FLIGHT_ENTRIES
+            && self.jobs.capacity() == self.jobs.max_capacity()
+            && self.board.board.lock().waiting.is_empty()
+            && self.catalog.outbox.lock().is_empty();
+        idle || since.elapsed() >= DRAIN_PATIENCE
     }
 }
 

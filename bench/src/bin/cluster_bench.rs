@@ -26,23 +26,33 @@
 //!    runs), against the single node, the cluster's catalog leader and a
 //!    follower, once the nodes have fallen quiet after the ingest; every
 //!    target must give the same answers.
-//! 4. **Join and removal of a fourth node** on the cluster of (c), unless
-//!    `--no-join`. The same load in three windows: Counts of the latency
-//!    queries back to back on a follower of the catalog, and a light writer
-//!    (batches of `--failover-batch` identifies of new users, each batch
-//!    with its own `jn_batch` value, `--join-write-interval-ms` apart)
-//!    through the three members in turn. First `--join-secs` of steady
-//!    state; then node 4 is started with `--join` (through the other
-//!    follower's Raft address, an empty data directory), timed until its
-//!    gRPC door answers Status and until every member's Status has it as a
-//!    voter (not a learner) in every group, with the snapshot bytes sent
-//!    meanwhile; the load stops, every node must apply every group and
-//!    node 4 must count what the members count; last, with the load again,
-//!    `Admin.SetMember { remove: true }` of node 4, timed until no group in
-//!    any member's Status holds it, then kill -9 of node 4 and one more
-//!    second of load. Count latency, failed Counts and failed writes are
-//!    reported per window; every acknowledged batch must be counted
-//!    exactly on every node at the end.
+//! 4. **Join, rebalance and removal of a fourth node** on the cluster of
+//!    (c), unless `--no-join`. The same load in four windows: Counts of the
+//!    latency queries back to back on a follower of the catalog, and a
+//!    light writer (batches of `--failover-batch` identifies of new users,
+//!    each batch with its own `jn_batch` value, `--join-write-interval-ms`
+//!    apart) through the three members in turn. First `--join-secs` of
+//!    steady state; then node 4 is started with `--join` (through the other
+//!    follower's Raft address, an empty data directory): it becomes a
+//!    learner of the catalog group and holds no shard group. Timed until
+//!    its gRPC door answers Status, until the catalog's leader has it in
+//!    the catalog group (learner or voter) and until its own Status has the
+//!    catalog applied up to the leader's commit index. Then, under the same
+//!    load, `Admin.Rebalance` on the catalog's leader, timed until every
+//!    group is placed: the placement in the nodes' Status is the reply's,
+//!    and each group's voters, as its leader reports them, are its
+//!    placement and its learners none (the catalog's: the active nodes
+//!    outside its placement), as `cohort cluster rebalance` judges; with
+//!    the replica moves of the reply, the groups node 4 is a voter of at
+//!    the end, and the snapshot bytes sent during the join and during the
+//!    rebalance. The load stops, every replica must apply the groups it
+//!    holds and node 4 must count what the members count; last, with the
+//!    load again, `Admin.SetMember { remove: true }` of node 4 (its
+//!    replicas move back to the others), timed until no group in any
+//!    member's Status holds it and every group is placed again, then
+//!    kill -9 of node 4 and one more second of load. Count latency, failed
+//!    Counts and failed writes are reported per window; every acknowledged
+//!    batch must be counted exactly on every node at the end.
 //! 5. **Failover**, `--rounds` times on the cluster of (c): find the
 //!    catalog's leader (`Admin.Status`), start a writer that sends batches
 //!    of `--failover-batch` identifies to the two other nodes in turn (each
@@ -83,12 +93,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use cohort::cluster::placement::CATALOG_GROUP;
 use cohort::proto::v1::admin_client::AdminClient;
 use cohort::proto::v1::ingest_client::IngestClient;
 use cohort::proto::v1::query_client::QueryClient;
 use cohort::proto::v1::{
-    ApplySchemaRequest, CountRequest, GroupStatus, IngestBatchRequest, SetMemberRequest, StatusReply,
-    StatusRequest,
+    ApplySchemaRequest, CountRequest, GroupStatus, IngestBatchRequest, PlacementReply, RebalanceRequest,
+    ReplicaMove, SetMemberRequest, StatusReply, StatusRequest,
 };
 use cohort_bench::stats::percentile;
 use cohort_bench::sysinfo;
@@ -114,8 +125,8 @@ const QUERIES: [(&str, &str); 4] = [
 const PROBE_QUERY: &str = r#"plan = "pro""#;
 
 /// A single node beside a three-node cluster: durable ingest, bytes
-/// between nodes, Count latency on leader and follower, the join and
-/// removal of a fourth node, and failover.
+/// between nodes, Count latency on leader and follower, the join,
+/// rebalance and removal of a fourth node, and failover.
 #[derive(Parser, Debug)]
 #[command(version, about, args_override_self = true)]
 struct Args {
@@ -164,7 +175,7 @@ struct Args {
     /// this many seconds.
     #[arg(long, default_value_t = 60)]
     round_timeout_secs: u64,
-    /// Skip the join and removal of a fourth node.
+    /// Skip the join, rebalance and removal of a fourth node.
     #[arg(long)]
     no_join: bool,
     /// Steady state before the join (Counts and writes, no change), s.
@@ -173,8 +184,8 @@ struct Args {
     /// Pause after each acknowledged batch of the join phase's writer, ms.
     #[arg(long, default_value_t = 50)]
     join_write_interval_ms: u64,
-    /// Give up on the join phase (a node not serving, a group not changed,
-    /// no convergence) after this many seconds.
+    /// Give up on the join phase (a node not serving, not in the catalog,
+    /// a group not placed, no convergence) after this many seconds.
     #[arg(long, default_value_t = 120)]
     join_timeout_secs: u64,
     /// Parent of the temporary directory of data and logs (default: the
@@ -708,11 +719,14 @@ async fn ingest(messages: &[String], batch: usize, targets: &[String]) -> Result
     }
 }
 
-/// Groups led by each node, as `all` reports them (`n1 9, n2 0, n3 0`).
+/// Groups led by each node, as `all` reports them (`n1 9, n2 0, n3 0`):
+/// a group's leader is the one of the highest term a node names (a node
+/// that holds no replica of a group may name an old one).
 fn leaders_of(all: &BTreeMap<u64, StatusReply>) -> String {
-    let Some((_, first)) = all.iter().next() else { return String::new() };
+    let views = group_views(all);
+    let leaders: Vec<u64> = views.values().map(|v| leader_conf(v).0).collect();
     all.keys()
-        .map(|id| format!("n{id} {}", first.groups.iter().filter(|g| g.leader_id == *id).count()))
+        .map(|id| format!("n{id} {}", leaders.iter().filter(|l| *l == id).count()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -1439,35 +1453,49 @@ struct JoinRun {
     count_node: u64,
     joined_through: u64,
     joiner: u64,
-    /// `profiles` of the leader's Status before the join.
+    /// `profiles` and `replication_factor` of the leader's Status before
+    /// the join.
     profiles: u64,
-    /// Once node `joiner` counted what the members count: (node,
-    /// `profiles`, `memory_bytes`) of each node's Status.
+    replication_factor: u32,
+    /// Once the groups were placed and node `joiner` counted what the
+    /// members count: (node, `profiles`, `memory_bytes`) of each node's
+    /// Status.
     data: Vec<(u64, u64, u64)>,
-    /// Steady state, the join, the removal, after it.
+    /// Steady state, the join, the rebalance, the removal, after it.
     windows: Vec<LoadWindow>,
-    /// From the spawn until node `joiner`'s gRPC door answers Status.
-    serving: Duration,
-    /// From the spawn until every group in every member's Status has it as
-    /// a learner or a voter, and until it has it as a voter and not a
-    /// learner.
-    in_every_group: Duration,
-    voter_everywhere: Duration,
-    /// Sums over the nodes of `snapshot_bytes_sent` and `raft_bytes_sent`,
-    /// from before the spawn until the join's load stopped.
-    snapshot_bytes: u64,
+    /// How far node `joiner` got, from its spawn.
+    catalog_join: CatalogJoin,
+    /// The member `Admin.Rebalance` was sent to and the replica moves of
+    /// its reply.
+    rebalanced_on: u64,
+    moves: Vec<ReplicaMove>,
+    /// From the `Rebalance` call until its reply, and until every group
+    /// was placed ([`unplaced`]) as the reply's placement has it.
+    rebalance_answered: Duration,
+    placed: Duration,
+    /// Once placed: the groups whose voters (as their leaders have them)
+    /// include node `joiner`, and the voters per node over every group.
+    joiner_voter_of: usize,
+    voters_per_node: BTreeMap<u64, usize>,
+    /// Sums over the nodes of `snapshot_bytes_sent` from before the spawn
+    /// until node `joiner` caught up with the catalog, and from then until
+    /// every group was placed; `raft_bytes_sent` over both.
+    join_snapshot_bytes: u64,
+    rebalance_snapshot_bytes: u64,
     raft_bytes: u64,
-    /// After the join's load stopped, until every node applied every
-    /// group, then until the joiner counted what the members count.
+    /// After the load stopped, until every replica applied the groups it
+    /// holds, then until the joiner counted what the members count.
     caught_up: Duration,
     same_counts: Duration,
     /// From `SetMember { remove }` until its reply, until no group in any
-    /// member's Status holds the node, and, after its kill and the load,
-    /// until the three nodes converged.
+    /// member's Status holds the node, until every group was placed on
+    /// the others again, and, after its kill and the load, until the three
+    /// nodes converged.
     remove_answered: Duration,
     removed_everywhere: Duration,
+    placed_without: Duration,
     converged_after: Duration,
-    /// Groups led per node before the removal and at the end.
+    /// Groups led per node once placed (before the removal) and at the end.
     leaders_joined: String,
     leaders_after: String,
 }
@@ -1507,50 +1535,242 @@ fn every_group(replies: &[(u64, StatusReply)], holds: impl Fn(&GroupStatus) -> b
     Ok(())
 }
 
-/// Polls, every 20 ms from `spawned` on, whether node `joiner` serves (its
-/// gRPC door answers Status) and how far every member's Status has it;
-/// returns, each as the first time since `spawned` it was seen, (serving,
-/// in every group as a learner or voter, a voter and not a learner in
-/// every group), once all three were seen.
-async fn wait_joined(
+/// The Status of every node of the fleet, each asked within 1 s; a node
+/// of `optional` that does not answer is left out, any other fails it.
+async fn live_statuses(fleet: &Fleet, optional: &[u64]) -> Result<BTreeMap<u64, StatusReply>, String> {
+    let mut out = BTreeMap::new();
+    for id in fleet.ids() {
+        match status(&fleet.addr(id), Duration::from_secs(1)).await {
+            Ok(reply) => {
+                out.insert(id, reply);
+            }
+            Err(_) if optional.contains(&id) => {}
+            Err(e) => return Err(format!("n{id}: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Each group's views, by group id: (node, the group as that node's
+/// Status has it).
+type GroupViews = BTreeMap<u64, Vec<(u64, GroupStatus)>>;
+
+fn group_views(all: &BTreeMap<u64, StatusReply>) -> GroupViews {
+    let mut groups = GroupViews::new();
+    for (id, reply) in all {
+        for g in &reply.groups {
+            groups.entry(g.group_id).or_default().push((*id, g.clone()));
+        }
+    }
+    groups
+}
+
+/// A group's leader (0: none known) and its (voters, learners) as that
+/// leader has them: the leader is the one of the highest term any view
+/// names; without its view, the view of the highest commit index counts
+/// (a node that holds no replica of a group has an empty or old
+/// configuration of it), as `cohort cluster status` judges.
+fn leader_conf(views: &[(u64, GroupStatus)]) -> (u64, Vec<u64>, Vec<u64>) {
+    let leader = views
+        .iter()
+        .filter(|(_, g)| g.leader_id != 0)
+        .max_by_key(|(_, g)| g.term)
+        .map_or(0, |v| v.1.leader_id);
+    let conf = views
+        .iter()
+        .find(|(id, _)| *id == leader)
+        .or(views.iter().max_by_key(|(_, g)| g.commit_index))
+        .map(|(_, g)| (sorted_ids(&g.voters), sorted_ids(&g.learners)))
+        .unwrap_or_default();
+    (leader, conf.0, conf.1)
+}
+
+fn sorted_ids(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
+}
+
+/// The placement (wanted voters by group id) and the active members, as
+/// the node that applied the most of the catalog has them.
+fn placement_of(all: &BTreeMap<u64, StatusReply>) -> (BTreeMap<u64, Vec<u64>>, Vec<u64>) {
+    let catalog_applied = |r: &StatusReply| {
+        r.groups.iter().find(|g| g.group_id == CATALOG_GROUP).map_or(0, |g| g.applied_index)
+    };
+    let Some(reference) = all.values().max_by_key(|r| catalog_applied(r)) else { return Default::default() };
+    let placed = reference.groups.iter().map(|g| (g.group_id, sorted_ids(&g.placed))).collect();
+    let active = reference.nodes.iter().filter(|n| n.state == "active").map(|n| n.node_id).collect();
+    (placed, sorted_ids(&active))
+}
+
+/// The groups not placed yet, each with what its leader has and what the
+/// placement wants (as `cohort cluster rebalance` judges): a group is
+/// placed when its voters, as its leader has them, are its placement and
+/// its learners none, or for the catalog the active members not among its
+/// placement (they follow it as learners).
+fn unplaced(all: &BTreeMap<u64, StatusReply>) -> Vec<String> {
+    let (placement, active) = placement_of(all);
+    let mut pending = Vec::new();
+    for (gid, views) in group_views(all) {
+        let Some(placed) = placement.get(&gid).filter(|p| !p.is_empty()) else {
+            pending.push(format!("group {gid} has no placement"));
+            continue;
+        };
+        let (_, voters, learners) = leader_conf(&views);
+        let want_learners: Vec<u64> = if gid == CATALOG_GROUP {
+            active.iter().copied().filter(|id| !placed.contains(id)).collect()
+        } else {
+            Vec::new()
+        };
+        if voters != *placed || learners != want_learners {
+            pending
+                .push(format!("group {gid} has {voters:?}+{learners:?}, wants {placed:?}+{want_learners:?}"));
+        }
+    }
+    pending
+}
+
+/// Voters per node over every group, as the groups' leaders have them.
+fn voters_per_node(all: &BTreeMap<u64, StatusReply>) -> BTreeMap<u64, usize> {
+    let mut load: BTreeMap<u64, usize> = all.keys().map(|id| (*id, 0)).collect();
+    for views in group_views(all).values() {
+        for id in leader_conf(views).1 {
+            *load.entry(id).or_default() += 1;
+        }
+    }
+    load
+}
+
+/// Whether every replica of every group (its voters and learners as its
+/// leader has them) reports that leader and its applied index at the
+/// highest commit index the replicas report; `Err` describes what is not
+/// yet so. Unlike [`converged`], a node's view of a group it holds no
+/// replica of does not count.
+fn settled(all: &BTreeMap<u64, StatusReply>, groups: usize) -> Result<(), String> {
+    for (id, reply) in all {
+        if reply.groups.len() != groups {
+            return Err(format!("node {id} reports {} groups, not {groups}", reply.groups.len()));
+        }
+    }
+    for (gid, views) in group_views(all) {
+        let (leader, voters, learners) = leader_conf(&views);
+        let replicas: Vec<&GroupStatus> = views
+            .iter()
+            .filter(|(id, _)| voters.contains(id) || learners.contains(id))
+            .map(|(_, g)| g)
+            .collect();
+        let commit = replicas.iter().map(|g| g.commit_index).max().unwrap_or(0);
+        if leader == 0
+            || replicas.len() != voters.len() + learners.len()
+            || replicas.iter().any(|g| g.leader_id != leader || g.applied_index != commit)
+        {
+            let seen: Vec<(u64, u64, u64)> = views
+                .iter()
+                .filter(|(id, _)| voters.contains(id) || learners.contains(id))
+                .map(|(id, g)| (*id, g.leader_id, g.applied_index))
+                .collect();
+            return Err(format!(
+                "group {gid}: leader n{leader}, replicas {voters:?}+{learners:?}, commit {commit}, (node, leader, \
+                 applied) {seen:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until [`settled`] holds on every node of the fleet; returns the
+/// time waited.
+async fn wait_settled(fleet: &mut Fleet, timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let groups = fleet.shards as usize + 1;
+    loop {
+        for id in fleet.ids() {
+            fleet.check_alive(id)?;
+        }
+        let last = match statuses(fleet).await {
+            Ok(all) => match settled(&all, groups) {
+                Ok(()) => return Ok(start.elapsed()),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if start.elapsed() > timeout {
+            return Err(format!("[{}] the replicas did not catch up within {timeout:?}: {last}", fleet.name));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How far a joining node got, each as the first time since its spawn it
+/// was seen.
+#[derive(Clone, Copy, Debug)]
+struct CatalogJoin {
+    /// Its gRPC door answers `Admin.Status`.
+    serving: Duration,
+    /// The catalog's leader has it in the catalog group, as a learner or a
+    /// voter.
+    in_catalog: Duration,
+    /// Besides, its own Status has the catalog applied up to the commit
+    /// index the leader reported a moment before (its snapshot is in).
+    caught_up: Duration,
+}
+
+impl CatalogJoin {
+    /// The end of the join: it serves and has caught up with the catalog.
+    fn done(&self) -> Duration {
+        self.serving.max(self.caught_up)
+    }
+}
+
+/// Polls the Status of every node every 20 ms from `spawned` on until node
+/// `joiner` serves, is in the catalog group and has caught up with it
+/// (see [`CatalogJoin`]).
+async fn wait_in_catalog(
     fleet: &mut Fleet,
-    members: &[u64],
     joiner: u64,
     spawned: Instant,
     give_up: Duration,
-) -> Result<(Duration, Duration, Duration), String> {
-    let joiner_addr = fleet.addr(joiner);
-    let (mut serving, mut in_every_group, mut voter_everywhere) = (None, None, None);
+) -> Result<CatalogJoin, String> {
+    let (mut serving, mut in_catalog, mut caught_up) = (None, None, None);
     loop {
         fleet.check_alive(joiner)?;
-        if serving.is_none() && status(&joiner_addr, Duration::from_millis(500)).await.is_ok() {
-            serving = Some(spawned.elapsed());
-        }
-        let looked = member_groups(fleet, members).await;
+        // The members answer first (the joiner has the highest id), so the
+        // leader's commit index is from before the joiner's applied index.
+        let looked = live_statuses(fleet, &[joiner]).await;
         let at = spawned.elapsed();
         let pending = match looked {
-            Ok(replies) => {
-                let present = |g: &GroupStatus| g.voters.contains(&joiner) || g.learners.contains(&joiner);
-                if in_every_group.is_none() && every_group(&replies, present).is_ok() {
-                    in_every_group = Some(at);
+            Ok(all) => {
+                if serving.is_none() && all.contains_key(&joiner) {
+                    serving = Some(at);
                 }
-                let voter = |g: &GroupStatus| g.voters.contains(&joiner) && !g.learners.contains(&joiner);
-                let voted = every_group(&replies, voter);
-                if voter_everywhere.is_none() && voted.is_ok() {
-                    voter_everywhere = Some(at);
+                let views = group_views(&all);
+                let catalog = views.get(&CATALOG_GROUP).map_or(&[][..], Vec::as_slice);
+                let (leader, voters, learners) = leader_conf(catalog);
+                let held = voters.contains(&joiner) || learners.contains(&joiner);
+                if in_catalog.is_none() && held {
+                    in_catalog = Some(at);
                 }
-                match (voted, serving, in_every_group.or(voter_everywhere), voter_everywhere) {
-                    (_, Some(s), Some(i), Some(v)) => return Ok((s, i, v)),
-                    (Ok(()), _, _, _) => format!("n{joiner} does not answer Status"),
-                    (Err(e), _, _, _) => e,
+                let of = |node: u64| catalog.iter().find(|(id, _)| *id == node).map(|(_, g)| g);
+                let leader_commit = of(leader).map(|g| g.commit_index);
+                let joiner_applied = of(joiner).map(|g| g.applied_index);
+                if caught_up.is_none() && held && joiner_applied >= leader_commit && leader_commit.is_some() {
+                    caught_up = Some(at);
                 }
+                if let (Some(serving), Some(in_catalog), Some(caught_up)) = (serving, in_catalog, caught_up) {
+                    return Ok(CatalogJoin { serving, in_catalog, caught_up });
+                }
+                format!(
+                    "n{joiner} {}; the catalog's leader n{leader} has voters {voters:?}, learners {learners:?}; \
+                     n{joiner} applied {joiner_applied:?} of the leader's commit {leader_commit:?}",
+                    if serving.is_some() { "serves" } else { "does not answer Status" }
+                )
             }
             Err(e) => e,
         };
         if at > give_up {
             return Err(format!(
-                "[{}] node {joiner} not a voter of every group within {give_up:?} (serving after {serving:?}; \
-                 pending: {pending}); end of its log:\n{}",
+                "[{}] node {joiner} not in the catalog group within {give_up:?} (pending: {pending}); end of its \
+                 log:\n{}",
                 fleet.name,
                 fleet.log_tail(joiner, 30)
             ));
@@ -1559,27 +1779,117 @@ async fn wait_joined(
     }
 }
 
-/// Polls every member's Status every 20 ms until no group holds node
-/// `removed` (as a voter or a learner); returns the time since `from`.
+/// `Admin.Rebalance` on `addr`.
+async fn rebalance(addr: &str, timeout: Duration) -> Result<PlacementReply, String> {
+    let call = async {
+        let mut admin = AdminClient::new(connect(addr).await?);
+        admin
+            .rebalance(RebalanceRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| format!("Rebalance on {addr}: {s}"))
+    };
+    tokio::time::timeout(timeout, call).await.map_err(|_| format!("Rebalance on {addr}: timed out"))?
+}
+
+/// Polls the Status of every node every 20 ms until the placement the
+/// nodes report is `wanted`'s and every group is placed ([`unplaced`]);
+/// returns the time since `from`.
+async fn wait_rebalanced(
+    fleet: &mut Fleet,
+    wanted: &PlacementReply,
+    from: Instant,
+    give_up: Duration,
+) -> Result<Duration, String> {
+    let wanted: BTreeMap<u64, Vec<u64>> =
+        wanted.groups.iter().map(|g| (g.group_id, sorted_ids(&g.voters))).collect();
+    loop {
+        for id in fleet.ids() {
+            fleet.check_alive(id)?;
+        }
+        let looked = live_statuses(fleet, &[]).await;
+        let at = from.elapsed();
+        let pending = match looked {
+            Ok(all) => {
+                let (placement, _) = placement_of(&all);
+                let mut pending: Vec<String> = wanted
+                    .iter()
+                    .filter(|(gid, voters)| placement.get(gid) != Some(voters))
+                    .map(|(gid, voters)| {
+                        format!(
+                            "group {gid}: the Status placement {:?}, the reply's {voters:?}",
+                            placement.get(gid)
+                        )
+                    })
+                    .collect();
+                pending.extend(unplaced(&all));
+                if pending.is_empty() {
+                    return Ok(at);
+                }
+                pending.join("; ")
+            }
+            Err(e) => e,
+        };
+        if at > give_up {
+            return Err(format!("[{}] not placed {give_up:?} after the rebalance: {pending}", fleet.name));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls every 20 ms until no group in any member's Status holds node
+/// `removed` (as a voter or a learner) and every group is placed
+/// ([`unplaced`], node `removed` neither active nor in the placement; its
+/// Status is used while it answers); returns, each as the first time since
+/// `from` it was seen, (no group holds it, every group placed).
 async fn wait_removed(
     fleet: &Fleet,
     members: &[u64],
     removed: u64,
     from: Instant,
     give_up: Duration,
-) -> Result<Duration, String> {
+) -> Result<(Duration, Duration), String> {
+    let (mut gone, mut placed) = (None, None);
     loop {
         let looked = member_groups(fleet, members).await;
         let at = from.elapsed();
-        let gone = |g: &GroupStatus| !g.voters.contains(&removed) && !g.learners.contains(&removed);
-        let pending = match looked.and_then(|replies| every_group(&replies, gone)) {
-            Ok(()) => return Ok(at),
-            Err(e) => e,
-        };
-        if at > give_up {
+        let holds_not = |g: &GroupStatus| !g.voters.contains(&removed) && !g.learners.contains(&removed);
+        let held = looked.and_then(|replies| every_group(&replies, holds_not));
+        if gone.is_none() && held.is_ok() {
+            gone = Some(at);
+        }
+        let looked = live_statuses(fleet, &[removed]).await;
+        let at_placed = from.elapsed();
+        let unsettled = looked.map(|all| {
+            let (placement, active) = placement_of(&all);
+            let mut pending = unplaced(&all);
+            if active.contains(&removed) {
+                pending.push(format!("n{removed} is still active"));
+            }
+            pending.extend(
+                placement
+                    .iter()
+                    .filter(|(_, voters)| voters.contains(&removed))
+                    .map(|(gid, voters)| format!("group {gid} is placed on {voters:?}")),
+            );
+            pending
+        });
+        if placed.is_none() && unsettled.as_ref().is_ok_and(Vec::is_empty) {
+            placed = Some(at_placed);
+        }
+        if let (Some(gone), Some(placed)) = (gone, placed) {
+            return Ok((gone, placed));
+        }
+        if at_placed > give_up {
             return Err(format!(
-                "[{}] node {removed} still in a group {give_up:?} after its removal: {pending}",
-                fleet.name
+                "[{}] {give_up:?} after the removal of node {removed}: {}; {}",
+                fleet.name,
+                held.err().unwrap_or_else(|| "no group holds it".into()),
+                match unsettled {
+                    Ok(pending) if pending.is_empty() => "every group placed".to_string(),
+                    Ok(pending) => pending.join("; "),
+                    Err(e) => e,
+                }
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1629,10 +1939,85 @@ async fn remove_member(addr: &str, node_id: u64, timeout: Duration) -> Result<()
     tokio::time::timeout(timeout, call).await.map_err(|_| format!("SetMember on {addr}: timed out"))?
 }
 
-/// The join and removal of a fourth node on the running three-node
-/// `fleet`, under load (see the module's documentation, 4). `universe`
-/// holds the ingest's answers to [`QUERIES`]; what is checked is added to
-/// `checks`, what is wrong to `failures`.
+/// What [`join_and_rebalance`] saw.
+struct JoinAndRebalance {
+    joiner: u64,
+    catalog_join: CatalogJoin,
+    /// The Status of every node once the joiner caught up with the catalog
+    /// (just before the rebalance), and once every group was placed.
+    joined: BTreeMap<u64, StatusReply>,
+    placed_statuses: BTreeMap<u64, StatusReply>,
+    rebalanced_on: u64,
+    /// When the `Rebalance` call was sent, its reply, and the times from
+    /// then until the reply and until every group was placed.
+    rebalancing: Instant,
+    reply: PlacementReply,
+    rebalance_answered: Duration,
+    placed: Duration,
+}
+
+/// Starts a node that joins `fleet` through member `through`'s Raft
+/// address, waits until it is in the catalog group ([`wait_in_catalog`]),
+/// then sends `Admin.Rebalance` to the catalog's leader and waits until
+/// every group is placed ([`wait_rebalanced`]). Times are from `spawned`,
+/// and from the `Rebalance` call.
+async fn join_and_rebalance(
+    fleet: &mut Fleet,
+    through: u64,
+    spawned: Instant,
+    give_up: Duration,
+) -> Result<JoinAndRebalance, String> {
+    let via = fleet.spec(through).raft.clone();
+    let joiner = fleet.spawn_joining(&via)?;
+    eprintln!("[join] node {joiner} started with --join {via} (n{through}'s Raft address)");
+    let catalog_join = wait_in_catalog(fleet, joiner, spawned, give_up).await?;
+    let joined = statuses(fleet).await?;
+    let rebalanced_on = catalog_leader(fleet, give_up).await?;
+    let rebalancing = Instant::now();
+    let reply = rebalance(&fleet.addr(rebalanced_on), give_up).await?;
+    let rebalance_answered = rebalancing.elapsed();
+    eprintln!(
+        "[join] Rebalance on n{rebalanced_on} answered after {:.0} ms: {} replica moves ({})",
+        ms(rebalance_answered),
+        reply.moves.len(),
+        describe_moves(&reply.moves)
+    );
+    let placed = wait_rebalanced(fleet, &reply, rebalancing, give_up).await?;
+    let placed_statuses = statuses(fleet).await?;
+    Ok(JoinAndRebalance {
+        joiner,
+        catalog_join,
+        joined,
+        placed_statuses,
+        rebalanced_on,
+        rebalancing,
+        reply,
+        rebalance_answered,
+        placed,
+    })
+}
+
+/// Replica moves as a short text (`group 2 n1 → n4, group 5 n3 → n4`).
+fn describe_moves(moves: &[ReplicaMove]) -> String {
+    if moves.is_empty() {
+        return "none".into();
+    }
+    moves
+        .iter()
+        .map(|m| format!("group {} n{} → n{}", m.group_id, m.from_node, m.to_node))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Voters per node as a short text (`n1 7, n2 7, n3 7, n4 6`).
+fn describe_voters(load: &BTreeMap<u64, usize>) -> String {
+    load.iter().map(|(id, n)| format!("n{id} {n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The join, rebalance and removal of a fourth node on the running
+/// three-node `fleet`, under load (see the module's documentation, 4).
+/// `universe` holds the ingest's answers to [`QUERIES`]; what is checked
+/// is added to `checks`, what is wrong to `failures`.
 async fn join_phase(
     fleet: &mut Fleet,
     args: &Args,
@@ -1644,6 +2029,7 @@ async fn join_phase(
     let give_up = Duration::from_secs(args.join_timeout_secs);
     let warm_up = Duration::from_millis(200);
     let members = fleet.ids();
+    let groups = args.shards as usize + 1;
     wait_converged(fleet, give_up).await?;
     let leader = catalog_leader(fleet, give_up).await?;
     let followers: Vec<u64> = members.iter().copied().filter(|&id| id != leader).collect();
@@ -1666,41 +2052,52 @@ async fn join_phase(
     acked.extend(log.acks.iter().map(|a| a.0));
     windows.push(LoadWindow::of(&log, "steady state", from, to));
 
-    // The join.
+    // The join, then the rebalance, under one load.
     let before = statuses(fleet).await?;
-    let profiles = before[&leader].profiles;
+    let (profiles, replication_factor) = (before[&leader].profiles, before[&leader].replication_factor);
     let load = Load::start(fleet, args, &members, count_node, &next_batch, now, universe);
     tokio::time::sleep(warm_up).await;
-    let via = fleet.spec(joined_through).raft.clone();
     let spawned = Instant::now();
-    let spawn = fleet.spawn_joining(&via);
-    let waited = match spawn {
-        Ok(joiner) => {
-            eprintln!("[join] node {joiner} started with --join {via} (n{joined_through}'s Raft address)");
-            wait_joined(fleet, &members, joiner, spawned, give_up).await.map(|w| (joiner, w))
-        }
-        Err(e) => Err(e),
-    };
+    let outcome = join_and_rebalance(fleet, joined_through, spawned, give_up).await;
     let log = load.stop(give_up).await;
     acked.extend(log.acks.iter().map(|a| a.0));
-    let (joiner, (serving, in_every_group, voter_everywhere)) = waited?;
+    let moved = outcome?;
+    let joiner = moved.joiner;
     let joiner_addr = fleet.addr(joiner);
-    windows.push(LoadWindow::of(&log, "during the join", spawned, spawned + serving.max(voter_everywhere)));
-    let after = statuses(fleet).await?;
+    let catalog_join = moved.catalog_join;
+    windows.push(LoadWindow::of(&log, "during the join", spawned, spawned + catalog_join.done()));
+    windows.push(LoadWindow::of(
+        &log,
+        "during the rebalance",
+        moved.rebalancing,
+        moved.rebalancing + moved.placed,
+    ));
     let sum = |m: &BTreeMap<u64, StatusReply>, f: fn(&StatusReply) -> u64| m.values().map(f).sum::<u64>();
-    let snapshot_bytes = sum(&after, |s| s.snapshot_bytes_sent) - sum(&before, |s| s.snapshot_bytes_sent);
-    let raft_bytes = sum(&after, |s| s.raft_bytes_sent) - sum(&before, |s| s.raft_bytes_sent);
+    let snapshots = |m: &BTreeMap<u64, StatusReply>| sum(m, |s| s.snapshot_bytes_sent);
+    let join_snapshot_bytes = snapshots(&moved.joined) - snapshots(&before);
+    let rebalance_snapshot_bytes = snapshots(&moved.placed_statuses) - snapshots(&moved.joined);
+    let raft_bytes = sum(&moved.placed_statuses, |s| s.raft_bytes_sent) - sum(&before, |s| s.raft_bytes_sent);
+    let load_placed = voters_per_node(&moved.placed_statuses);
+    let joiner_voter_of = load_placed.get(&joiner).copied().unwrap_or(0);
     eprintln!(
-        "[join] n{joiner} serving after {:.0} ms, in every group after {:.0} ms, a voter in every group after \
-         {:.0} ms; {:.1} MB of snapshots sent",
-        ms(serving),
-        ms(in_every_group),
-        ms(voter_everywhere),
-        snapshot_bytes as f64 / 1e6
+        "[join] n{joiner} serving after {:.0} ms, in the catalog after {:.0} ms, caught up with it after {:.0} ms; \
+         {:.1} MB of snapshots sent",
+        ms(catalog_join.serving),
+        ms(catalog_join.in_catalog),
+        ms(catalog_join.caught_up),
+        join_snapshot_bytes as f64 / 1e6
+    );
+    eprintln!(
+        "[join] rebalance of {} replica moves placed after {:.0} ms; n{joiner} voter of {joiner_voter_of} of \
+         {groups} groups (voters per node: {}); {:.1} MB of snapshots sent",
+        moved.reply.moves.len(),
+        ms(moved.placed),
+        describe_voters(&load_placed),
+        rebalance_snapshot_bytes as f64 / 1e6
     );
 
-    // Node 4 settles and counts what the members count.
-    let caught_up = wait_converged(fleet, give_up).await?;
+    // Every replica settles and node 4 counts what the members count.
+    let caught_up = wait_settled(fleet, give_up).await?;
     let (same_counts, answers) = wait_same_counts(fleet, leader, now, give_up).await?;
     let joined = statuses(fleet).await?;
     let leaders_joined = leaders_of(&joined);
@@ -1709,7 +2106,7 @@ async fn join_phase(
     let (total, problems) =
         check_acknowledged(&joiner_addr, JOIN_PREFIX, &acked, args.failover_batch, now).await?;
     checks.push(format!(
-        "Node n{joiner} once joined counts what the members count ({:?} for the latency queries, {} identified \
+        "Node n{joiner} once placed counts what the members count ({:?} for the latency queries, {} identified \
          profiles, {} join-writer users); {} of {} acknowledged batches count their {} profiles on it, \
          `{JOIN_PREFIX}_batch EXISTS` {} (expected {}).",
         &answers[..QUERIES.len()],
@@ -1731,6 +2128,12 @@ async fn join_phase(
             problems.iter().take(5).collect::<Vec<_>>()
         ));
     }
+    if moved.reply.moves.is_empty() || joiner_voter_of == 0 {
+        failures.push(format!(
+            "the rebalance onto n{joiner} moved {} replicas; n{joiner} is a voter of {joiner_voter_of} groups",
+            moved.reply.moves.len()
+        ));
+    }
 
     // The removal, then the kill of the removed node.
     let load = Load::start(fleet, args, &members, count_node, &next_batch, now, universe);
@@ -1749,19 +2152,17 @@ async fn join_phase(
     let end = Instant::now();
     let log = load.stop(give_up).await;
     acked.extend(log.acks.iter().map(|a| a.0));
-    let removed_everywhere = waited?;
+    let (removed_everywhere, placed_without) = waited?;
     killed?;
-    windows.push(LoadWindow::of(&log, "during the removal", removing, removing + removed_everywhere));
-    windows.push(LoadWindow::of(
-        &log,
-        "then kill -9 of the removed node and 1 s",
-        removing + removed_everywhere,
-        end,
-    ));
+    let removal_done = removing + removed_everywhere.max(placed_without);
+    windows.push(LoadWindow::of(&log, "during the removal", removing, removal_done));
+    windows.push(LoadWindow::of(&log, "then kill -9 of the removed node and 1 s", removal_done, end));
     eprintln!(
-        "[join] SetMember(remove n{joiner}) on n{asked} answered after {:.0} ms, no group holds n{joiner} after {:.0} ms",
+        "[join] SetMember(remove n{joiner}) on n{asked} answered after {:.0} ms, no group holds n{joiner} after \
+         {:.0} ms, every group placed on the others after {:.0} ms",
         ms(remove_answered),
-        ms(removed_everywhere)
+        ms(removed_everywhere),
+        ms(placed_without)
     );
     let converged_after = wait_converged(fleet, give_up).await?;
     let leaders_after = leaders_of(&statuses(fleet).await?);
@@ -1800,17 +2201,24 @@ async fn join_phase(
         joined_through,
         joiner,
         profiles,
+        replication_factor,
         data,
         windows,
-        serving,
-        in_every_group,
-        voter_everywhere,
-        snapshot_bytes,
+        catalog_join,
+        rebalanced_on: moved.rebalanced_on,
+        moves: moved.reply.moves,
+        rebalance_answered: moved.rebalance_answered,
+        placed: moved.placed,
+        joiner_voter_of,
+        voters_per_node: load_placed,
+        join_snapshot_bytes,
+        rebalance_snapshot_bytes,
         raft_bytes,
         caught_up,
         same_counts,
         remove_answered,
         removed_everywhere,
+        placed_without,
         converged_after,
         leaders_joined,
         leaders_after,
@@ -1857,7 +2265,8 @@ struct Report<'a> {
     /// How long the single node, then the cluster, took to fall quiet
     /// before the Count latency.
     quiet: Vec<Duration>,
-    /// The join and removal of a fourth node (none with `--no-join`).
+    /// The join, rebalance and removal of a fourth node (none with
+    /// `--no-join`).
     join: Option<JoinRun>,
     rounds: Vec<Round>,
     acked_batches: usize,
@@ -1875,24 +2284,31 @@ fn latency(ns: u64) -> String {
     }
 }
 
-/// The section of the join and removal of a fourth node.
+/// The section of the join, rebalance and removal of a fourth node.
 fn render_join(a: &Args, j: &JoinRun, w: &mut impl FnMut(String)) {
-    w("### Join and removal of a fourth node\n".into());
+    w("### Join, rebalance and removal of a fourth node\n".into());
     w(format!(
-        "On the cluster above, after the Count latency, the catalog's leader n{leader}: three windows of the same \
-         load. `Query.Count` back to back on the follower n{count} (one client; the {queries} queries of the \
-         latency table in turn, one a call, each with a {timeout} ms timeout; an answer other than the ingest's \
-         counts as failed) and a writer sending batches of {batch} identifies of new users (their own `{p}_batch` \
-         value) to n1, n2, n3 in turn, {interval} ms after each acknowledged batch, a failed call sent again at \
-         once to the next node (same `messageId`s). **Steady state:** {steady} s. **Join:** node {joiner} is \
-         started with `cohort serve --join` and the Raft address of n{via} (an empty data directory, {shards} \
-         shards); the window ends when it serves and the Status of every member (polled every 20 ms) has \
-         n{joiner} as a voter, not a learner, in all {groups} groups. Then the load stops, the bench waits \
-         until every node applied every group, and until n{joiner} counts what the members count. \
-         **Removal:** with the load again, \
-         `Admin.SetMember {{ node_id: {joiner}, remove: true }}` to the catalog's leader; the window ends when no \
-         group in any member's Status holds n{joiner} as a voter or a learner; then kill -9 of node {joiner} and \
-         1 s more of the load (last column). Times are from the spawn, and from the `SetMember` call.\n",
+        "On the cluster above ({factor} voters per group), after the Count latency, the catalog's leader n{leader}: \
+         four windows of the same load. `Query.Count` back to back on the follower n{count} (one client; the \
+         {queries} queries of the latency table in turn, one a call, each with a {timeout} ms timeout; an answer \
+         other than the ingest's counts as failed) and a writer sending batches of {batch} identifies of new users \
+         (their own `{p}_batch` value) to n1, n2, n3 in turn, {interval} ms after each acknowledged batch, a \
+         failed call sent again at once to the next node (same `messageId`s). **Steady state:** {steady} s. \
+         **Join:** node {joiner} is started with `cohort serve --join` and the Raft address of n{via} (an empty \
+         data directory, {shards} shards); a joining node becomes a learner of the catalog group and holds no \
+         shard group. The window ends when it serves and its own Status has the catalog applied up to the commit \
+         index the catalog's leader reported (every node's Status polled every 20 ms). **Rebalance:** at once, \
+         under the same load, `Admin.Rebalance` to the catalog's leader n{asked}; the window ends when every group \
+         is placed: the placement in the nodes' Status is the reply's, and each group's voters, as its leader \
+         reports them, are its placement, with no learners (the catalog: the active nodes outside its placement \
+         as learners). Then the load stops, the bench waits until every replica applied the groups it holds, and \
+         until n{joiner} counts what the members count. **Removal:** with the load again, \
+         `Admin.SetMember {{ node_id: {joiner}, remove: true }}` to the catalog's leader, which moves n{joiner}'s \
+         replicas back to the others; the window ends when no group in any member's Status holds n{joiner} as a \
+         voter or a learner and every group is placed on the three others; then kill -9 of node {joiner} and 1 s \
+         more of the load (last column). Times are from the spawn, the `Rebalance` call and the `SetMember` \
+         call.\n",
+        factor = j.replication_factor,
         leader = j.leader,
         count = j.count_node,
         queries = QUERIES.len(),
@@ -1904,7 +2320,7 @@ fn render_join(a: &Args, j: &JoinRun, w: &mut impl FnMut(String)) {
         joiner = j.joiner,
         via = j.joined_through,
         shards = a.shards,
-        groups = a.shards + 1,
+        asked = j.rebalanced_on,
     ));
     let data = j
         .data
@@ -1915,7 +2331,8 @@ fn render_join(a: &Args, j: &JoinRun, w: &mut impl FnMut(String)) {
         .collect::<Vec<_>>()
         .join(", ");
     let n = j.joiner;
-    w("| join and removal of a fourth node | |".into());
+    let groups = a.shards as usize + 1;
+    w("| join, rebalance and removal of a fourth node | |".into());
     w("|---|---:|".into());
     let at = |d: Duration| format!("{:.0} ms", ms(d));
     let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1e6);
@@ -1924,24 +2341,47 @@ fn render_join(a: &Args, j: &JoinRun, w: &mut impl FnMut(String)) {
             "profiles in the cluster (`profiles` of the leader's Status before the join)".into(),
             thousands(j.profiles),
         ),
-        (format!("data per node once n{n} counts the same (Status: `profiles` / `memory_bytes`)"), data),
-        (format!("node {n} started → its gRPC door answers `Admin.Status`"), at(j.serving)),
-        (format!("→ every group has n{n} (learner or voter) in every member's Status"), at(j.in_every_group)),
         (
-            format!("→ every group has n{n} as a voter, not a learner, in every member's Status"),
-            format!("**{}**", at(j.voter_everywhere)),
+            format!(
+                "data per node once placed and n{n} counts the same (Status: `profiles` of the shards it holds / \
+                 `memory_bytes`, replicas moved away included)"
+            ),
+            data,
+        ),
+        (format!("join: node {n} started → its gRPC door answers `Admin.Status`"), at(j.catalog_join.serving)),
+        (
+            format!("join: → the catalog's leader has n{n} in the catalog group (learner or voter)"),
+            format!("**{}**", at(j.catalog_join.in_catalog)),
         ),
         (
-            "snapshot bytes sent (`snapshot_bytes_sent` summed over the nodes, from before the spawn until \
-             the load stopped)"
-                .into(),
-            mb(j.snapshot_bytes),
+            format!("join: → n{n}'s Status has the catalog applied up to the leader's commit index"),
+            at(j.catalog_join.caught_up),
         ),
         (
-            "Raft bytes sent meanwhile (`raft_bytes_sent`, the writer's traffic included)".into(),
+            "join: snapshot bytes sent (`snapshot_bytes_sent` summed over the nodes, from before the spawn)".into(),
+            mb(j.join_snapshot_bytes),
+        ),
+        (format!("rebalance: `Admin.Rebalance` on n{} answered", j.rebalanced_on), at(j.rebalance_answered)),
+        (
+            "rebalance: replica moves in its reply".into(),
+            format!("{}: {}", j.moves.len(), describe_moves(&j.moves)),
+        ),
+        ("rebalance: → every group placed".into(), format!("**{}**", at(j.placed))),
+        (
+            format!("once placed: groups with n{n} as a voter (as their leaders have them)"),
+            format!("**{} of {groups}**", j.joiner_voter_of),
+        ),
+        ("once placed: voters per node".into(), describe_voters(&j.voters_per_node)),
+        ("rebalance: snapshot bytes sent (from the end of the join until placed)".into(), mb(j.rebalance_snapshot_bytes)),
+        (
+            "join and rebalance: snapshot bytes sent".into(),
+            mb(j.join_snapshot_bytes + j.rebalance_snapshot_bytes),
+        ),
+        (
+            "join and rebalance: Raft bytes sent (`raft_bytes_sent`, the writer's traffic included)".into(),
             mb(j.raft_bytes),
         ),
-        ("then, load stopped: every node applied every group".into(), at(j.caught_up)),
+        ("then, load stopped: every replica applied the groups it holds".into(), at(j.caught_up)),
         (
             format!(
                 "then n{n} counts what the members count (latency queries, `user_id EXISTS`, \
@@ -1949,12 +2389,10 @@ fn render_join(a: &Args, j: &JoinRun, w: &mut impl FnMut(String)) {
             ),
             at(j.same_counts),
         ),
-        (format!("groups led once n{n} joined"), j.leaders_joined.clone()),
+        ("groups led once placed".into(), j.leaders_joined.clone()),
         (format!("removal: `SetMember {{ remove }}` of n{n} answered"), at(j.remove_answered)),
-        (
-            format!("removal: → no group in any member's Status holds n{n}"),
-            format!("**{}**", at(j.removed_everywhere)),
-        ),
+        (format!("removal: → no group in any member's Status holds n{n}"), at(j.removed_everywhere)),
+        ("removal: → every group placed on the three others".into(), format!("**{}**", at(j.placed_without))),
         (format!("after the kill of n{n}: the three nodes converged (load stopped)"), at(j.converged_after)),
         ("groups led at the end".into(), j.leaders_after.clone()),
     ];
@@ -2365,7 +2803,7 @@ async fn run(args: &Args, root: &Path, data: &Dataset, report: &mut Report<'_>) 
         "Every Count of the latency table gave the same answer on the single node, the leader and the follower: {universe:?}."
     ));
 
-    // The join and removal of a fourth node.
+    // The join, rebalance and removal of a fourth node.
     if !args.no_join {
         let (mut checks, mut failures) = (Vec::new(), Vec::new());
         let outcome = join_phase(&mut cluster, args, &now, &universe, &mut checks, &mut failures).await;
