@@ -222,6 +222,10 @@ pub struct NodeConfig {
     /// fewer): set from the configuration of the cluster's first catalog
     /// leader, then kept in the catalog ([`crate::cluster::placement`]).
     pub replication_factor: u32,
+    /// This node's zone (a rack, an availability zone): placement puts
+    /// each group's replicas in as many zones as there are. Recorded in
+    /// the catalog by the node itself.
+    pub zone: Option<String>,
     /// Most traits the schema holds (new names beyond are refused).
     pub max_traits: usize,
     /// Most event names the schema holds.
@@ -346,6 +350,7 @@ impl Default for NodeConfig {
             join: None,
             read_staleness_ms: 1000,
             replication_factor: crate::cluster::placement::DEFAULT_REPLICATION_FACTOR,
+            zone: None,
             shard_leaders: ShardLeaders::Catalog,
             peer_tls_cert: None,
             peer_tls_key: None,
@@ -1173,6 +1178,17 @@ fn start_membership(node: &Arc<Node>) {
             }
             if members.is_empty() {
                 continue;
+            }
+            let zone = node.config.zone.clone().unwrap_or_default();
+            let recorded = placement.zones.get(&me).cloned().unwrap_or_default();
+            if zone != recorded && members.get(&me).is_some_and(|m| m.state == MemberState::Active) {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    match node.admin(CatalogCommand::SetZone { node: me, zone: zone.clone() }).await {
+                        Ok(()) => tracing::info!(zone = %zone, "this node's zone recorded"),
+                        Err(e) => tracing::warn!(error = %e, "this node's zone is not recorded yet"),
+                    }
+                });
             }
             for group in all_groups(node.config.shards) {
                 let Some(state) = node.driver.membership(group).await else { continue };

@@ -205,7 +205,7 @@ async fn a_fourth_node_joins_takes_a_moved_replica_and_its_share_and_the_catalog
                     SHARDS,
                     &four.grpc,
                     &four.http,
-                    &["--node-id", "4", "--raft-addr", &four.raft, "--join", &join_at],
+                    &["--node-id", "4", "--raft-addr", &four.raft, "--join", &join_at, "--zone", "rack-b"],
                     &[],
                 )
             })
@@ -229,6 +229,22 @@ async fn a_fourth_node_joins_takes_a_moved_replica_and_its_share_and_the_catalog
         .collect();
     assert_eq!(members, (1..=4).map(|id| (id, "active".to_string())).collect::<Vec<_>>());
     assert_eq!(status["replication_factor"], 3);
+    // Node 4 records its zone (`--zone`) through the catalog's leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = cluster_status(&nodes[&1]);
+        let zones: Vec<String> = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["zone"].as_str().unwrap().to_string())
+            .collect();
+        if zones == ["", "", "", "rack-b"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the zones are {zones:?} after 10 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let total = settled(&nodes).await;
     assert_eq!(
         total,
@@ -245,7 +261,7 @@ async fn a_fourth_node_joins_takes_a_moved_replica_and_its_share_and_the_catalog
         SHARDS,
         &a.grpc,
         &a.http,
-        &["--node-id", "4", "--raft-addr", &a.raft, "--join", &addrs[&2].raft],
+        &["--node-id", "4", "--raft-addr", &a.raft, "--join", &addrs[&2].raft, "--zone", "rack-b"],
         &[],
     );
     nodes.insert(4, four);

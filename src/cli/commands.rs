@@ -73,6 +73,9 @@ pub fn node_config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(n) = args.replication_factor {
         config.replication_factor = n;
     }
+    if let Some(zone) = &args.zone {
+        config.zone = Some(zone.clone());
+    }
     if let Some(placement) = args.shard_leaders {
         config.shard_leaders = placement;
     }
@@ -838,6 +841,8 @@ pub async fn cluster_status(
     let conf = |views: &[(u64, pb::GroupStatus)]| leader_conf(views);
     let member_state =
         |id: u64| first.nodes.iter().find(|n| n.node_id == id).map_or(String::new(), |n| n.state.clone());
+    let zone_of =
+        |id: u64| first.nodes.iter().find(|n| n.node_id == id).map_or(String::new(), |n| n.zone.clone());
     if json {
         return Out::json(&json!({
             "asked": node.addr(),
@@ -845,11 +850,12 @@ pub async fn cluster_status(
             "nodes": answers.iter().map(|(id, addr, answer)| match answer {
                 Ok(r) => json!({
                     "node_id": id, "addr": addr, "reachable": true, "groups_led": led(*id),
-                    "member": member_state(*id),
+                    "member": member_state(*id), "zone": zone_of(*id),
                     "profiles": r.profiles, "uptime_ms": r.uptime_ms, "version": r.version,
                 }),
                 Err(e) => json!({
-                    "node_id": id, "addr": addr, "reachable": false, "member": member_state(*id), "error": e,
+                    "node_id": id, "addr": addr, "reachable": false, "member": member_state(*id),
+                    "zone": zone_of(*id), "error": e,
                 }),
             }).collect::<Vec<_>>(),
             "groups": groups.iter().map(|(gid, (name, views))| {
@@ -1008,6 +1014,14 @@ fn render_cluster_status(
     led: impl Fn(u64) -> usize,
     member_state: impl Fn(u64) -> String,
 ) -> anyhow::Result<()> {
+    // The member's state, and its zone when it has one.
+    let member_state = |id: u64| {
+        let zone = first.nodes.iter().find(|n| n.node_id == id).map_or("", |n| n.zone.as_str());
+        match zone {
+            "" => member_state(id),
+            zone => format!("{}, zone {zone}", member_state(id)),
+        }
+    };
     let conf = leader_conf;
     let reachable = answers.iter().filter(|(_, _, a)| a.is_ok()).count();
     let factor = match first.replication_factor {
@@ -1411,6 +1425,7 @@ mod tests {
             join: None,
             read_staleness_ms: None,
             replication_factor: None,
+            zone: None,
             shard_leaders: None,
             peer_tls_cert: None,
             peer_tls_key: None,

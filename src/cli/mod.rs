@@ -227,7 +227,7 @@ pub struct ServeArgs {
     /// node_id, shards, grpc_addr, http_addr, write_keys,
     /// max_message_bytes, max_batch_bytes, http_header_timeout_ms,
     /// http_idle_timeout_ms, dedup_window_hours, snapshot_entries,
-    /// snapshot_log_bytes, query_threads, read_staleness_ms, replication_factor, max_traits, max_events,
+    /// snapshot_log_bytes, query_threads, read_staleness_ms, replication_factor, zone, max_traits, max_events,
     /// max_properties_per_event, max_properties, max_name_bytes, api_keys,
     /// tls_cert, tls_key, insecure, raft_addr, peers, join, peer_tls_cert,
     /// peer_tls_key, peer_tls_ca, shard_leaders). Flags override it; COHORT_API_KEYS
@@ -283,6 +283,10 @@ pub struct ServeArgs {
     /// [default: 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub replication_factor: Option<u32>,
+    /// This node's zone (a rack, an availability zone): each group's
+    /// replicas go to as many zones as there are.
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
     /// Where the shard groups' leaders go in a cluster: with the catalog's
     /// leader, or spread over the nodes [default: catalog].
     #[arg(long, value_enum, value_name = "PLACEMENT")]

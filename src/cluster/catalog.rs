@@ -142,6 +142,15 @@ pub enum CatalogCommand {
     /// (they cannot see it from their own shards when they hold no
     /// replica of some of them).
     Stepped(u64),
+    /// Labels a node with its zone (empty: no zone), which placement
+    /// spreads each group over; a node proposes its own from its
+    /// configuration (`zone`).
+    SetZone {
+        /// The node.
+        node: u64,
+        /// Its zone.
+        zone: String,
+    },
 }
 
 impl CatalogCommand {
@@ -1141,6 +1150,15 @@ impl StateMachine for CatalogMachine {
                 }
                 drop(outbox);
                 self.outbox_ready.notify_one();
+                CatalogResult::Done(Ok(()))
+            }
+            Ok((CatalogCommand::SetZone { node, zone }, _)) => {
+                let mut state = self.state_at(index);
+                if zone.is_empty() {
+                    state.placement.zones.remove(&node);
+                } else {
+                    state.placement.zones.insert(node, zone);
+                }
                 CatalogResult::Done(Ok(()))
             }
             Ok((CatalogCommand::Rebalance, _)) => {

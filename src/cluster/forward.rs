@@ -241,6 +241,7 @@ impl Forwarder {
                 Change::MoveReplica(pb::ForwardedMove { group: m.group, from_node: m.from, to_node: m.to })
             }
             CatalogCommand::Rebalance => Change::Rebalance(true),
+            CatalogCommand::SetZone { node, zone } => Change::SetZone(pb::ForwardedZone { node, zone }),
             other => {
                 return Err(CatalogError::Forwarded {
                     leader,
@@ -364,6 +365,7 @@ impl pb::forward_server::Forward for ForwardService {
                 })
             }
             Some(Change::Rebalance(_)) => CatalogCommand::Rebalance,
+            Some(Change::SetZone(z)) => CatalogCommand::SetZone { node: z.node, zone: z.zone },
             Some(Change::SetMember(m)) => CatalogCommand::SetMember(member_from_proto(m).map_err(|why| {
                 tonic::Status::invalid_argument(format!(
                     "a member forwarded by node {}: {why}",

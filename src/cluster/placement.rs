@@ -47,7 +47,13 @@ pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 ///   asks for a rebalance or a move;
 /// - a rebalance moves one replica at a time from the node with the most
 ///   to the node with the fewest, until no two nodes differ by more than
-///   one (the catalog counts as a group like the shards).
+///   one (the catalog counts as a group like the shards);
+/// - with zone labels (`--zone`), a group's replicas go to as many zones
+///   as there are: a group short of the factor takes a node of a zone it
+///   lacks first; one with too many gives up a node of a zone it has
+///   twice first; a rebalance first moves a replica off a zone a group
+///   has twice to a zone it lacks, and no load move lowers a group's
+///   number of zones. A node without a label counts as a zone of its own.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     /// Voters per group; 0 until the cluster's first leader sets it
@@ -55,6 +61,8 @@ pub struct Placement {
     pub replication_factor: u32,
     /// Wanted voters by group id, in the order they were placed.
     pub groups: BTreeMap<u64, Vec<u64>>,
+    /// The zone label of each node that has one (`--zone`).
+    pub zones: BTreeMap<u64, String>,
 }
 
 /// One replica moved by [`Placement::rebalance`] or asked for by an
@@ -83,6 +91,31 @@ impl Placement {
     /// every active member is wanted, as it was).
     pub fn wanted(&self, group: u64) -> Option<&[u64]> {
         self.groups.get(&group).map(Vec::as_slice)
+    }
+
+    /// How many zones `voters` span (a node without a label is a zone of
+    /// its own).
+    pub fn zones_of(&self, voters: &[u64]) -> usize {
+        let mut seen: Vec<Result<&str, u64>> =
+            voters.iter().map(|id| self.zones.get(id).map(String::as_str).ok_or(*id)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
+
+    /// Whether `id` is in a zone none of `voters` is in.
+    fn new_zone(&self, voters: &[u64], id: u64) -> bool {
+        match self.zones.get(&id) {
+            Some(zone) => !voters.iter().any(|v| self.zones.get(v) == Some(zone)),
+            None => true,
+        }
+    }
+
+    /// Whether `id` shares its zone with another of `voters`.
+    fn shares_zone(&self, voters: &[u64], id: u64) -> bool {
+        self.zones
+            .get(&id)
+            .is_some_and(|zone| voters.iter().any(|&v| v != id && self.zones.get(&v) == Some(zone)))
     }
 
     /// Replicas wanted on each of `active` (0 for a node with none).
@@ -117,12 +150,16 @@ impl Placement {
                 }
                 let load = self.load(active);
                 if voters.len() < want {
-                    let Some(to) = least_loaded(&load, |id| !voters.contains(&id)) else { break };
+                    let to = least_loaded(&load, |id| !voters.contains(&id) && self.new_zone(voters, id))
+                        .or_else(|| least_loaded(&load, |id| !voters.contains(&id)));
+                    let Some(to) = to else { break };
                     if let Some(v) = self.groups.get_mut(&group) {
                         v.push(to);
                     }
                 } else {
-                    let Some(from) = most_loaded(&load, |id| voters.contains(&id)) else { break };
+                    let from = most_loaded(&load, |id| voters.contains(&id) && self.shares_zone(voters, id))
+                        .or_else(|| most_loaded(&load, |id| voters.contains(&id)));
+                    let Some(from) = from else { break };
                     if let Some(v) = self.groups.get_mut(&group) {
                         v.retain(|&id| id != from);
                     }
@@ -150,27 +187,60 @@ impl Placement {
         Ok(())
     }
 
-    /// Fills every group, then moves replicas from the most loaded active
-    /// node to the least loaded until no two differ by more than one;
-    /// returns the moves, in order.
+    /// Fills every group, spreads each over the zones it can span, then
+    /// moves replicas from the most loaded active node to the least loaded
+    /// (never lowering a group's zones) until no two differ by more than
+    /// one, or no move is left that would narrow the gap; returns the
+    /// moves, in order.
     pub fn rebalance(&mut self, active: &[u64], groups: &[u64]) -> Vec<ReplicaMove> {
         self.fill(active, groups);
         let mut moves = Vec::new();
+        // Zones first: a replica of a zone the group has twice goes to the
+        // least loaded node of a zone it lacks.
+        for &group in groups {
+            loop {
+                let voters = self.groups[&group].clone();
+                let load = self.load(active);
+                let Some(from) =
+                    most_loaded(&load, |id| voters.contains(&id) && self.shares_zone(&voters, id))
+                else {
+                    break;
+                };
+                let Some(to) = least_loaded(&load, |id| !voters.contains(&id) && self.new_zone(&voters, id))
+                else {
+                    break;
+                };
+                let mv = ReplicaMove { group, from, to };
+                if self.move_replica(mv, active).is_err() {
+                    break;
+                }
+                moves.push(mv);
+            }
+        }
+        // Then the load: the fullest node that can give a replica to the
+        // emptiest node that can take it.
         loop {
             let load = self.load(active);
-            let (Some(from), Some(to)) = (most_loaded(&load, |_| true), least_loaded(&load, |_| true)) else {
-                break;
-            };
-            if load[&from] <= load[&to] + 1 {
-                break;
-            }
-            let Some(&group) = groups.iter().find(|g| {
-                let voters = &self.groups[*g];
-                voters.contains(&from) && !voters.contains(&to)
-            }) else {
-                break;
-            };
-            let mv = ReplicaMove { group, from, to };
+            let mut by_load: Vec<(usize, u64)> = load.iter().map(|(&id, &n)| (n, id)).collect();
+            by_load.sort_unstable();
+            let next = by_load.iter().rev().find_map(|&(high, from)| {
+                by_load.iter().take_while(|&&(low, _)| low + 1 < high).find_map(|&(_, to)| {
+                    groups
+                        .iter()
+                        .find(|g| {
+                            let voters = &self.groups[*g];
+                            if !voters.contains(&from) || voters.contains(&to) {
+                                return false;
+                            }
+                            let mut after = voters.clone();
+                            after.retain(|&id| id != from);
+                            after.push(to);
+                            self.zones_of(&after) >= self.zones_of(voters)
+                        })
+                        .map(|&group| ReplicaMove { group, from, to })
+                })
+            });
+            let Some(mv) = next else { break };
             if self.move_replica(mv, active).is_err() {
                 break;
             }
@@ -312,5 +382,35 @@ mod tests {
         let mut s = v.to_vec();
         s.sort_unstable();
         s.windows(2).any(|w| w[0] == w[1])
+    }
+
+    #[test]
+    fn replicas_spread_over_zones_first_and_a_rebalance_never_narrows_a_group() {
+        let groups = all_groups(8);
+        let mut p = Placement { replication_factor: 3, ..Placement::default() };
+        // Nodes 1, 2 in zone a; 3, 4 in zone b; 5, 6 in zone c.
+        for (id, zone) in [(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")] {
+            p.zones.insert(id, zone.to_string());
+        }
+        p.fill(&[1, 2, 3, 4, 5, 6], &groups);
+        assert!(p.groups.values().all(|v| p.zones_of(v) == 3), "every group in three zones: {p:?}");
+        // A cluster placed before its labels: the rebalance moves replicas
+        // off doubled zones, then evens the load without narrowing.
+        let mut p = placed(&groups, &[1, 2, 3], 3);
+        for (id, zone) in [(1, "a"), (2, "a"), (3, "b"), (4, "c")] {
+            p.zones.insert(id, zone.to_string());
+        }
+        let active = [1, 2, 3, 4];
+        p.rebalance(&active, &groups);
+        assert!(p.groups.values().all(|v| p.zones_of(v) == 3), "{p:?}");
+        // With four nodes in three zones, node 4 (alone in zone c) is in
+        // every group, and zone a's two nodes share a replica per group.
+        let load = p.load(&active);
+        assert_eq!(load[&4], groups.len());
+        assert_eq!(load[&3], groups.len());
+        assert_eq!(load[&1] + load[&2], groups.len());
+        assert!(load[&1].abs_diff(load[&2]) <= 1, "{load:?}");
+        // A node without a label is a zone of its own.
+        assert_eq!(p.zones_of(&[1, 2, 9]), 2);
     }
 }

@@ -93,6 +93,12 @@ pub trait StateMachine: Send + Sync + 'static {
     /// returns the index it covers. The driver calls it when its
     /// [`SnapshotPolicy`] says so, then compacts the log behind it.
     ///
+    /// The new file must replace the old one by a rename (write a
+    /// temporary file, then rename it over), never by rewriting it in
+    /// place: a snapshot on its way to a follower is a hard link to the
+    /// old file ([`crate::replication::snapshot_file`]), and a rewrite in
+    /// place would change the bytes under it.
+    ///
     /// [`snapshot_file`]: StateMachine::snapshot_file
     fn snapshot(&self) -> Result<u64, MachineError>;
     /// The file [`snapshot`](StateMachine::snapshot) writes.

@@ -642,13 +642,18 @@ fn sorted(ids: &[u64]) -> Vec<u64> {
 /// The member table, and the founding nodes it does not list yet.
 fn cluster_nodes(node: &Node) -> Vec<pb::ClusterNode> {
     let members = node.members();
-    let mut nodes: Vec<pb::ClusterNode> = members.iter().map(member_node).collect();
+    let zones = node.placement().zones;
+    let mut nodes: Vec<pb::ClusterNode> = members
+        .iter()
+        .map(|m| pb::ClusterNode { zone: zones.get(&m.id).cloned().unwrap_or_default(), ..member_node(m) })
+        .collect();
     for p in node.config.peers.iter().filter(|p| !members.iter().any(|m| m.id == p.id)) {
         nodes.push(pb::ClusterNode {
             node_id: p.id,
             grpc_addr: p.grpc_addr.clone(),
             raft_addr: p.raft_addr.clone(),
             state: String::new(),
+            zone: String::new(),
         });
     }
     nodes.sort_by_key(|n| n.node_id);
@@ -661,6 +666,7 @@ fn member_node(m: &Member) -> pb::ClusterNode {
         grpc_addr: m.grpc_addr.clone(),
         raft_addr: m.raft_addr.clone(),
         state: m.state.name().to_string(),
+        zone: String::new(),
     }
 }
 

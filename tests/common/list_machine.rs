@@ -91,7 +91,9 @@ impl StateMachine for ListMachine {
 
     fn snapshot(&self) -> Result<u64, MachineError> {
         let state = self.state.lock();
-        std::fs::write(&self.path, encode(state.0, &state.1, self.ballast))?;
+        // A new file renamed over the old one: the snapshot on its way to
+        // a follower is a hard link to the old one.
+        replace(&self.path, &encode(state.0, &state.1, self.ballast))?;
         Ok(state.0)
     }
 
@@ -105,7 +107,14 @@ impl StateMachine for ListMachine {
         *self.state.lock() = (index, values);
         self.applied.store(index, Ordering::Release);
         self.restores.fetch_add(1, Ordering::Relaxed);
-        std::fs::write(&self.path, data)?;
+        replace(&self.path, data)?;
         Ok(())
     }
+}
+
+/// Writes `data` to a temporary file and renames it over `path`.
+fn replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
 }

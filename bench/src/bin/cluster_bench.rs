@@ -1599,7 +1599,8 @@ fn placement_of(all: &BTreeMap<u64, StatusReply>) -> (BTreeMap<u64, Vec<u64>>, V
     };
     let Some(reference) = all.values().max_by_key(|r| catalog_applied(r)) else { return Default::default() };
     let placed = reference.groups.iter().map(|g| (g.group_id, sorted_ids(&g.placed))).collect();
-    let active = reference.nodes.iter().filter(|n| n.state == "active").map(|n| n.node_id).collect();
+    let active: Vec<u64> =
+        reference.nodes.iter().filter(|n| n.state == "active").map(|n| n.node_id).collect();
     (placed, sorted_ids(&active))
 }
 
