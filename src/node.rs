@@ -428,7 +428,7 @@ impl Node {
         let peer_tls = config.peer_tls()?;
         let dir = &config.data_dir;
         let snapshots = dir.join("snapshots");
-        let checked = datadir::check_files(dir).map_err(|p| NodeError::data_dir(&p))?;
+        let mut checked = datadir::check_files(dir).map_err(|p| NodeError::data_dir(&p))?;
         // Snapshots in transfer when the node stopped are sent again.
         crate::replication::snapshot_file::clear_transfers(&snapshots.join("transfer"));
         for torn in &checked.log.torn {
@@ -469,6 +469,12 @@ impl Node {
         std::fs::create_dir_all(&snapshots)
             .map_err(|source| NodeError::Io { path: snapshots.display().to_string(), source })?;
         let store = Arc::new(LogStore::open(&dir.join("raft"))?);
+        for group in drop_moved_away_replicas(&store, &snapshots, config.node_id, config.shards)? {
+            // Nothing of it is left to check against the manifest.
+            if let Some(manifest) = checked.manifest.as_mut() {
+                manifest.groups.remove(&group);
+            }
+        }
         let (catalog, shards) = load_snapshots(&snapshots, config.shards, config.dedup_window_hours)?;
         let records = {
             let loaded = datadir::loaded_groups(&*catalog, shards.iter().map(|m| &**m as &dyn StateMachine));
@@ -1426,6 +1432,51 @@ impl IngestSink for Node {
 /// The catalog and every shard of a data directory's `snapshots` folder,
 /// loaded in parallel on as many threads as there are cores.
 #[allow(clippy::type_complexity)]
+/// Drops, before anything is loaded, the shard replicas that this node's
+/// log shows were moved to other nodes: a shard group whose applied
+/// configuration holds this node neither as a voter nor as a learner (a
+/// committed change removed it; a group this node never held has no
+/// configuration at all). Its snapshot file goes first, then its log, so
+/// that a crash in between leaves a log that still says so and the next
+/// start finishes the job. Returns the groups dropped. A later move back
+/// starts from a snapshot, as for a node that never held the shard.
+fn drop_moved_away_replicas(
+    store: &LogStore,
+    snapshots: &Path,
+    me: u64,
+    shards: u32,
+) -> Result<Vec<u64>, NodeError> {
+    let mut dropped = Vec::new();
+    for shard in 0..shards {
+        let group = shard_group(shard);
+        let conf = store.group(group)?.conf_state();
+        let listed = |ids: &[u64]| ids.contains(&me);
+        let configured = !conf.voters.is_empty() || !conf.learners.is_empty();
+        if !configured
+            || listed(&conf.voters)
+            || listed(&conf.learners)
+            || listed(&conf.voters_outgoing)
+            || listed(&conf.learners_next)
+        {
+            continue;
+        }
+        let file = snapshots.join(format!("shard-{shard:03}.snap"));
+        if file.exists() {
+            let io = |source| NodeError::Io { path: file.display().to_string(), source };
+            std::fs::remove_file(&file).map_err(io)?;
+            std::fs::File::open(snapshots).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        store.clean_group(group)?;
+        tracing::info!(
+            shard,
+            voters = ?conf.voters,
+            "this node's replica of the shard was moved to other nodes: its data is dropped"
+        );
+        dropped.push(group);
+    }
+    Ok(dropped)
+}
+
 fn load_snapshots(
     snapshots: &Path,
     shards: u32,

@@ -366,6 +366,31 @@ async fn a_fourth_node_joins_takes_a_moved_replica_and_its_share_and_the_catalog
     let total = settled(&nodes).await;
     assert_eq!(total, seen.lock().acknowledged.len() as u64 * BATCH, "node 4 counts what the others count");
 
+    // A founder restarted after the rebalance drops the replicas that
+    // moved away from it (their snapshot files and logs), and counts the
+    // same.
+    let stepper = catalog_leader(&nodes[&1]).await;
+    let restarted = (1..=3).find(|&id| id != stepper).unwrap();
+    let moved_away: Vec<u64> =
+        confs.iter().filter(|c| c.group > 1 && !c.voters.contains(&restarted)).map(|c| c.group).collect();
+    assert!(!moved_away.is_empty(), "node {restarted} kept every shard: {confs:?}");
+    let snap =
+        |group: u64| root.path().join(format!("node-{restarted}/snapshots/shard-{:03}.snap", group - 2));
+    let mut old = nodes.remove(&restarted).unwrap();
+    old.terminate();
+    assert!(
+        moved_away.iter().any(|&g| snap(g).exists()),
+        "the moved-away replicas were kept until the restart"
+    );
+    nodes.insert(
+        restarted,
+        common::cluster::start_node(restarted, &root.path().join(format!("node-{restarted}")), &addrs),
+    );
+    for &g in &moved_away {
+        assert!(!snap(g).exists(), "node {restarted} kept {} after its restart", snap(g).display());
+    }
+    assert_eq!(settled(&nodes).await, total, "node {restarted}, restarted without its moved-away replicas");
+
     // Merges across shards, some of whose absorbed profiles live on
     // shards the catalog's leader (where the pipeline steps) holds no
     // replica of: they are exported by a node that holds one.

@@ -295,6 +295,19 @@ impl LogStore {
             .map_err(|source| StorageError::Engine { dir: self.dir.to_string(), source })
     }
 
+    /// Drops everything stored for `group` (its entries and its state,
+    /// `Command::Clean`) and fsyncs; the group's next handle is empty, as
+    /// a group this node never held. For a replica the group's
+    /// configuration no longer holds (moved to another node): nothing
+    /// sends it entries any more, and a move back starts from a snapshot.
+    pub fn clean_group(&self, group: u64) -> Result<(), StorageError> {
+        let mut batch = LogBatch::default();
+        batch.add_command(group, Command::Clean);
+        self.write(&mut batch, true)?;
+        self.groups.lock().remove(&group);
+        Ok(())
+    }
+
     /// Reads one group's stored messages.
     fn load_meta(&self, group: u64) -> Result<GroupMeta, StorageError> {
         Ok(GroupMeta {
