@@ -1429,9 +1429,6 @@ impl IngestSink for Node {
     }
 }
 
-/// The catalog and every shard of a data directory's `snapshots` folder,
-/// loaded in parallel on as many threads as there are cores.
-#[allow(clippy::type_complexity)]
 /// Drops, before anything is loaded, the shard replicas that this node's
 /// log shows were moved to other nodes: a shard group whose applied
 /// configuration holds this node neither as a voter nor as a learner (a
@@ -1477,6 +1474,9 @@ fn drop_moved_away_replicas(
     Ok(dropped)
 }
 
+/// The catalog and every shard of a data directory's `snapshots` folder,
+/// loaded in parallel on as many threads as there are cores.
+#[allow(clippy::type_complexity)]
 fn load_snapshots(
     snapshots: &Path,
     shards: u32,
