@@ -1961,10 +1961,12 @@ struct JoinAndRebalance {
 /// address, waits until it is in the catalog group ([`wait_in_catalog`]),
 /// then sends `Admin.Rebalance` to the catalog's leader and waits until
 /// every group is placed ([`wait_rebalanced`]). Times are from `spawned`,
-/// and from the `Rebalance` call.
+/// and from the `Rebalance` call; `before` is every node's Status from
+/// before the spawn (for the snapshot bytes the join sent).
 async fn join_and_rebalance(
     fleet: &mut Fleet,
     through: u64,
+    before: &BTreeMap<u64, StatusReply>,
     spawned: Instant,
     give_up: Duration,
 ) -> Result<JoinAndRebalance, String> {
@@ -1973,6 +1975,14 @@ async fn join_and_rebalance(
     eprintln!("[join] node {joiner} started with --join {via} (n{through}'s Raft address)");
     let catalog_join = wait_in_catalog(fleet, joiner, spawned, give_up).await?;
     let joined = statuses(fleet).await?;
+    eprintln!(
+        "[join] n{joiner} serving after {:.0} ms, in the catalog after {:.0} ms, caught up with it after {:.0} ms; \
+         {:.1} MB of snapshots sent",
+        ms(catalog_join.serving),
+        ms(catalog_join.in_catalog),
+        ms(catalog_join.caught_up),
+        (snapshot_bytes_sent(&joined) - snapshot_bytes_sent(before)) as f64 / 1e6
+    );
     let rebalanced_on = catalog_leader(fleet, give_up).await?;
     let rebalancing = Instant::now();
     let reply = rebalance(&fleet.addr(rebalanced_on), give_up).await?;
@@ -1996,6 +2006,11 @@ async fn join_and_rebalance(
         rebalance_answered,
         placed,
     })
+}
+
+/// `snapshot_bytes_sent` summed over the nodes of `all`.
+fn snapshot_bytes_sent(all: &BTreeMap<u64, StatusReply>) -> u64 {
+    all.values().map(|s| s.snapshot_bytes_sent).sum()
 }
 
 /// Replica moves as a short text (`group 2 n1 → n4, group 5 n3 → n4`).
@@ -2059,7 +2074,7 @@ async fn join_phase(
     let load = Load::start(fleet, args, &members, count_node, &next_batch, now, universe);
     tokio::time::sleep(warm_up).await;
     let spawned = Instant::now();
-    let outcome = join_and_rebalance(fleet, joined_through, spawned, give_up).await;
+    let outcome = join_and_rebalance(fleet, joined_through, &before, spawned, give_up).await;
     let log = load.stop(give_up).await;
     acked.extend(log.acks.iter().map(|a| a.0));
     let moved = outcome?;
@@ -2073,21 +2088,13 @@ async fn join_phase(
         moved.rebalancing,
         moved.rebalancing + moved.placed,
     ));
-    let sum = |m: &BTreeMap<u64, StatusReply>, f: fn(&StatusReply) -> u64| m.values().map(f).sum::<u64>();
-    let snapshots = |m: &BTreeMap<u64, StatusReply>| sum(m, |s| s.snapshot_bytes_sent);
-    let join_snapshot_bytes = snapshots(&moved.joined) - snapshots(&before);
-    let rebalance_snapshot_bytes = snapshots(&moved.placed_statuses) - snapshots(&moved.joined);
-    let raft_bytes = sum(&moved.placed_statuses, |s| s.raft_bytes_sent) - sum(&before, |s| s.raft_bytes_sent);
+    let join_snapshot_bytes = snapshot_bytes_sent(&moved.joined) - snapshot_bytes_sent(&before);
+    let rebalance_snapshot_bytes =
+        snapshot_bytes_sent(&moved.placed_statuses) - snapshot_bytes_sent(&moved.joined);
+    let raft_bytes_sent = |m: &BTreeMap<u64, StatusReply>| m.values().map(|s| s.raft_bytes_sent).sum::<u64>();
+    let raft_bytes = raft_bytes_sent(&moved.placed_statuses) - raft_bytes_sent(&before);
     let load_placed = voters_per_node(&moved.placed_statuses);
     let joiner_voter_of = load_placed.get(&joiner).copied().unwrap_or(0);
-    eprintln!(
-        "[join] n{joiner} serving after {:.0} ms, in the catalog after {:.0} ms, caught up with it after {:.0} ms; \
-         {:.1} MB of snapshots sent",
-        ms(catalog_join.serving),
-        ms(catalog_join.in_catalog),
-        ms(catalog_join.caught_up),
-        join_snapshot_bytes as f64 / 1e6
-    );
     eprintln!(
         "[join] rebalance of {} replica moves placed after {:.0} ms; n{joiner} voter of {joiner_voter_of} of \
          {groups} groups (voters per node: {}); {:.1} MB of snapshots sent",
