@@ -255,9 +255,9 @@ pub struct NodeConfig {
     pub peers: Vec<PeerConfig>,
     /// The Raft address of a member of a running cluster, which a new
     /// node (an empty data directory, no `peers`) asks to join: it is
-    /// added to the member table and every group's leader adds it as a
-    /// learner and then a voter. A node that already joined starts from
-    /// its data and needs it no more.
+    /// added to the member table, follows the catalog as a learner, and
+    /// takes the replicas the placement gives it. A node that already
+    /// joined starts from its data and needs it no more.
     pub join: Option<String>,
     /// Where the shard groups' leaders go: `catalog` (with the catalog's
     /// leader, where the ingest stepper runs: its proposals are local) or
@@ -1052,7 +1052,7 @@ async fn join_cluster(config: &NodeConfig, at: &str, tls: Option<&PeerTls>) -> R
     let table = crate::cluster::forward::ask_to_join(at, tls, &me, config.shards)
         .await
         .map_err(|reason| NodeError::Join { at: at.to_string(), reason })?;
-    tracing::info!(at, members = table.len(), "joined the cluster; its leaders add this node to every group");
+    tracing::info!(at, members = table.len(), "joined the cluster; the catalog's leader adds this node as a learner, and replicas placed on it follow");
     Ok(table.into_iter().map(|m| (m.id, m)).collect())
 }
 

@@ -270,8 +270,10 @@ pub struct ServeArgs {
     pub peers: Vec<crate::node::PeerConfig>,
     /// Join a running cluster through the member whose Raft service is at
     /// ADDR (a new node: empty data directory, a new --node-id, no
-    /// --peer). Every group's leader then adds this node, as a learner
-    /// until it has caught up, then as a voter.
+    /// --peer). It follows the catalog as a learner and takes the replicas
+    /// the placement gives it (`cohort cluster rebalance`, `move-replica`,
+    /// or a group short of voters), each as a learner until it has caught
+    /// up, then as a voter.
     #[arg(long, value_name = "ADDR", conflicts_with = "peers")]
     pub join: Option<String>,
     /// In a cluster: how stale (milliseconds) a count, breakdown or
