@@ -575,6 +575,18 @@ fn converged(all: &BTreeMap<u64, StatusReply>, groups: usize) -> Result<(), Stri
 /// Waits until [`converged`] holds on every node of the fleet; returns
 /// the time waited.
 async fn wait_converged(fleet: &mut Fleet, timeout: Duration) -> Result<Duration, String> {
+    wait_for_fleet(fleet, timeout, "not caught up", converged).await
+}
+
+/// Polls every node's Status every 20 ms until `check` (given the
+/// statuses and the number of groups) holds; fails with `what` and the
+/// last reason after `timeout`, or at once when a node died.
+async fn wait_for_fleet(
+    fleet: &mut Fleet,
+    timeout: Duration,
+    what: &str,
+    check: fn(&BTreeMap<u64, StatusReply>, usize) -> Result<(), String>,
+) -> Result<Duration, String> {
     let start = Instant::now();
     let groups = fleet.shards as usize + 1;
     loop {
@@ -582,14 +594,14 @@ async fn wait_converged(fleet: &mut Fleet, timeout: Duration) -> Result<Duration
             fleet.check_alive(id)?;
         }
         let last = match statuses(fleet).await {
-            Ok(all) => match converged(&all, groups) {
+            Ok(all) => match check(&all, groups) {
                 Ok(()) => return Ok(start.elapsed()),
                 Err(e) => e,
             },
             Err(e) => e,
         };
         if start.elapsed() > timeout {
-            return Err(format!("[{}] not caught up within {timeout:?}: {last}", fleet.name));
+            return Err(format!("[{}] {what} within {timeout:?}: {last}", fleet.name));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1682,24 +1694,7 @@ fn settled(all: &BTreeMap<u64, StatusReply>, groups: usize) -> Result<(), String
 /// Waits until [`settled`] holds on every node of the fleet; returns the
 /// time waited.
 async fn wait_settled(fleet: &mut Fleet, timeout: Duration) -> Result<Duration, String> {
-    let start = Instant::now();
-    let groups = fleet.shards as usize + 1;
-    loop {
-        for id in fleet.ids() {
-            fleet.check_alive(id)?;
-        }
-        let last = match statuses(fleet).await {
-            Ok(all) => match settled(&all, groups) {
-                Ok(()) => return Ok(start.elapsed()),
-                Err(e) => e,
-            },
-            Err(e) => e,
-        };
-        if start.elapsed() > timeout {
-            return Err(format!("[{}] the replicas did not catch up within {timeout:?}: {last}", fleet.name));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_fleet(fleet, timeout, "the replicas did not catch up", settled).await
 }
 
 /// How far a joining node got, each as the first time since its spawn it
