@@ -898,18 +898,7 @@ impl Node {
         }
         self.refuse_if_removed()?;
         let shard_now = || self.planner.locate(address).ok().map(|(_, shard)| shard);
-        let held = |shard: u32| {
-            if self.holds_shard(shard) {
-                return Ok(shard);
-            }
-            let group = shard_group(shard);
-            Err(ReplicationError::NoReplica {
-                group,
-                name: format!("shard {shard}"),
-                node: self.config.node_id,
-                replicas: self.replicas_of(group),
-            })
-        };
+        let held = |shard: u32| if self.holds_shard(shard) { Ok(shard) } else { Err(self.no_replica(shard)) };
         let catalog = self.driver.read_barrier(CATALOG_GROUP);
         let guessed = shard_now();
         let shard = guessed.map(held).transpose()?.map(|s| self.driver.read_barrier(shard_group(s)));

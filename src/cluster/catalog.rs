@@ -492,6 +492,15 @@ impl CatalogState {
         self.members.values().filter(|m| m.state == MemberState::Active).map(|m| m.id).collect()
     }
 
+    /// The nodes that should vote in `group`: the placement's, or every
+    /// active member when the placement has no entry for it.
+    pub fn placed_voters(&self, group: u64) -> Vec<u64> {
+        match self.placement.wanted(group) {
+            Some(wanted) => wanted.to_vec(),
+            None => self.active_members(),
+        }
+    }
+
     /// Brings the placement to the member table and the replication
     /// factor (nothing on a node with no member table).
     fn place(&mut self) {

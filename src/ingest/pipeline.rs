@@ -403,20 +403,13 @@ impl RoutedLog {
     /// last one that took a proposal, then the placement's.
     fn candidates(&self, group: u64) -> Vec<u64> {
         let me = self.driver.node_id();
-        let mut nodes: Vec<u64> = self.hints.lock().get(&group).copied().into_iter().collect();
-        let state = self.catalog.state.read();
-        match state.placement.wanted(group) {
-            Some(wanted) => nodes.extend(wanted),
-            None => nodes.extend(state.active_members()),
-        }
-        drop(state);
-        let mut seen = Vec::new();
-        nodes.retain(|&n| {
-            n != me && !seen.contains(&n) && {
-                seen.push(n);
-                true
+        let hint = self.hints.lock().get(&group).copied();
+        let mut nodes: Vec<u64> = hint.into_iter().collect();
+        for node in self.catalog.state.read().placed_voters(group) {
+            if node != me && !nodes.contains(&node) {
+                nodes.push(node);
             }
-        });
+        }
         nodes
     }
 }
@@ -443,7 +436,7 @@ impl ShardLog for RoutedLog {
                 group,
                 name: format!("shard {}", group - 2),
                 node: me,
-                replicas: vec![],
+                replicas: candidates.clone(),
             };
             for node in candidates {
                 match forwarder.propose(node, group, data.clone()).await {

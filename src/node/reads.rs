@@ -161,15 +161,22 @@ impl Node {
     /// for the group).
     pub(crate) fn replicas_of(&self, group: u64) -> Vec<u64> {
         let mut nodes = self.driver.replicas_of(group);
-        let state = self.catalog.state.read();
-        match state.placement.wanted(group) {
-            Some(wanted) => nodes.extend(wanted),
-            None => nodes.extend(state.active_members()),
-        }
-        drop(state);
+        nodes.extend(self.catalog.state.read().placed_voters(group));
         nodes.sort_unstable();
         nodes.dedup();
         nodes
+    }
+
+    /// The refusal of a read of `shard`, which this node holds no replica
+    /// of, naming the nodes that do.
+    pub(crate) fn no_replica(&self, shard: u32) -> ReplicationError {
+        let group = shard_group(shard);
+        ReplicationError::NoReplica {
+            group,
+            name: format!("shard {shard}"),
+            node: self.config.node_id,
+            replicas: self.replicas_of(group),
+        }
     }
 
     /// Asks the leaders of `shards` to confirm this node's replicas
@@ -575,14 +582,7 @@ impl Node {
             .into());
         }
         if let Some(&absent) = request.shards.iter().find(|&&s| !self.holds_shard(s)) {
-            let group = shard_group(absent);
-            return Err(ReplicationError::NoReplica {
-                group,
-                name: format!("shard {absent}"),
-                node: self.config.node_id,
-                replicas: self.replicas_of(group),
-            }
-            .into());
+            return Err(self.no_replica(absent).into());
         }
         if let ShardQuery::Export { .. } = request.query {
             // After every write committed before the call: a fresh
