@@ -542,8 +542,8 @@ impl Node {
         let forwarder = cluster
             .clustered
             .then(|| Arc::new(Forwarder::new(config.node_id, cluster.raft_addrs.clone(), peer_tls.clone())));
-        let pipeline =
-            Pipeline::start(driver.clone(), forwarder.clone(), catalog.clone(), shards.clone()).await?;
+        let peers = forwarder.clone().map(|f| f as Arc<dyn crate::ingest::pipeline::ShardPeers>);
+        let pipeline = Pipeline::start(driver.clone(), peers, catalog.clone(), shards.clone()).await?;
         let planner = Planner::new(catalog.clone(), shards.clone(), config.query_threads);
         manifest.flush()?;
         start_manifest_flusher(&manifest);

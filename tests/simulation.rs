@@ -34,197 +34,21 @@
 
 mod common;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cohort::cluster::membership::{plan, Member, MemberState, Members, Step, Wanted};
 use cohort::cluster::placement::{Placement, ReplicaMove};
-use cohort::replication::driver::{
-    Driver, DriverConfig, GroupSpec, SnapshotPolicy, SnapshotReport, Transport,
-};
+use cohort::replication::driver::{Driver, DriverConfig, GroupSpec, SnapshotPolicy};
 use cohort::replication::storage::LogStore;
 use cohort::replication::ReplicationError;
 use common::list_machine::ListMachine;
-use parking_lot::{Condvar, Mutex, RwLock};
-use raft::eraftpb::{Message, MessageType};
+use common::sim_net::{Port, Rng, SimNet};
+use parking_lot::{Mutex, RwLock};
 
 const GROUP: u64 = 1;
-
-/// SplitMix64: small, seedable, good enough to pick faults.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
-
-/// A message on its way, delivered at `at`.
-struct InFlight {
-    at: Instant,
-    seq: u64,
-    from: u64,
-    to: u64,
-    group: u64,
-    message: Message,
-}
-
-impl PartialEq for InFlight {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for InFlight {}
-impl PartialOrd for InFlight {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for InFlight {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-/// The network: drivers by node, cut links, and the messages in flight.
-struct SimNet {
-    drivers: RwLock<HashMap<u64, Arc<Driver>>>,
-    /// Directed links that deliver nothing.
-    cut: RwLock<HashSet<(u64, u64)>>,
-    rng: Mutex<Rng>,
-    queue: Mutex<BinaryHeap<Reverse<InFlight>>>,
-    wake: Condvar,
-    seq: AtomicU64,
-    stop: AtomicBool,
-    dropped: AtomicU64,
-    duplicated: AtomicU64,
-}
-
-/// Drop, duplicate and delay rates of the network.
-const DROP: f64 = 0.05;
-const DUPLICATE: f64 = 0.03;
-const MAX_DELAY_MS: u64 = 25;
-
-impl SimNet {
-    fn new(seed: u64) -> Arc<SimNet> {
-        let net = Arc::new(SimNet {
-            drivers: RwLock::default(),
-            cut: RwLock::default(),
-            rng: Mutex::new(Rng(seed ^ 0x5151)),
-            queue: Mutex::default(),
-            wake: Condvar::new(),
-            seq: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
-            duplicated: AtomicU64::new(0),
-        });
-        let deliverer = net.clone();
-        std::thread::spawn(move || deliverer.deliver());
-        net
-    }
-
-    fn linked(&self, from: u64, to: u64) -> bool {
-        !self.cut.read().contains(&(from, to))
-    }
-
-    /// Delivers messages when they are due, to the nodes that are up and
-    /// still linked to the sender.
-    fn deliver(&self) {
-        loop {
-            let due = {
-                let mut queue = self.queue.lock();
-                loop {
-                    if self.stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    match queue.peek() {
-                        Some(Reverse(m)) if m.at <= Instant::now() => break queue.pop().map(|Reverse(m)| m),
-                        Some(Reverse(m)) => {
-                            let wait = m.at.saturating_duration_since(Instant::now());
-                            self.wake.wait_for(&mut queue, wait);
-                        }
-                        None => {
-                            self.wake.wait_for(&mut queue, Duration::from_millis(50));
-                        }
-                    }
-                }
-            };
-            let Some(m) = due else { continue };
-            let drivers = self.drivers.read();
-            let snapshot = m.message.get_msg_type() == MessageType::MsgSnapshot;
-            let delivered = self.linked(m.from, m.to) && drivers.contains_key(&m.to);
-            if delivered {
-                drivers[&m.to].step(m.group, m.message);
-            }
-            if let Some(sender) = drivers.get(&m.from) {
-                if !delivered {
-                    sender.report_unreachable(m.group, m.to);
-                }
-                if snapshot {
-                    let report = if delivered { SnapshotReport::Finished } else { SnapshotReport::Failed };
-                    sender.report_snapshot(m.group, m.to, report);
-                }
-            }
-        }
-    }
-
-    fn post(&self, from: u64, to: u64, group: u64, message: Message, delay_ms: u64) {
-        let at = Instant::now() + Duration::from_millis(delay_ms);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.queue.lock().push(Reverse(InFlight { at, seq, from, to, group, message }));
-        self.wake.notify_one();
-    }
-}
-
-/// One node's end of the network.
-struct Port {
-    net: Arc<SimNet>,
-    from: u64,
-}
-
-impl Transport for Port {
-    fn send(&self, group: u64, messages: Vec<Message>) {
-        for mut m in messages {
-            let to = m.to;
-            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            // In memory: the snapshot's bytes, not a file the sender's next
-            // snapshot would replace.
-            cohort::replication::snapshot_file::inline(&mut m).expect("read the snapshot to send");
-            let (drop, dup, delay, dup_delay) = {
-                let mut rng = self.net.rng.lock();
-                // A snapshot is not dropped on the way: its transfer fails
-                // or finishes as a whole (the transport reports which).
-                let drop = !snapshot && rng.chance(DROP);
-                let dup = !snapshot && rng.chance(DUPLICATE);
-                (drop, dup, rng.below(MAX_DELAY_MS + 1), rng.below(MAX_DELAY_MS + 1))
-            };
-            if drop {
-                self.net.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if dup {
-                self.net.duplicated.fetch_add(1, Ordering::Relaxed);
-                self.net.post(self.from, to, group, m.clone(), dup_delay);
-            }
-            self.net.post(self.from, to, group, m, delay);
-        }
-    }
-}
 
 /// A node of the simulation: its directory (kept across crashes) and, while
 /// it runs, its machine.

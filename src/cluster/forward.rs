@@ -84,6 +84,38 @@ pub trait LocalWrites: Send + Sync + 'static {
 /// Where forwarded writes go on this node, once it is open.
 pub type WritesSlot = Arc<OnceLock<Weak<dyn LocalWrites>>>;
 
+impl crate::ingest::pipeline::ShardPeers for Forwarder {
+    fn propose(
+        &self,
+        node: u64,
+        group: u64,
+        data: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>> {
+        Box::pin(Forwarder::propose(self, node, group, data))
+    }
+
+    fn export(
+        &self,
+        node: u64,
+        shard: u32,
+        profile: crate::shard::ProfileId,
+    ) -> BoxFuture<'_, Result<Option<crate::shard::ProfileImage>, String>> {
+        use crate::query::remote::{ReadReply, ReadRequest, ShardAnswer, ShardQuery};
+        Box::pin(async move {
+            let request = ReadRequest {
+                shards: vec![shard],
+                ..ReadRequest::compiled(ShardQuery::Export { profile }, &[], 0)
+            };
+            let bytes = self.read(node, request.encode(), None).await?;
+            let reply = ReadReply::decode(&bytes)?;
+            match reply.answers.into_iter().next() {
+                Some((_, ShardAnswer::Image(image))) => Ok(image.map(|b| *b)),
+                other => Err(format!("answered {other:?}")),
+            }
+        })
+    }
+}
+
 /// Sends batches to other nodes' Forward service, over one lazily
 /// connected channel per node (mutual TLS when configured).
 pub struct Forwarder {

@@ -40,12 +40,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::{IngestError, IngestReport, Source};
+use super::{BoxFuture, IngestError, IngestReport, Source};
 use crate::cluster::catalog::{
     parse_message, CatalogCommand, CatalogMachine, CatalogResult, IngestJob, Outbox, ParsedIngest, ParsedJob,
     ParsedMessage, Step,
 };
-use crate::cluster::forward::Forwarder;
 use crate::cluster::placement::{shard_group, CATALOG_GROUP};
 use crate::replication::driver::{ApplyResult, Driver};
 use crate::replication::shard_machine::{
@@ -96,7 +95,7 @@ impl Pipeline {
     /// Must be called inside a tokio runtime.
     pub async fn start(
         driver: Arc<Driver>,
-        forwarder: Option<Arc<Forwarder>>,
+        peers: Option<Arc<dyn ShardPeers>>,
         catalog: Arc<CatalogMachine>,
         shards: Arc<Vec<Arc<ShardMachine>>>,
     ) -> Result<Pipeline, IngestError> {
@@ -110,7 +109,7 @@ impl Pipeline {
         let leads: Leads = Arc::new(move || leader_of.leader_of(CATALOG_GROUP) == Some(node_id));
         let log = Arc::new(RoutedLog {
             driver: driver.clone(),
-            forwarder: forwarder.clone(),
+            peers: peers.clone(),
             catalog: catalog.clone(),
             shards: shards.clone(),
             hints: Arc::default(),
@@ -131,7 +130,7 @@ impl Pipeline {
             stepper.drain().await?;
         }
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
-        if forwarder.is_some() {
+        if peers.is_some() {
             tokio::spawn(record_stepped(driver.clone(), stepper.board.clone(), stepper.leads.clone()));
         }
         tokio::spawn(sequence(driver, jobs_rx, stepper.board.clone()));
@@ -382,6 +381,33 @@ type Exported = Pin<Box<dyn Future<Output = Result<Option<ProfileImage>, Replica
 /// The answer to one proposal: what applying it returned.
 type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ReplicationError>> + Send>>;
 
+/// What the pipeline of a node in a cluster asks of the other nodes: the
+/// gRPC [`Forwarder`](crate::cluster::forward::Forwarder) between
+/// processes, an in-process network in the simulation.
+pub trait ShardPeers: Send + Sync {
+    /// Proposes a step to shard group `group` at node `node`, which leads
+    /// it (else it refuses before appending); returns (skipped, gap) as
+    /// its applier answered.
+    fn propose(
+        &self,
+        node: u64,
+        group: u64,
+        data: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>>;
+
+    /// The image of `profile` on `shard` as node `node`'s replica holds it
+    /// after a ReadIndex (a merge's export, [`ShardQuery::Export`]); `None`
+    /// when the shard does not hold it. `Err` says what went wrong there.
+    ///
+    /// [`ShardQuery::Export`]: crate::query::remote::ShardQuery::Export
+    fn export(
+        &self,
+        node: u64,
+        shard: u32,
+        profile: ProfileId,
+    ) -> BoxFuture<'_, Result<Option<ProfileImage>, String>>;
+}
+
 /// The shard log of a node: proposals to the groups it leads go to its
 /// driver; proposals to a group led by another node go to that node's
 /// Forward service (no parsed commands travel: the leader decodes the
@@ -391,7 +417,7 @@ type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ReplicationError>>
 /// in turn until one leads it (the others refuse before appending).
 struct RoutedLog {
     driver: Arc<Driver>,
-    forwarder: Option<Arc<Forwarder>>,
+    peers: Option<Arc<dyn ShardPeers>>,
     catalog: Arc<CatalogMachine>,
     shards: Arc<Vec<Arc<ShardMachine>>>,
     /// The node that last took a proposal of a group not held here.
@@ -417,12 +443,12 @@ impl RoutedLog {
 impl ShardLog for RoutedLog {
     fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer {
         let me = self.driver.node_id();
-        let Some(forwarder) = self.forwarder.clone() else {
+        let Some(peers) = self.peers.clone() else {
             return Box::pin(self.driver.propose_with(group, data, local));
         };
         if let Some(leader) = self.driver.leader_of(group).filter(|&l| l != me) {
             return Box::pin(async move {
-                let (skipped, gap) = forwarder.propose(leader, group, data).await?;
+                let (skipped, gap) = peers.propose(leader, group, data).await?;
                 Ok(Box::new(ShardApplied { skipped, gap, ..Default::default() }) as ApplyResult)
             });
         }
@@ -439,7 +465,7 @@ impl ShardLog for RoutedLog {
                 replicas: candidates.clone(),
             };
             for node in candidates {
-                match forwarder.propose(node, group, data.clone()).await {
+                match peers.propose(node, group, data.clone()).await {
                     Ok((skipped, gap)) => {
                         hints.lock().insert(group, node);
                         return Ok(
@@ -457,7 +483,7 @@ impl ShardLog for RoutedLog {
     fn export(&self, shard: u32, profile: ProfileId) -> Exported {
         let group = shard_group(shard);
         let local = self.shards.get(shard as usize).cloned();
-        let Some(forwarder) = self.forwarder.clone().filter(|_| !self.driver.holds(group)) else {
+        let Some(peers) = self.peers.clone().filter(|_| !self.driver.holds(group)) else {
             // This node's replica, once it has applied every step its
             // leader committed (it may be another node).
             let caught_up = caught_up(self.driver.clone(), group);
@@ -468,22 +494,10 @@ impl ShardLog for RoutedLog {
         };
         let candidates = self.candidates(group);
         Box::pin(async move {
-            let request = crate::query::remote::ReadRequest::compiled(
-                crate::query::remote::ShardQuery::Export { profile },
-                &[],
-                0,
-            );
-            let request = crate::query::remote::ReadRequest { shards: vec![shard], ..request };
             let mut failures = Vec::new();
             for node in candidates {
-                let read = forwarder.read(node, request.encode(), None).await;
-                match read.and_then(|bytes| crate::query::remote::ReadReply::decode(&bytes)) {
-                    Ok(reply) => match reply.answers.into_iter().next() {
-                        Some((_, crate::query::remote::ShardAnswer::Image(image))) => {
-                            return Ok(image.map(|b| *b))
-                        }
-                        other => failures.push(format!("node {node}: answered {other:?}")),
-                    },
+                match peers.export(node, shard, profile).await {
+                    Ok(image) => return Ok(image),
                     Err(e) => failures.push(format!("node {node}: {e}")),
                 }
             }

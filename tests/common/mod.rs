@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod list_machine;
 pub mod load;
+pub mod sim_net;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
