@@ -1354,10 +1354,17 @@ impl LocalWrites for Node {
         &self,
         group: u64,
         data: Vec<u8>,
+        relay: bool,
     ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>> {
         Box::pin(async move {
             if group == CATALOG_GROUP || group > shard_group(self.config.shards - 1) {
                 return Err(ReplicationError::NoSuchGroup { group });
+            }
+            let me = self.config.node_id;
+            let leader = self.driver.leader_of(group).filter(|&l| l != me);
+            if let (true, Some(leader), Some(forwarder)) = (relay, leader, &self.forwarder) {
+                // Once: the leader does not hand it on again.
+                return forwarder.propose(leader, group, data, false).await;
             }
             let applied = self.driver.propose(group, data).await?;
             Ok(applied.downcast::<ShardApplied>().map_or((false, false), |a| (a.skipped, a.gap)))

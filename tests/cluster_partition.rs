@@ -31,6 +31,9 @@
 //! - a node cut off from one shard's leader only (shard leaders spread)
 //!   still answers counts, breakdowns and members within the staleness
 //!   bound, reading that shard from a replica on another node;
+//! - when the catalog's leader cannot reach a shard's leader (one link
+//!   cut, shard leaders spread), writes go on: the steps go to that leader
+//!   through the third node, which relays them;
 //! - a follower cut off while some 300 batches go on falls behind the
 //!   leader's compacted log (`snapshot_entries = 4`, and more entries than
 //!   raft-rs keeps in flight to it) and, healed, catches up by restoring
@@ -1129,11 +1132,10 @@ async fn a_node_cut_off_from_the_catalogs_leader_has_another_node_compile_and_an
     let c = ALL.into_iter().find(|&id| id != leader).unwrap();
     let b = ALL.into_iter().find(|&id| id != leader && id != c).unwrap();
     converge(&ledger, Duration::from_secs(30)).await;
-    // Every shard's leader has moved to the catalog's leader. (A shard
-    // still led by c when the link is cut keeps its leadership with b's
-    // votes, and the catalog's leader cannot reach it to propose steps:
-    // writes wait until the heal. That is a partition this test does not
-    // make.)
+    // Every shard's leader has moved to the catalog's leader, so that the
+    // cut parts c from the leader of everything. (A shard still led by c
+    // would keep its leadership with b's votes, and its steps would go
+    // through b: `writes_go_on_when_the_catalogs_leader_cannot_reach_a_shards_leader`.)
     let started = Instant::now();
     loop {
         let views = groups(b).await.unwrap_or_default();
@@ -1223,6 +1225,45 @@ async fn a_node_cut_off_from_the_catalogs_leader_has_another_node_compile_and_an
         "cluster_partition: node {c} cut off from the leader {leader} counted through node {b}'s catalog and replicas, \
          and read a person written through node {b} at once ({person_reads:?} for a Check and a GetProfile); \
          {} profiles; {:.1} s in all\n{}",
+        tallies[0].1.pro,
+        t0.elapsed().as_secs_f64(),
+        ledger.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_when_the_catalogs_leader_cannot_reach_a_shards_leader() {
+    let Some(mut lab) = Lab::open_or_skip('e') else { return };
+    let t0 = Instant::now();
+    // Shard leaders spread, so that some shard's leader is not the
+    // catalog's leader, and one link can part the two.
+    lab.start(Some("shard_leaders = \"spread\"\n")).await;
+    let ledger = Ledger::default();
+    for _ in 0..4 {
+        ledger.write_any(&ALL, Phase::Before, Duration::from_secs(30)).await;
+    }
+    let (a, led, catalog) = a_shard_leader_apart_from_the_catalog(Duration::from_secs(30)).await;
+    let c = ALL.into_iter().find(|&id| id != a && id != catalog).unwrap();
+    converge(&ledger, Duration::from_secs(30)).await;
+
+    // The catalog's leader, which steps every batch, cannot reach node a,
+    // which leads shard(s) `led` with c's votes (check-quorum is met, so
+    // it keeps them). Every batch has writes for every shard.
+    lab.cut_link(catalog, a);
+    let cut = Instant::now();
+    let mut took = Vec::new();
+    for i in 0..6 {
+        let to = [catalog, c][i % 2];
+        let (_, t) = ledger.write_any(&[to], Phase::Connected, Duration::from_secs(20)).await;
+        took.push(t);
+    }
+    let cut_for = cut.elapsed();
+    lab.heal(catalog);
+    let tallies = converge(&ledger, Duration::from_secs(30)).await;
+    eprintln!(
+        "cluster_partition: the catalog's leader (node {catalog}) cut off from node {a} (leader of shard(s) {led:?}): \
+         6 batches acknowledged through nodes {catalog} and {c} in {:.1} s (each {took:?}); {} profiles; {:.1} s in all\n{}",
+        cut_for.as_secs_f64(),
         tallies[0].1.pro,
         t0.elapsed().as_secs_f64(),
         ledger.summary()

@@ -220,11 +220,15 @@ impl Sim {
             .build()
             .unwrap();
         let peers: Arc<dyn ShardPeers> = Arc::new(SimPeers { sim: Arc::downgrade(self), from: id });
-        let pipeline = runtime
-            .spawn(Pipeline::start(driver.clone(), Some(peers), catalog.clone(), shards.clone()))
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("seed {}: node {id}'s pipeline does not start: {e}", self.seed));
+        let started =
+            runtime.spawn(Pipeline::start(driver.clone(), Some(peers), catalog.clone(), shards.clone()));
+        let pipeline = match started.await.unwrap() {
+            Ok(pipeline) => pipeline,
+            Err(e) => {
+                runtime.shutdown_background();
+                panic!("seed {}: node {id}'s pipeline does not start: {e}", self.seed)
+            }
+        };
         let running = Running { driver, catalog, shards, pipeline, runtime: Mutex::new(Some(runtime)) };
         self.running.write().insert(id, Arc::new(running));
     }
@@ -307,6 +311,7 @@ impl ShardPeers for SimPeers {
         node: u64,
         group: u64,
         data: Vec<u8>,
+        relay: bool,
     ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>> {
         Box::pin(async move {
             let unavailable = |message: String| ReplicationError::Remote {
@@ -315,7 +320,14 @@ impl ShardPeers for SimPeers {
                 code: tonic::Code::Unavailable as i32,
                 message,
             };
-            let (sim, running) = self.reach(node).await.map_err(unavailable)?;
+            let (sim, mut running) = self.reach(node).await.map_err(unavailable)?;
+            // A relay hands the step on to the leader it knows, once (as
+            // `Node::propose_here` does).
+            let leader = running.driver.leader_of(group).filter(|&l| l != node);
+            if let (true, Some(leader)) = (relay, leader) {
+                let hop = SimPeers { sim: self.sim.clone(), from: node };
+                running = hop.reach(leader).await.map(|(_, r)| r).map_err(unavailable)?;
+            }
             let applied = running.driver.propose(group, data).await?;
             if !self.reply_arrives(&sim, node) {
                 return Err(unavailable("the reply was lost on the way back".into()));

@@ -57,12 +57,14 @@ pub trait LocalWrites: Send + Sync + 'static {
     /// returns the catalog's applied index once the change is applied.
     fn admin_here(&self, command: CatalogCommand) -> BoxFuture<'_, Result<u64, CatalogError>>;
 
-    /// Proposes a pipeline step to shard group `group` here; returns
+    /// Proposes a pipeline step to shard group `group` here, or with
+    /// `relay` to the group's leader when that is another node; returns
     /// (skipped, gap) as its applier answered.
     fn propose_here(
         &self,
         group: u64,
         data: Vec<u8>,
+        relay: bool,
     ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>>;
 
     /// Answers a read of shards held here for another node
@@ -90,8 +92,9 @@ impl crate::ingest::pipeline::ShardPeers for Forwarder {
         node: u64,
         group: u64,
         data: Vec<u8>,
+        relay: bool,
     ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>> {
-        Box::pin(Forwarder::propose(self, node, group, data))
+        Box::pin(Forwarder::propose(self, node, group, data, relay))
     }
 
     fn export(
@@ -206,12 +209,14 @@ impl Forwarder {
     }
 
     /// Proposes a pipeline step to shard group `group` at node `leader`,
-    /// which leads it; returns (skipped, gap) as its applier answered.
+    /// which leads it (or, with `relay`, hands it on to the node that
+    /// does); returns (skipped, gap) as its applier answered.
     pub async fn propose(
         &self,
         leader: u64,
         group: u64,
         data: Vec<u8>,
+        relay: bool,
     ) -> Result<(bool, bool), ReplicationError> {
         let remote = |code: tonic::Code, message: String| ReplicationError::Remote {
             group,
@@ -223,7 +228,8 @@ impl Forwarder {
         let mut client = pb::forward_client::ForwardClient::new(channel)
             .max_decoding_message_size(MAX_FORWARD_BYTES)
             .max_encoding_message_size(MAX_FORWARD_BYTES);
-        let mut request = tonic::Request::new(pb::ForwardedProposal { from_node: self.node_id, group, data });
+        let mut request =
+            tonic::Request::new(pb::ForwardedProposal { from_node: self.node_id, group, data, relay });
         request.set_timeout(FORWARD_TIMEOUT);
         let reply = client.propose(request).await.map_err(|s| remote(s.code(), s.message().to_string()))?;
         let reply = reply.into_inner();
@@ -427,8 +433,11 @@ impl pb::forward_server::Forward for ForwardService {
                 p.from_node
             )));
         }
-        let (skipped, gap) =
-            self.target()?.propose_here(p.group, p.data).await.map_err(crate::server::status::status)?;
+        let (skipped, gap) = self
+            .target()?
+            .propose_here(p.group, p.data, p.relay)
+            .await
+            .map_err(crate::server::status::status)?;
         Ok(tonic::Response::new(pb::ForwardedProposalReply { skipped, gap }))
     }
 

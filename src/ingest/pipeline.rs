@@ -113,6 +113,7 @@ impl Pipeline {
             catalog: catalog.clone(),
             shards: shards.clone(),
             hints: Arc::default(),
+            failed: Arc::default(),
         });
         let stepper = Stepper { log, catalog: catalog.clone(), shards, ready, board, leads };
         // Recovery: the steps the replay regenerated, driven before serving
@@ -127,7 +128,19 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if (stepper.leads)() {
-            stepper.drain().await?;
+            match stepper.drain().await {
+                Ok(()) => {}
+                // In a cluster a step fails for a while when a shard's
+                // leader is elected, moves or cannot be reached: the node
+                // serves, and the stepper's task drives the rest as it
+                // does after any failure. (What was acknowledged is in
+                // the shards' logs already; only unanswered batches wait.)
+                Err(e) if peers.is_some() => {
+                    tracing::warn!(error = %e, "the steps left in the catalog's outbox are not all applied yet; the stepper retries them while the node serves")
+                }
+                // A single node: its own logs failed.
+                Err(e) => return Err(e),
+            }
         }
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1024);
         if peers.is_some() {
@@ -386,13 +399,15 @@ type Answer = Pin<Box<dyn Future<Output = Result<ApplyResult, ReplicationError>>
 /// processes, an in-process network in the simulation.
 pub trait ShardPeers: Send + Sync {
     /// Proposes a step to shard group `group` at node `node`, which leads
-    /// it (else it refuses before appending); returns (skipped, gap) as
-    /// its applier answered.
+    /// it (else it refuses before appending; with `relay`, it hands the
+    /// step on once to the leader it knows); returns (skipped, gap) as
+    /// the applier answered.
     fn propose(
         &self,
         node: u64,
         group: u64,
         data: Vec<u8>,
+        relay: bool,
     ) -> BoxFuture<'_, Result<(bool, bool), ReplicationError>>;
 
     /// The image of `profile` on `shard` as node `node`'s replica holds it
@@ -411,10 +426,15 @@ pub trait ShardPeers: Send + Sync {
 /// The shard log of a node: proposals to the groups it leads go to its
 /// driver; proposals to a group led by another node go to that node's
 /// Forward service (no parsed commands travel: the leader decodes the
-/// entry). For a group this node holds no replica of (the placement puts
-/// it elsewhere), the leader is not known here: the proposal goes to the
-/// node that last took one, else to each of the group's wanted replicas
-/// in turn until one leads it (the others refuse before appending).
+/// entry). When that leader does not take it (it cannot be reached: a cut
+/// link; or it no longer leads), or no leader is known here, the proposal
+/// goes to the group's other replicas in turn, each asked to relay it to
+/// the leader it knows: a step reaches a leader that only another node can
+/// reach. A leader that failed is tried after the relays for
+/// [`UNREACHABLE_FOR`]. For a group this node holds no replica of (the
+/// placement puts it elsewhere), the leader is not known here: the
+/// proposal goes to the node that last took one, else to each of the
+/// group's wanted replicas in turn, again with relaying.
 struct RoutedLog {
     driver: Arc<Driver>,
     peers: Option<Arc<dyn ShardPeers>>,
@@ -422,7 +442,14 @@ struct RoutedLog {
     shards: Arc<Vec<Arc<ShardMachine>>>,
     /// The node that last took a proposal of a group not held here.
     hints: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// Leaders whose last proposal from here failed, and when.
+    failed: Arc<Mutex<BTreeMap<u64, Instant>>>,
 }
+
+/// How long a shard leader that failed a proposal is tried only after the
+/// relays (a call to a node behind a cut link fails only after the
+/// connection's keepalive, about 3 s).
+const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
 
 impl RoutedLog {
     /// The nodes to try for a group this node holds no replica of: the
@@ -440,37 +467,56 @@ impl RoutedLog {
     }
 }
 
+/// What [`RoutedLog::propose`] returns for a step another node applied.
+fn applied_elsewhere((skipped, gap): (bool, bool)) -> ApplyResult {
+    Box::new(ShardApplied { skipped, gap, ..Default::default() })
+}
+
 impl ShardLog for RoutedLog {
     fn propose(&self, group: u64, data: Vec<u8>, local: Option<Box<dyn Any + Send>>) -> Answer {
         let me = self.driver.node_id();
         let Some(peers) = self.peers.clone() else {
             return Box::pin(self.driver.propose_with(group, data, local));
         };
-        if let Some(leader) = self.driver.leader_of(group).filter(|&l| l != me) {
-            return Box::pin(async move {
-                let (skipped, gap) = peers.propose(leader, group, data).await?;
-                Ok(Box::new(ShardApplied { skipped, gap, ..Default::default() }) as ApplyResult)
-            });
-        }
-        if self.driver.holds(group) {
+        let leader = self.driver.leader_of(group);
+        if leader == Some(me) {
             return Box::pin(self.driver.propose_with(group, data, local));
         }
-        let candidates = self.candidates(group);
-        let hints = self.hints.clone();
+        let recently_failed = {
+            let failed = self.failed.lock();
+            move |node: u64| failed.get(&node).is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
+        };
+        let leader = leader.filter(|&l| !recently_failed(l));
+        let held = self.driver.holds(group);
+        let mut relays: Vec<u64> = if held { self.driver.replicas_of(group) } else { self.candidates(group) };
+        relays.retain(|&n| n != me && Some(n) != leader);
+        // Stable: the hint (or id order) among the nodes that did not fail.
+        relays.sort_by_key(|&n| recently_failed(n));
+        drop(recently_failed);
+        let (hints, failed) = (self.hints.clone(), self.failed.clone());
         Box::pin(async move {
             let mut last = ReplicationError::NoReplica {
                 group,
                 name: format!("shard {}", group - 2),
                 node: me,
-                replicas: candidates.clone(),
+                replicas: relays.clone(),
             };
-            for node in candidates {
-                match peers.propose(node, group, data.clone()).await {
-                    Ok((skipped, gap)) => {
-                        hints.lock().insert(group, node);
-                        return Ok(
-                            Box::new(ShardApplied { skipped, gap, ..Default::default() }) as ApplyResult
-                        );
+            if let Some(leader) = leader {
+                match peers.propose(leader, group, data.clone(), false).await {
+                    Ok(answer) => return Ok(applied_elsewhere(answer)),
+                    Err(e) => {
+                        failed.lock().insert(leader, Instant::now());
+                        last = e;
+                    }
+                }
+            }
+            for node in relays {
+                match peers.propose(node, group, data.clone(), true).await {
+                    Ok(answer) => {
+                        if !held {
+                            hints.lock().insert(group, node);
+                        }
+                        return Ok(applied_elsewhere(answer));
                     }
                     Err(e) => last = e,
                 }
