@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cohort::proto::v1 as pb;
 use common::cluster::{catalog_leader, cluster_status, loopback_addrs, start_three, Addrs, SHARDS};
 use common::load::{progress, settled, start_writer_from, Outcomes, BATCH};
 use common::{free_port, Server};
@@ -388,6 +389,23 @@ async fn a_fourth_node_joins_takes_a_moved_replica_and_its_share_and_the_catalog
     );
     for &g in &moved_away {
         assert!(!snap(g).exists(), "node {restarted} kept {} after its restart", snap(g).display());
+    }
+    // Nor does it start those groups again as a founder would: its own
+    // view of each has no configuration until a leader adds it (before,
+    // it bootstrapped them afresh with the founders as voters, a replica
+    // it believed it held).
+    let own = {
+        let mut c = pb::admin_client::AdminClient::new(nodes[&restarted].channel().await);
+        c.status(pb::StatusRequest {}).await.unwrap().into_inner().groups
+    };
+    for g in own.iter().filter(|g| moved_away.contains(&g.group_id)) {
+        assert!(
+            !g.voters.contains(&restarted) && !g.learners.contains(&restarted),
+            "node {restarted} started {} again with itself in it: voters {:?}, learners {:?}",
+            g.name,
+            g.voters,
+            g.learners
+        );
     }
     assert_eq!(settled(&nodes).await, total, "node {restarted}, restarted without its moved-away replicas");
 

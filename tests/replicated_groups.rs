@@ -608,3 +608,56 @@ async fn read_index_requests_of_different_followers_are_each_answered() {
         }
     }
 }
+
+/// The groups of a one-node store, each with its list machine in a folder
+/// of its own under `dir`.
+fn list_groups(dir: &std::path::Path, ids: &[u64]) -> Vec<GroupSpec> {
+    ids.iter()
+        .map(|&id| {
+            let folder = dir.join(format!("group-{id}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            GroupSpec { id, name: format!("list {id}"), machine: ListMachine::reopen(&folder) }
+        })
+        .collect()
+}
+
+fn one_node(voters: &[u64]) -> DriverConfig {
+    DriverConfig { node_id: 1, voters: voters.to_vec(), ..DriverConfig::default() }
+}
+
+fn voters_of(driver: &Driver, group: u64) -> Vec<u64> {
+    driver.status().into_iter().find(|g| g.id == group).map(|g| g.voters).unwrap_or_default()
+}
+
+#[test]
+fn founders_bootstrap_once_and_a_group_emptied_later_starts_with_no_configuration() {
+    use cohort::replication::driver::NoPeers;
+    let dir = tempfile::tempdir().unwrap();
+    let raft = dir.path().join("raft");
+    // A first start that crashed in the middle of the bootstrap: group 2
+    // was initialized, group 1 (the first, initialized last) was not. The
+    // next start finishes it.
+    {
+        let store = LogStore::open(&raft).unwrap();
+        store.group(2).unwrap().initialize(&store, &[1]).unwrap();
+    }
+    let store = Arc::new(LogStore::open(&raft).unwrap());
+    let driver =
+        Driver::start(store.clone(), list_groups(dir.path(), &[1, 2, 3]), Arc::new(NoPeers), one_node(&[1]))
+            .unwrap();
+    for group in [1, 2, 3] {
+        assert_eq!(voters_of(&driver, group), vec![1], "group {group} after the first start");
+    }
+    driver.stop();
+    drop(driver);
+    // Group 3's replica moves away: its log is cleaned. Restarted with the
+    // same founders, the node does not bootstrap it again.
+    store.clean_group(3).unwrap();
+    let driver =
+        Driver::start(store.clone(), list_groups(dir.path(), &[1, 2, 3]), Arc::new(NoPeers), one_node(&[1]))
+            .unwrap();
+    assert_eq!(voters_of(&driver, 1), vec![1]);
+    assert_eq!(voters_of(&driver, 2), vec![1]);
+    assert_eq!(voters_of(&driver, 3), Vec::<u64>::new(), "the emptied group was bootstrapped again");
+    driver.stop();
+}

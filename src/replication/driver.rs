@@ -650,6 +650,26 @@ impl Driver {
         let logger = slog::Logger::root(TracingDrain, slog::o!());
         let (tx, rx) = channel::unbounded();
         let mut opened = Vec::with_capacity(groups.len());
+        // A founder bootstraps its groups with the founding voters once: on
+        // its first start, while the first group (the catalog) is empty.
+        // That one is initialized last, so a crash in the middle finishes
+        // the bootstrap at the next start. A group emptied later (its
+        // replica moved to other nodes, `LogStore::clean_group`) starts
+        // with no configuration, as a joining node's groups do: bootstrapped
+        // again, it would be a replica of its own that this node believed it
+        // held. A node that joins a running cluster has no founding voters:
+        // it is nobody's voter until a leader adds it and sends it a
+        // snapshot.
+        if let Some(first) = groups.first().filter(|_| !config.voters.is_empty()) {
+            if store.group(first.id)?.is_empty() {
+                for spec in groups.iter().rev() {
+                    let storage = store.group(spec.id)?;
+                    if storage.is_empty() {
+                        storage.initialize(&store, &config.voters)?;
+                    }
+                }
+            }
+        }
         for spec in groups {
             let raft_error = |action: &str, source: raft::Error| ReplicationError::Raft {
                 group: spec.id,
@@ -659,12 +679,6 @@ impl Driver {
             };
             let storage = store.group(spec.id)?;
             storage.check_readable()?;
-            // A node that joins a running cluster starts its groups with
-            // no configuration: it is nobody's voter until a leader adds it
-            // and sends it a snapshot.
-            if storage.is_empty() && !config.voters.is_empty() {
-                storage.initialize(&store, &config.voters)?;
-            }
             let machine = spec.machine.clone();
             // A machine snapshots what it applied, and it applies only
             // committed entries; but the hard state that carries the commit
