@@ -30,7 +30,8 @@ use crate::model::SchemaLimits;
 use crate::query::remote::Latencies;
 use crate::query::Planner;
 use crate::replication::driver::{
-    Addresses, Checkpoint, Driver, DriverConfig, GroupSpec, NoPeers, SnapshotPolicy, StateMachine, Transport,
+    Addresses, Checkpoint, Driver, DriverConfig, GroupSpec, Membership, NoPeers, SnapshotPolicy,
+    StateMachine, Transport,
 };
 use crate::replication::error::MachineError;
 use crate::replication::manifest::{Manifest, ManifestError, ManifestState};
@@ -1187,6 +1188,14 @@ fn start_membership(node: &Arc<Node>) {
             }
             for group in all_groups(node.config.shards) {
                 let Some(state) = node.driver.membership(group).await else { continue };
+                if group != CATALOG_GROUP && moved_away(me, &state, &placement, group) {
+                    // Its memory and files are freed now, not at the next
+                    // start.
+                    if let Err(e) = node.driver.drop_replica(group).await {
+                        tracing::warn!(group, error = %e, "this node's moved-away replica is not dropped yet");
+                    }
+                    continue;
+                }
                 let wanted =
                     membership::Wanted::of(placement.wanted(group), &members, group == CATALOG_GROUP);
                 match membership::plan(me, &state, &members, &wanted) {
@@ -1220,6 +1229,16 @@ fn start_membership(node: &Arc<Node>) {
             }
         }
     });
+}
+
+/// Whether this node's replica of shard group `group` moved to other
+/// nodes: the configuration this node applied has members and holds it
+/// neither as voter nor as learner (so the change that removed it is
+/// committed), and the placement does not want it back.
+fn moved_away(me: u64, state: &Membership, placement: &Placement, group: u64) -> bool {
+    let configured = !state.voters.is_empty() || !state.learners.is_empty();
+    let listed = [&state.voters, &state.learners, &state.voters_outgoing].iter().any(|ids| ids.contains(&me));
+    configured && !listed && !placement.wanted(group).is_some_and(|w| w.contains(&me))
 }
 
 /// Longest a write waits, at a node that does not lead the catalog, for a

@@ -367,9 +367,9 @@ async fn a_fourth_node_joins_takes_a_moved_replica_and_its_share_and_the_catalog
     let total = settled(&nodes).await;
     assert_eq!(total, seen.lock().acknowledged.len() as u64 * BATCH, "node 4 counts what the others count");
 
-    // A founder restarted after the rebalance drops the replicas that
-    // moved away from it (their snapshot files and logs), and counts the
-    // same.
+    // A founder from which the rebalance moved replicas away drops them
+    // (their snapshot files, logs and memory), then restarts without them
+    // and counts the same.
     let stepper = catalog_leader(&nodes[&1]).await;
     let restarted = (1..=3).find(|&id| id != stepper).unwrap();
     let moved_away: Vec<u64> =
@@ -377,12 +377,56 @@ async fn a_fourth_node_joins_takes_a_moved_replica_and_its_share_and_the_catalog
     assert!(!moved_away.is_empty(), "node {restarted} kept every shard: {confs:?}");
     let snap =
         |group: u64| root.path().join(format!("node-{restarted}/snapshots/shard-{:03}.snap", group - 2));
+    // While it runs, it drops them already: their snapshot files go, its
+    // own view of each group has no configuration, and it holds fewer
+    // profiles than the cluster has (before, it kept every moved-away
+    // shard in memory and on disk until its next start).
+    let status = |id: u64| {
+        let node = &nodes[&id];
+        async move {
+            let mut c = pb::admin_client::AdminClient::new(node.channel().await);
+            c.status(pb::StatusRequest {}).await.unwrap().into_inner()
+        }
+    };
+    let universe = {
+        let mut q = pb::query_client::QueryClient::new(nodes[&restarted].channel().await);
+        let count = pb::CountRequest {
+            expressions: vec!["plan = \"pro\"".into()],
+            now: String::new(),
+            max_staleness_ms: 0,
+            allow_partial: false,
+        };
+        q.count(count).await.unwrap().into_inner().universe
+    };
+    let started = Instant::now();
+    loop {
+        let own = status(restarted).await;
+        let unconfigured = own
+            .groups
+            .iter()
+            .filter(|g| moved_away.contains(&g.group_id))
+            .all(|g| g.voters.is_empty() && g.learners.is_empty());
+        if unconfigured && moved_away.iter().all(|&g| !snap(g).exists()) && own.profiles < universe {
+            eprintln!(
+                "cluster_membership: node {restarted} dropped its replicas of groups {moved_away:?} while running \
+                 after {:.1} s: it holds {} of the {universe} profiles, {} bytes of heap",
+                started.elapsed().as_secs_f64(),
+                own.profiles,
+                own.memory_bytes
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node {restarted} keeps its moved-away replicas of {moved_away:?}: files {:?}, {} of {universe} profiles, groups {:?}",
+            moved_away.iter().filter(|&&g| snap(g).exists()).collect::<Vec<_>>(),
+            own.profiles,
+            own.groups.iter().map(|g| (g.group_id, g.voters.clone())).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut old = nodes.remove(&restarted).unwrap();
     old.terminate();
-    assert!(
-        moved_away.iter().any(|&g| snap(g).exists()),
-        "the moved-away replicas were kept until the restart"
-    );
     nodes.insert(
         restarted,
         common::cluster::start_node(restarted, &root.path().join(format!("node-{restarted}")), &addrs),

@@ -591,6 +591,55 @@ async fn a_node_joins_a_quiet_group_and_is_promoted_without_waiting_for_a_write(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moved_away_is_dropped_while_its_node_runs_and_can_come_back() {
+    use cohort::cluster::membership::{Member, MemberState, Members};
+    let mut cluster = Cluster::start(1_000_000);
+    let mut acknowledged = Vec::new();
+    let mut next = 0u64;
+    for _ in 0..20 {
+        let leader = cluster.leader(Duration::from_secs(10));
+        acknowledged.push(propose(&cluster.driver(leader), next).await.unwrap());
+        next += 1;
+    }
+    // Node 4 joins and node 3's replica moves to it.
+    cluster.start_joiner(4, 1_000_000);
+    let member =
+        |id: u64, state| Member { id, raft_addr: format!("n{id}"), grpc_addr: format!("g{id}"), state };
+    let mut members: Members = (1..=4).map(|id| (id, member(id, MemberState::Active))).collect();
+    members.insert(3, member(3, MemberState::Removed));
+    reconcile_until(&cluster, &members, &mut acknowledged, Some(&mut next), |m| m.voters == [1, 2, 4]).await;
+    // A member's replica is never dropped.
+    let refused = cluster.driver(1).drop_replica(GROUP).await;
+    assert!(matches!(refused, Err(ReplicationError::DropReplica { .. })), "{refused:?}");
+    // Node 3 drops its replica once it has applied its removal: state,
+    // snapshot file and log; the group opens again with no configuration.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cluster.driver(3).drop_replica(GROUP).await {
+            Ok(true) => break,
+            other => assert!(Instant::now() < deadline, "node 3 does not drop its replica: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cluster.machines[&3].values().is_empty(), "node 3 still holds its values");
+    let status = cluster.driver(3).status().into_iter().find(|g| g.id == GROUP).unwrap();
+    assert!(status.voters.is_empty() && status.learners.is_empty(), "{status:?}");
+    assert!(!cluster.driver(3).drop_replica(GROUP).await.unwrap(), "nothing left to drop");
+    // Writes go on without it, and it comes back: a learner from a
+    // snapshot, then a voter with the whole list again.
+    for _ in 0..5 {
+        let leader = cluster.leader(Duration::from_secs(10));
+        acknowledged.push(propose(&cluster.driver(leader), next).await.unwrap());
+        next += 1;
+    }
+    members.insert(3, member(3, MemberState::Active));
+    reconcile_until(&cluster, &members, &mut acknowledged, Some(&mut next), |m| m.voters == [1, 2, 3, 4])
+        .await;
+    assert!(cluster.machines[&3].restores.load(Ordering::Relaxed) >= 1, "node 3 came back from a snapshot");
+    assert_eq!(converged_on(&cluster, &[1, 2, 3, 4], Duration::from_secs(10)), acknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_index_requests_of_different_followers_are_each_answered() {
     let cluster = Cluster::start(1_000_000);
     let leader = cluster.leader(Duration::from_secs(10));

@@ -105,6 +105,13 @@ pub trait StateMachine: Send + Sync + 'static {
     fn snapshot_file(&self) -> &std::path::Path;
     /// Replaces the state with a snapshot received from the leader.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError>;
+    /// Drops the whole state, as a machine that never applied anything
+    /// (this node's replica of the group moved to other nodes): removes
+    /// its snapshot file (durably) and frees its memory. By default it
+    /// cannot.
+    fn clear(&self) -> Result<(), MachineError> {
+        Err("this state machine cannot drop its state".into())
+    }
     /// Replaces the state with a snapshot received from the leader into
     /// the file `path` (synced), which the machine may take as its own
     /// snapshot file (and move); by default it is read and passed to
@@ -532,22 +539,33 @@ enum Input {
     /// raft-rs asked for a snapshot of `group` for a follower: build one.
     BuildSnapshot {
         group: u64,
+        /// The group's [`Group::epoch`] when it asked.
+        epoch: u64,
     },
     /// A builder finished the snapshot of `group`.
     SnapshotBuilt {
         group: u64,
+        epoch: u64,
         built: Result<(u64, Vec<u8>), ReplicationError>,
     },
     /// An applier applied its group's entries up to `index`, and took a
     /// snapshot if `snapshot` is set.
     Applied {
         group: u64,
+        /// The applier's [`Group::epoch`].
+        epoch: u64,
         index: u64,
         snapshot: Option<Result<u64, ReplicationError>>,
     },
     /// An applier's machine refused an entry ([`Halt`]); the group applies
     /// nothing more.
     Halted(ReplicationError),
+    /// Drop this node's replica of `group`, which the group's
+    /// configuration no longer holds, and open the group again empty.
+    DropReplica {
+        group: u64,
+        reply: oneshot::Sender<Result<bool, ReplicationError>>,
+    },
     /// Stop; with a sender, snapshot every group first and report.
     Stop(Option<std::sync::mpsc::Sender<Checkpoint>>),
 }
@@ -577,6 +595,11 @@ enum ApplyTask {
 struct Group {
     id: u64,
     name: String,
+    /// How many times this node's replica of the group was dropped and the
+    /// group opened again ([`Driver::drop_replica`]): what its applier and
+    /// snapshot builders report carries it, and a report of an earlier
+    /// opening is ignored.
+    epoch: u64,
     node: RawNode<GroupStorage>,
     machine: Arc<dyn StateMachine>,
     /// Proposals of this node waiting for their entries, by ascending
@@ -626,6 +649,129 @@ fn not_leader(g: &Group, addresses: &HashMap<u64, String>) -> ReplicationError {
     }
 }
 
+/// Opens group `spec` from `store`: its storage (whose snapshot provider
+/// asks the loop, through `events`, to build a snapshot), the commit
+/// raised to what the machine applied, and its raft node.
+fn open_group(
+    store: &LogStore,
+    spec: GroupSpec,
+    config: &DriverConfig,
+    events: &Sender<Input>,
+    logger: &slog::Logger,
+    epoch: u64,
+) -> Result<Group, ReplicationError> {
+    let raft_error = |action: &str, source: raft::Error| ReplicationError::Raft {
+        group: spec.id,
+        name: spec.name.clone(),
+        action: action.to_string(),
+        source: Arc::new(source),
+    };
+    let storage = store.group(spec.id)?;
+    storage.check_readable()?;
+    let machine = spec.machine.clone();
+    // A machine snapshots what it applied, and it applies only
+    // committed entries; but the hard state that carries the commit
+    // index is persisted with the next Ready. A kill between the two
+    // leaves a snapshot ahead of the stored commit, which raft-rs
+    // refuses on restart: raise the commit to what was applied.
+    let applied = machine.applied_index();
+    let mut hs = storage.hard_state();
+    if hs.commit < applied {
+        let last = raft::Storage::last_index(&storage)
+            .map_err(|e| raft_error("reading the last index of its log", e))?;
+        if applied > last {
+            return Err(ReplicationError::AheadOfLog {
+                group: spec.id,
+                name: spec.name.clone(),
+                applied,
+                last,
+            });
+        }
+        hs.commit = applied;
+        let mut batch = LogBatch::default();
+        storage.set_hard_state(&mut batch, &hs)?;
+        store.write(&mut batch, true)?;
+    }
+    let outgoing = Arc::new(Outgoing::default());
+    let (provider_outgoing, events, group) = (outgoing.clone(), events.clone(), spec.id);
+    storage.set_snapshot_provider(Arc::new(move |request_index, to| {
+        let mut slot = provider_outgoing.slot.lock();
+        // A snapshot from before `to` joined the configuration would
+        // be refused by it (raft-rs restores only a snapshot whose
+        // conf state holds the node): build a newer one.
+        if let Some(snap) = slot.ready.as_ref().filter(|s| {
+            s.get_metadata().index >= request_index && conf_holds(s.get_metadata().get_conf_state(), to)
+        }) {
+            return Ok(snap.clone());
+        }
+        if !slot.building {
+            slot.building = true;
+            let _ = events.send(Input::BuildSnapshot { group, epoch });
+        }
+        Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
+    }));
+    let confs = std::iter::once((storage.conf_index(), storage.conf_state())).collect();
+    let raft_config = Config {
+        id: config.node_id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied: machine.applied_index(),
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        pre_vote: true,
+        check_quorum: true,
+        ..Config::default()
+    };
+    raft_config.validate().map_err(|e| raft_error("checking its raft configuration", e))?;
+    let node = RawNode::new(&raft_config, storage, &logger.new(slog::o!("group" => spec.id)))
+        .map_err(|e| raft_error("cannot open the raft node", e))?;
+    Ok(Group {
+        id: spec.id,
+        name: spec.name,
+        epoch,
+        node,
+        machine,
+        proposals: VecDeque::new(),
+        reads: HashMap::new(),
+        confs,
+        outgoing,
+        received: None,
+        applier: None,
+        applier_thread: None,
+    })
+}
+
+/// Starts group `g`'s applier thread.
+fn start_applier(
+    g: &mut Group,
+    config: &DriverConfig,
+    events: &Sender<Input>,
+) -> Result<(), ReplicationError> {
+    let (task_tx, task_rx) = channel::unbounded();
+    let applier = Applier {
+        group: g.id,
+        epoch: g.epoch,
+        name: g.name.clone(),
+        machine: g.machine.clone(),
+        policy: config.snapshot,
+        manifest: config.manifest.clone(),
+        outgoing: g.outgoing.clone(),
+        halted: None,
+        since: Since::default(),
+        events: events.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("apply-{}", g.id))
+        .spawn(move || applier.run(task_rx))
+        .map_err(|source| ReplicationError::Thread {
+            thread: format!("the applier of group {}", g.id),
+            source: Arc::new(source),
+        })?;
+    g.applier = Some(task_tx);
+    g.applier_thread = Some(thread);
+    Ok(())
+}
+
 fn role_name(role: StateRole) -> &'static str {
     match role {
         StateRole::Leader => "leader",
@@ -671,85 +817,7 @@ impl Driver {
             }
         }
         for spec in groups {
-            let raft_error = |action: &str, source: raft::Error| ReplicationError::Raft {
-                group: spec.id,
-                name: spec.name.clone(),
-                action: action.to_string(),
-                source: Arc::new(source),
-            };
-            let storage = store.group(spec.id)?;
-            storage.check_readable()?;
-            let machine = spec.machine.clone();
-            // A machine snapshots what it applied, and it applies only
-            // committed entries; but the hard state that carries the commit
-            // index is persisted with the next Ready. A kill between the two
-            // leaves a snapshot ahead of the stored commit, which raft-rs
-            // refuses on restart: raise the commit to what was applied.
-            let applied = machine.applied_index();
-            let mut hs = storage.hard_state();
-            if hs.commit < applied {
-                let last = raft::Storage::last_index(&storage)
-                    .map_err(|e| raft_error("reading the last index of its log", e))?;
-                if applied > last {
-                    return Err(ReplicationError::AheadOfLog {
-                        group: spec.id,
-                        name: spec.name.clone(),
-                        applied,
-                        last,
-                    });
-                }
-                hs.commit = applied;
-                let mut batch = LogBatch::default();
-                storage.set_hard_state(&mut batch, &hs)?;
-                store.write(&mut batch, true)?;
-            }
-            let outgoing = Arc::new(Outgoing::default());
-            let (provider_outgoing, events, group) = (outgoing.clone(), tx.clone(), spec.id);
-            storage.set_snapshot_provider(Arc::new(move |request_index, to| {
-                let mut slot = provider_outgoing.slot.lock();
-                // A snapshot from before `to` joined the configuration would
-                // be refused by it (raft-rs restores only a snapshot whose
-                // conf state holds the node): build a newer one.
-                if let Some(snap) = slot.ready.as_ref().filter(|s| {
-                    s.get_metadata().index >= request_index
-                        && conf_holds(s.get_metadata().get_conf_state(), to)
-                }) {
-                    return Ok(snap.clone());
-                }
-                if !slot.building {
-                    slot.building = true;
-                    let _ = events.send(Input::BuildSnapshot { group });
-                }
-                Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
-            }));
-            let confs = std::iter::once((storage.conf_index(), storage.conf_state())).collect();
-            let raft_config = Config {
-                id: config.node_id,
-                election_tick: config.election_ticks,
-                heartbeat_tick: config.heartbeat_ticks,
-                applied: machine.applied_index(),
-                max_size_per_msg: 1 << 20,
-                max_inflight_msgs: 256,
-                pre_vote: true,
-                check_quorum: true,
-                ..Config::default()
-            };
-            raft_config.validate().map_err(|e| raft_error("checking its raft configuration", e))?;
-            let node = RawNode::new(&raft_config, storage, &logger.new(slog::o!("group" => spec.id)))
-                .map_err(|e| raft_error("cannot open the raft node", e))?;
-            opened.push(Group {
-                id: spec.id,
-                name: spec.name,
-                node,
-                machine,
-                proposals: VecDeque::new(),
-                reads: HashMap::new(),
-                confs,
-                outgoing,
-                received: None,
-                applier: None,
-                applier_thread: None,
-            });
+            opened.push(open_group(&store, spec, &config, &tx, &logger, 0)?);
         }
         // A lone voter need not wait for an election timeout.
         for g in &mut opened {
@@ -764,27 +832,7 @@ impl Driver {
             }
         }
         for g in &mut opened {
-            let (task_tx, task_rx) = channel::unbounded();
-            let applier = Applier {
-                group: g.id,
-                name: g.name.clone(),
-                machine: g.machine.clone(),
-                policy: config.snapshot,
-                manifest: config.manifest.clone(),
-                outgoing: g.outgoing.clone(),
-                halted: None,
-                since: Since::default(),
-                events: tx.clone(),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("apply-{}", g.id))
-                .spawn(move || applier.run(task_rx))
-                .map_err(|source| ReplicationError::Thread {
-                    thread: format!("the applier of group {}", g.id),
-                    source: Arc::new(source),
-                })?;
-            g.applier = Some(task_tx);
-            g.applier_thread = Some(thread);
+            start_applier(g, &config, &tx)?;
         }
         let status = Arc::new(RwLock::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -951,6 +999,33 @@ impl Driver {
         async move { sent && rx.await.unwrap_or(false) }
     }
 
+    /// Drops this node's replica of `group` while the node runs, once the
+    /// group's configuration as this node applied it holds this node
+    /// neither as voter nor as learner (its replica moved to other nodes):
+    /// the group's applier stops, its machine drops its state and snapshot
+    /// file ([`StateMachine::clear`]), its log and raft state go
+    /// (raft-engine's `Command::Clean`), the manifest forgets it, and the
+    /// group opens again with no configuration, as on a node that never
+    /// held it (a later move back starts from a snapshot). What a restart
+    /// does for such a group (`drop_moved_away_replicas` in `node.rs`),
+    /// without the restart. Resolves to whether there was a replica to
+    /// drop (false: the group has no configuration here); fails with
+    /// [`ReplicationError::DropReplica`] when the configuration still
+    /// holds this node.
+    pub fn drop_replica(
+        &self,
+        group: u64,
+    ) -> impl std::future::Future<Output = Result<bool, ReplicationError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Input::DropReplica { group, reply }).is_ok();
+        async move {
+            if !sent {
+                return Err(ReplicationError::ShuttingDown);
+            }
+            rx.await.unwrap_or(Err(ReplicationError::ShuttingDown))
+        }
+    }
+
     /// The leader of `group` as this node knows it, as of the last loop
     /// turn.
     pub fn leader_of(&self, group: u64) -> Option<u64> {
@@ -1072,6 +1147,7 @@ struct PendingRead {
 /// Applies one group's committed entries on its own thread.
 struct Applier {
     group: u64,
+    epoch: u64,
     name: String,
     machine: Arc<dyn StateMachine>,
     policy: SnapshotPolicy,
@@ -1130,7 +1206,12 @@ impl Applier {
                         let _file = self.outgoing.file.lock();
                         take_snapshot(self.group, &self.name, &*self.machine, self.manifest.as_deref())
                     });
-                    let _ = self.events.send(Input::Applied { group: self.group, index: last, snapshot });
+                    let _ = self.events.send(Input::Applied {
+                        group: self.group,
+                        epoch: self.epoch,
+                        index: last,
+                        snapshot,
+                    });
                 }
             }
         }
@@ -1316,7 +1397,8 @@ impl Loop {
                             if start && !slot.building && g.node.raft.raft_log.applied > 0 {
                                 slot.building = true;
                                 drop(slot);
-                                self.build_snapshot(group);
+                                let epoch = g.epoch;
+                                self.build_snapshot(group, epoch);
                             }
                         }
                     }
@@ -1355,14 +1437,19 @@ impl Loop {
                             g.node.report_snapshot(to, status);
                         }
                     }
-                    Input::BuildSnapshot { group } => self.build_snapshot(group),
-                    Input::SnapshotBuilt { group, built } => {
+                    Input::BuildSnapshot { group, epoch } => self.build_snapshot(group, epoch),
+                    Input::SnapshotBuilt { group, epoch, .. } if !self.current(group, epoch) => {}
+                    Input::SnapshotBuilt { group, built, .. } => {
                         if let Err(e) = self.snapshot_built(group, built) {
                             self.fail(e, &mut recovering);
                         }
                     }
                     Input::Halted(e) => self.fail(e, &mut recovering),
-                    Input::Applied { group, index, snapshot } => {
+                    Input::DropReplica { group, reply } => {
+                        let _ = reply.send(self.drop_replica(group));
+                    }
+                    Input::Applied { group, epoch, .. } if !self.current(group, epoch) => {}
+                    Input::Applied { group, index, snapshot, .. } => {
                         // A snapshot that could not be written (a full disk)
                         // costs only replay time: the log behind it stays,
                         // the last snapshot and its record stand, and the
@@ -1561,14 +1648,14 @@ impl Loop {
     }
 
     /// Starts a builder thread for a snapshot of `group` to send.
-    fn build_snapshot(&mut self, group: u64) {
-        let Some(g) = self.groups.iter().find(|g| g.id == group) else { return };
+    fn build_snapshot(&mut self, group: u64, epoch: u64) {
+        let Some(g) = self.groups.iter().find(|g| g.id == group && g.epoch == epoch) else { return };
         let (machine, outgoing, name) = (g.machine.clone(), g.outgoing.clone(), g.name.clone());
         let (manifest, events) = (self.config.manifest.clone(), self.events.clone());
         self.builders.retain(|b| !b.is_finished());
         let spawned = std::thread::Builder::new().name(format!("snapshot-{group}")).spawn(move || {
             let built = build_outgoing(group, &name, &*machine, &outgoing, manifest.as_deref());
-            let _ = events.send(Input::SnapshotBuilt { group, built });
+            let _ = events.send(Input::SnapshotBuilt { group, epoch, built });
         });
         match spawned {
             Ok(thread) => self.builders.push(thread),
@@ -1634,6 +1721,72 @@ impl Loop {
         let mut meta = raft::eraftpb::SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(conf.clone());
         Ok(Some(meta))
+    }
+
+    /// Whether `epoch` is group `group`'s current opening.
+    fn current(&self, group: u64, epoch: u64) -> bool {
+        self.groups.iter().any(|g| g.id == group && g.epoch == epoch)
+    }
+
+    /// See [`Driver::drop_replica`].
+    fn drop_replica(&mut self, group: u64) -> Result<bool, ReplicationError> {
+        let Some(at) = self.groups.iter().position(|g| g.id == group) else {
+            return Err(ReplicationError::NoSuchGroup { group });
+        };
+        let me = self.config.node_id;
+        let g = &mut self.groups[at];
+        let conf = g.node.raft.prs().conf().to_conf_state();
+        if conf.voters.is_empty() && conf.learners.is_empty() {
+            return Ok(false);
+        }
+        let name = g.name.clone();
+        let problem = |problem: String| ReplicationError::DropReplica { group, name: name.clone(), problem };
+        if [&conf.voters, &conf.learners, &conf.voters_outgoing, &conf.learners_next]
+            .iter()
+            .any(|ids| ids.contains(&me))
+        {
+            return Err(problem(format!(
+                "its configuration still holds this node (voters {:?}, learners {:?}, outgoing {:?})",
+                conf.voters, conf.learners, conf.voters_outgoing
+            )));
+        }
+        // Nothing of this node waits on it any more: it is in no
+        // configuration, so nothing it proposed can commit here.
+        let gone = ReplicationError::NoReplica {
+            group,
+            name: g.name.clone(),
+            node: me,
+            replicas: conf.voters.clone(),
+        };
+        for p in g.proposals.drain(..) {
+            let _ = p.pending.reply.send(Err(gone.clone()));
+        }
+        for (_, r) in g.reads.drain() {
+            let _ = r.reply.send(Err(gone.clone()));
+        }
+        // The applier finishes what it was given (a group out of its
+        // configuration gets no new entries), then stops.
+        g.applier = None;
+        if let Some(thread) = g.applier_thread.take() {
+            let _ = thread.join();
+        }
+        // The snapshot file first, then the log, as at a start: a crash in
+        // between leaves a log that says the replica moved away.
+        g.machine.clear().map_err(|e| problem(format!("its state machine: {e}")))?;
+        self.store.clean_group(group)?;
+        if let Some(manifest) = &self.config.manifest {
+            manifest.forget(group).map_err(|e| problem(format!("the manifest: {e}")))?;
+        }
+        if let Some(received) = g.received.take() {
+            let _ = std::fs::remove_file(received);
+        }
+        let spec = GroupSpec { id: group, name: g.name.clone(), machine: g.machine.clone() };
+        let logger = slog::Logger::root(TracingDrain, slog::o!());
+        let mut fresh = open_group(&self.store, spec, &self.config, &self.events, &logger, g.epoch + 1)?;
+        start_applier(&mut fresh, &self.config, &self.events)?;
+        tracing::info!(group, name = %fresh.name, voters = ?conf.voters, "this node's replica moved to other nodes: its data is dropped");
+        self.groups[at] = fresh;
+        Ok(true)
     }
 
     fn fail_all(&mut self, error: ReplicationError) {

@@ -269,6 +269,17 @@ pub enum ReplicationError {
         /// This node.
         node: u64,
     },
+    /// This node's replica of a group was not dropped: it is still in the
+    /// group's configuration, or its files could not be removed.
+    #[error("group {group} ({name}): this node's replica is not dropped: {problem}")]
+    DropReplica {
+        /// The group.
+        group: u64,
+        /// Its name.
+        name: String,
+        /// Why.
+        problem: String,
+    },
     /// This node holds no replica of the group (the placement puts it on
     /// other nodes): a read of it here must go to one of them.
     #[error(
@@ -311,6 +322,7 @@ impl ReplicationError {
             | ReplicationError::ReadBehind { group, .. }
             | ReplicationError::TooStale { group, .. }
             | ReplicationError::Remote { group, .. }
+            | ReplicationError::DropReplica { group, .. }
             | ReplicationError::NoReplica { group, .. } => Some(*group),
             ReplicationError::WritesStopped { cause } => cause.group(),
             ReplicationError::ShuttingDown

@@ -195,6 +195,13 @@ impl Manifest {
         self.write()
     }
 
+    /// Forgets `group` (this node's replica of it was dropped) and writes
+    /// the manifest now.
+    pub fn forget(&self, group: u64) -> Result<(), ManifestError> {
+        self.state.lock().groups.remove(&group);
+        self.write()
+    }
+
     /// Notes that `group` applied `index`; written by the next
     /// [`flush`](Manifest::flush).
     pub fn record_applied(&self, group: u64, index: u64) {

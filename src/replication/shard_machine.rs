@@ -389,6 +389,23 @@ impl StateMachine for ShardMachine {
         Ok(())
     }
 
+    fn clear(&self) -> Result<(), MachineError> {
+        let _writing = self.snapshot_lock.lock();
+        if self.path.exists() {
+            std::fs::remove_file(&self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+        }
+        let empty = ShardState { shard: Shard::new(self.shard_id), watermark: (0, 0), applied_index: 0 };
+        let old = std::mem::replace(&mut *self.state.write(), empty);
+        self.applied.store(0, Ordering::Release);
+        self.snapshot_index.store(0, Ordering::Release);
+        // Freed here, not under the lock.
+        drop(old);
+        Ok(())
+    }
+
     fn restore_file(&self, index: u64, path: &Path) -> Result<(), MachineError> {
         let id = self.shard_id;
         let (shard, extra) = snapshot::read_with_extra(path)

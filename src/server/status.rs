@@ -97,6 +97,7 @@ pub fn code(e: &ServerError) -> Code {
             | ReplicationError::WriteManifest { .. }
             | ReplicationError::AheadOfLog { .. }
             | ReplicationError::ApplierStopped { .. }
+            | ReplicationError::DropReplica { .. }
             | ReplicationError::Thread { .. }
             | ReplicationError::RecoveryStopped => Code::Internal,
             ReplicationError::Remote { code, .. } => Code::from_i32(*code),

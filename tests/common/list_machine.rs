@@ -101,6 +101,17 @@ impl StateMachine for ListMachine {
         &self.path
     }
 
+    fn clear(&self) -> Result<(), MachineError> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        *self.state.lock() = (0, Vec::new());
+        self.applied.store(0, Ordering::Release);
+        Ok(())
+    }
+
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), MachineError> {
         let (at, values) = decode(data);
         assert_eq!(at, index, "a snapshot's data and its metadata name the same index");
