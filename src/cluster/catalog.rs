@@ -804,6 +804,10 @@ pub struct CatalogMachine {
     /// Steps of entries the pipeline is done with, freed on this machine's
     /// applier thread (see [`CatalogMachine::retire`]).
     retired: Mutex<Vec<Arc<Vec<Step>>>>,
+    /// Held while the snapshot file is written or replaced (the applier's
+    /// snapshots, a follower's request, a snapshot received): one at a
+    /// time, so that an older file never lands over a newer one.
+    snapshot_file: Mutex<()>,
     /// The highest index a [`CatalogCommand::Stepped`] applied here named.
     pub stepped: AtomicU64,
 }
@@ -844,16 +848,26 @@ impl CatalogMachine {
             ),
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
             retired: Mutex::new(Vec::new()),
+            snapshot_file: Mutex::new(()),
             stepped: AtomicU64::new(0),
         })
     }
 
     fn write_snapshot(&self) -> Result<u64, CatalogError> {
-        let state = self.state.read();
-        let outbox = self.outbox.lock();
-        let pending: Vec<(u64, &[Step])> = outbox.iter().map(|o| (o.index, o.steps.as_slice())).collect();
-        write_snapshot(&self.path, &state, &pending)?;
-        Ok(state.applied_index)
+        let _file = self.snapshot_file.lock();
+        // Encoded under the locks (readers go on; the applier waits), then
+        // written and synced without them: the applier, and so ingest, is
+        // held up by the encoding only, not by the write and the fsync (a
+        // 100 MB catalog, 300,000 profiles, took over a second of both on
+        // this machine while a joining node waited for it).
+        let (encoded, index) = {
+            let state = self.state.read();
+            let outbox = self.outbox.lock();
+            let pending: Vec<(u64, &[Step])> = outbox.iter().map(|o| (o.index, o.steps.as_slice())).collect();
+            (encode_snapshot(&state, &pending)?, state.applied_index)
+        };
+        write_encoded(&self.path, &encoded)?;
+        Ok(index)
     }
 
     /// Writes the catalog of a bulk-built dataset into `dir` (a new data
@@ -927,20 +941,31 @@ struct SnapshotBodyBeforeLimits {
 /// rename, fsync of the directory); a write that fails removes its
 /// temporary file, so that it holds no space on a full disk.
 fn write_snapshot(path: &Path, state: &CatalogState, pending: &[(u64, &[Step])]) -> Result<(), CatalogError> {
+    write_encoded(path, &encode_snapshot(state, pending)?)
+}
+
+/// A catalog snapshot's bytes: header, body, directory.
+struct EncodedSnapshot {
+    header: Vec<u8>,
+    body: Vec<u8>,
+    dir: Vec<u8>,
+}
+
+/// Writes an encoded snapshot to `path` through a temporary file, synced
+/// and renamed over (the folder synced too).
+fn write_encoded(path: &Path, encoded: &EncodedSnapshot) -> Result<(), CatalogError> {
     let tmp = path.with_extension("tmp");
-    let written = write_snapshot_file(path, &tmp, state, pending);
+    let written = write_snapshot_file(path, &tmp, encoded);
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
 }
 
-fn write_snapshot_file(
-    path: &Path,
-    tmp: &Path,
+fn encode_snapshot(
     state: &CatalogState,
     pending: &[(u64, &[Step])],
-) -> Result<(), CatalogError> {
+) -> Result<EncodedSnapshot, CatalogError> {
     let body = bincode::serde::encode_to_vec(
         SnapshotBody {
             state,
@@ -953,17 +978,21 @@ fn write_snapshot_file(
     )
     .map_err(|source| CatalogError::Encode { index: state.applied_index, source })?;
     let dir = state.directory.encode();
-    let io = |source: std::io::Error| CatalogError::Io { path: path.display().to_string(), source };
-    let mut f = std::io::BufWriter::new(File::create(tmp).map_err(io)?);
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&(body.len() as u64).to_le_bytes());
     header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     header.extend_from_slice(&(dir.len() as u64).to_le_bytes());
     header.extend_from_slice(&crc32fast::hash(&dir).to_le_bytes());
-    f.write_all(&header).map_err(io)?;
-    f.write_all(&body).map_err(io)?;
-    f.write_all(&dir).map_err(io)?;
+    Ok(EncodedSnapshot { header, body, dir })
+}
+
+fn write_snapshot_file(path: &Path, tmp: &Path, encoded: &EncodedSnapshot) -> Result<(), CatalogError> {
+    let io = |source: std::io::Error| CatalogError::Io { path: path.display().to_string(), source };
+    let mut f = std::io::BufWriter::new(File::create(tmp).map_err(io)?);
+    f.write_all(&encoded.header).map_err(io)?;
+    f.write_all(&encoded.body).map_err(io)?;
+    f.write_all(&encoded.dir).map_err(io)?;
     let f = f.into_inner().map_err(|e| io(e.into_error()))?;
     f.sync_all().map_err(io)?;
     std::fs::rename(tmp, path).map_err(io)?;
@@ -1208,6 +1237,7 @@ impl StateMachine for CatalogMachine {
             let path = path.display().to_string();
             move |source| CatalogError::Io { path, source }
         };
+        let _file = self.snapshot_file.lock();
         let tmp = self.path.with_extension("received");
         std::fs::write(&tmp, data).map_err(io(&tmp))?;
         let (mut state, pending) = read_snapshot(&tmp)?;
@@ -1221,6 +1251,7 @@ impl StateMachine for CatalogMachine {
     }
 
     fn restore_file(&self, index: u64, path: &Path) -> Result<(), MachineError> {
+        let _file = self.snapshot_file.lock();
         let (mut state, pending) = read_snapshot(path)?;
         state.applied_index = index;
         *self.state.write() = state;
