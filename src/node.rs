@@ -490,18 +490,7 @@ impl Node {
             datadir::write_meta(dir, &meta).map_err(|problems| NodeError::DataDir { problems })?;
         }
         let loaded_secs = started.elapsed().as_secs_f64();
-        let mut groups = vec![GroupSpec {
-            id: CATALOG_GROUP,
-            name: "catalog".into(),
-            machine: catalog.clone() as Arc<dyn StateMachine>,
-        }];
-        for (s, m) in shards.iter().enumerate() {
-            groups.push(GroupSpec {
-                id: shard_group(s as u32),
-                name: format!("shard {s}"),
-                machine: m.clone() as Arc<dyn StateMachine>,
-            });
-        }
+        let groups = group_specs(&catalog, &shards);
         let members = joined.unwrap_or_else(|| catalog.state.read().members.clone());
         let cluster = Cluster::from_config(&config, &members)?;
         let addresses: Addresses = Arc::new(parking_lot::RwLock::new(cluster.grpc_addrs.clone()));
@@ -1229,6 +1218,24 @@ fn start_membership(node: &Arc<Node>) {
             }
         }
     });
+}
+
+/// A node's Raft groups: the catalog (first: `Driver::start`
+/// bootstraps it last), then every shard.
+pub fn group_specs(catalog: &Arc<CatalogMachine>, shards: &[Arc<ShardMachine>]) -> Vec<GroupSpec> {
+    let mut groups = vec![GroupSpec {
+        id: CATALOG_GROUP,
+        name: "catalog".into(),
+        machine: catalog.clone() as Arc<dyn StateMachine>,
+    }];
+    for (s, m) in shards.iter().enumerate() {
+        groups.push(GroupSpec {
+            id: shard_group(s as u32),
+            name: format!("shard {s}"),
+            machine: m.clone() as Arc<dyn StateMachine>,
+        });
+    }
+    groups
 }
 
 /// Whether this node's replica of shard group `group` moved to other

@@ -1012,20 +1012,39 @@ async fn a_shard_leader_apart_from_the_catalog(within: Duration) -> (u64, Vec<u3
     }
 }
 
+/// A lab of scenario `letter` with shard leaders spread, a few batches
+/// written and counted everywhere, and some node `a` that leads shards
+/// `led` while another, `catalog`, leads the catalog; `c` is the third.
+struct Spread {
+    lab: Lab,
+    ledger: Ledger,
+    a: u64,
+    led: Vec<u32>,
+    catalog: u64,
+    c: u64,
+}
+
+impl Spread {
+    async fn start(letter: char) -> Option<Spread> {
+        let mut lab = Lab::open_or_skip(letter)?;
+        // Spread over the nodes, so that one link can part a shard's
+        // leader from the catalog's.
+        lab.start(Some("shard_leaders = \"spread\"\n")).await;
+        let ledger = Ledger::default();
+        for _ in 0..4 {
+            ledger.write_any(&ALL, Phase::Before, Duration::from_secs(30)).await;
+        }
+        let (a, led, catalog) = a_shard_leader_apart_from_the_catalog(Duration::from_secs(30)).await;
+        let c = ALL.into_iter().find(|&id| id != a && id != catalog).unwrap();
+        converge(&ledger, Duration::from_secs(30)).await;
+        Some(Spread { lab, ledger, a, led, catalog, c })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_a_shards_leader_reads_that_shard_from_another_node() {
-    let Some(mut lab) = Lab::open_or_skip('c') else { return };
     let t0 = Instant::now();
-    // Shard leaders spread over the nodes, so that one link can cut a
-    // node off from a shard's leader and not from the catalog's.
-    lab.start(Some("shard_leaders = \"spread\"\n")).await;
-    let ledger = Ledger::default();
-    for _ in 0..4 {
-        ledger.write_any(&ALL, Phase::Before, Duration::from_secs(30)).await;
-    }
-    let (a, led, catalog) = a_shard_leader_apart_from_the_catalog(Duration::from_secs(30)).await;
-    let c = ALL.into_iter().find(|&id| id != a && id != catalog).unwrap();
-    converge(&ledger, Duration::from_secs(30)).await;
+    let Some(Spread { lab, ledger, a, led, catalog, c }) = Spread::start('c').await else { return };
 
     // Cut c off from a only: c still reaches the catalog's leader.
     lab.cut_link(c, a);
@@ -1233,18 +1252,8 @@ async fn a_node_cut_off_from_the_catalogs_leader_has_another_node_compile_and_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_go_on_when_the_catalogs_leader_cannot_reach_a_shards_leader() {
-    let Some(mut lab) = Lab::open_or_skip('e') else { return };
     let t0 = Instant::now();
-    // Shard leaders spread, so that some shard's leader is not the
-    // catalog's leader, and one link can part the two.
-    lab.start(Some("shard_leaders = \"spread\"\n")).await;
-    let ledger = Ledger::default();
-    for _ in 0..4 {
-        ledger.write_any(&ALL, Phase::Before, Duration::from_secs(30)).await;
-    }
-    let (a, led, catalog) = a_shard_leader_apart_from_the_catalog(Duration::from_secs(30)).await;
-    let c = ALL.into_iter().find(|&id| id != a && id != catalog).unwrap();
-    converge(&ledger, Duration::from_secs(30)).await;
+    let Some(Spread { lab, ledger, a, led, catalog, c }) = Spread::start('e').await else { return };
 
     // The catalog's leader, which steps every batch, cannot reach node a,
     // which leads shard(s) `led` with c's votes (check-quorum is met, so

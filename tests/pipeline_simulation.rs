@@ -65,7 +65,7 @@ use cohort::cluster::catalog::CatalogMachine;
 use cohort::cluster::placement::{shard_group, shard_of, CATALOG_GROUP};
 use cohort::ingest::pipeline::{Pipeline, ShardPeers};
 use cohort::ingest::{BoxFuture, Source};
-use cohort::replication::driver::{Driver, DriverConfig, GroupSpec, SnapshotPolicy, StateMachine};
+use cohort::replication::driver::{Driver, DriverConfig, SnapshotPolicy};
 use cohort::replication::shard_machine::{ShardApplied, ShardMachine};
 use cohort::replication::storage::LogStore;
 use cohort::replication::ReplicationError;
@@ -176,18 +176,7 @@ impl Sim {
                 .map(|s| Arc::new(ShardMachine::open(&snapshots, s).unwrap_or_else(|e| fail("shard", &e))))
                 .collect(),
         );
-        let mut groups = vec![GroupSpec {
-            id: CATALOG_GROUP,
-            name: "catalog".into(),
-            machine: catalog.clone() as Arc<dyn StateMachine>,
-        }];
-        for (s, m) in shards.iter().enumerate() {
-            groups.push(GroupSpec {
-                id: shard_group(s as u32),
-                name: format!("shard {s}"),
-                machine: m.clone() as Arc<dyn StateMachine>,
-            });
-        }
+        let groups = cohort::node::group_specs(&catalog, &shards);
         let store = Arc::new(LogStore::open(&dir.join("raft")).unwrap_or_else(|e| fail("log", &e)));
         let config = DriverConfig {
             node_id: id,
@@ -845,16 +834,11 @@ async fn run_seed(seed: u64) {
     settle(&sim).await;
     let verdict = check(&sim);
     let events = sim.log.lock().join("; ");
-    let network = format!(
-        "{} messages dropped, {} duplicated",
-        sim.net.dropped.load(Ordering::Relaxed),
-        sim.net.duplicated.load(Ordering::Relaxed)
-    );
+    let network = sim.net.summary();
     for id in sim.up() {
         sim.crash(id);
     }
-    sim.net.stop.store(true, Ordering::Relaxed);
-    sim.net.wake.notify_all();
+    sim.net.shut();
     match verdict {
         Ok(summary) => eprintln!("pipeline simulation: seed {seed}: {summary}; {network}; {events}"),
         Err(problem) => panic!(
@@ -863,18 +847,9 @@ async fn run_seed(seed: u64) {
     }
 }
 
-fn seeds() -> Vec<u64> {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    if let Some(seed) = var("COHORT_SIM_SEED") {
-        return vec![seed];
-    }
-    let first = var("COHORT_SIM_FIRST").unwrap_or(1);
-    (first..first + var("COHORT_SIM_SEEDS").unwrap_or(3)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_faults_apply_every_message_once_with_merges_across_shards() {
-    for seed in seeds() {
+    for seed in common::sim_net::seeds(3) {
         run_seed(seed).await;
     }
 }

@@ -508,16 +508,11 @@ async fn run_seed(seed: u64) {
     };
     let verdict = check(&sim, &list);
     let events = sim.log.lock().join("; ");
-    let network = format!(
-        "{} messages dropped, {} duplicated",
-        sim.net.dropped.load(Ordering::Relaxed),
-        sim.net.duplicated.load(Ordering::Relaxed)
-    );
+    let network = sim.net.summary();
     for id in sim.up() {
         sim.crash(id);
     }
-    sim.net.stop.store(true, Ordering::Relaxed);
-    sim.net.wake.notify_all();
+    sim.net.shut();
     match verdict {
         Ok(summary) => eprintln!("simulation: seed {seed}: {summary}; {network}; {events}"),
         Err(problem) => panic!(
@@ -526,18 +521,9 @@ async fn run_seed(seed: u64) {
     }
 }
 
-fn seeds() -> Vec<u64> {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    if let Some(seed) = var("COHORT_SIM_SEED") {
-        return vec![seed];
-    }
-    let first = var("COHORT_SIM_FIRST").unwrap_or(1);
-    (first..first + var("COHORT_SIM_SEEDS").unwrap_or(6)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_faults_lose_nothing_acknowledged_and_reads_are_linearizable() {
-    for seed in seeds() {
+    for seed in common::sim_net::seeds(6) {
         run_seed(seed).await;
     }
 }

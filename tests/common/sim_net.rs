@@ -99,6 +99,21 @@ impl SimNet {
         net
     }
 
+    /// What the network did to the messages, for a seed's report.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} messages dropped, {} duplicated",
+            self.dropped.load(Ordering::Relaxed),
+            self.duplicated.load(Ordering::Relaxed)
+        )
+    }
+
+    /// Stops the delivery thread.
+    pub fn shut(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+    }
+
     pub fn linked(&self, from: u64, to: u64) -> bool {
         !self.cut.read().contains(&(from, to))
     }
@@ -185,4 +200,16 @@ impl Transport for Port {
             self.net.post(self.from, to, group, m, delay);
         }
     }
+}
+
+/// The seeds to run: `COHORT_SIM_SEED=S` replays one; else
+/// `COHORT_SIM_SEEDS=N` (default `default`) from `COHORT_SIM_FIRST`
+/// (default 1).
+pub fn seeds(default: u64) -> Vec<u64> {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(seed) = var("COHORT_SIM_SEED") {
+        return vec![seed];
+    }
+    let first = var("COHORT_SIM_FIRST").unwrap_or(1);
+    (first..first + var("COHORT_SIM_SEEDS").unwrap_or(default)).collect()
 }
