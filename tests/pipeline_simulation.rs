@@ -839,12 +839,7 @@ async fn run_seed(seed: u64) {
         sim.crash(id);
     }
     sim.net.shut();
-    match verdict {
-        Ok(summary) => eprintln!("pipeline simulation: seed {seed}: {summary}; {network}; {events}"),
-        Err(problem) => panic!(
-            "seed {seed}: {problem}\n  events: {events}\n  {network}\n  replay: COHORT_SIM_SEED={seed} cargo test --test pipeline_simulation"
-        ),
-    }
+    common::sim_net::report("pipeline_simulation", seed, verdict, &events, &network);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

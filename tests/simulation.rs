@@ -513,12 +513,7 @@ async fn run_seed(seed: u64) {
         sim.crash(id);
     }
     sim.net.shut();
-    match verdict {
-        Ok(summary) => eprintln!("simulation: seed {seed}: {summary}; {network}; {events}"),
-        Err(problem) => panic!(
-            "seed {seed}: {problem}\n  events: {events}\n  {network}\n  replay: COHORT_SIM_SEED={seed} cargo test --test simulation"
-        ),
-    }
+    common::sim_net::report("simulation", seed, verdict, &events, &network);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,3 +213,15 @@ pub fn seeds(default: u64) -> Vec<u64> {
     let first = var("COHORT_SIM_FIRST").unwrap_or(1);
     (first..first + var("COHORT_SIM_SEEDS").unwrap_or(default)).collect()
 }
+
+/// Prints a seed's summary, or fails with its problem and how to replay
+/// it (`test`: the test binary's name).
+pub fn report(test: &str, seed: u64, verdict: Result<String, String>, events: &str, network: &str) {
+    let label = test.replace('_', " ");
+    match verdict {
+        Ok(summary) => eprintln!("{label}: seed {seed}: {summary}; {network}; {events}"),
+        Err(problem) => panic!(
+            "seed {seed}: {problem}\n  events: {events}\n  {network}\n  replay: COHORT_SIM_SEED={seed} cargo test --test {test}"
+        ),
+    }
+}
