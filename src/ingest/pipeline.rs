@@ -482,18 +482,18 @@ impl ShardLog for RoutedLog {
         if leader == Some(me) {
             return Box::pin(self.driver.propose_with(group, data, local));
         }
-        let recently_failed = {
+        let recently_failed: Vec<u64> = {
             let failed = self.failed.lock();
-            move |node: u64| failed.get(&node).is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
+            failed.iter().filter(|(_, at)| at.elapsed() < UNREACHABLE_FOR).map(|(&n, _)| n).collect()
         };
-        let leader = leader.filter(|&l| !recently_failed(l));
+        let leader = leader.filter(|l| !recently_failed.contains(l));
         let held = self.driver.holds(group);
         let mut relays: Vec<u64> = if held { self.driver.replicas_of(group) } else { self.candidates(group) };
         relays.retain(|&n| n != me && Some(n) != leader);
         // Stable: the hint (or id order) among the nodes that did not fail.
-        relays.sort_by_key(|&n| recently_failed(n));
-        drop(recently_failed);
+        relays.sort_by_key(|n| recently_failed.contains(n));
         let (hints, failed) = (self.hints.clone(), self.failed.clone());
+        let mut data = data;
         Box::pin(async move {
             let mut last = ReplicationError::NoReplica {
                 group,
@@ -502,7 +502,9 @@ impl ShardLog for RoutedLog {
                 replicas: relays.clone(),
             };
             if let Some(leader) = leader {
-                match peers.propose(leader, group, data.clone(), false).await {
+                // The entry is copied only when a relay may need it too.
+                let direct = if relays.is_empty() { std::mem::take(&mut data) } else { data.clone() };
+                match peers.propose(leader, group, direct, false).await {
                     Ok(answer) => return Ok(applied_elsewhere(answer)),
                     Err(e) => {
                         failed.lock().insert(leader, Instant::now());

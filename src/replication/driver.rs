@@ -782,7 +782,7 @@ fn role_name(role: StateRole) -> &'static str {
 }
 
 impl Driver {
-    /// Opens every group from `store` (initialising brand-new ones with
+    /// Opens every group from `store` (on a founder's first start, bootstrapping them with
     /// `config.voters`), replays what each has committed but not applied,
     /// and starts the loop. Returns once every group has applied its whole
     /// committed log, so the state is current when serving starts.
